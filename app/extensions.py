@@ -1,0 +1,92 @@
+"""Extensions created once and bound to an app in ``create_app``.
+
+The database is plain SQLAlchemy 2: one engine and one scoped session per app, kept in
+``app.extensions``. Logic functions take a ``Session`` argument; views get it from :func:`db_session`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+from limits.storage import MemoryStorage, Storage, storage_from_string
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from app.settings import Settings
+
+login_manager = LoginManager()
+csrf = CSRFProtect()
+
+
+@dataclass
+class Database:
+    engine: Engine
+    sessions: scoped_session[Session]
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def remove(self) -> None:
+        self.sessions.remove()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings the app relies on: SQLite in WAL with foreign keys on."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def make_database(url: str) -> Database:
+    engine = make_engine(url)
+    return Database(engine, scoped_session(sessionmaker(engine, expire_on_commit=False)))
+
+
+def make_limit_storage(settings: Settings) -> Storage:
+    """``limits`` storage: memory for one process, Redis when configured so every worker shares counts."""
+    if settings.redis_url:
+        return storage_from_string(settings.redis_url)
+    return MemoryStorage()
+
+
+def init_database(app: Flask, settings: Settings) -> Database:
+    database = make_database(settings.database_url)
+    app.extensions["ami_db"] = database
+
+    @app.teardown_appcontext
+    def _remove_session(_exc: BaseException | None) -> None:
+        database.remove()
+
+    return database
+
+
+def get_database(app: Flask | None = None) -> Database:
+    target = app or current_app
+    database: Database = target.extensions["ami_db"]
+    return database
+
+
+def db_session() -> Session:
+    """The request's database session (views and CLI only; logic receives a Session)."""
+    return get_database().session()
+
+
+def get_settings(app: Flask | None = None) -> Settings:
+    target = app or current_app
+    settings: Settings = target.extensions["ami_settings"]
+    return settings

@@ -1,0 +1,23 @@
+"""All models, imported here so Alembic and the app see one metadata."""
+
+from app.models.accounts import ConnectedAccount
+from app.models.audit import AuditEvent
+from app.models.base import Base, utcnow
+from app.models.providers import ProviderConfig
+from app.models.secrets import StoredSecret
+from app.models.sessions import UserSession
+from app.models.tokens import LinkToken
+from app.models.users import ROLES, User
+
+__all__ = [
+    "ROLES",
+    "AuditEvent",
+    "Base",
+    "ConnectedAccount",
+    "LinkToken",
+    "ProviderConfig",
+    "StoredSecret",
+    "User",
+    "UserSession",
+    "utcnow",
+]
