@@ -1,0 +1,59 @@
+"""AMI Auth: the app factory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask
+
+from app.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["create_app"]
+
+
+def _configure_logging(settings: Settings) -> None:
+    logger = logging.getLogger("ami_auth")
+    logger.setLevel(settings.log_level)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app. Raises SettingsError (naming the variable) when the configuration is unusable."""
+    if settings is None:
+        from dotenv import load_dotenv
+
+        load_dotenv()
+        settings = load_settings()
+
+    from app.extensions import csrf, init_database, login_manager, make_limit_storage
+    from app.web import register_blueprints
+    from app.web.errors import register_error_handlers
+    from app.web.security import init_security
+
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session; the session has its own expiry
+        TEMPLATES_AUTO_RELOAD=settings.env == "development",
+    )
+    app.extensions["ami_settings"] = settings
+    _configure_logging(settings)
+    init_database(app, settings)
+    app.extensions["ami_limits"] = make_limit_storage(settings)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    init_security(app, settings)
+    register_blueprints(app)
+    register_error_handlers(app)
+
+    from app.cli import register_commands
+
+    register_commands(app)
+    return app

@@ -50,9 +50,7 @@ TAXONOMY: dict[ErrorCode, ErrorKind] = {
     "provider_unreachable": ErrorKind(
         502, "The provider could not be reached.", "Check the URL and network access, then try again."
     ),
-    "permission_denied": ErrorKind(
-        403, "You do not have permission to do that.", "Ask an administrator for access."
-    ),
+    "permission_denied": ErrorKind(403, "You do not have permission to do that.", "Ask an administrator for access."),
     "not_found": ErrorKind(404, "Not found.", "Check the address; the item may have been deleted."),
     "conflict": ErrorKind(409, "That conflicts with existing data.", "Reload the page and try again."),
     "secret_unreadable": ErrorKind(
@@ -61,11 +59,15 @@ TAXONOMY: dict[ErrorCode, ErrorKind] = {
         "The master key that encrypted it may be missing; check AMI_AUTH_MASTER_KEYS, or replace the secret.",
     ),
     "mfa_required": ErrorKind(
-        401, "A second factor is required.", "Complete sign-in with your authenticator, passkey or recovery code."
+        401,
+        "A second factor is required.",
+        "Complete sign-in with your authenticator, passkey or recovery code.",
     ),
     "validation_failed": ErrorKind(422, "Some values are not valid.", "Correct the highlighted fields."),
     "internal_error": ErrorKind(
-        500, "Something went wrong on our side.", "Try again; if it persists, give the reference to an administrator."
+        500,
+        "Something went wrong on our side.",
+        "Try again; if it persists, give the reference to an administrator.",
     ),
 }
 
@@ -101,7 +103,12 @@ class AppError(Exception):
         return self.hint or self.kind.hint
 
     def to_dict(self, reference: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.text, "hint": self.help, "fields": dict(self.fields)}
+        body: dict[str, Any] = {
+            "code": self.code,
+            "message": self.text,
+            "hint": self.help,
+            "fields": dict(self.fields),
+        }
         if self.retry_after is not None:
             body["retry_after"] = self.retry_after
         if reference is not None:

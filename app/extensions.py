@@ -60,7 +60,9 @@ def make_database(url: str) -> Database:
 def make_limit_storage(settings: Settings) -> Storage:
     """``limits`` storage: memory for one process, Redis when configured so every worker shares counts."""
     if settings.redis_url:
-        return storage_from_string(settings.redis_url)
+        storage = storage_from_string(settings.redis_url)
+        assert isinstance(storage, Storage)  # the sync storage class for redis:// URLs
+        return storage
     return MemoryStorage()
 
 

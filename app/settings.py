@@ -228,7 +228,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url = f"sqlite:///{instance_dir / 'ami-auth.db'}"
     scheme = database_url.split(":", 1)[0]
     if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
-        raise SettingsError(PREFIX + "DATABASE_URL", f"must be a sqlite:/// or postgresql+psycopg:// URL, got {scheme!r}")
+        raise SettingsError(
+            PREFIX + "DATABASE_URL", f"must be a sqlite:/// or postgresql+psycopg:// URL, got {scheme!r}"
+        )
 
     secret_key = env.get(PREFIX + "SECRET_KEY", "").strip()
     if not secret_key:

@@ -1,0 +1,157 @@
+"""The `ami-auth` command line: a Flask CLI group (also available as `flask --app wsgi …`)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
+
+from app import audit
+from app.auth import mail_tokens, users
+from app.errors import AppError
+from app.extensions import get_database, get_settings
+from app.migrate import upgrade
+from app.settings import SettingsError
+
+db_cli = AppGroup("db", help="Database migrations.")
+users_cli = AppGroup("users", help="Manage users.")
+
+
+@db_cli.command("upgrade")
+@click.option("--revision", default="heads", show_default=True)
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Migrate the database to the latest schema."""
+    url = get_settings().database_url
+    upgrade(url, revision)
+    click.echo("database is at head")
+
+
+@users_cli.command("create")
+@click.argument("email")
+@click.option("--role", type=click.Choice(["admin", "member"]), default="member", show_default=True)
+@click.option("--name", "display_name", default="")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="Prompted (hidden) when not given; prefer the prompt so it stays out of shell history.",
+)
+@with_appcontext
+def users_create(email: str, role: str, display_name: str, password: str) -> None:
+    """Create a user with a password."""
+    db = get_database().session()
+    try:
+        user = users.create_user(
+            db,
+            get_settings(),
+            email=email,
+            password=password,
+            role=role,
+            display_name=display_name,
+            verified=True,
+        )
+        audit.record(
+            db,
+            audit.AuditContext(actor="cli"),
+            "user.create",
+            target=f"user:{user.id}",
+            details={"email": user.email, "role": role, "via": "cli"},
+        )
+        db.commit()
+    except AppError as exc:
+        db.rollback()
+        detail = "; ".join(f"{k}: {v}" for k, v in exc.fields.items()) or exc.help
+        raise click.ClickException(f"{exc.text} {detail}") from None
+    click.echo(f"created {role} {user.email} (id {user.id})")
+
+
+@click.command("bootstrap")
+@with_appcontext
+def bootstrap() -> None:
+    """Create the first admin from AMI_AUTH_BOOTSTRAP_ADMIN_*, or print a one-time setup link."""
+    settings = get_settings()
+    db = get_database().session()
+    if users.admin_count(db) > 0:
+        click.echo("an admin exists; sign in at " + settings.base_url + "/signin")
+        return
+    if settings.bootstrap_admin_email and settings.bootstrap_admin_password:
+        try:
+            user = users.create_user(
+                db,
+                settings,
+                email=settings.bootstrap_admin_email,
+                password=settings.bootstrap_admin_password,
+                role="admin",
+                verified=True,
+            )
+        except AppError as exc:
+            db.rollback()
+            detail = "; ".join(f"{k}: {v}" for k, v in exc.fields.items())
+            raise click.ClickException(f"AMI_AUTH_BOOTSTRAP_ADMIN_*: {exc.text} {detail}") from None
+        audit.record(
+            db,
+            audit.AuditContext(actor="cli"),
+            "setup.first_admin",
+            target=f"user:{user.id}",
+            details={"email": user.email, "via": "environment"},
+        )
+        db.commit()
+        click.echo(f"created admin {user.email} from AMI_AUTH_BOOTSTRAP_ADMIN_EMAIL")
+        return
+    raw = mail_tokens.issue_token(db, "setup")
+    audit.record(db, audit.AuditContext(actor="cli"), "setup.link_issued")
+    db.commit()
+    click.echo("No admin exists yet. Open this one-time link (valid for 1 hour) to create the first admin:")
+    click.echo(f"  {settings.base_url}/setup/{raw}")
+
+
+@click.command("check-config")
+@with_appcontext
+def check_config() -> None:
+    """Validate the configuration and the database; exit non-zero with one line per problem."""
+    from app.preflight import preflight
+
+    problems = preflight(current_app._get_current_object())  # type: ignore[attr-defined]
+    settings = get_settings()
+    if problems:
+        for problem in problems:
+            click.echo(f"problem: {problem}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"configuration ok ({settings.env}, {len(settings.master_keys)} master key(s), "
+        f"active {settings.active_key.kid})"
+    )
+
+
+def register_commands(app: Flask) -> None:
+    from app.audit_cli import audit_cli
+    from app.vault.cli import keys_cli
+
+    for command in (db_cli, users_cli, bootstrap, check_config, keys_cli, audit_cli):
+        app.cli.add_command(command)
+
+
+def _create_app() -> Flask:
+    from app import create_app
+
+    try:
+        return create_app()
+    except SettingsError as exc:
+        click.echo(f"ami-auth: {exc}", err=True)
+        sys.exit(2)
+
+
+cli = FlaskGroup(
+    create_app=_create_app,
+    add_default_commands=True,
+    add_version_option=False,
+    help="AMI Auth administration.",
+)
+
+
+def main() -> None:
+    cli.main(prog_name="ami-auth")

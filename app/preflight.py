@@ -1,0 +1,42 @@
+"""Start-up checks: what `ami-auth check-config` reports and what stops a production server from serving."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.extensions import get_database, get_settings
+from app.migrate import is_at_head
+
+
+def preflight(app: Flask, *, serving: bool = False) -> list[str]:
+    """Problems that make the deployment unusable; production refuses to serve with any of them."""
+    settings = get_settings(app)
+    problems: list[str] = []
+    if serving and not settings.is_production:
+        return problems
+    try:
+        if not is_at_head(get_database(app).engine):
+            problems.append("AMI_AUTH_DATABASE_URL: the database is not migrated to head; run `ami-auth db upgrade`")
+    except SQLAlchemyError as exc:
+        problems.append(f"AMI_AUTH_DATABASE_URL: the database is unreachable ({type(exc).__name__})")
+    for check in EXTRA_CHECKS:
+        problems.extend(check(app, serving))
+    return problems
+
+
+def _mailer_configured(app: Flask, serving: bool) -> list[str]:
+    """Checked by `check-config`, not at serve time: sign-in still works while mail is being set up."""
+    settings = get_settings(app)
+    if not serving and settings.is_production and not settings.smtp_url:
+        # An admin-marked system mailer (SMTP connector) also satisfies this once connectors exist.
+        from app.connectors import system_mailer_configured
+
+        if not system_mailer_configured(app):
+            return ["AMI_AUTH_SMTP_URL: production needs a mailer (set it, or mark an SMTP account as system mailer)"]
+    return []
+
+
+EXTRA_CHECKS: list[Callable[[Flask, bool], list[str]]] = [_mailer_configured]

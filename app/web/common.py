@@ -1,0 +1,122 @@
+"""Helpers every blueprint shares: the signed-in user, guards, safe redirects, audit context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+from flask import redirect, request, url_for
+from flask_login import UserMixin, current_user
+from werkzeug.wrappers import Response
+
+from app.audit import AuditContext
+from app.errors import AppError
+from app.models import User, UserSession
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class SignedIn(UserMixin):  # type: ignore[misc]
+    """What Flask-Login holds for a request: the user and the server-side session record."""
+
+    def __init__(self, raw_session_id: str, record: UserSession) -> None:
+        self.raw_session_id = raw_session_id
+        self.record = record
+        self.user: User = record.user
+
+    def get_id(self) -> str:
+        return self.raw_session_id
+
+    @property
+    def id(self) -> int:
+        return self.user.id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.is_admin
+
+
+def signed_in() -> SignedIn | None:
+    if current_user.is_authenticated:
+        value: SignedIn = current_user._get_current_object()
+        return value
+    return None
+
+
+def client_ip() -> str:
+    return (request.remote_addr or "")[:64]
+
+
+def user_agent() -> str:
+    return (request.user_agent.string or "")[:400]
+
+
+def audit_ctx() -> AuditContext:
+    who = signed_in()
+    if who is not None:
+        return AuditContext(actor=who.user.email, actor_id=who.user.id, ip=client_ip(), user_agent=user_agent())
+    return AuditContext(actor="anonymous", ip=client_ip(), user_agent=user_agent())
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """Only same-origin paths: '/x' yes; '//evil', '/\\evil', 'https://evil' and control characters no."""
+    if not target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return default
+    if any(ord(c) < 32 for c in target) or "\\" in target:
+        return default
+    return target
+
+
+def wants_json() -> bool:
+    if request.path.startswith("/api/"):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return (
+        best == "application/json"
+        and request.accept_mimetypes["application/json"] > request.accept_mimetypes["text/html"]
+    )
+
+
+def _to_signin() -> Response:
+    return redirect(url_for("auth.signin", next=request.full_path.rstrip("?")))
+
+
+def login_required(view: Callable[P, R]) -> Callable[P, R | Response]:
+    @wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Response:
+        if signed_in() is None:
+            if wants_json():
+                raise AppError("not_authenticated")
+            return _to_signin()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def admin_required(view: Callable[P, R]) -> Callable[P, R | Response]:
+    @wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Response:
+        who = signed_in()
+        if who is None:
+            if wants_json():
+                raise AppError("not_authenticated")
+            return _to_signin()
+        if not who.is_admin:
+            raise AppError("permission_denied", "This page is for administrators.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def form_errors(exc: AppError, form: Any) -> None:
+    """Put an AppError's per-field messages on the matching WTForms fields (the rest go to the form)."""
+    for name, message in exc.fields.items():
+        field = getattr(form, name, None)
+        if field is not None and hasattr(field, "errors"):
+            field.errors = [*list(field.errors), message]
