@@ -1,0 +1,50 @@
+# AMI Auth — the README's commands. Everything installs into .venv; nothing global but .ci/run's root steps.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: run test lint typecheck unit peers bench install migrate clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+migrate: install
+	$(BIN)/ami-auth db upgrade
+
+## make run: install, migrate the embedded SQLite under instance/, print the setup link, serve on 127.0.0.1:5000
+run: migrate
+	$(BIN)/ami-auth bootstrap
+	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+# The node test peers (the OpenID provider) — installed from the lock file when present.
+peers:
+	@if [ -f tests/peers/package-lock.json ] && [ ! -d tests/peers/node_modules ]; then \
+		cd tests/peers && npm ci --no-audit --no-fund --loglevel=error; fi
+
+## make test: ruff, mypy --strict and the whole pytest suite (unit, integration, e2e in Chromium)
+test: lint typecheck peers
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit -q
+
+## make bench: every benchmark; each prints ratios against a baseline measured in the same run
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

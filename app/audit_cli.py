@@ -1,0 +1,4 @@
+# Placeholder until the audit branch merges.
+from flask.cli import AppGroup
+
+audit_cli = AppGroup("audit")

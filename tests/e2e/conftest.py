@@ -1,0 +1,99 @@
+"""Browser fixtures: the app served live on 127.0.0.1, opened as http://localhost:PORT in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+
+from app import create_app
+from app.extensions import get_database
+from app.settings import Settings
+from tests.conftest import make_settings, require_peer
+from tests.support.live import LiveServer, free_port, serve
+
+CHROMIUM = os.environ.get("AMI_AUTH_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def playwright_instance() -> Iterator[Playwright]:
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        require_peer(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance: Playwright) -> Iterator[Browser]:
+    b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def live_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def live_settings(tmp_path: Path, sqlite_url: str, live_port: int) -> Settings:
+    return make_settings(tmp_path, sqlite_url, AMI_AUTH_BASE_URL=f"http://localhost:{live_port}")
+
+
+@pytest.fixture
+def live_app(live_settings: Settings) -> Iterator[Flask]:
+    application = create_app(live_settings)
+    yield application
+    get_database(application).remove()
+    get_database(application).engine.dispose()
+
+
+@pytest.fixture
+def live(live_app: Flask, live_port: int) -> Iterator[LiveServer]:
+    with serve(live_app, live_port) as server:
+        yield server
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context()
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Page]:
+    """A page that fails the test on any console error (CSP violations included) and keeps a screenshot."""
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    setattr(p, "console_errors", errors)  # noqa: B010 - tests read it
+    yield p
+    shot_dir = Path(os.environ.get("AMI_AUTH_TEST_SCREENSHOTS", tmp_path))
+    shot_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        p.screenshot(path=str(shot_dir / f"{request.node.name}.png"), full_page=True)
+    except Exception:  # noqa: S110 - a screenshot is a debugging aid, never a reason to fail
+        pass
+
+
+def assert_no_console_errors(page: Page) -> None:
+    errors: list[Any] = getattr(page, "console_errors", [])
+    assert not errors, f"browser console errors: {errors}"
