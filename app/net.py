@@ -174,6 +174,14 @@ def blocked_reason(address: str | IPAddress) -> str | None:
     return None
 
 
+def _is_address_literal(host: str) -> bool:
+    try:
+        _parse_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _normal_host(host: str) -> str:
     return host.strip().rstrip(".").lower()
 
@@ -228,13 +236,7 @@ class OutboundGuard:
         DNS failures raise :class:`httpcore.ConnectError`, so they count as connection failures.
         """
         name = _normal_host(host)
-        try:
-            _parse_address(host)
-        except ValueError:
-            literal = False
-        else:
-            literal = True
-        if literal:
+        if _is_address_literal(host):
             addresses: Sequence[str] = [host]
         else:
             if name in METADATA_HOSTS and name not in self.hosts:
