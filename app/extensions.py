@@ -60,7 +60,8 @@ def make_database(url: str) -> Database:
 def make_limit_storage(settings: Settings) -> Storage:
     """``limits`` storage: memory for one process, Redis when configured so every worker shares counts."""
     if settings.redis_url:
-        storage = storage_from_string(settings.redis_url)
+        # Every key lives under the prefix, so several installs (or test sessions) can share one Redis.
+        storage = storage_from_string(settings.redis_url, key_prefix=settings.redis_key_prefix)
         assert isinstance(storage, Storage)  # the sync storage class for redis:// URLs
         return storage
     return MemoryStorage()
@@ -92,3 +93,10 @@ def get_settings(app: Flask | None = None) -> Settings:
     target = app or current_app
     settings: Settings = target.extensions["ami_settings"]
     return settings
+
+
+def get_limit_storage(app: Flask | None = None) -> Storage:
+    """The app's ``limits`` storage (throttle counters and locks)."""
+    target = app or current_app
+    storage: Storage = target.extensions["ami_limits"]
+    return storage

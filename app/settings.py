@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import re
 import secrets
 import stat
 from collections.abc import Mapping
@@ -50,6 +51,7 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     master_keys: tuple[MasterKey, ...] = ()
     redis_url: str | None = None
+    redis_key_prefix: str = "ami-auth"
     base_url: str = "http://127.0.0.1:5000"
     cms_origins: tuple[str, ...] = ()
     outbound_allow: tuple[str, ...] = ()
@@ -71,6 +73,9 @@ class Settings:
     mail_from: str = "AMI Auth <no-reply@localhost>"
     pwned_range_url: str | None = None
     throttle_ip_per_minute: int = 30
+    throttle_account_failures: int = 5
+    throttle_lock_seconds: int = 60
+    throttle_lock_max_seconds: int = 3600
     # Provider secrets and tokens
     secret_grace_days: int = 7
     token_refresh_margin_minutes: int = 10
@@ -264,6 +269,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if redis_url and urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
         raise SettingsError(PREFIX + "REDIS_URL", f"must be a redis:// or rediss:// URL, got {redis_url!r}")
 
+    redis_key_prefix = env.get(PREFIX + "REDIS_KEY_PREFIX", "ami-auth").strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", redis_key_prefix):
+        raise SettingsError(
+            PREFIX + "REDIS_KEY_PREFIX", f"must be 1-64 letters, digits or '_.:-', got {redis_key_prefix!r}"
+        )
+
+    lock_seconds = _int(env, "THROTTLE_LOCK_SECONDS", 60, 1, 86400)
+    lock_max_seconds = _int(env, "THROTTLE_LOCK_MAX_SECONDS", 3600, 1, 7 * 86400)
+    if lock_max_seconds < lock_seconds:
+        raise SettingsError(
+            PREFIX + "THROTTLE_LOCK_MAX_SECONDS",
+            f"must be at least AMI_AUTH_THROTTLE_LOCK_SECONDS ({lock_seconds}), got {lock_max_seconds}",
+        )
+
     signup = env.get(PREFIX + "SIGNUP", "invite").strip()
     if signup not in ("open", "invite", "closed"):
         raise SettingsError(PREFIX + "SIGNUP", f"must be open, invite or closed, got {signup!r}")
@@ -289,6 +308,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_key=secret_key,
         master_keys=master_keys,
         redis_url=redis_url,
+        redis_key_prefix=redis_key_prefix,
         base_url=base_url,
         cms_origins=tuple(_check_url_origin(PREFIX + "CMS_ORIGINS", o) for o in _list(env, "CMS_ORIGINS")),
         outbound_allow=tuple(_check_allow(PREFIX + "OUTBOUND_ALLOW", a) for a in _list(env, "OUTBOUND_ALLOW")),
@@ -309,6 +329,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mail_from=env.get(PREFIX + "MAIL_FROM", "AMI Auth <no-reply@localhost>"),
         pwned_range_url=pwned,
         throttle_ip_per_minute=_int(env, "THROTTLE_IP_PER_MINUTE", 30, 1),
+        throttle_account_failures=_int(env, "THROTTLE_ACCOUNT_FAILURES", 5, 1, 100),
+        throttle_lock_seconds=lock_seconds,
+        throttle_lock_max_seconds=lock_max_seconds,
         secret_grace_days=_int(env, "SECRET_GRACE_DAYS", 7, 0),
         token_refresh_margin_minutes=_int(env, "TOKEN_REFRESH_MARGIN_MINUTES", 10, 0),
         scheduler=_bool(env, "SCHEDULER", True),
