@@ -47,6 +47,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     _configure_logging(settings)
     init_database(app, settings)
     app.extensions["ami_limits"] = make_limit_storage(settings)
+    from app.auth.passwords import warm_up
+
+    warm_up(settings)  # the dummy hash for unknown emails, so the first such sign-in costs what the rest do
     csrf.init_app(app)
     login_manager.init_app(app)
     init_security(app, settings)
