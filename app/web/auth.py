@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from flask_login import login_user, logout_user
 from flask_wtf import FlaskForm
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from app import audit
-from app.auth import mail_tokens, sessions, users
+from app.auth import mail_tokens, passwords, sessions, throttle, users
 from app.errors import AppError
-from app.extensions import db_session, get_settings
+from app.extensions import db_session, get_limit_storage, get_settings
 from app.models import User
+from app.net import get_client
+from app.settings import Settings
 from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, safe_next, signed_in, user_agent
 
 bp = Blueprint("auth", __name__)
@@ -59,8 +62,17 @@ def signin() -> str | Response:
     if form.validate_on_submit():
         db = db_session()
         settings = get_settings()
+        storage = get_limit_storage()
+        email, ip = users.normalize_email(form.email.data), client_ip()
+        try:
+            # Before the password is looked at: a locked account is not even verified.
+            throttle.check_signin(storage, settings, email=email, ip=ip)
+        except throttle.Throttled as exc:
+            return _throttled(form, next_url, exc)
         check = users.check_password(db, settings, form.email.data, form.password.data)
         if check.ok and check.user is not None:
+            throttle.record_success(storage, settings, email, ip)
+            _flag_breached_password(db, settings, check.user, form.password.data)
             audit.record(
                 db,
                 audit_ctx(),
@@ -70,19 +82,41 @@ def signin() -> str | Response:
             )
             db.commit()
             establish_session(check.user, ["password"])
+            if check.user.must_change_password:
+                return redirect(url_for("password_required.change", next=next_url))
             return redirect(next_url)
+        lock = throttle.record_failure(storage, settings, email, ip, db=db, ctx=audit_ctx())
         audit.record(
             db,
             audit_ctx(),
             "signin.failure",
-            target=f"email:{users.normalize_email(form.email.data)}",
+            target=f"email:{email}",
             outcome="failure",
             details={"method": "password"},
         )
         db.commit()
+        if lock is not None:
+            return _throttled(form, next_url, lock)
         form_errors(AppError("invalid_credentials", fields={"password": "Email or password is not right."}), form)
     status = 401 if form.is_submitted() and form.errors else 200
     return render_template("auth/signin.html", form=form, next=next_url), status  # type: ignore[return-value]
+
+
+def _throttled(form: SignInForm, next_url: str, exc: throttle.Throttled) -> Response:
+    """429 with Retry-After, and the form again with the rate_limited hint: when to try again."""
+    html = render_template("auth/signin.html", form=form, next=next_url, throttled=exc)
+    response = Response(html, status=exc.http_status, mimetype="text/html")
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def _flag_breached_password(db: Session, settings: Settings, user: User, password: str) -> None:
+    """With the breach check on, a password found in a breach must be changed before anything else."""
+    if not settings.pwned_range_url or user.must_change_password:
+        return
+    if passwords.is_breached(settings, password, client=get_client(current_app)):
+        user.must_change_password = True
+        audit.record(db, audit_ctx(), "password.breached", target=f"user:{user.id}", details={"at": "signin"})
 
 
 @bp.post("/signout")
