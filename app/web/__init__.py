@@ -7,10 +7,10 @@ from typing import Any
 from flask import Flask
 
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, home
+from app.web import account, admin, auth, home, password_required, throttle_admin
 from app.web.common import SignedIn
 
-BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp]
+BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, password_required.bp, throttle_admin.bp]
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [

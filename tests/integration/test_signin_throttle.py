@@ -1,0 +1,370 @@
+"""Sign-in throttling, hashing rules and the breached-password flow through the real app (SQLite, PostgreSQL).
+
+The Redis runs build two apps on one Redis, as two workers or hosts would be, and check that what
+happens on one is enforced by the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import argon2
+import pytest
+from flask import Flask, render_template
+from flask.testing import FlaskClient
+from limits.storage import RedisStorage
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import create_app
+from app.auth import passwords, throttle, users
+from app.errors import AppError
+from app.extensions import get_database, get_limit_storage
+from app.models import AuditEvent, User
+from tests.conftest import PASSWORD, csrf_token, make_settings, redis_url
+from tests.support.limits_storage import close_storage, redis_keys, unique_prefix
+from tests.support.live import free_port
+from tests.support.range_api import RangeApi, range_api
+
+AppFactory = Callable[..., Flask]
+WRONG = "not the right password"
+NEW_PASSWORD = "a brand new long passphrase"
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, database_url: str) -> Iterator[AppFactory]:
+    """Apps on the test's database; each call may set its own AMI_AUTH_* variables."""
+    apps: list[Flask] = []
+
+    def factory(**env: str) -> Flask:
+        application = create_app(make_settings(tmp_path, database_url, **env))
+        application.config["TESTING"] = True
+        apps.append(application)
+        return application
+
+    yield factory
+    for application in apps:
+        storage = get_limit_storage(application)
+        close_storage(storage)
+        if isinstance(storage, RedisStorage):
+            assert redis_keys(application.extensions["ami_settings"].redis_url, storage.key_prefix) == []
+        get_database(application).remove()
+        get_database(application).engine.dispose()
+
+
+def add_user(application: Flask, email: str, password: str = PASSWORD, role: str = "member") -> int:
+    with application.app_context():
+        session = get_database(application).session()
+        user = users.create_user(
+            session, application.extensions["ami_settings"], email=email, password=password, role=role, verified=True
+        )
+        session.commit()
+        return user.id
+
+
+def post_signin(client: FlaskClient, email: str, password: str, ip: str = "127.0.0.1") -> Any:
+    token = csrf_token(client, "/signin")
+    return client.post(
+        "/signin",
+        data={"email": email, "password": password, "csrf_token": token},
+        environ_base={"REMOTE_ADDR": ip},
+    )
+
+
+def db_for(application: Flask) -> Session:
+    return Session(get_database(application).engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[argon2.Parameters]:
+    """The parameters of every hash argon2 is asked to verify (real verification still runs)."""
+    calls: list[argon2.Parameters] = []
+    original = argon2.PasswordHasher.verify
+
+    def counting(self: argon2.PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:
+        calls.append(argon2.extract_parameters(hash if isinstance(hash, str) else hash.decode()))
+        return original(self, hash, password)
+
+    monkeypatch.setattr(argon2.PasswordHasher, "verify", counting)
+    return calls
+
+
+def assert_rate_limited(response: Any, wait_text: str, max_seconds: int) -> int:
+    html = response.get_data(as_text=True)
+    assert response.status_code == 429
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= max_seconds
+    assert 'data-error-code="rate_limited"' in html
+    assert f"Try again in {wait_text}." in html
+    return retry_after
+
+
+# --- the account lock -----------------------------------------------------------------------------------
+
+
+def test_fifth_failure_locks_the_account_with_429_and_retry_after(make_app: AppFactory) -> None:
+    application = make_app()
+    add_user(application, "ann@example.com")
+    client = application.test_client()
+    for _ in range(4):
+        response = post_signin(client, "ann@example.com", WRONG)
+        assert response.status_code == 401
+        assert "Email or password is not right." in response.get_data(as_text=True)
+    fifth = post_signin(client, "ann@example.com", WRONG)
+    assert 55 <= assert_rate_limited(fifth, "1 minute", 60) <= 60
+    assert "Too many failed sign-ins for this account." in fifth.get_data(as_text=True)
+    # Even the right password is refused now, and no session starts.
+    right = post_signin(client, "ann@example.com", PASSWORD)
+    assert_rate_limited(right, "1 minute", 60)
+    assert client.get("/account/").status_code == 302
+
+
+def test_a_locked_account_is_not_even_verified(make_app: AppFactory, verify_calls: list[argon2.Parameters]) -> None:
+    application = make_app()
+    add_user(application, "bea@example.com")
+    client = application.test_client()
+    for _ in range(5):
+        post_signin(client, "bea@example.com", WRONG)
+    assert len(verify_calls) == 5
+    post_signin(client, "bea@example.com", PASSWORD)
+    assert len(verify_calls) == 5
+
+
+def test_unknown_email_is_counted_and_locked_the_same(make_app: AppFactory) -> None:
+    application = make_app()
+    add_user(application, "known@example.com")
+    known, unknown = application.test_client(), application.test_client()
+    seen: dict[str, list[int]] = {"known": [], "unknown": []}
+    for _ in range(6):
+        seen["known"].append(post_signin(known, "known@example.com", WRONG).status_code)
+        seen["unknown"].append(post_signin(unknown, "nobody@example.com", WRONG).status_code)
+    assert seen["known"] == seen["unknown"] == [401, 401, 401, 401, 429, 429]
+
+
+def test_unknown_email_costs_one_verify_with_current_parameters(
+    make_app: AppFactory, verify_calls: list[argon2.Parameters]
+) -> None:
+    application = make_app()
+    add_user(application, "cid@example.com")
+    current = passwords.hasher(application.extensions["ami_settings"])
+    expected = argon2.extract_parameters(current.hash("x"))
+    client = application.test_client()
+    post_signin(client, "cid@example.com", WRONG)
+    known_calls = list(verify_calls)
+    verify_calls.clear()
+    post_signin(client, "nobody@example.com", WRONG)
+    assert known_calls == verify_calls == [expected]
+
+
+def test_success_resets_the_failure_count(make_app: AppFactory) -> None:
+    application = make_app()
+    add_user(application, "dan@example.com")
+    client = application.test_client()
+    for _ in range(4):
+        post_signin(client, "dan@example.com", WRONG)
+    assert post_signin(client, "dan@example.com", PASSWORD).status_code == 302
+    other = application.test_client()
+    assert [post_signin(other, "dan@example.com", WRONG).status_code for _ in range(4)] == [401] * 4
+
+
+# --- per IP and per IP x account -------------------------------------------------------------------------
+
+
+def test_ip_limit_refuses_a_client_spraying_accounts(make_app: AppFactory) -> None:
+    application = make_app(AMI_AUTH_THROTTLE_IP_PER_MINUTE="3")
+    client = application.test_client()
+    codes = [post_signin(client, f"user{n}@example.com", WRONG, ip="198.51.100.7").status_code for n in range(3)]
+    assert codes == [401, 401, 401]
+    refused = post_signin(client, "user9@example.com", WRONG, ip="198.51.100.7")
+    assert_rate_limited(refused, "1 minute", 60)
+    assert "Too many sign-in attempts from your network." in refused.get_data(as_text=True)
+    assert post_signin(client, "user9@example.com", WRONG, ip="198.51.100.8").status_code == 401
+
+
+def test_ip_account_pair_blocks_the_attacker_not_the_owner(make_app: AppFactory) -> None:
+    application = make_app(AMI_AUTH_THROTTLE_ACCOUNT_FAILURES="100")
+    add_user(application, "eli@example.com")
+    attacker, owner = application.test_client(), application.test_client()
+    codes = [post_signin(attacker, "eli@example.com", WRONG, ip="198.51.100.66").status_code for _ in range(10)]
+    assert codes == [401] * 9 + [429]
+    refused = post_signin(attacker, "eli@example.com", PASSWORD, ip="198.51.100.66")
+    assert_rate_limited(refused, "1 hour", 3600)
+    assert post_signin(owner, "eli@example.com", PASSWORD, ip="203.0.113.5").status_code == 302
+
+
+# --- admin unlock and audit --------------------------------------------------------------------------------
+
+
+def _lock(client: FlaskClient, email: str) -> None:
+    for _ in range(5):
+        post_signin(client, email, WRONG)
+    assert post_signin(client, email, PASSWORD).status_code == 429
+
+
+def test_admin_unlock(make_app: AppFactory) -> None:
+    application = make_app()
+    user_id = add_user(application, "fay@example.com")
+    add_user(application, "root@example.com", role="admin")
+    add_user(application, "mel@example.com")
+    _lock(application.test_client(), "fay@example.com")
+
+    member = application.test_client()
+    assert post_signin(member, "mel@example.com", PASSWORD, ip="203.0.113.1").status_code == 302
+    token = csrf_token(member, "/account/")
+    assert member.post(f"/admin/users/{user_id}/unlock", data={"csrf_token": token}).status_code == 403
+
+    admin = application.test_client()
+    assert post_signin(admin, "root@example.com", PASSWORD, ip="203.0.113.2").status_code == 302
+    with application.test_request_context("/admin/"):
+        shown = render_template("admin/_unlock_button.html", user=_user(application, user_id))
+    assert "Locked after 5 failed sign-ins; opens in 1 minute" in shown and ">Unlock</button>" in shown
+    token = csrf_token(admin, "/admin/")
+    response = admin.post(
+        f"/admin/users/{user_id}/unlock", data={"csrf_token": token, "next": "/admin/"}, follow_redirects=True
+    )
+    assert response.status_code == 200 and "fay@example.com is unlocked." in response.get_data(as_text=True)
+    assert admin.post("/admin/users/99999/unlock", data={"csrf_token": token}).status_code == 404
+    assert post_signin(application.test_client(), "fay@example.com", PASSWORD).status_code == 302
+
+
+def _user(application: Flask, user_id: int) -> User:
+    with db_for(application) as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        return user
+
+
+def test_locks_and_unlocks_are_audit_events(make_app: AppFactory) -> None:
+    application = make_app()
+    user_id = add_user(application, "gus@example.com")
+    add_user(application, "root@example.com", role="admin")
+    _lock(application.test_client(), "gus@example.com")
+    admin = application.test_client()
+    post_signin(admin, "root@example.com", PASSWORD, ip="203.0.113.2")
+    admin.post(f"/admin/users/{user_id}/unlock", data={"csrf_token": csrf_token(admin, "/admin/")})
+    with db_for(application) as session:
+        events = {e.action: e for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))}
+    assert events["account.locked"].target == "email:gus@example.com"
+    assert events["account.locked"].details["seconds"] == 60
+    assert events["account.unlocked"].actor == "root@example.com"
+
+
+# --- hashing rules at sign-in --------------------------------------------------------------------------------
+
+
+def test_stale_hash_is_rehashed_at_the_next_successful_signin(make_app: AppFactory) -> None:
+    application = make_app()
+    user_id = add_user(application, "hal@example.com")
+    old = argon2.PasswordHasher(memory_cost=2048, time_cost=2, parallelism=1).hash(PASSWORD)
+    with db_for(application) as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        user.password_hash = old
+        session.commit()
+    client = application.test_client()
+    assert post_signin(client, "hal@example.com", WRONG).status_code == 401
+    assert _user(application, user_id).password_hash == old  # a failure changes nothing
+    assert post_signin(client, "hal@example.com", PASSWORD).status_code == 302
+    stored = _user(application, user_id).password_hash
+    assert stored is not None and stored != old
+    params = argon2.extract_parameters(stored)
+    settings = application.extensions["ami_settings"]
+    assert (params.memory_cost, params.time_cost, params.parallelism) == (
+        settings.argon2_memory_kib,
+        settings.argon2_time_cost,
+        settings.argon2_parallelism,
+    )
+    assert passwords.verify_password(settings, stored, PASSWORD)
+
+
+# --- breached password at sign-in --------------------------------------------------------------------------
+
+
+def test_breached_password_forces_a_change_before_anything_else(make_app: AppFactory) -> None:
+    with range_api(RangeApi(breached={PASSWORD: 97})) as api:
+        application = make_app(AMI_AUTH_PWNED_RANGE_URL=api.url)
+        user_id = add_user(make_app(), "ivy@example.com")  # created while the check is off
+        first, second = application.test_client(), application.test_client()
+        response = post_signin(first, "ivy@example.com", PASSWORD)
+        assert response.status_code == 302
+        assert response.headers["Location"].startswith("/account/password/required")
+        assert _user(application, user_id).must_change_password
+        assert post_signin(second, "ivy@example.com", PASSWORD).status_code == 302
+        # Every page leads to the change form until the password is changed.
+        blocked = first.get("/account/")
+        assert blocked.status_code == 302 and "/account/password/required" in blocked.headers["Location"]
+        page = first.get("/account/password/required")
+        assert page.status_code == 200 and "Change your password" in page.get_data(as_text=True)
+
+        token = csrf_token(first, "/account/password/required")
+        again = first.post(
+            "/account/password/required", data={"password": PASSWORD, "confirm": PASSWORD, "csrf_token": token}
+        )
+        assert again.status_code == 422
+        assert re.search(r'id="password-error"[^>]*>This password has appeared in a data breach', again.text)
+        common = first.post(
+            "/account/password/required",
+            data={"password": "qwerty123456", "confirm": "qwerty123456", "csrf_token": token},
+        )
+        assert "one of the most common passwords" in common.get_data(as_text=True)
+        done = first.post(
+            "/account/password/required",
+            data={"password": NEW_PASSWORD, "confirm": NEW_PASSWORD, "csrf_token": token},
+        )
+        assert done.status_code == 302
+    assert not _user(application, user_id).must_change_password
+    assert first.get("/account/").status_code == 200
+    # The other session, opened with the breached password, is over.
+    assert second.get("/account/").headers["Location"].startswith("/signin")
+    assert post_signin(application.test_client(), "ivy@example.com", NEW_PASSWORD).status_code == 302
+
+
+def test_unreachable_range_api_lets_the_user_in(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    application = make_app(
+        AMI_AUTH_PWNED_RANGE_URL=f"http://127.0.0.1:{free_port()}/range", AMI_AUTH_OUTBOUND_RETRIES="0"
+    )
+    user_id = add_user(application, "joe@example.com")
+    caplog.set_level(logging.WARNING, logger="ami_auth.passwords")
+    response = post_signin(application.test_client(), "joe@example.com", PASSWORD)
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+    assert not _user(application, user_id).must_change_password
+    assert "breached-password check skipped" in caplog.text
+
+
+def test_breached_password_refused_when_set(make_app: AppFactory) -> None:
+    with range_api(RangeApi(breached={"monkey business 1987": 12})) as api:
+        application = make_app(AMI_AUTH_PWNED_RANGE_URL=api.url)
+        with pytest.raises(AppError) as info:
+            add_user(application, "kim@example.com", password="monkey business 1987")
+        assert info.value.code == "validation_failed" and "data breach" in info.value.fields["password"]
+
+
+# --- Redis: two app instances, one store ---------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_failures_on_one_instance_lock_the_account_on_another(make_app: AppFactory) -> None:
+    url, prefix = redis_url(), unique_prefix()
+    instance_a = make_app(AMI_AUTH_REDIS_URL=url, AMI_AUTH_REDIS_KEY_PREFIX=prefix)
+    instance_b = make_app(AMI_AUTH_REDIS_URL=url, AMI_AUTH_REDIS_KEY_PREFIX=prefix)
+    assert get_limit_storage(instance_a) is not get_limit_storage(instance_b)
+    user_id = add_user(instance_a, "lea@example.com")
+    add_user(instance_a, "root@example.com", role="admin")
+    on_a = instance_a.test_client()
+    assert [post_signin(on_a, "lea@example.com", WRONG).status_code for _ in range(4)] == [401] * 4
+    on_b = instance_b.test_client()
+    assert post_signin(on_b, "lea@example.com", WRONG).status_code == 429  # the 5th failure, counted on B
+    assert_rate_limited(post_signin(on_a, "lea@example.com", PASSWORD), "1 minute", 60)
+    assert_rate_limited(post_signin(on_b, "lea@example.com", PASSWORD), "1 minute", 60)
+    assert redis_keys(url, prefix), "the counts live in Redis under the test's prefix"
+
+    admin_on_b = instance_b.test_client()
+    assert post_signin(admin_on_b, "root@example.com", PASSWORD, ip="203.0.113.2").status_code == 302
+    token = csrf_token(admin_on_b, "/admin/")
+    assert admin_on_b.post(f"/admin/users/{user_id}/unlock", data={"csrf_token": token}).status_code == 302
+    assert post_signin(on_a, "lea@example.com", PASSWORD).status_code == 302
+    assert throttle.account_status(get_limit_storage(instance_a), "lea@example.com").failures == 0
