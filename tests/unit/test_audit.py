@@ -1,7 +1,8 @@
-"""The audit log on a real SQLite file: chaining, tamper detection, redaction, concurrency, export."""
+"""The audit log on a real SQLite file: chaining, tamper detection, redaction, concurrency, export, CLI."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from flask import Flask
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
@@ -28,10 +30,12 @@ from app.audit import (
     sanitize_details,
     verify,
 )
+from app.audit_cli import audit_cli
 from app.errors import AppError
-from app.extensions import Database, make_database
+from app.extensions import Database, get_database, init_database, make_database
 from app.migrate import upgrade
 from app.models.audit import AuditEvent
+from app.settings import load_settings
 
 ALICE = AuditContext(actor="alice@example.com", actor_id=7, ip="127.0.0.1", user_agent="pytest")
 
@@ -502,3 +506,98 @@ def test_export_writes_one_json_line_per_event(session: Session, tmp_path: Path)
         add_events(session, 2, start=6)
         assert export_jsonl(session, fh, after_id=5) == 2
     check_export_lines(path.read_text().splitlines(), [1, 2, 3, 4, 5, 6, 7])
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(tmp_path: Path, db_url: str) -> Iterator[Flask]:
+    settings = load_settings(
+        {
+            "AMI_AUTH_ENV": "test",
+            "AMI_AUTH_INSTANCE_DIR": str(tmp_path),
+            "AMI_AUTH_DATABASE_URL": db_url,
+            "AMI_AUTH_SECRET_KEY": "x" * 40,
+            "AMI_AUTH_MASTER_KEYS": "k1:" + base64.b64encode(bytes(32)).decode(),
+        }
+    )
+    app = Flask("audit_cli_test")
+    app.extensions["ami_settings"] = settings
+    init_database(app, settings)
+    app.cli.add_command(audit_cli)
+    yield app
+    get_database(app).engine.dispose()
+
+
+def seed(app: Flask, count: int, start: int = 1) -> None:
+    with Session(get_database(app).engine) as session:
+        add_events(session, count, start)
+
+
+def test_cli_verify_reports_ok(app: Flask) -> None:
+    seed(app, 3)
+    result = app.test_cli_runner().invoke(args=["audit", "verify"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("OK: checked 3 events; head hash ")
+
+
+def test_cli_verify_fails_naming_the_event(app: Flask) -> None:
+    seed(app, 4)
+    tamper(get_database(app).engine, "UPDATE audit_events SET outcome = 'success' WHERE id = 2")
+    result = app.test_cli_runner().invoke(args=["audit", "verify", "--batch", "2"])
+    assert result.exit_code == 1
+    assert "TAMPERED: event 2 was edited" in result.stderr
+    assert "checked 2 events" in result.stdout
+
+
+def test_cli_export_to_stdout(app: Flask) -> None:
+    seed(app, 3)
+    result = app.test_cli_runner().invoke(args=["audit", "export"])
+    assert result.exit_code == 0, result.output
+    check_export_lines(result.stdout.splitlines(), [1, 2, 3])
+    assert "Exported 3 events." in result.stderr
+
+
+def test_cli_export_resumes_an_interrupted_export_without_duplicates(app: Flask, tmp_path: Path) -> None:
+    seed(app, 5)
+    out = tmp_path / "export.jsonl"
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["audit", "export", "--output", str(out)]).exit_code == 0
+    full = out.read_text().splitlines(keepends=True)
+    # As if the process died mid-write: three whole lines and half of the fourth.
+    out.write_text("".join(full[:3]) + full[3][:20])
+    seed(app, 2, start=6)
+
+    result = runner.invoke(args=["audit", "export", "--output", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "Removed an incomplete last line" in result.stderr
+    assert "Exported 4 events after event 3." in result.stderr
+    check_export_lines(out.read_text().splitlines(), [1, 2, 3, 4, 5, 6, 7])
+
+    again = runner.invoke(args=["audit", "export", "--output", str(out), "--resume"])
+    assert again.exit_code == 0 and "Exported 0 events after event 7." in again.stderr
+    check_export_lines(out.read_text().splitlines(), [1, 2, 3, 4, 5, 6, 7])
+
+
+def test_cli_export_resume_starts_a_missing_file(app: Flask, tmp_path: Path) -> None:
+    seed(app, 2)
+    out = tmp_path / "new.jsonl"
+    result = app.test_cli_runner().invoke(args=["audit", "export", "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    check_export_lines(out.read_text().splitlines(), [1, 2])
+
+
+def test_cli_export_refuses_to_resume_a_file_from_another_log(app: Flask, tmp_path: Path) -> None:
+    seed(app, 2)
+    out = tmp_path / "foreign.jsonl"
+    out.write_text(json.dumps({"id": 2, "hash": "a" * 64}) + "\n")
+    result = app.test_cli_runner().invoke(args=["audit", "export", "-o", str(out), "--resume"])
+    assert result.exit_code == 1
+    assert "does not continue this database's audit log: event 2 has a different hash" in result.output
+
+
+def test_cli_export_resume_needs_an_output_file(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["audit", "export", "--resume"])
+    assert result.exit_code == 2
+    assert "--resume needs --output" in result.output
