@@ -21,20 +21,26 @@ audit_cli = AppGroup("audit", help="Check and export the hash-chained audit log.
 _TAIL_CHUNK = 64 * 1024
 
 
+def _events(n: int) -> str:
+    return f"{n} event" if n == 1 else f"{n} events"
+
+
 @audit_cli.command("verify")
 @click.option(
     "--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Events read per query."
 )
 def verify_command(batch: int) -> None:
-    """Walk the chain; exit 1 naming the first edited, deleted, inserted or reordered event."""
+    """Walk the chain; exit 1 naming the first edited, deleted, inserted or reordered event.
+
+    Keep the printed head hash outside the database: the chain alone cannot show that its newest
+    events were removed, a head hash from an earlier run can.
+    """
     result = verify(get_database().session(), batch=batch)
     if result.ok:
-        click.echo(f"OK: checked {result.checked} events; head hash {result.head_hash}")
-        # The chain cannot show that its newest events were removed; a head hash kept elsewhere can.
-        click.echo("Keep the head hash outside the database to detect a truncated head later.", err=True)
+        click.echo(f"OK: checked {_events(result.checked)}; head hash {result.head_hash}")
         return
     click.echo(f"TAMPERED: {result.problem}", err=True)
-    click.echo(f"checked {result.checked} events; intact up to head hash {result.head_hash}")
+    click.echo(f"checked {_events(result.checked)}; intact up to head hash {result.head_hash}")
     raise click.exceptions.Exit(1)
 
 
@@ -119,4 +125,4 @@ def export_command(output: Path | None, resume: bool) -> None:
             with output.open("a" if resume else "w", encoding="utf-8", newline="\n") as fh:
                 written = export_jsonl(session, fh, after_id=after_id, progress=bar.update)
     where = f" after event {after_id}" if after_id else ""
-    click.echo(f"Exported {written} events{where}.", err=True)
+    click.echo(f"Exported {_events(written)}{where}.", err=True)

@@ -601,3 +601,21 @@ def test_cli_export_resume_needs_an_output_file(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["audit", "export", "--resume"])
     assert result.exit_code == 2
     assert "--resume needs --output" in result.output
+
+
+def test_cli_export_resume_finds_the_last_line_across_read_chunks(app: Flask, tmp_path: Path) -> None:
+    """Lines longer than the 64 KiB backward-read chunk still resume at the right event."""
+    with Session(get_database(app).engine) as session:
+        for n in range(3):
+            record(session, ALICE, "test.big", details={"note": str(n) * 100_000})
+        session.commit()
+    out = tmp_path / "big.jsonl"
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["audit", "export", "-o", str(out)]).exit_code == 0
+    full = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(full[:2]) + full[2][:70_000])
+
+    result = runner.invoke(args=["audit", "export", "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "Exported 1 event after event 2." in result.stderr
+    check_export_lines(out.read_text().splitlines(), [1, 2, 3])
