@@ -69,7 +69,9 @@ MAX_QUERY_LIMIT: Final = 500
 _MASK: Final = "**********"
 # Key names whose values are credentials. Booleans and None say whether something exists, not what it
 # is ("password_changed": True), so they are kept.
-_SECRET_KEY: Final = re.compile(r"password|secret|token|api_key|authorization|cookie|key$", re.IGNORECASE)
+_SECRET_KEY: Final = re.compile(
+    r"password|passphrase|secret|token|api_key|authorization|cookie|recovery_code|otp|totp_code|key$", re.IGNORECASE
+)
 _MAX_DEPTH: Final = 32
 
 # Column widths from app.models.audit; values that come from the client (user agent, IP) are clipped
@@ -83,9 +85,7 @@ _USER_AGENT_MAX: Final = 400
 # pg_advisory_xact_lock key shared by every process writing the chain. Advisory keys are one global
 # namespace per database, so it is a spelled-out random-looking constant rather than a small number
 # another feature might pick. (First 8 bytes of SHA-256("ami_auth.audit_chain"), as a signed int64.)
-_PG_CHAIN_LOCK_KEY: Final = int.from_bytes(
-    hashlib.sha256(b"ami_auth.audit_chain").digest()[:8], "big", signed=True
-)
+_PG_CHAIN_LOCK_KEY: Final = int.from_bytes(hashlib.sha256(b"ami_auth.audit_chain").digest()[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -411,9 +411,7 @@ def query(
     if not 1 <= limit <= MAX_QUERY_LIMIT:
         raise AppError("validation_failed", fields={"limit": f"must be between 1 and {MAX_QUERY_LIMIT}"})
     if outcome is not None and outcome not in OUTCOMES:
-        raise AppError(
-            "validation_failed", fields={"outcome": f"must be one of {', '.join(sorted(OUTCOMES))}"}
-        )
+        raise AppError("validation_failed", fields={"outcome": f"must be one of {', '.join(sorted(OUTCOMES))}"})
     for name, moment in (("since", since), ("until", until)):
         if moment is not None and moment.tzinfo is None:
             raise AppError("validation_failed", fields={name: "must include a time zone"})

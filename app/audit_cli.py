@@ -87,9 +87,7 @@ def _resume_point(session: Session, path: Path) -> int:
         last = json.loads(line)
         last_id, last_hash = last["id"], last["hash"]
     except (ValueError, KeyError, TypeError):
-        raise click.ClickException(
-            f"{path}: the last line is not an audit export line; cannot resume"
-        ) from None
+        raise click.ClickException(f"{path}: the last line is not an audit export line; cannot resume") from None
     if not isinstance(last_id, int) or not isinstance(last_hash, str):
         raise click.ClickException(f"{path}: the last line is not an audit export line; cannot resume")
     stored = session.scalar(select(AuditEvent.hash).where(AuditEvent.id == last_id))

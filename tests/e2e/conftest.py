@@ -81,7 +81,16 @@ def page(context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path
     """A page that fails the test on any console error (CSP violations included) and keeps a screenshot."""
     p = context.new_page()
     errors: list[str] = []
-    p.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    # HTTP error statuses the test provokes on purpose (401, 410…) are logged as "Failed to load resource";
+    # what counts are script errors and CSP violations.
+    p.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type == "error" and not msg.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
     p.on("pageerror", lambda exc: errors.append(str(exc)))
     setattr(p, "console_errors", errors)  # noqa: B010 - tests read it
     yield p

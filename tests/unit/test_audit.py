@@ -205,9 +205,7 @@ def test_swapping_two_events_is_detected(session: Session, database: Database) -
     assert result.problem.startswith("an event before 2 was deleted or inserted, or the order changed")
 
 
-def test_a_forged_event_with_a_valid_hash_is_caught_by_the_next_link(
-    session: Session, database: Database
-) -> None:
+def test_a_forged_event_with_a_valid_hash_is_caught_by_the_next_link(session: Session, database: Database) -> None:
     events = add_events(session, 5)
     # Make room in the middle and write an event hashed exactly as record() would (the scheme is public).
     tamper(database.engine, "UPDATE audit_events SET id = id + 100 WHERE id >= 3")
@@ -253,9 +251,7 @@ def test_a_forged_event_with_a_made_up_hash_is_named(session: Session, database:
     assert result.problem == "event 3 was edited: its contents do not match its hash"
 
 
-def test_a_truncated_head_is_only_caught_by_a_head_hash_kept_elsewhere(
-    session: Session, database: Database
-) -> None:
+def test_a_truncated_head_is_only_caught_by_a_head_hash_kept_elsewhere(session: Session, database: Database) -> None:
     add_events(session, 4)
     anchored = verify(session).head_hash
     tamper(database.engine, "DELETE FROM audit_events WHERE id = 4")
@@ -269,9 +265,7 @@ def test_a_truncated_head_is_only_caught_by_a_head_hash_kept_elsewhere(
 
 
 @pytest.mark.parametrize("shown", ["**********", "Secret('**********')"])
-def test_secrets_are_redacted_before_they_reach_the_table(
-    session: Session, database: Database, shown: str
-) -> None:
+def test_secrets_are_redacted_before_they_reach_the_table(session: Session, database: Database, shown: str) -> None:
     details: dict[str, object] = {
         "password": "hunter2-plaintext",
         "new_password": "correct-horse-plaintext",
