@@ -396,6 +396,7 @@ def test_rotate_and_rewrap_moves_every_row_and_keeps_it_readable(database: Datab
     expected = _fill(database, Cipher((K1,)), 300)
     with database.session() as session:
         before = _ciphertexts(session)
+        stamps = {row.id: row.updated_at for row in session.execute(select(StoredSecret.id, StoredSecret.updated_at))}
         assert key_status(session) == {"k1": 330}
     rotated = Cipher((K2, K1))
     _assert_all_readable(database, rotated, expected)  # old rows read fine before any rewrap
@@ -407,6 +408,10 @@ def test_rotate_and_rewrap_moves_every_row_and_keeps_it_readable(database: Datab
     with database.session() as session:
         assert key_status(session) == {"k2": 330}
         assert _ciphertexts(session) == before  # only the wrapped keys changed
+        # The value did not change, so neither does its "last changed" time.
+        assert {
+            row.id: row.updated_at for row in session.execute(select(StoredSecret.id, StoredSecret.updated_at))
+        } == stamps
         # The retired values moved too, so a rollback still works after the old key is removed.
         restored = restore_previous(session, "account", 0, "api_key")
         assert restored is not None
