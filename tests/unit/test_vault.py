@@ -573,6 +573,34 @@ def test_cli_rewrap_moves_rows_and_refuses_with_missing_keys(instance: Path, dis
     assert result.exit_code == 1 and "k3" in result.output and "not in AMI_AUTH_MASTER_KEYS" in result.output
 
 
+def test_cli_rewrap_names_the_row_it_cannot_unwrap(instance: Path, dispose: list[Flask]) -> None:
+    _seed(instance, (K1,), 12)
+    app = _app(instance, (K2, K1))
+    dispose.append(app)
+    database = get_database(app)
+    with database.session() as session, session.begin():
+        session.execute(update(StoredSecret).where(StoredSecret.id == 9).values(wrapped_key=b"\0" * 60))
+    result = app.test_cli_runner().invoke(args=["keys", "rewrap", "--batch-size", "4"])
+    assert result.exit_code == 1
+    assert "'k1'" in result.output and "secrets row id 9" in result.output
+    assert "8 row(s) were moved before it" in result.output
+    with database.session() as session:
+        assert key_status(session) == {"k1": 4, "k2": 8}
+
+
+def test_cli_writes_no_dev_file_when_the_variable_is_set(
+    instance: Path, dispose: list[Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_dev_master_keys(instance, (K1,))
+    monkeypatch.setenv("AMI_AUTH_MASTER_KEYS", format_master_keys((K1,)))
+    app = _app(instance, (K1,))
+    dispose.append(app)
+    result = app.test_cli_runner().invoke(args=["keys", "add", "--kid", "next"])
+    assert result.exit_code == 0, result.output
+    assert parse_master_keys(dev_key_file(instance).read_text()) == (K1,)
+    assert result.stdout.startswith("AMI_AUTH_MASTER_KEYS=k1:")
+
+
 def test_public_names_are_pinned() -> None:
     assert sorted(vault.__all__) == [
         "Cipher",
