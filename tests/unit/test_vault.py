@@ -18,7 +18,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 import app.vault as vault
-from app import create_app
+from app import audit, create_app
 from app.errors import AppError
 from app.extensions import Database, get_database, make_database
 from app.migrate import upgrade
@@ -554,6 +554,9 @@ def test_cli_rotate_outside_development_prints_only_the_variable_line(instance: 
     assert [k.kid for k in keys] == ["prod2", "k1"] and keys[1] == K1
     assert format_master_keys(keys) == value
     assert "prod2" in result.stderr and "AMI_AUTH_MASTER_KEYS" in result.stderr
+    with get_database(app).session() as session:
+        (event,) = audit.query(session, action="keys.rotated")
+        assert (event.target, event.details) == ("master_key:prod2", {"stored": "printed"})
     assert not any(t.decode() in result.stderr for t in key_texts(keys[0])[1:] + key_texts(K1)[1:])
 
 
@@ -565,6 +568,9 @@ def test_cli_rewrap_moves_rows_and_refuses_with_missing_keys(instance: Path, dis
     result = runner.invoke(args=["keys", "rewrap", "--batch-size", "5"])
     assert result.exit_code == 0, result.output
     assert "Moved 12 row(s) to key 'k2'." in result.output
+    with get_database(app).session() as session:
+        (event,) = audit.query(session, action="keys.rewrapped")
+        assert (event.outcome, event.actor, event.details) == ("success", "cli", {"moved": 12})
     result = runner.invoke(args=["keys", "rewrap"])
     assert result.exit_code == 0 and "Nothing to do" in result.output
 
@@ -586,6 +592,12 @@ def test_cli_rewrap_names_the_row_it_cannot_unwrap(instance: Path, dispose: list
     assert "8 row(s) were moved before it" in result.output
     with database.session() as session:
         assert key_status(session) == {"k1": 4, "k2": 8}
+        (event,) = audit.query(session, action="keys.rewrapped")
+    assert (event.outcome, event.target, event.details) == (
+        "failure",
+        "master_key:k2",
+        {"moved": 8, "stopped": "unreadable row"},
+    )
 
 
 def test_cli_writes_no_dev_file_when_the_variable_is_set(
