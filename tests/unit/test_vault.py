@@ -125,6 +125,21 @@ def test_envelope_uses_standard_aes_gcm_layout() -> None:
     assert AESGCM(dek).decrypt(env.ciphertext[:12], env.ciphertext[12:], AAD) == b"payload"
 
 
+def test_stored_format_is_pinned() -> None:
+    """Rows written today must decrypt after any refactor: the AAD bytes and layout are a storage format."""
+    assert aad_for("account", 7, "api_key") == (
+        b"\x00\x00\x00\x13ami-auth/secrets/v1\x00\x00\x00\x07account\x00\x00\x00\x017\x00\x00\x00\x07api_key"
+    )
+    master = MasterKey("k2024", bytes(range(32)))
+    dek = bytes(range(32, 64))
+    aad = aad_for("account", 7, "api_key")
+    wrap_nonce, payload_nonce = b"\x01" * 12, b"\x02" * 12
+    wrapped = wrap_nonce + AESGCM(master.key).encrypt(wrap_nonce, dek, aad + b"k2024\x05")
+    ciphertext = payload_nonce + AESGCM(dek).encrypt(payload_nonce, b"known answer", aad)
+    env = Envelope("k2024", 1, wrapped, ciphertext)
+    assert Cipher((master,)).decrypt(env, aad) == b"known answer"
+
+
 def test_wrong_aad_is_unreadable() -> None:
     cipher = Cipher((K1,))
     env = cipher.encrypt(b"v", AAD)
