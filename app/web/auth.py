@@ -71,7 +71,6 @@ def signin() -> str | Response:
             return _throttled(form, next_url, exc)
         check = users.check_password(db, settings, form.email.data, form.password.data)
         if check.ok and check.user is not None:
-            throttle.record_success(storage, settings, email, ip)
             _flag_breached_password(db, settings, check.user, form.password.data)
             audit.record(
                 db,
@@ -80,6 +79,9 @@ def signin() -> str | Response:
                 target=f"user:{check.user.id}",
                 details={"method": "password"},
             )
+            # Only a complete sign-in clears the failures: with a second factor pending this line is not
+            # reached, so the password cannot be used to reset the count between guesses at the code.
+            throttle.record_success(storage, settings, email, ip)
             db.commit()
             establish_session(check.user, ["password"])
             if check.user.must_change_password:

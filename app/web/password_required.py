@@ -22,8 +22,11 @@ from app.web.common import audit_ctx, form_errors, login_required, safe_next, si
 
 bp = Blueprint("password_required", __name__)
 
-# What a flagged user may still reach: this page, sign-out and the static files the page needs.
-_ALLOWED_ENDPOINTS = frozenset({"password_required.change", "auth.signout", "static"})
+# What a flagged user may still reach: this page, sign-out, the static files, and the account page's own
+# password form (it clears the flag too), so that a second guard sending users there cannot loop with this one.
+_ALLOWED_ENDPOINTS = frozenset(
+    {"password_required.change", "auth.signout", "static", "account.index", "account.change_password"}
+)
 
 
 class RequiredChangeForm(FlaskForm):  # type: ignore[misc]
