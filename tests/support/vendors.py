@@ -70,6 +70,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
@@ -1279,7 +1280,7 @@ class Callback:
         return self.params["code"]
 
 
-_KEY_POOL: list[RSAKey] = []
+_KEY_POOL: list[rsa.RSAPrivateKey] = []
 _KEY_POOL_SIZE = 6
 _key_counter = itertools.count()
 _key_lock = threading.Lock()
@@ -1291,10 +1292,10 @@ def _signing_key() -> RSAKey:
     with _key_lock:
         n = next(_key_counter)
         if len(_KEY_POOL) < _KEY_POOL_SIZE:
-            _KEY_POOL.append(RSAKey.generate_key(2048))
-        material = _KEY_POOL[n % _KEY_POOL_SIZE]
-    kid = secrets.token_hex(20)
-    return RSAKey.import_key(material.as_dict(private=True), parameters={"kid": kid, "use": "sig", "alg": "RS256"})
+            _KEY_POOL.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        native = _KEY_POOL[n % _KEY_POOL_SIZE]
+    # Wrapping the native key: importing a private JWK again would re-validate it (~90 ms).
+    return RSAKey(native, native, parameters={"kid": secrets.token_hex(20), "use": "sig", "alg": "RS256"})
 
 
 class OAuthVendor(Vendor):

@@ -18,6 +18,7 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError, InvalidKeyIdError
 from joserfc.jwk import KeySet
 
+from app.net import OutboundClient, ProviderUnreachable, retry_after
 from tests.support.vendors import (
     MSA_TENANT_ID,
     Anthropic,
@@ -185,6 +186,27 @@ def test_start_vendor_runs_extra_instances(start_vendor: StartVendor, http: http
     second = start_vendor(OpenAI())
     assert first.url != second.url
     assert http.get(f"{second.url}/v1/models").status_code == 401
+
+
+def test_the_apps_outbound_client_reaches_stand_ins_and_meets_injected_failures(openai_standin: OpenAI) -> None:
+    """What the module docstring promises about app.net: a single 503 is retried away, the default 429
+    Retry-After (120 s, over the 30 s cap) comes straight back, and a hang surfaces as a timeout."""
+    key = openai_standin.add_key()
+    auth = {"Authorization": f"Bearer {key}"}
+    url = f"{openai_standin.url}/v1/models"
+    with OutboundClient(allow=("127.0.0.1",), timeout=2, retries=2, backoff_base=0.01) as client:
+        openai_standin.fail_next(503)
+        assert client.get(url, headers=auth).status_code == 200
+        assert len(openai_standin.requests_to("/v1/models")) == 2
+        openai_standin.rate_limit_next(times=None)
+        limited = client.get(url, headers=auth)
+        assert (limited.status_code, retry_after(limited)) == (429, 120.0)
+        assert len(openai_standin.requests_to("/v1/models")) == 3
+        openai_standin.clear_faults()
+    openai_standin.hang_next()
+    with OutboundClient(allow=("127.0.0.1",), timeout=0.2, retries=0) as client, pytest.raises(ProviderUnreachable):
+        client.get(url, headers=auth)
+    openai_standin.release()
 
 
 # Every vendor's injected errors keep that vendor's documented shape.
