@@ -235,11 +235,18 @@ class _Entry:
     fetched_at: float
 
 
+# Transient failures: while a provider is down, a cached document or key set past its TTL is still
+# better than failing every sign-in; a configuration error (4xx, bad JSON, wrong issuer) is not hidden.
+_TRANSIENT: Final = frozenset({"provider_unreachable", "rate_limited"})
+
+
 class DiscoveryCache:
     """Discovery documents and JWKS, cached per URL; one instance per app, shared by all threads.
 
     ``signing_key`` fetches the JWKS again once when a token names an unknown ``kid`` (the provider
-    rotated its keys), but not more often than every ``jwks_min_interval`` seconds.
+    rotated its keys), but not more often than every ``jwks_min_interval`` seconds. When a refresh
+    after the TTL fails transiently, the stale copy is used until the provider answers again.
+    Fetches for one URL are serialised (one request, however many threads ask); other URLs are not held up.
     """
 
     def __init__(
@@ -256,25 +263,26 @@ class DiscoveryCache:
         self.jwks_ttl = jwks_ttl
         self.jwks_min_interval = jwks_min_interval
         self._clock = clock
-        self._metadata: dict[tuple[str, str], _Entry] = {}
-        self._jwks: dict[str, _Entry] = {}
-        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, ...], _Entry] = {}
+        self._locks: dict[tuple[str, ...], threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def metadata(self, issuer: str, *, discovery_url: str | None = None) -> ProviderMetadata:
         """The provider's metadata, from the cache while younger than ``metadata_ttl``."""
-        cache_key = (issuer, discovery_url or "")
-        with self._lock:
-            entry = self._metadata.get(cache_key)
-            if entry is None or self._clock() - entry.fetched_at >= self.metadata_ttl:
-                entry = _Entry(discover(self.client, issuer, discovery_url=discovery_url), self._clock())
-                self._metadata[cache_key] = entry
-            metadata: ProviderMetadata = entry.value
-            return metadata
+        key = ("metadata", issuer, discovery_url or "")
+        with self._lock_for(key):
+            entry = self._fresh(
+                key, self.metadata_ttl, lambda: discover(self.client, issuer, discovery_url=discovery_url)
+            )
+        metadata: ProviderMetadata = entry.value
+        return metadata
 
     def jwks(self, jwks_uri: str) -> KeySet:
         """The JWK Set at ``jwks_uri``, from the cache while younger than ``jwks_ttl``."""
-        with self._lock:
-            return self._jwks_locked(jwks_uri, force=False)
+        key = ("jwks", jwks_uri)
+        with self._lock_for(key):
+            keys: KeySet = self._fresh(key, self.jwks_ttl, lambda: fetch_jwks(self.client, jwks_uri)).value
+        return keys
 
     def signing_key(self, jwks_uri: str, kid: str | None) -> Key:
         """The key that signed a token (by ``kid``), re-fetching the JWKS once if the kid is unknown.
@@ -282,33 +290,44 @@ class DiscoveryCache:
         OIDC Core §10.1.1: a provider rotates keys by publishing the new one in its JWKS; the client
         picks up the new key when a token names it. Without ``kid`` the set must hold exactly one key.
         """
-        with self._lock:
-            key = _find_key(self._jwks_locked(jwks_uri, force=False), kid)
-            if key is None:
-                entry = self._jwks[jwks_uri]
-                if self._clock() - entry.fetched_at >= self.jwks_min_interval:
-                    key = _find_key(self._jwks_locked(jwks_uri, force=True), kid)
-        if key is None:
+        key = ("jwks", jwks_uri)
+        with self._lock_for(key):
+            entry = self._fresh(key, self.jwks_ttl, lambda: fetch_jwks(self.client, jwks_uri))
+            found = _find_key(entry.value, kid)
+            if found is None and self._clock() - entry.fetched_at >= self.jwks_min_interval:
+                entry = _Entry(fetch_jwks(self.client, jwks_uri), self._clock())
+                self._entries[key] = entry
+                found = _find_key(entry.value, kid)
+        if found is None:
             raise AppError(
                 "validation_failed",
                 f"The token is signed with a key the provider does not publish (kid {str(kid)[:64]!r})",
                 "Sign in again; if it keeps failing, the provider's keys may be misconfigured",
             )
-        return key
+        return found
 
     def invalidate(self) -> None:
         """Forget everything (e.g. after an admin changed a provider's URLs)."""
-        with self._lock:
-            self._metadata.clear()
-            self._jwks.clear()
+        with self._guard:
+            self._entries.clear()
 
-    def _jwks_locked(self, jwks_uri: str, *, force: bool) -> KeySet:
-        entry = self._jwks.get(jwks_uri)
-        if force or entry is None or self._clock() - entry.fetched_at >= self.jwks_ttl:
-            entry = _Entry(fetch_jwks(self.client, jwks_uri), self._clock())
-            self._jwks[jwks_uri] = entry
-        keys: KeySet = entry.value
-        return keys
+    def _lock_for(self, key: tuple[str, ...]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _fresh(self, key: tuple[str, ...], ttl: float, fetch: Callable[[], Any]) -> _Entry:
+        """The cached entry, fetched anew when missing or older than ``ttl``; the caller holds its lock."""
+        entry = self._entries.get(key)
+        if entry is not None and self._clock() - entry.fetched_at < ttl:
+            return entry
+        try:
+            entry = _Entry(fetch(), self._clock())
+        except AppError as exc:
+            if entry is not None and exc.code in _TRANSIENT:
+                return entry
+            raise
+        self._entries[key] = entry
+        return entry
 
 
 def _find_key(keys: KeySet, kid: str | None) -> Key | None:

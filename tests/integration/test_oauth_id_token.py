@@ -37,6 +37,7 @@ class JWKSServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _JWKSHandler)
         self.keys: list[Key] = []
         self.hits = 0
+        self.status = 200
 
     @property
     def jwks_uri(self) -> str:
@@ -52,7 +53,7 @@ class _JWKSHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = self.server.document()
-        self.send_response(200)
+        self.send_response(self.server.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -299,3 +300,23 @@ def test_garbage_is_not_a_token(jwks: JWKSServer, cache: DiscoveryCache) -> None
     metadata = metadata_for(jwks)
     for junk in ("", "abc", "a.b", "a.b.c.d.e", "é.é.é"):
         assert refused(junk, metadata, cache)
+
+
+def test_stale_keys_serve_while_the_provider_is_down(
+    jwks: JWKSServer, outbound: OutboundClient, rsa_key: RSAKey
+) -> None:
+    now = [0.0]
+    cache = DiscoveryCache(outbound, jwks_ttl=3600, clock=lambda: now[0])
+    metadata = metadata_for(jwks)
+    assert check(sign(rsa_key, claims()), metadata, cache)
+    now[0] += 3601
+    jwks.status = 503
+    assert check(sign(rsa_key, claims()), metadata, cache)  # the refresh failed; the stale set still works
+    assert jwks.hits == 2
+    jwks.status = 404  # not transient: a configuration problem is not papered over
+    with pytest.raises(AppError) as excinfo:
+        check(sign(rsa_key, claims()), metadata, cache)
+    assert excinfo.value.code == "invalid_config"
+    jwks.status = 200
+    assert check(sign(rsa_key, claims()), metadata, cache)
+    assert jwks.hits == 4

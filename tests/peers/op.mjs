@@ -13,6 +13,8 @@
 //   signing              "RS256" (default) | "ES256": one fresh key with a random kid per start
 //   deviceInterval       add `interval` to device authorization responses (oidc-provider sends none)
 //   deviceSlowDown       seconds: answer `slow_down` to a device poll sooner than this after the previous one
+//   omitUnchangedRefreshToken  leave `refresh_token` out of a refresh response that did not rotate it, as
+//                        Google does (oidc-provider always echoes it; RFC 6749 §6 allows either)
 //
 // Test-only endpoints under /__test/ (never part of a real OP; they exist so tests can assert what the OP saw):
 //   GET  /__test/counts           {"requests": {"GET /jwks": n, ...}, "grants": {"refresh_token": {"200": n}, ...}}
@@ -151,6 +153,11 @@ provider.use(async (ctx, next) => {
         ctx.body = { error: 'slow_down', error_description: 'you are polling too quickly' };
       }
     }
+    if (grantType === 'refresh_token' && config.omitUnchangedRefreshToken && ctx.status === 200
+      && ctx.body?.refresh_token === params.refresh_token) {
+      const { refresh_token: omitted, ...rest } = ctx.body;
+      ctx.body = rest;
+    }
     if (!counts.grants[grantType]) counts.grants[grantType] = {};
     bump(counts.grants[grantType], String(ctx.status));
   }
@@ -165,6 +172,8 @@ const server = provider.listen(port, '127.0.0.1', () => {
 
 function stop() {
   server.close(() => process.exit(0));
+  // Clients keep pooled keep-alive connections open; close() alone would wait for them.
+  server.closeAllConnections();
   setTimeout(() => process.exit(0), 1000).unref();
 }
 process.on('SIGTERM', stop);

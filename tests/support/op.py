@@ -202,7 +202,8 @@ def running_op(
     clients: Sequence[OPClient] = DEFAULT_CLIENTS, *, port: int | None = None, **options: Any
 ) -> Iterator[OpenIDProvider]:
     """Run an OP for the ``with`` block. ``options`` are op.mjs config keys (``ttl``, ``signing``,
-    ``rotateRefreshToken``, ``accounts``, ``claims``, ``deviceInterval``, ``deviceSlowDown``)."""
+    ``rotateRefreshToken``, ``accounts``, ``claims``, ``deviceInterval``, ``deviceSlowDown``,
+    ``omitUnchangedRefreshToken``)."""
     reason = node_missing()
     if reason is not None:
         require_peer(reason)
