@@ -320,7 +320,7 @@ def refresh(
     scopes: Sequence[str] | None = None,
     default_expires_in: int | None = None,
     keys: KeySource | None = None,
-    policy: IdTokenPolicy | None = None,
+    policy: IdTokenPolicy = IdTokenPolicy(),
     now: datetime | None = None,
 ) -> TokenSet:
     """Use the refresh token (RFC 6749 §6) and return the new token set.
@@ -349,7 +349,7 @@ def refresh(
             client_id=credentials.client_id,
             keys=keys,
             nonce=None,
-            policy=policy or IdTokenPolicy(),
+            policy=policy,
             client_secret=credentials.client_secret,
             access_token=fresh.access_token,
             now=now,
