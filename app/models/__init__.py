@@ -5,6 +5,7 @@ from app.models.audit import AuditEvent
 from app.models.base import Base, utcnow
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
+from app.models.service_tokens import ServiceToken
 from app.models.sessions import UserSession
 from app.models.tokens import LinkToken
 from app.models.users import ROLES, User
@@ -16,6 +17,7 @@ __all__ = [
     "ConnectedAccount",
     "LinkToken",
     "ProviderConfig",
+    "ServiceToken",
     "StoredSecret",
     "User",
     "UserSession",

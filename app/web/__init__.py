@@ -6,16 +6,29 @@ from typing import Any
 
 from flask import Flask
 
+from app.api import auth_api, compliance_api, openapi
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, home
+from app.web import account, admin, auth, compliance, home, tokens_admin
 from app.web.common import SignedIn
 
-BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp]
+BLUEPRINTS = [
+    home.bp,
+    auth.bp,
+    account.bp,
+    admin.bp,
+    tokens_admin.bp,
+    compliance.bp,
+    auth_api.bp,
+    compliance_api.bp,
+    openapi.bp,
+]
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
     ("admin.audit_log", "Audit log"),
+    ("tokens_admin.index", "Service tokens"),
+    ("compliance.report", "Compliance"),
 ]
 
 
