@@ -24,7 +24,9 @@ from app.settings import Settings
 bp = api_blueprint("api_auth", __name__)
 
 TAGS: Final = ("sessions",)
-_USER_ID: Final = re.compile(r"[0-9]{1,12}")
+_USER_ID: Final = re.compile(r"[0-9]{1,10}")
+# Ids are 32-bit integers in PostgreSQL; a larger number would fail in the database, not as a 422.
+ID_MAX: Final = 2**31 - 1
 _PUBLIC_ID: Final = re.compile(r"[0-9a-f]{16}")
 
 USER = component(
@@ -120,7 +122,10 @@ SESSION_LIST = component(
     },
 )
 SESSION_ID_PARAM: Final = {
-    "session_id": ({"type": "string"}, "The session's public id, as listed by GET /api/auth/sessions.")
+    "session_id": (
+        {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "The session's public id, as listed by GET /api/auth/sessions.",
+    )
 }
 
 
@@ -198,8 +203,8 @@ def _target_user_id(caller: Principal) -> int:
                 fields={"user_id": "Required with a service token: whose sessions to list."},
             )
         return caller.user.id
-    if not _USER_ID.fullmatch(raw) or int(raw) < 1:
-        raise AppError("validation_failed", fields={"user_id": "Use a user id: a whole number from 1."})
+    if not _USER_ID.fullmatch(raw) or not 1 <= int(raw) <= ID_MAX:
+        raise AppError("validation_failed", fields={"user_id": f"Use a user id: a whole number from 1 to {ID_MAX}."})
     user_id = int(raw)
     if not caller.may_act_for(user_id):
         raise AppError(
@@ -222,7 +227,7 @@ def _target_user_id(caller: Principal) -> int:
     query=(
         QueryParam(
             "user_id",
-            {"type": "integer", "minimum": 1},
+            {"type": "integer", "minimum": 1, "maximum": ID_MAX},
             "Whose sessions; defaults to the signed-in user.",
         ),
     ),

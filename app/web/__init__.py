@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
 
-from app.api import auth_api, compliance_api, openapi
 from app.extensions import db_session, get_settings, login_manager
 from app.web import account, admin, auth, compliance, home, tokens_admin
 from app.web.common import SignedIn
@@ -18,10 +17,19 @@ BLUEPRINTS = [
     admin.bp,
     tokens_admin.bp,
     compliance.bp,
-    auth_api.bp,
-    compliance_api.bp,
-    openapi.bp,
 ]
+
+
+def api_blueprints() -> list[Blueprint]:
+    """The JSON API's blueprints (registered after BLUEPRINTS).
+
+    Imported here rather than at the top: ``app.api.security`` imports ``app.web.common``, so a
+    module-level import would be circular whenever ``app.api`` is imported before ``app.web``.
+    """
+    from app.api import auth_api, compliance_api, openapi
+
+    return [auth_api.bp, compliance_api.bp, openapi.bp]
+
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
@@ -47,7 +55,7 @@ def _load_user(raw_session_id: str) -> SignedIn | None:
 def register_blueprints(app: Flask) -> None:
     login_manager.login_view = "auth.signin"
     login_manager.session_protection = "basic"
-    for blueprint in BLUEPRINTS:
+    for blueprint in [*BLUEPRINTS, *api_blueprints()]:
         app.register_blueprint(blueprint)
     app.jinja_env.filters["reject_keys"] = _reject_keys
     settings = get_settings(app)
