@@ -12,7 +12,7 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from app import audit
-from app.api.hooks import mfa_summary
+from app.api import hooks
 from app.api.registry import DATETIME, QueryParam, component, document
 from app.api.security import Principal, api_audit_ctx, api_auth, api_blueprint, json_response, principal
 from app.auth import sessions
@@ -177,7 +177,7 @@ def current_session() -> Response:
     who = principal().session
     assert who is not None  # cookie-only endpoint
     settings = get_settings()
-    mfa = mfa_summary(db_session(), who.user)
+    mfa = hooks.mfa_summary(db_session(), who.user)
     record = who.record
     return json_response(
         {

@@ -103,6 +103,23 @@ def check_scopes(scopes: Iterable[str]) -> list[Scope]:
     return [s for s in SCOPES if s in wanted]
 
 
+def request_problems(name: str, scopes: Iterable[str], expires_days: int | None) -> dict[str, str]:
+    """What is wrong with a token request, by field (empty when it is fine)."""
+    errors: dict[str, str] = {}
+    name = " ".join(name.split())
+    if not name:
+        errors["name"] = "Give the token a name that says who uses it, e.g. “CMS production”."
+    elif len(name) > NAME_MAX:
+        errors["name"] = f"Use at most {NAME_MAX} characters."
+    if expires_days is not None and not 1 <= expires_days <= EXPIRES_DAYS_MAX:
+        errors["expires_days"] = f"Use a number of days from 1 to {EXPIRES_DAYS_MAX}, or leave it empty for none."
+    try:
+        check_scopes(scopes)
+    except AppError as exc:
+        errors.update(exc.fields)
+    return errors
+
+
 def create_token(
     db: Session,
     ctx: audit.AuditContext,
@@ -115,21 +132,11 @@ def create_token(
 ) -> IssuedToken:
     """Issue a token (the caller commits). Raises ``validation_failed`` naming the bad field."""
     now = now or utcnow()
-    name = " ".join(name.split())
-    errors: dict[str, str] = {}
-    if not name:
-        errors["name"] = "Give the token a name that says who uses it, e.g. “CMS production”."
-    elif len(name) > NAME_MAX:
-        errors["name"] = f"Use at most {NAME_MAX} characters."
-    if expires_days is not None and not 1 <= expires_days <= EXPIRES_DAYS_MAX:
-        errors["expires_days"] = f"Use a number of days from 1 to {EXPIRES_DAYS_MAX}, or leave it empty for none."
-    try:
-        chosen = check_scopes(scopes)
-    except AppError as exc:
-        errors.update(exc.fields)
-        chosen = []
+    errors = request_problems(name, scopes, expires_days)
     if errors:
         raise AppError("validation_failed", fields=errors)
+    name = " ".join(name.split())
+    chosen = check_scopes(scopes)
 
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     record = ServiceToken(

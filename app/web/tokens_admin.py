@@ -30,7 +30,7 @@ class TokenForm(FlaskForm):  # type: ignore[misc]
         validators=[Length(max=tokens.NAME_MAX)],
         description="Who uses it, e.g. “CMS production”.",
     )
-    scopes = MultiCheckboxField("Scopes", choices=[(s, s) for s in tokens.SCOPES])
+    scopes = MultiCheckboxField("Scopes", choices=list(tokens.SCOPES))
     expires_days = IntegerField(
         "Expires after (days)",
         validators=[
@@ -49,11 +49,10 @@ def _render_list(form: TokenForm, status: int = 200) -> tuple[str, int]:
     db = db_session()
     rows = tokens.list_tokens(db)
     creator_ids = {t.created_by for t in rows if t.created_by is not None}
-    creators = (
-        dict(db.execute(select(User.id, User.email).where(User.id.in_(creator_ids))).tuples().all())
-        if creator_ids
-        else {}
-    )
+    creators: dict[int, str] = {}
+    if creator_ids:
+        for user_id, email in db.execute(select(User.id, User.email).where(User.id.in_(creator_ids))):
+            creators[user_id] = email
     now = utcnow()
     return (
         render_template(
@@ -76,26 +75,27 @@ def index() -> tuple[str, int]:
 @bp.post("/")
 @admin_required
 def create() -> tuple[str, int]:
+    # CSRF was checked before the view (CSRFProtect); what is left is the fields.
     form = TokenForm()
-    if not form.validate_on_submit():
+    form.validate()
+    expires_days = form.expires_days.data if not form.expires_days.errors else None
+    problems = tokens.request_problems(form.name.data or "", form.scopes.data or [], expires_days)
+    # Show every problem at once: the logic's message where the field has none from the form yet.
+    form_errors(AppError("validation_failed", fields={k: v for k, v in problems.items() if not form[k].errors}), form)
+    if form.errors:
         return _render_list(form, 422)
     who = signed_in()
     assert who is not None
     db = db_session()
-    try:
-        issued = tokens.create_token(
-            db,
-            audit_ctx(),
-            name=form.name.data or "",
-            scopes=form.scopes.data or [],
-            created_by=who.user.id,
-            expires_days=form.expires_days.data,
-        )
-        db.commit()
-    except AppError as exc:
-        db.rollback()
-        form_errors(exc, form)
-        return _render_list(form, 422)
+    issued = tokens.create_token(
+        db,
+        audit_ctx(),
+        name=form.name.data or "",
+        scopes=form.scopes.data or [],
+        created_by=who.user.id,
+        expires_days=expires_days,
+    )
+    db.commit()
     # Rendered in the POST's response (never stored, never redirected through a session): this page is
     # the only place the token ever appears, and its response is no-store.
     return render_template("admin/tokens_created.html", token=issued.record, raw=issued.raw), 200
