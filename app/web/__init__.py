@@ -7,15 +7,16 @@ from typing import Any
 from flask import Flask
 
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, home
+from app.web import account, admin, auth, home, mfa
 from app.web.common import SignedIn
 
-BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp]
+BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, mfa.bp]
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
     ("admin.audit_log", "Audit log"),
+    ("mfa.admin_security", "Security"),
 ]
 
 
@@ -36,6 +37,8 @@ def register_blueprints(app: Flask) -> None:
     login_manager.session_protection = "basic"
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    # MFA enforcement: sessions that skipped an existing second factor, and roles that require one.
+    app.before_request(mfa.enforce)
     app.jinja_env.filters["reject_keys"] = _reject_keys
     settings = get_settings(app)
 
