@@ -92,9 +92,7 @@ USER_AGENT: Final = "ami-auth/0.1"
 METADATA_HOSTS: Final = frozenset(
     {"metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal"}
 )
-METADATA_ADDRESSES: Final = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-)
+METADATA_ADDRESSES: Final = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
 _RFC1918: Final = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 _UNIQUE_LOCAL: Final = ipaddress.IPv6Network("fc00::/7")
 _SHARED_CGNAT: Final = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598
@@ -629,9 +627,7 @@ class OutboundClient:
         # Jitter spreads out workers that failed together, so they do not retry in lockstep.
         return min(self.backoff_cap, self.backoff_base * 2.0**attempt) * random.uniform(0.5, 1.0)
 
-    def _send_with_retries(
-        self, request: httpx.Request, auth: httpx.Auth | tuple[str, str] | None
-    ) -> httpx.Response:
+    def _send_with_retries(self, request: httpx.Request, auth: httpx.Auth | tuple[str, str] | None) -> httpx.Response:
         idempotent = request.method in IDEMPOTENT_METHODS
         attempt = 0
         while True:

@@ -14,8 +14,9 @@ def test_https_sets_secure_cookie_and_hsts(tmp_path: Path, sqlite_url: str) -> N
     app = create_app(settings)
     client = app.test_client()
     csrf_token(client, "/signin")
-    response = client.post("/signin", data={"email": "a@example.com", "password": "x" * 12},
-                           base_url="https://auth.example.com")
+    response = client.post(
+        "/signin", data={"email": "a@example.com", "password": "x" * 12}, base_url="https://auth.example.com"
+    )
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
     cookies = response.headers.getlist("Set-Cookie")
     assert cookies and all("Secure" in c and "HttpOnly" in c and "SameSite=Lax" in c for c in cookies)

@@ -98,8 +98,15 @@ def test_cli_bootstrap_users_and_check_config(tmp_path: Path) -> None:
     assert _cli(env, "db", "upgrade").returncode == 0
     link = _cli(env, "bootstrap")
     assert link.returncode == 0 and "/setup/" in link.stdout
-    created = _cli(env, "users", "create", "ops@example.com", "--role", "admin",
-                   stdin="a long enough password\na long enough password\n")
+    created = _cli(
+        env,
+        "users",
+        "create",
+        "ops@example.com",
+        "--role",
+        "admin",
+        stdin="a long enough password\na long enough password\n",
+    )
     assert created.returncode == 0, created.stderr
     assert "created admin ops@example.com" in created.stdout
     assert "an admin exists" in _cli(env, "bootstrap").stdout
@@ -110,12 +117,17 @@ def test_cli_bootstrap_users_and_check_config(tmp_path: Path) -> None:
 
 
 def test_bootstrap_admin_from_environment(tmp_path: Path) -> None:
-    env = _env(tmp_path, AMI_AUTH_BOOTSTRAP_ADMIN_EMAIL="boot@example.com",
-               AMI_AUTH_BOOTSTRAP_ADMIN_PASSWORD="scripted install password 123")
+    env = _env(
+        tmp_path,
+        AMI_AUTH_BOOTSTRAP_ADMIN_EMAIL="boot@example.com",
+        AMI_AUTH_BOOTSTRAP_ADMIN_PASSWORD="scripted install password 123",
+    )
     _cli(env, "db", "upgrade")
     result = _cli(env, "bootstrap")
     assert result.returncode == 0 and "created admin boot@example.com" in result.stdout
-    bad = _env(tmp_path / "b", AMI_AUTH_BOOTSTRAP_ADMIN_EMAIL="x@example.com", AMI_AUTH_BOOTSTRAP_ADMIN_PASSWORD="short")
+    bad = _env(
+        tmp_path / "b", AMI_AUTH_BOOTSTRAP_ADMIN_EMAIL="x@example.com", AMI_AUTH_BOOTSTRAP_ADMIN_PASSWORD="short"
+    )
     _cli(bad, "db", "upgrade")
     failed = _cli(bad, "bootstrap")
     assert failed.returncode == 1 and "at least 12 characters" in failed.stderr

@@ -150,9 +150,7 @@ def make_client() -> Iterator[MakeClient]:
         client.close()
 
 
-def fixed_resolver(
-    table: dict[str, list[str]], calls: list[str] | None = None
-) -> Callable[[str, int], list[str]]:
+def fixed_resolver(table: dict[str, list[str]], calls: list[str] | None = None) -> Callable[[str, int], list[str]]:
     def resolve(host: str, port: int) -> list[str]:
         if calls is not None:
             calls.append(host)
@@ -510,9 +508,7 @@ def test_post_is_not_repeated_after_a_read_timeout(serve: Serve, make_client: Ma
 # --- logging, settings, app wiring --------------------------------------------------------------------
 
 
-def test_logs_never_carry_secrets(
-    serve: Serve, make_client: MakeClient, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_logs_never_carry_secrets(serve: Serve, make_client: MakeClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     server = serve(Reply(503), Reply(200, {"Set-Cookie": "sid=cookie-secret"}, b"body-secret"))
     make_client().post(
