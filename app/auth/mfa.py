@@ -19,6 +19,7 @@ from app.errors import AppError
 from app.models import ROLES, Credential, MfaPolicy, User, utcnow
 from app.models.credentials import FACTOR_KINDS
 from app.settings import Settings
+from app.vault import delete_secrets
 
 # Wrong second-factor attempts allowed per user before the pending sign-in is dropped. Every failure also
 # counts toward the account throttle, so guessing codes cannot outlast the password lock-out either.
@@ -144,8 +145,6 @@ def _factors(db: Session, user_id: int) -> list[Credential]:
 def delete_credential(db: Session, credential: Credential) -> bool:
     """Delete a credential (and a TOTP secret with it). When no factor is left, the recovery codes go too —
     they stand in for a factor and must not outlive the last one. Returns whether codes were dropped."""
-    from app.vault import delete_secrets
-
     user_id = credential.user_id
     if credential.kind == "totp":
         delete_secrets(db, "credential", credential.id)
@@ -159,8 +158,6 @@ def delete_credential(db: Session, credential: Credential) -> bool:
 
 def reset(db: Session, user_id: int) -> dict[str, int]:
     """Admin reset: remove every factor and recovery code of a user; returns counts per kind (for the audit)."""
-    from app.vault import delete_secrets
-
     rows = list(db.scalars(select(Credential).where(Credential.user_id == user_id)))
     counts: dict[str, int] = {}
     for row in rows:

@@ -82,9 +82,7 @@ def matching_step(secret: str, code: str, now: datetime, *, after_step: int | No
 
 
 def provisioning_uri(secret: str, account: str) -> str:
-    return pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).provisioning_uri(
-        name=account, issuer_name=ISSUER
-    )
+    return pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).provisioning_uri(name=account, issuer_name=ISSUER)
 
 
 def qr_svg(text: str) -> bytes:

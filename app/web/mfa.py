@@ -63,7 +63,7 @@ class ActionForm(FlaskForm):  # type: ignore[misc]
 
 
 def _policy_form(values: dict[str, bool]) -> FlaskForm:
-    fields = {role: BooleanField(f"Require a second factor for {role}s", default=values[role]) for role in ROLES}
+    fields: dict[str, Any] = {role: BooleanField(f"Require a second factor for {role}s", default=values[role]) for role in ROLES}
     form_class = type("PolicyForm", (FlaskForm,), fields)
     form: FlaskForm = form_class()
     return form
@@ -217,7 +217,9 @@ def signin_totp() -> Response | tuple[str, int]:
             return redirect(_finish_signin(user, [*data["methods"], "totp"], data["next"]))
         db.rollback()
         _second_factor_failed(user, "totp")
-        form_errors(AppError("invalid_credentials", fields={"code": "That code is not right, or was already used."}), form)
+        form_errors(
+            AppError("invalid_credentials", fields={"code": "That code is not right, or was already used."}), form
+        )
     return _render_signin_step(user, form, RecoveryCodeForm(formdata=None), 401 if form.is_submitted() else 200)
 
 
