@@ -157,11 +157,13 @@ def delete_credential(db: Session, credential: Credential) -> bool:
 
 
 def reset(db: Session, user_id: int) -> dict[str, int]:
-    """Admin reset: remove every factor and recovery code of a user; returns counts per kind (for the audit)."""
+    """Admin reset: remove every factor and recovery code of a user; returns how many of each were removed
+    (keys chosen to survive the audit log's redaction of secret-looking names such as "totp")."""
     rows = list(db.scalars(select(Credential).where(Credential.user_id == user_id)))
-    counts: dict[str, int] = {}
+    labels = {"totp": "authenticator_apps", "webauthn": "passkeys", "recovery_code": "codes"}
+    counts = dict.fromkeys(labels.values(), 0)
     for row in rows:
-        counts[row.kind] = counts.get(row.kind, 0) + 1
+        counts[labels[row.kind]] += 1
         if row.kind == "totp":
             delete_secrets(db, "credential", row.id)
         db.delete(row)

@@ -98,7 +98,7 @@ def qr_data_uri(text: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(qr_svg(text)).decode("ascii")
 
 
-def _confirmed(db: Session, user_id: int) -> Credential | None:
+def confirmed(db: Session, user_id: int) -> Credential | None:
     return db.scalar(
         select(Credential).where(
             Credential.user_id == user_id, Credential.kind == "totp", Credential.confirmed_at.is_not(None)
@@ -132,7 +132,7 @@ def pending_enrolment(db: Session, settings: Settings, user: User) -> Enrolment 
 def start_enrolment(db: Session, settings: Settings, user: User) -> Enrolment:
     """A pending set-up with a new 160-bit secret (RFC 4226 §4 recommends 160 bits); an unfinished one is
     kept, so reloading the page does not invalidate a QR code the user already scanned."""
-    if _confirmed(db, user.id) is not None:
+    if confirmed(db, user.id) is not None:
         raise AppError(
             "conflict",
             "An authenticator app is already set up.",
@@ -179,7 +179,7 @@ def verify(db: Session, settings: Settings, user: User, raw_code: str | None, no
     and the step is recorded with a compare-and-set so two requests racing with one code cannot both pass."""
     now = now or utcnow()
     code = normalize_code(raw_code)
-    credential = _confirmed(db, user.id)
+    credential = confirmed(db, user.id)
     if code is None or credential is None:
         return False
     secret = _secret(db, settings, credential)
@@ -209,7 +209,3 @@ def discard_pending(db: Session, user_id: int) -> None:
         delete_secrets(db, SECRET_OWNER, credential.id)
         db.delete(credential)
         db.flush()
-
-
-def confirmed(db: Session, user_id: int) -> Credential | None:
-    return _confirmed(db, user_id)

@@ -63,7 +63,9 @@ class ActionForm(FlaskForm):  # type: ignore[misc]
 
 
 def _policy_form(values: dict[str, bool]) -> FlaskForm:
-    fields: dict[str, Any] = {role: BooleanField(f"Require a second factor for {role}s", default=values[role]) for role in ROLES}
+    fields: dict[str, Any] = {
+        role: BooleanField(f"Require a second factor for {role}s", default=values[role]) for role in ROLES
+    }
     form_class = type("PolicyForm", (FlaskForm,), fields)
     form: FlaskForm = form_class()
     return form
@@ -217,6 +219,7 @@ def signin_totp() -> Response | tuple[str, int]:
             return redirect(_finish_signin(user, [*data["methods"], "totp"], data["next"]))
         db.rollback()
         _second_factor_failed(user, "totp")
+        form.code.data = ""  # a rejected code is not shown back
         form_errors(
             AppError("invalid_credentials", fields={"code": "That code is not right, or was already used."}), form
         )
@@ -249,6 +252,7 @@ def signin_recovery() -> Response | tuple[str, int]:
             return redirect(_finish_signin(user, [*data["methods"], "recovery_code"], data["next"]))
         db.rollback()
         _second_factor_failed(user, "recovery_code")
+        form.recovery_code.data = ""
         form_errors(
             AppError("invalid_credentials", fields={"recovery_code": "That recovery code is not right or was used."}),
             form,

@@ -23,7 +23,7 @@ from app.auth import recovery_codes, totp
 from app.extensions import get_database
 from app.models import AuditEvent, Base, Credential, MfaPolicy, User, UserSession, WebAuthnChallenge, utcnow
 from app.settings import Settings
-from tests.conftest import PASSWORD, UserFactory, csrf_token, make_settings, sign_in
+from tests.conftest import UserFactory, csrf_token, make_settings, sign_in
 from tests.support.soft_authenticator import SoftAuthenticator
 
 BASE_URL = "http://localhost:5000"
@@ -218,7 +218,7 @@ def test_pending_signin_expires(
     pending_signin(client, "exp@example.com")
     token = csrf_token(client, "/signin/mfa")
     with client.session_transaction() as flask_session:
-        flask_session["mfa_pending"]["exp"] = time.time() - 1  # five minutes have passed
+        flask_session["mfa_pending"] = {**flask_session["mfa_pending"], "exp": time.time() - 1}  # 5 min later
     response = client.post("/signin/mfa/totp", data={"code": pyotp.TOTP(secret).now(), "csrf_token": token})
     assert response.status_code == 401
     assert "sign-in timed out" in response.get_data(as_text=True)
@@ -321,7 +321,8 @@ def test_admin_without_factor_must_enrol_first(client: FlaskClient, make_user: U
     page = client.get("/account/mfa")
     assert page.status_code == 200
     assert "Your role requires a second factor." in page.get_data(as_text=True)
-    assert client.get("/static/css/app.css").status_code == 200
+    with client.get("/static/css/app.css") as static:
+        assert static.status_code == 200
     # Enrolment pages and sign-out stay reachable.
     token = csrf_token(client, "/account/mfa")
     assert client.post("/account/mfa/totp", data={"csrf_token": token}).status_code == 302
@@ -403,7 +404,7 @@ def test_admin_reset_removes_factors_and_is_audited(
     assert db.scalars(select(Credential).where(Credential.user_id == user.id)).all() == []
     event = db.scalar(select(AuditEvent).where(AuditEvent.action == "mfa.reset"))
     assert event is not None and event.target == f"user:{user.id}" and event.actor == "root@example.com"
-    assert event.details["removed"] == {"totp": 1, "recovery_code": 10}
+    assert event.details["removed"] == {"authenticator_apps": 1, "passkeys": 0, "codes": 10}
     # A member cannot reset anyone.
     member = app.test_client()
     make_user("nosy@example.com")
@@ -452,7 +453,9 @@ def test_register_passkey_and_sign_in_passwordless(
     assert options.json is not None
     request_options = options.json["publicKey"]
     assert request_options["allowCredentials"] == [] and request_options["userVerification"] == "required"
-    response = post_json(client, "/signin/passkey/verify?next=/account/mfa", {"credential": auth.assert_(request_options)}, "/signin")
+    response = post_json(
+        client, "/signin/passkey/verify?next=/account/mfa", {"credential": auth.assert_(request_options)}, "/signin"
+    )
     assert response.status_code == 200 and response.json == {"redirect": "/account/mfa"}
     record = live_session(db)
     assert record is not None and record.mfa_verified and record.auth_methods == ["webauthn"]
@@ -462,7 +465,9 @@ def test_register_passkey_and_sign_in_passwordless(
     assert {"mfa.passkey.enrol", "mfa.passkey.use", "signin.success"} <= set(actions(db))
 
 
-def test_passkey_challenge_is_single_use_and_origin_checked(client: FlaskClient, make_user: UserFactory, db: Session) -> None:
+def test_passkey_challenge_is_single_use_and_origin_checked(
+    client: FlaskClient, make_user: UserFactory, db: Session
+) -> None:
     make_user("val@example.com")
     sign_in(client, "val@example.com")
     auth = SoftAuthenticator(rp_id="localhost", origin=BASE_URL)
@@ -509,7 +514,9 @@ def test_passkey_second_factor_counter_and_user_verification(
     assert options.json is not None
     allowed = options.json["publicKey"]["allowCredentials"]
     assert [c["id"] for c in allowed] == [base64.urlsafe_b64encode(auth.credential_id).rstrip(b"=").decode()]
-    ok = post_json(client, "/signin/mfa/passkey/verify", {"credential": auth.assert_(options.json["publicKey"])}, "/signin/mfa")
+    ok = post_json(
+        client, "/signin/mfa/passkey/verify", {"credential": auth.assert_(options.json["publicKey"])}, "/signin/mfa"
+    )
     assert ok.status_code == 200 and ok.json == {"redirect": "/"}
     record = live_session(db)
     assert record is not None and record.auth_methods == ["password", "webauthn"]
@@ -527,7 +534,9 @@ def test_passkey_second_factor_counter_and_user_verification(
     auth.user_verified = False
     options = post_json(client, "/signin/passkey/options", {}, "/signin")
     assert options.json is not None
-    no_uv = post_json(client, "/signin/passkey/verify", {"credential": auth.assert_(options.json["publicKey"])}, "/signin")
+    no_uv = post_json(
+        client, "/signin/passkey/verify", {"credential": auth.assert_(options.json["publicKey"])}, "/signin"
+    )
     assert no_uv.status_code == 401
     assert live_session(db) is None
     assert "signin.failure" in actions(db)
@@ -546,7 +555,9 @@ def test_passkey_of_another_user_is_refused_as_second_factor(
     pending_signin(other, "two@example.com")
     options = post_json(other, "/signin/mfa/passkey/options", {}, "/signin/mfa")
     assert options.json is not None
-    refused = post_json(other, "/signin/mfa/passkey/verify", {"credential": theirs.assert_(options.json["publicKey"])}, "/signin/mfa")
+    refused = post_json(
+        other, "/signin/mfa/passkey/verify", {"credential": theirs.assert_(options.json["publicKey"])}, "/signin/mfa"
+    )
     assert refused.status_code == 401
 
 
@@ -561,7 +572,9 @@ def test_rename_and_remove_passkeys(client: FlaskClient, make_user: UserFactory,
     empty = client.post(f"/account/mfa/passkeys/{credential.id}/rename", data={prefix: "", "csrf_token": token})
     assert empty.status_code == 422
     assert re.search(rf'id="{prefix}-error"[^>]*>Enter a name.', empty.get_data(as_text=True))
-    renamed = client.post(f"/account/mfa/passkeys/{credential.id}/rename", data={prefix: "YubiKey 5", "csrf_token": token})
+    renamed = client.post(
+        f"/account/mfa/passkeys/{credential.id}/rename", data={prefix: "YubiKey 5", "csrf_token": token}
+    )
     assert renamed.status_code == 302
     db.expire_all()
     assert db.scalar(select(Credential.name).where(Credential.id == credential.id)) == "YubiKey 5"

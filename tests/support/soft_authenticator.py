@@ -44,9 +44,7 @@ class SoftAuthenticator:
     def _cose_public_key(self) -> bytes:
         numbers = self.key.public_key().public_numbers()
         # COSE_Key (RFC 9053): kty EC2 (2), alg ES256 (-7), crv P-256 (1), x, y.
-        return encode_cbor(
-            {1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")}
-        )
+        return encode_cbor({1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")})
 
     def _flags(self, extra: int = 0) -> int:
         return FLAG_UP | (FLAG_UV if self.user_verified else 0) | extra
