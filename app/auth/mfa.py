@@ -15,6 +15,7 @@ from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from app.audit import AuditContext
 from app.errors import AppError
 from app.models import ROLES, Credential, MfaPolicy, User, utcnow
 from app.models.credentials import FACTOR_KINDS
@@ -183,10 +184,19 @@ def failures_exhausted(storage: Storage, user_id: int) -> int | None:
     return max(1, int(stats.reset_time - utcnow().timestamp()) + 1)
 
 
-def record_failure(storage: Storage, settings: Settings, user: User, ip: str) -> bool:
-    """Count a wrong second factor; returns False once the per-user allowance is used up."""
+def record_failure(
+    storage: Storage,
+    settings: Settings,
+    user: User,
+    ip: str,
+    *,
+    db: Session | None = None,
+    ctx: AuditContext | None = None,
+) -> bool:
+    """Count a wrong second factor; returns False once the per-user allowance is used up. With ``db`` and
+    ``ctx`` an account lock the failure starts is audited by the throttle (the caller commits)."""
     allowed = MovingWindowRateLimiter(storage).hit(FAILURE_WINDOW, _FAILURE_NAMESPACE, str(user.id))
-    _account_throttle_failure(storage, settings, user.email, ip)
+    _account_throttle_failure(storage, settings, user.email, ip, db=db, ctx=ctx)
     return bool(allowed)
 
 
@@ -194,11 +204,13 @@ def clear_failures(storage: Storage, user_id: int) -> None:
     MovingWindowRateLimiter(storage).clear(FAILURE_WINDOW, _FAILURE_NAMESPACE, str(user_id))
 
 
-def _account_throttle_failure(storage: Storage, settings: Settings, email: str, ip: str) -> None:
+def _account_throttle_failure(
+    storage: Storage, settings: Settings, email: str, ip: str, *, db: Session | None, ctx: AuditContext | None
+) -> None:
     # THROTTLE-INTEGRATION: the throttle branch provides app.auth.throttle.record_failure(storage, settings,
-    # email, ip). Until it is on main this looks it up at run time; once merged, replace with a direct import.
+    # email, ip, *, db, ctx). Until it is on main this looks it up at run time; once merged, import it directly.
     try:
         throttle = importlib.import_module("app.auth.throttle")
     except ModuleNotFoundError:
         return
-    throttle.record_failure(storage, settings, email, ip)
+    throttle.record_failure(storage, settings, email, ip, db=db, ctx=ctx)

@@ -154,16 +154,10 @@ def _finish_signin(user: User, methods: list[str], next_url: str) -> str:
 def _second_factor_failed(user: User, method: str) -> None:
     """Audit and count a wrong second factor; the fifth in the window ends the pending sign-in."""
     db = db_session()
-    audit.record(
-        db,
-        audit_ctx(),
-        "mfa.failure",
-        target=f"user:{user.id}",
-        outcome="failure",
-        details={"method": method},
-    )
+    ctx = audit_ctx()
+    audit.record(db, ctx, "mfa.failure", target=f"user:{user.id}", outcome="failure", details={"method": method})
+    mfa.record_failure(_storage(), get_settings(), user, client_ip(), db=db, ctx=ctx)
     db.commit()
-    mfa.record_failure(_storage(), get_settings(), user, client_ip())
     _refuse_if_exhausted(user)
 
 

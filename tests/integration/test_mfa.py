@@ -598,3 +598,19 @@ def test_webauthn_verify_rejects_garbage_without_500(client: FlaskClient, make_u
         headers={"X-CSRFToken": csrf_token(client, "/signin"), "Accept": "application/json"},
     )
     assert not_json.status_code == 400
+
+
+def test_admin_user_page_snippet_and_account_card(app: Flask, settings: Settings, make_user: UserFactory) -> None:
+    """The partials other pages include: the admin user page's factor summary + reset, and the account card."""
+    from flask import render_template
+
+    user = make_user("snip@example.com")
+    enrol_totp(app, settings, user)
+    generate_codes(app, settings, user)
+    with app.test_request_context(f"/admin/users/{user.id}"):
+        html = render_template("mfa/_admin_user_factors.html", user=user)
+        card = render_template("account/mfa_card.html", user=user)
+    assert "Authenticator app</dt>" in html and "on since" in html and "10 of 10 left" in html
+    assert f'action="/admin/users/{user.id}/mfa/reset"' in html
+    assert f'name="next" value="/admin/users/{user.id}"' in html
+    assert 'href="/account/mfa"' in card and "10 left" in card
