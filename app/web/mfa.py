@@ -8,9 +8,10 @@ import base64
 import time
 from typing import Any
 
-from flask import Blueprint, flash, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_login import logout_user
 from flask_wtf import FlaskForm
+from limits.storage import Storage
 from werkzeug.wrappers import Response
 from wtforms import BooleanField, StringField
 from wtforms.validators import DataRequired, Length
@@ -58,10 +59,6 @@ class NameForm(FlaskForm):  # type: ignore[misc]
     name = StringField("Passkey name", validators=[DataRequired("Enter a name."), Length(max=passkeys.NAME_MAX)])
 
 
-class ActionForm(FlaskForm):  # type: ignore[misc]
-    """A button-only POST: CSRF is all it carries."""
-
-
 def _policy_form(values: dict[str, bool]) -> FlaskForm:
     fields: dict[str, Any] = {
         role: BooleanField(f"Require a second factor for {role}s", default=values[role]) for role in ROLES
@@ -71,10 +68,9 @@ def _policy_form(values: dict[str, bool]) -> FlaskForm:
     return form
 
 
-def _storage() -> Any:
-    from flask import current_app
-
-    return current_app.extensions["ami_limits"]
+def _storage() -> Storage:
+    storage: Storage = current_app.extensions["ami_limits"]
+    return storage
 
 
 def _json_body() -> dict[str, Any]:
@@ -209,6 +205,7 @@ def signin_totp() -> Response | tuple[str, int]:
     if form.validate_on_submit():
         db = db_session()
         if totp.verify(db, get_settings(), user, form.code.data):
+            audit.record(db, audit_ctx(), "mfa.totp.use", target=f"user:{user.id}")
             db.commit()
             return redirect(_finish_signin(user, [*data["methods"], "totp"], data["next"]))
         db.rollback()
@@ -238,12 +235,13 @@ def signin_recovery() -> Response | tuple[str, int]:
                 details={"remaining": left},
             )
             db.commit()
-            if left <= 2:
+            target = _finish_signin(user, [*data["methods"], "recovery_code"], data["next"])
+            if left <= 2:  # after the new session exists: starting it clears the Flask session, flashes too
                 flash(
                     f"You have {left} recovery code{'s' if left != 1 else ''} left. Generate new ones soon.",
                     "warning",
                 )
-            return redirect(_finish_signin(user, [*data["methods"], "recovery_code"], data["next"]))
+            return redirect(target)
         db.rollback()
         _second_factor_failed(user, "recovery_code")
         form.recovery_code.data = ""
@@ -384,7 +382,6 @@ def _render_account(
         pending_totp=totp.pending_enrolment(db, settings, user) is not None,
         add_form=NameForm(formdata=None, prefix="new"),
         rename_forms=forms,
-        action_form=ActionForm(),
         error=error,
     )
     return html, status
@@ -425,7 +422,7 @@ def _render_totp_enrol(form: CodeForm, status: int = 200) -> tuple[str, int] | R
     enrolment = totp.pending_enrolment(db_session(), get_settings(), user)
     if enrolment is None:
         return redirect(url_for("mfa.account"))
-    html = render_template("account/mfa_totp.html", enrolment=enrolment, form=form, action_form=ActionForm())
+    html = render_template("account/mfa_totp.html", enrolment=enrolment, form=form)
     return html, status
 
 
@@ -685,6 +682,9 @@ ENROLMENT_ENDPOINTS = frozenset(
         "mfa.passkey_register_options",
         "mfa.passkey_register_verify",
         "mfa.recovery_generate",
+        # The forced change of a breached password (throttle branch) comes first; allowing it here keeps
+        # that guard and this one from redirecting to each other.
+        "password_required.change",
     }
 )
 
