@@ -23,7 +23,7 @@ from app.auth import recovery_codes, totp
 from app.extensions import get_database
 from app.models import AuditEvent, Base, Credential, MfaPolicy, User, UserSession, WebAuthnChallenge, utcnow
 from app.settings import Settings
-from tests.conftest import UserFactory, csrf_token, make_settings, sign_in
+from tests.conftest import PASSWORD, UserFactory, csrf_token, make_settings, sign_in
 from tests.support.soft_authenticator import SoftAuthenticator
 
 BASE_URL = "http://localhost:5000"
@@ -629,3 +629,41 @@ def test_admin_user_page_snippet_and_account_card(app: Flask, settings: Settings
     assert f'action="/admin/users/{user.id}/mfa/reset"' in html
     assert f'name="next" value="/admin/users/{user.id}"' in html
     assert 'href="/account/mfa"' in card and "10 left" in card
+
+
+@pytest.mark.redis
+def test_wrong_code_limit_is_shared_by_workers_through_redis(tmp_path: Path, database_url: str) -> None:
+    """Two app instances (two gunicorn workers) on one Redis: failures at one count at the other."""
+    from app import create_app
+    from app.auth import mfa, users
+    from tests.conftest import redis_url
+
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        AMI_AUTH_BASE_URL=BASE_URL,
+        AMI_AUTH_REDIS_URL=redis_url(),
+        AMI_AUTH_MFA_REQUIRED_ROLES="",
+    )
+    first, second = create_app(settings), create_app(settings)
+    with first.app_context():
+        db = get_database(first).session()
+        user = users.create_user(db, settings, email="red@example.com", password=PASSWORD, verified=True)
+        db.commit()
+    storage = first.extensions["ami_limits"]
+    mfa.clear_failures(storage, user.id)  # user ids repeat across test databases; Redis outlives them
+    try:
+        secret = enrol_totp(first, settings, user)
+        a, b = first.test_client(), second.test_client()
+        pending_signin(a, "red@example.com")
+        for _ in range(3):
+            assert post_code(a, wrong_code(secret)).status_code == 401
+        pending_signin(b, "red@example.com")
+        assert post_code(b, wrong_code(secret)).status_code == 401
+        assert post_code(b, wrong_code(secret)).status_code == 429
+        assert mfa.failures_exhausted(second.extensions["ami_limits"], user.id) is not None
+    finally:
+        mfa.clear_failures(storage, user.id)
+        for application in (first, second):
+            get_database(application).remove()
+            get_database(application).engine.dispose()
