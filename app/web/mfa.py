@@ -445,6 +445,8 @@ def totp_confirm() -> tuple[str, int] | Response:
             db.rollback()
             if exc.code == "conflict":
                 raise
+            audit.record(db, audit_ctx(), "mfa.totp.enrol", target=f"user:{user.id}", outcome="failure")
+            db.commit()
             form_errors(exc, form)
             return _render_totp_enrol(form, exc.http_status)
         _mark_session_verified("totp")

@@ -667,3 +667,21 @@ def test_wrong_code_limit_is_shared_by_workers_through_redis(tmp_path: Path, dat
         for application in (first, second):
             get_database(application).remove()
             get_database(application).engine.dispose()
+
+
+def test_cli_reset_lets_a_locked_out_admin_back_in(
+    app: Flask, settings: Settings, make_user: UserFactory, db: Session
+) -> None:
+    admin = make_user("only@example.com", role="admin")
+    enrol_totp(app, settings, admin)
+    generate_codes(app, settings, admin)
+    runner = app.test_cli_runner()
+    unknown = runner.invoke(args=["mfa", "reset", "ghost@example.com", "--yes"])
+    assert unknown.exit_code != 0 and "no user with email" in unknown.output
+    result = runner.invoke(args=["mfa", "reset", "only@example.com", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "removed 1 authenticator apps, 0 passkeys, 10 codes" in result.output
+    db.expire_all()
+    assert db.scalars(select(Credential)).all() == []
+    event = db.scalar(select(AuditEvent).where(AuditEvent.action == "mfa.reset"))
+    assert event is not None and event.actor == "cli"
