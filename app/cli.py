@@ -130,9 +130,20 @@ def check_config() -> None:
 def register_commands(app: Flask) -> None:
     from app.api.cli import compliance_cli, tokens_cli
     from app.audit_cli import audit_cli
+    from app.mfa_cli import mfa_cli
     from app.vault.cli import keys_cli
 
-    for command in (db_cli, users_cli, bootstrap, check_config, keys_cli, audit_cli, tokens_cli, compliance_cli):
+    for command in (
+        db_cli,
+        users_cli,
+        bootstrap,
+        check_config,
+        keys_cli,
+        audit_cli,
+        mfa_cli,
+        tokens_cli,
+        compliance_cli,
+    ):
         app.cli.add_command(command)
 
 

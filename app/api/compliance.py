@@ -2,8 +2,9 @@
 
 What it checks, and where the rule comes from:
 
-* MFA coverage per role, and active users in ``AMI_AUTH_MFA_REQUIRED_ROLES`` with no second factor
-  (NIST SP 800-63B AAL2 for privileged roles). Enrolment is read through ``hooks.mfa_summary``.
+* MFA coverage per role, and active users in a role that requires MFA (the console's Security policy,
+  else ``AMI_AUTH_MFA_REQUIRED_ROLES``) with no second factor (NIST SP 800-63B AAL2 for privileged
+  roles). Enrolment and policy are read through ``hooks``.
 * Account secrets past their rotation policy: ``rotated_at`` (or, never rotated, ``created_at``) older
   than ``hooks.rotation_days`` (``AMI_AUTH_SECRET_ROTATION_DAYS`` until the catalog sets per-provider days).
 * Accounts failing refresh or verification: a recorded ``last_error_code``.
@@ -106,7 +107,7 @@ class Report:
 
 def build_report(db: Session, settings: Settings, now: datetime | None = None) -> Report:
     now = now or utcnow()
-    required_roles = tuple(settings.mfa_required_roles)
+    required_roles = hooks.mfa_required_roles(db, settings)
 
     users = db.scalars(select(User).where(User.is_active.is_(True)).order_by(User.id)).all()
     roles = list(ROLES) + sorted({u.role for u in users} - set(ROLES))

@@ -1,9 +1,8 @@
 """Where the API and the compliance report read facts that other features own.
 
-Each function here is a seam: it answers from what the schema has today and is the one place to
-change when the owning feature lands (second factors, per-provider rotation policies). Callers never
-reach past these functions, so filling one in updates the session endpoint, the compliance report,
-its console page and its CLI together.
+Each function here is a seam onto another feature (second factors, per-provider rotation policies).
+Callers never reach past these functions, so changing one updates the session endpoint, the compliance
+report, its console page and its CLI together.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from app.auth import mfa
 from app.models import ConnectedAccount, User
 from app.settings import Settings
 
@@ -23,12 +23,16 @@ class MfaSummary:
 
 
 def mfa_summary(db: Session, user: User) -> MfaSummary:
-    """The second factors a user has enrolled (e.g. ``("totp", "webauthn")``).
+    """Whether a user has a second factor (a confirmed authenticator app or a passkey) and the ways they
+    can finish a sign-in (``totp``, ``webauthn``, ``recovery_code``). One query: the session endpoint
+    calls it on every request."""
+    summary = mfa.summary(db, user.id)
+    return MfaSummary(enrolled=summary.has_factor, methods=tuple(summary.methods))
 
-    No factor models exist yet, so nobody is enrolled. The MFA feature replaces this body with a
-    query of its factor tables; keep it one cheap query, since ``GET /api/auth/session`` calls it.
-    """
-    return MfaSummary(enrolled=False, methods=())
+
+def mfa_required_roles(db: Session, settings: Settings) -> tuple[str, ...]:
+    """Roles that must have a second factor: the console's Security choices over AMI_AUTH_MFA_REQUIRED_ROLES."""
+    return tuple(role for role, required in mfa.policy(db, settings).items() if required)
 
 
 def rotation_days(db: Session, settings: Settings, account: ConnectedAccount) -> int | None:

@@ -35,7 +35,8 @@ _ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     400: "The request is malformed.",
     401: "`not_authenticated`: no valid service token or session.",
     403: "`permission_denied`: the token or role lacks a scope (named in the message), or a cookie call "
-    "failed the CSRF / origin check.",
+    "failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor "
+    "they have not enrolled yet.",
     404: "`not_found`.",
     409: "`conflict`.",
     422: "`validation_failed`: `fields` names each bad parameter.",
@@ -137,8 +138,9 @@ def _operation(rule: Rule, method: str, doc: OperationDoc, path_parameters: list
     statuses = set(doc.errors) | {429}
     if security:
         statuses.add(401)
-        # 403: a missing scope, or a cookie call without a valid CSRF token / allowed origin.
-        if doc.auth is not None and (doc.auth.scopes or (method not in {"GET", "HEAD"} and doc.auth.cookies)):
+        # 403: a missing scope; for cookie calls also a failed CSRF / origin check, or `mfa_required`
+        # (the user's role requires a second factor they have not enrolled yet).
+        if doc.auth is not None and (doc.auth.scopes or doc.auth.cookies):
             statuses.add(403)
     if path_parameters:
         statuses.add(404)

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Flask
 
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, compliance, home, tokens_admin
+from app.web import account, admin, auth, compliance, home, mfa, tokens_admin
 from app.web.common import SignedIn
 
 BLUEPRINTS = [
@@ -15,6 +15,7 @@ BLUEPRINTS = [
     auth.bp,
     account.bp,
     admin.bp,
+    mfa.bp,
     tokens_admin.bp,
     compliance.bp,
 ]
@@ -35,6 +36,7 @@ def api_blueprints() -> list[Blueprint]:
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
     ("admin.audit_log", "Audit log"),
+    ("mfa.admin_security", "Security"),
     ("tokens_admin.index", "Service tokens"),
     ("compliance.report", "Compliance"),
 ]
@@ -57,6 +59,8 @@ def register_blueprints(app: Flask) -> None:
     login_manager.session_protection = "basic"
     for blueprint in [*BLUEPRINTS, *api_blueprints()]:
         app.register_blueprint(blueprint)
+    # MFA enforcement: sessions that skipped an existing second factor, and roles that require one.
+    app.before_request(mfa.enforce)
     app.jinja_env.filters["reject_keys"] = _reject_keys
     settings = get_settings(app)
 

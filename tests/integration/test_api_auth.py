@@ -389,6 +389,17 @@ def test_member_cookie_cannot_read_the_compliance_report_admin_can(
     assert admin.get("/api/compliance/report").status_code == 200
 
 
+@pytest.mark.parametrize("extra_env", [{"AMI_AUTH_MFA_REQUIRED_ROLES": "admin"}])
+def test_cookie_calls_follow_the_mfa_policy(client: FlaskClient, make_user: UserFactory, issue: Issue) -> None:
+    make_user("root@example.com", role="admin")
+    sign_in(client, "root@example.com")
+    error = assert_error(client.get("/api/compliance/report"), 403, "mfa_required")
+    assert "second factor" in error["message"]
+    # A token is not a person: the policy is about who signs in, not about the CMS server.
+    api = client.application.test_client()
+    assert api.get("/api/compliance/report", headers=bearer(issue("compliance:read"))).status_code == 200
+
+
 # --- errors under /api -----------------------------------------------------------------------------------
 
 

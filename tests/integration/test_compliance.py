@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -15,11 +16,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.api import compliance, hooks, tokens
-from app.api.hooks import MfaSummary
+from app.api import compliance, tokens
+from app.auth import mfa, totp
+from app.extensions import get_database
 from app.models import AuditEvent, ConnectedAccount, ProviderConfig, ServiceToken, User, utcnow
 from app.settings import Settings, with_overrides
-from tests.conftest import UserFactory, make_settings, sign_in
+from tests.conftest import UserFactory, csrf_token, make_settings, sign_in
 
 CTX = audit.AuditContext(actor="test")
 
@@ -41,10 +43,31 @@ def _token(db: Session, name: str, *, days_ago: int, used_days_ago: int | None =
     return record
 
 
+def enrol_totp(app: Flask, settings: Settings, user: User) -> str:
+    """A real authenticator-app factor, confirmed with a code from two minutes ago (current codes stay fresh)."""
+    with app.app_context():
+        db = get_database(app).session()
+        enrolment = totp.start_enrolment(db, settings, user)
+        secret = enrolment.secret.reveal()
+        earlier = utcnow() - timedelta(minutes=2)
+        totp.confirm_enrolment(db, settings, user, pyotp.TOTP(secret).at(earlier), now=earlier)
+        db.commit()
+        return secret
+
+
+def sign_in_with_totp(client: FlaskClient, email: str, secret: str) -> None:
+    assert sign_in(client, email).headers["Location"] == "/signin/mfa"
+    token = csrf_token(client, "/signin/mfa")
+    response = client.post("/signin/mfa/totp", data={"code": pyotp.TOTP(secret).now(), "csrf_token": token})
+    assert response.status_code == 302, response.get_data(as_text=True)
+
+
 @pytest.fixture
-def seeded(db: Session, make_user: UserFactory) -> dict[str, Any]:
-    """Two admins, three active members and one disabled; four accounts; six tokens."""
+def seeded(app: Flask, settings: Settings, db: Session, make_user: UserFactory) -> dict[str, Any]:
+    """Two admins (root with an authenticator app), three active members and a disabled admin; four
+    accounts; six tokens."""
     root = make_user("root@example.com", role="admin")
+    root_secret = enrol_totp(app, settings, root)
     make_user("ops@example.com", role="admin")
     members = [make_user(f"m{i}@example.com") for i in range(3)]
     gone = make_user("gone@example.com", role="admin")
@@ -92,7 +115,7 @@ def seeded(db: Session, make_user: UserFactory) -> dict[str, Any]:
     db.flush()
     tokens.revoke_token(db, CTX, found["revoked"].id)
     db.commit()
-    return {"root": root, "accounts": accounts, "tokens": found}
+    return {"root": root, "root_secret": root_secret, "accounts": accounts, "tokens": found}
 
 
 def _caller(db: Session) -> str:
@@ -108,10 +131,10 @@ def test_report_numbers_for_a_seeded_dataset(client: FlaskClient, db: Session, s
 
     assert report["mfa"]["required_roles"] == ["admin"]
     assert report["mfa"]["coverage"] == [
-        {"role": "admin", "users": 2, "enrolled": 0, "percent": 0.0, "required": True},
+        {"role": "admin", "users": 2, "enrolled": 1, "percent": 50.0, "required": True},
         {"role": "member", "users": 3, "enrolled": 0, "percent": 0.0, "required": False},
     ]
-    assert sorted(v["email"] for v in report["mfa"]["violations"]) == ["ops@example.com", "root@example.com"]
+    assert [v["email"] for v in report["mfa"]["violations"]] == ["ops@example.com"]
 
     accounts = seeded["accounts"]
     overdue = {s["account_id"]: s for s in report["secrets_past_rotation"]}
@@ -135,27 +158,27 @@ def test_report_numbers_for_a_seeded_dataset(client: FlaskClient, db: Session, s
     assert unused["tokens"][0]["last_used_at"] is None
 
     assert report["audit_chain"]["ok"] is True and report["audit_chain"]["checked"] >= 8
-    assert report["findings"] == 2 + 2 + 1 + 2
+    assert report["findings"] == 1 + 2 + 1 + 2
 
 
-def test_coverage_counts_enrolled_users(
-    client: FlaskClient, db: Session, seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch, settings: Settings
+def test_the_console_security_policy_overrides_the_setting(
+    client: FlaskClient, db: Session, seeded: dict[str, Any], settings: Settings
 ) -> None:
-    # Factor tables do not exist yet; the hook is the one seam the MFA feature fills. Stand in for it so
-    # the report's arithmetic over enrolled users is exercised.
-    root_id = seeded["root"].id
-
-    def enrolled_root(_db: Session, user: User) -> MfaSummary:
-        return MfaSummary(enrolled=user.id == root_id, methods=("totp",) if user.id == root_id else ())
-
-    monkeypatch.setattr(hooks, "mfa_summary", enrolled_root)
+    mfa.set_policy(db, "member", True, actor_id=None)
+    db.commit()
     report = compliance.build_report(db, settings)
-    assert [(c.role, c.users, c.enrolled, c.percent) for c in report.coverage] == [
-        ("admin", 2, 1, 50.0),
-        ("member", 3, 0, 0.0),
+    assert report.mfa_required_roles == ("admin", "member")
+    assert [(c.role, c.required) for c in report.coverage] == [("admin", True), ("member", True)]
+    assert sorted(v.email for v in report.violations) == [
+        "m0@example.com",
+        "m1@example.com",
+        "m2@example.com",
+        "ops@example.com",
     ]
-    assert [v.email for v in report.violations] == ["ops@example.com"]
-    sign_in(client, "root@example.com")
+
+
+def test_session_endpoint_reports_the_enrolled_factor(client: FlaskClient, seeded: dict[str, Any]) -> None:
+    sign_in_with_totp(client, "root@example.com", seeded["root_secret"])
     assert client.get("/api/auth/session").get_json()["mfa"] == {"enrolled": True, "methods": ["totp"]}
 
 
@@ -174,16 +197,16 @@ def test_tampered_audit_chain_is_reported(client: FlaskClient, db: Session, seed
     assert report["audit_chain"]["ok"] is False
     assert report["audit_chain"]["first_bad_id"] == first.id
     assert "edited" in report["audit_chain"]["problem"]
-    assert report["findings"] == 7 + 1
+    assert report["findings"] == 6 + 1
 
 
 def test_console_page_and_cli_show_the_same_report(
     app: Flask, client: FlaskClient, db: Session, seeded: dict[str, Any]
 ) -> None:
-    sign_in(client, "root@example.com")
+    sign_in_with_totp(client, "root@example.com", seeded["root_secret"])
     html = client.get("/admin/compliance/").get_data(as_text=True)
-    assert 'data-findings="7"' in html
-    assert re.search(r'data-role="admin"><td>admin</td><td>2</td><td>0</td><td>0%</td><td>yes</td>', html)
+    assert 'data-findings="6"' in html
+    assert re.search(r'data-role="admin"><td>admin</td><td>2</td><td>1</td><td>50%</td><td>yes</td>', html)
     assert re.search(r'data-role="member"><td>member</td><td>3</td><td>0</td>', html)
     for shown in ("ops@example.com", "old key", "shared key", "invalid_credentials", "never used", "stale", "Verified"):
         assert shown in html, shown
@@ -193,9 +216,9 @@ def test_console_page_and_cli_show_the_same_report(
     runner = app.test_cli_runner()
     text = runner.invoke(args=["compliance", "report"])
     assert text.exit_code == 0, text.output
-    assert "7 finding(s)" in text.output
-    assert "admin      0/2 enrolled (0%) (required)" in text.output
-    assert "Users violating the MFA policy: 2" in text.output
+    assert "6 finding(s)" in text.output
+    assert "admin      1/2 enrolled (50%) (required)" in text.output
+    assert "Users violating the MFA policy: 1" in text.output
     assert "Secrets past their rotation policy: 2" in text.output
     assert "Accounts failing refresh: 1" in text.output
     assert "Service tokens unused for 90 days: 2" in text.output
