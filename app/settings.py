@@ -217,7 +217,7 @@ def _check_smtp_url(url: str) -> None:
     variable = PREFIX + "SMTP_URL"
     parts = urlsplit(url)
     if parts.scheme not in {"smtp", "smtp+starttls", "smtps"}:
-        raise SettingsError(variable, "must start with smtp+starttls://, smtps:// or (local only) smtp://")
+        raise SettingsError(variable, "must start with smtp:// (local relay only), smtp+starttls:// or smtps://")
     try:
         host, _port = parts.hostname, parts.port
     except ValueError:
