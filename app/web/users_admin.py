@@ -9,6 +9,7 @@ from flask_wtf import FlaskForm
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 from wtforms import BooleanField, EmailField, PasswordField, RadioField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
 from app.auth import lifecycle, sessions, user_admin
@@ -20,8 +21,8 @@ from app.web.common import admin_required, audit_ctx, form_errors, signed_in
 
 bp = Blueprint("users_admin", __name__, url_prefix="/admin")
 
-ROLE_CHOICES = [("member", "Member"), ("admin", "Admin")]
-MODE_CHOICES = [("invite", "Send an invitation by mail"), ("password", "Set a password now")]
+ROLE_CHOICES = [SelectChoice("member", "Member"), SelectChoice("admin", "Admin")]
+MODE_CHOICES = [SelectChoice("invite", "Send an invitation by mail"), SelectChoice("password", "Set a password now")]
 OUTBOX_LIMIT = 50
 
 
@@ -66,7 +67,7 @@ def create_user() -> Response | tuple[str, int]:
     settings = get_settings()
     form = CreateUserForm()
     if not lifecycle.invites_allowed(settings):
-        form.mode.choices = [c for c in MODE_CHOICES if c[0] == "password"]
+        form.mode.choices = [c for c in MODE_CHOICES if c.value == "password"]
         if not form.is_submitted():
             form.mode.data = "password"
     status = 200
