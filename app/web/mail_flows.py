@@ -17,6 +17,7 @@ from app.extensions import db_session, get_settings
 from app.web.common import audit_ctx, form_errors
 
 bp = Blueprint("flows", __name__)
+Page = str | Response | tuple[str, int]
 log = logging.getLogger("ami_auth.mail")
 
 # Failures of the mail transport that an anonymous visitor should not see in detail (host names, ports).
@@ -51,6 +52,10 @@ class ConfirmForm(FlaskForm):  # type: ignore[misc]
     """Only the CSRF token: confirming by POST keeps link scanners that prefetch GETs from acting."""
 
 
+def _status(form: FlaskForm) -> int:
+    return 422 if form.is_submitted() and form.errors else 200
+
+
 def _mail_failed(exc: AppError) -> AppError:
     log.warning("mail could not be sent: %s (%s)", exc.text, exc.code)
     return AppError(
@@ -67,7 +72,7 @@ def _signup_links() -> dict[str, Any]:
 
 
 @bp.route("/reset", methods=["GET", "POST"])
-def reset_request() -> str | Response:
+def reset_request() -> Page:
     form = EmailForm()
     if form.validate_on_submit():
         db = db_session()
@@ -82,11 +87,11 @@ def reset_request() -> str | Response:
             form_errors(exc, form)
         else:
             return render_template("auth/reset_sent.html", email=form.email.data.strip())
-    return render_template("auth/reset.html", form=form)
+    return render_template("auth/reset.html", form=form), _status(form)
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
-def reset_password(token: str) -> str | Response:
+def reset_password(token: str) -> Page:
     db = db_session()
     user = lifecycle.reset_user(db, token)
     form = NewPasswordForm()
@@ -101,11 +106,11 @@ def reset_password(token: str) -> str | Response:
         else:
             flash("Your password was changed and every session was signed out. Sign in with the new one.", "success")
             return redirect(url_for("auth.signin"))
-    return render_template("auth/reset_password.html", form=form, email=user.email)
+    return render_template("auth/reset_password.html", form=form, email=user.email), _status(form)
 
 
 @bp.route("/invite/<token>", methods=["GET", "POST"])
-def invite(token: str) -> str | Response:
+def invite(token: str) -> Page:
     db = db_session()
     user = lifecycle.invite_user(db, token)
     form = InviteForm()
@@ -120,7 +125,7 @@ def invite(token: str) -> str | Response:
         else:
             flash("Your password is set. Sign in to continue.", "success")
             return redirect(url_for("auth.signin"))
-    return render_template("auth/invite.html", form=form, user=user)
+    return render_template("auth/invite.html", form=form, user=user), _status(form)
 
 
 @bp.route("/verify/<token>", methods=["GET", "POST"])
@@ -135,7 +140,7 @@ def verify(token: str) -> str | Response:
 
 
 @bp.route("/signup", methods=["GET", "POST"])
-def signup() -> str | Response:
+def signup() -> Page:
     settings = get_settings()
     if not lifecycle.signup_open(settings):
         raise AppError(
@@ -164,5 +169,4 @@ def signup() -> str | Response:
             form_errors(exc, form)
         else:
             return render_template("auth/signup_sent.html", email=form.email.data.strip())
-    status = 422 if form.is_submitted() and form.errors else 200
-    return render_template("auth/signup.html", form=form), status  # type: ignore[return-value]
+    return render_template("auth/signup.html", form=form), _status(form)

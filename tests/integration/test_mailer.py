@@ -21,7 +21,15 @@ from app.settings import Settings, SettingsError, with_overrides
 from tests.conftest import make_settings
 from tests.support.live import free_port
 from tests.support.mailbox import outbox
-from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, SmtpServer, body_text, html_text
+from tests.support.smtp import (
+    SMTP_PASSWORD,
+    SMTP_USER,
+    SmtpServer,
+    TlsFiles,
+    body_text,
+    html_text,
+    run_smtp_server,
+)
 
 
 def _target(server: SmtpServer, *, password: str | None = None, scheme: str = "smtp+starttls") -> SmtpTarget:
@@ -78,6 +86,14 @@ def test_send_over_starttls_with_auth(smtp_server: SmtpServer) -> None:
     assert received["Message-ID"].endswith("@example.test>")
     # The server only offers AUTH after STARTTLS, so a login proves the session was encrypted.
     assert smtp_server.logins and all(login.endswith(SMTP_USER) for login in smtp_server.logins)
+
+
+def test_auth_login_when_plain_is_not_offered(smtp_tls_files: TlsFiles) -> None:
+    with run_smtp_server(smtp_tls_files, auth_exclude_mechanism=["PLAIN"]) as server:
+        target = _target(server)
+        smtp_send(target, build_message(target.from_address, "lo@example.com", "Via LOGIN", "Body\n"))
+        assert server.wait_for("lo@example.com")["Subject"] == "Via LOGIN"
+        assert server.logins == [f"LOGIN:{SMTP_USER}"]
 
 
 def test_send_over_implicit_tls(smtps_server: SmtpServer) -> None:

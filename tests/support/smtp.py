@@ -7,6 +7,8 @@ Fixtures (loaded for the whole suite through ``pytest_plugins`` in tests/conftes
 * ``smtps_server`` — implicit TLS (port-465 style) and AUTH required.
 * ``plain_smtp_server`` — no TLS at all, no AUTH: a server that cannot give us STARTTLS.
 * ``smtp_tls_files`` — the CA and server certificate, generated once per test session.
+* ``run_smtp_server(files, **options)`` — the same server as a context manager, for variants
+  (e.g. ``auth_exclude_mechanism=["PLAIN"]`` to force AUTH LOGIN).
 
 Received messages are parsed with :mod:`email` and kept in ``server.messages``; ``server.wait_for(to)``
 returns the newest message for an address (delivery happens on the server's thread).
@@ -19,6 +21,7 @@ import ipaddress
 import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -209,58 +212,53 @@ class _ImplicitTlsController(Controller):
         return smtp
 
 
-def _start(controller: Controller) -> Controller:
-    controller.start()
-    return controller
-
-
-@pytest.fixture
-def smtp_server(smtp_tls_files: TlsFiles) -> Iterator[SmtpServer]:
-    """aiosmtpd with STARTTLS and AUTH required; trusts nobody but knows one user."""
-    handler = RecordingHandler()
-    server = SmtpServer("127.0.0.1", free_port(), handler, ca_file=smtp_tls_files.ca_file)
+def _server_tls(files: TlsFiles) -> ssl.SSLContext:
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(smtp_tls_files.cert_file, smtp_tls_files.key_file)
+    tls.load_cert_chain(files.cert_file, files.key_file)
+    return tls
 
-    controller = _start(
-        Controller(
-            handler,
-            hostname=server.host,
-            port=server.port,
-            tls_context=tls,
-            require_starttls=True,
-            auth_required=True,
-            auth_require_tls=True,
-            authenticator=_authenticator(server),
+
+@contextmanager
+def run_smtp_server(files: TlsFiles, *, implicit_tls: bool = False, **options: Any) -> Iterator[SmtpServer]:
+    """Run aiosmtpd on a free 127.0.0.1 port until the block ends; AUTH is always required.
+
+    STARTTLS is required unless ``implicit_tls`` (then the whole connection is TLS, port-465 style).
+    ``options`` go to aiosmtpd's SMTP class, e.g. ``auth_exclude_mechanism=["PLAIN"]``.
+    """
+    handler = RecordingHandler()
+    server = SmtpServer("127.0.0.1", free_port(), handler, ca_file=files.ca_file)
+    common: dict[str, Any] = {
+        "hostname": server.host,
+        "port": server.port,
+        "auth_required": True,
+        "authenticator": _authenticator(server),
+        **options,
+    }
+    if implicit_tls:
+        controller: Controller = _ImplicitTlsController(handler, ssl_context=_server_tls(files), **common)
+    else:
+        controller = Controller(
+            handler, tls_context=_server_tls(files), require_starttls=True, auth_require_tls=True, **common
         )
-    )
+    controller.start()
     try:
         yield server
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server(smtp_tls_files: TlsFiles) -> Iterator[SmtpServer]:
+    """aiosmtpd with STARTTLS and AUTH required; knows one user (SMTP_USER / SMTP_PASSWORD)."""
+    with run_smtp_server(smtp_tls_files) as server:
+        yield server
 
 
 @pytest.fixture
 def smtps_server(smtp_tls_files: TlsFiles) -> Iterator[SmtpServer]:
     """aiosmtpd with implicit TLS (the port-465 style, RFC 8314), AUTH required."""
-    handler = RecordingHandler()
-    server = SmtpServer("127.0.0.1", free_port(), handler, ca_file=smtp_tls_files.ca_file)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(smtp_tls_files.cert_file, smtp_tls_files.key_file)
-    controller = _start(
-        _ImplicitTlsController(
-            handler,
-            hostname=server.host,
-            port=server.port,
-            ssl_context=tls,
-            auth_required=True,
-            authenticator=_authenticator(server),
-        )
-    )
-    try:
+    with run_smtp_server(smtp_tls_files, implicit_tls=True) as server:
         yield server
-    finally:
-        controller.stop()
 
 
 @pytest.fixture
@@ -268,7 +266,8 @@ def plain_smtp_server() -> Iterator[SmtpServer]:
     """aiosmtpd without TLS or AUTH: clients that insist on STARTTLS must refuse it."""
     handler = RecordingHandler()
     server = SmtpServer("127.0.0.1", free_port(), handler)
-    controller = _start(Controller(handler, hostname=server.host, port=server.port))
+    controller = Controller(handler, hostname=server.host, port=server.port)
+    controller.start()
     try:
         yield server
     finally:
