@@ -39,7 +39,8 @@ Security = Literal["starttls", "tls", "none"]
 # RFC 8314 §3.3: implicit TLS on 465 ("submissions"); RFC 6409: submission with STARTTLS on 587.
 DEFAULT_PORTS: dict[Security, int] = {"starttls": 587, "tls": 465, "none": 25}
 URL_SCHEMES: dict[str, Security] = {"smtp+starttls": "starttls", "smtps": "tls", "smtp": "none"}
-# Only mechanisms that work over the TLS channel we insist on; CRAM-MD5 adds nothing there (RFC 8314 §5).
+# Password mechanisms, tried in this order, over the TLS channel we insist on; CRAM-MD5 adds nothing there.
+# XOAUTH2 (Google/Microsoft) comes with the SMTP connector: a token field on SmtpTarget and a branch in _login.
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
