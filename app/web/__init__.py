@@ -7,16 +7,18 @@ from typing import Any
 from flask import Flask
 
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, home, mfa
+from app.web import account, admin, auth, home, mail_flows, mfa, users_admin
 from app.web.common import SignedIn
 
-BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, mfa.bp]
+BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, mail_flows.bp, users_admin.bp, mfa.bp]
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
+    ("users_admin.users", "Users"),
     ("admin.audit_log", "Audit log"),
     ("mfa.admin_security", "Security"),
+    ("users_admin.outbox", "Outbox"),
 ]
 
 
