@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Flask
 
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, compliance, home, mfa, tokens_admin
+from app.web import account, admin, auth, compliance, home, mail_flows, mfa, tokens_admin, users_admin
 from app.web.common import SignedIn
 
 BLUEPRINTS = [
@@ -15,6 +15,8 @@ BLUEPRINTS = [
     auth.bp,
     account.bp,
     admin.bp,
+    mail_flows.bp,
+    users_admin.bp,
     mfa.bp,
     tokens_admin.bp,
     compliance.bp,
@@ -35,8 +37,10 @@ def api_blueprints() -> list[Blueprint]:
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
+    ("users_admin.users", "Users"),
     ("admin.audit_log", "Audit log"),
     ("mfa.admin_security", "Security"),
+    ("users_admin.outbox", "Outbox"),
     ("tokens_admin.index", "Service tokens"),
     ("compliance.report", "Compliance"),
 ]
