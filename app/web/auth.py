@@ -17,6 +17,7 @@ from app.extensions import db_session, get_limit_storage, get_settings
 from app.models import User
 from app.net import get_client
 from app.settings import Settings
+from app.web import mfa
 from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, safe_next, signed_in, user_agent
 
 bp = Blueprint("auth", __name__)
@@ -72,6 +73,9 @@ def signin() -> str | Response:
         check = users.check_password(db, settings, form.email.data, form.password.data)
         if check.ok and check.user is not None:
             _flag_breached_password(db, settings, check.user, form.password.data)
+            # MFA: a user with a second factor gets no session yet, only a pending sign-in (app/web/mfa.py).
+            if mfa.needs_second_factor(check.user):
+                return mfa.start_second_factor(check.user, ["password"], next_url)
             audit.record(
                 db,
                 audit_ctx(),
