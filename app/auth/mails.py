@@ -70,10 +70,18 @@ def check_mail_allowed(db: Session, settings: Settings, ctx: AuditContext, *, pu
     """Throttle call site for every mail the app sends on someone's request (reset, verify, invite, sign-up).
 
     Called *before* any token is issued, with the same arguments whether or not an account exists, so
-    a refusal (``rate_limited``) reveals nothing. The throttle branch provides the check; the line is:
-        app.auth.throttle.check_mail_send(db, settings, ip=ctx.ip, to=to, purpose=purpose)
+    a refusal (``rate_limited``) reveals nothing. Per recipient always; per client IP except for an
+    admin's invitations (an admin inviting a team is not one client spraying addresses) and for the
+    CLI, which has no client address.
     """
-    return None
+    from flask import current_app, has_app_context
+
+    from app.auth import throttle
+
+    if not has_app_context():  # the throttle's storage belongs to the app; nothing to count against
+        return
+    storage = current_app.extensions["ami_limits"]
+    throttle.check_mail_send(storage, settings, email=to, ip=ctx.ip, count_ip=bool(ctx.ip) and purpose != "invite")
 
 
 def send(db: Session, settings: Settings, to: str, mail: RenderedMail) -> None:

@@ -293,12 +293,13 @@ def _audit_lock(
 # --- mail ---------------------------------------------------------------------------------------------
 
 
-def check_mail_send(storage: Storage, settings: Settings, *, email: str, ip: str) -> None:
+def check_mail_send(storage: Storage, settings: Settings, *, email: str, ip: str, count_ip: bool = True) -> None:
     """Call before sending a reset or verification mail; counts the send or raises :class:`Throttled`.
 
     Per recipient (3 per 15 minutes) so nobody's inbox can be flooded, and per IP (20 an hour) so one
-    client cannot mail many addresses. Call it whether or not the address belongs to an account, so
-    the answer does not reveal which addresses exist.
+    client cannot mail many addresses (``count_ip=False`` skips that layer, e.g. for an admin's
+    invitations). Call it whether or not the address belongs to an account, so the answer does not
+    reveal which addresses exist.
     """
     limiter = _limiter(storage)
     recipient, client = _account_id(email), _ip_id(ip)
@@ -308,9 +309,10 @@ def check_mail_send(storage: Storage, settings: Settings, *, email: str, ip: str
             _window_wait(limiter, _MAIL_RECIPIENT, recipient),
             "Too many emails were sent to this address.",
         )
-    if not limiter.test(_MAIL_IP, client):
+    if count_ip and not limiter.test(_MAIL_IP, client):
         raise Throttled(
             "mail_ip", _window_wait(limiter, _MAIL_IP, client), "Too many emails were requested from your network."
         )
     limiter.hit(_MAIL_RECIPIENT, recipient)
-    limiter.hit(_MAIL_IP, client)
+    if count_ip:
+        limiter.hit(_MAIL_IP, client)

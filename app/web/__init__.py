@@ -15,7 +15,6 @@ from app.web import (
     home,
     mail_flows,
     mfa,
-    password_required,
     throttle_admin,
     tokens_admin,
     users_admin,
@@ -32,7 +31,6 @@ BLUEPRINTS = [
     mfa.bp,
     tokens_admin.bp,
     compliance.bp,
-    password_required.bp,
     throttle_admin.bp,
 ]
 

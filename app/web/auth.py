@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy.orm import Session
@@ -21,6 +21,8 @@ from app.web import mfa
 from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, safe_next, signed_in, user_agent
 
 bp = Blueprint("auth", __name__)
+
+BREACHED_NOTICE = "Your password has appeared in a data breach, so attackers may try it. Choose a new one to continue."
 
 
 class SignInForm(FlaskForm):  # type: ignore[misc]
@@ -72,7 +74,7 @@ def signin() -> str | Response:
             return _throttled(form, next_url, exc)
         check = users.check_password(db, settings, form.email.data, form.password.data)
         if check.ok and check.user is not None:
-            _flag_breached_password(db, settings, check.user, form.password.data)
+            breached = _flag_breached_password(db, settings, check.user, form.password.data)
             # MFA: a user with a second factor gets no session yet, only a pending sign-in (app/web/mfa.py).
             if mfa.needs_second_factor(check.user):
                 return mfa.start_second_factor(check.user, ["password"], next_url)
@@ -88,8 +90,11 @@ def signin() -> str | Response:
             throttle.record_success(storage, settings, email, ip)
             db.commit()
             establish_session(check.user, ["password"])
+            if breached:
+                flash(BREACHED_NOTICE, "warning")
             if check.user.must_change_password:
-                return redirect(url_for("password_required.change", next=next_url))
+                # The account page's password form; app.web.account keeps every other page closed until then.
+                return redirect(url_for("account.index", _anchor="password"))
             return redirect(next_url)
         lock = throttle.record_failure(storage, settings, email, ip, db=db, ctx=audit_ctx())
         audit.record(
@@ -116,13 +121,18 @@ def _throttled(form: SignInForm, next_url: str, exc: throttle.Throttled) -> Resp
     return response
 
 
-def _flag_breached_password(db: Session, settings: Settings, user: User, password: str) -> None:
-    """With the breach check on, a password found in a breach must be changed before anything else."""
+def _flag_breached_password(db: Session, settings: Settings, user: User, password: str) -> bool:
+    """With the breach check on, a password found in a breach must be changed before anything else.
+
+    Runs before the second-factor step, whose commit stores the flag too; returns whether it was set now.
+    """
     if not settings.pwned_range_url or user.must_change_password:
-        return
-    if passwords.is_breached(settings, password, client=get_client(current_app)):
-        user.must_change_password = True
-        audit.record(db, audit_ctx(), "password.breached", target=f"user:{user.id}", details={"at": "signin"})
+        return False
+    if not passwords.is_breached(settings, password, client=get_client(current_app)):
+        return False
+    user.must_change_password = True
+    audit.record(db, audit_ctx(), "password.breached", target=f"user:{user.id}", details={"at": "signin"})
+    return True
 
 
 @bp.post("/signout")

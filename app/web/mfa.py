@@ -17,7 +17,7 @@ from wtforms import BooleanField, StringField
 from wtforms.validators import DataRequired, Length
 
 from app import audit
-from app.auth import mfa, recovery_codes, sessions, totp
+from app.auth import mfa, recovery_codes, sessions, throttle, totp
 from app.auth import webauthn as passkeys
 from app.errors import AppError
 from app.extensions import db_session, get_settings
@@ -143,6 +143,8 @@ def _finish_signin(user: User, methods: list[str], next_url: str) -> str:
     audit.record(db, audit_ctx(), "signin.success", target=f"user:{user.id}", details={"methods": methods})
     db.commit()
     mfa.clear_failures(_storage(), user.id)
+    # The whole sign-in succeeded: the account throttle forgets this account's failures (app.auth.throttle).
+    throttle.record_success(_storage(), get_settings(), user.email, client_ip())
     establish_session(user, methods, mfa_verified=True)
     return safe_next(next_url, url_for("web.home"))
 
@@ -684,13 +686,14 @@ ENROLMENT_ENDPOINTS = frozenset(
         "mfa.passkey_register_options",
         "mfa.passkey_register_verify",
         "mfa.recovery_generate",
-        # The forced change of a breached password (throttle branch) comes first; allowing it here keeps
-        # that guard and this one from redirecting to each other.
-        "password_required.change",
         # The CMS reads the session (with `mfa.enrolled: false`) to send the user to enrol.
         "api_auth.current_session",
     }
 )
+
+
+# The account page's password form, open to a user who must change their password before enrolling.
+PASSWORD_CHANGE_ENDPOINTS = frozenset({"account.index", "account.change_password"})
 
 
 def enforce() -> Response | None:
@@ -722,6 +725,10 @@ def enforce() -> Response | None:
             raise AppError("not_authenticated")
         return redirect(url_for("auth.signin"))
     if endpoint in ENROLMENT_ENDPOINTS or not mfa.role_requires_mfa(db, get_settings(), who.user.role):
+        return None
+    if who.user.must_change_password and endpoint in PASSWORD_CHANGE_ENDPOINTS:
+        # A forced password change (temporary or breached password) comes first: app.web.account sends the
+        # user to its form, and refusing that form here would bounce the two guards off each other.
         return None
     if wants_json():
         raise AppError(

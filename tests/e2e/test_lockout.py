@@ -13,21 +13,25 @@ from tests.conftest import PASSWORD
 from tests.support.live import LiveServer
 
 
-def _make_user(app: Flask, email: str) -> None:
+def _make_user(app: Flask, email: str, role: str = "member") -> int:
     with app.app_context():
         db = get_database(app).session()
-        users.create_user(db, app.extensions["ami_settings"], email=email, password=PASSWORD, verified=True)
+        user = users.create_user(
+            db, app.extensions["ami_settings"], email=email, password=PASSWORD, role=role, verified=True
+        )
         db.commit()
+        return user.id
 
 
 def _submit(page: Page, email: str, password: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def test_lock_after_repeated_failures_shows_the_retry_time(live: LiveServer, page: Page) -> None:
-    _make_user(live.app, "lou@example.com")
+    lou = _make_user(live.app, "lou@example.com")
+    _make_user(live.app, "root@example.com", role="admin")
     page.goto(live.url + "/signin")
     for _ in range(4):
         _submit(page, "lou@example.com", "wrong password, surely")
@@ -49,6 +53,18 @@ def test_lock_after_repeated_failures_shows_the_retry_time(live: LiveServer, pag
     expect(page).to_have_url(re.compile(r"/signin"))
     page.goto(live.url + "/account/")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    # An admin sees the lock on the user's page and lifts it; then the right password works at once.
+    _submit(page, "root@example.com", PASSWORD)
+    page.goto(f"{live.url}/admin/users/{lou}")
+    lock = page.locator("#throttle-admin")
+    expect(lock).to_contain_text("after 5 failed sign-ins; opens in 1 minute")
+    lock.get_by_role("button", name="Unlock").click()
+    expect(page.get_by_role("status")).to_contain_text("lou@example.com is unlocked.")
+    expect(page.locator("#throttle-admin")).to_contain_text("Not locked")
+    page.get_by_role("button", name="Sign out").click()
+    _submit(page, "lou@example.com", PASSWORD)
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
     # Chromium logs every 4xx document as "Failed to load resource" (401, 429, and the absent favicon's
     # 404); those are the statuses this test expects. Anything else (CSP, script errors) fails it.
     expected = re.compile(r"^Failed to load resource: the server responded with a status of (401|404|429) ")

@@ -637,12 +637,15 @@ def test_wrong_code_limit_is_shared_by_workers_through_redis(tmp_path: Path, dat
     from app import create_app
     from app.auth import mfa, users
     from tests.conftest import redis_url
+    from tests.support.limits_storage import close_storage, unique_prefix
 
     settings = make_settings(
         tmp_path,
         database_url,
         AMI_AUTH_BASE_URL=BASE_URL,
         AMI_AUTH_REDIS_URL=redis_url(),
+        # Wrong codes also count toward the account throttle: a prefix of its own keeps runs apart.
+        AMI_AUTH_REDIS_KEY_PREFIX=unique_prefix(),
         AMI_AUTH_MFA_REQUIRED_ROLES="",
     )
     first, second = create_app(settings), create_app(settings)
@@ -665,6 +668,7 @@ def test_wrong_code_limit_is_shared_by_workers_through_redis(tmp_path: Path, dat
     finally:
         mfa.clear_failures(storage, user.id)
         for application in (first, second):
+            close_storage(application.extensions["ami_limits"])
             get_database(application).remove()
             get_database(application).engine.dispose()
 

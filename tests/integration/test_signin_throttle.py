@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import argon2
+import pyotp
 import pytest
-from flask import Flask, render_template
+from flask import Flask
 from flask.testing import FlaskClient
 from limits.storage import RedisStorage
 from sqlalchemy import select
@@ -26,6 +27,7 @@ from app.errors import AppError
 from app.extensions import get_database, get_limit_storage
 from app.models import AuditEvent, User
 from tests.conftest import PASSWORD, csrf_token, make_settings, redis_url
+from tests.integration.test_mfa import enrol_totp, pending_signin, post_code, wrong_code
 from tests.support.limits_storage import close_storage, redis_keys, unique_prefix
 from tests.support.live import free_port
 from tests.support.range_api import RangeApi, range_api
@@ -219,14 +221,17 @@ def test_admin_unlock(make_app: AppFactory) -> None:
 
     admin = application.test_client()
     assert post_signin(admin, "root@example.com", PASSWORD, ip="203.0.113.2").status_code == 302
-    with application.test_request_context("/admin/"):
-        shown = render_template("admin/_unlock_button.html", user=_user(application, user_id))
-    assert "Locked after 5 failed sign-ins; opens in 1 minute" in shown and ">Unlock</button>" in shown
-    token = csrf_token(admin, "/admin/")
+    page = admin.get(f"/admin/users/{user_id}").get_data(as_text=True)
+    assert "locked</span> after 5 failed sign-ins; opens in 1 minute" in page and ">Unlock</button>" in page
+    token = csrf_token(admin, f"/admin/users/{user_id}")
     response = admin.post(
-        f"/admin/users/{user_id}/unlock", data={"csrf_token": token, "next": "/admin/"}, follow_redirects=True
+        f"/admin/users/{user_id}/unlock",
+        data={"csrf_token": token, "next": f"/admin/users/{user_id}"},
+        follow_redirects=True,
     )
-    assert response.status_code == 200 and "fay@example.com is unlocked." in response.get_data(as_text=True)
+    assert response.status_code == 200 and response.request.path == f"/admin/users/{user_id}"
+    shown = response.get_data(as_text=True)
+    assert "fay@example.com is unlocked." in shown and "Not locked" in shown and ">Unlock</button>" not in shown
     assert admin.post("/admin/users/99999/unlock", data={"csrf_token": token}).status_code == 404
     assert post_signin(application.test_client(), "fay@example.com", PASSWORD).status_code == 302
 
@@ -284,44 +289,54 @@ def test_stale_hash_is_rehashed_at_the_next_successful_signin(make_app: AppFacto
 # --- breached password at sign-in --------------------------------------------------------------------------
 
 
+def change_password(client: FlaskClient, current: str, new: str) -> Any:
+    token = csrf_token(client, "/account/")
+    data = {"current_password": current, "new_password": new, "confirm": new, "csrf_token": token}
+    return client.post("/account/password", data=data)
+
+
 def test_breached_password_forces_a_change_before_anything_else(make_app: AppFactory) -> None:
-    with range_api(RangeApi(breached={PASSWORD: 97})) as api:
+    other_breached = "monkey business 1987"
+    with range_api(RangeApi(breached={PASSWORD: 97, other_breached: 5})) as api:
         application = make_app(AMI_AUTH_PWNED_RANGE_URL=api.url)
         user_id = add_user(make_app(), "ivy@example.com")  # created while the check is off
         first, second = application.test_client(), application.test_client()
         response = post_signin(first, "ivy@example.com", PASSWORD)
-        assert response.status_code == 302
-        assert response.headers["Location"].startswith("/account/password/required")
+        assert response.status_code == 302 and response.headers["Location"] == "/account/#password"
         assert _user(application, user_id).must_change_password
+        page = first.get("/account/").get_data(as_text=True)
+        assert "Your password has appeared in a data breach" in page
+        assert 'data-notice="must-change-password"' in page
         assert post_signin(second, "ivy@example.com", PASSWORD).status_code == 302
-        # Every page leads to the change form until the password is changed.
-        for path in ("/", "/admin/audit"):
-            blocked = first.get(path)
-            assert blocked.status_code == 302 and "/account/password/required" in blocked.headers["Location"]
-        page = first.get("/account/password/required")
-        assert page.status_code == 200 and "Change your password" in page.get_data(as_text=True)
+        # Every other page leads to the change form until the password is changed.
+        blocked = first.get("/admin/audit")
+        assert blocked.status_code == 302 and blocked.headers["Location"] == "/account/#password"
 
-        token = csrf_token(first, "/account/password/required")
-        again = first.post(
-            "/account/password/required", data={"password": PASSWORD, "confirm": PASSWORD, "csrf_token": token}
-        )
-        assert again.status_code == 422
-        assert re.search(r'id="password-error"[^>]*>This password has appeared in a data breach', again.text)
-        common = first.post(
-            "/account/password/required",
-            data={"password": "qwerty123456", "confirm": "qwerty123456", "csrf_token": token},
-        )
+        refused = change_password(first, PASSWORD, other_breached)
+        assert refused.status_code == 422
+        assert re.search(r'id="new_password-error"[^>]*>This password has appeared in a data breach', refused.text)
+        common = change_password(first, PASSWORD, "qwerty123456")
         assert "one of the most common passwords" in common.get_data(as_text=True)
-        done = first.post(
-            "/account/password/required",
-            data={"password": NEW_PASSWORD, "confirm": NEW_PASSWORD, "csrf_token": token},
-        )
-        assert done.status_code == 302
+        assert change_password(first, PASSWORD, NEW_PASSWORD).status_code == 302
     assert not _user(application, user_id).must_change_password
     assert first.get("/account/").status_code == 200
     # The other session, opened with the breached password, is over.
     assert second.get("/account/").headers["Location"].startswith("/signin")
     assert post_signin(application.test_client(), "ivy@example.com", NEW_PASSWORD).status_code == 302
+
+
+def test_breached_admin_who_must_still_enrol_mfa_changes_the_password_first(make_app: AppFactory) -> None:
+    # Two guards (forced password change, required MFA enrolment) must not send the user back and forth.
+    with range_api(RangeApi(breached={PASSWORD: 3})) as api:
+        application = make_app(AMI_AUTH_PWNED_RANGE_URL=api.url, AMI_AUTH_MFA_REQUIRED_ROLES="admin")
+        add_user(make_app(), "ada@example.com", role="admin")
+        client = application.test_client()
+        assert post_signin(client, "ada@example.com", PASSWORD).headers["Location"] == "/account/#password"
+        assert client.get("/account/").status_code == 200
+        assert client.get("/admin/").headers["Location"] == "/account/#password"
+        assert change_password(client, PASSWORD, NEW_PASSWORD).status_code == 302
+    # Then the MFA enrolment requirement takes over.
+    assert client.get("/admin/").headers["Location"] == "/account/mfa"
 
 
 def test_unreachable_range_api_lets_the_user_in(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
@@ -342,6 +357,53 @@ def test_breached_password_refused_when_set(make_app: AppFactory) -> None:
         with pytest.raises(AppError) as info:
             add_user(application, "kim@example.com", password="monkey business 1987")
         assert info.value.code == "validation_failed" and "data breach" in info.value.fields["password"]
+
+
+# --- the second factor and mail sends count too ------------------------------------------------------------
+
+
+def _totp_user(application: Flask, email: str) -> str:
+    """A user with an authenticator app; returns its secret."""
+    user_id = add_user(application, email)
+    return enrol_totp(application, application.extensions["ami_settings"], _user(application, user_id))
+
+
+def test_wrong_totp_codes_count_toward_the_account_lock(make_app: AppFactory) -> None:
+    application = make_app()
+    secret = _totp_user(application, "tom@example.com")
+    client = application.test_client()
+    pending_signin(client, "tom@example.com")  # a right password does not clear failures while a code is due
+    assert [post_code(client, wrong_code(secret)).status_code for _ in range(3)] == [401] * 3
+    assert [post_signin(client, "tom@example.com", WRONG).status_code for _ in range(2)] == [401, 429]
+    assert_rate_limited(post_signin(client, "tom@example.com", PASSWORD), "1 minute", 60)
+
+
+def test_a_complete_mfa_signin_clears_password_failures(make_app: AppFactory) -> None:
+    application = make_app()
+    secret = _totp_user(application, "uma@example.com")
+    client = application.test_client()
+    assert [post_signin(client, "uma@example.com", WRONG).status_code for _ in range(4)] == [401] * 4
+    pending_signin(client, "uma@example.com")
+    assert post_code(client, pyotp.TOTP(secret).now()).status_code == 302
+    storage = get_limit_storage(application)
+    assert throttle.account_status(storage, "uma@example.com").failures == 0
+
+
+def test_reset_mails_are_throttled_per_recipient(make_app: AppFactory) -> None:
+    application = make_app()
+    add_user(application, "val@example.com")
+    client = application.test_client()
+
+    def ask(email: str) -> Any:
+        token = csrf_token(client, "/reset")
+        return client.post("/reset", data={"email": email, "csrf_token": token})
+
+    # Unknown addresses are counted like known ones, so the 429 does not reveal which exist.
+    for email in ("val@example.com", "nobody@example.com"):
+        assert [ask(email).status_code for _ in range(3)] == [200] * 3
+        refused = ask(email)
+        assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 900
+        assert "Too many emails were sent to this address." in refused.get_data(as_text=True)
 
 
 # --- Redis: two app instances, one store ---------------------------------------------------------------------
