@@ -1,0 +1,263 @@
+"""Encrypted values in the ``secrets`` table, one current row per (owner_type, owner_id, field).
+
+Replacing a value retires the old row instead of overwriting it, so an admin can roll back a bad
+credential during a grace period; :func:`purge_retired` deletes retired rows once it is over.
+
+These functions take a ``Session`` and never commit: the caller owns the unit of work. The exception is
+:func:`rewrap`, which commits one transaction per batch so it can run online and be interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, CursorResult, Table, bindparam, delete, exists, func, select, update
+from sqlalchemy.orm import Session
+
+from app.models.base import utcnow
+from app.models.secrets import StoredSecret
+from app.vault.cipher import Cipher, Envelope, SecretUnreadable
+from app.vault.secret import Secret
+
+SessionFactory = Callable[[], Session]
+_AAD_LABEL = b"ami-auth/secrets/v1"
+_TABLE: Table = StoredSecret.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class SecretMeta:
+    """What a page may show about a secret without decrypting it ("set · last changed <date>")."""
+
+    key_id: str
+    # Every new value is a new row, so the row's creation is when the value last changed.
+    created_at: datetime
+    # Also moves on rewrap and retirement, which do not change the value.
+    updated_at: datetime
+
+
+def aad_for(owner_type: str, owner_id: int, field: str) -> bytes:
+    """Associated data naming the row's slot, so a ciphertext copied to another slot will not decrypt."""
+    # Length-prefixed parts: no choice of names can make two different slots encode the same bytes.
+    parts = (_AAD_LABEL, owner_type.encode(), str(owner_id).encode(), field.encode())
+    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+
+
+def _slot(owner_type: str, owner_id: int, field: str) -> ColumnElement[bool]:
+    return (
+        (StoredSecret.owner_type == owner_type)
+        & (StoredSecret.owner_id == owner_id)
+        & (StoredSecret.field == field)
+    )
+
+
+def _current(owner_type: str, owner_id: int, field: str) -> ColumnElement[bool]:
+    return _slot(owner_type, owner_id, field) & StoredSecret.retired_at.is_(None)
+
+
+def put_secret(
+    session: Session,
+    cipher: Cipher,
+    owner_type: str,
+    owner_id: int,
+    field: str,
+    value: str | Secret,
+    *,
+    grace: timedelta | None,
+    now: datetime | None = None,
+) -> StoredSecret:
+    """Store a new current value; the previous one is retired for ``grace`` (``None``: deleted now).
+
+    ``grace`` has no default on purpose: whether the old credential stays recoverable is a decision.
+    """
+    if grace is not None and grace < timedelta(0):
+        raise ValueError("grace must not be negative")
+    now = now or utcnow()
+    plaintext = value.reveal() if isinstance(value, Secret) else value
+    env = cipher.encrypt(plaintext.encode(), aad_for(owner_type, owner_id, field))
+    current = _current(owner_type, owner_id, field)
+    if grace is None:
+        session.execute(delete(StoredSecret).where(current))
+    else:
+        session.execute(
+            update(StoredSecret)
+            .where(current)
+            .values(retired_at=now, purge_after=now + grace, updated_at=now)
+        )
+    row = StoredSecret(
+        owner_type=owner_type,
+        owner_id=owner_id,
+        field=field,
+        key_id=env.key_id,
+        version=env.version,
+        wrapped_key=env.wrapped_key,
+        ciphertext=env.ciphertext,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_secret(session: Session, cipher: Cipher, owner_type: str, owner_id: int, field: str) -> Secret | None:
+    """The current value, or ``None`` if none is set; :class:`SecretUnreadable` if it cannot be decrypted."""
+    row = session.execute(
+        select(StoredSecret.key_id, StoredSecret.version, StoredSecret.wrapped_key, StoredSecret.ciphertext)
+        .where(_current(owner_type, owner_id, field))
+        .order_by(StoredSecret.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    env = Envelope(row.key_id, row.version, row.wrapped_key, row.ciphertext)
+    return Secret(cipher.decrypt(env, aad_for(owner_type, owner_id, field)).decode())
+
+
+def has_secret(session: Session, owner_type: str, owner_id: int, field: str) -> bool:
+    return bool(session.execute(select(exists().where(_current(owner_type, owner_id, field)))).scalar())
+
+
+def secret_meta(session: Session, owner_type: str, owner_id: int, field: str) -> SecretMeta | None:
+    row = session.execute(
+        select(StoredSecret.key_id, StoredSecret.created_at, StoredSecret.updated_at)
+        .where(_current(owner_type, owner_id, field))
+        .order_by(StoredSecret.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return SecretMeta(key_id=row.key_id, created_at=row.created_at, updated_at=row.updated_at)
+
+
+def delete_secrets(session: Session, owner_type: str, owner_id: int) -> int:
+    """Delete every field of an owner, retired values included; returns the number of rows deleted.
+
+    On SQLite the freed pages keep their old bytes until VACUUM unless ``PRAGMA secure_delete`` is on.
+    """
+    result = session.execute(
+        delete(StoredSecret).where(
+            (StoredSecret.owner_type == owner_type) & (StoredSecret.owner_id == owner_id)
+        )
+    )
+    return cast(CursorResult[Any], result).rowcount
+
+
+def restore_previous(
+    session: Session, owner_type: str, owner_id: int, field: str, *, now: datetime | None = None
+) -> StoredSecret | None:
+    """Make the most recently retired value current again and delete the value it replaced.
+
+    The replaced value is deleted rather than retired: a rollback means it was wrong, and retiring it
+    would make a second rollback swap it straight back. Returns ``None`` (and changes nothing) if there
+    is no retired value.
+    """
+    previous = session.scalars(
+        select(StoredSecret)
+        .where(_slot(owner_type, owner_id, field) & StoredSecret.retired_at.is_not(None))
+        .order_by(StoredSecret.retired_at.desc(), StoredSecret.id.desc())
+        .limit(1)
+    ).first()
+    if previous is None:
+        return None
+    session.execute(delete(StoredSecret).where(_current(owner_type, owner_id, field)))
+    previous.retired_at = None
+    previous.purge_after = None
+    previous.updated_at = now or utcnow()
+    session.flush()
+    return previous
+
+
+def purge_retired(session: Session, now: datetime) -> int:
+    """Delete retired values whose grace period is over; returns how many."""
+    expired = StoredSecret.retired_at.is_not(None) & (
+        StoredSecret.purge_after.is_(None) | (StoredSecret.purge_after <= now)
+    )
+    result = session.execute(delete(StoredSecret).where(expired))
+    return cast(CursorResult[Any], result).rowcount
+
+
+def key_status(session: Session) -> dict[str, int]:
+    """Rows per key id, retired rows included (they still need their key until purged)."""
+    rows = session.execute(
+        select(StoredSecret.key_id, func.count()).group_by(StoredSecret.key_id).order_by(StoredSecret.key_id)
+    ).all()
+    return {key_id: int(count) for key_id, count in rows}
+
+
+def rewrap_pending(session: Session, cipher: Cipher) -> int:
+    """How many rows :func:`rewrap` would move."""
+    count = session.execute(
+        select(func.count()).select_from(_TABLE).where(_TABLE.c.key_id != cipher.active_kid)
+    ).scalar()
+    return int(count or 0)
+
+
+def rewrap(
+    session_factory: SessionFactory,
+    cipher: Cipher,
+    batch_size: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Move every row not on the active key onto it; returns the number of rows moved.
+
+    Each batch is its own committed transaction, so this runs beside live traffic and can be stopped at
+    any point: an interrupted batch rolls back whole, and a new run resumes because rows already on the
+    active key are not selected. ``progress`` is called with each committed batch's count.
+    A row that cannot be unwrapped (missing key, altered bytes) raises :class:`SecretUnreadable`;
+    batches before it stay committed.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    t = _TABLE
+    active = cipher.active_kid
+    moved = 0
+    last_id = 0
+    while True:
+        with session_factory() as session, session.begin():
+            conn = session.connection()
+            # Keyset paging (id > last) keeps each batch an index range scan instead of re-reading
+            # the rows already moved.
+            rows = conn.execute(
+                select(
+                    t.c.id, t.c.owner_type, t.c.owner_id, t.c.field, t.c.key_id, t.c.version, t.c.wrapped_key
+                )
+                .where((t.c.key_id != active) & (t.c.id > last_id))
+                .order_by(t.c.id)
+                .limit(batch_size)
+            ).all()
+            if not rows:
+                break
+            params: list[dict[str, Any]] = []
+            for row in rows:
+                # The payload is not needed to rewrap, so it is never read.
+                old = Envelope(row.key_id, row.version, row.wrapped_key, b"")
+                try:
+                    new = cipher.rewrap(old, aad_for(row.owner_type, row.owner_id, row.field))
+                except SecretUnreadable as exc:
+                    exc.add_note(f"secrets row id {row.id}")
+                    raise
+                params.append(
+                    {
+                        "b_id": row.id,
+                        "b_old_kid": row.key_id,
+                        "b_version": new.version,
+                        "b_wrapped": new.wrapped_key,
+                    }
+                )
+            # Matching the old key id too means a row moved by a concurrent run is left alone.
+            stmt = (
+                update(t)
+                .where((t.c.id == bindparam("b_id")) & (t.c.key_id == bindparam("b_old_kid")))
+                .values(key_id=active, version=bindparam("b_version"), wrapped_key=bindparam("b_wrapped"))
+                .values(updated_at=utcnow())
+            )
+            result = conn.execute(stmt, params)
+            done = result.rowcount if conn.dialect.supports_sane_multi_rowcount else len(params)
+            last_id = rows[-1].id
+        moved += done
+        if progress is not None:
+            progress(done)
+    return moved
