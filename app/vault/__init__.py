@@ -1,0 +1,43 @@
+"""The secret vault: AES-256-GCM envelope encryption with a key ring, and encrypted rows in ``secrets``.
+Register ``keys_cli`` (the ``keys`` command group) on the app's CLI.
+"""
+
+from app.vault.cipher import Cipher, Envelope, SecretUnreadable
+from app.vault.cli import keys_cli
+from app.vault.secret import Secret
+from app.vault.store import (
+    SecretMeta,
+    SessionFactory,
+    aad_for,
+    delete_secrets,
+    get_secret,
+    has_secret,
+    key_status,
+    purge_retired,
+    put_secret,
+    restore_previous,
+    rewrap,
+    rewrap_pending,
+    secret_meta,
+)
+
+__all__ = [
+    "Cipher",
+    "Envelope",
+    "Secret",
+    "SecretMeta",
+    "SecretUnreadable",
+    "SessionFactory",
+    "aad_for",
+    "delete_secrets",
+    "get_secret",
+    "has_secret",
+    "key_status",
+    "keys_cli",
+    "purge_retired",
+    "put_secret",
+    "restore_previous",
+    "rewrap",
+    "rewrap_pending",
+    "secret_meta",
+]
