@@ -18,8 +18,9 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 import app.vault as vault
+from app import create_app
 from app.errors import AppError
-from app.extensions import Database, get_database, init_database, make_database
+from app.extensions import Database, get_database, make_database
 from app.migrate import upgrade
 from app.models import StoredSecret
 from app.settings import (
@@ -48,7 +49,6 @@ from app.vault import (
     rewrap_pending,
     secret_meta,
 )
-from app.vault.cli import keys_cli
 
 K1 = new_master_key("k1")
 K2 = new_master_key("k2")
@@ -161,10 +161,7 @@ def test_tampered_bytes_are_unreadable(part: str, where: int) -> None:
     env = cipher.encrypt(b"some value", AAD)
     data = bytearray(getattr(env, part))
     data[where] ^= 0x01
-    if part == "ciphertext":
-        tampered = replace(env, ciphertext=bytes(data))
-    else:
-        tampered = replace(env, wrapped_key=bytes(data))
+    tampered = replace(env, ciphertext=bytes(data)) if part == "ciphertext" else replace(env, wrapped_key=bytes(data))
     with pytest.raises(SecretUnreadable):
         cipher.decrypt(tampered, AAD)
 
@@ -222,7 +219,7 @@ def test_aad_distinguishes_every_slot() -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
+def database(tmp_path: Path) -> Iterator[Database]:
     url = f"sqlite:///{tmp_path / 'vault.db'}"
     upgrade(url)
     database = make_database(url)
@@ -231,78 +228,78 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.engine.dispose()
 
 
-def _put(db: Database, cipher: Cipher, owner_id: int, value: str, field: str = "api_key") -> StoredSecret:
-    with db.session() as session, session.begin():
+def _put(database: Database, cipher: Cipher, owner_id: int, value: str, field: str = "api_key") -> StoredSecret:
+    with database.session() as session, session.begin():
         return put_secret(session, cipher, "account", owner_id, field, value, grace=GRACE)
 
 
-def _get(db: Database, cipher: Cipher, owner_id: int, field: str = "api_key") -> str | None:
-    with db.session() as session:
+def _get(database: Database, cipher: Cipher, owner_id: int, field: str = "api_key") -> str | None:
+    with database.session() as session:
         found = get_secret(session, cipher, "account", owner_id, field)
         return None if found is None else found.reveal()
 
 
-def test_store_round_trip_and_meta(db: Database) -> None:
+def test_store_round_trip_and_meta(database: Database) -> None:
     cipher = Cipher((K1,))
-    assert _get(db, cipher, 1) is None
-    with db.session() as session, session.begin():
+    assert _get(database, cipher, 1) is None
+    with database.session() as session, session.begin():
         assert not has_secret(session, "account", 1, "api_key")
         assert secret_meta(session, "account", 1, "api_key") is None
         when = datetime(2024, 5, 1, 12, tzinfo=UTC)
         put_secret(session, cipher, "account", 1, "api_key", Secret("sk-live-1"), grace=GRACE, now=when)
-    assert _get(db, cipher, 1) == "sk-live-1"
-    with db.session() as session:
+    assert _get(database, cipher, 1) == "sk-live-1"
+    with database.session() as session:
         assert has_secret(session, "account", 1, "api_key")
         assert not has_secret(session, "account", 1, "other")
         meta = secret_meta(session, "account", 1, "api_key")
     assert meta is not None and meta.key_id == "k1" and meta.created_at == when
-    _put(db, cipher, 1, "sk-live-2 ✓ ünïcode")
-    assert _get(db, cipher, 1) == "sk-live-2 ✓ ünïcode"
+    _put(database, cipher, 1, "sk-live-2 ✓ ünïcode")
+    assert _get(database, cipher, 1) == "sk-live-2 ✓ ünïcode"
 
 
-def test_put_with_grace_retires_and_restore_previous_rolls_back(db: Database) -> None:
+def test_put_with_grace_retires_and_restore_previous_rolls_back(database: Database) -> None:
     cipher = Cipher((K1,))
     now = datetime(2024, 5, 1, tzinfo=UTC)
-    with db.session() as session, session.begin():
+    with database.session() as session, session.begin():
         put_secret(session, cipher, "account", 1, "api_key", "v1", grace=GRACE, now=now)
         put_secret(session, cipher, "account", 1, "api_key", "v2", grace=GRACE, now=now + timedelta(hours=1))
         put_secret(session, cipher, "account", 1, "api_key", "v3", grace=GRACE, now=now + timedelta(hours=2))
-    with db.session() as session:
+    with database.session() as session:
         rows = session.scalars(select(StoredSecret).order_by(StoredSecret.id)).all()
         assert [r.retired_at is None for r in rows] == [False, False, True]
         assert rows[0].purge_after == now + timedelta(hours=1) + GRACE
-    assert _get(db, cipher, 1) == "v3"
-    with db.session() as session, session.begin():
+    assert _get(database, cipher, 1) == "v3"
+    with database.session() as session, session.begin():
         restored = restore_previous(session, "account", 1, "api_key")
         assert restored is not None and restored.retired_at is None
-    assert _get(db, cipher, 1) == "v2"
-    with db.session() as session, session.begin():
+    assert _get(database, cipher, 1) == "v2"
+    with database.session() as session, session.begin():
         assert restore_previous(session, "account", 1, "api_key") is not None
-    assert _get(db, cipher, 1) == "v1"
-    with db.session() as session, session.begin():
+    assert _get(database, cipher, 1) == "v1"
+    with database.session() as session, session.begin():
         assert restore_previous(session, "account", 1, "api_key") is None
         assert key_status(session) == {"k1": 1}
-    assert _get(db, cipher, 1) == "v1"
+    assert _get(database, cipher, 1) == "v1"
 
 
-def test_put_without_grace_deletes_the_old_value(db: Database) -> None:
+def test_put_without_grace_deletes_the_old_value(database: Database) -> None:
     cipher = Cipher((K1,))
-    with db.session() as session, session.begin():
+    with database.session() as session, session.begin():
         put_secret(session, cipher, "account", 1, "api_key", "v1", grace=None)
         put_secret(session, cipher, "account", 1, "api_key", "v2", grace=None)
         assert key_status(session) == {"k1": 1}
         assert restore_previous(session, "account", 1, "api_key") is None
         with pytest.raises(ValueError, match="negative"):
             put_secret(session, cipher, "account", 1, "api_key", "v3", grace=-GRACE)
-    assert _get(db, cipher, 1) == "v2"
+    assert _get(database, cipher, 1) == "v2"
 
 
-def test_swapped_row_is_unreadable_and_the_original_still_reads(db: Database) -> None:
+def test_swapped_row_is_unreadable_and_the_original_still_reads(database: Database) -> None:
     cipher = Cipher((K1,))
-    a = _put(db, cipher, 1, "value-of-A")
-    _put(db, cipher, 2, "value-of-B")
-    _put(db, cipher, 1, "other-field-of-A", field="webhook_secret")
-    with db.session() as session, session.begin():
+    a = _put(database, cipher, 1, "value-of-A")
+    _put(database, cipher, 2, "value-of-B")
+    _put(database, cipher, 1, "other-field-of-A", field="webhook_secret")
+    with database.session() as session, session.begin():
         for owner_id, field in [(2, "api_key"), (1, "webhook_secret")]:
             session.execute(
                 update(StoredSecret)
@@ -310,54 +307,52 @@ def test_swapped_row_is_unreadable_and_the_original_still_reads(db: Database) ->
                 .values(ciphertext=a.ciphertext, wrapped_key=a.wrapped_key)
             )
     with pytest.raises(SecretUnreadable):
-        _get(db, cipher, 2)
+        _get(database, cipher, 2)
     with pytest.raises(SecretUnreadable):
-        _get(db, cipher, 1, field="webhook_secret")
-    assert _get(db, cipher, 1) == "value-of-A"
+        _get(database, cipher, 1, field="webhook_secret")
+    assert _get(database, cipher, 1) == "value-of-A"
 
 
-def test_unknown_key_id_in_a_row_is_unreadable(db: Database) -> None:
-    _put(db, Cipher((K1,)), 1, "v")
+def test_unknown_key_id_in_a_row_is_unreadable(database: Database) -> None:
+    _put(database, Cipher((K1,)), 1, "v")
     with pytest.raises(SecretUnreadable, match="'k1'"):
-        _get(db, Cipher((K2,)), 1)
+        _get(database, Cipher((K2,)), 1)
 
 
-def test_purge_retired_deletes_only_expired_retired_rows(db: Database) -> None:
+def test_purge_retired_deletes_only_expired_retired_rows(database: Database) -> None:
     cipher = Cipher((K1,))
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
-    with db.session() as session, session.begin():
+    with database.session() as session, session.begin():
         # Owner 1: retired at t0 with 1 day grace (expires t0+1d), then retired again at t0+5d (7 days).
         put_secret(session, cipher, "account", 1, "f", "a1", grace=timedelta(days=1), now=t0)
         put_secret(session, cipher, "account", 1, "f", "a2", grace=timedelta(days=1), now=t0)
-        put_secret(
-            session, cipher, "account", 1, "f", "a3", grace=timedelta(days=7), now=t0 + timedelta(days=5)
-        )
+        put_secret(session, cipher, "account", 1, "f", "a3", grace=timedelta(days=7), now=t0 + timedelta(days=5))
         # Owner 2: only a current value, set long ago.
         put_secret(session, cipher, "account", 2, "f", "b1", grace=timedelta(0), now=t0)
-    with db.session() as session, session.begin():
+    with database.session() as session, session.begin():
         assert purge_retired(session, t0) == 0
         assert purge_retired(session, t0 + timedelta(days=1)) == 1  # a1: purge_after reached exactly
         assert purge_retired(session, t0 + timedelta(days=11)) == 0  # a2 runs to t0+12d
         assert purge_retired(session, t0 + timedelta(days=365)) == 1
         assert purge_retired(session, t0 + timedelta(days=365)) == 0
-    with db.session() as session:
+    with database.session() as session:
         assert key_status(session) == {"k1": 2}
-    assert (_get(db, cipher, 1, "f"), _get(db, cipher, 2, "f")) == ("a3", "b1")
+    assert (_get(database, cipher, 1, "f"), _get(database, cipher, 2, "f")) == ("a3", "b1")
 
 
-def test_delete_secrets_leaves_no_ciphertext_in_the_database_file(db: Database, tmp_path: Path) -> None:
+def test_delete_secrets_leaves_no_ciphertext_in_the_database_file(database: Database, tmp_path: Path) -> None:
     cipher = Cipher((K1,))
     doomed = [
-        _put(db, cipher, 1, "first"),
-        _put(db, cipher, 1, "second"),
-        _put(db, cipher, 1, "x", field="other"),
+        _put(database, cipher, 1, "first"),
+        _put(database, cipher, 1, "second"),
+        _put(database, cipher, 1, "x", field="other"),
     ]
-    kept = _put(db, cipher, 2, "kept")
+    kept = _put(database, cipher, 2, "kept")
     path = tmp_path / "vault.db"
 
     def file_bytes() -> bytes:
-        db.remove()
-        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        database.remove()
+        with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM"))
             conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
         wal = path.with_name(path.name + "-wal")
@@ -365,19 +360,19 @@ def test_delete_secrets_leaves_no_ciphertext_in_the_database_file(db: Database, 
 
     before = file_bytes()
     assert all(row.ciphertext in before and row.wrapped_key in before for row in [*doomed, kept])
-    with db.session() as session, session.begin():
+    with database.session() as session, session.begin():
         assert delete_secrets(session, "account", 1) == 3
     after = file_bytes()
     for row in doomed:
         assert row.ciphertext not in after and row.wrapped_key not in after
     assert kept.ciphertext in after
-    assert _get(db, cipher, 2) == "kept" and _get(db, cipher, 1) is None
+    assert _get(database, cipher, 2) == "kept" and _get(database, cipher, 1) is None
 
 
-def _fill(db: Database, cipher: Cipher, count: int, start: int = 0) -> dict[int, str]:
+def _fill(database: Database, cipher: Cipher, count: int, start: int = 0) -> dict[int, str]:
     """``count`` owners with one current value each, plus a retired value for every tenth."""
     expected: dict[int, str] = {}
-    with db.session() as session, session.begin():
+    with database.session() as session, session.begin():
         for owner_id in range(start, start + count):
             if owner_id % 10 == 0:
                 put_secret(session, cipher, "account", owner_id, "api_key", f"old-{owner_id}", grace=GRACE)
@@ -386,32 +381,30 @@ def _fill(db: Database, cipher: Cipher, count: int, start: int = 0) -> dict[int,
     return expected
 
 
-def _assert_all_readable(db: Database, cipher: Cipher, expected: dict[int, str]) -> None:
-    with db.session() as session:
+def _assert_all_readable(database: Database, cipher: Cipher, expected: dict[int, str]) -> None:
+    with database.session() as session:
         for owner_id, value in expected.items():
             found = get_secret(session, cipher, "account", owner_id, "api_key")
             assert found is not None and found.reveal() == value
 
 
 def _ciphertexts(session: Session) -> dict[int, bytes]:
-    return {
-        row.id: row.ciphertext for row in session.execute(select(StoredSecret.id, StoredSecret.ciphertext))
-    }
+    return {row.id: row.ciphertext for row in session.execute(select(StoredSecret.id, StoredSecret.ciphertext))}
 
 
-def test_rotate_and_rewrap_moves_every_row_and_keeps_it_readable(db: Database) -> None:
-    expected = _fill(db, Cipher((K1,)), 300)
-    with db.session() as session:
+def test_rotate_and_rewrap_moves_every_row_and_keeps_it_readable(database: Database) -> None:
+    expected = _fill(database, Cipher((K1,)), 300)
+    with database.session() as session:
         before = _ciphertexts(session)
         assert key_status(session) == {"k1": 330}
     rotated = Cipher((K2, K1))
-    _assert_all_readable(db, rotated, expected)  # old rows read fine before any rewrap
-    with db.session() as session:
+    _assert_all_readable(database, rotated, expected)  # old rows read fine before any rewrap
+    with database.session() as session:
         assert rewrap_pending(session, rotated) == 330
     batches: list[int] = []
-    assert rewrap(db.session, rotated, batch_size=100, progress=batches.append) == 330
+    assert rewrap(database.session, rotated, batch_size=100, progress=batches.append) == 330
     assert batches == [100, 100, 100, 30]
-    with db.session() as session:
+    with database.session() as session:
         assert key_status(session) == {"k2": 330}
         assert _ciphertexts(session) == before  # only the wrapped keys changed
         # The retired values moved too, so a rollback still works after the old key is removed.
@@ -419,48 +412,48 @@ def test_rotate_and_rewrap_moves_every_row_and_keeps_it_readable(db: Database) -
         assert restored is not None
         session.rollback()
     only_new = Cipher((K2,))
-    _assert_all_readable(db, only_new, expected)
-    assert rewrap(db.session, rotated) == 0
+    _assert_all_readable(database, only_new, expected)
+    assert rewrap(database.session, rotated) == 0
 
 
-def test_rewrap_from_several_old_keys(db: Database) -> None:
-    expected = _fill(db, Cipher((K1,)), 40) | _fill(db, Cipher((K2, K1)), 40, start=40)
+def test_rewrap_from_several_old_keys(database: Database) -> None:
+    expected = _fill(database, Cipher((K1,)), 40) | _fill(database, Cipher((K2, K1)), 40, start=40)
     ring = Cipher((K3, K2, K1))
-    assert rewrap(db.session, ring, batch_size=7) == 88
-    with db.session() as session:
+    assert rewrap(database.session, ring, batch_size=7) == 88
+    with database.session() as session:
         assert key_status(session) == {"k3": 88}
-    _assert_all_readable(db, Cipher((K3,)), expected)
+    _assert_all_readable(database, Cipher((K3,)), expected)
 
 
 class Interrupt(Exception):
     pass
 
 
-def test_interrupted_rewrap_is_consistent_and_a_second_run_completes(db: Database) -> None:
-    expected = _fill(db, Cipher((K1,)), 250)
+def test_interrupted_rewrap_is_consistent_and_a_second_run_completes(database: Database) -> None:
+    expected = _fill(database, Cipher((K1,)), 250)
     rotated = Cipher((K2, K1))
 
     def stop(count: int) -> None:
         raise Interrupt(count)
 
     with pytest.raises(Interrupt):
-        rewrap(db.session, rotated, batch_size=100, progress=stop)
-    with db.session() as session:
+        rewrap(database.session, rotated, batch_size=100, progress=stop)
+    with database.session() as session:
         assert key_status(session) == {"k1": 175, "k2": 100}
-    _assert_all_readable(db, rotated, expected)
-    assert rewrap(db.session, rotated, batch_size=100) == 175
-    with db.session() as session:
+    _assert_all_readable(database, rotated, expected)
+    assert rewrap(database.session, rotated, batch_size=100) == 175
+    with database.session() as session:
         assert key_status(session) == {"k2": 275}
-    _assert_all_readable(db, Cipher((K2,)), expected)
+    _assert_all_readable(database, Cipher((K2,)), expected)
 
 
-def test_rewrap_stops_at_an_unreadable_row_and_keeps_earlier_batches(db: Database) -> None:
-    _fill(db, Cipher((K1,)), 30)
-    lost = _put(db, Cipher((K3,)), 999, "on a key nobody has")
+def test_rewrap_stops_at_an_unreadable_row_and_keeps_earlier_batches(database: Database) -> None:
+    _fill(database, Cipher((K1,)), 30)
+    lost = _put(database, Cipher((K3,)), 999, "on a key nobody has")
     with pytest.raises(SecretUnreadable, match="'k3'") as caught:
-        rewrap(db.session, Cipher((K2, K1)), batch_size=10)
+        rewrap(database.session, Cipher((K2, K1)), batch_size=10)
     assert f"secrets row id {lost.id}" in caught.value.__notes__
-    with db.session() as session:
+    with database.session() as session:
         assert key_status(session) == {"k1": 3, "k2": 30, "k3": 1}
 
 
@@ -475,17 +468,16 @@ def instance(tmp_path: Path) -> Path:
 
 
 def _app(instance: Path, keys: tuple[MasterKey, ...], env: str = "development") -> Flask:
+    """The real app factory, so the test also covers how app/cli.py registers the group."""
     settings = Settings(
         env=env,  # type: ignore[arg-type]
         instance_dir=instance,
         database_url=f"sqlite:///{instance / 'ami-auth.db'}",
+        secret_key="s" * 48,
         master_keys=keys,
+        scheduler=False,
     )
-    app = Flask("vault-test")
-    app.extensions["ami_settings"] = settings
-    init_database(app, settings)
-    app.cli.add_command(keys_cli)
-    return app
+    return create_app(settings)
 
 
 @pytest.fixture
@@ -519,9 +511,7 @@ def test_cli_status_marks_missing_keys(instance: Path, dispose: list[Flask]) -> 
     assert "5 row(s) are not on the active key" in result.output
 
 
-def test_cli_add_and_rotate_in_development_write_the_dev_key_file(
-    instance: Path, dispose: list[Flask]
-) -> None:
+def test_cli_add_and_rotate_in_development_write_the_dev_key_file(instance: Path, dispose: list[Flask]) -> None:
     save_dev_master_keys(instance, (K1,))
     app = _app(instance, (K1,))
     dispose.append(app)
@@ -546,9 +536,7 @@ def test_cli_add_and_rotate_in_development_write_the_dev_key_file(
     assert result.exit_code == 2 and "letters, digits" in result.output
 
 
-def test_cli_rotate_outside_development_prints_only_the_variable_line(
-    instance: Path, dispose: list[Flask]
-) -> None:
+def test_cli_rotate_outside_development_prints_only_the_variable_line(instance: Path, dispose: list[Flask]) -> None:
     app = _app(instance, (K1,), env="production")
     dispose.append(app)
     result = app.test_cli_runner().invoke(args=["keys", "rotate", "--kid", "prod2"])
