@@ -29,9 +29,7 @@ class SecretUnreadable(AppError):
     """A stored value could not be decrypted: its key is missing or wrong, or its bytes were altered."""
 
     def __init__(self, key_id: str, reason: str) -> None:
-        super().__init__(
-            "secret_unreadable", f"A stored secret on key {key_id!r} could not be decrypted: {reason}."
-        )
+        super().__init__("secret_unreadable", f"A stored secret on key {key_id!r} could not be decrypted: {reason}.")
         self.key_id = key_id
         self.reason = reason
 
@@ -102,9 +100,7 @@ class Cipher:
         try:
             return AESGCM(dek).decrypt(ct[:NONCE_BYTES], ct[NONCE_BYTES:], aad)
         except InvalidTag:
-            raise SecretUnreadable(
-                env.key_id, "the ciphertext was altered or belongs to another row"
-            ) from None
+            raise SecretUnreadable(env.key_id, "the ciphertext was altered or belongs to another row") from None
 
     def rewrap(self, env: Envelope, aad: bytes) -> Envelope:
         """The same payload with its data key wrapped by the active key; the plaintext is never produced."""

@@ -78,9 +78,7 @@ def _install(settings: Settings, key: MasterKey, *, active: bool) -> None:
         click.echo("Restart the app to load it.")
     else:
         click.echo(f"Generated key {key.kid!r} as {role}. It is not stored anywhere yet:", err=True)
-        click.echo(
-            f"set {VARIABLE} to the line on stdout in your secret store and restart every process.", err=True
-        )
+        click.echo(f"set {VARIABLE} to the line on stdout in your secret store and restart every process.", err=True)
         click.echo(f"{VARIABLE}={format_master_keys(keys)}")
     if active:
         click.echo(
@@ -170,7 +168,5 @@ def rewrap_command(batch_size: int) -> None:
             raise click.exceptions.Exit(130) from None
         except SecretUnreadable as exc:
             where = "; ".join(getattr(exc, "__notes__", []))
-            raise click.ClickException(
-                f"{exc.text} ({where}); {moved} row(s) were moved before it."
-            ) from None
+            raise click.ClickException(f"{exc.text} ({where}); {moved} row(s) were moved before it.") from None
     click.echo(f"Moved {moved} row(s) to key {cipher.active_kid!r}.")

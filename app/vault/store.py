@@ -46,11 +46,7 @@ def aad_for(owner_type: str, owner_id: int, field: str) -> bytes:
 
 
 def _slot(owner_type: str, owner_id: int, field: str) -> ColumnElement[bool]:
-    return (
-        (StoredSecret.owner_type == owner_type)
-        & (StoredSecret.owner_id == owner_id)
-        & (StoredSecret.field == field)
-    )
+    return (StoredSecret.owner_type == owner_type) & (StoredSecret.owner_id == owner_id) & (StoredSecret.field == field)
 
 
 def _current(owner_type: str, owner_id: int, field: str) -> ColumnElement[bool]:
@@ -82,9 +78,7 @@ def put_secret(
         session.execute(delete(StoredSecret).where(current))
     else:
         session.execute(
-            update(StoredSecret)
-            .where(current)
-            .values(retired_at=now, purge_after=now + grace, updated_at=now)
+            update(StoredSecret).where(current).values(retired_at=now, purge_after=now + grace, updated_at=now)
         )
     row = StoredSecret(
         owner_type=owner_type,
@@ -138,9 +132,7 @@ def delete_secrets(session: Session, owner_type: str, owner_id: int) -> int:
     On SQLite the freed pages keep their old bytes until VACUUM unless ``PRAGMA secure_delete`` is on.
     """
     result = session.execute(
-        delete(StoredSecret).where(
-            (StoredSecret.owner_type == owner_type) & (StoredSecret.owner_id == owner_id)
-        )
+        delete(StoredSecret).where((StoredSecret.owner_type == owner_type) & (StoredSecret.owner_id == owner_id))
     )
     return cast(CursorResult[Any], result).rowcount
 
@@ -221,9 +213,7 @@ def rewrap(
             # Keyset paging (id > last) keeps each batch an index range scan instead of re-reading
             # the rows already moved.
             rows = conn.execute(
-                select(
-                    t.c.id, t.c.owner_type, t.c.owner_id, t.c.field, t.c.key_id, t.c.version, t.c.wrapped_key
-                )
+                select(t.c.id, t.c.owner_type, t.c.owner_id, t.c.field, t.c.key_id, t.c.version, t.c.wrapped_key)
                 .where((t.c.key_id != active) & (t.c.id > last_id))
                 .order_by(t.c.id)
                 .limit(batch_size)

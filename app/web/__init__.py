@@ -6,15 +6,17 @@ from typing import Any
 
 from flask import Flask
 
+from app import api
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, home
+from app.web import account, admin, auth, home, providers_admin
 from app.web.common import SignedIn
 
-BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp]
+BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, providers_admin.bp, api.bp]
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
+    ("providers_admin.index", "Providers"),
     ("admin.audit_log", "Audit log"),
 ]
 
