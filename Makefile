@@ -19,6 +19,7 @@ migrate: install
 	$(BIN)/ami-auth db upgrade
 
 ## make run: install, migrate the embedded SQLite under instance/, print the setup link, serve on 127.0.0.1:5000
+run: export AMI_AUTH_BASE_URL ?= http://$(HOST):$(PORT)
 run: migrate
 	$(BIN)/ami-auth bootstrap
 	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)

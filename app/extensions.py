@@ -7,7 +7,7 @@ The database is plain SQLAlchemy 2: one engine and one scoped session per app, k
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 from flask_login import LoginManager
@@ -17,6 +17,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.vault import Cipher
 
 login_manager = LoginManager()
 csrf = CSRFProtect()
@@ -40,16 +43,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # Deleted ciphertext must not linger in free pages until a VACUUM.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 
 def make_engine(url: str) -> Engine:
     """An engine with the settings the app relies on: SQLite in WAL with foreign keys on."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        # hide_parameters: SQLAlchemy errors would otherwise print bound values (wrapped keys, hashes) to logs.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
 
 
 def make_database(url: str) -> Database:
@@ -92,3 +98,15 @@ def get_settings(app: Flask | None = None) -> Settings:
     target = app or current_app
     settings: Settings = target.extensions["ami_settings"]
     return settings
+
+
+def get_cipher(app: Flask | None = None) -> Cipher:
+    """The app's vault cipher over the configured key ring (built once per app)."""
+    from app.vault import Cipher
+
+    target = app or current_app
+    cipher: Cipher | None = target.extensions.get("ami_cipher")
+    if cipher is None:
+        cipher = Cipher(get_settings(target).master_keys)
+        target.extensions["ami_cipher"] = cipher
+    return cipher

@@ -142,8 +142,7 @@ def app(settings: Settings) -> Iterator[Flask]:
     application = create_app(settings)
     application.config["TESTING"] = True
     yield application
-    get_database(application).remove()
-    get_database(application).engine.dispose()
+    dispose_app(application)
 
 
 @pytest.fixture
@@ -172,6 +171,15 @@ def make_user(app: Flask, settings: Settings) -> UserFactory:
             return user
 
     return factory
+
+
+def dispose_app(application: Flask) -> None:
+    """Release what an app holds (pooled DB and HTTP connections) so no ResourceWarning escapes a test."""
+    from app.net import close_client
+
+    close_client(application)
+    get_database(application).remove()
+    get_database(application).engine.dispose()
 
 
 def csrf_token(client: FlaskClient, path: str) -> str:

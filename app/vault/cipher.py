@@ -48,32 +48,33 @@ class Envelope:
     ciphertext: bytes = field(repr=False)
 
 
-def _wrap_aad(aad: bytes, kid: str) -> bytes:
-    # The trailing length keeps the split between aad and kid unambiguous, so no (aad, kid) pair can
-    # be re-cut into another pair with the same bytes.
+def _kid_suffix(kid: str) -> bytes:
+    # Wrap AAD = aad || kid || len(kid). The trailing length keeps the split unambiguous, so no
+    # (aad, kid) pair can be re-cut into another pair with the same bytes.
     encoded = kid.encode()
-    return aad + encoded + len(encoded).to_bytes(1, "big")
+    return encoded + len(encoded).to_bytes(1, "big")
 
 
 class Cipher:
     """A key ring: the first key encrypts, every key decrypts."""
 
-    __slots__ = ("_active", "_aeads")
+    __slots__ = ("_active", "_active_aead", "_active_suffix", "_ring")
 
     def __init__(self, keys: tuple[MasterKey, ...]) -> None:
         if not keys:
             raise ValueError("Cipher needs at least one master key")
-        aeads: dict[str, AESGCM] = {}
+        ring: dict[str, tuple[AESGCM, bytes]] = {}
         for key in keys:
-            if key.kid in aeads:
+            if key.kid in ring:
                 raise ValueError(f"master key id {key.kid!r} appears twice")
             if len(key.key) != KEY_BYTES:
                 raise ValueError(f"master key {key.kid!r} must be {KEY_BYTES} bytes")
             if len(key.kid.encode()) > 255:
                 raise ValueError(f"master key id {key.kid!r} is too long")
-            aeads[key.kid] = AESGCM(key.key)
-        self._aeads = aeads
+            ring[key.kid] = (AESGCM(key.key), _kid_suffix(key.kid))
+        self._ring = ring
         self._active = keys[0].kid
+        self._active_aead, self._active_suffix = ring[self._active]
 
     def __repr__(self) -> str:
         return f"Cipher(active={self._active!r}, key_ids={self.key_ids!r})"
@@ -84,7 +85,7 @@ class Cipher:
 
     @property
     def key_ids(self) -> tuple[str, ...]:
-        return tuple(self._aeads)
+        return tuple(self._ring)
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> Envelope:
         dek = AESGCM.generate_key(bit_length=256)
@@ -93,7 +94,7 @@ class Cipher:
         return Envelope(self._active, ENVELOPE_VERSION, self._wrap(dek, aad), ciphertext)
 
     def decrypt(self, env: Envelope, aad: bytes) -> bytes:
-        dek = self._unwrap(env, aad)
+        dek = self._unwrap(env.key_id, env.version, env.wrapped_key, aad)
         ct = env.ciphertext
         if len(ct) < NONCE_BYTES + TAG_BYTES:
             raise SecretUnreadable(env.key_id, "the ciphertext is truncated")
@@ -104,26 +105,32 @@ class Cipher:
 
     def rewrap(self, env: Envelope, aad: bytes) -> Envelope:
         """The same payload with its data key wrapped by the active key; the plaintext is never produced."""
-        dek = self._unwrap(env, aad)
-        return Envelope(self._active, ENVELOPE_VERSION, self._wrap(dek, aad), env.ciphertext)
+        wrapped = self.rewrap_key(env.key_id, env.version, env.wrapped_key, aad)
+        return Envelope(self._active, ENVELOPE_VERSION, wrapped, env.ciphertext)
+
+    def rewrap_key(self, key_id: str, version: int, wrapped_key: bytes, aad: bytes) -> bytes:
+        """Just the new wrapped data key (on :attr:`active_kid`, :data:`ENVELOPE_VERSION`).
+
+        For bulk rewrap, which then never has to read the payload or build envelopes.
+        """
+        return self._wrap(self._unwrap(key_id, version, wrapped_key, aad), aad)
 
     def _wrap(self, dek: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._aeads[self._active].encrypt(nonce, dek, _wrap_aad(aad, self._active))
+        return nonce + self._active_aead.encrypt(nonce, dek, aad + self._active_suffix)
 
-    def _unwrap(self, env: Envelope, aad: bytes) -> bytes:
-        if env.version != ENVELOPE_VERSION:
-            raise SecretUnreadable(env.key_id, f"envelope version {env.version} is not supported")
-        aead = self._aeads.get(env.key_id)
-        if aead is None:
-            raise SecretUnreadable(env.key_id, "that key id is not configured in AMI_AUTH_MASTER_KEYS")
-        wrapped = env.wrapped_key
+    def _unwrap(self, key_id: str, version: int, wrapped: bytes, aad: bytes) -> bytes:
+        if version != ENVELOPE_VERSION:
+            raise SecretUnreadable(key_id, f"envelope version {version} is not supported")
+        entry = self._ring.get(key_id)
+        if entry is None:
+            raise SecretUnreadable(key_id, "that key id is not configured in AMI_AUTH_MASTER_KEYS")
         if len(wrapped) != NONCE_BYTES + KEY_BYTES + TAG_BYTES:
-            raise SecretUnreadable(env.key_id, "the wrapped data key has the wrong length")
+            raise SecretUnreadable(key_id, "the wrapped data key has the wrong length")
+        aead, suffix = entry
         try:
-            dek = aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _wrap_aad(aad, env.key_id))
+            return aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad + suffix)
         except InvalidTag:
             raise SecretUnreadable(
-                env.key_id, "the key does not match, or the wrapped data key was altered or moved"
+                key_id, "the key does not match, or the wrapped data key was altered or moved"
             ) from None
-        return dek

@@ -7,11 +7,13 @@ store). Everything else goes to stderr or names key ids only.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import click
 from flask.cli import AppGroup
 
+from app import audit
 from app.extensions import get_database, get_settings
 from app.settings import (
     PREFIX,
@@ -34,7 +36,8 @@ keys_cli = AppGroup("keys", help="Master keys for the secret vault: status, add,
 
 def _keys_come_from_dev_file(settings: Settings) -> bool:
     """True when the running keys were read from ``instance/master_keys`` rather than the environment."""
-    if settings.is_production:
+    # load_settings prefers the variable to the file, so a key written to the file would never load.
+    if settings.is_production or os.environ.get(VARIABLE, "").strip():
         return False
     path = dev_key_file(settings.instance_dir)
     if not path.is_file():
@@ -68,10 +71,25 @@ def _make_key(settings: Settings, kid: str | None) -> MasterKey:
     return key
 
 
+def _audit(action: str, kid: str, *, ok: bool = True, **details: object) -> None:
+    session = get_database().session()
+    audit.record(
+        session,
+        audit.AuditContext(actor="cli"),
+        action,
+        target=f"master_key:{kid}",
+        outcome="success" if ok else "failure",
+        details=details,
+    )
+    session.commit()
+
+
 def _install(settings: Settings, key: MasterKey, *, active: bool) -> None:
     keys = (key, *settings.master_keys) if active else (*settings.master_keys, key)
     role = "the active key (it encrypts new values)" if active else "a decrypt-only key (not active)"
-    if _keys_come_from_dev_file(settings):
+    from_file = _keys_come_from_dev_file(settings)
+    _audit("keys.rotated" if active else "keys.added", key.kid, stored="dev key file" if from_file else "printed")
+    if from_file:
         path = dev_key_file(settings.instance_dir)
         save_dev_master_keys(settings.instance_dir, keys)
         click.echo(f"Added key {key.kid!r} to {path} as {role}.")
@@ -161,12 +179,15 @@ def rewrap_command(batch_size: int) -> None:
         try:
             store.rewrap(database.session, cipher, batch_size=batch_size, progress=step)
         except KeyboardInterrupt:
+            _audit("keys.rewrapped", cipher.active_kid, ok=False, moved=moved, stopped="interrupted")
             click.echo(
                 f"\nInterrupted: {moved} row(s) moved and committed. Run `keys rewrap` again to resume.",
                 err=True,
             )
             raise click.exceptions.Exit(130) from None
         except SecretUnreadable as exc:
+            _audit("keys.rewrapped", cipher.active_kid, ok=False, moved=moved, stopped="unreadable row")
             where = "; ".join(getattr(exc, "__notes__", []))
             raise click.ClickException(f"{exc.text} ({where}); {moved} row(s) were moved before it.") from None
+    _audit("keys.rewrapped", cipher.active_kid, moved=moved)
     click.echo(f"Moved {moved} row(s) to key {cipher.active_kid!r}.")

@@ -9,22 +9,41 @@ These functions take a ``Session`` and never commit: the caller owns the unit of
 
 from __future__ import annotations
 
+import operator
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Table, bindparam, delete, exists, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Dialect,
+    Table,
+    bindparam,
+    column,
+    delete,
+    exists,
+    func,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.models.base import utcnow
 from app.models.secrets import StoredSecret
-from app.vault.cipher import Cipher, Envelope, SecretUnreadable
+from app.vault.cipher import ENVELOPE_VERSION, Cipher, Envelope, SecretUnreadable
 from app.vault.secret import Secret
 
 SessionFactory = Callable[[], Session]
 _AAD_LABEL = b"ami-auth/secrets/v1"
+_u32 = struct.Struct(">I").pack
+_AAD_PREFIX = _u32(len(_AAD_LABEL)) + _AAD_LABEL
 _TABLE: Table = StoredSecret.__table__  # type: ignore[assignment]
+# Just the columns rewrap writes, without the model's onupdate hooks (see _rewrap_update).
+_REWRAP_TARGET = table("secrets", column("id"), column("key_id"), column("version"), column("wrapped_key"))
 
 
 @dataclass(frozen=True)
@@ -34,15 +53,16 @@ class SecretMeta:
     key_id: str
     # Every new value is a new row, so the row's creation is when the value last changed.
     created_at: datetime
-    # Also moves on rewrap and retirement, which do not change the value.
+    # Also moves when the row is retired or restored; not on rewrap, which does not change the value.
     updated_at: datetime
 
 
 def aad_for(owner_type: str, owner_id: int, field: str) -> bytes:
     """Associated data naming the row's slot, so a ciphertext copied to another slot will not decrypt."""
     # Length-prefixed parts: no choice of names can make two different slots encode the same bytes.
-    parts = (_AAD_LABEL, owner_type.encode(), str(owner_id).encode(), field.encode())
-    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    # (Written out rather than joined in a loop: rewrap calls this once per row.)
+    t, i, f = owner_type.encode(), b"%d" % owner_id, field.encode()
+    return _AAD_PREFIX + _u32(len(t)) + t + _u32(len(i)) + i + _u32(len(f)) + f
 
 
 def _slot(owner_type: str, owner_id: int, field: str) -> ColumnElement[bool]:
@@ -187,6 +207,26 @@ def rewrap_pending(session: Session, cipher: Cipher) -> int:
     return int(count or 0)
 
 
+def _rewrap_update(dialect: Dialect) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+    """The batch UPDATE as the dialect's SQL, and how to shape one row's parameters for its driver.
+
+    Rewrap runs it through the driver's own executemany: SQLAlchemy's per-row parameter processing
+    cost more than the UPDATE itself, and every value here (int, str, bytes) needs no conversion.
+    """
+    t = _REWRAP_TARGET
+    # Matching the old key id too means a row moved by a concurrent run is left alone.
+    stmt = (
+        update(t)
+        .where((t.c.id == bindparam("b_id")) & (t.c.key_id == bindparam("b_old_kid")))
+        .values(key_id=bindparam("b_kid"), version=bindparam("b_version"), wrapped_key=bindparam("b_wrapped"))
+    )
+    compiled = stmt.compile(dialect=dialect)
+    if dialect.positional:
+        assert compiled.positiontup is not None
+        return compiled.string, operator.itemgetter(*compiled.positiontup)
+    return compiled.string, lambda params: params
+
+
 def rewrap(
     session_factory: SessionFactory,
     cipher: Cipher,
@@ -199,54 +239,57 @@ def rewrap(
     any point: an interrupted batch rolls back whole, and a new run resumes because rows already on the
     active key are not selected. ``progress`` is called with each committed batch's count.
     A row that cannot be unwrapped (missing key, altered bytes) raises :class:`SecretUnreadable`;
-    batches before it stay committed.
+    batches before it stay committed. Only ``key_id``, ``version`` and ``wrapped_key`` change: the
+    value is the same, so ``updated_at`` (shown as "last changed") is left alone.
+
+    ``session_factory`` must give a session with no transaction open (e.g. ``Database.session``).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     t = _TABLE
     active = cipher.active_kid
+    rewrap_key = cipher.rewrap_key
+    # Keyset paging (id > last) keeps each batch a primary-key range scan instead of re-reading the
+    # rows already moved. The payload is not needed to rewrap, so it is never read.
+    query = (
+        select(t.c.id, t.c.owner_type, t.c.owner_id, t.c.field, t.c.key_id, t.c.version, t.c.wrapped_key)
+        .where((t.c.key_id != active) & (t.c.id > bindparam("last_id")))
+        .order_by(t.c.id)
+        .limit(batch_size)
+    )
+    update_sql: tuple[str, Callable[[dict[str, Any]], Any]] | None = None
     moved = 0
     last_id = 0
     while True:
         with session_factory() as session, session.begin():
             conn = session.connection()
-            # Keyset paging (id > last) keeps each batch an index range scan instead of re-reading
-            # the rows already moved.
-            rows = conn.execute(
-                select(t.c.id, t.c.owner_type, t.c.owner_id, t.c.field, t.c.key_id, t.c.version, t.c.wrapped_key)
-                .where((t.c.key_id != active) & (t.c.id > last_id))
-                .order_by(t.c.id)
-                .limit(batch_size)
-            ).all()
+            rows = conn.execute(query, {"last_id": last_id}).all()
             if not rows:
                 break
-            params: list[dict[str, Any]] = []
-            for row in rows:
-                # The payload is not needed to rewrap, so it is never read.
-                old = Envelope(row.key_id, row.version, row.wrapped_key, b"")
+            if update_sql is None:
+                update_sql = _rewrap_update(conn.dialect)
+            sql, shape = update_sql
+            params = []
+            for row_id, owner_type, owner_id, field, key_id, version, wrapped in rows:
                 try:
-                    new = cipher.rewrap(old, aad_for(row.owner_type, row.owner_id, row.field))
+                    new_wrapped = rewrap_key(key_id, version, wrapped, aad_for(owner_type, owner_id, field))
                 except SecretUnreadable as exc:
-                    exc.add_note(f"secrets row id {row.id}")
+                    exc.add_note(f"secrets row id {row_id}")
                     raise
                 params.append(
-                    {
-                        "b_id": row.id,
-                        "b_old_kid": row.key_id,
-                        "b_version": new.version,
-                        "b_wrapped": new.wrapped_key,
-                    }
+                    shape(
+                        {
+                            "b_id": row_id,
+                            "b_old_kid": key_id,
+                            "b_kid": active,
+                            "b_version": ENVELOPE_VERSION,
+                            "b_wrapped": new_wrapped,
+                        }
+                    )
                 )
-            # Matching the old key id too means a row moved by a concurrent run is left alone.
-            stmt = (
-                update(t)
-                .where((t.c.id == bindparam("b_id")) & (t.c.key_id == bindparam("b_old_kid")))
-                .values(key_id=active, version=bindparam("b_version"), wrapped_key=bindparam("b_wrapped"))
-                .values(updated_at=utcnow())
-            )
-            result = conn.execute(stmt, params)
+            result = conn.exec_driver_sql(sql, params)
             done = result.rowcount if conn.dialect.supports_sane_multi_rowcount else len(params)
-            last_id = rows[-1].id
+            last_id = rows[-1][0]
         moved += done
         if progress is not None:
             progress(done)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -13,9 +14,8 @@ from flask import Flask
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from app import create_app
-from app.extensions import get_database
 from app.settings import Settings
-from tests.conftest import make_settings, require_peer
+from tests.conftest import dispose_app, make_settings, require_peer
 from tests.support.live import LiveServer, free_port, serve
 
 CHROMIUM = os.environ.get("AMI_AUTH_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -60,8 +60,7 @@ def live_settings(tmp_path: Path, sqlite_url: str, live_port: int) -> Settings:
 def live_app(live_settings: Settings) -> Iterator[Flask]:
     application = create_app(live_settings)
     yield application
-    get_database(application).remove()
-    get_database(application).engine.dispose()
+    dispose_app(application)
 
 
 @pytest.fixture
@@ -82,16 +81,23 @@ def page(context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path
     """A page that fails the test on any console error (CSP violations included) and keeps a screenshot."""
     p = context.new_page()
     errors: list[str] = []
-    p.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    # HTTP error statuses the test provokes on purpose (401, 410…) are logged as "Failed to load resource";
+    # what counts are script errors and CSP violations.
+    p.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type == "error" and not msg.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
     p.on("pageerror", lambda exc: errors.append(str(exc)))
     setattr(p, "console_errors", errors)  # noqa: B010 - tests read it
     yield p
     shot_dir = Path(os.environ.get("AMI_AUTH_TEST_SCREENSHOTS", tmp_path))
     shot_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(Exception):
         p.screenshot(path=str(shot_dir / f"{request.node.name}.png"), full_page=True)
-    except Exception:  # noqa: S110 - a screenshot is a debugging aid, never a reason to fail
-        pass
 
 
 def assert_no_console_errors(page: Page) -> None:

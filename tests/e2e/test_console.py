@@ -52,7 +52,7 @@ def test_first_admin_setup_then_console_and_audit(live: LiveServer, page: Page) 
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
-    page.get_by_role("link", name="Audit log").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit log").click()
     expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
     rows = page.locator("#audit-rows tr")
     expect(rows.filter(has_text="setup.first_admin")).to_have_count(1)

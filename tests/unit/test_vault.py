@@ -18,7 +18,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 import app.vault as vault
-from app import create_app
+from app import audit, create_app
 from app.errors import AppError
 from app.extensions import Database, get_database, make_database
 from app.migrate import upgrade
@@ -123,6 +123,21 @@ def test_envelope_uses_standard_aes_gcm_layout() -> None:
     wrap_aad = AAD + b"k1" + bytes([2])
     dek = AESGCM(K1.key).decrypt(env.wrapped_key[:12], env.wrapped_key[12:], wrap_aad)
     assert AESGCM(dek).decrypt(env.ciphertext[:12], env.ciphertext[12:], AAD) == b"payload"
+
+
+def test_stored_format_is_pinned() -> None:
+    """Rows written today must decrypt after any refactor: the AAD bytes and layout are a storage format."""
+    assert aad_for("account", 7, "api_key") == (
+        b"\x00\x00\x00\x13ami-auth/secrets/v1\x00\x00\x00\x07account\x00\x00\x00\x017\x00\x00\x00\x07api_key"
+    )
+    master = MasterKey("k2024", bytes(range(32)))
+    dek = bytes(range(32, 64))
+    aad = aad_for("account", 7, "api_key")
+    wrap_nonce, payload_nonce = b"\x01" * 12, b"\x02" * 12
+    wrapped = wrap_nonce + AESGCM(master.key).encrypt(wrap_nonce, dek, aad + b"k2024\x05")
+    ciphertext = payload_nonce + AESGCM(dek).encrypt(payload_nonce, b"known answer", aad)
+    env = Envelope("k2024", 1, wrapped, ciphertext)
+    assert Cipher((master,)).decrypt(env, aad) == b"known answer"
 
 
 def test_wrong_aad_is_unreadable() -> None:
@@ -396,6 +411,7 @@ def test_rotate_and_rewrap_moves_every_row_and_keeps_it_readable(database: Datab
     expected = _fill(database, Cipher((K1,)), 300)
     with database.session() as session:
         before = _ciphertexts(session)
+        stamps = {row.id: row.updated_at for row in session.execute(select(StoredSecret.id, StoredSecret.updated_at))}
         assert key_status(session) == {"k1": 330}
     rotated = Cipher((K2, K1))
     _assert_all_readable(database, rotated, expected)  # old rows read fine before any rewrap
@@ -407,6 +423,10 @@ def test_rotate_and_rewrap_moves_every_row_and_keeps_it_readable(database: Datab
     with database.session() as session:
         assert key_status(session) == {"k2": 330}
         assert _ciphertexts(session) == before  # only the wrapped keys changed
+        # The value did not change, so neither does its "last changed" time.
+        assert {
+            row.id: row.updated_at for row in session.execute(select(StoredSecret.id, StoredSecret.updated_at))
+        } == stamps
         # The retired values moved too, so a rollback still works after the old key is removed.
         restored = restore_previous(session, "account", 0, "api_key")
         assert restored is not None
@@ -549,6 +569,9 @@ def test_cli_rotate_outside_development_prints_only_the_variable_line(instance: 
     assert [k.kid for k in keys] == ["prod2", "k1"] and keys[1] == K1
     assert format_master_keys(keys) == value
     assert "prod2" in result.stderr and "AMI_AUTH_MASTER_KEYS" in result.stderr
+    with get_database(app).session() as session:
+        (event,) = audit.query(session, action="keys.rotated")
+        assert (event.target, event.details) == ("master_key:prod2", {"stored": "printed"})
     assert not any(t.decode() in result.stderr for t in key_texts(keys[0])[1:] + key_texts(K1)[1:])
 
 
@@ -560,12 +583,49 @@ def test_cli_rewrap_moves_rows_and_refuses_with_missing_keys(instance: Path, dis
     result = runner.invoke(args=["keys", "rewrap", "--batch-size", "5"])
     assert result.exit_code == 0, result.output
     assert "Moved 12 row(s) to key 'k2'." in result.output
+    with get_database(app).session() as session:
+        (event,) = audit.query(session, action="keys.rewrapped")
+        assert (event.outcome, event.actor, event.details) == ("success", "cli", {"moved": 12})
     result = runner.invoke(args=["keys", "rewrap"])
     assert result.exit_code == 0 and "Nothing to do" in result.output
 
     _seed(instance, (K3,), 1, start=100)
     result = runner.invoke(args=["keys", "rewrap"])
     assert result.exit_code == 1 and "k3" in result.output and "not in AMI_AUTH_MASTER_KEYS" in result.output
+
+
+def test_cli_rewrap_names_the_row_it_cannot_unwrap(instance: Path, dispose: list[Flask]) -> None:
+    _seed(instance, (K1,), 12)
+    app = _app(instance, (K2, K1))
+    dispose.append(app)
+    database = get_database(app)
+    with database.session() as session, session.begin():
+        session.execute(update(StoredSecret).where(StoredSecret.id == 9).values(wrapped_key=b"\0" * 60))
+    result = app.test_cli_runner().invoke(args=["keys", "rewrap", "--batch-size", "4"])
+    assert result.exit_code == 1
+    assert "'k1'" in result.output and "secrets row id 9" in result.output
+    assert "8 row(s) were moved before it" in result.output
+    with database.session() as session:
+        assert key_status(session) == {"k1": 4, "k2": 8}
+        (event,) = audit.query(session, action="keys.rewrapped")
+    assert (event.outcome, event.target, event.details) == (
+        "failure",
+        "master_key:k2",
+        {"moved": 8, "stopped": "unreadable row"},
+    )
+
+
+def test_cli_writes_no_dev_file_when_the_variable_is_set(
+    instance: Path, dispose: list[Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_dev_master_keys(instance, (K1,))
+    monkeypatch.setenv("AMI_AUTH_MASTER_KEYS", format_master_keys((K1,)))
+    app = _app(instance, (K1,))
+    dispose.append(app)
+    result = app.test_cli_runner().invoke(args=["keys", "add", "--kid", "next"])
+    assert result.exit_code == 0, result.output
+    assert parse_master_keys(dev_key_file(instance).read_text()) == (K1,)
+    assert result.stdout.startswith("AMI_AUTH_MASTER_KEYS=k1:")
 
 
 def test_public_names_are_pinned() -> None:

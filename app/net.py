@@ -1,0 +1,690 @@
+"""THE outbound HTTP client: every request the app makes to the outside goes through here.
+
+Three jobs, in this order of importance:
+
+1. **SSRF guard.** Provider URLs are typed in by admins (and some come back from providers, e.g. OIDC
+   discovery), so they must not reach the app's own network: loopback, RFC 1918, link-local (cloud
+   metadata at 169.254.169.254), CGNAT, unique-local IPv6 and friends are refused unless listed in
+   ``AMI_AUTH_OUTBOUND_ALLOW``. The check runs in a custom httpcore network backend, at the moment a
+   socket is opened: the host is resolved once, *every* address is vetted, and the socket connects to
+   a vetted address literal. Nothing resolves the name a second time, so DNS rebinding has no window,
+   and redirects, retries and pooled reconnects are all checked by the same code. The Host header and
+   TLS SNI/certificate checks still use the original host name, because httpcore only hands the host
+   to ``connect_tcp`` and keeps the URL for everything else.
+2. **Timeouts and bounded retries** with exponential backoff and ``Retry-After``.
+3. **Errors in the taxonomy**: a refused address is :class:`OutboundBlocked` (``invalid_config``); a
+   provider that cannot be reached is :class:`ProviderUnreachable` (``provider_unreachable``). HTTP
+   error statuses are returned as responses; the caller knows what a 401 or 429 means for it.
+
+Other modules must not import httpx (ruff bans it); they use :class:`Response`, :class:`Auth` and
+:class:`BasicAuth` re-exported from here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import math
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self, TypedDict, Unpack
+
+import httpcore
+import httpx
+
+from app.errors import AppError
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from app.settings import Settings
+
+__all__ = [
+    "Auth",
+    "BasicAuth",
+    "OutboundBlocked",
+    "OutboundClient",
+    "OutboundGuard",
+    "ProviderUnreachable",
+    "RequestOptions",
+    "Resolver",
+    "Response",
+    "blocked_reason",
+    "close_client",
+    "get_client",
+    "retry_after",
+]
+
+Response = httpx.Response
+Auth = httpx.Auth
+BasicAuth = httpx.BasicAuth
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Sequence[str]]
+"""``(host, port) -> addresses``; the default asks the system resolver (``socket.getaddrinfo``)."""
+
+log = logging.getLogger(__name__)
+
+# httpx logs every full URL at INFO (query strings carry API keys) and httpcore logs response headers
+# at DEBUG (Set-Cookie, tokens). Our own debug line below is the sanctioned record of outbound traffic.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+ALLOW_HINT: Final = "Allow it with AMI_AUTH_OUTBOUND_ALLOW if it is intended"
+SCHEMES: Final = frozenset({"http", "https"})
+# RFC 9110 §9.2.2: a client may repeat these automatically; the server's state ends up the same.
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# 501 and 505 say the server will never handle this request, so repeating it only wastes time.
+NOT_TRANSIENT_5XX: Final = frozenset({501, 505})
+USER_AGENT: Final = "ami-auth/0.1"
+
+# Names that cloud providers resolve to their instance metadata service from inside a VM; refused by
+# name so a split-horizon resolver cannot hand out an address we do not recognise as metadata.
+METADATA_HOSTS: Final = frozenset(
+    {"metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal"}
+)
+METADATA_ADDRESSES: Final = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
+_RFC1918: Final = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+_UNIQUE_LOCAL: Final = ipaddress.IPv6Network("fc00::/7")
+_SHARED_CGNAT: Final = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598
+# These IPv6 prefixes carry an IPv4 address that a gateway will connect to on our behalf.
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+class OutboundBlocked(AppError):
+    """The URL points somewhere the app must not connect to (internal address, wrong scheme)."""
+
+    def __init__(self, message: str, *, host: str, hint: str = ALLOW_HINT) -> None:
+        super().__init__("invalid_config", message=message, hint=hint)
+        self.host = host
+
+
+class ProviderUnreachable(AppError):
+    """No HTTP response: DNS failure, refused connection, timeout, broken connection, redirect loop."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__("provider_unreachable", message=f"Could not reach {host}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+# --- address policy -----------------------------------------------------------------------------------
+
+
+def _unwrap(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 address really reaches, when it embeds one (mapped, 6to4, NAT64)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def _parse_address(address: str) -> IPAddress:
+    # getaddrinfo returns link-local IPv6 with a zone ("fe80::1%eth0"); the zone does not change the range.
+    return ipaddress.ip_address(address.split("%", 1)[0])
+
+
+def blocked_reason(address: str | IPAddress) -> str | None:
+    """Why ``address`` is off limits for outbound requests, or ``None`` if it is a public address.
+
+    The allow list is not consulted here; see :class:`OutboundGuard`.
+    """
+    ip = _parse_address(address) if isinstance(address, str) else address
+    ip = _unwrap(ip)
+    if ip in METADATA_ADDRESSES:
+        return "cloud metadata"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if isinstance(ip, ipaddress.IPv4Address):
+        if ip in _SHARED_CGNAT:
+            return "shared address space"
+        if any(ip in net for net in _RFC1918):
+            return "private"
+    elif ip in _UNIQUE_LOCAL:
+        return "private"
+    if ip.is_reserved:
+        return "reserved"
+    # Catches what the named checks above do not: documentation, benchmarking, 0.0.0.0/8, site-local…
+    if not ip.is_global:
+        return "not globally routable"
+    return None
+
+
+def _is_address_literal(host: str) -> bool:
+    try:
+        _parse_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _normal_host(host: str) -> str:
+    return host.strip().rstrip(".").lower()
+
+
+def _system_resolver(host: str, port: int) -> Sequence[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return [str(info[4][0]) for info in infos]
+
+
+@dataclass(frozen=True)
+class OutboundGuard:
+    """Decides which addresses a host may be reached at.
+
+    A host name passes only if **every** address it resolves to is public or allowed: a name with one
+    public and one internal address would otherwise reach the internal one whenever the public one is
+    down (or listed second). To allow such a name, list the name itself or each of its addresses.
+    """
+
+    networks: tuple[IPNetwork, ...] = ()
+    hosts: frozenset[str] = frozenset()
+    resolver: Resolver = _system_resolver
+
+    @classmethod
+    def from_allow(cls, allow: Iterable[str], resolver: Resolver | None = None) -> OutboundGuard:
+        """``allow`` holds IPs, CIDR ranges and host names (the form of ``AMI_AUTH_OUTBOUND_ALLOW``)."""
+        networks: list[IPNetwork] = []
+        hosts: set[str] = set()
+        for entry in allow:
+            try:
+                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                hosts.add(_normal_host(entry))
+        return cls(tuple(networks), frozenset(hosts), resolver or _system_resolver)
+
+    def address_allowed(self, address: IPAddress) -> bool:
+        candidates = {address, _unwrap(address)}
+        return any(ip in net for ip in candidates for net in self.networks if ip.version == net.version)
+
+    def check_address(self, host: str, address: str) -> None:
+        """Raise :class:`OutboundBlocked` unless ``address`` (one of ``host``'s) may be used."""
+        ip = _parse_address(address)
+        if self.address_allowed(ip):
+            return
+        reason = blocked_reason(ip)
+        if reason is not None:
+            target = host if address == host else f"{host} resolves to {address}"
+            raise OutboundBlocked(f"Outbound address not allowed: {target} ({reason})", host=host)
+
+    def vetted_addresses(self, host: str, port: int) -> tuple[str, ...]:
+        """Resolve ``host`` once and return its addresses, all checked; raise if any is refused.
+
+        DNS failures raise :class:`httpcore.ConnectError`, so they count as connection failures.
+        """
+        name = _normal_host(host)
+        if _is_address_literal(host):
+            addresses: Sequence[str] = [host]
+        else:
+            if name in METADATA_HOSTS and name not in self.hosts:
+                raise OutboundBlocked(f"Outbound address not allowed: {host} (cloud metadata)", host=host)
+            try:
+                addresses = self.resolver(host, port)
+            except (OSError, UnicodeError) as exc:
+                raise httpcore.ConnectError(f"DNS lookup failed ({exc})") from exc
+            if not addresses:
+                raise httpcore.ConnectError("DNS lookup returned no address")
+        unique = tuple(dict.fromkeys(addresses))
+        if name not in self.hosts:
+            for address in unique:
+                self.check_address(host, address)
+        return unique
+
+
+# --- transport: the socket-level guard ----------------------------------------------------------------
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """httpcore's sync backend, but every TCP connection goes to an address the guard vetted."""
+
+    def __init__(self, guard: OutboundGuard) -> None:
+        self._guard = guard
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        last_error: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for address in self._guard.vetted_addresses(host, port):
+            try:
+                # An address literal: the system resolver is not asked again, so this is what we vetted.
+                return self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        assert last_error is not None  # vetted_addresses never returns an empty tuple
+        raise last_error
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise httpcore.UnsupportedProtocol("Unix sockets are not an outbound destination")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+# Most specific first: the first match wins.
+_HTTPCORE_ERRORS: Final[tuple[tuple[type[Exception], type[httpx.TransportError]], ...]] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+def _as_httpx_error(exc: Exception) -> Exception:
+    for core_type, httpx_type in _HTTPCORE_ERRORS:
+        if isinstance(exc, core_type):
+            return httpx_type(str(exc))
+    return exc
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except Exception as exc:
+            mapped = _as_httpx_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+class _GuardedTransport(httpx.BaseTransport):
+    """An httpx transport over an httpcore pool whose network backend is guarded.
+
+    Written against public httpcore API because ``httpx.HTTPTransport`` (0.28) has no way to pass a
+    network backend (encode/httpx#3749 adds one).
+    """
+
+    def __init__(self, guard: OutboundGuard) -> None:
+        self._pool = httpcore.ConnectionPool(
+            # trust_env here only means SSL_CERT_FILE/SSL_CERT_DIR, which private CAs need; no proxies.
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=_GuardedBackend(guard),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        try:
+            core_response = self._pool.handle_request(core_request)
+        except Exception as exc:
+            mapped = _as_httpx_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        assert isinstance(core_response.stream, Iterable)
+        return httpx.Response(
+            status_code=core_response.status,
+            headers=core_response.headers,
+            stream=_ResponseStream(core_response.stream),
+            extensions=core_response.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+# --- retries ------------------------------------------------------------------------------------------
+
+
+def retry_after(response: httpx.Response, now: datetime | None = None) -> float | None:
+    """Seconds the server asked us to wait (RFC 9110 §10.2.3: delay-seconds or an HTTP-date), if any."""
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive result means the zone was "-0000"
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _retryable_status(status: int) -> bool:
+    return status == 429 or (500 <= status <= 599 and status not in NOT_TRANSIENT_5XX)
+
+
+def _unsent(exc: httpx.TransportError) -> bool:
+    """True if the request cannot have reached the server, so repeating it is safe for any method."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def _failure_reason(exc: httpx.HTTPError) -> str:
+    # Only fixed phrases or socket/TLS errors: parser errors may quote bytes the server sent.
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "timed out waiting for the response"
+    if isinstance(exc, httpx.WriteTimeout):
+        return "timed out sending the request"
+    if isinstance(exc, httpx.PoolTimeout):
+        return "no free connection in the pool"
+    if isinstance(exc, httpx.ConnectError):
+        return str(exc) or "connection failed"
+    if isinstance(exc, httpx.ProtocolError):
+        return "the server sent an invalid HTTP response"
+    if isinstance(exc, httpx.DecodingError):
+        return "the response body could not be decoded"
+    return "the connection failed"
+
+
+def _where(url: httpx.URL) -> str:
+    """``host[:port]`` for messages: never userinfo, path or query, which may carry secrets."""
+    return f"{url.host}:{url.port}" if url.port is not None else url.host
+
+
+def _log_target(request: httpx.Request) -> str:
+    return f"{request.method} {request.url.scheme}://{_where(request.url)}{request.url.path}"
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+# --- the client ---------------------------------------------------------------------------------------
+
+
+class RequestOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`OutboundClient.request`, for the ``get``/``post``/``delete`` forms."""
+
+    headers: Mapping[str, str] | None
+    params: Mapping[str, Any] | None
+    data: Mapping[str, Any] | None
+    json: Any
+    content: bytes | None
+    auth: httpx.Auth | tuple[str, str] | None
+    timeout: float | None
+    follow_redirects: bool
+    max_redirects: int
+
+
+class OutboundClient:
+    """The app's HTTP client; thread-safe, one per app (see :func:`get_client`).
+
+    ``allow`` lists IPs, CIDR ranges or host names that may be reached even though they are internal.
+    ``timeout`` applies to connect, read, write and pool waits separately. ``retries`` is how many times
+    a request is repeated after the first attempt (so ``retries + 1`` attempts at most). Backoff between
+    attempts is ``backoff_base * 2**n`` with jitter; both it and any ``Retry-After`` are limited to
+    ``backoff_cap`` seconds. ``resolver`` replaces the system resolver (tests, custom DNS).
+
+    Environment proxies (``HTTPS_PROXY``…) and ``.netrc`` are ignored: a proxy would make the
+    connection, and the guard would only ever see the proxy's address. Cookies are never stored,
+    because one client serves every user and provider.
+    """
+
+    def __init__(
+        self,
+        allow: tuple[str, ...] = (),
+        timeout: float = 10.0,
+        retries: int = 2,
+        *,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        resolver: Resolver | None = None,
+    ) -> None:
+        if timeout <= 0 or not math.isfinite(timeout):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries!r}")
+        self.guard = OutboundGuard.from_allow(allow, resolver)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._transport = _GuardedTransport(self.guard)
+        self._client = httpx.Client(
+            transport=self._transport,
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            trust_env=False,
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> OutboundClient:
+        """A client configured by ``AMI_AUTH_OUTBOUND_*``; ``options`` go to the constructor."""
+        return cls(
+            allow=settings.outbound_allow,
+            timeout=settings.outbound_timeout,
+            retries=settings.outbound_retries,
+            **options,
+        )
+
+    @property
+    def transport(self) -> httpx.BaseTransport:
+        """The guarded transport, for libraries that need their own ``httpx.Client`` (e.g. Authlib).
+
+        Such a client gets the SSRF guard but not the retries; create it with ``trust_env=False``.
+        It must not outlive this client, which owns and closes the transport.
+        """
+        return self._transport
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        timeout: float | None = None,
+        follow_redirects: bool = True,
+        max_redirects: int = 5,
+    ) -> httpx.Response:
+        """Send a request and return the final response, whatever its status.
+
+        ``timeout=None`` means the client's timeout, not "wait forever". ``data`` is a form; raw bytes
+        go in ``content``. On a redirect to another origin, ``auth`` and every header passed in
+        ``headers`` are dropped: they are often API keys meant for the first host only.
+
+        Raises :class:`OutboundBlocked` for a refused address or scheme (including on a redirect) and
+        :class:`ProviderUnreachable` when no response arrives after the retries.
+        """
+        try:
+            request = self._client.build_request(
+                method.upper(),
+                url,
+                headers=headers,
+                params=params,
+                data=data,
+                json=json,
+                content=content,
+                timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.InvalidURL:
+            raise AppError(
+                "invalid_config",
+                message="Outbound URL is not a valid http(s) URL",
+                hint="Check the URL, e.g. https://api.example.com/v1",
+            ) from None
+        caller_headers = {name.lower() for name in headers or {}}
+        first_origin = _origin(request.url)
+        request_auth: httpx.Auth | tuple[str, str] | None = auth
+        history: list[httpx.Response] = []
+        while True:
+            self._check_scheme(request.url)
+            response = self._send_with_retries(request, request_auth)
+            if not follow_redirects or response.next_request is None:
+                response.history = history
+                return response
+            if len(history) >= max_redirects:
+                response.close()
+                raise ProviderUnreachable(_where(request.url), f"more than {max_redirects} redirects")
+            history.append(response)
+            request = response.next_request
+            if _origin(request.url) != first_origin:
+                request_auth = None
+                for name in caller_headers:
+                    request.headers.pop(name, None)
+
+    def get(self, url: str, **options: Unpack[RequestOptions]) -> httpx.Response:
+        return self.request("GET", url, **options)
+
+    def post(self, url: str, **options: Unpack[RequestOptions]) -> httpx.Response:
+        return self.request("POST", url, **options)
+
+    def delete(self, url: str, **options: Unpack[RequestOptions]) -> httpx.Response:
+        return self.request("DELETE", url, **options)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_scheme(self, url: httpx.URL) -> None:
+        if url.scheme not in SCHEMES:
+            raise OutboundBlocked(
+                f"Outbound URL scheme not allowed: {url.scheme or '(none)'} (only http and https)",
+                host=url.host,
+                hint="Use an http:// or https:// URL",
+            )
+        if not url.host:
+            raise OutboundBlocked(
+                "Outbound URL has no host", host="", hint="Use a full URL, e.g. https://api.example.com/v1"
+            )
+
+    def _backoff(self, attempt: int) -> float:
+        # Jitter spreads out workers that failed together, so they do not retry in lockstep.
+        return min(self.backoff_cap, self.backoff_base * 2.0**attempt) * random.uniform(0.5, 1.0)
+
+    def _send_with_retries(self, request: httpx.Request, auth: httpx.Auth | tuple[str, str] | None) -> httpx.Response:
+        idempotent = request.method in IDEMPOTENT_METHODS
+        attempt = 0
+        while True:
+            try:
+                response = self._client.send(request, auth=auth, follow_redirects=False)
+            except httpx.UnsupportedProtocol:
+                raise OutboundBlocked(
+                    f"Outbound URL scheme not allowed: {request.url.scheme}",
+                    host=request.url.host,
+                    hint="Use an http:// or https:// URL",
+                ) from None
+            except httpx.TransportError as exc:
+                if attempt >= self.retries or not (idempotent or _unsent(exc)):
+                    log.debug("%s -> %s", _log_target(request), type(exc).__name__)
+                    raise ProviderUnreachable(_where(request.url), _failure_reason(exc)) from exc
+                delay = self._backoff(attempt)
+                log.debug("%s -> %s, retry in %.2fs", _log_target(request), type(exc).__name__, delay)
+            except httpx.DecodingError as exc:
+                raise ProviderUnreachable(_where(request.url), _failure_reason(exc)) from exc
+            else:
+                status = response.status_code
+                if attempt >= self.retries or not idempotent or not _retryable_status(status):
+                    log.debug("%s -> %s", _log_target(request), status)
+                    return response
+                asked = retry_after(response)
+                if asked is not None and asked > self.backoff_cap:
+                    # Waiting less than asked would be refused again; let the caller report the wait.
+                    log.debug("%s -> %s, Retry-After %.0fs over cap", _log_target(request), status, asked)
+                    return response
+                delay = asked if asked is not None else self._backoff(attempt)
+                response.close()
+                log.debug("%s -> %s, retry in %.2fs", _log_target(request), status, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+# --- the app's instance -------------------------------------------------------------------------------
+
+_EXTENSION_KEY: Final = "ami_net"
+_create_lock = threading.Lock()
+
+
+def get_client(app: Flask) -> OutboundClient:
+    """The app's one client, created on first use from ``app.extensions["ami_settings"]``."""
+    client = app.extensions.get(_EXTENSION_KEY)
+    if client is None:
+        with _create_lock:
+            client = app.extensions.get(_EXTENSION_KEY)
+            if client is None:
+                client = OutboundClient.from_settings(app.extensions["ami_settings"])
+                app.extensions[_EXTENSION_KEY] = client
+    assert isinstance(client, OutboundClient)
+    return client
+
+
+def close_client(app: Flask) -> None:
+    """Close and forget the app's client (app shutdown, tests), so no pooled socket is left open."""
+    client = app.extensions.pop(_EXTENSION_KEY, None)
+    if isinstance(client, OutboundClient):
+        client.close()

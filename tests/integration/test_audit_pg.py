@@ -1,0 +1,140 @@
+"""The audit chain on PostgreSQL: the advisory lock keeps concurrent writers on one chain.
+
+Runs only when ``AMI_AUTH_TEST_POSTGRES_URL`` names a server we may create databases on, e.g.
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``. Each test gets its own database, dropped after.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from app.audit import REDACTED, AuditContext, record, verify
+from app.extensions import Database, make_database
+from app.migrate import upgrade
+from app.models.audit import AuditEvent
+
+pytestmark = pytest.mark.postgres
+
+ENV = "AMI_AUTH_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    server = os.environ.get(ENV, "").strip()
+    if not server:
+        pytest.skip(f"{ENV} is not set (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    base = make_url(server)
+    name = f"ami_audit_{uuid4().hex[:16]}"  # our own name: safe to quote, never someone else's database
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")  # CREATE DATABASE cannot run in a transaction
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = base.set(database=name).render_as_string(hide_password=False)
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def database(pg_url: str) -> Iterator[Database]:
+    database = make_database(pg_url)
+    yield database
+    database.remove()
+    database.engine.dispose()
+
+
+def test_eight_threads_recording_at_once_keep_one_chain(database: Database) -> None:
+    start = threading.Barrier(8)
+
+    def worker(n: int) -> None:
+        session = database.session()  # scoped_session: one session per thread
+        try:
+            start.wait()
+            for i in range(50):
+                record(session, AuditContext(actor=f"thread{n}"), "test.concurrent", details={"i": i})
+                session.commit()
+        finally:
+            database.remove()
+
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(worker, n) for n in range(8)]:
+            future.result()
+
+    with Session(database.engine) as session:
+        result = verify(session, batch=64)
+        assert result.ok, result.problem
+        assert result.checked == 400
+        rows = session.execute(select(AuditEvent.actor, AuditEvent.details)).all()
+    assert sorted((actor, d["i"]) for actor, d in rows) == sorted(
+        (f"thread{n}", i) for n in range(8) for i in range(50)
+    )
+
+
+def test_a_second_writer_waits_for_the_first_to_commit(database: Database) -> None:
+    session_a = Session(database.engine)
+    hash_a = record(session_a, AuditContext(), "test.first").hash
+    done = threading.Event()
+    prev_hash_b: list[str] = []
+
+    def writer_b() -> None:
+        with Session(database.engine) as session_b:
+            prev_hash_b.append(record(session_b, AuditContext(), "test.second").prev_hash)
+            session_b.commit()
+        done.set()
+
+    thread = threading.Thread(target=writer_b)
+    thread.start()
+    try:
+        assert not done.wait(0.5), "B recorded while A still held the chain lock"
+        session_a.commit()
+        assert done.wait(10)
+    finally:
+        session_a.close()
+        thread.join()
+    assert prev_hash_b == [hash_a]
+
+
+def test_stored_values_hash_the_same_after_the_round_trip(database: Database) -> None:
+    """JSON floats, unicode and microsecond timestamps come back from PostgreSQL exactly as hashed."""
+    with Session(database.engine) as session:
+        record(
+            session,
+            AuditContext(actor="zoë@example.com", actor_id=1, ip="::1", user_agent="Mozilla/5.0 ✓"),
+            "provider.updated",
+            target="provider:github",
+            outcome="denied",
+            details={
+                "ratio": 0.1,
+                "big": 2**53 + 1,
+                "nested": {"b": [1.5, None, "é"], "a": True},
+                "token": "x",
+            },
+        )
+        session.commit()
+        assert session.scalars(select(AuditEvent.details)).one()["token"] == REDACTED
+        assert verify(session).ok
+
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET details = '{\"ratio\": 0.2}' WHERE id = 1"))
+    with Session(database.engine) as session:
+        result = verify(session)
+    assert (result.ok, result.first_bad_id) == (False, 1)
+
+
+def test_repeatable_read_is_refused(database: Database) -> None:
+    """Its snapshot can predate the advisory lock, which would fork the chain."""
+    repeatable = database.engine.execution_options(isolation_level="REPEATABLE READ")
+    with Session(repeatable) as session, pytest.raises(RuntimeError, match="REPEATABLE READ"):
+        record(session, AuditContext(), "test.snapshot")

@@ -1,0 +1,147 @@
+"""Production refuses to start with one clear line; the CLI works; models and migrations agree."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
+
+from app.models import Base
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = base64.b64encode(b"z" * 32).decode()
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMI_AUTH_")}
+    env.update(
+        {
+            "AMI_AUTH_INSTANCE_DIR": str(tmp_path),
+            "AMI_AUTH_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def _prod(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return _env(
+        tmp_path,
+        AMI_AUTH_ENV="production",
+        AMI_AUTH_SECRET_KEY="p" * 40,
+        AMI_AUTH_MASTER_KEYS=f"k1:{KEY}",
+        AMI_AUTH_BASE_URL="https://auth.example.com",
+        **extra,
+    )
+
+
+def _load_wsgi(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import wsgi"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from app.cli import main; main()", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )
+
+
+@pytest.mark.parametrize(
+    ("drop", "override", "variable"),
+    [
+        ("AMI_AUTH_MASTER_KEYS", None, "AMI_AUTH_MASTER_KEYS"),
+        ("AMI_AUTH_SECRET_KEY", None, "AMI_AUTH_SECRET_KEY"),
+        (None, ("AMI_AUTH_MASTER_KEYS", "k1:nope"), "AMI_AUTH_MASTER_KEYS"),
+        (None, ("AMI_AUTH_BASE_URL", "http://auth.example.com"), "AMI_AUTH_BASE_URL"),
+    ],
+)
+def test_production_refuses_bad_config(
+    tmp_path: Path, drop: str | None, override: tuple[str, str] | None, variable: str
+) -> None:
+    env = _prod(tmp_path)
+    if drop:
+        env.pop(drop)
+    if override:
+        env[override[0]] = override[1]
+    result = _load_wsgi(env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"ami-auth: refusing to start: {variable}: ")
+
+
+def test_production_refuses_unmigrated_database(tmp_path: Path) -> None:
+    result = _load_wsgi(_prod(tmp_path))
+    assert result.returncode == 2
+    assert "not migrated to head" in result.stderr and "ami-auth db upgrade" in result.stderr
+    assert _cli(_prod(tmp_path), "db", "upgrade").returncode == 0
+    assert _load_wsgi(_prod(tmp_path)).returncode == 0
+
+
+def test_cli_bootstrap_users_and_check_config(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert _cli(env, "db", "upgrade").returncode == 0
+    link = _cli(env, "bootstrap")
+    assert link.returncode == 0 and "/setup/" in link.stdout
+    created = _cli(
+        env,
+        "users",
+        "create",
+        "ops@example.com",
+        "--role",
+        "admin",
+        stdin="a long enough password\na long enough password\n",
+    )
+    assert created.returncode == 0, created.stderr
+    assert "created admin ops@example.com" in created.stdout
+    assert "an admin exists" in _cli(env, "bootstrap").stdout
+    dup = _cli(env, "users", "create", "ops@example.com", stdin="a long enough password\na long enough password\n")
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    ok = _cli(env, "check-config")
+    assert ok.returncode == 0 and "configuration ok" in ok.stdout
+
+
+def test_bootstrap_admin_from_environment(tmp_path: Path) -> None:
+    env = _env(
+        tmp_path,
+        AMI_AUTH_BOOTSTRAP_ADMIN_EMAIL="boot@example.com",
+        AMI_AUTH_BOOTSTRAP_ADMIN_PASSWORD="scripted install password 123",
+    )
+    _cli(env, "db", "upgrade")
+    result = _cli(env, "bootstrap")
+    assert result.returncode == 0 and "created admin boot@example.com" in result.stdout
+    bad = _env(
+        tmp_path / "b", AMI_AUTH_BOOTSTRAP_ADMIN_EMAIL="x@example.com", AMI_AUTH_BOOTSTRAP_ADMIN_PASSWORD="short"
+    )
+    _cli(bad, "db", "upgrade")
+    failed = _cli(bad, "bootstrap")
+    assert failed.returncode == 1 and "at least 12 characters" in failed.stderr
+
+
+def test_cli_reports_bad_setting_in_one_line(tmp_path: Path) -> None:
+    result = _cli(_env(tmp_path, AMI_AUTH_SIGNUP="sometimes"), "check-config")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "ami-auth: AMI_AUTH_SIGNUP: must be open, invite or closed, got 'sometimes'"
+
+
+def test_models_and_migrations_agree(database_url: str) -> None:
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    assert diff == []
