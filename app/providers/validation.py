@@ -26,6 +26,8 @@ DEFAULT_MAX_LENGTH = {FieldType.TEXT: 20000, FieldType.JSON: 20000}
 STRING_MAX_LENGTH = 2000
 LIST_MAX_ITEMS = 100
 REQUIRED = "This field is required."
+# A required boolean is an acknowledgement (SMTP without TLS): it must be on, in a form, a file or JSON.
+MUST_BE_ON = "This must be turned on (ticked) to continue."
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LIST_SPLIT = re.compile(r"[\s,]+")
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
@@ -305,7 +307,7 @@ def validate_submission(
                 errors[spec.name] = REQUIRED
             continue
         if spec.required and (value is None or (spec.type == FieldType.BOOLEAN and value is False)):
-            errors[spec.name] = "Tick this box to continue." if spec.type == FieldType.BOOLEAN else REQUIRED
+            errors[spec.name] = MUST_BE_ON if spec.type == FieldType.BOOLEAN else REQUIRED
             continue
         clean[spec.name] = value
     for name in entry.hooks:

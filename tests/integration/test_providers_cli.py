@@ -120,6 +120,7 @@ def test_a_missing_variable_names_file_provider_field_and_writes_nothing(
         "environment variable GOOGLE_CLIENT_SECRET is not set"
     ) in out
     assert "nothing was written" in out
+    assert "This field is required" not in out  # one problem, said once
     assert _count(db, ProviderConfig) == 0  # not even the two providers that were fine
 
 
