@@ -358,7 +358,6 @@ def _check_fields(entry: ProviderEntry, which: Which) -> None:
                 raise CatalogError(
                     file, f"{path}.{attribute}", f"{value!r} fails the field's own rules: {exc}"
                 ) from None
-    # Cross-set names: `${secret.x}` must name exactly one secret field across both sets.
     for spec in entry.fields(which):
         path = _field_path(entry, which, spec.name)
         for i, option in enumerate(spec.enum):

@@ -237,3 +237,22 @@ def test_enable_refuses_an_incomplete_config_and_check_config_reports_it(app: Fl
     code, out = _run(app, "check-config")
     assert code == 1
     assert f"provider config 'Half done' (#{cfg.id}, google): enabled, but missing or invalid: Client secret" in out
+
+
+def test_check_config_reports_a_secret_the_keys_cannot_read(app: Flask, db: Session) -> None:
+    from app.settings import MasterKey
+    from app.vault import Cipher, put_secret
+
+    cfg = ProviderConfig(
+        provider_type="github", name="Old key", enabled=True, config={"client_id": "Ov23liAbc", "scopes": ["read:user"]}
+    )
+    db.add(cfg)
+    db.flush()
+    foreign = Cipher((MasterKey("gone", b"g" * 32),))  # a master key this deployment no longer has
+    put_secret(db, foreign, configs.OWNER, cfg.id, "client_secret", "s", grace=None)
+    db.commit()
+    code, out = _run(app, "check-config")
+    assert code == 1
+    assert f"provider config 'Old key' (#{cfg.id}, github): A stored secret on key 'gone' could not be decrypted" in out
+    code, out = _run(app, "providers", "test", "Old key")
+    assert code == 1 and "could not be decrypted" in out
