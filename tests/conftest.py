@@ -65,6 +65,9 @@ def make_settings(tmp: Path, database_url: str, **env: str) -> Settings:
         # Cheap hashing in tests; the parameter rules have their own tests.
         "AMI_AUTH_ARGON2_MEMORY_KIB": "1024",
         "AMI_AUTH_ARGON2_TIME_COST": "1",
+        # Admins must enrol a second factor by default; tests of other features sign admins in with a
+        # password alone. The MFA tests turn enforcement on explicitly.
+        "AMI_AUTH_MFA_REQUIRED_ROLES": "",
     }
     base.update(env)
     return load_settings(base)

@@ -8,16 +8,17 @@ from flask import Flask
 
 from app import api
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, home, providers_admin
+from app.web import account, admin, auth, home, mfa, providers_admin
 from app.web.common import SignedIn
 
-BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, providers_admin.bp, api.bp]
+BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, mfa.bp, providers_admin.bp, api.bp]
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
     ("providers_admin.index", "Providers"),
     ("admin.audit_log", "Audit log"),
+    ("mfa.admin_security", "Security"),
 ]
 
 
@@ -38,6 +39,8 @@ def register_blueprints(app: Flask) -> None:
     login_manager.session_protection = "basic"
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    # MFA enforcement: sessions that skipped an existing second factor, and roles that require one.
+    app.before_request(mfa.enforce)
     app.jinja_env.filters["reject_keys"] = _reject_keys
     settings = get_settings(app)
 
