@@ -73,13 +73,15 @@ def _check_pattern(spec: FieldSpec, value: str) -> None:
         raise FieldError(_pattern_message(spec))
 
 
-def _url(value: str) -> str:
+def _url(value: str, *, exact: bool = False) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
         raise FieldError("Enter an absolute http(s) URL, like https://api.example.com.")
     if parts.username or parts.password:
         # Credentials in a URL end up in logs and Referer headers; they belong in secret fields.
         raise FieldError("Leave user names and passwords out of the URL; use the secret fields.")
+    if exact:
+        return value
     # Templates append paths ("${account.base_url}/v1/models"): a trailing slash would double it.
     return value.rstrip("/")
 
@@ -180,7 +182,7 @@ def coerce(spec: FieldSpec, raw: object) -> Any:
     if text is None:
         return None
     if kind == FieldType.URL:
-        text = _url(text)
+        text = _url(text, exact=spec.exact)
     elif kind == FieldType.EMAIL:
         try:
             text = validate_email(text, check_deliverability=False).normalized

@@ -24,7 +24,7 @@ def _sign_in_admin(app: Flask, page: Page, base: str) -> None:
     page.goto(base + "/signin")
     page.get_by_label("Email").fill(ADMIN)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
 

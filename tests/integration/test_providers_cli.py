@@ -52,6 +52,7 @@ def _file(tmp_path: Path) -> Path:
           - name: Company SSO
             type: generic_oidc
             config:
+              issuer: https://id.example.com
               discovery_url: https://id.example.com/.well-known/openid-configuration
               client_id: ami-auth
               client_secret: ${{file:{secret_file}}}

@@ -343,8 +343,13 @@ def test_field_types_coerce_and_explain() -> None:
         "trust_email": "Choose yes or no."
     }
     assert validate_submission(google, "config", {**ok, "trust_email": "on"})[0]["trust_email"] is True
-    clean, errors = validate_submission(google, "config", {**ok, "issuer": "https://issuer.example/"})
-    assert errors == {} and clean["issuer"] == "https://issuer.example"
+    # An issuer is compared byte for byte (OIDC Discovery §4.3): kept exactly; a base URL loses its slash.
+    clean, errors = validate_submission(google, "config", {**ok, "issuer": "https://tenant.auth0.example/"})
+    assert errors == {} and clean["issuer"] == "https://tenant.auth0.example/"
+    generic = _entry("generic_api_key")
+    assert validate_submission(generic, "config", {"base_url": "https://api.example.com/"})[0]["base_url"] == (
+        "https://api.example.com"
+    )
     _, errors = validate_submission(google, "config", {**ok, "issuer": "https://user:pw@issuer.example"})
     assert "Leave user names and passwords out" in errors["issuer"]
     _, errors = validate_submission(google, "config", {**ok, "hosted_domain": "exa\x00mple.com"})
