@@ -28,6 +28,9 @@ from app.migrate import upgrade
 from app.models import Base, User
 from app.settings import Settings, load_settings
 
+# Real test peers shared by every suite (the SMTP server is also used by the SMTP connector tests).
+pytest_plugins = ["tests.support.smtp"]
+
 TEST_KEY = "test1:" + base64.b64encode(b"k" * 32).decode()
 PASSWORD = "correct horse battery staple"
 

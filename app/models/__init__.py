@@ -4,8 +4,10 @@ from app.models.accounts import ConnectedAccount
 from app.models.audit import AuditEvent
 from app.models.base import Base, utcnow
 from app.models.credentials import Credential, MfaPolicy, WebAuthnChallenge
+from app.models.mail import MailOutbox
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
+from app.models.service_tokens import ServiceToken
 from app.models.sessions import UserSession
 from app.models.tokens import LinkToken
 from app.models.users import ROLES, User
@@ -17,8 +19,10 @@ __all__ = [
     "ConnectedAccount",
     "Credential",
     "LinkToken",
+    "MailOutbox",
     "MfaPolicy",
     "ProviderConfig",
+    "ServiceToken",
     "StoredSecret",
     "User",
     "UserSession",
