@@ -20,9 +20,11 @@ from app import create_app
 from app.api import tokens
 from app.api.openapi import build_document
 from app.audit import AuditContext
+from app.auth import users
+from app.extensions import get_database, get_settings
 from app.models import AuditEvent, ServiceToken, UserSession, utcnow
 from app.settings import Settings
-from tests.conftest import UserFactory, dispose_app, make_settings, redis_url, sign_in
+from tests.conftest import PASSWORD, UserFactory, dispose_app, make_settings, redis_url, sign_in
 
 CMS = "https://cms.example.com"
 Issue = Callable[..., str]
@@ -525,3 +527,24 @@ def test_rate_limit_is_shared_across_workers_through_redis(shared_redis_apps: tu
     clients = [first.test_client(), second.test_client()]
     codes = [clients[i % 2].get("/api/compliance/report", headers=bearer(raw)).status_code for i in range(6)]
     assert codes == [200, 200, 200, 200, 429, 429]
+
+
+def test_session_endpoint_is_readable_while_mfa_enrolment_is_pending(tmp_path: Path, sqlite_url: str) -> None:
+    """A user whose role needs MFA but has none can still read the session (so the CMS can send them to enrol)."""
+    app = create_app(make_settings(tmp_path, sqlite_url, AMI_AUTH_MFA_REQUIRED_ROLES="admin"))
+    try:
+        with app.app_context():
+            db = get_database(app).session()
+            users.create_user(
+                db, get_settings(), email="boss@example.com", password=PASSWORD, role="admin", verified=True
+            )
+            db.commit()
+        client = app.test_client()
+        sign_in(client, "boss@example.com")
+        body = client.get("/api/auth/session").json
+        assert body is not None and body["mfa"]["enrolled"] is False
+        blocked = client.get("/api/auth/sessions")
+        assert blocked.status_code == 403 and blocked.json is not None
+        assert blocked.json["error"]["code"] == "mfa_required"
+    finally:
+        dispose_app(app)
