@@ -15,6 +15,7 @@ from app.web import (
     home,
     mail_flows,
     mfa,
+    providers_admin,
     throttle_admin,
     tokens_admin,
     users_admin,
@@ -31,6 +32,7 @@ BLUEPRINTS = [
     mfa.bp,
     tokens_admin.bp,
     compliance.bp,
+    providers_admin.bp,
     throttle_admin.bp,
 ]
 
@@ -41,15 +43,16 @@ def api_blueprints() -> list[Blueprint]:
     Imported here rather than at the top: ``app.api.security`` imports ``app.web.common``, so a
     module-level import would be circular whenever ``app.api`` is imported before ``app.web``.
     """
-    from app.api import auth_api, compliance_api, openapi
+    from app.api import auth_api, compliance_api, openapi, providers_api
 
-    return [auth_api.bp, compliance_api.bp, openapi.bp]
+    return [auth_api.bp, compliance_api.bp, providers_api.bp, openapi.bp]
 
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
     ("users_admin.users", "Users"),
+    ("providers_admin.index", "Providers"),
     ("admin.audit_log", "Audit log"),
     ("mfa.admin_security", "Security"),
     ("users_admin.outbox", "Outbox"),
