@@ -11,7 +11,8 @@ The two alternate in short rounds (the server idles during a raw phase) so that 
 a shared machine affects both alike. Prints the median of each and of the per-round ratio (the goal is
 >= 0.9: argon2 should be nearly all of a sign-in's cost).
 The throttle stays on (in memory, per worker) with a per-IP limit high enough for one benchmarking client.
-Asserts nothing; takes about 35 s. Usage: ``python bench/login.py [--users 16] [--rounds 4] [--seconds 3]``.
+Asserts nothing; takes about 35 s (gunicorn via bench/gunicorn_server.py, stopped by PID).
+Usage: ``python bench/login.py [--users 16] [--rounds 4] [--seconds 3] [--clients 4]``.
 """
 
 from __future__ import annotations
@@ -20,24 +21,21 @@ import argparse
 import base64
 import http.client
 import multiprocessing
-import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from multiprocessing.pool import Pool
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.gunicorn_server import gunicorn
 
 PASSWORD = "benchmark pass phrase for sign-in"
 CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
@@ -61,31 +59,19 @@ def raw_verifies_per_second(pool: Pool, seconds: float) -> float:
     return sum(count / elapsed for count, elapsed in results)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def app_env(tmp: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMI_AUTH_")}
-    env.update(
-        {
-            "AMI_AUTH_ENV": "production",
-            "AMI_AUTH_INSTANCE_DIR": str(tmp),
-            "AMI_AUTH_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
-            "AMI_AUTH_SECRET_KEY": secrets.token_urlsafe(48),
-            "AMI_AUTH_MASTER_KEYS": "bench1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
-            "AMI_AUTH_BASE_URL": f"https://127.0.0.1:{port}",
-            "AMI_AUTH_SCHEDULER": "false",
-            "AMI_AUTH_LOG_LEVEL": "WARNING",
-            # One client address does all the sign-ins here; every other throttle rule stays as shipped.
-            "AMI_AUTH_THROTTLE_IP_PER_MINUTE": "1000000",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    return env
+def app_env(tmp: Path) -> dict[str, str]:
+    return {
+        "AMI_AUTH_ENV": "production",
+        "AMI_AUTH_INSTANCE_DIR": str(tmp),
+        "AMI_AUTH_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+        "AMI_AUTH_SECRET_KEY": secrets.token_urlsafe(48),
+        "AMI_AUTH_MASTER_KEYS": "bench1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "AMI_AUTH_BASE_URL": "https://127.0.0.1",
+        "AMI_AUTH_SCHEDULER": "false",
+        "AMI_AUTH_LOG_LEVEL": "WARNING",
+        # One client address does all the sign-ins here; every other throttle rule stays as shipped.
+        "AMI_AUTH_THROTTLE_IP_PER_MINUTE": "1000000",
+    }
 
 
 def prepare_database(env: dict[str, str], users: int) -> list[str]:
@@ -106,22 +92,6 @@ def prepare_database(env: dict[str, str], users: int) -> list[str]:
         db.commit()
     get_database(app).engine.dispose()
     return emails
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"gunicorn exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("gunicorn did not become ready")
 
 
 def sign_in(port: int, email: str) -> tuple[bool, float]:
@@ -186,41 +156,28 @@ def main() -> None:
     total_start = time.perf_counter()
 
     tmp = Path(tempfile.mkdtemp(prefix="ami-bench-"))
-    port = free_port()
-    env = app_env(tmp, port)
-    proc: subprocess.Popen[bytes] | None = None
+    env = app_env(tmp)
     raw_rates: list[float] = []
     app_rates: list[float] = []
     ok = failed = 0
     latencies: list[float] = []
     try:
         emails = prepare_database(env, args.users)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_ready(port, proc)
-        with multiprocessing.get_context("spawn").Pool(WORKERS) as pool:
-            raw_verifies_per_second(pool, 0.5)  # start-up of the pool's processes
-            drive(port, emails, args.clients, 1.0)  # warm-up: imports, dummy hash, connection pools
-            # Short alternating phases: load from neighbours on a shared machine hits both sides alike.
-            for _ in range(args.rounds):
-                raw_rates.append(raw_verifies_per_second(pool, args.seconds))
-                done, bad, elapsed, times = drive(port, emails, args.clients, args.seconds)
-                app_rates.append(done / elapsed)
-                ok, failed = ok + done, failed + bad
-                latencies.extend(times)
+        # The shared launcher serves wsgi:app under gunicorn and stops it by PID when the block ends.
+        with gunicorn("wsgi:app", env, workers=WORKERS) as base:
+            port = urlsplit(base).port
+            assert port is not None
+            with multiprocessing.get_context("spawn").Pool(WORKERS) as pool:
+                raw_verifies_per_second(pool, 0.5)  # start-up of the pool's processes
+                drive(port, emails, args.clients, 1.0)  # warm-up: imports, dummy hash, connection pools
+                # Short alternating phases: load from neighbours on a shared machine hits both sides alike.
+                for _ in range(args.rounds):
+                    raw_rates.append(raw_verifies_per_second(pool, args.seconds))
+                    done, bad, elapsed, times = drive(port, emails, args.clients, args.seconds)
+                    app_rates.append(done / elapsed)
+                    ok, failed = ok + done, failed + bad
+                    latencies.extend(times)
     finally:
-        if proc is not None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
     ratios = [a / r for a, r in zip(app_rates, raw_rates, strict=True)]
