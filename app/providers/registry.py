@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import yaml
 from flask import Flask
@@ -239,7 +239,7 @@ def _revoke(raw: Any, hint: str) -> RevokeSpec | None:
 
 def _refresh(raw: Any) -> RefreshSpec:
     if raw is None or isinstance(raw, str):
-        return RefreshSpec(mode=raw or "none")
+        return RefreshSpec(mode=cast(Literal["none", "standard"], raw or "none"))
     return RefreshSpec(
         mode=raw["mode"],
         rotates_refresh_token=bool(raw.get("rotates_refresh_token", False)),
@@ -473,9 +473,14 @@ def _check_mode(entry: ProviderEntry) -> None:
         raise CatalogError(file, "$", "the password mode keeps no secrets in the catalog's fields")
     if entry.verify is not None and entry.verify.kind == "http" and entry.verify.base not in entry.endpoints:
         raise CatalogError(file, "$.verify.base", f"no endpoint named {entry.verify.base!r}")
-    if entry.revoke is not None and entry.revoke.supported and entry.revoke.auth == "basic":
-        if entry.field("config", "client_id") is None or entry.field("config", "client_secret") is None:
-            raise CatalogError(file, "$.revoke.auth", "basic auth uses client_id and client_secret config fields")
+    revoke = entry.revoke
+    if (
+        revoke is not None
+        and revoke.supported
+        and revoke.auth == "basic"
+        and (entry.field("config", "client_id") is None or entry.field("config", "client_secret") is None)
+    ):
+        raise CatalogError(file, "$.revoke.auth", "basic auth uses client_id and client_secret config fields")
     for i, header in enumerate(entry.headers):
         if header.when is not None:
             _check_condition(entry, header.when, None, f"$.headers[{i}].when")

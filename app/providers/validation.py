@@ -184,9 +184,8 @@ def coerce(spec: FieldSpec, raw: object) -> Any:
             text = validate_email(text, check_deliverability=False).normalized
         except EmailNotValidError:
             raise FieldError("Enter an email address like name@example.com.") from None
-    elif kind == FieldType.ENUM:
-        if text not in spec.enum_values:
-            raise FieldError("Choose one of: " + ", ".join(o.label for o in spec.enum) + ".")
+    elif kind == FieldType.ENUM and text not in spec.enum_values:
+        raise FieldError("Choose one of: " + ", ".join(o.label for o in spec.enum) + ".")
     _check_pattern(spec, text)
     return text
 
