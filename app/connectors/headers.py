@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app import audit
+from app.connectors.context import ValuesByScope
 from app.errors import AppError
 from app.models import ConnectedAccount
 from app.models.base import utcnow
@@ -81,8 +82,6 @@ CACHE_TTL: Final = 300.0
 CACHE_MAX: Final = 4096
 SYSTEM: Final = audit.AuditContext(actor="system")
 
-ValuesByScope = dict[Which, dict[str, Any]]
-
 
 @dataclass(frozen=True)
 class RequestAuth:
@@ -99,7 +98,7 @@ class RequestAuth:
 # ------------------------------------------------------------------------------------------ rendering
 
 
-def account_values(provider: ProviderEntry, account: ConnectedAccount) -> ValuesByScope:
+def account_values(provider: ProviderEntry, account: ConnectedAccount) -> dict[Which, dict[str, Any]]:
     """The account's and its config's non-secret values, with catalog defaults and implied values."""
     return {
         "config": effective_values(provider, "config", account.provider_config.config or {}),
@@ -140,7 +139,9 @@ def _missing_secret(provider: ProviderEntry, template: str, secrets: Mapping[str
 def _no_secret_error(provider: ProviderEntry, name: str) -> AppError:
     spec = provider.field("account", name) or provider.field("config", name)
     label = spec.label if spec is not None else name
-    fallback = f" (or {spec.env_fallback} in the server's environment)" if spec is not None and spec.env_fallback else ""
+    fallback = ""
+    if spec is not None and spec.env_fallback:
+        fallback = f" (or {spec.env_fallback} in the server's environment)"
     return AppError(
         "invalid_config",
         f"This account has no {label} stored.",
@@ -155,7 +156,12 @@ def render_auth(provider: ProviderEntry, values: ValuesByScope, secrets: Mapping
     A header whose secret is missing raises ``invalid_config`` on that field (sending a request with a
     blank credential would only earn a confusing 401); ``omit_if_empty`` headers are left out instead.
     """
-    scopes = {"config": values["config"], "account": values["account"], "secret": secrets, "token": {}}
+    scopes: dict[str, Mapping[str, Any]] = {
+        "config": values.get("config", {}),
+        "account": values.get("account", {}),
+        "secret": secrets,
+        "token": {},
+    }
     headers: dict[str, str] = {}
     for spec in provider.headers:
         if not _applies(spec.when, values):
@@ -261,9 +267,7 @@ def _check_usable(provider: ProviderEntry, account: ConnectedAccount) -> None:
         )
 
 
-def _resolve(
-    db: Session, cipher: Cipher, account: ConnectedAccount, environ: Mapping[str, str] | None
-) -> RequestAuth:
+def _resolve(db: Session, cipher: Cipher, account: ConnectedAccount, environ: Mapping[str, str] | None) -> RequestAuth:
     provider = catalog_entry(account.provider_config.provider_type)
     _check_usable(provider, account)
     state = _state(db)

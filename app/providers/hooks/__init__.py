@@ -39,5 +39,12 @@ class Hook:
     profile: ProfileHook | None = None
 
 
-# The one list. Empty until the connectors and OAuth work registers github, azure, huggingface and smtp.
-HOOKS: dict[str, Hook] = {}
+from app.providers.hooks import huggingface  # noqa: E402 - the hook modules use the types above
+
+# The one list (OAuth adds github and azure).
+HOOKS: dict[str, Hook] = {
+    "huggingface": Hook(
+        "Hugging Face: whoami-v2 → user, orgs, token role; refuse a token below the required role",
+        after_verify=huggingface.after_verify,
+    ),
+}
