@@ -7,16 +7,28 @@ from typing import Any
 from flask import Flask
 
 from app import api
+from app.api import accounts as api_accounts
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, home, providers_admin
+from app.web import account, accounts_admin, admin, auth, dialogs, home, providers_admin
 from app.web.common import SignedIn
 
-BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, providers_admin.bp, api.bp]
+BLUEPRINTS = [
+    home.bp,
+    auth.bp,
+    account.bp,
+    admin.bp,
+    providers_admin.bp,
+    accounts_admin.bp,
+    dialogs.bp,
+    api.bp,
+    api_accounts.bp,
+]
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
     ("providers_admin.index", "Providers"),
+    ("accounts_admin.index", "Accounts"),
     ("admin.audit_log", "Audit log"),
 ]
 
