@@ -11,7 +11,7 @@ Functions take a Session and never commit: the caller owns the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
@@ -307,12 +307,15 @@ def test_secrets(
     typed: Mapping[str, Secret],
     *,
     send_test_to: str | None = None,
+    before_send: Callable[[], None] | None = None,
 ) -> Verification:
-    """The secret dialog's "Test connection": verify the typed values; nothing is stored."""
+    """The secret dialog's "Test connection": verify the typed values; nothing is stored. SMTP accounts may
+    also send a test mail (``before_send`` counts it against the daily cap)."""
     provider = entry_for(account)
     secrets = _trial_secrets(db, cipher, provider, account, typed)
+    values = account_values(provider, account)
     result = verify_account(
-        client, settings, provider, account_values(provider, account), secrets, send_test_to=send_test_to
+        client, settings, provider, values, secrets, send_test_to=send_test_to, before_send=before_send
     )
     _audit_result(db, ctx, account, "account.secret.test", result, typed)
     return result

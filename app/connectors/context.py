@@ -4,7 +4,7 @@ hook modules can use it while the catalog registry is still loading)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -24,7 +24,8 @@ class VerifyContext:
     """One verification: the account's and its config's effective values, the secrets being tried, and —
     after an HTTP verification request answered as expected — its JSON body, headers and `verify.keep` picks.
 
-    ``send_test_to``: an address the SMTP hook sends a test mail to after a successful login (optional).
+    ``send_test_to``: an address the SMTP hook sends a test mail to after a successful login (optional);
+    ``before_send`` runs before that mail goes out (the account's daily send cap).
     """
 
     values: ValuesByScope
@@ -34,6 +35,7 @@ class VerifyContext:
     headers: Mapping[str, str] = field(default_factory=dict)
     kept: Mapping[str, Any] = field(default_factory=dict)
     send_test_to: str | None = None
+    before_send: Callable[[], None] | None = None
 
     def account(self, name: str) -> Any:
         return self.values.get("account", {}).get(name)

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, assert_never
 
@@ -72,9 +72,26 @@ def connectivity_test(
         ):
             return ConnectionTest("unavailable", f"{NOT_YET} (API keys are verified per connected account)")
         case AuthProviderType.SMTP:
-            return ConnectionTest("unavailable", f"{NOT_YET} (the SMTP connector checks each mailbox account)")
+            return _smtp_config_test(settings, config)
         case _:
             assert_never(provider.id)
+
+
+def _smtp_config_test(settings: Settings, config: Mapping[str, Any]) -> ConnectionTest:
+    """The server half of an SMTP account: connect, EHLO, STARTTLS, NOOP (logins are per account)."""
+    from app.connectors.mailer import smtp_verify
+    from app.providers.hooks.smtp import blame, smtp_target
+
+    values: ValuesByScope = {"config": config, "account": {}}
+    try:
+        smtp_verify(smtp_target(values, {}, settings))
+    except AppError as exc:
+        error = blame(exc, values)
+        blamed = next(iter(error.fields), None)
+        return ConnectionTest(
+            "failed", f"{error.text} {error.help}", error.code, blamed.removeprefix("config.") if blamed else None
+        )
+    return ConnectionTest("ok", "The server answered EHLO, TLS and NOOP; each account's login is checked separately.")
 
 
 # ------------------------------------------------------------------------------------ account verification
@@ -322,8 +339,10 @@ def verify_account(
     secrets: Mapping[str, Secret | None],
     *,
     send_test_to: str | None = None,
+    before_send: Callable[[], None] | None = None,
 ) -> Verification:
-    """Check an account's credentials against the provider (nothing is stored here)."""
+    """Check an account's credentials against the provider (nothing is stored here). ``send_test_to`` and
+    ``before_send`` are for SMTP: a test mail after the login, and the send-cap check before it."""
     spec = provider.verify
     if spec is None:
         return Verification("skipped", f"{provider.display_name} has no verification step.")
@@ -332,7 +351,7 @@ def verify_account(
     for name in provider.hooks:
         hook = HOOKS[name].verify
         if hook is not None:
-            context = VerifyContext(values, secrets, settings, send_test_to=send_test_to)
+            context = VerifyContext(values, secrets, settings, send_test_to=send_test_to, before_send=before_send)
             try:
                 return Verification("ok", f"{provider.display_name} accepted the credentials.", hook(provider, context))
             except AppError as exc:

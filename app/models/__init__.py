@@ -3,6 +3,8 @@
 from app.models.accounts import ConnectedAccount
 from app.models.audit import AuditEvent
 from app.models.base import Base, utcnow
+from app.models.credentials import Credential, MfaPolicy, WebAuthnChallenge
+from app.models.mail import MailOutbox
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
 from app.models.sessions import UserSession
@@ -14,10 +16,14 @@ __all__ = [
     "AuditEvent",
     "Base",
     "ConnectedAccount",
+    "Credential",
     "LinkToken",
+    "MailOutbox",
+    "MfaPolicy",
     "ProviderConfig",
     "StoredSecret",
     "User",
     "UserSession",
+    "WebAuthnChallenge",
     "utcnow",
 ]

@@ -9,7 +9,18 @@ from flask import Flask
 from app import api
 from app.api import accounts as api_accounts
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, accounts_admin, admin, auth, dialogs, home, providers_admin
+from app.web import (
+    account,
+    accounts_admin,
+    admin,
+    auth,
+    dialogs,
+    home,
+    mail_flows,
+    mfa,
+    providers_admin,
+    users_admin,
+)
 from app.web.common import SignedIn
 
 BLUEPRINTS = [
@@ -17,6 +28,9 @@ BLUEPRINTS = [
     auth.bp,
     account.bp,
     admin.bp,
+    mail_flows.bp,
+    users_admin.bp,
+    mfa.bp,
     providers_admin.bp,
     accounts_admin.bp,
     dialogs.bp,
@@ -27,9 +41,12 @@ BLUEPRINTS = [
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
+    ("users_admin.users", "Users"),
     ("providers_admin.index", "Providers"),
     ("accounts_admin.index", "Accounts"),
     ("admin.audit_log", "Audit log"),
+    ("mfa.admin_security", "Security"),
+    ("users_admin.outbox", "Outbox"),
 ]
 
 
@@ -50,6 +67,8 @@ def register_blueprints(app: Flask) -> None:
     login_manager.session_protection = "basic"
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    # MFA enforcement: sessions that skipped an existing second factor, and roles that require one.
+    app.before_request(mfa.enforce)
     app.jinja_env.filters["reject_keys"] = _reject_keys
     settings = get_settings(app)
 

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from app.connectors import accounts
+from app.connectors import accounts, smtp
 from app.connectors.verify import Verification, field_labels
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
@@ -126,6 +126,8 @@ def detail(account_id: int) -> str:
         rollback_until=accounts.rollback_until(db, account),
         action_form=ActionForm(),
         grace_days=get_settings().secret_grace_days,
+        is_smtp=smtp.is_smtp(account),
+        sends_today=smtp.sends_today(account),
     )
 
 
@@ -231,3 +233,39 @@ def delete(account_id: int) -> tuple[str, int] | Response:
             return redirect(url_for("accounts_admin.index"))
     html = render_template("admin/accounts_delete.html", account=account, provider=provider, form=form, error=error)
     return html, error.http_status if error is not None else 200
+
+
+@bp.post("/<int:account_id>/system-mailer")
+@admin_required
+def system_mailer(account_id: int) -> Response:
+    _require_post_form()
+    db = db_session()
+    account = accounts.get_account(db, account_id)
+    on = request.form.get("on") == "1"
+    smtp.set_system_mailer(db, audit_ctx(), account, on)
+    db.commit()
+    if on:
+        flash(f"“{account.label}” now sends the app's own mail (password resets, invites, notices).", "success")
+    else:
+        flash(f"“{account.label}” no longer sends the app's own mail.", "success")
+    return redirect(url_for("accounts_admin.detail", account_id=account.id))
+
+
+@bp.post("/<int:account_id>/test-mail")
+@admin_required
+def test_mail(account_id: int) -> Response:
+    _require_post_form()
+    db = db_session()
+    account = accounts.get_account(db, account_id)
+    who = signed_in()
+    assert who is not None
+    db.commit()  # the send cap counts in its own transaction: hold no lock meanwhile
+    result = smtp.send_test_mail(
+        db, get_cipher(), get_client(current_app), get_settings(), audit_ctx(), account, who.user.email
+    )
+    db.commit()
+    if result.error is not None:
+        flash(f"Test mail not sent: {result.error.text} {result.error.help}", "error")
+    else:
+        flash(f"Test mail sent to {who.user.email}.", "success")
+    return redirect(url_for("accounts_admin.detail", account_id=account.id))

@@ -15,6 +15,7 @@ origin, consumed on first use) slots in there beside the session, without changi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from werkzeug.wrappers import Response
 
 from app.audit import AuditContext
-from app.connectors import accounts
+from app.connectors import accounts, smtp
 from app.connectors.verify import Verification, field_labels
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
@@ -31,7 +32,7 @@ from app.net import get_client
 from app.providers.entries import ProviderEntry
 from app.vault import Secret
 from app.web.account_forms import SecretBase, secret_form_class
-from app.web.common import admin_required, audit_ctx, form_errors, safe_next
+from app.web.common import admin_required, audit_ctx, form_errors, safe_next, signed_in
 
 bp = Blueprint("dialogs", __name__, url_prefix="/dialogs")
 
@@ -125,6 +126,14 @@ def _result_context(provider: ProviderEntry, result: Verification | None) -> dic
     }
 
 
+def _test_mail(account: ConnectedAccount) -> tuple[str | None, Callable[[], None] | None]:
+    """For SMTP: "also send a test mail to me" (to the signed-in admin), counted against the daily cap."""
+    who = signed_in()
+    if request.form.get("send_test_mail") != "y" or who is None or not smtp.is_smtp(account):
+        return None, None
+    return who.user.email, smtp.send_cap_check(db_session(), account)
+
+
 @bp.route("/accounts/<int:account_id>/secret", methods=["GET", "POST"])
 @admin_required
 def account_secret(account_id: int) -> tuple[str, int] | Response:
@@ -166,8 +175,18 @@ def account_secret_test(account_id: int) -> tuple[str, int]:
     access = _access(account)
     form = _form(provider, account, access)
     if form.validate():
+        mail_to, before_send = _test_mail(account)
+        db.commit()  # a test mail counts against the send cap in its own transaction: hold no lock meanwhile
         result = accounts.test_secrets(
-            db, get_cipher(), get_client(current_app), get_settings(), access.ctx, account, _typed(form)
+            db,
+            get_cipher(),
+            get_client(current_app),
+            get_settings(),
+            access.ctx,
+            account,
+            _typed(form),
+            send_test_to=mail_to,
+            before_send=before_send,
         )
         db.commit()
     else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from tests.support.accounts import (
     result_code,
 )
 from tests.support.live import free_port
+from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, SmtpServer, TlsFiles, run_smtp_server
 from tests.support.vendors import Anthropic, GenericApi, HuggingFace, OpenAI, StartVendor, Vendor
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
@@ -192,25 +194,32 @@ CONNECTABLE = sorted(e.id.value for e in get_catalog() if e.auth_mode in (AuthMo
 
 
 def test_every_connectable_catalog_entry_has_a_row() -> None:
-    covered = {row.provider_id for row in CONNECTORS.values()} | {"smtp"}  # SMTP: test_smtp_connector.py
+    covered = {row.provider_id for row in CONNECTORS.values()} | {"smtp" for _ in SMTP_ROWS}
     assert sorted(covered) == CONNECTABLE
 
 
 # ------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    # No retries and a short timeout: a failure shows at once, and the hang test stays short.
-    return make_settings(tmp_path, database_url, AMI_AUTH_OUTBOUND_TIMEOUT="1", AMI_AUTH_OUTBOUND_RETRIES="0")
+def _env(tls: TlsFiles) -> dict[str, str]:
+    # No retries and a short timeout: a failure shows at once, and the hang tests stay short. The SMTP
+    # test server's certificate comes from a throw-away CA, which the mailer must trust explicitly.
+    return {
+        "AMI_AUTH_OUTBOUND_TIMEOUT": "1",
+        "AMI_AUTH_OUTBOUND_RETRIES": "0",
+        "AMI_AUTH_SMTP_CA_FILE": str(tls.ca_file),
+    }
 
 
 @pytest.fixture
-def sqlite_app(tmp_path: Path, sqlite_url: str) -> Iterator[Flask]:
+def settings(tmp_path: Path, database_url: str, smtp_tls_files: TlsFiles) -> Settings:
+    return make_settings(tmp_path, database_url, **_env(smtp_tls_files))
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Path, sqlite_url: str, smtp_tls_files: TlsFiles) -> Iterator[Flask]:
     """For the failure mapping, which does not depend on the database: SQLite only."""
-    application = create_app(
-        make_settings(tmp_path, sqlite_url, AMI_AUTH_OUTBOUND_TIMEOUT="1", AMI_AUTH_OUTBOUND_RETRIES="0")
-    )
+    application = create_app(make_settings(tmp_path, sqlite_url, **_env(smtp_tls_files)))
     application.config["TESTING"] = True
     yield application
     dispose_app(application)
@@ -483,3 +492,196 @@ def test_each_failure_maps_to_its_code_on_the_right_field(
     assert s.db.scalar(select(StoredSecret).where(StoredSecret.owner_id == account.id)) is None
     assert reload(s.app, s.db, account.id).status == "pending"
     s.db.close()
+
+
+# ---------------------------------------------------------------------------------------------- SMTP
+
+
+@dataclass(frozen=True)
+class SmtpRow:
+    """One way to reach a real aiosmtpd server (tests/support/smtp.py)."""
+
+    security: str  # the catalog's: starttls | ssl | none
+    mechanism: str  # PLAIN | LOGIN
+    server: dict[str, Any]  # run_smtp_server options; {"plain": True}: no TLS and no AUTH (a local relay)
+
+    @property
+    def login(self) -> bool:
+        return not self.server.get("plain")
+
+
+SMTP_ROWS: dict[str, SmtpRow] = {
+    "smtp:starttls-plain": SmtpRow("starttls", "PLAIN", {}),
+    "smtp:starttls-login": SmtpRow("starttls", "LOGIN", {"auth_exclude_mechanism": ["PLAIN"]}),
+    "smtp:ssl-plain": SmtpRow("ssl", "PLAIN", {"implicit_tls": True}),
+    "smtp:none-relay": SmtpRow("none", "PLAIN", {"plain": True}),
+}
+
+
+@contextmanager
+def _smtp(row: SmtpRow, tls: TlsFiles) -> Iterator[SmtpServer]:
+    if not row.login:
+        from aiosmtpd.controller import Controller
+
+        from tests.support.smtp import RecordingHandler
+
+        handler = RecordingHandler()
+        server = SmtpServer("127.0.0.1", free_port(), handler)
+        controller = Controller(handler, hostname=server.host, port=server.port)
+        controller.start()
+        try:
+            yield server
+        finally:
+            controller.stop()
+        return
+    with run_smtp_server(tls, **row.server) as server:
+        yield server
+
+
+def _smtp_config(row: SmtpRow, host: str, port: int) -> dict[str, Any]:
+    config: dict[str, Any] = {"host": host, "port": port, "security": row.security}
+    if row.security == "none":
+        config["allow_insecure"] = True
+    return config
+
+
+def _smtp_account(row: SmtpRow) -> dict[str, Any]:
+    account: dict[str, Any] = {
+        "from_address": "mailer@example.com",
+        "from_name": "AMI Auth",
+        "auth_mechanism": row.mechanism,
+    }
+    if row.login:
+        account["username"] = SMTP_USER
+    return account
+
+
+@dataclass
+class SmtpSetup:
+    app: Flask
+    client: FlaskClient
+    db: Session
+    cfg_id: int
+
+
+def _smtp_setup(app: Flask, config: dict[str, Any]) -> SmtpSetup:
+    client = app.test_client()
+    _admin(app, client)
+    db = Session(get_database(app).engine, expire_on_commit=False)
+    cfg = make_config(db, get_cipher(app), app.extensions["ami_settings"], "smtp", config, name="SMTP test")
+    return SmtpSetup(app, client, db, cfg.id)
+
+
+def _smtp_pending(s: SmtpSetup, values: dict[str, Any]) -> ConnectedAccount:
+    from app.models import ProviderConfig
+
+    cfg = s.db.get(ProviderConfig, s.cfg_id)
+    assert cfg is not None
+    return make_account(s.db, cfg, values, label="Mailer")
+
+
+@pytest.mark.parametrize("row_id", list(SMTP_ROWS))
+def test_smtp_forms_save_and_round_trip(app: Flask, smtp_tls_files: TlsFiles, row_id: str) -> None:
+    row = SMTP_ROWS[row_id]
+    with _smtp(row, smtp_tls_files) as server:
+        s = _smtp_setup(app, _smtp_config(row, server.host, server.port))
+        html = s.client.get(f"/admin/accounts/new/{s.cfg_id}").get_data(as_text=True)
+        assert re.search(r'\bname="from_address"', html) and not re.search(r'\bname="password"', html)
+        # A bad from address is refused on its field.
+        values = {k: str(v) for k, v in _smtp_account(row).items()}
+        bad = s.client.post(
+            f"/admin/accounts/new/{s.cfg_id}", data={"csrf_token": csrf_of(html), **values, "from_address": "nope"}
+        )
+        assert bad.status_code == 422 and "email address" in field_error(bad.get_data(as_text=True), "from_address")
+        account = _smtp_pending(s, _smtp_account(row))
+        dialog = s.client.get(dialog_path(account.id)).get_data(as_text=True)
+        tag = re.search(r'<input[^>]*\bname="password"[^>]*>', dialog)
+        assert tag is not None and 'type="password"' in tag.group(0) and 'autocomplete="off"' in tag.group(0)
+        # A password with a line break is refused on the field and never echoed.
+        status, page = post_dialog(s.client, account.id, {"password": "line one\nline two"})
+        assert status == 422 and field_error(page, "password") and "line one" not in page
+        secrets = {"password": SMTP_PASSWORD} if row.login else {}
+        status, panel = post_dialog(s.client, account.id, secrets, test=True, htmx=True)
+        assert result_code(panel) == "ok", panel
+        assert f"{server.host}:{server.port}" in panel
+        status, _page = post_dialog(s.client, account.id, secrets)
+        assert status == 302
+        if row.login:
+            assert server.logins[-2:] == [f"{row.mechanism}:{SMTP_USER}"] * 2
+        account = reload(s.app, s.db, account.id)
+        assert account.status == "active" and account.last_verified_at is not None
+        cipher = get_cipher(s.app)
+        stored = get_secret(s.db, cipher, OWNER, account.id, "password")
+        if row.login:
+            assert stored is not None and stored.reveal() == SMTP_PASSWORD
+            rows = s.db.scalars(select(StoredSecret).where(StoredSecret.owner_id == account.id)).all()
+            assert all(SMTP_PASSWORD.encode() not in r.ciphertext for r in rows)
+        else:
+            assert stored is None
+        detail = f"/admin/accounts/{account.id}"
+        for page_path in ("/admin/accounts/", detail, f"{detail}/edit", dialog_path(account.id)):
+            assert SMTP_PASSWORD not in s.client.get(page_path).get_data(as_text=True)
+        # Mail accounts have no request headers to hand out.
+        response = s.client.get(f"/api/account-manager/accounts/{account.id}/headers")
+        assert response.status_code == 422 and response.get_json()["error"]["code"] == "invalid_config"
+        s.db.close()
+
+
+SMTP_FAILURES = ["wrong-password", "refused", "dns", "timeout", "untrusted-certificate"]
+
+
+@contextmanager
+def _silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word (no SMTP greeting)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("kind", SMTP_FAILURES)
+def test_smtp_failures_map_to_their_code_on_the_right_field(
+    tmp_path: Path, sqlite_url: str, smtp_tls_files: TlsFiles, kind: str
+) -> None:
+    env = _env(smtp_tls_files)
+    if kind == "untrusted-certificate":
+        env.pop("AMI_AUTH_SMTP_CA_FILE")  # the server's CA is not trusted: TLS must fail, not fall back
+    app = create_app(make_settings(tmp_path, sqlite_url, **env))
+    row = SMTP_ROWS["smtp:starttls-plain"]
+    expected = {
+        "wrong-password": ("invalid_credentials", "password"),
+        "refused": ("provider_unreachable", "config.host"),
+        "dns": ("provider_unreachable", "config.host"),
+        "timeout": ("provider_unreachable", "config.host"),
+        "untrusted-certificate": ("provider_unreachable", "config.host"),
+    }[kind]
+    try:
+        with run_smtp_server(smtp_tls_files) as server, _silent_server() as silent:
+            host, port = server.host, server.port
+            if kind == "refused":
+                port = free_port()
+            elif kind == "dns":
+                host = "smtp.contract-test.invalid"
+            elif kind == "timeout":
+                port = silent
+            s = _smtp_setup(app, _smtp_config(row, host, port))
+            account = _smtp_pending(s, _smtp_account(row))
+            password = "not the password" if kind == "wrong-password" else SMTP_PASSWORD
+            status, panel = post_dialog(s.client, account.id, {"password": password}, test=True, htmx=True)
+            assert result_code(panel) == expected[0], panel
+            assert list(blamed_fields(panel)) == [expected[1]], panel
+            assert password not in panel
+            status, page = post_dialog(s.client, account.id, {"password": password})
+            assert status >= 400 and result_code(page) == expected[0]
+            if expected[1] == "password":
+                assert "did not accept" in field_error(page, "password")
+            assert password not in page
+            assert s.db.scalar(select(StoredSecret).where(StoredSecret.owner_id == account.id)) is None
+            s.db.close()
+    finally:
+        dispose_app(app)

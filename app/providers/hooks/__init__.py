@@ -39,12 +39,17 @@ class Hook:
     profile: ProfileHook | None = None
 
 
-from app.providers.hooks import huggingface  # noqa: E402 - the hook modules use the types above
+from app.providers.hooks import huggingface, smtp  # noqa: E402 - the hook modules use the types above
 
 # The one list (OAuth adds github and azure).
 HOOKS: dict[str, Hook] = {
     "huggingface": Hook(
         "Hugging Face: whoami-v2 → user, orgs, token role; refuse a token below the required role",
         after_verify=huggingface.after_verify,
+    ),
+    "smtp": Hook(
+        "SMTP: connect, EHLO, STARTTLS, AUTH, NOOP through app/connectors/mailer.py; errors on the field to blame",
+        validate=smtp.validate,
+        verify=smtp.verify,
     ),
 }
