@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -64,6 +64,7 @@ __all__ = [
     "rollback_until",
     "rotation_state",
     "save_secrets",
+    "scrub_deleted",
     "secret_states",
     "test_secrets",
     "update_details",
@@ -524,6 +525,16 @@ def delete_account(
     db.delete(account)
     db.flush()
     return DeleteResult(revoked, "" if revoked else hint, deleted)
+
+
+def scrub_deleted(db: Session) -> None:
+    """After a committed delete of ciphertext: on SQLite, fold the write-ahead log into the database and
+    truncate it. ``secure_delete`` zeroes the freed space in the database pages, but in WAL mode the frames
+    written when the value was stored stay in the -wal file until it is reset; this resets it now. Best
+    effort: with a reader active elsewhere SQLite checkpoints what it can and the next reset finishes."""
+    if db.get_bind().dialect.name == "sqlite":
+        db.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        db.commit()
 
 
 def purge_retired_secrets(db: Session, ctx: audit.AuditContext, now: datetime | None = None) -> int:

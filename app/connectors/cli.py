@@ -86,6 +86,7 @@ def delete_command(account_id: int, skip_revoke: bool) -> None:
         db.commit()  # keep the audit record of a refused revocation
         raise _fail(exc) from None
     db.commit()
+    accounts.scrub_deleted(db)
     click.echo(f"deleted {label} ({result.secret_rows_deleted} stored value(s))")
     if result.revoked:
         click.echo("the provider confirmed the revocation")

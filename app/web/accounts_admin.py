@@ -220,6 +220,7 @@ def delete(account_id: int) -> tuple[str, int] | Response:
                 db, get_cipher(), get_client(current_app), audit_ctx(), account, skip_revoke=skip
             )
             db.commit()
+            accounts.scrub_deleted(db)
         except AppError as exc:
             db.commit()  # the failed revocation is audited; the account stays
             error = exc
