@@ -46,6 +46,10 @@ class SecretBase(ProviderForm):
         data.update(super().submitted())
         return data
 
+    def current_values(self) -> dict[str, Any]:
+        # What decides which secret fields show (SMTP: the password only for PLAIN/LOGIN) is stored.
+        return {**effective_values(self.provider, "account", self.stored), **super().current_values()}
+
 
 def config_context(provider: ProviderEntry, cfg: ProviderConfig) -> ValuesByScope:
     return {"config": effective_values(provider, "config", cfg.config or {})}

@@ -319,6 +319,7 @@ def test_add_account_form_asks_only_for_non_secret_fields_then_the_dialog_for_th
             continue
         assert tag is not None, f"the dialog must ask for {spec.name}"
         assert 'type="password"' in tag.group(0) and 'autocomplete="off"' in tag.group(0)
+        assert "disabled" not in tag.group(0), f"{spec.name} is rendered hidden"
     assert re.search(r'<form[^>]*method="post"[^>]*autocomplete="off"', page)
     assert "never shown again" in page
     for spec in provider.account_fields:
@@ -484,6 +485,7 @@ def test_each_failure_maps_to_its_code_on_the_right_field(
     status, page = post_dialog(s.client, account.id, secrets)
     s.vendor.release()
     assert status >= 400 and result_code(page) == expected.code, page
+    assert blamed_fields(page) == blamed  # the full page names the same fields as the htmx panel
     for key in blamed:
         if key in secrets:
             assert field_error(page, key), f"no inline error on {key}"
@@ -597,6 +599,7 @@ def test_smtp_forms_save_and_round_trip(app: Flask, smtp_tls_files: TlsFiles, ro
         dialog = s.client.get(dialog_path(account.id)).get_data(as_text=True)
         tag = re.search(r'<input[^>]*\bname="password"[^>]*>', dialog)
         assert tag is not None and 'type="password"' in tag.group(0) and 'autocomplete="off"' in tag.group(0)
+        assert "disabled" not in tag.group(0)
         # A password with a line break is refused on the field and never echoed.
         status, page = post_dialog(s.client, account.id, {"password": "line one\nline two"})
         assert status == 422 and field_error(page, "password") and "line one" not in page
