@@ -231,14 +231,15 @@ def forget_account(db: Session, account_id: int) -> None:
         state.usage.pop(account_id, None)
 
 
-def clear_cache() -> None:
-    """Forget every cached result (tests, benchmarks)."""
+def clear_cache(*, usage: bool = True) -> None:
+    """Forget every cached result, and (``usage``) the in-memory use counters (tests, benchmarks)."""
     with _STATES_LOCK:
         states = list(_STATES.values())
     for state in states:
         with state.lock:
             state.cache.clear()
-            state.usage.clear()
+            if usage:
+                state.usage.clear()
 
 
 def _cache_key(account: ConnectedAccount) -> tuple[Any, ...]:
