@@ -185,6 +185,7 @@ def check_config() -> None:
 
 
 def register_commands(app: Flask) -> None:
+    from app.api.cli import compliance_cli, tokens_cli
     from app.audit_cli import audit_cli
     from app.connectors.cli import accounts_cli
     from app.jobs.cli import jobs_cli
@@ -192,8 +193,21 @@ def register_commands(app: Flask) -> None:
     from app.providers.cli import providers_cli
     from app.vault.cli import keys_cli
 
-    commands = (db_cli, users_cli, mail_cli, bootstrap, check_config, keys_cli, audit_cli, mfa_cli, providers_cli)
-    for command in (*commands, accounts_cli, jobs_cli):
+    for command in (
+        db_cli,
+        users_cli,
+        mail_cli,
+        bootstrap,
+        check_config,
+        keys_cli,
+        audit_cli,
+        mfa_cli,
+        tokens_cli,
+        compliance_cli,
+        providers_cli,
+        accounts_cli,
+        jobs_cli,
+    ):
         app.cli.add_command(command)
 
 

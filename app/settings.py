@@ -77,6 +77,10 @@ class Settings:
     token_refresh_margin_minutes: int = 10
     scheduler: bool = True
     device_poll_interval: float | None = None
+    secret_rotation_days: int = 90
+    # JSON API
+    api_rate_per_minute: int = 600
+    api_ip_rate_per_minute: int = 120
 
     @property
     def is_production(self) -> bool:
@@ -337,6 +341,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         token_refresh_margin_minutes=_int(env, "TOKEN_REFRESH_MARGIN_MINUTES", 10, 0),
         scheduler=_bool(env, "SCHEDULER", True),
         device_poll_interval=_float(env, "DEVICE_POLL_INTERVAL", None),
+        secret_rotation_days=_int(env, "SECRET_ROTATION_DAYS", 90, 0),
+        api_rate_per_minute=_int(env, "API_RATE_PER_MINUTE", 600, 1),
+        api_ip_rate_per_minute=_int(env, "API_IP_RATE_PER_MINUTE", 120, 1),
     )
 
 

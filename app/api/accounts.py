@@ -1,29 +1,65 @@
 """``GET /api/account-manager/accounts/<id>/headers`` — the headers (and, for a generic API key sent as a
 query parameter, the parameters) a trusted server should add to a request made with this account.
 
-This is the one JSON response that contains a secret, by design. Every call is audited
-(``account.headers.disclosed``: who, from where, which header names) and moves ``last_used_at`` (at most
-once a minute). Access: an admin session for now; the CMS issue switches it to a service token with the
-``accounts:headers`` scope (``api_auth``). The response is ``Cache-Control: no-store`` like all of /api.
+This is the one JSON response that contains a secret, by design. Every call is audited before the secret
+leaves (``account.headers.disclosed``: who, from where, which header names — never values), so a failed
+audit write means no disclosure; ``last_used_at`` moves at most once a minute. Access: scope
+``accounts:headers`` — a service token that holds it (the CMS server), or an admin's session.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from werkzeug.wrappers import Response
 
+from app.api.registry import component, document
+from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response
 from app.connectors import accounts
 from app.connectors.headers import request_auth
 from app.extensions import db_session, get_cipher
-from app.web.common import admin_required, audit_ctx
 
-bp = Blueprint("api_accounts", __name__, url_prefix="/api/account-manager")
+bp = api_blueprint("api_accounts", __name__)
+
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+ACCOUNT_HEADERS = component(
+    "AccountHeaders",
+    {
+        "type": "object",
+        "required": ["headers", "query"],
+        "additionalProperties": False,
+        "properties": {
+            "headers": {**_STRINGS, "description": "Header name → value to send (contains the credential)."},
+            "query": {
+                **_STRINGS,
+                "description": "Query parameters to add (only a generic API key with auth_type `query`).",
+            },
+        },
+    },
+)
+ACCOUNT_ID_PARAM = {
+    "account_id": ({"type": "integer", "minimum": 1}, "The connected account's id (as shown in the console)."),
+}
 
 
-@bp.get("/accounts/<int:account_id>/headers")
-@admin_required
+@bp.get("/account-manager/accounts/<int:account_id>/headers")
+@api_auth("accounts:headers")
+@document(
+    summary="Ready-to-send request headers for an API-key account",
+    description=(
+        "The headers (and query parameters) to add to a request made with this connected account, rendered "
+        "from its provider's catalog entry: e.g. `Authorization: Bearer …` plus `OpenAI-Organization` for "
+        "OpenAI, `x-api-key` + `anthropic-version` for Anthropic. **The response contains the credential**: "
+        "every call is audited (`account.headers.disclosed`) and answered `Cache-Control: no-store`. "
+        "Scope `accounts:headers`. 422 `invalid_config` when the account cannot be used (no secret yet, "
+        "provider config disabled, not an API-key account)."
+    ),
+    response=ACCOUNT_HEADERS,
+    path=ACCOUNT_ID_PARAM,
+    errors=(404, 422),
+    tags=("accounts",),
+)
 def account_headers(account_id: int) -> Response:
     db = db_session()
     account = accounts.get_account(db, account_id)
-    result = request_auth(db, get_cipher(), account, ctx=audit_ctx(), per_call_audit=True)
+    result = request_auth(db, get_cipher(), account, ctx=api_audit_ctx(), per_call_audit=True)
     db.commit()
-    return jsonify({"headers": dict(result.headers), "query": dict(result.query)})
+    return json_response({"headers": dict(result.headers), "query": dict(result.query)})

@@ -7,6 +7,7 @@ from app.models.credentials import Credential, MfaPolicy, WebAuthnChallenge
 from app.models.mail import MailOutbox
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
+from app.models.service_tokens import ServiceToken
 from app.models.sessions import UserSession
 from app.models.tokens import LinkToken
 from app.models.users import ROLES, User
@@ -21,6 +22,7 @@ __all__ = [
     "MailOutbox",
     "MfaPolicy",
     "ProviderConfig",
+    "ServiceToken",
     "StoredSecret",
     "User",
     "UserSession",

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
 
-from app import api
-from app.api import accounts as api_accounts
 from app.extensions import db_session, get_settings, login_manager
 from app.web import (
     account,
     accounts_admin,
     admin,
     auth,
+    compliance,
     dialogs,
     home,
     mail_flows,
     mfa,
     providers_admin,
+    tokens_admin,
     users_admin,
 )
 from app.web.common import SignedIn
@@ -31,12 +31,24 @@ BLUEPRINTS = [
     mail_flows.bp,
     users_admin.bp,
     mfa.bp,
+    tokens_admin.bp,
+    compliance.bp,
     providers_admin.bp,
     accounts_admin.bp,
     dialogs.bp,
-    api.bp,
-    api_accounts.bp,
 ]
+
+
+def api_blueprints() -> list[Blueprint]:
+    """The JSON API's blueprints (registered after BLUEPRINTS).
+
+    Imported here rather than at the top: ``app.api.security`` imports ``app.web.common``, so a
+    module-level import would be circular whenever ``app.api`` is imported before ``app.web``.
+    """
+    from app.api import accounts, auth_api, compliance_api, openapi, providers_api
+
+    return [auth_api.bp, compliance_api.bp, providers_api.bp, accounts.bp, openapi.bp]
+
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
@@ -47,6 +59,8 @@ ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.audit_log", "Audit log"),
     ("mfa.admin_security", "Security"),
     ("users_admin.outbox", "Outbox"),
+    ("tokens_admin.index", "Service tokens"),
+    ("compliance.report", "Compliance"),
 ]
 
 
@@ -65,7 +79,7 @@ def _load_user(raw_session_id: str) -> SignedIn | None:
 def register_blueprints(app: Flask) -> None:
     login_manager.login_view = "auth.signin"
     login_manager.session_protection = "basic"
-    for blueprint in BLUEPRINTS:
+    for blueprint in [*BLUEPRINTS, *api_blueprints()]:
         app.register_blueprint(blueprint)
     # MFA enforcement: sessions that skipped an existing second factor, and roles that require one.
     app.before_request(mfa.enforce)

@@ -687,6 +687,8 @@ ENROLMENT_ENDPOINTS = frozenset(
         # The forced change of a breached password (throttle branch) comes first; allowing it here keeps
         # that guard and this one from redirecting to each other.
         "password_required.change",
+        # The CMS reads the session (with `mfa.enrolled: false`) to send the user to enrol.
+        "api_auth.current_session",
     }
 )
 

@@ -24,7 +24,7 @@ def _sign_in_admin(app: Flask, page: Page, base: str) -> None:
     page.goto(base + "/signin")
     page.get_by_label("Email").fill(ADMIN)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
 
@@ -66,7 +66,7 @@ def test_smtp_clear_text_needs_the_explicit_tick(live: LiveServer, page: Page) -
     page.get_by_label("Connection security").select_option("none")
     expect(allow).to_be_visible()
     page.get_by_role("button", name="Save").click()
-    expect(page.locator("#allow_insecure-error")).to_have_text("Tick this box to continue.")
+    expect(page.locator("#allow_insecure-error")).to_have_text("This must be turned on (ticked) to continue.")
     # What was typed is still there, and the checkbox is still shown after the server's answer.
     expect(page.get_by_label("Server host")).to_have_value("relay.internal")
     expect(page.get_by_label("Connection security")).to_have_value("none")

@@ -244,7 +244,7 @@ def _cases(provider: ProviderEntry) -> list[tuple[str, dict[str, Any], dict[str,
                 cases.append((f"bad {spec.name}", {spec.name: bad[0]}, {spec.name: bad[1]}))
             continue
         if spec.required and spec.type == FieldType.BOOLEAN:
-            cases.append((f"unticked {spec.name}", {spec.name: False}, {spec.name: "Tick this box"}))
+            cases.append((f"unticked {spec.name}", {spec.name: False}, {spec.name: "must be turned on"}))
         elif spec.required:
             required[spec.name] = ""
             required_expect[spec.name] = "This field is required."
@@ -259,7 +259,7 @@ def _cases(provider: ProviderEntry) -> list[tuple[str, dict[str, Any], dict[str,
         if not visibility(provider, "config", {**typed, **switch})[spec.name]:
             continue
         blank: Any = False if spec.type == FieldType.BOOLEAN else ""
-        text = "Tick this box" if spec.type == FieldType.BOOLEAN else "This field is required."
+        text = "must be turned on" if spec.type == FieldType.BOOLEAN else "This field is required."
         cases.append((f"{spec.name} shown and missing", {**switch, spec.name: blank}, {spec.name: text}))
     if required:
         cases.append(("required missing", required, required_expect))

@@ -52,6 +52,7 @@ def _file(tmp_path: Path) -> Path:
           - name: Company SSO
             type: generic_oidc
             config:
+              issuer: https://id.example.com
               discovery_url: https://id.example.com/.well-known/openid-configuration
               client_id: ami-auth
               client_secret: ${{file:{secret_file}}}
@@ -120,6 +121,7 @@ def test_a_missing_variable_names_file_provider_field_and_writes_nothing(
         "environment variable GOOGLE_CLIENT_SECRET is not set"
     ) in out
     assert "nothing was written" in out
+    assert "This field is required" not in out  # one problem, said once
     assert _count(db, ProviderConfig) == 0  # not even the two providers that were fine
 
 
@@ -236,3 +238,22 @@ def test_enable_refuses_an_incomplete_config_and_check_config_reports_it(app: Fl
     code, out = _run(app, "check-config")
     assert code == 1
     assert f"provider config 'Half done' (#{cfg.id}, google): enabled, but missing or invalid: Client secret" in out
+
+
+def test_check_config_reports_a_secret_the_keys_cannot_read(app: Flask, db: Session) -> None:
+    from app.settings import MasterKey
+    from app.vault import Cipher, put_secret
+
+    cfg = ProviderConfig(
+        provider_type="github", name="Old key", enabled=True, config={"client_id": "Ov23liAbc", "scopes": ["read:user"]}
+    )
+    db.add(cfg)
+    db.flush()
+    foreign = Cipher((MasterKey("gone", b"g" * 32),))  # a master key this deployment no longer has
+    put_secret(db, foreign, configs.OWNER, cfg.id, "client_secret", "s", grace=None)
+    db.commit()
+    code, out = _run(app, "check-config")
+    assert code == 1
+    assert f"provider config 'Old key' (#{cfg.id}, github): A stored secret on key 'gone' could not be decrypted" in out
+    code, out = _run(app, "providers", "test", "Old key")
+    assert code == 1 and "could not be decrypted" in out

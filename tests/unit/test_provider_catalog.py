@@ -343,8 +343,13 @@ def test_field_types_coerce_and_explain() -> None:
         "trust_email": "Choose yes or no."
     }
     assert validate_submission(google, "config", {**ok, "trust_email": "on"})[0]["trust_email"] is True
-    clean, errors = validate_submission(google, "config", {**ok, "issuer": "https://issuer.example/"})
-    assert errors == {} and clean["issuer"] == "https://issuer.example"
+    # An issuer is compared byte for byte (OIDC Discovery §4.3): kept exactly; a base URL loses its slash.
+    clean, errors = validate_submission(google, "config", {**ok, "issuer": "https://tenant.auth0.example/"})
+    assert errors == {} and clean["issuer"] == "https://tenant.auth0.example/"
+    generic = _entry("generic_api_key")
+    assert validate_submission(generic, "config", {"base_url": "https://api.example.com/"})[0]["base_url"] == (
+        "https://api.example.com"
+    )
     _, errors = validate_submission(google, "config", {**ok, "issuer": "https://user:pw@issuer.example"})
     assert "Leave user names and passwords out" in errors["issuer"]
     _, errors = validate_submission(google, "config", {**ok, "hosted_domain": "exa\x00mple.com"})
@@ -376,3 +381,57 @@ def test_connectivity_stub_answers_for_every_type_and_is_honest(tmp_path: Path) 
         if provider.auth_mode == AuthMode.API_KEY:
             assert result.message.startswith("no connectivity test for this type yet")
     assert re.search("built in", verify.connectivity_test(settings, _entry("ami_credentials"), {}, {}).message)
+
+
+# ------------------------------------------------------------------------------------------------- forms
+
+
+def _form_app() -> Any:
+    from flask import Flask
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k" * 32, WTF_CSRF_ENABLED=False)
+    return app
+
+
+def test_account_form_drops_fields_the_config_rules_out_and_checks_the_rest() -> None:
+    from app.providers.forms import provider_form_class
+
+    generic = _entry("generic_api_key")
+    with _form_app().test_request_context(method="POST", data={"api_key": "k1", "api_secret": "s1"}):
+        bearer = provider_form_class(generic, "account", context={"config": {"auth_type": "bearer"}})()
+        assert [item.spec.name for item in bearer.schema_fields()] == ["label", "api_key"]
+        assert bearer.validate() and bearer.clean["api_key"].reveal() == "k1" and "api_secret" not in bearer.clean
+    with _form_app().test_request_context(method="POST", data={"api_key": "k1"}):
+        basic = provider_form_class(generic, "account", context={"config": {"auth_type": "basic"}})()
+        assert not basic.validate()
+        assert basic.api_secret.errors == ["This field is required."]
+
+
+def test_member_forms_leave_out_admin_only_fields() -> None:
+    from app.providers.forms import provider_form_class
+
+    smtp = _entry("smtp")
+    with _form_app().test_request_context(method="POST", data={"from_address": "a@example.com", "password": "pw"}):
+        form = provider_form_class(smtp, "account", as_admin=False)()
+        names = [item.spec.name for item in form.schema_fields()]
+        assert "daily_send_cap" not in names and "password" in names
+        assert form.validate() and "daily_send_cap" not in form.clean
+
+
+def test_secret_text_fields_never_render_their_value(tmp_path: Path) -> None:
+    from app.providers.forms import provider_form_class
+
+    data = yaml.safe_load((registry.CATALOG_DIR / "generic_api_key.yaml").read_text())
+    data["account_fields"].append(
+        {"name": "private_key", "label": "Private key", "type": "text", "secret": True, "required": True}
+    )
+    path = tmp_path / "generic_api_key.yaml"
+    path.write_text(yaml.safe_dump(data))
+    provider = load_entry(path)
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----"
+    with _form_app().test_request_context(method="POST", data={"api_key": "k", "private_key": pem}):
+        form = provider_form_class(provider, "account", context={"config": {"auth_type": "bearer"}})()
+        html = str(form.private_key(autocomplete="off"))
+        assert html.startswith("<textarea") and "BEGIN PRIVATE KEY" not in html and "MIIEvQ" not in html
+        assert form.validate() and form.clean["private_key"].reveal() == pem
