@@ -3,8 +3,9 @@ query parameter, the parameters) a trusted server should add to a request made w
 
 This is the one JSON response that contains a secret, by design. Every call is audited before the secret
 leaves (``account.headers.disclosed``: who, from where, which header names — never values), so a failed
-audit write means no disclosure; ``last_used_at`` moves at most once a minute. Access: scope
-``accounts:headers`` — a service token that holds it (the CMS server), or an admin's session.
+audit write means no disclosure; ``last_used_at`` moves at most once a minute. Access: a service token with
+the scope ``accounts:headers`` (the CMS server) — never a browser session: a credential has no business
+in a browser, and an admin's cookie riding a cross-site request must not be able to fetch one.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ ACCOUNT_ID_PARAM = {
 
 
 @bp.get("/account-manager/accounts/<int:account_id>/headers")
-@api_auth("accounts:headers")
+@api_auth("accounts:headers", cookies=False)
 @document(
     summary="Ready-to-send request headers for an API-key account",
     description=(
@@ -49,7 +50,8 @@ ACCOUNT_ID_PARAM = {
         "from its provider's catalog entry: e.g. `Authorization: Bearer …` plus `OpenAI-Organization` for "
         "OpenAI, `x-api-key` + `anthropic-version` for Anthropic. **The response contains the credential**: "
         "every call is audited (`account.headers.disclosed`) and answered `Cache-Control: no-store`. "
-        "Scope `accounts:headers`. 422 `invalid_config` when the account cannot be used (no secret yet, "
+        "Service tokens with the scope `accounts:headers` only (no session cookie). "
+        "422 `invalid_config` when the account cannot be used (no secret yet, "
         "provider config disabled, not an API-key account)."
     ),
     response=ACCOUNT_HEADERS,

@@ -60,6 +60,7 @@ __all__ = [
     "get_account",
     "list_accounts",
     "purge_retired_secrets",
+    "revoke_at_provider",
     "rollback_secrets",
     "rollback_until",
     "rotation_state",
@@ -473,6 +474,14 @@ def _revoke(
             f"{provider.display_name} did not confirm the revocation (HTTP {response.status_code}).",
             "Revoke the credential in the provider's console, then delete without revoking.",
         )
+
+
+def revoke_at_provider(
+    db: Session, cipher: Cipher, client: OutboundClient, provider: ProviderEntry, account: ConnectedAccount
+) -> None:
+    """Call the entry's revoke request with the account's stored credentials (``provider.revoke.supported``
+    must be true); raises AppError when the provider does not confirm. Nothing is deleted here."""
+    _revoke(db, cipher, client, provider, account)
 
 
 def delete_account(

@@ -4,6 +4,7 @@ from app.models.accounts import ConnectedAccount
 from app.models.audit import AuditEvent
 from app.models.base import Base, utcnow
 from app.models.credentials import Credential, MfaPolicy, WebAuthnChallenge
+from app.models.dialogs import DialogToken
 from app.models.mail import MailOutbox
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
@@ -18,6 +19,7 @@ __all__ = [
     "Base",
     "ConnectedAccount",
     "Credential",
+    "DialogToken",
     "LinkToken",
     "MailOutbox",
     "MfaPolicy",

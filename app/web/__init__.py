@@ -12,6 +12,7 @@ from app.web import (
     accounts_admin,
     admin,
     auth,
+    cms_dialogs,  # noqa: F401 - adds the CMS entry routes to the dialogs blueprint
     compliance,
     dialogs,
     home,
@@ -35,7 +36,7 @@ BLUEPRINTS = [
     compliance.bp,
     providers_admin.bp,
     accounts_admin.bp,
-    dialogs.bp,
+    dialogs.bp,  # with the CMS entry routes of cms_dialogs (imported above, so they exist before registration)
 ]
 
 
@@ -45,9 +46,27 @@ def api_blueprints() -> list[Blueprint]:
     Imported here rather than at the top: ``app.api.security`` imports ``app.web.common``, so a
     module-level import would be circular whenever ``app.api`` is imported before ``app.web``.
     """
-    from app.api import accounts, auth_api, compliance_api, openapi, providers_api
+    from app.api import (
+        accounts,
+        accounts_api,
+        auth_api,
+        compliance_api,
+        dialogs,
+        openapi,
+        provider_configs_api,
+        providers_api,
+    )
 
-    return [auth_api.bp, compliance_api.bp, providers_api.bp, accounts.bp, openapi.bp]
+    return [
+        auth_api.bp,
+        compliance_api.bp,
+        providers_api.bp,
+        provider_configs_api.bp,
+        accounts_api.bp,
+        accounts.bp,
+        dialogs.bp,
+        openapi.bp,
+    ]
 
 
 # The console's navigation, in order: (endpoint, label).
