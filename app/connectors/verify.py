@@ -6,6 +6,7 @@ app/net.py, SMTP EHLO/STARTTLS/AUTH/NOOP, OIDC discovery + JWKS); until then eve
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, assert_never
@@ -30,7 +31,7 @@ class ConnectionTest:
     message: str
     code: ErrorCode | None = None
     field: str | None = None
-    learned: Mapping[str, Any] = field(default_factory=dict)
+    learned: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def connectivity_test(
