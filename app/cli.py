@@ -129,10 +129,11 @@ def check_config() -> None:
 
 def register_commands(app: Flask) -> None:
     from app.audit_cli import audit_cli
+    from app.jobs.cli import tokens_cli
     from app.providers.cli import providers_cli
     from app.vault.cli import keys_cli
 
-    for command in (db_cli, users_cli, bootstrap, check_config, keys_cli, audit_cli, providers_cli):
+    for command in (db_cli, users_cli, bootstrap, check_config, keys_cli, audit_cli, providers_cli, tokens_cli):
         app.cli.add_command(command)
 
 

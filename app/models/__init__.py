@@ -3,6 +3,7 @@
 from app.models.accounts import ConnectedAccount
 from app.models.audit import AuditEvent
 from app.models.base import Base, utcnow
+from app.models.oauth import OAuthIdentity
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
 from app.models.sessions import UserSession
@@ -15,6 +16,7 @@ __all__ = [
     "Base",
     "ConnectedAccount",
     "LinkToken",
+    "OAuthIdentity",
     "ProviderConfig",
     "StoredSecret",
     "User",

@@ -8,10 +8,10 @@ from flask import Flask
 
 from app import api
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, home, providers_admin
+from app.web import account, admin, auth, connections, home, oauth, providers_admin
 from app.web.common import SignedIn
 
-BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, providers_admin.bp, api.bp]
+BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, providers_admin.bp, api.bp, oauth.bp, connections.bp]
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [

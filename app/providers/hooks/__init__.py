@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from app.providers.hooks import azure, github
+
 if TYPE_CHECKING:
     from app.providers.entries import ProviderEntry
     from app.providers.types import Which
@@ -33,5 +35,8 @@ class Hook:
     profile: ProfileHook | None = None
 
 
-# The one list. Empty until the connectors and OAuth work registers github, azure, huggingface and smtp.
-HOOKS: dict[str, Hook] = {}
+# The one list.
+HOOKS: dict[str, Hook] = {
+    "github": Hook("GitHub: the primary verified email from /user/emails", profile=github.profile),
+    "azure": Hook("Entra ID: Microsoft Graph /me, tenant and app roles", profile=azure.profile),
+}
