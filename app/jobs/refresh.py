@@ -39,18 +39,26 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
-from sqlalchemy import ColumnElement, Engine, Select, and_, or_, select, update
+from sqlalchemy import ColumnElement, Engine, Select, Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import audit
 from app.errors import AppError
-from app.models import ConnectedAccount, ProviderConfig, User, utcnow
-from app.oauth.connections import ACTIVE, CONSENT_REQUIRED, EXPIRED, OWNER, load_tokens, save_tokens
-from app.oauth.glue import OAUTH_TYPES, OAuthProvider, OAuthRuntime, build_provider, revoke_tokens
+from app.models import ConnectedAccount, ProviderConfig, StoredSecret, User, utcnow
+from app.oauth.connections import ACTIVE, CONSENT_REQUIRED, EXPIRED, OWNER, TOKEN_FIELD, load_tokens
+from app.oauth.glue import (
+    OAUTH_TYPES,
+    OAuthProvider,
+    OAuthRuntime,
+    build_provider,
+    revoke_tokens,
+    token_set_from_json,
+    token_set_json,
+)
 from app.oauth.tokens import TokenSet, refresh
-from app.vault import SecretUnreadable, delete_secrets
+from app.vault import Envelope, SecretUnreadable, aad_for, delete_secrets
 
 __all__ = [
     "LEASE",
@@ -58,6 +66,7 @@ __all__ = [
     "RefreshReport",
     "RevokeOutcome",
     "claim_due",
+    "due_candidates",
     "due_filter",
     "refresh_access_token",
     "revoke_account",
@@ -140,6 +149,15 @@ def due_filter(now: datetime, horizon: datetime, started_at: datetime | None = N
     return conditions
 
 
+def due_candidates(
+    now: datetime, horizon: datetime, *, limit: int = BATCH, started_at: datetime | None = None
+) -> Select[int]:
+    """Ids of due accounts, soonest expiry first: the scan the claim runs (an index range on
+    ``(status, expires_at)``; see the EXPLAIN test in tests/integration/test_token_refresh_concurrency.py)."""
+    ca = ConnectedAccount
+    return select(ca.id).where(*due_filter(now, horizon, started_at)).order_by(ca.expires_at).limit(limit)
+
+
 def claim_due(
     db: Session,
     owner: str,
@@ -151,7 +169,7 @@ def claim_due(
 ) -> list[int]:
     """Lease up to ``limit`` due accounts for ``owner`` and commit; returns their ids (soonest expiry first)."""
     ca = ConnectedAccount
-    candidates = select(ca.id).where(*due_filter(now, horizon, started_at)).order_by(ca.expires_at).limit(limit)
+    candidates = due_candidates(now, horizon, limit=limit, started_at=started_at)
     if db.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     claim = (
@@ -244,14 +262,6 @@ class _Result:
     outcome: Outcome
     tokens: TokenSet | None = None
     error: AppError | None = None
-
-
-def _row(db: Session, account_id: int) -> tuple[int, str | None, int, int | None] | None:
-    ca = ConnectedAccount
-    row = db.execute(
-        select(ca.provider_config_id, ca.lease_owner, ca.error_attempts, ca.user_id).where(ca.id == account_id)
-    ).first()
-    return (row[0], row[1], row[2], row[3]) if row is not None else None
 
 
 def _record_failure(db: Session, account_id: int, owner: str, attempts: int, exc: AppError, now: datetime) -> None:
@@ -358,6 +368,57 @@ def send_mail(db: Session, rt: OAuthRuntime, to: str, subject: str, text: str) -
     log.info("mail to %s: %s", to, subject)
 
 
+# The write of a successful refresh is the job's hot path: statements built once (plain Core on the tables,
+# so no ORM unit of work per account), executed with parameters.
+_ACCOUNTS = cast(Table, ConnectedAccount.__table__)
+_SECRETS = cast(Table, StoredSecret.__table__)
+_STORE_ACCOUNT = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("account_id"), _ACCOUNTS.c.lease_owner == bindparam("owner"))
+    .values(
+        expires_at=bindparam("expires_at"),
+        scopes=bindparam("scopes"),
+        status=ACTIVE,
+        last_error_code=None,
+        last_error_hint=None,
+        last_error_at=None,
+        error_attempts=0,
+        next_attempt_at=None,
+        lease_owner=None,
+        lease_until=None,
+        rotated_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+)
+_REPLACE_TOKENS = (
+    update(_SECRETS)
+    .where(
+        _SECRETS.c.owner_type == OWNER,
+        _SECRETS.c.owner_id == bindparam("account_id"),
+        _SECRETS.c.field == TOKEN_FIELD,
+        _SECRETS.c.retired_at.is_(None),
+    )
+    .values(
+        key_id=bindparam("key_id"),
+        version=bindparam("version"),
+        wrapped_key=bindparam("wrapped_key"),
+        ciphertext=bindparam("ciphertext"),
+        updated_at=bindparam("now"),
+    )
+)
+_ADD_TOKENS = insert(_SECRETS).values(
+    owner_type=OWNER,
+    owner_id=bindparam("account_id"),
+    field=TOKEN_FIELD,
+    key_id=bindparam("key_id"),
+    version=bindparam("version"),
+    wrapped_key=bindparam("wrapped_key"),
+    ciphertext=bindparam("ciphertext"),
+    created_at=bindparam("now"),
+    updated_at=bindparam("now"),
+)
+
+
 def _store_refreshed(
     db: Session,
     rt: OAuthRuntime,
@@ -367,28 +428,23 @@ def _store_refreshed(
     fresh: TokenSet,
     now: datetime,
 ) -> Outcome:
-    ca = ConnectedAccount
-    values = {
+    """Write the new token set and release the lease in one transaction.
+
+    The new token set is encrypted with the active key and bound to its slot by the AAD, like
+    ``app.vault.put_secret(..., grace=None)``, but overwrites the current row in place (as the vault's
+    rewrap does) instead of deleting and inserting: one statement, no index churn. Superseded tokens are
+    not kept. The rotated refresh token is held nowhere but in this transaction until it commits.
+    """
+    conn = db.connection()
+    params = {
+        "account_id": account_id,
+        "owner": owner,
         "expires_at": fresh.expires_at,
         "scopes": list(fresh.scopes),
-        "status": ACTIVE,
-        "last_error_code": None,
-        "last_error_hint": None,
-        "last_error_at": None,
-        "error_attempts": 0,
-        "next_attempt_at": None,
-        "lease_owner": None,
-        "lease_until": None,
-        "rotated_at": now,
-        "updated_at": now,
+        "now": now,
     }
-    written = db.execute(
-        update(ca)
-        .where(ca.id == account_id, ca.lease_owner == owner)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(written, "rowcount", 0) != 1:
+    written = conn.execute(_STORE_ACCOUNT, params)
+    if written.rowcount != 1:
         # Our lease ran out and another worker claimed the account. Keep our tokens only if nobody stored
         # newer ones since we read them (the refresh token we used is still the stored one).
         _lock_row(db, account_id)
@@ -396,36 +452,101 @@ def _store_refreshed(
         if current is None or current.refresh_token != used_refresh_token:
             db.rollback()
             return "skipped"
-        db.execute(update(ca).where(ca.id == account_id).values(**values).execution_options(synchronize_session=False))
-    save_tokens(db, rt.cipher, account_id, fresh)
+        ca = _ACCOUNTS
+        conn.execute(update(ca).where(ca.c.id == account_id).values(lease_owner=owner))
+        conn.execute(_STORE_ACCOUNT, params)
+    envelope = rt.cipher.encrypt(token_set_json(fresh).encode(), aad_for(OWNER, account_id, TOKEN_FIELD))
+    secret = {
+        "account_id": account_id,
+        "key_id": envelope.key_id,
+        "version": envelope.version,
+        "wrapped_key": envelope.wrapped_key,
+        "ciphertext": envelope.ciphertext,
+        "now": now,
+    }
+    if conn.execute(_REPLACE_TOKENS, secret).rowcount != 1:
+        # No current row (or, after a crash between two writes elsewhere, more than one): start clean.
+        conn.execute(
+            delete(_SECRETS).where(
+                _SECRETS.c.owner_type == OWNER,
+                _SECRETS.c.owner_id == account_id,
+                _SECRETS.c.field == TOKEN_FIELD,
+                _SECRETS.c.retired_at.is_(None),
+            )
+        )
+        conn.execute(_ADD_TOKENS, secret)
     db.commit()
     return "refreshed"
 
 
+@dataclass(frozen=True)
+class _Claimed:
+    """A claimed account as read in one batch: its row fields and its decrypted token set (or why not)."""
+
+    account_id: int
+    config_id: int
+    attempts: int
+    tokens: TokenSet | None
+    unreadable: AppError | None = None
+
+
+def _load_claimed(db: Session, rt: OAuthRuntime, ids: list[int], owner: str) -> list[_Claimed]:
+    """Rows and token sets of the accounts this owner holds, two queries for the whole batch; the read
+    transaction ends before any provider is asked (nothing is held while it answers)."""
+    ca = ConnectedAccount
+    rows = db.execute(
+        select(ca.id, ca.provider_config_id, ca.error_attempts).where(ca.id.in_(ids), ca.lease_owner == owner)
+    ).all()
+    secrets = db.execute(
+        select(
+            StoredSecret.owner_id,
+            StoredSecret.key_id,
+            StoredSecret.version,
+            StoredSecret.wrapped_key,
+            StoredSecret.ciphertext,
+        )
+        .where(
+            StoredSecret.owner_type == OWNER,
+            StoredSecret.field == TOKEN_FIELD,
+            StoredSecret.retired_at.is_(None),
+            StoredSecret.owner_id.in_(ids),
+        )
+        .order_by(StoredSecret.id)
+    ).all()
+    db.rollback()
+    # The newest current row wins, as in app.vault.get_secret.
+    envelopes = {s.owner_id: Envelope(s.key_id, s.version, s.wrapped_key, s.ciphertext) for s in secrets}
+    order = {account_id: i for i, account_id in enumerate(ids)}
+    claimed: list[_Claimed] = []
+    for account_id, config_id, attempts in sorted(rows, key=lambda r: order[r[0]]):
+        envelope = envelopes.get(account_id)
+        tokens: TokenSet | None = None
+        unreadable: AppError | None = None
+        if envelope is not None:
+            try:
+                raw = rt.cipher.decrypt(envelope, aad_for(OWNER, account_id, TOKEN_FIELD)).decode()
+                tokens = token_set_from_json(raw)
+            except SecretUnreadable as exc:
+                unreadable = AppError("secret_unreadable", exc.text)
+        claimed.append(_Claimed(account_id, config_id, attempts, tokens, unreadable))
+    return claimed
+
+
 def _refresh_claimed(
-    db: Session, rt: OAuthRuntime, providers: _Providers, account_id: int, owner: str, *, forced: bool = False
+    db: Session, rt: OAuthRuntime, providers: _Providers, item: _Claimed, owner: str, *, forced: bool = False
 ) -> _Result:
     """Refresh one account this worker holds the lease on; every path releases the lease."""
     now = utcnow()
-    row = _row(db, account_id)
-    if row is None or row[1] != owner:
-        db.rollback()
-        return _Result("skipped")
-    config_id, _, attempts, _ = row
+    account_id, tokens = item.account_id, item.tokens
     try:
-        provider = providers.get(db, config_id)
-        tokens = load_tokens(db, rt.cipher, account_id)
-    except SecretUnreadable as exc:
-        error = AppError("secret_unreadable", exc.text)
+        if item.unreadable is not None:
+            raise item.unreadable
+        provider = providers.get(db, item.config_id)
         db.rollback()
-        _record_failure(db, account_id, owner, attempts, error, now)
-        return _Result("retry_later", error=error)
     except AppError as exc:
         db.rollback()
-        _record_failure(db, account_id, owner, attempts, exc, now)
+        _record_failure(db, account_id, owner, item.attempts, exc, now)
         return _Result("retry_later", error=exc)
-    # End the read transaction: nothing is held while the provider answers.
-    db.rollback()
     if tokens is None or not tokens.refresh_token:
         if tokens is not None and not forced and tokens.expires_at is not None and tokens.expires_at > now:
             # Due within the margin but not refreshable: look again when it really expires.
@@ -458,7 +579,7 @@ def _refresh_claimed(
         if exc.code == "consent_required":
             outcome = _mark_terminal(db, rt, account_id, owner, tokens.refresh_token, CONSENT_REQUIRED, exc, utcnow())
             return _Result(outcome, error=exc)
-        _record_failure(db, account_id, owner, attempts, exc, utcnow())
+        _record_failure(db, account_id, owner, item.attempts, exc, utcnow())
         return _Result("retry_later", error=exc)
     outcome = _store_refreshed(db, rt, account_id, owner, tokens.refresh_token, fresh, utcnow())
     return _Result(outcome, tokens=fresh if outcome == "refreshed" else None)
@@ -477,7 +598,10 @@ def refresh_access_token(db: Session, account: ConnectedAccount, rt: OAuthRuntim
             "conflict", "This account is being refreshed right now.", "Reload the page in a moment.", retry_after=5
         )
     try:
-        result = _refresh_claimed(db, rt, _Providers(rt), account.id, owner, forced=True)
+        claimed = _load_claimed(db, rt, [account.id], owner)
+        result = (
+            _refresh_claimed(db, rt, _Providers(rt), claimed[0], owner, forced=True) if claimed else _Result("skipped")
+        )
     finally:
         db.expire(account)
     if result.tokens is not None:
@@ -530,13 +654,16 @@ def run_refresh(
                 ids = claim_due(db, owner, now=moment, horizon=moment + margin, limit=size, started_at=started_at)
                 if not ids:
                     return
-                for account_id in ids:
+                claimed = _load_claimed(db, rt, ids, owner)
+                for _ in range(len(ids) - len(claimed)):
+                    report.add("skipped")  # deleted (disconnected) since the claim
+                for item in claimed:
                     try:
-                        result = _refresh_claimed(db, rt, providers, account_id, owner)
+                        result = _refresh_claimed(db, rt, providers, item, owner)
                     except Exception:
                         # One broken account must not stop the run; its lease ends and it is retried.
                         db.rollback()
-                        log.exception("refreshing connected account %s failed", account_id)
+                        log.exception("refreshing connected account %s failed", item.account_id)
                         report.add("retry_later", "internal_error")
                         continue
                     report.add(result.outcome, result.error.code if result.error is not None else None)

@@ -8,7 +8,10 @@ In order (:func:`resolve_signin`):
    prove they own the AMI account by signing in with its password first (:func:`link_identity`), since
    anyone can put any address on an account at many providers (account takeover by email).
 3. No such user: with ``jit`` on, an account is created — only for a verified address, and only in an
-   allowed domain when the config lists domains. Otherwise sign-in is refused.
+   allowed domain when the config lists domains.
+
+Anything else ends on the "link your account" page with the reason: a person who has an AMI account
+(under any address) links it with the password; anyone else learns why they cannot get in.
 
 Logic only: the views in ``app/web/oauth.py`` start sessions (and the second factor) from the result.
 """
@@ -36,12 +39,14 @@ Outcome = Literal["signed_in", "linked", "created", "link_required"]
 
 @dataclass(frozen=True)
 class SigninResult:
-    """``user`` is set unless ``outcome`` is ``link_required`` (then ``candidate`` may name the AMI
-    user whose email matches, for the "link your account" page)."""
+    """``user`` is set unless ``outcome`` is ``link_required``: then the person may link the identity to an
+    AMI account by signing in with its password (the "link your account" page)."""
 
     outcome: Outcome
     user: User | None
     candidate_email: str | None = None
+    # Why the sign-in was not automatic (shown on the "link your account" page).
+    reason: str = ""
 
 
 def find_identity(db: Session, config_id: int, subject: str) -> OAuthIdentity | None:
@@ -91,6 +96,7 @@ def resolve_signin(
         return SigninResult("signed_in", user)
 
     existing = users.get_by_email(db, identity.email) if identity.email else None
+    name = provider.display_name
     if existing is not None:
         if provider.trust_email and identity.email_verified is True:
             user = _usable(existing)
@@ -103,38 +109,23 @@ def resolve_signin(
                 details={"provider_config": provider.config_id, "how": "verified_email"},
             )
             return SigninResult("linked", user)
-        audit.record(
-            db,
-            ctx,
-            "oauth.link_required",
-            target=target,
-            outcome="denied",
-            details={"reason": "email not verified" if identity.email_verified is not True else "email not trusted"},
+        why = (
+            f"{name} does not confirm that {identity.email} is verified."
+            if identity.email_verified is not True
+            else "This provider is not trusted to link accounts by email."
         )
-        return SigninResult("link_required", None, candidate_email=identity.email)
+        return _link_required(db, ctx, provider, identity, why)
 
     if not provider.jit:
-        audit.record(db, ctx, "oauth.signin", target=target, outcome="denied", details={"reason": "no linked user"})
-        raise AppError(
-            "permission_denied",
-            f"No AMI account is linked to this {provider.entry.display_name} account.",
-            "Sign in with your password first and link it, or ask an administrator for an account.",
-            status=403,
-        )
+        return _link_required(db, ctx, provider, identity, "No AMI Auth account uses this address.")
     if identity.email is None or identity.email_verified is not True:
-        audit.record(db, ctx, "oauth.signin", target=target, outcome="denied", details={"reason": "no verified email"})
-        raise AppError(
-            "permission_denied",
-            f"{provider.entry.display_name} did not confirm a verified email address for this account.",
-            "Verify your address with the provider, or ask an administrator for an account.",
+        return _link_required(
+            db, ctx, provider, identity, f"{name} did not confirm a verified email address, so no account was created."
         )
     allowed = provider.allowed_domains
     if allowed and _domain(identity.email) not in allowed:
-        audit.record(db, ctx, "oauth.signin", target=target, outcome="denied", details={"reason": "domain not allowed"})
-        raise AppError(
-            "permission_denied",
-            f"Accounts for {_domain(identity.email)} cannot be created here.",
-            "Ask an administrator to invite you.",
+        return _link_required(
+            db, ctx, provider, identity, f"Accounts for {_domain(identity.email)} cannot be created here."
         )
     user = users.create_user(
         db,
@@ -153,6 +144,21 @@ def resolve_signin(
         details={"email": user.email, "role": user.role, "via": "oauth_jit", "provider_config": provider.config_id},
     )
     return SigninResult("created", user)
+
+
+def _link_required(
+    db: Session, ctx: audit.AuditContext, provider: OAuthProvider, identity: ProviderIdentity, reason: str
+) -> SigninResult:
+    """Not an automatic sign-in: the person may still link to an AMI account they can sign in to."""
+    audit.record(
+        db,
+        ctx,
+        "oauth.link_required",
+        target=f"provider_config:{provider.config_id}",
+        outcome="denied",
+        details={"reason": reason},
+    )
+    return SigninResult("link_required", None, candidate_email=identity.email, reason=reason)
 
 
 def link_identity(

@@ -225,6 +225,7 @@ def callback(config_id: int) -> Response | tuple[str, int]:
                 "email": identity.email,
                 "name": identity.name,
                 "provider": provider.display_name,
+                "reason": result.reason,
                 "next": next_url,
                 "exp": time.time() + LINK_MAX_AGE,
             }

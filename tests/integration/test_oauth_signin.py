@@ -97,6 +97,7 @@ def test_unverified_email_must_be_confirmed_with_the_password(
     assert _signed_in_as(client) is None
     page = client.get("/oauth/link").get_data(as_text=True)
     assert "Link your Corp ID account" in page and "bob@example.com" in page
+    assert "does not confirm that bob@example.com is verified" in page
 
     wrong = client.post(
         "/oauth/link", data={"email": "bob@example.com", "password": "not it at all", "csrf_token": page_csrf(page)}
@@ -139,28 +140,38 @@ def test_jit_creates_users_only_in_allowed_domains(
 
     client.post("/signout", data={"csrf_token": page_csrf(client.get("/account/").get_data(as_text=True))})
     refused = _sign_in(client, config_id, "dave")
-    assert refused.status_code == 403  # type: ignore[attr-defined]
-    assert "Accounts for other.example cannot be created here." in refused.get_data(as_text=True)  # type: ignore[attr-defined]
+    assert location(refused) == "/oauth/link"
+    assert "Accounts for other.example cannot be created here." in client.get("/oauth/link").get_data(as_text=True)
+    assert _signed_in_as(client) is None
     assert db.scalars(select(User).where(User.email == "dave@other.example")).first() is None
 
 
-def test_without_jit_an_unknown_person_is_refused(
-    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider
+def test_without_jit_an_unknown_person_can_only_link(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
 ) -> None:
     config_id = _config(app, op)
     refused = _sign_in(client, config_id, "dave")
-    assert refused.status_code == 403  # type: ignore[attr-defined]
-    html = refused.get_data(as_text=True)  # type: ignore[attr-defined]
-    assert "No AMI account is linked to this OpenID Connect (any provider) account." in html
-    assert 'href="/signin"' in html
+    assert location(refused) == "/oauth/link"
+    page = client.get("/oauth/link").get_data(as_text=True)
+    assert "No AMI Auth account uses this address." in page and "ask an administrator for an invitation" in page
+    assert _signed_in_as(client) is None
     assert db.scalars(select(User)).all() == []
+    # Someone with an AMI account under another address links it with its password.
+    make_user("dave.at.work@example.com")
+    linked = client.post(
+        "/oauth/link",
+        data={"email": "dave.at.work@example.com", "password": PASSWORD, "csrf_token": page_csrf(page)},
+    )
+    assert location(linked) == "/account/"
+    assert _signed_in_as(client) == "dave.at.work@example.com"
 
 
 def test_jit_needs_a_verified_email(app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider) -> None:
     config_id = _config(app, op, jit=True)
     refused = _sign_in(client, config_id, "bob")
-    assert refused.status_code == 403  # type: ignore[attr-defined]
-    assert "did not confirm a verified email" in refused.get_data(as_text=True)  # type: ignore[attr-defined]
+    assert location(refused) == "/oauth/link"
+    assert "did not confirm a verified email address" in client.get("/oauth/link").get_data(as_text=True)
+    assert db.scalars(select(User)).all() == []
 
 
 def test_claim_mapping_picks_the_configured_user_id(
