@@ -17,6 +17,7 @@ from app.settings import SettingsError
 
 db_cli = AppGroup("db", help="Database migrations.")
 users_cli = AppGroup("users", help="Manage users.")
+mail_cli = AppGroup("mail", help="The system mailer.")
 
 
 @db_cli.command("upgrade")
@@ -67,6 +68,62 @@ def users_create(email: str, role: str, display_name: str, password: str) -> Non
         detail = "; ".join(f"{k}: {v}" for k, v in exc.fields.items()) or exc.help
         raise click.ClickException(f"{exc.text} {detail}") from None
     click.echo(f"created {role} {user.email} (id {user.id})")
+
+
+@users_cli.command("invite")
+@click.argument("email")
+@click.option("--role", type=click.Choice(["admin", "member"]), default="member", show_default=True)
+@click.option("--name", "display_name", default="")
+@with_appcontext
+def users_invite(email: str, role: str, display_name: str) -> None:
+    """Create a user and mail them a link (7 days) to choose their password."""
+    from app.auth import user_admin
+
+    db = get_database().session()
+    try:
+        created = user_admin.create_user(
+            db,
+            get_settings(),
+            audit.AuditContext(actor="cli"),
+            email=email,
+            display_name=display_name,
+            role=role,
+            metadata="",
+            mode="invite",
+        )
+    except AppError as exc:
+        db.rollback()
+        detail = "; ".join(f"{k}: {v}" for k, v in exc.fields.items()) or exc.help
+        raise click.ClickException(f"{exc.text} {detail}") from None
+    if created.mail_error is not None:
+        raise click.ClickException(
+            f"created {created.user.email} (id {created.user.id}), but the invitation was not sent: "
+            f"{created.mail_error.text} {created.mail_error.help}"
+        )
+    click.echo(f"invited {role} {created.user.email} (id {created.user.id}); the link in the mail works for 7 days")
+
+
+@mail_cli.command("test")
+@click.argument("to")
+@with_appcontext
+def mail_test(to: str) -> None:
+    """Send a test mail through the configured mailer (system SMTP account, AMI_AUTH_SMTP_URL or outbox)."""
+    from app.connectors.mailer import Mailer
+
+    settings = get_settings()
+    mailer = Mailer(get_database().session(), settings)
+    try:
+        transport = mailer.transport()
+        mailer.send(
+            users.validate_email(to),
+            "AMI Auth test mail",
+            f"This is a test mail from AMI Auth at {settings.base_url}. The mailer works.\n",
+        )
+    except AppError as exc:
+        detail = "; ".join(f"{k}: {v}" for k, v in exc.fields.items()) or exc.help
+        raise click.ClickException(f"{exc.code}: {exc.text} {detail}") from None
+    where = "the outbox (no SMTP configured)" if transport == "outbox" else f"{transport.host}:{transport.port}"
+    click.echo(f"test mail to {to} sent via {where}")
 
 
 @click.command("bootstrap")
@@ -128,12 +185,29 @@ def check_config() -> None:
 
 
 def register_commands(app: Flask) -> None:
+    from app.api.cli import compliance_cli, tokens_cli
     from app.audit_cli import audit_cli
-    from app.jobs.cli import tokens_cli
+    from app.jobs.cli import refresh_command
+    from app.mfa_cli import mfa_cli
     from app.providers.cli import providers_cli
     from app.vault.cli import keys_cli
 
-    for command in (db_cli, users_cli, bootstrap, check_config, keys_cli, audit_cli, providers_cli, tokens_cli):
+    # `ami-auth tokens refresh` (connected accounts' OAuth tokens) joins the API's `tokens` group.
+    tokens_cli.add_command(refresh_command)
+
+    for command in (
+        db_cli,
+        users_cli,
+        mail_cli,
+        bootstrap,
+        check_config,
+        keys_cli,
+        audit_cli,
+        mfa_cli,
+        tokens_cli,
+        compliance_cli,
+        providers_cli,
+    ):
         app.cli.add_command(command)
 
 

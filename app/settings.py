@@ -68,6 +68,7 @@ class Settings:
     session_max_hours: int = 12
     mfa_required_roles: tuple[str, ...] = ("admin",)
     smtp_url: str | None = field(default=None, repr=False)
+    smtp_ca_file: Path | None = None
     mail_from: str = "AMI Auth <no-reply@localhost>"
     pwned_range_url: str | None = None
     throttle_ip_per_minute: int = 30
@@ -76,6 +77,10 @@ class Settings:
     token_refresh_margin_minutes: int = 10
     scheduler: bool = True
     device_poll_interval: float | None = None
+    secret_rotation_days: int = 90
+    # JSON API
+    api_rate_per_minute: int = 600
+    api_ip_rate_per_minute: int = 120
 
     @property
     def is_production(self) -> bool:
@@ -211,6 +216,24 @@ def _check_allow(variable: str, entry: str) -> str:
     return entry
 
 
+def _check_smtp_url(url: str) -> None:
+    """Reject a mail URL that would send credentials or mail in the clear to another machine."""
+    variable = PREFIX + "SMTP_URL"
+    parts = urlsplit(url)
+    if parts.scheme not in {"smtp", "smtp+starttls", "smtps"}:
+        raise SettingsError(variable, "must start with smtp:// (local relay only), smtp+starttls:// or smtps://")
+    try:
+        host, _port = parts.hostname, parts.port
+    except ValueError:
+        raise SettingsError(variable, "has an invalid port") from None
+    if not host:
+        raise SettingsError(variable, "needs a host, e.g. smtp+starttls://user:pass@smtp.example.com:587")
+    if parts.scheme == "smtp" and host not in {"127.0.0.1", "::1", "localhost"}:
+        raise SettingsError(
+            variable, "smtp:// (no TLS) is only for a relay on 127.0.0.1; use smtp+starttls:// or smtps://"
+        )
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate settings; raise :class:`SettingsError` naming the first bad variable."""
     if env is None:
@@ -269,8 +292,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(PREFIX + "SIGNUP", f"must be open, invite or closed, got {signup!r}")
 
     smtp_url = env.get(PREFIX + "SMTP_URL", "").strip() or None
-    if smtp_url and urlsplit(smtp_url).scheme not in {"smtp", "smtp+starttls", "smtps"}:
-        raise SettingsError(PREFIX + "SMTP_URL", "must start with smtp://, smtp+starttls:// or smtps://")
+    if smtp_url:
+        _check_smtp_url(smtp_url)
+    smtp_ca_raw = env.get(PREFIX + "SMTP_CA_FILE", "").strip()
+    smtp_ca_file = Path(smtp_ca_raw).resolve() if smtp_ca_raw else None
+    if smtp_ca_file is not None and not smtp_ca_file.is_file():
+        raise SettingsError(PREFIX + "SMTP_CA_FILE", f"{smtp_ca_raw!r} is not a readable file (PEM CA bundle)")
 
     pwned = env.get(PREFIX + "PWNED_RANGE_URL", "").strip() or None
     if pwned and urlsplit(pwned).scheme not in {"http", "https"}:
@@ -306,6 +333,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_max_hours=_int(env, "SESSION_MAX_HOURS", 12, 1),
         mfa_required_roles=_list(env, "MFA_REQUIRED_ROLES", ("admin",)),
         smtp_url=smtp_url,
+        smtp_ca_file=smtp_ca_file,
         mail_from=env.get(PREFIX + "MAIL_FROM", "AMI Auth <no-reply@localhost>"),
         pwned_range_url=pwned,
         throttle_ip_per_minute=_int(env, "THROTTLE_IP_PER_MINUTE", 30, 1),
@@ -313,6 +341,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         token_refresh_margin_minutes=_int(env, "TOKEN_REFRESH_MARGIN_MINUTES", 10, 0),
         scheduler=_bool(env, "SCHEDULER", True),
         device_poll_interval=_float(env, "DEVICE_POLL_INTERVAL", None),
+        secret_rotation_days=_int(env, "SECRET_ROTATION_DAYS", 90, 0),
+        api_rate_per_minute=_int(env, "API_RATE_PER_MINUTE", 600, 1),
+        api_ip_rate_per_minute=_int(env, "API_IP_RATE_PER_MINUTE", 120, 1),
     )
 
 

@@ -28,6 +28,9 @@ from app.migrate import upgrade
 from app.models import Base, User
 from app.settings import Settings, load_settings
 
+# Real test peers shared by every suite (the SMTP server is also used by the SMTP connector tests).
+pytest_plugins = ["tests.support.smtp"]
+
 TEST_KEY = "test1:" + base64.b64encode(b"k" * 32).decode()
 PASSWORD = "correct horse battery staple"
 
@@ -65,6 +68,9 @@ def make_settings(tmp: Path, database_url: str, **env: str) -> Settings:
         # Cheap hashing in tests; the parameter rules have their own tests.
         "AMI_AUTH_ARGON2_MEMORY_KIB": "1024",
         "AMI_AUTH_ARGON2_TIME_COST": "1",
+        # Admins must enrol a second factor by default; tests of other features sign admins in with a
+        # password alone. The MFA tests turn enforcement on explicitly.
+        "AMI_AUTH_MFA_REQUIRED_ROLES": "",
     }
     base.update(env)
     return load_settings(base)

@@ -109,7 +109,9 @@ def set_schema(provider: ProviderEntry, which: Which) -> dict[str, Any]:
     required: list[str] = []
     conditionals: list[dict[str, Any]] = []
     for spec in specs:
-        if not spec.required:
+        # A field left out takes its default, so only required fields without one must be sent (a
+        # required boolean is an acknowledgement: it must be sent, and true).
+        if not spec.required or (spec.default is not None and spec.type != FieldType.BOOLEAN):
             continue
         if spec.visible_when is None:
             required.append(spec.name)

@@ -81,11 +81,29 @@ def revoke_user_sessions(db: Session, user_id: int, *, keep: str | None = None) 
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def live_sessions(db: Session, user_id: int) -> list[UserSession]:
+def live_sessions(db: Session, settings: Settings, user_id: int) -> list[UserSession]:
+    """The user's sessions that would still be accepted: not revoked, not idle too long, within lifetime."""
     now = utcnow()
+    idle_cutoff = now - timedelta(minutes=settings.session_idle_minutes)
     rows = db.scalars(
         select(UserSession)
-        .where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None), UserSession.expires_at > now)
+        .where(
+            UserSession.user_id == user_id,
+            UserSession.revoked_at.is_(None),
+            UserSession.expires_at > now,
+            UserSession.last_seen_at > idle_cutoff,
+        )
         .order_by(UserSession.last_seen_at.desc())
     ).all()
     return list(rows)
+
+
+def find_live_session(db: Session, user_id: int, public_id: str) -> UserSession | None:
+    """A user's unrevoked session by its public id (the id shown in pages; the real id never leaves the cookie)."""
+    return db.scalar(
+        select(UserSession).where(
+            UserSession.user_id == user_id,
+            UserSession.public_id == public_id,
+            UserSession.revoked_at.is_(None),
+        )
+    )

@@ -362,10 +362,9 @@ def _notify_owner(db: Session, rt: OAuthRuntime, account_id: int) -> None:
 
 
 def send_mail(db: Session, rt: OAuthRuntime, to: str, subject: str, text: str) -> None:
-    """THE ONE MAIL CALL of the refresh job. The system mailer (``app/connectors/mailer.py``, lifecycle
-    work) is not on main yet: until it is, the mail is logged. When it lands, replace the body with
-    ``Mailer(db, rt.settings).send(to, subject, text)``."""
-    log.info("mail to %s: %s", to, subject)
+    from app.connectors.mailer import Mailer
+
+    Mailer(db, rt.settings).send(to, subject, text)
 
 
 # The write of a successful refresh is the job's hot path: statements built once (plain Core on the tables,

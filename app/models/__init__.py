@@ -3,9 +3,12 @@
 from app.models.accounts import ConnectedAccount
 from app.models.audit import AuditEvent
 from app.models.base import Base, utcnow
+from app.models.credentials import Credential, MfaPolicy, WebAuthnChallenge
+from app.models.mail import MailOutbox
 from app.models.oauth import OAuthIdentity
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
+from app.models.service_tokens import ServiceToken
 from app.models.sessions import UserSession
 from app.models.tokens import LinkToken
 from app.models.users import ROLES, User
@@ -15,11 +18,16 @@ __all__ = [
     "AuditEvent",
     "Base",
     "ConnectedAccount",
+    "Credential",
     "LinkToken",
+    "MailOutbox",
+    "MfaPolicy",
     "OAuthIdentity",
     "ProviderConfig",
+    "ServiceToken",
     "StoredSecret",
     "User",
     "UserSession",
+    "WebAuthnChallenge",
     "utcnow",
 ]

@@ -191,9 +191,11 @@ class OAuthProvider:
 
     @property
     def refreshable(self) -> bool:
-        """Whether a connect can ask for a refresh token (Google: only with access type "offline")."""
-        if self.type == AuthProviderType.GOOGLE:
-            return bool(self.values.get("access_type", "offline") == "offline")
+        """Whether a connect asks for a refresh token (the catalog's ``refresh_when``: Google only with
+        access type "offline")."""
+        spec = self.entry.oauth
+        if spec is not None and spec.refresh_when is not None:
+            return spec.refresh_when.matches({"config": self.values})
         return bool(self.entry.refresh.mode == "standard")
 
     @property
@@ -219,19 +221,18 @@ class OAuthProvider:
         return rendered
 
     def refresh_request(self) -> tuple[str | None, dict[str, str] | None]:
-        """``(offline_scope, refresh_params)`` for :func:`app.oauth.start_authorization` with want_refresh."""
-        match self.type:
-            case AuthProviderType.GOOGLE:
-                # https://developers.google.com/identity/protocols/oauth2/web-server#offline
-                return None, {"access_type": "offline", "prompt": "consent"}
-            case AuthProviderType.GITHUB:
-                # GitHub App user tokens come with a refresh token whenever expiry is on; there is no switch.
-                return None, {}
-            case AuthProviderType.AZURE_AD | AuthProviderType.GENERIC_OIDC:
-                spec = self.entry.oauth
-                return (spec.offline_scope if spec is not None else "offline_access"), None
-            case _:
-                raise AppError("invalid_config", f"{self.type.value} is not an OAuth provider type")
+        """``(offline_scope, refresh_params)`` for :func:`app.oauth.start_authorization` with want_refresh,
+        from the catalog (Google: ``access_type=offline`` + ``prompt=consent``; OIDC: ``offline_access``
+        + the core's ``prompt=consent``)."""
+        spec = self.entry.oauth
+        if self.type == AuthProviderType.GITHUB:
+            # GitHub App user tokens come with a refresh token whenever expiry is on; there is no switch, and
+            # GitHub's `prompt` knows only select_account.
+            return None, {}
+        if spec is None:
+            return "offline_access", None
+        params = dict(spec.refresh_params) if spec.refresh_params is not None else None
+        return spec.offline_scope, params
 
     def _revoke_url(self) -> str:
         spec = self.entry.revoke
@@ -282,6 +283,9 @@ def _issuer_from_discovery_url(url: str) -> str:
 
 
 def _azure_issuer(values: Mapping[str, Any]) -> str:
+    """Entra's issuer for the configured tenant: ``…/{tenantid}/v2.0`` is what the v2.0 discovery document of
+    ``common`` and ``organizations`` publishes (the core fills it from each token's ``tid``); ``consumers``
+    is the fixed tenant of personal Microsoft accounts."""
     authority = str(values.get("authority") or "https://login.microsoftonline.com").rstrip("/")
     tenant = str(values.get("tenant") or "organizations").lower()
     if tenant in AZURE_MULTI_TENANT:
@@ -301,7 +305,7 @@ def _metadata(
     """The provider's metadata: discovered (and completed from the catalog), or built from its endpoints."""
     match entry.id:
         case AuthProviderType.GOOGLE:
-            issuer = str(values.get("issuer") or "https://accounts.google.com").rstrip("/")
+            issuer = _catalog_issuer(entry, values) or "https://accounts.google.com"
             return discover_with(issuer, endpoints.get("discovery") or None)
         case AuthProviderType.AZURE_AD:
             metadata = discover_with(_azure_issuer(values), endpoints["discovery"])
@@ -310,16 +314,16 @@ def _metadata(
                 metadata = replace(metadata, device_authorization_endpoint=endpoints["device_authorization"])
             return metadata
         case AuthProviderType.GENERIC_OIDC:
+            issuer = _catalog_issuer(entry, values)
             if values.get("endpoint_source", "discovery") == "discovery":
-                url = str(values.get("discovery_url") or "")
-                if not url:
+                url = endpoints.get("discovery") or ""
+                if not issuer and not url:
                     raise AppError(
-                        "invalid_config",
-                        "The discovery URL is not set",
-                        fields={"discovery_url": "This field is required."},
+                        "invalid_config", "The issuer is not set", fields={"issuer": "This field is required."}
                     )
-                return discover_with(_issuer_from_discovery_url(url), url)
-            return _manual_metadata(values, endpoints)
+                # OIDC Discovery §4: the document lives under the issuer unless an explicit URL is given.
+                return discover_with(issuer or _issuer_from_discovery_url(url), url or None)
+            return _manual_metadata(issuer, endpoints)
         case AuthProviderType.GITHUB:
             return ProviderMetadata(
                 authorization_endpoint=endpoints["authorization"],
@@ -342,16 +346,21 @@ def _metadata(
             assert_never(entry.id)
 
 
-def _manual_metadata(values: Mapping[str, Any], endpoints: Mapping[str, str]) -> ProviderMetadata:
+def _catalog_issuer(entry: ProviderEntry, values: Mapping[str, Any]) -> str:
+    """The entry's ``oauth.issuer`` rendered: byte for byte what the ID tokens' ``iss`` must be."""
+    template = entry.oauth.issuer if entry.oauth is not None else None
+    return _render(entry, template, values) if template else ""
+
+
+def _manual_metadata(issuer: str, endpoints: Mapping[str, str]) -> ProviderMetadata:
     for name, label in (("authorization", "authorization_url"), ("token", "token_url")):
         if not endpoints.get(name):
             raise AppError("invalid_config", f"The {label} is not set", fields={label: "This field is required."})
-    issuer = str(values.get("issuer") or "").rstrip("/") or None
     jwks = endpoints.get("jwks") or None
     return ProviderMetadata(
         authorization_endpoint=endpoints["authorization"],
         token_endpoint=endpoints["token"],
-        issuer=issuer,
+        issuer=issuer or None,
         jwks_uri=jwks,
         userinfo_endpoint=endpoints.get("userinfo") or None,
         revocation_endpoint=endpoints.get("revocation") or None,

@@ -86,7 +86,6 @@ def resolve_signin(
     db: Session, settings: Settings, ctx: audit.AuditContext, provider: OAuthProvider, identity: ProviderIdentity
 ) -> SigninResult:
     """Apply the linking rules; records audit events, never commits."""
-    target = f"provider_config:{provider.config_id}"
     linked = find_identity(db, provider.config_id, identity.subject)
     if linked is not None:
         user = _usable(db.get(User, linked.user_id))

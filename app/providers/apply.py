@@ -223,6 +223,7 @@ def _plan_item(
         return None, [f"{where}: a config with this name exists with type {existing.provider_type}"]
     data: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    failed: set[str] = set()  # fields already reported: no second "required" for the same field
     for key, value in raw_config.items():
         field_name = str(key)
         spec = provider.field("config", field_name)
@@ -233,22 +234,26 @@ def _plan_item(
                 f"{where}: field {field_name}: secret fields take a reference, ${{env:NAME}} or "
                 "${file:/path}, never the value itself"
             )
+            failed.add(field_name)
             continue
         if is_ref:
             resolved, problem = _resolve(value.strip(), env)
             if problem is not None:
                 problems.append(f"{where}: field {field_name}: {problem}")
+                failed.add(field_name)
                 continue
             data[field_name] = resolved
             sources[field_name] = value.strip()
         elif isinstance(value, str) and ("${env:" in value or "${file:" in value):
             problems.append(f"{where}: field {field_name}: a ${{env:…}}/${{file:…}} reference must be the whole value")
+            failed.add(field_name)
         else:
             data[field_name] = value
     stored_secrets = configs.secrets_set(db, provider, existing)
     clean, errors = validate_submission(provider, "config", data, secrets_set=stored_secrets)
     for field_name, message in errors.items():
-        problems.append(f"{where}: field {field_name}: {message}")
+        if field_name not in failed:
+            problems.append(f"{where}: field {field_name}: {message}")
     if problems:
         return None, problems
     plain, secrets = split_secrets(provider, "config", clean)

@@ -15,11 +15,11 @@ from flask.cli import AppGroup, with_appcontext
 from app.audit import AuditContext
 from app.connectors.verify import connectivity_test
 from app.errors import AppError
-from app.extensions import get_database, get_settings
+from app.extensions import get_cipher, get_database, get_settings
 from app.providers import configs
 from app.providers.apply import ApplyError, apply_file
 from app.providers.validation import effective_values, labels
-from app.vault import Cipher, SecretUnreadable
+from app.vault import SecretUnreadable
 
 providers_cli = AppGroup("providers", help="Provider configs: list, show, test, enable, disable, apply.")
 
@@ -32,10 +32,6 @@ def _fail(exc: AppError) -> click.ClickException:
     if exc.fields:
         detail = "; ".join(f"{name}: {message}" for name, message in exc.fields.items())
     return click.ClickException(f"{exc.text} {detail}")
-
-
-def _cipher() -> Cipher:
-    return Cipher(get_settings().master_keys)
 
 
 @providers_cli.command("list")
@@ -97,7 +93,7 @@ def test_command(ref: str) -> None:
     try:
         cfg = configs.find_config(db, ref)
         provider = configs.entry_for(cfg)
-        secrets = configs.read_secrets(db, _cipher(), provider, cfg)
+        secrets = configs.read_secrets(db, get_cipher(), provider, cfg)
     except SecretUnreadable as exc:
         raise click.ClickException(f"{exc.text} {exc.help}") from None
     except AppError as exc:
@@ -155,7 +151,7 @@ def apply_command(file: Path, dry_run: bool, run_test: bool) -> None:
     """Create or update provider configs from FILE (matched by name). Secrets: ${env:X} or ${file:/path}."""
     db = get_database().session()
     try:
-        plans, counts = apply_file(db, _cipher(), get_settings(), CLI_ACTOR, file, dry_run=dry_run, test=run_test)
+        plans, counts = apply_file(db, get_cipher(), get_settings(), CLI_ACTOR, file, dry_run=dry_run, test=run_test)
     except ApplyError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)

@@ -25,6 +25,8 @@ from app.settings import Settings
 from app.vault import Cipher, Secret, SecretMeta, delete_secrets, get_secret, put_secret, secret_meta
 
 OWNER = "provider_config"
+# The vault owner type of a connected account's secret fields (used by the connectors work).
+ACCOUNT_OWNER = "connected_account"
 NAME_MAX = 200
 
 
@@ -138,7 +140,7 @@ def create_config(
         ctx,
         "provider_config.create",
         target=f"provider_config:{cfg.id}",
-        details={"type": provider.id.value, "name": name, "fields": sorted(plain), "secrets": sorted(secrets)},
+        details={"type": provider.id.value, "name": name, "fields": sorted(plain), "encrypted_fields": sorted(secrets)},
     )
     if enabled:
         set_enabled(db, ctx, cfg, True)
@@ -183,7 +185,7 @@ def update_config(
             "type": cfg.provider_type,
             "name": name,
             "fields": changes.fields,
-            "secrets_replaced": changes.secrets,
+            "encrypted_fields_replaced": changes.secrets,
             "renamed": changes.renamed,
         },
     )
@@ -251,7 +253,7 @@ def delete_config(db: Session, ctx: audit.AuditContext, cfg: ProviderConfig) -> 
         ctx,
         "provider_config.delete",
         target=f"provider_config:{cfg.id}",
-        details={"type": cfg.provider_type, "name": cfg.name, "secret_rows_deleted": deleted},
+        details={"type": cfg.provider_type, "name": cfg.name, "vault_rows_deleted": deleted},
     )
     db.delete(cfg)
     db.flush()

@@ -76,6 +76,7 @@ class FieldSpec:
     max: int | None = None
     max_length: int | None = None
     env_fallback: str | None = None
+    exact: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -145,8 +146,11 @@ class OAuthSpec:
     claims: Mapping[str, str]
     id_token: bool = False
     pkce: bool | str = True
+    issuer: str | None = None
     offline_scope: str | None = None
     authorize_params: Mapping[str, str] = field(default_factory=dict)
+    refresh_params: Mapping[str, str] | None = None
+    refresh_when: Condition | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from flask_wtf import FlaskForm
 from markupsafe import Markup
-from wtforms import BooleanField, Field, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import BooleanField, Field, PasswordField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.widgets import EmailInput, NumberInput, URLInput, html_params
 
 from app.providers.entries import FieldSpec, ProviderEntry, norm
@@ -46,7 +46,8 @@ class WriteOnlyTextArea:
 
     def __call__(self, field: Field, **kwargs: Any) -> Markup:
         kwargs.setdefault("id", field.id)
-        return Markup(f"<textarea {html_params(name=field.name, **kwargs)}></textarea>")
+        # html_params escapes every attribute value, as WTForms' own widgets rely on.
+        return Markup(f"<textarea {html_params(name=field.name, **kwargs)}></textarea>")  # noqa: S704
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,9 @@ def _wtforms_field(spec: FieldSpec) -> Field:
     if kind == FieldType.BOOLEAN:
         return BooleanField(**kw)
     if kind == FieldType.ENUM:
-        choices = [(o.value, o.label) for o in spec.enum]
+        choices = [SelectChoice(o.value, o.label) for o in spec.enum]
         if not spec.required or spec.default is None:
-            choices.insert(0, ("", "—"))
+            choices.insert(0, SelectChoice("", "—"))
         # The catalog check (validate_submission) reports a bad choice on the field; WTForms' own check
         # would add a second, less helpful message.
         return SelectField(choices=choices, validate_choice=False, **kw)
@@ -237,7 +238,7 @@ def initial_data(provider: ProviderEntry, which: Which, stored: Mapping[str, Any
     """
     raw = stored or {}
     return {
-        spec.name: _display(spec, raw[spec.name] if spec.name in raw else spec.default)
+        spec.name: _display(spec, raw.get(spec.name, spec.default))
         for spec in provider.fields(which)
         if not spec.secret
     }

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import yaml
 from flask import Flask
@@ -198,6 +198,7 @@ def _field(file: Path, raw: Mapping[str, Any], which: Which, position: int) -> F
         max=raw.get("max"),
         max_length=raw.get("max_length"),
         env_fallback=raw.get("env_fallback"),
+        exact=bool(raw.get("exact", False)),
         raw=raw,
     )
 
@@ -239,7 +240,7 @@ def _revoke(raw: Any, hint: str) -> RevokeSpec | None:
 
 def _refresh(raw: Any) -> RefreshSpec:
     if raw is None or isinstance(raw, str):
-        return RefreshSpec(mode=raw or "none")
+        return RefreshSpec(mode=cast(Literal["none", "standard"], raw or "none"))
     return RefreshSpec(
         mode=raw["mode"],
         rotates_refresh_token=bool(raw.get("rotates_refresh_token", False)),
@@ -249,16 +250,21 @@ def _refresh(raw: Any) -> RefreshSpec:
     )
 
 
-def _oauth(raw: Any) -> OAuthSpec | None:
+def _oauth(file: Path, raw: Any) -> OAuthSpec | None:
     if raw is None:
         return None
+    refresh_when = raw.get("refresh_when")
+    refresh_params = raw.get("refresh_params")
     return OAuthSpec(
         token_auth=raw["token_auth"],
         claims=dict(raw["claims"]),
         id_token=bool(raw.get("id_token", False)),
         pkce=raw.get("pkce", True),
+        issuer=raw.get("issuer"),
         offline_scope=raw.get("offline_scope"),
         authorize_params=dict(raw.get("authorize_params", {})),
+        refresh_params=dict(refresh_params) if refresh_params is not None else None,
+        refresh_when=_condition(file, refresh_when, None, "$.oauth.refresh_when") if refresh_when else None,
     )
 
 
@@ -311,7 +317,7 @@ def parse_entry(file: Path, data: Mapping[str, Any]) -> ProviderEntry:
         refresh=_refresh(data.get("refresh")),
         rotation_days=data.get("rotation_days"),
         hooks=tuple(data.get("hooks", [])),
-        oauth=_oauth(data.get("oauth")),
+        oauth=_oauth(file, data.get("oauth")),
         source=file,
         raw=data,
     )
@@ -358,7 +364,6 @@ def _check_fields(entry: ProviderEntry, which: Which) -> None:
                 raise CatalogError(
                     file, f"{path}.{attribute}", f"{value!r} fails the field's own rules: {exc}"
                 ) from None
-    # Cross-set names: `${secret.x}` must name exactly one secret field across both sets.
     for spec in entry.fields(which):
         path = _field_path(entry, which, spec.name)
         for i, option in enumerate(spec.enum):
@@ -473,15 +478,22 @@ def _check_mode(entry: ProviderEntry) -> None:
         raise CatalogError(file, "$", "the password mode keeps no secrets in the catalog's fields")
     if entry.verify is not None and entry.verify.kind == "http" and entry.verify.base not in entry.endpoints:
         raise CatalogError(file, "$.verify.base", f"no endpoint named {entry.verify.base!r}")
-    if entry.revoke is not None and entry.revoke.supported and entry.revoke.auth == "basic":
-        if entry.field("config", "client_id") is None or entry.field("config", "client_secret") is None:
-            raise CatalogError(file, "$.revoke.auth", "basic auth uses client_id and client_secret config fields")
+    revoke = entry.revoke
+    if (
+        revoke is not None
+        and revoke.supported
+        and revoke.auth == "basic"
+        and (entry.field("config", "client_id") is None or entry.field("config", "client_secret") is None)
+    ):
+        raise CatalogError(file, "$.revoke.auth", "basic auth uses client_id and client_secret config fields")
     for i, header in enumerate(entry.headers):
         if header.when is not None:
             _check_condition(entry, header.when, None, f"$.headers[{i}].when")
     for i, param in enumerate(entry.query):
         if param.when is not None:
             _check_condition(entry, param.when, None, f"$.query[{i}].when")
+    if entry.oauth is not None and entry.oauth.refresh_when is not None:
+        _check_condition(entry, entry.oauth.refresh_when, None, "$.oauth.refresh_when")
     for i, name in enumerate(entry.hooks):
         if name not in HOOKS:
             raise CatalogError(file, f"$.hooks[{i}]", f"no hook {name!r} in app/providers/hooks HOOKS")

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 Scope = Literal["config", "account", "secret", "token"]
 SCOPES: tuple[Scope, ...] = ("config", "account", "secret", "token")
@@ -58,7 +58,7 @@ def references(template: str) -> list[Reference]:
         scope = match["scope"]
         if scope not in SCOPES:
             raise TemplateError(f"{match[0]!r}: unknown scope {scope!r} (expected one of {', '.join(SCOPES)})")
-        found.append(Reference(scope, match["name"]))  # type: ignore[arg-type]
+        found.append(Reference(cast(Scope, scope), match["name"]))
         position = match.end()
 
 

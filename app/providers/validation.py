@@ -26,6 +26,8 @@ DEFAULT_MAX_LENGTH = {FieldType.TEXT: 20000, FieldType.JSON: 20000}
 STRING_MAX_LENGTH = 2000
 LIST_MAX_ITEMS = 100
 REQUIRED = "This field is required."
+# A required boolean is an acknowledgement (SMTP without TLS): it must be on, in a form, a file or JSON.
+MUST_BE_ON = "This must be turned on (ticked) to continue."
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LIST_SPLIT = re.compile(r"[\s,]+")
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
@@ -71,13 +73,15 @@ def _check_pattern(spec: FieldSpec, value: str) -> None:
         raise FieldError(_pattern_message(spec))
 
 
-def _url(value: str) -> str:
+def _url(value: str, *, exact: bool = False) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
         raise FieldError("Enter an absolute http(s) URL, like https://api.example.com.")
     if parts.username or parts.password:
         # Credentials in a URL end up in logs and Referer headers; they belong in secret fields.
         raise FieldError("Leave user names and passwords out of the URL; use the secret fields.")
+    if exact:
+        return value
     # Templates append paths ("${account.base_url}/v1/models"): a trailing slash would double it.
     return value.rstrip("/")
 
@@ -178,15 +182,14 @@ def coerce(spec: FieldSpec, raw: object) -> Any:
     if text is None:
         return None
     if kind == FieldType.URL:
-        text = _url(text)
+        text = _url(text, exact=spec.exact)
     elif kind == FieldType.EMAIL:
         try:
             text = validate_email(text, check_deliverability=False).normalized
         except EmailNotValidError:
             raise FieldError("Enter an email address like name@example.com.") from None
-    elif kind == FieldType.ENUM:
-        if text not in spec.enum_values:
-            raise FieldError("Choose one of: " + ", ".join(o.label for o in spec.enum) + ".")
+    elif kind == FieldType.ENUM and text not in spec.enum_values:
+        raise FieldError("Choose one of: " + ", ".join(o.label for o in spec.enum) + ".")
     _check_pattern(spec, text)
     return text
 
@@ -306,7 +309,7 @@ def validate_submission(
                 errors[spec.name] = REQUIRED
             continue
         if spec.required and (value is None or (spec.type == FieldType.BOOLEAN and value is False)):
-            errors[spec.name] = "Tick this box to continue." if spec.type == FieldType.BOOLEAN else REQUIRED
+            errors[spec.name] = MUST_BE_ON if spec.type == FieldType.BOOLEAN else REQUIRED
             continue
         clean[spec.name] = value
     for name in entry.hooks:

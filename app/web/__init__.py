@@ -4,20 +4,62 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
 
-from app import api
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, connections, home, oauth, providers_admin
+from app.web import (
+    account,
+    admin,
+    auth,
+    compliance,
+    connections,
+    home,
+    mail_flows,
+    mfa,
+    oauth,
+    providers_admin,
+    tokens_admin,
+    users_admin,
+)
 from app.web.common import SignedIn
 
-BLUEPRINTS = [home.bp, auth.bp, account.bp, admin.bp, providers_admin.bp, api.bp, oauth.bp, connections.bp]
+BLUEPRINTS = [
+    home.bp,
+    auth.bp,
+    account.bp,
+    admin.bp,
+    mail_flows.bp,
+    users_admin.bp,
+    mfa.bp,
+    tokens_admin.bp,
+    compliance.bp,
+    providers_admin.bp,
+    oauth.bp,
+    connections.bp,
+]
+
+
+def api_blueprints() -> list[Blueprint]:
+    """The JSON API's blueprints (registered after BLUEPRINTS).
+
+    Imported here rather than at the top: ``app.api.security`` imports ``app.web.common``, so a
+    module-level import would be circular whenever ``app.api`` is imported before ``app.web``.
+    """
+    from app.api import auth_api, compliance_api, openapi, providers_api
+
+    return [auth_api.bp, compliance_api.bp, providers_api.bp, openapi.bp]
+
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
+    ("users_admin.users", "Users"),
     ("providers_admin.index", "Providers"),
     ("admin.audit_log", "Audit log"),
+    ("mfa.admin_security", "Security"),
+    ("users_admin.outbox", "Outbox"),
+    ("tokens_admin.index", "Service tokens"),
+    ("compliance.report", "Compliance"),
 ]
 
 
@@ -36,8 +78,10 @@ def _load_user(raw_session_id: str) -> SignedIn | None:
 def register_blueprints(app: Flask) -> None:
     login_manager.login_view = "auth.signin"
     login_manager.session_protection = "basic"
-    for blueprint in BLUEPRINTS:
+    for blueprint in [*BLUEPRINTS, *api_blueprints()]:
         app.register_blueprint(blueprint)
+    # MFA enforcement: sessions that skipped an existing second factor, and roles that require one.
+    app.before_request(mfa.enforce)
     app.jinja_env.filters["reject_keys"] = _reject_keys
     settings = get_settings(app)
 

@@ -1,24 +1,161 @@
-"""A signed-in user's own account pages."""
+"""A signed-in user's own account: profile, email verification, password, sessions."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+import logging
 
-from app.auth import sessions
-from app.extensions import db_session
-from app.web.common import login_required, signed_in
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from werkzeug.wrappers import Response
+from wtforms import PasswordField, StringField
+from wtforms.validators import DataRequired, EqualTo, Length
+
+from app.auth import lifecycle, sessions
+from app.auth.devices import device_summary
+from app.errors import AppError
+from app.extensions import db_session, get_settings
+from app.web.common import SignedIn, audit_ctx, form_errors, login_required, signed_in
 
 bp = Blueprint("account", __name__, url_prefix="/account")
+log = logging.getLogger("ami_auth.account")
+
+# Where a user who must change their password may still go (everything else redirects to the form).
+# The buttons below carry CSRFProtect's token (checked app-wide for every POST), so they need no form class.
+MUST_CHANGE_ALLOWED = frozenset({"account.index", "account.change_password", "auth.signout", "static"})
+MUST_CHANGE_ALLOWED_PREFIXES = ("flows.", "web.")
+
+
+class ProfileForm(FlaskForm):  # type: ignore[misc]
+    display_name = StringField("Name", validators=[Length(max=200)])
+
+
+class PasswordForm(FlaskForm):  # type: ignore[misc]
+    current_password = PasswordField("Current password", validators=[DataRequired(), Length(max=256)])
+    new_password = PasswordField("New password", validators=[DataRequired(), Length(max=256)])
+    confirm = PasswordField(
+        "Repeat new password", validators=[DataRequired(), EqualTo("new_password", "The passwords differ.")]
+    )
+
+
+def _who() -> SignedIn:
+    who = signed_in()
+    assert who is not None  # login_required ran first
+    return who
+
+
+@bp.before_app_request
+def _require_password_change() -> Response | None:
+    """A password an admin typed is temporary: until it is changed, only the account page is reachable."""
+    who = signed_in()
+    endpoint = request.endpoint or ""
+    if who is None or not who.user.must_change_password:
+        return None
+    if endpoint in MUST_CHANGE_ALLOWED or endpoint.startswith(MUST_CHANGE_ALLOWED_PREFIXES):
+        return None
+    if request.path.startswith("/api/"):
+        raise AppError("permission_denied", "Change your password first.", "Sign in to the web page and change it.")
+    return redirect(url_for("account.index", _anchor="password"))
+
+
+def _page(
+    profile_form: ProfileForm | None = None, password_form: PasswordForm | None = None, status: int = 200
+) -> tuple[str, int]:
+    who = _who()
+    db = db_session()
+    rows = sessions.live_sessions(db, get_settings(), who.user.id)
+    profile_form = profile_form or ProfileForm(formdata=None, display_name=who.user.display_name)
+    html = render_template(
+        "account/index.html",
+        user=who.user,
+        sessions=[(s, device_summary(s.user_agent)) for s in rows],
+        current_session=who.record.id,
+        profile_form=profile_form,
+        password_form=password_form or PasswordForm(formdata=None),
+    )
+    return html, status
 
 
 @bp.get("/")
 @login_required
-def index() -> str:
-    who = signed_in()
-    assert who is not None
-    return render_template(
-        "account/index.html",
-        user=who.user,
-        sessions=sessions.live_sessions(db_session(), who.user.id),
-        current_session=who.record.id,
-    )
+def index() -> tuple[str, int]:
+    return _page()
+
+
+@bp.post("/profile")
+@login_required
+def profile() -> Response | tuple[str, int]:
+    form = ProfileForm()
+    if form.validate_on_submit():
+        who = _who()
+        try:
+            lifecycle.update_profile(db_session(), audit_ctx(), who.user, display_name=form.display_name.data or "")
+        except AppError as exc:
+            db_session().rollback()
+            form_errors(exc, form)
+        else:
+            flash("Your name was saved.", "success")
+            return redirect(url_for("account.index"))
+    return _page(profile_form=form, status=422)
+
+
+@bp.post("/password")
+@login_required
+def change_password() -> Response | tuple[str, int]:
+    form = PasswordForm()
+    status = 422
+    if form.validate_on_submit():
+        who = _who()
+        db = db_session()
+        try:
+            result = lifecycle.change_password(
+                db,
+                get_settings(),
+                audit_ctx(),
+                who.user,
+                current=form.current_password.data,
+                new=form.new_password.data,
+                keep_session=who.record.id,
+            )
+        except AppError as exc:
+            db.rollback()
+            form_errors(exc, form)
+            status = exc.http_status
+        else:
+            others = f" {result.sessions_ended} other session(s) were signed out." if result.sessions_ended else ""
+            flash("Your password was changed." + others, "success")
+            return redirect(url_for("account.index"))
+    return _page(password_form=form, status=status)
+
+
+@bp.post("/verify")
+@login_required
+def resend_verification() -> Response:
+    who = _who()
+    db = db_session()
+    try:
+        lifecycle.send_verification(db, get_settings(), audit_ctx(), who.user)
+    except AppError as exc:
+        db.rollback()
+        log.warning("verification mail for user %s failed: %s", who.user.id, exc)
+        flash(f"The mail could not be sent: {exc.text} {exc.help}", "error")
+    else:
+        flash(f"We sent a confirmation link to {who.user.email}. It works for 24 hours.", "success")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/sessions/<public_id>/revoke")
+@login_required
+def revoke_session(public_id: str) -> Response:
+    who = _who()
+    lifecycle.revoke_own_session(db_session(), audit_ctx(), who.user, public_id[:32])
+    flash("That session was signed out.", "success")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/sessions/revoke-others")
+@login_required
+def revoke_other_sessions() -> Response:
+    who = _who()
+    ended = lifecycle.revoke_other_sessions(db_session(), audit_ctx(), who.user, who.record.id)
+    flash(f"Signed out {ended} other session(s).", "success")
+    return redirect(url_for("account.index"))

@@ -14,6 +14,7 @@ from app.auth import mail_tokens, sessions, users
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.models import User
+from app.web import mfa
 from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, safe_next, signed_in, user_agent
 
 bp = Blueprint("auth", __name__)
@@ -61,6 +62,9 @@ def signin() -> str | Response:
         settings = get_settings()
         check = users.check_password(db, settings, form.email.data, form.password.data)
         if check.ok and check.user is not None:
+            # MFA: a user with a second factor gets no session yet, only a pending sign-in (app/web/mfa.py).
+            if mfa.needs_second_factor(check.user):
+                return mfa.start_second_factor(check.user, ["password"], next_url)
             audit.record(
                 db,
                 audit_ctx(),

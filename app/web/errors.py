@@ -6,9 +6,9 @@ import json
 import logging
 import secrets
 
-from flask import Flask, render_template
+from flask import Flask, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response
 
 from app.errors import AppError, ErrorCode
@@ -64,7 +64,13 @@ def register_error_handlers(app: Flask) -> None:
         code = HTTP_CODES.get(exc.code or 500, "internal_error")
         status = exc.code or 500
         message = exc.description if code == "validation_failed" and status == 413 else None
-        return render_app_error(AppError(code, message, status=status))
+        if isinstance(exc, MethodNotAllowed):
+            message = f"{request.method} is not allowed here."
+        response = render_app_error(AppError(code, message, status=status))
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            # RFC 9110 section 15.5.6: a 405 response must list the allowed methods.
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

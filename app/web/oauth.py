@@ -129,18 +129,20 @@ def _start_scheduler() -> None:
     ensure_started(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
-def finish_signin(user_id: int, methods: list[str], next_url: str) -> Response:
-    """Start the session after an OAuth sign-in.
-
-    MFA: the second-factor step (app/web/mfa.py, the `mfa` branch) is not on main yet. When it lands,
-    this is the one place to add ``if mfa.needs_second_factor(user): return mfa.start_second_factor(user,
-    methods, next_url)`` before establish_session, exactly as the password sign-in does.
-    """
+def finish_signin(user_id: int, methods: list[str], next_url: str, details: dict[str, Any]) -> Response:
+    """Start the session after an OAuth sign-in — or, for a user with a second factor, the second-factor
+    step first, exactly as after a password (the MFA policy applies whatever the first factor was)."""
     from app.models import User
+    from app.web import mfa
 
-    user = db_session().get(User, user_id)
+    db = db_session()
+    user = db.get(User, user_id)
     if user is None or not user.is_active:
         raise AppError("permission_denied", "This account is disabled.", "Ask an administrator to enable it.")
+    if mfa.needs_second_factor(user):
+        return mfa.start_second_factor(user, methods, next_url)
+    audit.record(db, audit_ctx(), "signin.success", target=f"user:{user.id}", details={"method": "oauth", **details})
+    db.commit()
     establish_session(user, methods)
     return redirect(next_url)
 
@@ -231,15 +233,10 @@ def callback(config_id: int) -> Response | tuple[str, int]:
             }
             return redirect(url_for("oauth.link"))
         assert result.user is not None
-        audit.record(
-            db,
-            audit_ctx(),
-            "signin.success",
-            target=f"user:{result.user.id}",
-            details={"method": "oauth", "provider_config": config_id, "outcome": result.outcome},
-        )
         db.commit()
-        return finish_signin(result.user.id, ["oauth"], next_url)
+        return finish_signin(
+            result.user.id, ["oauth"], next_url, {"provider_config": config_id, "outcome": result.outcome}
+        )
     except IntegrityError:
         db.rollback()
         return _error_page(
@@ -292,20 +289,18 @@ def link() -> Response | tuple[str, int]:
                 link_identity(
                     db, audit_ctx(), check.user, int(pending["config"]), str(pending["subject"]), pending.get("email")
                 )
-                audit.record(
-                    db,
-                    audit_ctx(),
-                    "signin.success",
-                    target=f"user:{check.user.id}",
-                    details={"method": "oauth", "provider_config": pending["config"], "outcome": "linked"},
-                )
                 db.commit()
             except (AppError, IntegrityError) as exc:
                 db.rollback()
                 error = exc if isinstance(exc, AppError) else AppError("conflict", "That account was just linked.")
                 return _error_page(error, back=url_for("auth.signin"), back_label="Back to sign in")
             session.pop(LINK_KEY, None)
-            return finish_signin(check.user.id, ["password", "oauth"], safe_next(pending.get("next"), "/"))
+            return finish_signin(
+                check.user.id,
+                ["password", "oauth"],
+                safe_next(pending.get("next"), "/"),
+                {"provider_config": pending["config"], "outcome": "linked"},
+            )
         audit.record(
             db,
             audit_ctx(),

@@ -15,7 +15,7 @@ from wtforms import StringField
 from wtforms.validators import DataRequired, Length
 
 from app.errors import AppError
-from app.extensions import db_session, get_settings
+from app.extensions import db_session, get_cipher, get_settings
 from app.models import ProviderConfig
 from app.providers import configs
 from app.providers.entries import ProviderEntry
@@ -23,7 +23,6 @@ from app.providers.forms import ProviderForm, initial_data, provider_form_class
 from app.providers.registry import entry as catalog_entry
 from app.providers.registry import get_catalog
 from app.providers.validation import labels
-from app.vault import Cipher
 from app.web.common import admin_required, audit_ctx, form_errors, signed_in
 
 bp = Blueprint("providers_admin", __name__, url_prefix="/admin/providers")
@@ -46,10 +45,6 @@ class ActionForm(FlaskForm):  # type: ignore[misc]
 
 def _form_class(provider: ProviderEntry) -> type[ProviderForm]:
     return provider_form_class(provider, "config", base=ConfigForm)
-
-
-def _cipher() -> Cipher:
-    return Cipher(get_settings().master_keys)
 
 
 def _render_form(
@@ -107,7 +102,7 @@ def create(provider_type: str) -> tuple[str, int] | Response:
         try:
             cfg = configs.create_config(
                 db,
-                _cipher(),
+                get_cipher(),
                 get_settings(),
                 audit_ctx(),
                 provider,
@@ -138,7 +133,9 @@ def edit(config_id: int) -> tuple[str, int] | Response:
     )
     if form.is_submitted() and form.validate():
         try:
-            changes = configs.update_config(db, _cipher(), get_settings(), audit_ctx(), cfg, form.name.data, form.clean)
+            changes = configs.update_config(
+                db, get_cipher(), get_settings(), audit_ctx(), cfg, form.name.data, form.clean
+            )
             db.commit()
         except AppError as exc:
             db.rollback()

@@ -4,7 +4,6 @@ outage backing off with the old tokens kept, refresh-token rotation on every use
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from app.errors import AppError
 from app.extensions import get_cipher, get_database
-from app.jobs.refresh import run_refresh
-from app.models import AuditEvent, ConnectedAccount, StoredSecret, utcnow
+from app.jobs.refresh import RefreshReport, run_refresh
+from app.models import AuditEvent, ConnectedAccount, MailOutbox, StoredSecret, utcnow
 from app.net import OutboundClient
 from app.oauth import ProviderMetadata, TokenSet, fetch_userinfo, refresh, revoke
 from app.oauth.connections import load_tokens
@@ -85,7 +84,7 @@ def _tokens(app: Flask, db: Session, account_id: int) -> TokenSet:
     return tokens
 
 
-def _run(app: Flask, margin: timedelta = timedelta(0)) -> object:
+def _run(app: Flask, margin: timedelta = timedelta(0)) -> RefreshReport:
     return run_refresh(runtime(app), get_database(app).engine, margin=margin, workers=2)
 
 
@@ -106,7 +105,9 @@ def test_connect_stores_the_token_set_encrypted(
     tokens = _tokens(app, db, account_id)
     assert tokens.refresh_token and tokens.expires_at == account.expires_at
     stored = db.scalars(select(StoredSecret).where(StoredSecret.owner_type == "connected_account")).one()
-    assert tokens.refresh_token.encode() not in stored.ciphertext and tokens.access_token.encode() not in stored.ciphertext
+    assert (
+        tokens.refresh_token.encode() not in stored.ciphertext and tokens.access_token.encode() not in stored.ciphertext
+    )
     page = client.get("/account/connections/").get_data(as_text=True)
     assert "alice@example.test" in page and "refreshed automatically" in page and "Refresh now" in page
     assert db.scalars(select(AuditEvent.action).where(AuditEvent.action == "connected_account.connect")).one()
@@ -131,7 +132,7 @@ def test_the_job_refreshes_an_expired_access_token(
 
     op.reset_counts()
     report = _run(app)
-    assert report.refreshed == 1  # type: ignore[attr-defined]
+    assert report.refreshed == 1
     assert op.grant_count("refresh_token") == 1
     after = _tokens(app, db, account_id)
     assert after.access_token != before.access_token
@@ -163,19 +164,23 @@ def test_a_revoked_grant_becomes_consent_required_and_the_owner_is_told_once(
     op: OpenIDProvider,
     outbound: OutboundClient,
     make_user: UserFactory,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     account_id = _connect(app, client, op, make_user)
     tokens = _tokens(app, db, account_id)
     assert tokens.refresh_token is not None
     # The user removes the app's access at the provider.
-    revoke(outbound, _metadata(op, outbound), op.client.credentials, tokens.refresh_token, token_type_hint="refresh_token")
+    revoke(
+        outbound, _metadata(op, outbound), op.client.credentials, tokens.refresh_token, token_type_hint="refresh_token"
+    )
 
-    caplog.set_level(logging.INFO, logger="ami_auth.jobs.refresh")
     report = _run(app, margin=timedelta(hours=2))
-    assert (report.consent_required, report.refreshed) == (1, 0)  # type: ignore[attr-defined]
+    assert (report.consent_required, report.refreshed) == (1, 0)
     account = _account(db, account_id)
-    assert (account.status, account.last_error_code, account.error_attempts) == ("consent_required", "consent_required", 1)
+    assert (account.status, account.last_error_code, account.error_attempts) == (
+        "consent_required",
+        "consent_required",
+        1,
+    )
     assert _tokens(app, db, account_id).refresh_token == tokens.refresh_token  # kept for the record, never lost
     page = client.get("/account/connections/").get_data(as_text=True)
     assert "reconnect needed" in page and "Refreshing stopped: reconnect this account." in page
@@ -183,10 +188,11 @@ def test_a_revoked_grant_becomes_consent_required_and_the_owner_is_told_once(
 
     # Further runs do not touch it again, and do not mail again.
     op.reset_counts()
-    assert _run(app, margin=timedelta(hours=2)).total == 0  # type: ignore[attr-defined]
+    assert _run(app, margin=timedelta(hours=2)).total == 0
     assert op.grant_count("refresh_token", 400) == 0
-    mails = [r for r in caplog.records if r.getMessage().startswith(f"mail to {EMAIL}: Reconnect")]
-    assert len(mails) == 1
+    [mail] = db.scalars(select(MailOutbox).where(MailOutbox.to == EMAIL)).all()
+    assert mail.subject == "Reconnect your Corp ID account"
+    assert f"/account/connections#account-{account_id}" in mail.text
     assert db.scalars(select(AuditEvent).where(AuditEvent.action == "connected_account.consent_required")).one()
 
     # Reconnecting makes it active again.
@@ -204,13 +210,17 @@ def test_a_provider_outage_backs_off_and_keeps_the_tokens(
         before = _tokens(app, db, account_id)
         op.stop()
         report = _run(app, margin=timedelta(hours=2))
-        assert report.retry_later == 1 and report.errors == {"provider_unreachable": 1}  # type: ignore[attr-defined]
+        assert report.retry_later == 1 and report.errors == {"provider_unreachable": 1}
         account = _account(db, account_id)
-        assert (account.status, account.last_error_code, account.error_attempts) == ("active", "provider_unreachable", 1)
+        assert (account.status, account.last_error_code, account.error_attempts) == (
+            "active",
+            "provider_unreachable",
+            1,
+        )
         assert account.next_attempt_at is not None and account.next_attempt_at > utcnow() + timedelta(seconds=20)
         assert _tokens(app, db, account_id).to_dict() == before.to_dict()
         # Backing off: the next run leaves it alone.
-        assert _run(app, margin=timedelta(hours=2)).total == 0  # type: ignore[attr-defined]
+        assert _run(app, margin=timedelta(hours=2)).total == 0
         page = client.get("/account/connections/").get_data(as_text=True)
         assert "The last refresh failed; it is retried automatically." in page and "1 attempt" in page
 
@@ -228,7 +238,7 @@ def test_rotating_refresh_tokens_are_replaced_on_every_use(
     seen = [_tokens(app, db, account_id).refresh_token]
     op.reset_counts()
     for _ in range(2):
-        assert _run(app, margin=timedelta(days=1)).refreshed == 1  # type: ignore[attr-defined]
+        assert _run(app, margin=timedelta(days=1)).refreshed == 1
         seen.append(_tokens(app, db, account_id).refresh_token)
     assert len(set(seen)) == 3 and op.grant_count("refresh_token") == 2
     # The stored (newest) token works; the ES256 ID token of each refresh was checked on the way.

@@ -5,14 +5,20 @@ with a domain allow-list, and generic claim mapping. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
+import pyotp
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
 
-from app.models import AuditEvent, OAuthIdentity, User
+from app.auth import totp
+from app.extensions import get_database
+from app.models import AuditEvent, OAuthIdentity, User, utcnow
+from app.settings import Settings
 from tests.conftest import PASSWORD, UserFactory
 from tests.support.oauth_app import create_config, follow_callback, generic_values, location, page_csrf
 from tests.support.op import OPClient, OpenIDProvider, op_login, running_op
@@ -49,7 +55,7 @@ def _config(app: Flask, op: OpenIDProvider, **extra: object) -> int:
     return create_config(app, "generic_oidc", "Corp ID", generic_values(op.issuer, op.client, **extra))
 
 
-def _sign_in(client: FlaskClient, config_id: int, login: str) -> object:
+def _sign_in(client: FlaskClient, config_id: int, login: str) -> TestResponse:
     start = client.get(f"/oauth/{config_id}/login?next=/account/")
     assert start.status_code == 302
     assert location(start).startswith("http://127.0.0.1:")
@@ -79,7 +85,7 @@ def test_button_on_signin_page_and_verified_trusted_email_links(
     assert f'href="/oauth/{config_id}/login' in page and "Continue with Corp ID" in page
 
     done = _sign_in(client, config_id, "alice")
-    assert done.status_code == 302 and location(done) == "/account/"  # type: ignore[attr-defined]
+    assert done.status_code == 302 and location(done) == "/account/"
     assert _signed_in_as(client) == "alice@example.com"
     [identity] = _identities(db)
     assert (identity.user_id, identity.subject, identity.email) == (user.id, "alice", "alice@example.com")
@@ -115,7 +121,7 @@ def test_unverified_email_must_be_confirmed_with_the_password(
     # From now on the provider alone signs Bob in.
     client.post("/signout", data={"csrf_token": page_csrf(client.get("/account/").get_data(as_text=True))})
     again = _sign_in(client, config_id, "bob")
-    assert location(again) == "/account/"  # type: ignore[attr-defined]
+    assert location(again) == "/account/"
     assert _signed_in_as(client) == "bob@example.com"
 
 
@@ -125,7 +131,7 @@ def test_a_provider_that_is_not_trusted_never_links_by_email(
     make_user("alice@example.com")
     config_id = _config(app, op, trust_email=False)
     done = _sign_in(client, config_id, "alice")
-    assert location(done) == "/oauth/link"  # type: ignore[attr-defined]
+    assert location(done) == "/oauth/link"
     assert _identities(db) == []
 
 
@@ -134,7 +140,7 @@ def test_jit_creates_users_only_in_allowed_domains(
 ) -> None:
     config_id = _config(app, op, jit=True, allowed_domains="corp.example")
     created = _sign_in(client, config_id, "carol")
-    assert location(created) == "/account/"  # type: ignore[attr-defined]
+    assert location(created) == "/account/"
     user = db.scalars(select(User).where(User.email == "carol@corp.example")).one()
     assert user.password_hash is None and user.email_verified_at is not None and user.display_name == "Carol"
 
@@ -179,7 +185,7 @@ def test_claim_mapping_picks_the_configured_user_id(
 ) -> None:
     config_id = _config(app, op, jit=True, user_id_claim="employee_id", groups_claim="groups")
     done = _sign_in(client, config_id, "carol")
-    assert location(done) == "/account/"  # type: ignore[attr-defined]
+    assert location(done) == "/account/"
     [identity] = _identities(db)
     assert identity.subject == "E-42"
 
@@ -200,3 +206,24 @@ def test_sign_in_can_be_turned_off_per_provider(app: Flask, client: FlaskClient,
     config_id = _config(app, op, signin=False)
     assert "Continue with" not in client.get("/signin").get_data(as_text=True)
     assert client.get(f"/oauth/{config_id}/login").status_code == 404
+
+
+def test_mfa_still_applies_after_an_oauth_sign_in(
+    app: Flask, settings: Settings, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    user = make_user("alice@example.com")
+    with app.app_context():
+        session = get_database(app).session()
+        enrolment = totp.start_enrolment(session, settings, user)
+        secret = enrolment.secret.reveal()
+        earlier = utcnow() - timedelta(minutes=2)
+        totp.confirm_enrolment(session, settings, user, pyotp.TOTP(secret).at(earlier), now=earlier)
+        session.commit()
+    config_id = _config(app, op, trust_email=True)
+    done = _sign_in(client, config_id, "alice")
+    assert location(done) == "/signin/mfa"
+    assert _signed_in_as(client) is None  # no session before the second factor
+    token = page_csrf(client.get("/signin/mfa").get_data(as_text=True))
+    second = client.post("/signin/mfa/totp", data={"code": pyotp.TOTP(secret).now(), "csrf_token": token})
+    assert location(second) == "/account/"
+    assert _signed_in_as(client) == "alice@example.com"

@@ -12,11 +12,11 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
 
 from app.extensions import get_cipher, get_database
 from app.jobs.refresh import run_refresh
@@ -38,13 +38,13 @@ def _query(url: str) -> dict[str, list[str]]:
     return parse_qs(urlsplit(url).query)
 
 
-def _signin(client: FlaskClient, vendor: OAuthVendor, login: str) -> object:
+def _signin(client: FlaskClient, vendor: OAuthVendor, login: str) -> TestResponse:
     start = client.get("/oauth/1/login?next=/account/")
     vendor.login_as(login)
     return follow_callback(client, vendor.approve(location(start)).url)
 
 
-def _connect(client: FlaskClient, vendor: OAuthVendor, login: str) -> tuple[str, object]:
+def _connect(client: FlaskClient, vendor: OAuthVendor, login: str) -> tuple[str, TestResponse]:
     page = client.get("/account/connections/").get_data(as_text=True)
     start = client.post("/account/connections/connect/1", data={"csrf_token": page_csrf(page)})
     vendor.login_as(login)
@@ -94,7 +94,7 @@ def test_google_hosted_domain_is_checked_on_the_id_token(
     assert db.scalars(select(User)).all() == []
 
     done = _signin(client, google, "ann@example.com")
-    assert location(done) == "/account/"  # type: ignore[arg-type]
+    assert location(done) == "/account/"
     assert db.scalars(select(User.email)).all() == ["ann@example.com"]
 
 
@@ -106,7 +106,7 @@ def test_google_connect_offline_refresh_keeps_the_refresh_token_and_revoke(
     _google(app, google)
     make_user()
     sign_in(client, "member@example.com")
-    url, done = _connect(client, google, "ann@example.com")
+    url, _ = _connect(client, google, "ann@example.com")
     query = _query(url)
     # Google's way to a refresh token: access_type=offline + prompt=consent, not the offline_access scope.
     assert query["access_type"] == ["offline"] and query["prompt"] == ["consent"]
@@ -121,7 +121,9 @@ def test_google_connect_offline_refresh_keeps_the_refresh_token_and_revoke(
     [grant] = google.grants
     assert grant.refreshes == 1
     after = load_tokens(db, get_cipher(app), account.id)
-    assert after is not None and after.refresh_token == tokens.refresh_token and after.access_token != tokens.access_token
+    assert (
+        after is not None and after.refresh_token == tokens.refresh_token and after.access_token != tokens.access_token
+    )
 
     page = _disconnect(client, account.id)
     assert "revoked its access at the provider" in page
@@ -157,11 +159,14 @@ def test_github_primary_verified_email_links(
     github.add_account(
         "octocat",
         name="Mona",
-        emails=[GitHubEmail("noreply@users.example.com", verified=False), GitHubEmail("octo@example.com", primary=True)],
+        emails=[
+            GitHubEmail("noreply@users.example.com", verified=False),
+            GitHubEmail("octo@example.com", primary=True),
+        ],
     )
     _github(app, github)
     done = _signin(client, github, "octocat")
-    assert location(done) == "/account/"  # type: ignore[arg-type]
+    assert location(done) == "/account/"
     identity = db.scalars(select(OAuthIdentity)).one()
     assert identity.user_id == user.id and identity.subject == str(github.accounts["octocat"].id)
     assert github.requests_to("/api/v3/user/emails")[0].header("user-agent")
@@ -173,7 +178,7 @@ def test_github_unverified_primary_email_needs_the_password(
     make_user("octo@example.com")
     github_standin.add_account("octocat", emails=[GitHubEmail("octo@example.com", primary=True, verified=False)])
     _github(app, github_standin)
-    assert location(_signin(client, github_standin, "octocat")) == "/oauth/link"  # type: ignore[arg-type]
+    assert location(_signin(client, github_standin, "octocat")) == "/oauth/link"
     assert db.scalars(select(OAuthIdentity)).all() == []
 
 
@@ -277,4 +282,4 @@ def test_azure_multi_tenant_sign_in_never_links_an_unverified_email(
     make_user("bo@fabrikam.example")
     _azure(app, ms, trust_email=True)
     # The ID token's issuer is …/<tenant>/v2.0, checked against the template …/{tenantid}/v2.0 with its tid.
-    assert location(_signin(client, ms, "bo@fabrikam.example")) == "/oauth/link"  # type: ignore[arg-type]
+    assert location(_signin(client, ms, "bo@fabrikam.example")) == "/oauth/link"

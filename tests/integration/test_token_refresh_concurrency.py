@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from sqlalchemy import text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.extensions import get_cipher, get_database
@@ -154,8 +153,7 @@ def test_four_runs_at_once_refresh_each_due_account_exactly_once(
 def _plan(db: Session, dialect_name: str) -> str:
     now = utcnow()
     query = due_candidates(now, now + timedelta(minutes=10), started_at=now)
-    dialect = postgresql.dialect() if dialect_name == "postgresql" else sqlite.dialect()
-    sql = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    sql = str(query.compile(dialect=db.get_bind().dialect, compile_kwargs={"literal_binds": True}))
     prefix = "EXPLAIN " if dialect_name == "postgresql" else "EXPLAIN QUERY PLAN "
     return "\n".join(" ".join(str(c) for c in row) for row in db.execute(text(prefix + sql)))
 

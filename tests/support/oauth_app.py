@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
 
 from app import audit
 from app.extensions import get_cipher, get_database, get_settings
@@ -57,7 +58,7 @@ def op_client_for(app: Flask, config_id: int, client_id: str = "ami-auth", secre
 def generic_values(issuer: str, client: OPClient, **extra: Any) -> dict[str, Any]:
     return {
         "endpoint_source": "discovery",
-        "discovery_url": issuer + "/.well-known/openid-configuration",
+        "issuer": issuer,
         "client_id": client.client_id,
         "token_auth_method": client.auth_method,
         "client_secret": client.client_secret,
@@ -72,7 +73,7 @@ def location(response: Any) -> str:
     return str(value)
 
 
-def follow_callback(client: FlaskClient, callback_url: str) -> Any:
+def follow_callback(client: FlaskClient, callback_url: str) -> TestResponse:
     """GET the app's callback (the URL the provider redirected to) with the test client."""
     parts = urlsplit(callback_url)
     return client.get(parts.path, query_string=dict(parse_qsl(parts.query, keep_blank_values=True)))

@@ -1,0 +1,46 @@
+"""Where the API and the compliance report read facts that other features own.
+
+Each function here is a seam onto another feature (second factors, per-provider rotation policies).
+Callers never reach past these functions, so changing one updates the session endpoint, the compliance
+report, its console page and its CLI together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.auth import mfa
+from app.models import ConnectedAccount, User
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class MfaSummary:
+    enrolled: bool
+    methods: tuple[str, ...] = ()
+
+
+def mfa_summary(db: Session, user: User) -> MfaSummary:
+    """Whether a user has a second factor (a confirmed authenticator app or a passkey) and the ways they
+    can finish a sign-in (``totp``, ``webauthn``, ``recovery_code``). One query: the session endpoint
+    calls it on every request."""
+    summary = mfa.summary(db, user.id)
+    return MfaSummary(enrolled=summary.has_factor, methods=tuple(summary.methods))
+
+
+def mfa_required_roles(db: Session, settings: Settings) -> tuple[str, ...]:
+    """Roles that must have a second factor: the console's Security choices over AMI_AUTH_MFA_REQUIRED_ROLES."""
+    return tuple(role for role, required in mfa.policy(db, settings).items() if required)
+
+
+def rotation_days(db: Session, settings: Settings, account: ConnectedAccount) -> int | None:
+    """How many days an account's secret may live before the report lists it; ``None``: no policy.
+
+    Today one policy for every account (``AMI_AUTH_SECRET_ROTATION_DAYS``, 0 = off). When the provider
+    catalog declares ``rotation_days`` per provider type (and which types hold a long-lived secret at
+    all, as opposed to OAuth tokens that refresh themselves), look it up here from
+    ``account.provider_config.provider_type`` and fall back to the setting.
+    """
+    return settings.secret_rotation_days or None

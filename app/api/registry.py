@@ -1,0 +1,164 @@
+"""What each JSON endpoint documents about itself; ``app.api.openapi`` turns it into the OpenAPI document.
+
+An endpoint describes itself with two decorators, in either order, under its route::
+
+    @bp.get("/auth/sessions")
+    @api_auth("sessions:read")                       # app.api.security: who may call it
+    @document(summary="…", response=SESSION_LIST,   # this module: what it takes and returns
+              query=(QueryParam("user_id", {"type": "integer", "minimum": 1}),), errors=(404, 422))
+    def list_sessions() -> Response: …
+
+The path, method and path parameters come from the Flask rule itself, so the document cannot drift
+from the routes; a route under /api/ without ``document`` still appears (flagged ``x-undocumented``),
+and a test fails until it is described. Shared schemas are registered once with :func:`component`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from app.errors import TAXONOMY
+
+JSONSchema = dict[str, Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ATTRIBUTE: Final = "__api_operation__"
+
+# Named schemas for #/components/schemas, filled at import time by the modules that define endpoints.
+COMPONENTS: dict[str, JSONSchema] = {}
+
+
+def component(name: str, schema: JSONSchema) -> JSONSchema:
+    """Register a shared schema and return a ``$ref`` to it. Registering a different body twice is a bug."""
+    existing = COMPONENTS.get(name)
+    if existing is not None and existing != schema:
+        raise ValueError(f"OpenAPI component {name!r} is already registered with another schema")
+    COMPONENTS[name] = schema
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: JSONSchema) -> JSONSchema:
+    """A schema that also accepts null (OpenAPI 3.1 is JSON Schema 2020-12: no ``nullable`` keyword)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+DATETIME: Final[JSONSchema] = {"type": "string", "format": "date-time"}
+
+# The taxonomy shape every failure has (app.errors.AppError.to_dict).
+ERROR: Final = component(
+    "Error",
+    {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "hint", "fields"],
+                "additionalProperties": False,
+                "properties": {
+                    "code": {"type": "string", "enum": list(TAXONOMY)},
+                    "message": {"type": "string"},
+                    "hint": {"type": "string"},
+                    "fields": {
+                        "type": "object",
+                        "description": "Per-field messages, keyed by the request field or parameter name.",
+                        "additionalProperties": {"type": "string"},
+                    },
+                    "retry_after": {"type": "integer", "minimum": 1, "description": "Seconds; also in Retry-After."},
+                    "reference": {"type": "string", "description": "Quote it to an administrator (server log)."},
+                },
+            }
+        },
+    },
+)
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    """Who may call an endpoint: the scopes a token needs, and which credentials are accepted."""
+
+    scopes: tuple[str, ...] = ()
+    tokens: bool = True
+    cookies: bool = True
+    public: bool = False
+
+
+@dataclass(frozen=True)
+class QueryParam:
+    name: str
+    schema: JSONSchema
+    description: str = ""
+    required: bool = False
+
+
+@dataclass
+class OperationDoc:
+    summary: str = ""
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    auth: AuthSpec | None = None
+    status: int = 200
+    # None: the success response has no body (e.g. 204).
+    response: JSONSchema | None = None
+    response_description: str = "OK"
+    request: JSONSchema | None = None
+    query: tuple[QueryParam, ...] = ()
+    # Descriptions and schemas of path parameters, by name; the Flask converter gives a default schema.
+    path: dict[str, tuple[JSONSchema, str]] = field(default_factory=dict)
+    # Error statuses this endpoint can answer besides the ones every endpoint can (401/403/429, default).
+    errors: tuple[int, ...] = ()
+    documented: bool = False
+
+
+def operation_of(view: Callable[..., Any] | None) -> OperationDoc | None:
+    value = getattr(view, _ATTRIBUTE, None) if view is not None else None
+    return value if isinstance(value, OperationDoc) else None
+
+
+def _ensure(view: Callable[..., Any]) -> OperationDoc:
+    found = operation_of(view)
+    if found is None:
+        found = OperationDoc()
+        setattr(view, _ATTRIBUTE, found)
+    return found
+
+
+def set_auth(view: Callable[..., Any], spec: AuthSpec) -> None:
+    """Called by the auth decorators (``app.api.security``) so the document lists scopes and schemes."""
+    _ensure(view).auth = spec
+
+
+def document(
+    *,
+    summary: str,
+    response: JSONSchema | None,
+    status: int = 200,
+    description: str = "",
+    response_description: str = "OK",
+    request: JSONSchema | None = None,
+    query: tuple[QueryParam, ...] = (),
+    path: dict[str, tuple[JSONSchema, str]] | None = None,
+    errors: tuple[int, ...] = (),
+    tags: tuple[str, ...] = (),
+) -> Callable[[F], F]:
+    """Describe an endpoint for the OpenAPI document (see the module docstring)."""
+
+    def decorate(view: F) -> F:
+        doc = _ensure(view)
+        doc.summary = summary
+        doc.description = description
+        doc.tags = tags
+        doc.status = status
+        doc.response = response
+        doc.response_description = response_description
+        doc.request = request
+        doc.query = query
+        doc.path = dict(path or {})
+        doc.errors = errors
+        doc.documented = True
+        return view
+
+    return decorate

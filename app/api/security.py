@@ -1,0 +1,451 @@
+"""Authentication, scopes, CSRF, CORS and rate limits for every JSON endpoint under /api.
+
+A JSON endpoint is guarded by one decorator, under its route::
+
+    bp = api_blueprint("api_accounts", __name__)
+
+    @bp.get("/account-manager/accounts")
+    @api_auth("accounts:read")
+    @document(...)
+    def list_accounts() -> Response:
+        who = principal()            # the token or the signed-in user, with its scopes
+        ...
+
+Two ways in:
+
+* ``Authorization: Bearer amis_…`` — a service token (the CMS server). It must exist, not be revoked
+  or expired (else 401 ``not_authenticated``) and hold every scope the endpoint names (else 403
+  ``permission_denied`` naming the scope). Every attempt is audited as ``service_token.use`` with the
+  token's id (``service_token:unknown`` when nothing matched); the token itself is never recorded.
+  Token calls need no CSRF token: a browser never attaches an Authorization header on its own.
+* The user's session cookie (browser calls from the CMS origin). Scopes come from the role
+  (:data:`ROLE_SCOPES`); a member acts on their own data only (:meth:`Principal.may_act_for`).
+  State-changing methods need the ``X-CSRFToken`` header (the ``csrf_token`` of
+  ``GET /api/auth/session``) and an allowed ``Origin``.
+
+Rate limits use the shared ``limits`` storage: ``AMI_AUTH_API_RATE_PER_MINUTE`` per token (or per
+signed-in user), ``AMI_AUTH_API_IP_RATE_PER_MINUTE`` per client IP for requests without a valid
+credential. Over a limit: 429 ``rate_limited`` with ``Retry-After``.
+
+CORS: responses under /api carry ``Access-Control-Allow-Origin`` only for an exact origin of
+``AMI_AUTH_CMS_ORIGINS``, with credentials; preflights are answered from the route's methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, Final, Literal, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, g, request
+from flask.blueprints import BlueprintSetupState
+from flask_wtf.csrf import validate_csrf
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import Storage
+from limits.strategies import FixedWindowRateLimiter
+from werkzeug.wrappers import Response
+from wtforms.validators import ValidationError
+
+from app import audit
+from app.api import tokens
+from app.api.registry import AuthSpec, set_auth
+from app.api.tokens import SCOPES, Scope
+from app.errors import AppError
+from app.extensions import csrf, db_session, get_settings
+from app.models import ServiceToken, User
+from app.settings import Settings
+from app.web.common import SignedIn, audit_ctx, client_ip, signed_in, user_agent
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+API_PREFIX: Final = "/api"
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADERS: Final = ("X-CSRFToken", "X-CSRF-Token")
+ALLOWED_REQUEST_HEADERS: Final = "Authorization, Content-Type, X-CSRFToken, X-CSRF-Token"
+PREFLIGHT_MAX_AGE: Final = "600"
+
+# What a session cookie may do, by role. Members get the session scopes for their own sessions only.
+ROLE_SCOPES: Final[dict[str, frozenset[str]]] = {
+    "admin": frozenset(SCOPES),
+    "member": frozenset({"sessions:read", "sessions:write"}),
+}
+
+_NS: Final = "ami-api"
+# A refused request is audited at most once a minute per bucket, so a flood cannot flood the audit chain.
+_REFUSAL_AUDIT: Final = RateLimitItemPerMinute(1, namespace=f"{_NS}-429-audit")
+
+_TOKEN_PROBLEMS: Final[dict[str, tuple[str, str]]] = {
+    "unknown": (
+        "The service token was not recognised.",
+        "Send 'Authorization: Bearer amis_…' with a token an administrator created under Service tokens.",
+    ),
+    "revoked": ("The service token has been revoked.", "Ask an administrator for a new token."),
+    "expired": ("The service token has expired.", "Ask an administrator for a new token."),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a service token or a signed-in user, and the scopes they hold."""
+
+    kind: Literal["token", "session"]
+    scopes: frozenset[str]
+    token: ServiceToken | None = None
+    session: SignedIn | None = None
+
+    @property
+    def user(self) -> User | None:
+        return self.session.user if self.session is not None else None
+
+    @property
+    def acts_for_everyone(self) -> bool:
+        """Tokens and admins act on any user's data; members only on their own."""
+        return self.kind == "token" or (self.user is not None and self.user.is_admin)
+
+    def may_act_for(self, user_id: int) -> bool:
+        return self.acts_for_everyone or (self.user is not None and self.user.id == user_id)
+
+    def has(self, scope: Scope) -> bool:
+        return scope in self.scopes
+
+
+def principal() -> Principal:
+    """The caller of the current request (only inside a view guarded by :func:`api_auth`)."""
+    value = g.get("api_principal")
+    if not isinstance(value, Principal):
+        raise RuntimeError("principal() called outside an endpoint guarded by api_auth")
+    return value
+
+
+def api_audit_ctx() -> audit.AuditContext:
+    """The audit actor for the current API request: the token (by id) or the signed-in user."""
+    value = g.get("api_principal")
+    if isinstance(value, Principal) and value.token is not None:
+        return _token_ctx(value.token)
+    return audit_ctx()
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+# --- the decorators -----------------------------------------------------------------------------------
+
+
+def api_auth(*scopes: Scope, tokens: bool = True, cookies: bool = True) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Guard a JSON endpoint: a service token with every scope in ``scopes``, or a session whose role has them.
+
+    ``tokens=False`` makes an endpoint answer to the session cookie only (``GET /api/auth/session``
+    describes the browser's own session); ``cookies=False`` to service tokens only.
+    """
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValueError(f"unknown API scope(s) {unknown}; add them to app.api.tokens.SCOPES first")
+    spec = AuthSpec(scopes=tuple(scopes), tokens=tokens, cookies=cookies)
+
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
+        @wraps(view)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            g.api_principal = _authenticate(spec)
+            return view(*args, **kwargs)
+
+        set_auth(wrapper, spec)
+        return wrapper
+
+    return decorate
+
+
+def api_public(view: Callable[P, R]) -> Callable[P, R]:
+    """An endpoint anyone may call (the OpenAPI document): counted against the per-IP limit only."""
+
+    @wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        _limit_ip(get_settings())
+        return view(*args, **kwargs)
+
+    set_auth(wrapper, AuthSpec(public=True))
+    return wrapper
+
+
+def api_blueprint(name: str, import_name: str) -> Blueprint:
+    """A blueprint under /api: CSRF handled by :func:`api_auth` (not the form check), CORS installed."""
+    bp = Blueprint(name, import_name, url_prefix=API_PREFIX)
+    csrf.exempt(bp)
+    bp.record_once(_install)
+    return bp
+
+
+# --- authentication -------------------------------------------------------------------------------
+
+
+def _authenticate(spec: AuthSpec) -> Principal:
+    settings = get_settings()
+    header = request.headers.get("Authorization")
+    if header is not None and spec.tokens:
+        return _token_principal(settings, spec, header)
+    who = signed_in() if spec.cookies else None
+    if who is not None:
+        return _session_principal(settings, spec, who)
+    _limit_ip(settings)
+    if header is not None:
+        raise AppError(
+            "not_authenticated",
+            "This endpoint describes a browser session; service tokens cannot call it.",
+            "Call it from the browser with the user's session cookie (credentials: 'include').",
+        )
+    if not spec.cookies:
+        raise AppError("not_authenticated", "A service token is required.", _TOKEN_PROBLEMS["unknown"][1])
+    raise AppError("not_authenticated")
+
+
+def _token_ctx(record: ServiceToken | None) -> audit.AuditContext:
+    actor = f"service_token:{record.id}" if record is not None else "service_token:unknown"
+    return audit.AuditContext(actor=actor, ip=client_ip(), user_agent=user_agent())
+
+
+def _request_details(**extra: object) -> dict[str, object]:
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    return {"method": request.method, "path": rule[:200], **extra}
+
+
+def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Principal:
+    db = db_session()
+    scheme, _, raw = header.strip().partition(" ")
+    raw = raw.strip()
+    # RFC 6750 section 2.1: the scheme name is case-insensitive; anything but Bearer matches no token.
+    check = tokens.authenticate(db, raw if scheme.lower() == "bearer" else "")
+    record = check.record
+    target = f"service_token:{record.id}" if record is not None else "service_token:unknown"
+
+    if not check.ok or record is None:
+        problem = check.problem or "unknown"
+        _limit_ip(settings, target=target, ctx=_token_ctx(record))
+        audit.record(
+            db,
+            _token_ctx(record),
+            "service_token.use",
+            target=target,
+            outcome="denied",
+            details=_request_details(reason=problem),
+        )
+        db.commit()
+        message, hint = _TOKEN_PROBLEMS[problem]
+        raise AppError("not_authenticated", message, hint)
+
+    _limit(settings, _principal_item(settings), "token", str(record.id), target=target, ctx=_token_ctx(record))
+    missing = [s for s in spec.scopes if s not in record.scopes]
+    if missing:
+        audit.record(
+            db,
+            _token_ctx(record),
+            "service_token.use",
+            target=target,
+            outcome="denied",
+            details=_request_details(reason="missing_scope", missing_scopes=missing),
+        )
+        db.commit()
+        raise AppError(
+            "permission_denied",
+            f"This service token lacks the scope {_names(missing)}.",
+            f"Create a token with {_names(missing)} under Service tokens in the console and use it instead.",
+        )
+    tokens.touch(record)
+    audit.record(db, _token_ctx(record), "service_token.use", target=target, details=_request_details())
+    db.commit()
+    return Principal("token", frozenset(record.scopes), token=record)
+
+
+def _session_principal(settings: Settings, spec: AuthSpec, who: SignedIn) -> Principal:
+    user = who.user
+    target = f"user:{user.id}"
+    _limit(settings, _principal_item(settings), "user", str(user.id), target=target)
+    if request.method not in SAFE_METHODS:
+        _check_csrf(settings, target)
+    granted = ROLE_SCOPES.get(user.role, frozenset())
+    missing = [s for s in spec.scopes if s not in granted]
+    if missing:
+        db = db_session()
+        audit.record(
+            db,
+            audit_ctx(),
+            "api.denied",
+            target=target,
+            outcome="denied",
+            details=_request_details(reason="missing_scope", missing_scopes=missing),
+        )
+        db.commit()
+        raise AppError(
+            "permission_denied",
+            f"Your role ({user.role}) does not include the scope {_names(missing)}.",
+            "Ask an administrator, or call this endpoint from the CMS server with a service token.",
+        )
+    return Principal("session", granted, session=who)
+
+
+def _names(scopes: Sequence[str]) -> str:
+    return ", ".join(f"'{s}'" for s in scopes)
+
+
+# --- CSRF for cookie calls ----------------------------------------------------------------------------
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _allowed_origins(settings: Settings) -> set[str]:
+    return {_origin_of(settings.base_url), _origin_of(request.host_url), *(o.lower() for o in settings.cms_origins)}
+
+
+def _check_csrf(settings: Settings, target: str) -> None:
+    """CSRF check for a state-changing call with the session cookie.
+
+    Flask-WTF's ``csrf.protect()`` is not used as is: on HTTPS it requires the Referer to be this
+    host, which refuses every legitimate call from the CMS origin. This does the same token check
+    (``validate_csrf``) and replaces the Referer rule with an allow-list: ``Origin`` (or, when a
+    browser sends none, the Referer's origin on HTTPS) must be this site or one of
+    ``AMI_AUTH_CMS_ORIGINS`` (OWASP CSRF cheat sheet: "Verifying origin with standard headers").
+    """
+    allowed = _allowed_origins(settings)
+    origin = request.headers.get("Origin")
+    problem: str | None = None
+    if origin is not None:
+        if origin.lower() not in allowed:
+            problem = "origin"
+    elif request.is_secure:
+        referrer = request.referrer
+        if not referrer or _origin_of(referrer) not in allowed:
+            problem = "referrer"
+    if problem is None:
+        raw = next((request.headers[h] for h in CSRF_HEADERS if h in request.headers), None)
+        try:
+            validate_csrf(raw)
+        except ValidationError:
+            problem = "csrf_token"
+    if problem is None:
+        return
+    db = db_session()
+    audit.record(
+        db, audit_ctx(), "api.csrf_failed", target=target, outcome="denied", details=_request_details(reason=problem)
+    )
+    db.commit()
+    if problem == "csrf_token":
+        raise AppError(
+            "permission_denied",
+            "The request has no valid CSRF token.",
+            "Send the X-CSRFToken header with the csrf_token from GET /api/auth/session.",
+        )
+    raise AppError(
+        "permission_denied",
+        "The request came from an origin that is not allowed.",
+        "Call the API from this site or from an origin listed in AMI_AUTH_CMS_ORIGINS.",
+    )
+
+
+# --- rate limits ----------------------------------------------------------------------------------
+
+
+def _storage() -> Storage:
+    storage: Storage = current_app.extensions["ami_limits"]
+    return storage
+
+
+def _principal_item(settings: Settings) -> RateLimitItem:
+    return RateLimitItemPerMinute(settings.api_rate_per_minute, namespace=_NS)
+
+
+def _ip_item(settings: Settings) -> RateLimitItem:
+    return RateLimitItemPerMinute(settings.api_ip_rate_per_minute, namespace=f"{_NS}-ip")
+
+
+def ip_bucket(ip: str) -> str:
+    """The address for IPv4, its /64 for IPv6 (one subscriber's block; same rule as the sign-in throttle)."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return hashlib.sha256(ip.encode()).hexdigest()[:32]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False).network_address) + "/64"
+    return str(address)
+
+
+def _limit_ip(settings: Settings, *, target: str | None = None, ctx: audit.AuditContext | None = None) -> None:
+    bucket = ip_bucket(client_ip())
+    _limit(settings, _ip_item(settings), "ip", bucket, target=target or f"ip:{bucket}", ctx=ctx)
+
+
+def _limit(
+    settings: Settings,
+    item: RateLimitItem,
+    kind: str,
+    identifier: str,
+    *,
+    target: str,
+    ctx: audit.AuditContext | None = None,
+) -> None:
+    """Count one request; over the limit raise 429 with Retry-After (audited once a minute per bucket)."""
+    limiter = FixedWindowRateLimiter(_storage())
+    if limiter.hit(item, kind, identifier):
+        return
+    reset = limiter.get_window_stats(item, kind, identifier).reset_time
+    retry_after = max(1, math.ceil(reset - time.time()))
+    if limiter.hit(_REFUSAL_AUDIT, kind, identifier):
+        db = db_session()
+        audit.record(
+            db,
+            ctx or audit_ctx(),
+            "api.rate_limited",
+            target=target,
+            outcome="denied",
+            details=_request_details(limit=item.amount, per="minute", bucket=kind),
+        )
+        db.commit()
+    raise AppError(
+        "rate_limited",
+        "Too many API requests.",
+        f"Wait {retry_after} second{'s' if retry_after != 1 else ''} and try again.",
+        retry_after=retry_after,
+    )
+
+
+# --- CORS -----------------------------------------------------------------------------------------
+
+
+def _install(state: BlueprintSetupState) -> None:
+    """Install the /api response hook once per app, however many API blueprints are registered."""
+    app = state.app
+    if app.extensions.get("ami_api_hooks"):
+        return
+    app.extensions["ami_api_hooks"] = True
+    settings: Settings = app.extensions["ami_settings"]
+    allowed = frozenset(settings.cms_origins)
+
+    @app.after_request
+    def _cors(response: Response) -> Response:
+        if not request.path.startswith(API_PREFIX + "/"):
+            return response
+        # The answer depends on Origin, so caches must key on it (Fetch standard, CORS protocol).
+        response.vary.add("Origin")
+        origin = request.headers.get("Origin")
+        if origin is None or origin not in allowed:
+            return response
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            methods = sorted(response.allow - {"HEAD"}) if response.allow else ["GET"]
+            response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
+            response.headers["Access-Control-Allow-Headers"] = ALLOWED_REQUEST_HEADERS
+            response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+        return response

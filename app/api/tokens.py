@@ -1,0 +1,219 @@
+"""Service tokens: issue (shown once), authenticate, revoke. Logic only: no Flask request globals.
+
+A token is ``amis_`` followed by 43 URL-safe characters (32 random bytes). Only its SHA-256 is stored;
+the fixed ``amis_`` prefix lets secret scanners recognise a leaked token. Every create and revoke is
+audited here; every use is audited by the API layer (``app.api.security``) with the token's id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import audit
+from app.errors import AppError
+from app.models import ServiceToken, utcnow
+
+Scope = Literal[
+    "sessions:read",
+    "sessions:write",
+    "accounts:read",
+    "accounts:write",
+    "accounts:headers",
+    "providers:write",
+    "compliance:read",
+]
+
+# The fixed set, in the order the console shows them, with what each one allows.
+SCOPES: Final[dict[Scope, str]] = {
+    "sessions:read": "List any user's sign-in sessions.",
+    "sessions:write": "Revoke any user's sign-in sessions.",
+    "accounts:read": "Read connected-account snapshots (never a secret).",
+    "accounts:write": "Refresh, revoke and delete connected accounts.",
+    "accounts:headers": "Get ready-to-send request headers for an account (contains its credential).",
+    "providers:write": "Create and change provider configurations (non-secret fields).",
+    "compliance:read": "Read the compliance report.",
+}
+
+TOKEN_PREFIX: Final = "amis_"
+# "amis_" + 6 characters: enough to tell tokens apart in a list, 36 bits that do not help a guess of 256.
+DISPLAY_CHARS: Final = 11
+NAME_MAX: Final = 100
+EXPIRES_DAYS_MAX: Final = 3650
+# last_used_at is written at most this often, so a busy token is not a row write per request.
+TOUCH_INTERVAL: Final = timedelta(seconds=60)
+# The compliance report lists live tokens not used for this long.
+UNUSED_AFTER: Final = timedelta(days=90)
+
+Status = Literal["active", "expired", "revoked"]
+Problem = Literal["unknown", "expired", "revoked"]
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A new token: the row and the raw value, which exists only here and is never stored."""
+
+    record: ServiceToken
+    raw: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    """The outcome of presenting a token: the row when one matched, and the problem if it is unusable."""
+
+    record: ServiceToken | None
+    problem: Problem | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and self.record is not None
+
+
+def hash_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def status(token: ServiceToken, now: datetime | None = None) -> Status:
+    now = now or utcnow()
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def check_scopes(scopes: Iterable[str]) -> list[Scope]:
+    """Validate requested scopes against the fixed set; return them de-duplicated in canonical order."""
+    wanted = set(scopes)
+    unknown = sorted(wanted - set(SCOPES))
+    if unknown:
+        raise AppError(
+            "validation_failed",
+            fields={"scopes": f"Unknown scope {unknown[0]!r}; choose from {', '.join(SCOPES)}."},
+        )
+    if not wanted:
+        raise AppError("validation_failed", fields={"scopes": "Choose at least one scope."})
+    return [s for s in SCOPES if s in wanted]
+
+
+def request_problems(name: str, scopes: Iterable[str], expires_days: int | None) -> dict[str, str]:
+    """What is wrong with a token request, by field (empty when it is fine)."""
+    errors: dict[str, str] = {}
+    name = " ".join(name.split())
+    if not name:
+        errors["name"] = "Give the token a name that says who uses it, e.g. “CMS production”."
+    elif len(name) > NAME_MAX:
+        errors["name"] = f"Use at most {NAME_MAX} characters."
+    if expires_days is not None and not 1 <= expires_days <= EXPIRES_DAYS_MAX:
+        errors["expires_days"] = f"Use a number of days from 1 to {EXPIRES_DAYS_MAX}, or leave it empty for none."
+    try:
+        check_scopes(scopes)
+    except AppError as exc:
+        errors.update(exc.fields)
+    return errors
+
+
+def create_token(
+    db: Session,
+    ctx: audit.AuditContext,
+    *,
+    name: str,
+    scopes: Sequence[str],
+    created_by: int | None,
+    expires_days: int | None = None,
+    now: datetime | None = None,
+) -> IssuedToken:
+    """Issue a token (the caller commits). Raises ``validation_failed`` naming the bad field."""
+    now = now or utcnow()
+    errors = request_problems(name, scopes, expires_days)
+    if errors:
+        raise AppError("validation_failed", fields=errors)
+    name = " ".join(name.split())
+    chosen = check_scopes(scopes)
+
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    record = ServiceToken(
+        name=name,
+        prefix=raw[:DISPLAY_CHARS],
+        token_hash=hash_token(raw),
+        scopes=list(chosen),
+        created_by=created_by,
+        created_at=now,
+        expires_at=now + timedelta(days=expires_days) if expires_days else None,
+    )
+    db.add(record)
+    db.flush()
+    audit.record(
+        db,
+        ctx,
+        "service_token.create",
+        target=f"service_token:{record.id}",
+        details={
+            "name": name,
+            "prefix": record.prefix,
+            "scopes": list(chosen),
+            "expires_at": record.expires_at,
+        },
+    )
+    return IssuedToken(record, raw)
+
+
+def revoke_token(db: Session, ctx: audit.AuditContext, token_id: int, *, now: datetime | None = None) -> ServiceToken:
+    """Revoke a token (the caller commits). Revoking twice keeps the first time and says so in the audit."""
+    record = db.get(ServiceToken, token_id)
+    if record is None:
+        raise AppError("not_found", f"There is no service token with id {token_id}.", "List them with the id column.")
+    already = record.revoked_at is not None
+    if not already:
+        record.revoked_at = now or utcnow()
+    audit.record(
+        db,
+        ctx,
+        "service_token.revoke",
+        target=f"service_token:{record.id}",
+        details={"name": record.name, "prefix": record.prefix, "already_revoked": already},
+    )
+    return record
+
+
+def list_tokens(db: Session) -> list[ServiceToken]:
+    return list(db.scalars(select(ServiceToken).order_by(ServiceToken.id.desc())))
+
+
+def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenCheck:
+    """Look a presented token up by its hash. Never raises; the caller audits and answers."""
+    now = now or utcnow()
+    # The shape check saves a query for obvious garbage; a well-formed guess still costs one indexed lookup.
+    if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+        return TokenCheck(None, "unknown")
+    record = db.scalar(select(ServiceToken).where(ServiceToken.token_hash == hash_token(raw)))
+    if record is None:
+        return TokenCheck(None, "unknown")
+    state = status(record, now)
+    if state != "active":
+        return TokenCheck(record, state)
+    return TokenCheck(record, None)
+
+
+def touch(record: ServiceToken, now: datetime | None = None) -> bool:
+    """Set last_used_at if it is older than a minute; return whether it changed (the caller commits)."""
+    now = now or utcnow()
+    if record.last_used_at is None or now - record.last_used_at >= TOUCH_INTERVAL:
+        record.last_used_at = now
+        return True
+    return False
+
+
+def unused_tokens(db: Session, now: datetime | None = None) -> list[ServiceToken]:
+    """Live tokens not used for :data:`UNUSED_AFTER` (never-used ones count from their creation)."""
+    now = now or utcnow()
+    cutoff = now - UNUSED_AFTER
+    rows = db.scalars(select(ServiceToken).where(ServiceToken.revoked_at.is_(None)).order_by(ServiceToken.id)).all()
+    return [t for t in rows if status(t, now) == "active" and (t.last_used_at or t.created_at) < cutoff]

@@ -1,0 +1,81 @@
+"""The app's own mails: rendering from templates/mail/* and sending through the one Mailer.
+
+Rendering uses a plain Jinja2 environment (not Flask's), so the CLI and jobs can send mail too; links
+are absolute, built from AMI_AUTH_BASE_URL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy.orm import Session
+
+from app.audit import AuditContext
+from app.connectors.mailer import Mailer
+from app.settings import Settings
+
+TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+PRODUCT = "AMI Auth"
+
+MailKind = Literal["verify", "reset", "reset_unknown", "reset_disabled", "invite", "signup_existing"]
+
+SUBJECTS: dict[MailKind, str] = {
+    "verify": "Confirm your email address",
+    "reset": "Reset your password",
+    "reset_unknown": "Password reset requested",
+    "reset_disabled": "Password reset requested",
+    "invite": "You are invited to AMI Auth",
+    "signup_existing": "You already have an account",
+}
+
+
+@dataclass(frozen=True)
+class RenderedMail:
+    subject: str
+    text: str
+    html: str
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render(kind: MailKind, settings: Settings, **context: Any) -> RenderedMail:
+    env = _environment()
+    values = {"product": PRODUCT, "base_url": settings.base_url, "subject": SUBJECTS[kind], **context}
+    return RenderedMail(
+        subject=SUBJECTS[kind],
+        text=env.get_template(f"mail/{kind}.txt").render(values),
+        html=env.get_template(f"mail/{kind}.html").render(values),
+    )
+
+
+def link(settings: Settings, path: str) -> str:
+    return settings.base_url + path
+
+
+def check_mail_allowed(db: Session, settings: Settings, ctx: AuditContext, *, purpose: str, to: str) -> None:
+    """Throttle call site for every mail the app sends on someone's request (reset, verify, invite, sign-up).
+
+    Called *before* any token is issued, with the same arguments whether or not an account exists, so
+    a refusal (``rate_limited``) reveals nothing. The throttle branch provides the check; the line is:
+        app.auth.throttle.check_mail_send(db, settings, ip=ctx.ip, to=to, purpose=purpose)
+    """
+    return None
+
+
+def send(db: Session, settings: Settings, to: str, mail: RenderedMail) -> None:
+    """Send after committing: a mail must never describe a change that was rolled back."""
+    Mailer(db, settings).send(to, mail.subject, mail.text, mail.html)

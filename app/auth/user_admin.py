@@ -1,0 +1,255 @@
+"""What an administrator does to users: create (invite or password), edit, disable/enable, delete, end sessions.
+
+Guards: an admin cannot disable, demote or delete themselves, and nobody can remove the last active
+admin (Keycloak and GitLab refuse the same), so the console can never lock everyone out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from app import audit
+from app.audit import AuditContext
+from app.auth import lifecycle, mail_tokens, sessions, users
+from app.errors import AppError
+from app.models import ROLES, User
+from app.models.tokens import TokenPurpose
+from app.settings import Settings
+
+MAX_METADATA_CHARS = 16_000
+PAGE_SIZE = 25
+_ASK_ANOTHER = "Ask another admin to do it."
+_PROMOTE_FIRST = "Make another user an admin first."
+# Links that would let a disabled user act on the account; voided when it is disabled.
+_LINK_PURPOSES: tuple[TokenPurpose, ...] = ("reset", "invite", "verify")
+
+
+def parse_metadata(raw: str) -> dict[str, Any]:
+    """Metadata typed as JSON text: an object, or nothing. Errors name the line and column."""
+    text = raw.strip()
+    if not text:
+        return {}
+    if len(text) > MAX_METADATA_CHARS:
+        raise AppError("validation_failed", fields={"metadata": f"Keep it under {MAX_METADATA_CHARS} characters."})
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AppError(
+            "validation_failed",
+            fields={"metadata": f"Not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."},
+        ) from None
+    if not isinstance(value, dict):
+        raise AppError("validation_failed", fields={"metadata": 'Use a JSON object, like {"team": "sales"}.'})
+    return value
+
+
+def format_metadata(value: dict[str, Any]) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) if value else ""
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise AppError("validation_failed", fields={"role": "Choose admin or member."})
+
+
+def active_admin_count(db: Session) -> int:
+    stmt = select(func.count()).select_from(User).where(User.role == "admin", User.is_active.is_(True))
+    return int(db.scalar(stmt) or 0)
+
+
+def _is_last_admin(db: Session, user: User) -> bool:
+    return user.is_admin and user.is_active and active_admin_count(db) <= 1
+
+
+def _denied(db: Session, ctx: AuditContext, action: str, user: User, message: str, hint: str) -> AppError:
+    audit.record(db, ctx, action, target=f"user:{user.id}", outcome="denied", details={"reason": message})
+    db.commit()
+    return AppError("conflict", message, hint)
+
+
+@dataclass(frozen=True)
+class UserPage:
+    users: list[User]
+    total: int
+    page: int
+    pages: int
+
+
+def list_users(db: Session, *, query: str = "", page: int = 1, page_size: int = PAGE_SIZE) -> UserPage:
+    """Users by email, filtered by a substring of email or display name (case-insensitive)."""
+    stmt = select(User)
+    needle = query.strip()[:200]
+    if needle:
+        escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        stmt = stmt.where(or_(User.email.ilike(pattern, escape="\\"), User.display_name.ilike(pattern, escape="\\")))
+    total = int(db.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+    pages = max(1, -(-total // page_size))
+    page = min(max(1, page), pages)
+    rows = db.scalars(stmt.order_by(User.email).limit(page_size).offset((page - 1) * page_size)).all()
+    return UserPage(list(rows), total, page, pages)
+
+
+def get_user(db: Session, user_id: int) -> User:
+    user = db.get(User, user_id)
+    if user is None:
+        raise AppError("not_found", "No such user.", "It may have been deleted.")
+    return user
+
+
+CreateMode = Literal["invite", "password"]
+
+
+@dataclass(frozen=True)
+class CreatedUser:
+    user: User
+    # Set when the user was created but the invite mail could not be sent (resend it from their page).
+    mail_error: AppError | None = None
+
+
+def create_user(
+    db: Session,
+    settings: Settings,
+    ctx: AuditContext,
+    *,
+    email: str,
+    display_name: str,
+    role: str,
+    metadata: str,
+    mode: CreateMode,
+    password: str | None = None,
+    temporary: bool = True,
+) -> CreatedUser:
+    """Create a user with an invite mail, or with a password the admin typed (optionally to be changed).
+
+    With an invite the user is committed before the mail goes out; when sending fails the user stays
+    and the failure is returned, so the admin can fix the mailer and resend from the user's page.
+    """
+    _check_role(role)
+    meta = parse_metadata(metadata)
+    if mode == "invite":
+        lifecycle._require_invites(settings)
+        user = users.create_user(db, settings, email=email, password=None, role=role, display_name=display_name)
+    else:
+        if not password:
+            raise AppError("validation_failed", fields={"password": "Type a password, or send an invitation."})
+        # Admin-created addresses count as verified (Keycloak's "email verified" switch; the admin vouches).
+        user = users.create_user(
+            db, settings, email=email, password=password, role=role, display_name=display_name, verified=True
+        )
+        user.must_change_password = temporary
+    user.user_metadata = meta
+    audit.record(
+        db,
+        ctx,
+        "user.create",
+        target=f"user:{user.id}",
+        details={"email": user.email, "role": role, "via": "invite" if mode == "invite" else "password"},
+    )
+    db.commit()
+    if mode == "invite":
+        try:
+            lifecycle.send_invite(db, settings, ctx, user, inviter=ctx.actor)
+        except AppError as exc:
+            db.rollback()
+            return CreatedUser(user, exc)
+    return CreatedUser(user)
+
+
+def update_user(
+    db: Session, ctx: AuditContext, actor: User, user: User, *, display_name: str, role: str, metadata: str
+) -> list[str]:
+    """Edit name, role and metadata; return the names of the fields that changed."""
+    _check_role(role)
+    meta = parse_metadata(metadata)
+    name = display_name.strip()
+    if len(name) > 200:
+        raise AppError("validation_failed", fields={"display_name": "Use at most 200 characters."})
+    if role != user.role and user.is_admin:
+        if user.id == actor.id:
+            raise _denied(db, ctx, "user.update", user, "You cannot remove your own admin role.", _ASK_ANOTHER)
+        if _is_last_admin(db, user):
+            raise _denied(db, ctx, "user.update", user, "This is the last active admin.", _PROMOTE_FIRST)
+    changes: dict[str, Any] = {}
+    if name != user.display_name:
+        user.display_name = name
+        changes["display_name"] = True
+    if role != user.role:
+        changes["role"] = {"from": user.role, "to": role}
+        user.role = role
+    if meta != user.user_metadata:
+        user.user_metadata = meta
+        changes["metadata"] = True
+    if changes:
+        audit.record(
+            db,
+            ctx,
+            "user.update",
+            target=f"user:{user.id}",
+            details={"fields": sorted(changes), **({"role": changes["role"]} if "role" in changes else {})},
+        )
+        db.commit()
+    return sorted(changes)
+
+
+def set_active(db: Session, ctx: AuditContext, actor: User, user: User, active: bool) -> int:
+    """Enable or disable a user; disabling ends all their sessions at once and voids their mail links."""
+    action = "user.enable" if active else "user.disable"
+    if user.is_active == active:
+        return 0
+    ended = 0
+    if not active:
+        if user.id == actor.id:
+            raise _denied(db, ctx, action, user, "You cannot disable your own account.", _ASK_ANOTHER)
+        if _is_last_admin(db, user):
+            raise _denied(db, ctx, action, user, "This is the last active admin.", _PROMOTE_FIRST)
+        ended = sessions.revoke_user_sessions(db, user.id)
+        for purpose in _LINK_PURPOSES:
+            mail_tokens.invalidate_tokens(db, purpose, user_id=user.id)
+    user.is_active = active
+    audit.record(db, ctx, action, target=f"user:{user.id}", details={"sessions_ended": ended} if not active else {})
+    db.commit()
+    return ended
+
+
+def delete_user(db: Session, ctx: AuditContext, actor: User, user: User) -> None:
+    """Delete a user; their sessions, links and connected accounts go with them (ON DELETE CASCADE)."""
+    if user.id == actor.id:
+        raise _denied(db, ctx, "user.delete", user, "You cannot delete your own account.", _ASK_ANOTHER)
+    if _is_last_admin(db, user):
+        raise _denied(db, ctx, "user.delete", user, "This is the last active admin.", _PROMOTE_FIRST)
+    user_id, email = user.id, user.email
+    sessions.revoke_user_sessions(db, user_id)
+    db.delete(user)
+    audit.record(db, ctx, "user.delete", target=f"user:{user_id}", details={"email": email})
+    db.commit()
+
+
+def send_reset_link(db: Session, settings: Settings, ctx: AuditContext, user: User) -> None:
+    """An admin sends a user the same reset mail the user could ask for themselves."""
+    if not user.is_active:
+        raise AppError("conflict", "This user is disabled.", "Enable the user first.")
+    lifecycle.request_password_reset(db, settings, ctx, user.email)
+
+
+def revoke_session(db: Session, ctx: AuditContext, user: User, public_id: str) -> None:
+    record = sessions.find_live_session(db, user.id, public_id)
+    if record is None:
+        raise AppError("not_found", "That session has already ended.", "Reload the page to see the live sessions.")
+    sessions.revoke_session(db, record)
+    audit.record(db, ctx, "session.revoked", target=f"user:{user.id}", details={"session": public_id, "by": "admin"})
+    db.commit()
+
+
+def revoke_all_sessions(db: Session, ctx: AuditContext, user: User) -> int:
+    ended = sessions.revoke_user_sessions(db, user.id)
+    audit.record(
+        db, ctx, "session.revoked_all", target=f"user:{user.id}", details={"sessions_ended": ended, "by": "admin"}
+    )
+    db.commit()
+    return ended

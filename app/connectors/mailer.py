@@ -1,0 +1,306 @@
+"""The one SMTP client (the only module allowed to import smtplib) and the system :class:`Mailer`.
+
+The client is split so the SMTP *connector* (an admin-configured SMTP account) can reuse it:
+:class:`SmtpTarget` describes where and how to connect, :func:`smtp_verify` checks a target
+(connect, EHLO, STARTTLS, AUTH, NOOP) and :func:`smtp_send` delivers one message. Every failure
+becomes an :class:`AppError` from the taxonomy: a refused login (535) is ``invalid_credentials``,
+anything that stops us from talking to the server over verified TLS is ``provider_unreachable``.
+
+The :class:`Mailer` picks the transport for the app's own mail (verification, reset, invite):
+1. an SMTP account an admin marked as system mailer (``app.connectors.system_mailer_target``),
+2. ``AMI_AUTH_SMTP_URL``,
+3. in development and test only, the ``mail_outbox`` table, readable at /admin/outbox.
+In production with none of them, sending raises ``invalid_config`` naming AMI_AUTH_SMTP_URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses, make_msgid, parseaddr
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy.orm import Session
+
+from app.errors import AppError
+from app.models import MailOutbox
+from app.settings import Settings
+
+log = logging.getLogger("ami_auth.mailer")
+
+Security = Literal["starttls", "tls", "none"]
+
+# RFC 8314 §3.3: implicit TLS on 465 ("submissions"); RFC 6409: submission with STARTTLS on 587.
+DEFAULT_PORTS: dict[Security, int] = {"starttls": 587, "tls": 465, "none": 25}
+URL_SCHEMES: dict[str, Security] = {"smtp+starttls": "starttls", "smtps": "tls", "smtp": "none"}
+# Password mechanisms, tried in this order, over the TLS channel we insist on; CRAM-MD5 adds nothing there.
+# XOAUTH2 (Google/Microsoft) comes with the SMTP connector: a token field on SmtpTarget and a branch in _login.
+AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    """Where and how to reach an SMTP server. ``password`` never appears in a repr."""
+
+    host: str
+    port: int
+    security: Security = "starttls"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    from_address: str = ""
+    timeout: float = 10.0
+    # A PEM bundle to trust instead of the system store (a private CA, or the test server's CA).
+    ca_file: str | None = None
+    # Sent in EHLO. smtplib's default is socket.getfqdn(), which can stall on DNS.
+    local_hostname: str = "localhost"
+
+
+def parse_smtp_url(
+    url: str,
+    *,
+    from_address: str = "",
+    timeout: float = 10.0,
+    ca_file: str | None = None,
+    local_hostname: str = "localhost",
+) -> SmtpTarget:
+    """``smtp+starttls://user:pass@host:587``, ``smtps://…:465`` or ``smtp://127.0.0.1:25`` (local relays only).
+
+    The user and password are percent-decoded, so a password with ``@`` or ``:`` is written ``%40``/``%3A``.
+    """
+    parts = urlsplit(url)
+    security = URL_SCHEMES.get(parts.scheme)
+    hint = "Use smtp+starttls://user:password@host:587 or smtps://user:password@host:465 in AMI_AUTH_SMTP_URL."
+    if security is None:
+        raise AppError("invalid_config", "The mail URL has an unknown scheme.", hint)
+    try:
+        port = parts.port or DEFAULT_PORTS[security]
+    except ValueError:
+        raise AppError("invalid_config", "The mail URL has an invalid port.", hint) from None
+    host = parts.hostname or ""
+    if not host:
+        raise AppError("invalid_config", "The mail URL has no host.", hint)
+    if security == "none" and host not in LOOPBACK:
+        raise AppError("invalid_config", "Plain smtp:// is only allowed to a relay on 127.0.0.1.", hint)
+    return SmtpTarget(
+        host=host,
+        port=port,
+        security=security,
+        username=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        from_address=from_address,
+        timeout=timeout,
+        ca_file=ca_file,
+        local_hostname=local_hostname,
+    )
+
+
+def tls_context(target: SmtpTarget) -> ssl.SSLContext:
+    """Certificate and host-name verification always on (RFC 8314 §4.1: no opportunistic fallback)."""
+    context = ssl.create_default_context(cafile=target.ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _server_said(exc: smtplib.SMTPResponseException) -> str:
+    text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+    return f"{exc.smtp_code} {text}"[:200]
+
+
+def _login(client: smtplib.SMTP, target: SmtpTarget) -> None:
+    if not client.has_extn("auth"):
+        raise AppError(
+            "invalid_config",
+            f"{target.host} does not offer authentication on this connection.",
+            "Use STARTTLS or implicit TLS (most servers only offer AUTH over TLS), or remove the username.",
+        )
+    offered = client.esmtp_features.get("auth", "").upper().split()
+    for mechanism in AUTH_MECHANISMS:
+        if mechanism in offered:
+            # smtplib's auth_plain/auth_login read these attributes (that is how SMTP.login works).
+            client.user, client.password = target.username, target.password
+            authobject = client.auth_plain if mechanism == "PLAIN" else client.auth_login
+            client.auth(mechanism, authobject)
+            return
+    raise AppError(
+        "invalid_config",
+        f"{target.host} offers no supported login method ({' '.join(offered) or 'none'}).",
+        "The server must offer AUTH PLAIN or LOGIN.",
+    )
+
+
+@contextmanager
+def _session(target: SmtpTarget) -> Iterator[smtplib.SMTP]:
+    """An SMTP connection that has said EHLO, switched to TLS and logged in; SMTP errors mapped to AppError."""
+    where = f"{target.host}:{target.port}"
+    client: smtplib.SMTP | None = None
+    try:
+        if target.security == "tls":
+            client = smtplib.SMTP_SSL(
+                target.host,
+                target.port,
+                local_hostname=target.local_hostname,
+                timeout=target.timeout,
+                context=tls_context(target),
+            )
+        else:
+            client = smtplib.SMTP(
+                target.host, target.port, local_hostname=target.local_hostname, timeout=target.timeout
+            )
+        client.ehlo()
+        if target.security == "starttls":
+            if not client.has_extn("starttls"):
+                raise AppError(
+                    "provider_unreachable",
+                    f"The mail server at {where} does not offer STARTTLS.",
+                    "Use the submission port (587) of a server that supports STARTTLS, or smtps:// on port 465.",
+                )
+            client.starttls(context=tls_context(target))
+            client.ehlo()  # RFC 3207 §4.2: forget what was learned before TLS and ask again
+        if target.username:
+            _login(client, target)
+        yield client
+    except AppError:
+        raise
+    except smtplib.SMTPAuthenticationError as exc:
+        raise AppError(
+            "invalid_credentials",
+            f"The mail server refused the login ({_server_said(exc)}).",
+            "Check the SMTP username and password; some providers need an app password.",
+        ) from None
+    except smtplib.SMTPSenderRefused as exc:
+        raise AppError(
+            "invalid_config",
+            f"The mail server refused the sender address ({_server_said(exc)}).",
+            "Use a from address this account may send as (AMI_AUTH_MAIL_FROM or the account's from address).",
+        ) from None
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = ", ".join(f"{code} {msg.decode('utf-8', 'replace')}"[:120] for code, msg in exc.recipients.values())
+        raise AppError(
+            "validation_failed",
+            f"The mail server refused the recipient ({codes}).",
+            "Check the email address.",
+        ) from None
+    except smtplib.SMTPResponseException as exc:
+        if exc.smtp_code == 530:
+            # RFC 4954 §6: 530 = authentication required.
+            raise AppError(
+                "invalid_credentials",
+                f"The mail server requires a login ({_server_said(exc)}).",
+                "Add the SMTP username and password.",
+            ) from None
+        raise AppError(
+            "provider_unreachable",
+            f"The mail server at {where} answered {_server_said(exc)}.",
+            "Try again later; if it persists, check the server's logs." if exc.smtp_code < 500 else None,
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise AppError(
+            "provider_unreachable",
+            f"The mail server at {where} presented a certificate we cannot trust ({exc.verify_message}).",
+            "The certificate must be valid for the host name; for a private CA set AMI_AUTH_SMTP_CA_FILE.",
+        ) from None
+    except ssl.SSLError as exc:
+        raise AppError(
+            "provider_unreachable",
+            f"TLS with the mail server at {where} failed ({exc.reason or type(exc).__name__}).",
+            "Check the security setting for this port: smtps:// (implicit TLS) on 465, smtp+starttls:// on 587.",
+        ) from None
+    except smtplib.SMTPNotSupportedError:
+        raise AppError(
+            "provider_unreachable", f"The mail server at {where} does not support a required extension."
+        ) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise AppError(
+            "provider_unreachable",
+            f"The mail server at {where} could not be reached ({type(exc).__name__}).",
+            "Check the host, the port and that this machine may connect to it.",
+        ) from None
+    finally:
+        if client is not None:
+            with suppress(smtplib.SMTPException, OSError):
+                client.quit()
+            client.close()
+
+
+def smtp_verify(target: SmtpTarget) -> None:
+    """Connect, EHLO, STARTTLS, AUTH and NOOP: raises an AppError, or returns when the target works."""
+    with _session(target) as client:
+        code, _reply = client.noop()
+        if code != 250:
+            raise AppError("provider_unreachable", f"The mail server answered NOOP with {code}.")
+
+
+def smtp_send(target: SmtpTarget, message: EmailMessage) -> None:
+    """Deliver one message; the envelope comes from its From/To headers."""
+    sender = parseaddr(str(message["From"]))[1]
+    recipients = [addr for _name, addr in getaddresses([str(v) for v in message.get_all("To", [])]) if addr]
+    with _session(target) as client:
+        client.send_message(message, from_addr=sender, to_addrs=recipients)
+
+
+def build_message(from_address: str, to: str, subject: str, text: str, html: str | None = None) -> EmailMessage:
+    """A text message with an optional HTML alternative; headers reject CR/LF (email.policy.default)."""
+    message = EmailMessage()
+    message["From"] = from_address
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = formatdate(usegmt=True)
+    domain = parseaddr(from_address)[1].rpartition("@")[2] or "localhost"
+    message["Message-ID"] = make_msgid(domain=domain)  # with a domain: make_msgid would otherwise call getfqdn()
+    message.set_content(text)
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+    return message
+
+
+Transport = SmtpTarget | Literal["outbox"]
+
+
+class Mailer:
+    """The app's own mail. Send *after* committing the change a mail describes: a mail cannot be unsent."""
+
+    def __init__(self, db: Session, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    def transport(self) -> Transport:
+        from app.connectors import system_mailer_target
+
+        target = system_mailer_target(self.db, self.settings)
+        if target is not None:
+            return target
+        if self.settings.smtp_url:
+            return parse_smtp_url(
+                self.settings.smtp_url,
+                from_address=self.settings.mail_from,
+                timeout=self.settings.outbound_timeout,
+                ca_file=str(self.settings.smtp_ca_file) if self.settings.smtp_ca_file else None,
+                local_hostname=urlsplit(self.settings.base_url).hostname or "localhost",
+            )
+        if not self.settings.is_production:
+            return "outbox"
+        raise AppError(
+            "invalid_config",
+            "No mailer is configured, so this mail cannot be sent.",
+            "Set AMI_AUTH_SMTP_URL (smtp+starttls://user:password@host:587), "
+            "or mark an SMTP account as the system mailer.",
+        )
+
+    def send(self, to: str, subject: str, text: str, html: str | None = None) -> None:
+        transport = self.transport()
+        if transport == "outbox":
+            # Committed on its own, like a delivered mail: the caller has already committed its change.
+            self.db.add(MailOutbox(to=to, subject=subject, text=text, html=html))
+            self.db.commit()
+            log.info("mail to %s stored in the outbox (no SMTP configured): %s", to, subject)
+            return
+        from_address = transport.from_address or self.settings.mail_from
+        smtp_send(transport, build_message(from_address, to, subject, text, html))
+        log.info("mail to %s sent via %s:%s: %s", to, transport.host, transport.port, subject)

@@ -1,0 +1,172 @@
+"""Pages reached from a mail or by someone signed out: sign-up, forgotten password, reset, invite, verify."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, flash, redirect, render_template, url_for
+from flask_wtf import FlaskForm
+from werkzeug.wrappers import Response
+from wtforms import EmailField, PasswordField, StringField
+from wtforms.validators import DataRequired, EqualTo, Length
+
+from app.auth import lifecycle
+from app.errors import AppError
+from app.extensions import db_session, get_settings
+from app.web.common import audit_ctx, form_errors
+
+bp = Blueprint("flows", __name__)
+Page = str | Response | tuple[str, int]
+log = logging.getLogger("ami_auth.mail")
+
+# Failures of the mail transport that an anonymous visitor should not see in detail (host names, ports).
+MAIL_FAILURES = frozenset({"provider_unreachable", "invalid_credentials", "invalid_config"})
+
+
+class EmailForm(FlaskForm):  # type: ignore[misc]
+    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
+
+
+class NewPasswordForm(FlaskForm):  # type: ignore[misc]
+    password = PasswordField("New password", validators=[DataRequired(), Length(max=256)])
+    confirm = PasswordField(
+        "Repeat new password", validators=[DataRequired(), EqualTo("password", "The passwords differ.")]
+    )
+
+
+class InviteForm(FlaskForm):  # type: ignore[misc]
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+    confirm = PasswordField(
+        "Repeat password", validators=[DataRequired(), EqualTo("password", "The passwords differ.")]
+    )
+
+
+class SignupForm(FlaskForm):  # type: ignore[misc]
+    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
+    display_name = StringField("Your name", validators=[Length(max=200)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+
+
+class ConfirmForm(FlaskForm):  # type: ignore[misc]
+    """Only the CSRF token: confirming by POST keeps link scanners that prefetch GETs from acting."""
+
+
+def _status(form: FlaskForm) -> int:
+    return 422 if form.is_submitted() and form.errors else 200
+
+
+def _mail_failed(exc: AppError) -> AppError:
+    log.warning("mail could not be sent: %s (%s)", exc.text, exc.code)
+    return AppError(
+        "provider_unreachable",
+        "We could not send the mail right now.",
+        "Try again in a few minutes; if it keeps failing, tell an administrator.",
+        status=503,
+    )
+
+
+@bp.app_context_processor
+def _signup_links() -> dict[str, Any]:
+    return {"signup_open": lifecycle.signup_open(get_settings())}
+
+
+@bp.route("/reset", methods=["GET", "POST"])
+def reset_request() -> Page:
+    form = EmailForm()
+    if form.validate_on_submit():
+        db = db_session()
+        try:
+            lifecycle.request_password_reset(db, get_settings(), audit_ctx(), form.email.data)
+        except AppError as exc:
+            db.rollback()
+            if exc.code in MAIL_FAILURES:
+                raise _mail_failed(exc) from None
+            if not exc.fields:
+                raise
+            form_errors(exc, form)
+        else:
+            return render_template("auth/reset_sent.html", email=form.email.data.strip())
+    return render_template("auth/reset.html", form=form), _status(form)
+
+
+@bp.route("/reset/<token>", methods=["GET", "POST"])
+def reset_password(token: str) -> Page:
+    db = db_session()
+    user = lifecycle.reset_user(db, token)
+    form = NewPasswordForm()
+    if form.validate_on_submit():
+        try:
+            lifecycle.reset_password(db, get_settings(), audit_ctx(), token, form.password.data)
+        except AppError as exc:
+            db.rollback()
+            if not exc.fields:
+                raise
+            form_errors(exc, form)
+        else:
+            flash("Your password was changed and every session was signed out. Sign in with the new one.", "success")
+            return redirect(url_for("auth.signin"))
+    return render_template("auth/reset_password.html", form=form, email=user.email), _status(form)
+
+
+@bp.route("/invite/<token>", methods=["GET", "POST"])
+def invite(token: str) -> Page:
+    db = db_session()
+    user = lifecycle.invite_user(db, token)
+    form = InviteForm()
+    if form.validate_on_submit():
+        try:
+            lifecycle.accept_invite(db, get_settings(), audit_ctx(), token, form.password.data)
+        except AppError as exc:
+            db.rollback()
+            if not exc.fields:
+                raise
+            form_errors(exc, form)
+        else:
+            flash("Your password is set. Sign in to continue.", "success")
+            return redirect(url_for("auth.signin"))
+    return render_template("auth/invite.html", form=form, user=user), _status(form)
+
+
+@bp.route("/verify/<token>", methods=["GET", "POST"])
+def verify(token: str) -> str | Response:
+    db = db_session()
+    user = lifecycle.verification_user(db, token)
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        lifecycle.verify_email(db, get_settings(), audit_ctx(), token)
+        return render_template("auth/verify_done.html", email=user.email)
+    return render_template("auth/verify.html", form=form, email=user.email)
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+def signup() -> Page:
+    settings = get_settings()
+    if not lifecycle.signup_open(settings):
+        raise AppError(
+            "not_found",
+            "Sign-up is not open on this server.",
+            "Accounts are created by an administrator; ask one for an invitation.",
+        )
+    form = SignupForm()
+    if form.validate_on_submit():
+        db = db_session()
+        try:
+            lifecycle.signup(
+                db,
+                settings,
+                audit_ctx(),
+                email=form.email.data,
+                display_name=form.display_name.data or "",
+                password=form.password.data,
+            )
+        except AppError as exc:
+            db.rollback()
+            if exc.code in MAIL_FAILURES:
+                raise _mail_failed(exc) from None
+            if not exc.fields:
+                raise
+            form_errors(exc, form)
+        else:
+            return render_template("auth/signup_sent.html", email=form.email.data.strip())
+    return render_template("auth/signup.html", form=form), _status(form)

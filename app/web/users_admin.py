@@ -1,0 +1,266 @@
+"""The admin console's users pages (list, create, detail) and the development mail outbox."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+from werkzeug.wrappers import Response
+from wtforms import BooleanField, EmailField, PasswordField, RadioField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Length
+
+from app.auth import lifecycle, sessions, user_admin
+from app.auth.devices import device_summary
+from app.errors import AppError
+from app.extensions import db_session, get_settings
+from app.models import MailOutbox, User
+from app.web.common import admin_required, audit_ctx, form_errors, signed_in
+
+bp = Blueprint("users_admin", __name__, url_prefix="/admin")
+
+ROLE_CHOICES = [SelectChoice("member", "Member"), SelectChoice("admin", "Admin")]
+MODE_CHOICES = [SelectChoice("invite", "Send an invitation by mail"), SelectChoice("password", "Set a password now")]
+OUTBOX_LIMIT = 50
+
+
+class CreateUserForm(FlaskForm):  # type: ignore[misc]
+    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
+    display_name = StringField("Name", validators=[Length(max=200)])
+    role = SelectField("Role", choices=ROLE_CHOICES, default="member")
+    metadata = TextAreaField("Metadata (JSON object, optional)", render_kw={"rows": 4, "spellcheck": "false"})
+    mode = RadioField("How they get in", choices=MODE_CHOICES, default="invite")
+    password = PasswordField("Password", validators=[Length(max=256)])
+    temporary = BooleanField("Ask them to choose a new password at first sign-in", default=True)
+
+
+class EditUserForm(FlaskForm):  # type: ignore[misc]
+    display_name = StringField("Name", validators=[Length(max=200)])
+    role = SelectField("Role", choices=ROLE_CHOICES)
+    metadata = TextAreaField("Metadata (JSON object)", render_kw={"rows": 6, "spellcheck": "false"})
+
+
+def _actor() -> User:
+    who = signed_in()
+    assert who is not None  # admin_required ran first
+    return who.user
+
+
+def _page_arg() -> int:
+    raw = request.args.get("page", "1")
+    return int(raw) if raw.isdigit() and len(raw) < 7 else 1
+
+
+@bp.get("/users")
+@admin_required
+def users() -> str:
+    query = request.args.get("q", "").strip()[:200]
+    page = user_admin.list_users(db_session(), query=query, page=_page_arg())
+    return render_template("admin/users.html", result=page, q=query)
+
+
+@bp.route("/users/new", methods=["GET", "POST"])
+@admin_required
+def create_user() -> Response | tuple[str, int]:
+    settings = get_settings()
+    form = CreateUserForm()
+    if not lifecycle.invites_allowed(settings):
+        form.mode.choices = [c for c in MODE_CHOICES if c.value == "password"]
+        if not form.is_submitted():
+            form.mode.data = "password"
+    status = 200
+    if form.validate_on_submit():
+        db = db_session()
+        try:
+            created = user_admin.create_user(
+                db,
+                settings,
+                audit_ctx(),
+                email=form.email.data,
+                display_name=form.display_name.data or "",
+                role=form.role.data,
+                metadata=form.metadata.data or "",
+                mode="invite" if form.mode.data == "invite" else "password",
+                password=form.password.data or None,
+                temporary=bool(form.temporary.data),
+            )
+        except AppError as exc:
+            db.rollback()
+            if not exc.fields:
+                raise
+            form_errors(exc, form)
+            status = exc.http_status
+        else:
+            user = created.user
+            if created.mail_error is not None:
+                flash(
+                    f"{user.email} was created, but the invitation could not be sent: "
+                    f"{created.mail_error.text} Fix the mailer, then use “Send invitation again”.",
+                    "warning",
+                )
+            elif form.mode.data == "invite":
+                flash(f"Invitation sent to {user.email}. The link works for 7 days.", "success")
+            else:
+                flash(f"{user.email} was created with the password you typed.", "success")
+            return redirect(url_for("users_admin.user_detail", user_id=user.id))
+    elif form.is_submitted():
+        status = 422
+    return render_template(
+        "admin/user_new.html", form=form, invites_allowed=lifecycle.invites_allowed(settings)
+    ), status
+
+
+def _detail(
+    user: User, form: EditUserForm | None = None, status: int = 200, error: AppError | None = None
+) -> tuple[str, int]:
+    db = db_session()
+    settings = get_settings()
+    if form is None:
+        form = EditUserForm(
+            formdata=None,
+            display_name=user.display_name,
+            role=user.role,
+            metadata=user_admin.format_metadata(user.user_metadata),
+        )
+    who = signed_in()
+    context: dict[str, Any] = {
+        "user": user,
+        "form": form,
+        "sessions": [(s, device_summary(s.user_agent)) for s in sessions.live_sessions(db, settings, user.id)],
+        "is_self": who is not None and who.user.id == user.id,
+        "current_session": who.record.id if who is not None else None,
+        "invites_allowed": lifecycle.invites_allowed(settings),
+        "error": error,
+    }
+    return render_template("admin/user_detail.html", **context), status
+
+
+@bp.get("/users/<int:user_id>")
+@admin_required
+def user_detail(user_id: int) -> tuple[str, int]:
+    return _detail(user_admin.get_user(db_session(), user_id))
+
+
+@bp.post("/users/<int:user_id>/edit")
+@admin_required
+def edit_user(user_id: int) -> Response | tuple[str, int]:
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    form = EditUserForm()
+    if form.validate_on_submit():
+        try:
+            changed = user_admin.update_user(
+                db,
+                audit_ctx(),
+                _actor(),
+                user,
+                display_name=form.display_name.data or "",
+                role=form.role.data,
+                metadata=form.metadata.data or "",
+            )
+        except AppError as exc:
+            db.rollback()
+            form_errors(exc, form)
+            return _detail(user, form, exc.http_status, None if exc.fields else exc)
+        flash("Saved." if changed else "Nothing changed.", "success")
+        return redirect(url_for("users_admin.user_detail", user_id=user.id))
+    return _detail(user, form, 422)
+
+
+def _mail_action(user_id: int, action: str) -> Response:
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    try:
+        if action == "reset":
+            user_admin.send_reset_link(db, get_settings(), audit_ctx(), user)
+            flash(f"A password reset link was sent to {user.email}. It works for 1 hour.", "success")
+        else:
+            lifecycle.send_invite(db, get_settings(), audit_ctx(), user, inviter=_actor().email)
+            flash(f"Invitation sent to {user.email}. The link works for 7 days.", "success")
+    except AppError as exc:
+        db.rollback()
+        flash(f"{exc.text} {exc.help}", "error")
+    return redirect(url_for("users_admin.user_detail", user_id=user_id))
+
+
+@bp.post("/users/<int:user_id>/reset-link")
+@admin_required
+def send_reset_link(user_id: int) -> Response:
+    return _mail_action(user_id, "reset")
+
+
+@bp.post("/users/<int:user_id>/invite")
+@admin_required
+def resend_invite(user_id: int) -> Response:
+    return _mail_action(user_id, "invite")
+
+
+@bp.post("/users/<int:user_id>/disable")
+@admin_required
+def disable_user(user_id: int) -> Response | tuple[str, int]:
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    try:
+        ended = user_admin.set_active(db, audit_ctx(), _actor(), user, False)
+    except AppError as exc:
+        db.rollback()
+        return _detail(user, status=exc.http_status, error=exc)
+    flash(f"{user.email} is disabled; {ended} session(s) were signed out.", "success")
+    return redirect(url_for("users_admin.user_detail", user_id=user_id))
+
+
+@bp.post("/users/<int:user_id>/enable")
+@admin_required
+def enable_user(user_id: int) -> Response:
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    user_admin.set_active(db, audit_ctx(), _actor(), user, True)
+    flash(f"{user.email} is enabled and can sign in again.", "success")
+    return redirect(url_for("users_admin.user_detail", user_id=user_id))
+
+
+@bp.route("/users/<int:user_id>/delete", methods=["GET", "POST"])
+@admin_required
+def delete_user(user_id: int) -> str | Response | tuple[str, int]:
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    if request.method == "POST":
+        email = user.email
+        try:
+            user_admin.delete_user(db, audit_ctx(), _actor(), user)
+        except AppError as exc:
+            db.rollback()
+            return _detail(user, status=exc.http_status, error=exc)
+        flash(f"{email} was deleted.", "success")
+        return redirect(url_for("users_admin.users"))
+    return render_template("admin/user_delete.html", user=user)
+
+
+@bp.post("/users/<int:user_id>/sessions/<public_id>/revoke")
+@admin_required
+def revoke_session(user_id: int, public_id: str) -> Response:
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    user_admin.revoke_session(db, audit_ctx(), user, public_id[:32])
+    flash("The session was signed out.", "success")
+    return redirect(url_for("users_admin.user_detail", user_id=user_id))
+
+
+@bp.post("/users/<int:user_id>/sessions/revoke-all")
+@admin_required
+def revoke_all_sessions(user_id: int) -> Response:
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    ended = user_admin.revoke_all_sessions(db, audit_ctx(), user)
+    flash(f"Signed out {ended} session(s).", "success")
+    return redirect(url_for("users_admin.user_detail", user_id=user_id))
+
+
+@bp.get("/outbox")
+@admin_required
+def outbox() -> str:
+    """Mail kept instead of sent (development and test only, when no SMTP transport is configured)."""
+    mails = db_session().scalars(select(MailOutbox).order_by(MailOutbox.id.desc()).limit(OUTBOX_LIMIT)).all()
+    return render_template("admin/outbox.html", mails=mails, production=get_settings().is_production)

@@ -1,0 +1,137 @@
+// WebAuthn ceremonies for forms marked data-webauthn="register" | "authenticate".
+// The server sends the options as JSON, the browser's own parsers turn them into a request, the result goes
+// back as JSON (credential.toJSON()) with the page's CSRF token, and the server answers with where to go next.
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    var headers = document.body.getAttribute("hx-headers");
+    if (!headers) {
+      return "";
+    }
+    try {
+      return JSON.parse(headers)["X-CSRFToken"] || "";
+    } catch (err) {
+      return "";
+    }
+  }
+
+  function supported() {
+    return (
+      typeof window.PublicKeyCredential === "function" &&
+      typeof PublicKeyCredential.parseCreationOptionsFromJSON === "function" &&
+      typeof PublicKeyCredential.parseRequestOptionsFromJSON === "function"
+    );
+  }
+
+  // Errors from the server come in the app's taxonomy: {"error": {"code", "message", "hint", "fields"}}.
+  function ServerError(body) {
+    var error = (body && body.error) || {};
+    this.name = "ServerError";
+    this.code = error.code || "internal_error";
+    this.fields = error.fields || {};
+    this.message = [error.message, error.hint].filter(Boolean).join(" ") || "Something went wrong. Try again.";
+  }
+
+  async function postJSON(url, payload) {
+    var response = await fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "X-CSRFToken": csrfToken()
+      },
+      body: JSON.stringify(payload || {})
+    });
+    var body = null;
+    try {
+      body = await response.json();
+    } catch (err) {
+      body = null;
+    }
+    if (!response.ok) {
+      throw new ServerError(body);
+    }
+    return body;
+  }
+
+  function browserMessage(err) {
+    if (err && err.name === "NotAllowedError") {
+      return "The passkey prompt was cancelled or timed out. Try again when you are ready.";
+    }
+    if (err && err.name === "InvalidStateError") {
+      return "This authenticator is already registered to your account.";
+    }
+    if (err && err.name === "SecurityError") {
+      return "Passkeys cannot be used from this address. Open the site at its configured URL.";
+    }
+    return "The passkey could not be used (" + ((err && err.name) || "error") + "). Try again.";
+  }
+
+  function setError(form, message) {
+    var box = form.querySelector("[data-webauthn-error]");
+    if (!box) {
+      return;
+    }
+    box.textContent = message || "";
+    box.hidden = !message;
+  }
+
+  async function run(form) {
+    var mode = form.getAttribute("data-webauthn");
+    var nameInput = form.querySelector("[data-webauthn-name]");
+    var extra = nameInput ? { name: nameInput.value } : {};
+    var button = form.querySelector("button[type=submit]");
+    setError(form, "");
+    if (!supported()) {
+      setError(form, "This browser does not support passkeys. Update it, or use another way to sign in.");
+      return;
+    }
+    if (button) {
+      button.disabled = true;
+    }
+    try {
+      var options = await postJSON(form.getAttribute("data-options-url"), extra);
+      var credential;
+      try {
+        if (mode === "register") {
+          credential = await navigator.credentials.create({
+            publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(options.publicKey)
+          });
+        } else {
+          credential = await navigator.credentials.get({
+            publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options.publicKey)
+          });
+        }
+      } catch (err) {
+        setError(form, browserMessage(err));
+        return;
+      }
+      var result = await postJSON(
+        form.getAttribute("data-verify-url"),
+        Object.assign({ credential: credential.toJSON() }, extra)
+      );
+      window.location.assign(result.redirect);
+    } catch (err) {
+      if (err instanceof ServerError) {
+        setError(form, (err.fields && err.fields.name) || err.message);
+      } else {
+        setError(form, "The server could not be reached. Check your connection and try again.");
+      }
+    } finally {
+      if (button) {
+        button.disabled = false;
+      }
+    }
+  }
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-webauthn")) {
+      return;
+    }
+    event.preventDefault();
+    run(form);
+  });
+})();
