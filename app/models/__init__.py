@@ -6,6 +6,7 @@ from app.models.base import Base, utcnow
 from app.models.credentials import Credential, MfaPolicy, WebAuthnChallenge
 from app.models.dialogs import DialogToken
 from app.models.mail import MailOutbox
+from app.models.oauth import OAuthIdentity
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
 from app.models.service_tokens import ServiceToken
@@ -23,6 +24,7 @@ __all__ = [
     "LinkToken",
     "MailOutbox",
     "MfaPolicy",
+    "OAuthIdentity",
     "ProviderConfig",
     "ServiceToken",
     "StoredSecret",

@@ -14,10 +14,12 @@ from app.web import (
     auth,
     cms_dialogs,  # noqa: F401 - adds the CMS entry routes to the dialogs blueprint
     compliance,
+    connections,
     dialogs,
     home,
     mail_flows,
     mfa,
+    oauth,
     providers_admin,
     tokens_admin,
     users_admin,
@@ -37,6 +39,8 @@ BLUEPRINTS = [
     providers_admin.bp,
     accounts_admin.bp,
     dialogs.bp,  # with the CMS entry routes of cms_dialogs (imported above, so they exist before registration)
+    oauth.bp,
+    connections.bp,
 ]
 
 

@@ -39,10 +39,12 @@ class Hook:
     profile: ProfileHook | None = None
 
 
-from app.providers.hooks import huggingface, smtp  # noqa: E402 - the hook modules use the types above
+from app.providers.hooks import azure, github, huggingface, smtp  # noqa: E402 - the hook modules use the types above
 
-# The one list (OAuth adds github and azure).
+# The one list.
 HOOKS: dict[str, Hook] = {
+    "github": Hook("GitHub: the primary verified email from /user/emails", profile=github.profile),
+    "azure": Hook("Entra ID: Microsoft Graph /me, tenant and app roles", profile=azure.profile),
     "huggingface": Hook(
         "Hugging Face: whoami-v2 → user, orgs, token role; refuse a token below the required role",
         after_verify=huggingface.after_verify,
