@@ -41,7 +41,7 @@ ACCOUNT_ID_PARAM = {
 }
 
 
-@bp.get("/account-manager/accounts/<int:account_id>/headers")
+@bp.get("/account-manager/accounts/<int(min=1, max=2147483647):account_id>/headers")
 @api_auth("accounts:headers", cookies=False)
 @document(
     summary="Ready-to-send request headers for an API-key account",

@@ -254,15 +254,15 @@ def list_accounts() -> Response:
         user_id=bodies.query_id("user_id"),
     )
     limit = bodies.query_int("limit", default=PAGE_DEFAULT, low=1, high=PAGE_MAX)
-    raw_cursor = request.args.get("cursor") or None
-    if raw_cursor is not None and not (raw_cursor.isascii() and raw_cursor.isdigit() and len(raw_cursor) <= 10):
+    raw_cursor = request.args.get("cursor")
+    if raw_cursor is not None and not (raw_cursor.isascii() and raw_cursor.isdigit() and 1 <= len(raw_cursor) <= 10):
         raise AppError("validation_failed", fields={"cursor": "Pass the next_cursor of the previous page unchanged."})
     db = db_session()
     now = utcnow()
     margin = _margin()
-    page = list_page(
-        db, filters, now=now, margin=margin, limit=limit, after=int(raw_cursor) if raw_cursor is not None else None
-    )
+    # Ids stop at ID_MAX (a 32-bit column), so a larger cursor is past the end; clamping keeps it in range.
+    after = min(int(raw_cursor), bodies.ID_MAX) if raw_cursor is not None else None
+    page = list_page(db, filters, now=now, margin=margin, limit=limit, after=after)
     return json_response(
         {"accounts": [snapshot(a, now, margin) for a in page.accounts], "next_cursor": page.next_cursor}
     )
@@ -273,7 +273,7 @@ def _status_param() -> Status | None:
     return next((s for s in STATUSES if s == value), None)
 
 
-@bp.get("/account-manager/accounts/<int:account_id>")
+@bp.get("/account-manager/accounts/<int(min=1, max=2147483647):account_id>")
 @api_auth("accounts:read")
 @document(
     summary="One connected-account snapshot",
@@ -287,7 +287,7 @@ def get_account(account_id: int) -> Response:
     return json_response(_account_json(_find(account_id)))
 
 
-@bp.post("/account-manager/accounts/<int:account_id>/refresh")
+@bp.post("/account-manager/accounts/<int(min=1, max=2147483647):account_id>/refresh")
 @api_auth("accounts:write")
 @document(
     summary="Refresh an account now",
@@ -316,7 +316,7 @@ def refresh_account(account_id: int) -> Response:
     )
 
 
-@bp.post("/account-manager/accounts/<int:account_id>/revoke")
+@bp.post("/account-manager/accounts/<int(min=1, max=2147483647):account_id>/revoke")
 @api_auth("accounts:write")
 @document(
     summary="Revoke an account's credential",
@@ -345,7 +345,7 @@ def revoke_account(account_id: int) -> Response:
     )
 
 
-@bp.delete("/account-manager/accounts/<int:account_id>")
+@bp.delete("/account-manager/accounts/<int(min=1, max=2147483647):account_id>")
 @api_auth("accounts:write")
 @document(
     summary="Delete an account (revoking it first where the provider can)",

@@ -40,6 +40,9 @@ def json_object(*, allowed: Collection[str], required: Collection[str] = ()) -> 
 def body_id(data: Mapping[str, Any], key: str) -> int:
     """A positive integer id from the body (booleans are not numbers here, whatever Python thinks)."""
     value = data.get(key)
+    # JSON Schema counts 7.0 as an integer, and so do we.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ID_MAX:
         raise AppError("validation_failed", fields={key: f"Use an id: a whole number from 1 to {ID_MAX}."})
     return value
@@ -47,7 +50,7 @@ def body_id(data: Mapping[str, Any], key: str) -> int:
 
 def query_id(name: str) -> int | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= ID_MAX:
         raise AppError("validation_failed", fields={name: f"Use an id: a whole number from 1 to {ID_MAX}."})
@@ -56,7 +59,7 @@ def query_id(name: str) -> int | None:
 
 def query_bool(name: str) -> bool | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if raw in ("true", "false"):
         return raw == "true"
@@ -65,7 +68,7 @@ def query_bool(name: str) -> bool | None:
 
 def query_choice(name: str, choices: Collection[str]) -> str | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if raw not in choices:
         raise AppError("validation_failed", fields={name: "Use one of: " + ", ".join(sorted(choices)) + "."})
@@ -74,7 +77,7 @@ def query_choice(name: str, choices: Collection[str]) -> str | None:
 
 def query_int(name: str, *, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
         raise AppError("validation_failed", fields={name: f"Use a whole number from {low} to {high}."})

@@ -332,7 +332,7 @@ def _find(db: Session, config_id: int) -> ProviderConfig:
     return cfg
 
 
-@bp.get("/account-manager/provider-configs/<int:config_id>")
+@bp.get("/account-manager/provider-configs/<int(min=1, max=2147483647):config_id>")
 @api_auth("providers:read")
 @document(
     summary="One provider config",
@@ -348,7 +348,7 @@ def get_provider_config(config_id: int) -> Response:
     return json_response(config_json(db, _find(db, config_id)))
 
 
-@bp.patch("/account-manager/provider-configs/<int:config_id>")
+@bp.patch("/account-manager/provider-configs/<int(min=1, max=2147483647):config_id>")
 @api_auth("providers:write")
 @document(
     summary="Change a provider config",
@@ -394,7 +394,7 @@ def update_provider_config(config_id: int) -> Response:
     return json_response(body)
 
 
-@bp.delete("/account-manager/provider-configs/<int:config_id>")
+@bp.delete("/account-manager/provider-configs/<int(min=1, max=2147483647):config_id>")
 @api_auth("providers:write")
 @document(
     summary="Delete a provider config",
