@@ -43,6 +43,7 @@ from tests.support.accounts import (
     csrf_of,
     dialog_path,
     field_error,
+    headers_token,
     make_account,
     make_config,
     post_dialog,
@@ -386,7 +387,7 @@ def test_save_encrypts_verifies_and_serves_exact_headers_without_rendering_the_s
         stored = get_secret(s.db, cipher, OWNER, account.id, name)
         assert stored is not None and stored.reveal() == value
     # The headers endpoint returns what the vendor expects, and the vendor accepts it.
-    body = s.client.get(f"/api/account-manager/accounts/{account.id}/headers").get_json()
+    body = s.client.get(f"/api/account-manager/accounts/{account.id}/headers", headers=headers_token(s.db)).get_json()
     headers, query = s.row.expected(s.vendor, secrets)
     assert {k.lower(): v for k, v in body["headers"].items() if k.lower() in WATCHED} == headers
     assert body["query"] == query
@@ -625,7 +626,7 @@ def test_smtp_forms_save_and_round_trip(app: Flask, smtp_tls_files: TlsFiles, ro
         for page_path in ("/admin/accounts/", detail, f"{detail}/edit", dialog_path(account.id)):
             assert SMTP_PASSWORD not in s.client.get(page_path).get_data(as_text=True)
         # Mail accounts have no request headers to hand out.
-        response = s.client.get(f"/api/account-manager/accounts/{account.id}/headers")
+        response = s.client.get(f"/api/account-manager/accounts/{account.id}/headers", headers=headers_token(s.db))
         assert response.status_code == 422 and response.get_json()["error"]["code"] == "invalid_config"
         s.db.close()
 

@@ -37,6 +37,7 @@ from tests.conftest import UserFactory, make_settings, sign_in
 from tests.support.accounts import (
     CTX,
     blamed_fields,
+    headers_token,
     make_account,
     make_config,
     post_dialog,
@@ -173,20 +174,18 @@ def test_query_auth_is_refused_by_get_headers_and_returned_by_request_auth(
     assert dict(request_auth(db, cipher, account).query) == {"key": key}
 
 
-def test_headers_endpoint_audits_every_call_and_is_admin_only(
+def test_headers_endpoint_audits_every_call_and_answers_only_service_tokens(
     app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, openai_standin: OpenAI
 ) -> None:
     account, key = _openai(app, db, openai_standin, organization_id="org-Abc123")
     path = f"/api/account-manager/accounts/{account.id}/headers"
     assert client.get(path).status_code == 401
-    make_user("member@example.com")
-    assert sign_in(client, "member@example.com").status_code == 302
-    assert client.get(path).status_code == 403
-    client.post("/signout", data={})
-    client = app.test_client()
+    # Not even an admin's browser session: a credential has no business in a browser.
     _admin(client, make_user)
+    assert client.get(path).status_code == 401
+    token = headers_token(db)
     for _ in range(3):
-        response = client.get(path)
+        response = client.get(path, headers=token)
         assert response.status_code == 200
         assert response.headers["Cache-Control"] == "no-store"
         assert response.get_json() == {
@@ -195,13 +194,14 @@ def test_headers_endpoint_audits_every_call_and_is_admin_only(
         }
     disclosed = _events(db, "account.headers.disclosed")
     assert len(disclosed) == 3
-    assert disclosed[0].actor == ADMIN and disclosed[0].details["header_names"] == [
+    assert disclosed[0].actor.startswith("service_token:") and disclosed[0].details["header_names"] == [
         "Authorization",
         "OpenAI-Organization",
     ]
     assert all(key not in str(e.details) for e in disclosed)
     assert reload(app, db, account.id).last_used_at is not None
-    assert client.get("/api/account-manager/accounts/999/headers").get_json()["error"]["code"] == "not_found"
+    missing = client.get("/api/account-manager/accounts/999/headers", headers=token)
+    assert missing.get_json()["error"]["code"] == "not_found"
 
 
 def test_a_pending_account_has_no_headers(
@@ -209,8 +209,7 @@ def test_a_pending_account_has_no_headers(
 ) -> None:
     cfg = make_config(db, get_cipher(app), app.extensions["ami_settings"], "openai", {})
     account = make_account(db, cfg, {"base_url": openai_standin.url})
-    _admin(client, make_user)
-    response = client.get(f"/api/account-manager/accounts/{account.id}/headers")
+    response = client.get(f"/api/account-manager/accounts/{account.id}/headers", headers=headers_token(db))
     assert response.status_code == 422
     assert response.get_json()["error"]["code"] == "invalid_config"
     assert "no secret yet" in response.get_json()["error"]["message"]

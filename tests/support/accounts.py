@@ -23,6 +23,16 @@ from app.vault import Cipher
 CTX = AuditContext(actor="test")
 
 
+def headers_token(db: Session) -> dict[str, str]:
+    """The Authorization header of a new service token with the scope accounts:headers (the only way to the
+    headers endpoint: it answers no browser session)."""
+    from app.api import tokens
+
+    raw = tokens.create_token(db, CTX, name="CMS headers", scopes=["accounts:headers"], created_by=None).raw
+    db.commit()
+    return {"Authorization": f"Bearer {raw}"}
+
+
 def make_config(
     db: Session, cipher: Cipher, settings: Settings, provider_id: str, values: dict[str, Any], name: str = ""
 ) -> ProviderConfig:
