@@ -202,6 +202,9 @@ def test_headers_endpoint_audits_every_call_and_is_admin_only(
     assert all(key not in str(e.details) for e in disclosed)
     assert reload(app, db, account.id).last_used_at is not None
     assert client.get("/api/account-manager/accounts/999/headers").get_json()["error"]["code"] == "not_found"
+    # Ids beyond the database's integer range are simply unknown (not a database error on PostgreSQL).
+    assert client.get("/api/account-manager/accounts/9999999999/headers").status_code == 404
+    assert client.get("/admin/accounts/99999999999").status_code == 404
 
 
 def test_a_pending_account_has_no_headers(

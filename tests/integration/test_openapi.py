@@ -33,8 +33,10 @@ from sqlalchemy.orm import Session
 
 from app.api import tokens
 from app.audit import AuditContext
+from app.extensions import get_cipher
 from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.settings import Settings
+from app.vault import put_secret
 from tests.conftest import PASSWORD, TEST_KEY, UserFactory, make_settings, sign_in
 
 
@@ -145,17 +147,19 @@ def test_real_responses_match_the_documented_schemas(
     config = ProviderConfig(provider_type="openai", name="OpenAI", enabled=True, config={})
     db.add(config)
     db.flush()
-    db.add(
-        ConnectedAccount(
-            provider_config_id=config.id,
-            user_id=member.id,
-            label="key",
-            created_at=utcnow() - timedelta(days=400),
-            last_error_code="invalid_credentials",
-            last_error_hint="The key was revoked.",
-            last_error_at=utcnow(),
-        )
+    account = ConnectedAccount(
+        provider_config_id=config.id,
+        user_id=member.id,
+        label="key",
+        created_at=utcnow() - timedelta(days=400),
+        last_error_code="invalid_credentials",
+        last_error_hint="The key was revoked.",
+        last_error_at=utcnow(),
     )
+    db.add(account)
+    db.flush()
+    # The headers endpoint needs a stored key (made-up value; the response must carry it back).
+    put_secret(db, get_cipher(app), "connected_account", account.id, "api_key", "sk-openapi-test-key", grace=None)
     db.commit()
     raw = _issue(db)
     narrow = _issue(db, "sessions:read")
@@ -163,6 +167,7 @@ def test_real_responses_match_the_documented_schemas(
     member_session = member_client.get("/api/auth/session").get_json()["session"]["id"]
     anonymous = app.test_client()
     auth = {"Authorization": f"Bearer {raw}"}
+    headers_path = "/api/account-manager/accounts/{account_id}/headers"
 
     calls: list[tuple[str, str, Callable[[], Any], int]] = [
         ("/api/auth/session", "get", lambda: client.get("/api/auth/session"), 200),
@@ -205,6 +210,17 @@ def test_real_responses_match_the_documented_schemas(
             403,
         ),
         ("/api/openapi.json", "get", lambda: anonymous.get("/api/openapi.json"), 200),
+        (headers_path, "get", lambda: client.get(f"/api/account-manager/accounts/{account.id}/headers"), 200),
+        (headers_path, "get", lambda: client.get("/api/account-manager/accounts/9999/headers", headers=auth), 404),
+        (headers_path, "get", lambda: anonymous.get(f"/api/account-manager/accounts/{account.id}/headers"), 401),
+        (
+            headers_path,
+            "get",
+            lambda: client.get(
+                f"/api/account-manager/accounts/{account.id}/headers", headers={"Authorization": f"Bearer {narrow}"}
+            ),
+            403,
+        ),
         (
             "/api/account-manager/providers/schema",
             "get",
