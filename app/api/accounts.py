@@ -16,6 +16,7 @@ from app.api.registry import component, document
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response
 from app.connectors import accounts
 from app.connectors.headers import request_auth
+from app.errors import AppError
 from app.extensions import db_session, get_cipher
 
 bp = api_blueprint("api_accounts", __name__)
@@ -37,11 +38,11 @@ ACCOUNT_HEADERS = component(
     },
 )
 ACCOUNT_ID_PARAM = {
-    "account_id": ({"type": "integer", "minimum": 1}, "The connected account's id (as shown in the console)."),
+    "account_id": ({"type": "string", "pattern": "^[1-9][0-9]{0,9}$"}, "The connected account's id (console)."),
 }
 
 
-@bp.get("/account-manager/accounts/<int(min=1, max=2147483647):account_id>/headers")
+@bp.get("/account-manager/accounts/<account_id>/headers")
 @api_auth("accounts:headers", cookies=False)
 @document(
     summary="Ready-to-send request headers for an API-key account",
@@ -59,9 +60,12 @@ ACCOUNT_ID_PARAM = {
     errors=(404, 422),
     tags=("accounts",),
 )
-def account_headers(account_id: int) -> Response:
+def account_headers(account_id: str) -> Response:
+    # A plain string rule (like the other /api paths) so the documented path is the Flask rule itself.
+    if not account_id.isascii() or not account_id.isdigit() or len(account_id) > 10:
+        raise AppError("not_found", "There is no such connected account.")
     db = db_session()
-    account = accounts.get_account(db, account_id)
+    account = accounts.get_account(db, int(account_id))
     result = request_auth(db, get_cipher(), account, ctx=api_audit_ctx(), per_call_audit=True)
     db.commit()
     return json_response({"headers": dict(result.headers), "query": dict(result.query)})

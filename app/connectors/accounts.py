@@ -102,8 +102,12 @@ def list_accounts(db: Session) -> list[ConnectedAccount]:
     return [a for a in rows if entry_for(a).auth_mode in CONNECTABLE_MODES]
 
 
+# Primary keys are 32-bit integers on PostgreSQL; a larger id from a URL would be a database error.
+ID_MAX: Final = 2**31 - 1
+
+
 def get_account(db: Session, account_id: int) -> ConnectedAccount:
-    account = db.get(ConnectedAccount, account_id)
+    account = db.get(ConnectedAccount, account_id) if 0 < account_id <= ID_MAX else None
     if account is None or entry_for(account).auth_mode not in CONNECTABLE_MODES:
         raise AppError("not_found", "There is no such connected account.")
     return account

@@ -214,8 +214,8 @@ _STATES_LOCK = threading.Lock()
 
 
 def _state(db: Session) -> _State:
-    engine = db.get_bind()
-    assert isinstance(engine, Engine)
+    bind = db.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
     state = _STATES.get(engine)
     if state is None:
         with _STATES_LOCK:

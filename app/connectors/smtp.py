@@ -84,8 +84,8 @@ def _cap(account: ConnectedAccount) -> int | None:
 
 def send_cap_check(db: Session, account: ConnectedAccount) -> Callable[[], None]:
     """A callable that counts one mail against the account's cap (``SmtpTarget.before_send``)."""
-    engine = db.get_bind()
-    assert isinstance(engine, Engine)
+    bind = db.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
     account_id, cap = account.id, _cap(account)
     return lambda: reserve_send(engine, account_id, cap)
 

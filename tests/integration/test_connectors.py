@@ -33,10 +33,11 @@ from app.providers.registry import entry
 from app.providers.validation import effective_values
 from app.settings import Settings
 from app.vault import Secret, get_secret
-from tests.conftest import UserFactory, make_settings, sign_in
+from tests.conftest import PASSWORD, UserFactory, make_settings, sign_in
 from tests.support.accounts import (
     CTX,
     blamed_fields,
+    field_error,
     headers_token,
     make_account,
     make_config,
@@ -202,6 +203,9 @@ def test_headers_endpoint_audits_every_call_and_answers_only_service_tokens(
     assert reload(app, db, account.id).last_used_at is not None
     missing = client.get("/api/account-manager/accounts/999/headers", headers=token)
     assert missing.get_json()["error"]["code"] == "not_found"
+    # Ids beyond the database's integer range are simply unknown (not a database error on PostgreSQL).
+    assert client.get("/api/account-manager/accounts/9999999999/headers", headers=token).status_code == 404
+    assert client.get("/admin/accounts/99999999999").status_code == 404
 
 
 def test_a_pending_account_has_no_headers(
@@ -585,3 +589,62 @@ def test_accounts_cli_list_test_delete(app: Flask, db: Session, openai_standin: 
     assert _cli(app, "accounts", "list").output.strip() == "no accounts"
     assert headers.OWNER == "connected_account"
     assert db.scalar(select(func.count()).select_from(ProviderConfig)) == 1
+
+
+# ---------------------------------------------------------------------------------- dialogs and edits
+
+
+def test_dialogs_are_frameable_only_by_the_cms_and_return_only_to_this_site(
+    tmp_path: Path, sqlite_url: str, openai_standin: OpenAI
+) -> None:
+    from app import create_app
+    from tests.conftest import dispose_app
+
+    app = create_app(make_settings(tmp_path, sqlite_url, AMI_AUTH_CMS_ORIGINS="https://cms.example.com"))
+    try:
+        with app.app_context():
+            from app.auth import users
+
+            db = get_database(app).session()
+            users.create_user(
+                db, app.extensions["ami_settings"], email=ADMIN, password=PASSWORD, role="admin", verified=True
+            )
+            db.commit()
+        session = Session(get_database(app).engine, expire_on_commit=False)
+        account, _key = _openai(app, session, openai_standin)
+        client = app.test_client()
+        assert sign_in(client, ADMIN).status_code == 302
+        dialog = client.get(f"/dialogs/accounts/{account.id}/secret?return_to=https://evil.example/steal")
+        assert "frame-ancestors https://cms.example.com" in dialog.headers["Content-Security-Policy"]
+        assert "X-Frame-Options" not in dialog.headers
+        html = dialog.get_data(as_text=True)
+        assert "evil.example" not in html and f'value="/admin/accounts/{account.id}"' in html
+        console = client.get(f"/admin/accounts/{account.id}")
+        assert console.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in console.headers["Content-Security-Policy"]
+        session.close()
+    finally:
+        dispose_app(app)
+
+
+def test_editing_details_verifies_with_the_new_values_first(
+    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, openai_standin: OpenAI
+) -> None:
+    account, _key = _openai(app, db, openai_standin, organization_id="org-Right1")
+    _admin(client, make_user)
+    path = f"/admin/accounts/{account.id}/edit"
+    data = {
+        "csrf_token": _csrf(client, path),
+        "label": "OpenAI prod",
+        "organization_id": "org-Wrong1",
+        "base_url": openai_standin.url,
+    }
+    response = client.post(path, data=data)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 401
+    assert "mismatched_organization" in field_error(html, "organization_id")
+    assert reload(app, db, account.id).identifiers["organization_id"] == "org-Right1"
+    data["organization_id"] = "org-Right1"
+    data["label"] = "OpenAI production"
+    assert client.post(path, data=data).status_code == 302
+    assert reload(app, db, account.id).label == "OpenAI production"

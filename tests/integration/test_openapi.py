@@ -159,6 +159,9 @@ def test_real_responses_match_the_documented_schemas(
     )
     spare = ConnectedAccount(provider_config_id=config.id, user_id=None, label="spare", status="pending")
     db.add_all([account, spare])
+    db.flush()
+    # The headers endpoint needs a stored key (made-up value; the response must carry it back).
+    put_secret(db, get_cipher(app), "connected_account", account.id, "api_key", "sk-openapi-test-key", grace=None)
     db.commit()
     configs_path = "/api/account-manager/provider-configs"
     accounts_path = "/api/account-manager/accounts"
@@ -169,6 +172,7 @@ def test_real_responses_match_the_documented_schemas(
     member_session = member_client.get("/api/auth/session").get_json()["session"]["id"]
     anonymous = app.test_client()
     auth = {"Authorization": f"Bearer {raw}"}
+    headers_path = "/api/account-manager/accounts/{account_id}/headers"
 
     calls: list[tuple[str, str, Callable[[], Any], int]] = [
         ("/api/auth/session", "get", lambda: client.get("/api/auth/session"), 200),
@@ -211,6 +215,22 @@ def test_real_responses_match_the_documented_schemas(
             403,
         ),
         ("/api/openapi.json", "get", lambda: anonymous.get("/api/openapi.json"), 200),
+        (
+            headers_path,
+            "get",
+            lambda: client.get(f"/api/account-manager/accounts/{account.id}/headers", headers=auth),
+            200,
+        ),
+        (headers_path, "get", lambda: client.get("/api/account-manager/accounts/9999/headers", headers=auth), 404),
+        (headers_path, "get", lambda: anonymous.get(f"/api/account-manager/accounts/{account.id}/headers"), 401),
+        (
+            headers_path,
+            "get",
+            lambda: client.get(
+                f"/api/account-manager/accounts/{account.id}/headers", headers={"Authorization": f"Bearer {narrow}"}
+            ),
+            403,
+        ),
         # Provider configs: non-secret fields only.
         (configs_path, "get", lambda: client.get(configs_path, headers=auth), 200),
         (configs_path, "get", lambda: client.get(f"{configs_path}?enabled=maybe", headers=auth), 422),
