@@ -192,7 +192,7 @@ def test_a_revoked_grant_becomes_consent_required_and_the_owner_is_told_once(
     assert op.grant_count("refresh_token", 400) == 0
     [mail] = db.scalars(select(MailOutbox).where(MailOutbox.to == EMAIL)).all()
     assert mail.subject == "Reconnect your Corp ID account"
-    assert f"/account/connections#account-{account_id}" in mail.text
+    assert f"/account/connections/#account-{account_id}" in mail.text
     assert db.scalars(select(AuditEvent).where(AuditEvent.action == "connected_account.consent_required")).one()
 
     # Reconnecting makes it active again.
