@@ -49,6 +49,8 @@ def test_setup_page_shows_the_redirect_uri_and_test_connection_reads_discovery_a
     client.post("/signout", data={"csrf_token": page_csrf(client.get("/account/").get_data(as_text=True))})
 
     _admin(client, make_user)
+    edit = client.get(f"/admin/providers/{config_id}").get_data(as_text=True)
+    assert f'href="/admin/providers/{config_id}/oauth"' in edit
     page = client.get(f"/admin/providers/{config_id}/oauth").get_data(as_text=True)
     assert f"http://127.0.0.1:5000/oauth/{config_id}/callback" in page
     assert "offline_access" in page  # the generic setup notes
