@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=100_000)
     parser.add_argument("--due", default="1000,10000")
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     due_counts = [int(x) for x in args.due.split(",")]
     reason = node_missing()
@@ -244,7 +244,7 @@ def main() -> None:
             cases[f"bare-{w}"] = partial(bare, token_endpoint, tokens[:due], w)
             cases[f"job-{w}"] = partial(job, app, due, w)
             pairs.append((f"parallel ({w} vs {w})", f"bare-{w}", f"job-{w}"))
-            best = interleaved(args.rounds if due <= 1000 else 1, cases)
+            best = interleaved(args.rounds, cases)
             for label, b, j in pairs:
                 rb, rj = due / best[b], due / best[j]
                 print(f"{due:>7,} {label:<22} {rb:>9.0f} {rj:>9.0f} {rj / rb:>8.2f}x")

@@ -346,7 +346,7 @@ def _notify_owner(db: Session, rt: OAuthRuntime, account_id: int) -> None:
     user = db.get(User, account.user_id)
     if user is None:
         return
-    link = f"{rt.settings.base_url.rstrip('/')}/account/connections#account-{account_id}"
+    link = f"{rt.settings.base_url.rstrip('/')}/account/connections/#account-{account_id}"
     name = account.provider_config.name if account.provider_config is not None else "a provider"
     subject = f"Reconnect your {name} account"
     text = (

@@ -115,19 +115,20 @@ def index() -> str:
     )
 
 
-@bp.post("/connect/<int:config_id>")
+# Connect and reconnect are links (GET), not forms: CSP `form-action 'self'` stops a form submission that
+# redirects to another origin, and the provider is one. Starting only writes this browser's own pending
+# authorization; nothing changes until the provider's answer comes back with its state (RFC 6749 §10.12).
+@bp.get("/connect/<int:config_id>")
 @login_required
 def connect(config_id: int) -> Response:
-    _check_form(ActionForm())
     provider = load_provider(db_session(), config_id)
     intent = {"purpose": "connect", "user": _user_id()}
     return begin_authorization(provider, intent, want_refresh=provider.refreshable)
 
 
-@bp.post("/<int:account_id>/reconnect")
+@bp.get("/<int:account_id>/reconnect")
 @login_required
 def reconnect(account_id: int) -> Response:
-    _check_form(ActionForm())
     db = db_session()
     account = account_for_user(db, account_id, _user_id())
     provider = load_provider(db, account.provider_config_id)

@@ -62,7 +62,7 @@ def _connect(app: Flask, client: FlaskClient, op: OpenIDProvider, make_user: Use
     sign_in(client, EMAIL)
     page = client.get("/account/connections/").get_data(as_text=True)
     assert "Connect Corp ID" in page
-    start = client.post(f"/account/connections/connect/{config_id}", data={"csrf_token": page_csrf(page)})
+    start = client.get(f"/account/connections/connect/{config_id}")
     url = location(start)
     # A refresh token needs offline_access *and* prompt=consent (TESTING.md §1).
     assert "offline_access" in url and "prompt=consent" in url
@@ -192,11 +192,11 @@ def test_a_revoked_grant_becomes_consent_required_and_the_owner_is_told_once(
     assert op.grant_count("refresh_token", 400) == 0
     [mail] = db.scalars(select(MailOutbox).where(MailOutbox.to == EMAIL)).all()
     assert mail.subject == "Reconnect your Corp ID account"
-    assert f"/account/connections#account-{account_id}" in mail.text
+    assert f"/account/connections/#account-{account_id}" in mail.text
     assert db.scalars(select(AuditEvent).where(AuditEvent.action == "connected_account.consent_required")).one()
 
     # Reconnecting makes it active again.
-    start = client.post(f"/account/connections/{account_id}/reconnect", data={"csrf_token": page_csrf(page)})
+    start = client.get(f"/account/connections/{account_id}/reconnect")
     follow_callback(client, op_login(location(start), "alice"))
     account = _account(db, account_id)
     assert (account.status, account.last_error_code, account.error_attempts) == ("active", None, 0)
