@@ -435,7 +435,7 @@ def test_fuzz_every_endpoint_from_the_document(
     keyed = ConnectedAccount(provider_config_id=anthropic.id, label="keyed", status="active")
     db.add_all([keyed, ConnectedAccount(provider_config_id=anthropic.id, label="keyless", status="pending")])
     db.flush()
-    api_key = "sk-ant-fuzz-" + "k" * 40
+    api_key = "sk-ant-fuzz-" + "Q7x" * 14
     put_secret(db, get_cipher(app), "connected_account", keyed.id, "api_key", Secret(api_key), grace=None)
     db.commit()
     callers = [
