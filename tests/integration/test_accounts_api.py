@@ -146,7 +146,7 @@ def _states(db: Session) -> dict[str, tuple[str, str]]:
     keys = ProviderConfig(provider_type="openai", name="Keys", enabled=True, config={})
     db.add_all([on, off, keys])
     db.flush()
-    rows = {
+    rows: dict[str, tuple[ProviderConfig, dict[str, Any], tuple[str, str]]] = {
         "fresh": (on, {"status": "active", "expires_at": now + timedelta(hours=2)}, ("active", "ok")),
         "soon": (on, {"status": "active", "expires_at": now + timedelta(minutes=5)}, ("expiring", "refresh_due")),
         "lapsed": (on, {"status": "active", "expires_at": now - timedelta(minutes=1)}, ("expiring", "refresh_due")),
