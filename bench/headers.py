@@ -7,7 +7,8 @@
    vault read + decrypt each time), against a loop that only builds the same dict (the floor).
 2. Over HTTP: ``GET /api/account-manager/accounts/<id>/headers`` (a service token with ``accounts:headers``,
    the only credential it answers; one audit event per call) vs a bare Flask endpoint returning the same
-   JSON, each served by gunicorn with the same config (2 sync workers), measured in turns by the same load generator (goal >= 0.5x).
+   JSON, each served by gunicorn with the same config (2 sync workers), measured in turns by the same load
+   generator (goal >= 0.5x).
 
 The machine's cores are shared by gunicorn and the load generator, so absolute numbers are low on a small
 box; the ratio is what compares. Prints a table, asserts nothing, stops every gunicorn it started by PID.
