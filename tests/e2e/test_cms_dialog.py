@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from playwright.sync_api import ConsoleMessage, Page, expect
+from playwright.sync_api import ConsoleMessage, FrameLocator, Page, expect
 from sqlalchemy.orm import Session
 
 from app.api import tokens
@@ -92,12 +92,12 @@ def _sign_in_admin(page: Page, base: str) -> None:
     page.wait_for_url(re.compile(r"^(?!.*signin).*$"))
 
 
-def _fill_anthropic(scope: Page | object, key: str, base_url: str) -> None:
+def _fill_anthropic(scope: Page | FrameLocator, key: str, base_url: str) -> None:
     """Type the account into the dialog (``scope``: the page, or the iframe's FrameLocator)."""
-    scope.locator("#label").fill("Claude (CMS)")  # type: ignore[attr-defined]
-    scope.locator("#api_key").fill(key)  # type: ignore[attr-defined]
-    scope.locator("summary", has_text="Advanced").click()  # type: ignore[attr-defined]
-    scope.locator("#base_url").fill(base_url)  # type: ignore[attr-defined]
+    scope.locator("#label").fill("Claude (CMS)")
+    scope.locator("#api_key").fill(key)
+    scope.locator("summary", has_text="Advanced").click()
+    scope.locator("#base_url").fill(base_url)
 
 
 def test_the_cms_frames_the_dialog_the_admin_adds_an_anthropic_key_and_the_cms_lists_the_account(
