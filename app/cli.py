@@ -187,9 +187,14 @@ def check_config() -> None:
 def register_commands(app: Flask) -> None:
     from app.api.cli import compliance_cli, tokens_cli
     from app.audit_cli import audit_cli
+    from app.connectors.cli import accounts_cli
+    from app.jobs.cli import jobs_cli, refresh_command
     from app.mfa_cli import mfa_cli
     from app.providers.cli import providers_cli
     from app.vault.cli import keys_cli
+
+    # `ami-auth tokens refresh` (connected accounts' OAuth tokens) joins the API's `tokens` group.
+    tokens_cli.add_command(refresh_command)
 
     for command in (
         db_cli,
@@ -203,6 +208,8 @@ def register_commands(app: Flask) -> None:
         tokens_cli,
         compliance_cli,
         providers_cli,
+        accounts_cli,
+        jobs_cli,
     ):
         app.cli.add_command(command)
 

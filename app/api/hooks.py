@@ -38,9 +38,14 @@ def mfa_required_roles(db: Session, settings: Settings) -> tuple[str, ...]:
 def rotation_days(db: Session, settings: Settings, account: ConnectedAccount) -> int | None:
     """How many days an account's secret may live before the report lists it; ``None``: no policy.
 
-    Today one policy for every account (``AMI_AUTH_SECRET_ROTATION_DAYS``, 0 = off). When the provider
-    catalog declares ``rotation_days`` per provider type (and which types hold a long-lived secret at
-    all, as opposed to OAuth tokens that refresh themselves), look it up here from
-    ``account.provider_config.provider_type`` and fall back to the setting.
+    ``AMI_AUTH_SECRET_ROTATION_DAYS`` = 0 turns the check off. Otherwise API-key and SMTP accounts follow
+    their provider config's ``rotation_days`` (the catalog's default when unset) — the same policy as the
+    console's badge and ``ami-auth jobs reminders`` — and other accounts use the setting.
     """
+    from app.connectors.accounts import CONNECTABLE_MODES, entry_for, rotation_state
+
+    if not settings.secret_rotation_days:
+        return None
+    if entry_for(account).auth_mode in CONNECTABLE_MODES:
+        return rotation_state(account).days
     return settings.secret_rotation_days or None

@@ -14,7 +14,15 @@ from flask import Flask, current_app
 from werkzeug.routing import Rule
 from werkzeug.wrappers import Response
 
-from app.api.registry import COMPONENTS, ERROR, JSONSchema, OperationDoc, document, operation_of
+from app.api.registry import (
+    COMPONENTS,
+    ERROR,
+    SETTINGS_COMPONENTS,
+    JSONSchema,
+    OperationDoc,
+    document,
+    operation_of,
+)
 from app.api.security import api_blueprint, api_public, json_response
 from app.api.tokens import SCOPES
 from app.extensions import get_settings
@@ -167,6 +175,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         path, path_parameters = _path_and_parameters(rule, doc)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(rule, method, doc, path_parameters)
+    schemas = {**COMPONENTS, **{name: build(settings) for name, build in SETTINGS_COMPONENTS.items()}}
     return {
         "openapi": OPENAPI_VERSION,
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
@@ -177,7 +186,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         },
         "servers": [{"url": settings.base_url}],
         "paths": paths,
-        "components": {"schemas": dict(sorted(COMPONENTS.items())), "securitySchemes": SECURITY_SCHEMES},
+        "components": {"schemas": dict(sorted(schemas.items())), "securitySchemes": SECURITY_SCHEMES},
     }
 
 

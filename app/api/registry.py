@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from app.errors import TAXONOMY
+from app.settings import Settings
 
 JSONSchema = dict[str, Any]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,6 +37,19 @@ def component(name: str, schema: JSONSchema) -> JSONSchema:
     if existing is not None and existing != schema:
         raise ValueError(f"OpenAPI component {name!r} is already registered with another schema")
     COMPONENTS[name] = schema
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+# Schemas that depend on the app's settings (the return_to origins a dialog accepts): built with each app's
+# document, so the document states exactly what that deployment accepts.
+SETTINGS_COMPONENTS: dict[str, Callable[[Settings], JSONSchema]] = {}
+
+
+def settings_component(name: str, build: Callable[[Settings], JSONSchema]) -> JSONSchema:
+    """Register a schema built from the app's settings when its document is built; return a ``$ref``."""
+    if name in COMPONENTS or SETTINGS_COMPONENTS.get(name, build) is not build:
+        raise ValueError(f"OpenAPI component {name!r} is already registered")
+    SETTINGS_COMPONENTS[name] = build
     return {"$ref": f"#/components/schemas/{name}"}
 
 

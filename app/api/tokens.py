@@ -27,6 +27,7 @@ Scope = Literal[
     "accounts:read",
     "accounts:write",
     "accounts:headers",
+    "providers:read",
     "providers:write",
     "compliance:read",
 ]
@@ -38,6 +39,7 @@ SCOPES: Final[dict[Scope, str]] = {
     "accounts:read": "Read connected-account snapshots (never a secret).",
     "accounts:write": "Refresh, revoke and delete connected accounts.",
     "accounts:headers": "Get ready-to-send request headers for an account (contains its credential).",
+    "providers:read": "Read provider configurations (non-secret fields; which secrets are set, never their values).",
     "providers:write": "Create and change provider configurations (non-secret fields).",
     "compliance:read": "Read the compliance report.",
 }

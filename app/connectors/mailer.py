@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -40,8 +40,9 @@ Security = Literal["starttls", "tls", "none"]
 DEFAULT_PORTS: dict[Security, int] = {"starttls": 587, "tls": 465, "none": 25}
 URL_SCHEMES: dict[str, Security] = {"smtp+starttls": "starttls", "smtps": "tls", "smtp": "none"}
 # Password mechanisms, tried in this order, over the TLS channel we insist on; CRAM-MD5 adds nothing there.
-# XOAUTH2 (Google/Microsoft) comes with the SMTP connector: a token field on SmtpTarget and a branch in _login.
+# An SMTP account may name one (``SmtpTarget.mechanism``), including XOAUTH2 with an OAuth access token.
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+Mechanism = Literal["PLAIN", "LOGIN", "XOAUTH2"]
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -60,6 +61,11 @@ class SmtpTarget:
     ca_file: str | None = None
     # Sent in EHLO. smtplib's default is socket.getfqdn(), which can stall on DNS.
     local_hostname: str = "localhost"
+    # The SMTP connector's account settings: one mechanism instead of "PLAIN, else LOGIN"; the OAuth access
+    # token XOAUTH2 sends; and a check run before each delivery (the account's daily send cap).
+    mechanism: Mechanism | None = None
+    oauth_token: str = field(default="", repr=False)
+    before_send: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
 
 def parse_smtp_url(
@@ -121,7 +127,19 @@ def _login(client: smtplib.SMTP, target: SmtpTarget) -> None:
             "Use STARTTLS or implicit TLS (most servers only offer AUTH over TLS), or remove the username.",
         )
     offered = client.esmtp_features.get("auth", "").upper().split()
-    for mechanism in AUTH_MECHANISMS:
+    if target.mechanism is not None and target.mechanism not in offered:
+        raise AppError(
+            "invalid_config",
+            f"{target.host} does not offer AUTH {target.mechanism} ({' '.join(offered) or 'none'}).",
+            "Choose a login method the server offers.",
+        )
+    if target.mechanism == "XOAUTH2":
+        # https://developers.google.com/gmail/imap/xoauth2-protocol; after a failure the server sends a
+        # 334 challenge with error details and expects an empty reply, then answers 535.
+        initial = f"user={target.username}\x01auth=Bearer {target.oauth_token}\x01\x01"
+        client.auth("XOAUTH2", lambda challenge=None: initial if challenge is None else "")
+        return
+    for mechanism in (target.mechanism,) if target.mechanism is not None else AUTH_MECHANISMS:
         if mechanism in offered:
             # smtplib's auth_plain/auth_login read these attributes (that is how SMTP.login works).
             client.user, client.password = target.username, target.password
@@ -241,6 +259,8 @@ def smtp_send(target: SmtpTarget, message: EmailMessage) -> None:
     """Deliver one message; the envelope comes from its From/To headers."""
     sender = parseaddr(str(message["From"]))[1]
     recipients = [addr for _name, addr in getaddresses([str(v) for v in message.get_all("To", [])]) if addr]
+    if target.before_send is not None:
+        target.before_send()
     with _session(target) as client:
         client.send_message(message, from_addr=sender, to_addrs=recipients)
 

@@ -1,18 +1,34 @@
-"""Connectivity tests for provider configs — the interface `providers test`, `providers apply --test` and
-the console's "Test connection" call. The connectors work implements it (HTTP verification through
-app/net.py, SMTP EHLO/STARTTLS/AUTH/NOOP, OIDC discovery + JWKS); until then every type answers
-``unavailable`` honestly instead of pretending a test passed.
+"""Verification: does a credential work? Two entry points.
+
+* :func:`verify_account` — a connected account's values + secrets (typed into the secret dialog, or
+  stored): the entry's `verify` request through ``app/net.py`` (or its `verify` hook, e.g. SMTP), with
+  the outcome mapped to the taxonomy **on the field to blame** — 401 → ``invalid_credentials`` on the
+  secret field(s) the request sent; 403 → ``permission_denied`` there too; 404 → ``invalid_config`` on
+  the base URL; 429 → ``rate_limited`` with ``retry_after``; no response (timeout, DNS failure, refused
+  connection) → ``provider_unreachable`` on the base URL; an address the SSRF guard refuses →
+  ``invalid_config`` on the base URL. A field of the provider config (not of the account) is named
+  ``config.<field>``. On success the `verify.keep` values and hooks' findings become ``provider_data``.
+* :func:`connectivity_test` — a provider config on its own (`providers test`, `providers apply --test`).
+  API-key configs hold no credential, so they answer ``unavailable``: their keys are verified per account.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, assert_never
+from typing import Any, Final, Literal, assert_never
 
-from app.errors import ErrorCode
+from app.connectors.context import ValuesByScope, VerifyContext
+from app.connectors.headers import RequestAuth, render_auth
+from app.errors import AppError, ErrorCode
+from app.net import OutboundBlocked, OutboundClient, ProviderUnreachable, Response, retry_after
 from app.providers.entries import ProviderEntry
+from app.providers.hooks import HOOKS
+from app.providers.templating import pick, referenced_values_blank, references, render_template_string
 from app.providers.types import AuthProviderType
 from app.settings import Settings
 from app.vault import Secret
@@ -56,6 +72,288 @@ def connectivity_test(
         ):
             return ConnectionTest("unavailable", f"{NOT_YET} (API keys are verified per connected account)")
         case AuthProviderType.SMTP:
-            return ConnectionTest("unavailable", f"{NOT_YET} (the SMTP connector checks each mailbox account)")
+            return _smtp_config_test(settings, config)
         case _:
             assert_never(provider.id)
+
+
+def _smtp_config_test(settings: Settings, config: Mapping[str, Any]) -> ConnectionTest:
+    """The server half of an SMTP account: connect, EHLO, STARTTLS, NOOP (logins are per account)."""
+    from app.connectors.mailer import smtp_verify
+    from app.providers.hooks.smtp import blame, smtp_target
+
+    values: ValuesByScope = {"config": config, "account": {}}
+    try:
+        smtp_verify(smtp_target(values, {}, settings))
+    except AppError as exc:
+        error = blame(exc, values)
+        blamed = next(iter(error.fields), None)
+        return ConnectionTest(
+            "failed", f"{error.text} {error.help}", error.code, blamed.removeprefix("config.") if blamed else None
+        )
+    return ConnectionTest("ok", "The server answered EHLO, TLS and NOOP; each account's login is checked separately.")
+
+
+# ------------------------------------------------------------------------------------ account verification
+
+VerifyStatus = Literal["ok", "failed", "skipped"]
+# Bodies bigger than this are not parsed: a verification endpoint answers with a small JSON document.
+MAX_BODY: Final = 1024 * 1024
+# Vendor error codes that name a non-secret field rather than the key (OpenAI answers a wrong
+# OpenAI-Organization/OpenAI-Project header with 401 and these codes).
+FIELD_ERROR_CODES: Final[Mapping[str, str]] = {
+    "mismatched_organization": "organization_id",
+    "mismatched_project": "project_id",
+}
+_VENDOR_CODE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,60}")
+# draft-ietf-httpapi-ratelimit-headers: `RateLimit: "api";r=0;t=120` (the Hugging Face Hub sends it).
+_RATELIMIT_T: Final = re.compile(r"(?:^|;)\s*t=(\d+)")
+
+
+@dataclass(frozen=True)
+class Verification:
+    """``ok`` with what was learned (stored as ``provider_data``), ``failed`` with the taxonomy error (its
+    ``fields`` name the fields to blame), or ``skipped`` when the entry has nothing to check."""
+
+    status: VerifyStatus
+    message: str
+    learned: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    error: AppError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    @classmethod
+    def failed(cls, error: AppError) -> Verification:
+        return cls("failed", error.text, error=error)
+
+
+def _scopes(values: ValuesByScope, secrets: Mapping[str, Secret | None]) -> dict[str, Mapping[str, Any]]:
+    return {"config": values.get("config", {}), "account": values.get("account", {}), "secret": secrets, "token": {}}
+
+
+def field_key(scope: str, name: str) -> str:
+    """How an error names a field: account fields by name, config fields as ``config.<name>``."""
+    return name if scope in ("account", "secret") else f"{scope}.{name}"
+
+
+def base_field(provider: ProviderEntry, endpoint: str = "base") -> str | None:
+    """The field the verification base URL comes from (`${account.base_url}` → ``base_url``)."""
+    template = provider.endpoints.get(endpoint, "")
+    for ref in references(template):
+        if ref.scope in ("account", "config"):
+            return field_key(ref.scope, ref.name)
+    return None
+
+
+def credential_fields(provider: ProviderEntry, values: ValuesByScope) -> list[str]:
+    """The secret fields the request sends (those referenced by the headers and parameters that apply)."""
+    names: list[str] = []
+    templates: list[str] = []
+    for header in provider.headers:
+        if header.when is None or header.when.matches(values):
+            templates += [header.name, *(header.basic or ()), *([header.value] if header.value else [])]
+    for param in provider.query:
+        if param.when is None or param.when.matches(values):
+            templates.append(param.value)
+    for template in templates:
+        for ref in references(template):
+            if ref.scope == "secret" and ref.name not in names:
+                names.append(ref.name)
+    return names
+
+
+def _label(provider: ProviderEntry, key: str) -> str:
+    _scope, dot, name = key.partition(".")
+    if dot:
+        spec = provider.field("config", name)
+        return f"Provider config · {spec.label if spec else name}"
+    spec = provider.field("account", key)
+    return spec.label if spec is not None else key
+
+
+def field_labels(provider: ProviderEntry, fields: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """``(key, label, message)`` for each blamed field, for the result panel."""
+    return [(key, _label(provider, key), message) for key, message in fields.items()]
+
+
+def _json_body(response: Response) -> Any:
+    content = response.content
+    if not content or len(content) > MAX_BODY:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+def _vendor_code(body: Any) -> str | None:
+    """A short machine code from the vendor's error body (never its free text, which may quote the key)."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    candidates = [error.get("code"), error.get("type")] if isinstance(error, dict) else [error]
+    for candidate in candidates:
+        if isinstance(candidate, str) and _VENDOR_CODE.fullmatch(candidate):
+            return candidate
+    return None
+
+
+def wait_seconds(response: Response) -> int | None:
+    """How long the provider asked us to wait: Retry-After (RFC 9110 §10.2.3), else the RateLimit `t`."""
+    asked = retry_after(response)
+    if asked is None:
+        match = _RATELIMIT_T.search(response.headers.get("RateLimit", ""))
+        asked = float(match.group(1)) if match else None
+    return math.ceil(asked) if asked is not None else None
+
+
+def _status_error(
+    provider: ProviderEntry, values: ValuesByScope, response: Response, method: str, path: str
+) -> AppError:
+    status = response.status_code
+    body = _json_body(response)
+    code = _vendor_code(body)
+    said = f" ({provider.display_name} said: {code})" if code else ""
+    credentials = credential_fields(provider, values)
+    base = base_field(provider)
+    name = provider.display_name
+    if status == 401:
+        target = FIELD_ERROR_CODES.get(code or "")
+        if target is not None and provider.field("account", target) is not None:
+            return AppError(
+                "invalid_credentials",
+                f"{name} refused the request because of {_label(provider, target)}{said}.",
+                "Check that value, or leave it blank.",
+                fields={target: f"{name} did not accept this value for this key{said}."},
+            )
+        return AppError(
+            "invalid_credentials",
+            f"{name} did not accept the credentials (HTTP 401){said}.",
+            "Check the value; it may have been revoked, mistyped or belong to another account.",
+            fields={f: f"{name} did not accept this value (HTTP 401){said}." for f in credentials},
+        )
+    if status == 403:
+        return AppError(
+            "permission_denied",
+            f"{name} accepted the credentials but refused access (HTTP 403){said}.",
+            "Give the key the permissions this use needs, or use another key.",
+            fields={f: f"This key may not use {method} {path} (HTTP 403){said}." for f in credentials},
+        )
+    if status == 429:
+        wait = wait_seconds(response)
+        after = f" Try again in {wait} seconds." if wait is not None else " Try again later."
+        return AppError(
+            "rate_limited",
+            f"{name} is rate limiting these credentials (HTTP 429){said}.",
+            "The value was not checked." + after,
+            retry_after=wait,
+        )
+    if status in (404, 405, 410):
+        fields = {base: f"{name} answered {status} for {method} {path}: is this the right URL?"} if base else {}
+        return AppError(
+            "invalid_config",
+            f"{name} has no {method} {path} at this address (HTTP {status}).",
+            "Check the base URL: it should be the API's root, without a path.",
+            fields=fields,
+        )
+    if status >= 500:
+        return AppError(
+            "provider_unreachable",
+            f"{name} answered with a server error (HTTP {status}){said}.",
+            "The provider has a problem; try again later.",
+        )
+    return AppError(
+        "invalid_config",
+        f"{name} answered {method} {path} with an unexpected HTTP {status}{said}.",
+        "Check the account's settings against the provider's documentation.",
+    )
+
+
+def _unreachable(provider: ProviderEntry, exc: AppError) -> AppError:
+    base = base_field(provider)
+    if isinstance(exc, OutboundBlocked):
+        message = f"{exc.text}."
+        return AppError("invalid_config", message, exc.help, fields={base: message} if base else {})
+    if isinstance(exc, ProviderUnreachable):
+        message = f"{exc.text}."
+        return AppError(
+            "provider_unreachable",
+            message,
+            "Check the address and that this server may connect to it, then try again.",
+            fields={base: message} if base else {},
+        )
+    return AppError("invalid_config", exc.text, exc.help, fields={base: exc.text} if base else {})
+
+
+def _http_verify(
+    client: OutboundClient,
+    settings: Settings,
+    provider: ProviderEntry,
+    values: ValuesByScope,
+    secrets: Mapping[str, Secret | None],
+) -> Verification:
+    spec = provider.verify
+    assert spec is not None
+    scopes = _scopes(values, secrets)
+    if spec.skip_if_empty and referenced_values_blank(spec.path, **scopes):
+        return Verification("skipped", "No verification request is configured, so the value was saved untested.")
+    try:
+        auth: RequestAuth = render_auth(provider, values, secrets)
+    except AppError as exc:
+        return Verification.failed(exc)
+    base = render_template_string(provider.endpoints[spec.base], **scopes).rstrip("/")
+    path = render_template_string(spec.path, **scopes)
+    where = base_field(provider, spec.base)
+    if not base:
+        fields = {where: "Set the base URL."} if where else {}
+        return Verification.failed(AppError("invalid_config", "There is no base URL to verify against.", fields=fields))
+    try:
+        response = client.request(spec.method, base + path, headers=auth.headers, params=auth.query or None)
+    except AppError as exc:
+        return Verification.failed(_unreachable(provider, exc))
+    # app.net reads the whole (small) body, so nothing is left open here.
+    if response.status_code not in spec.expect_status:
+        return Verification.failed(_status_error(provider, values, response, spec.method, path))
+    body = _json_body(response)
+    headers = {k.lower(): v for k, v in response.headers.items()}
+    kept = {target: pick(body, source) for source, target in spec.keep.items()}
+    learned: dict[str, Any] = {k: v for k, v in kept.items() if v is not None}
+    context = VerifyContext(values, secrets, settings, json=body, headers=headers, kept=learned)
+    try:
+        for name in provider.hooks:
+            hook = HOOKS[name].after_verify
+            if hook is not None:
+                learned = hook(provider, dataclasses.replace(context, kept=learned))
+    except AppError as exc:
+        return Verification.failed(exc)
+    return Verification("ok", f"{provider.display_name} accepted the credentials ({spec.method} {path}).", learned)
+
+
+def verify_account(
+    client: OutboundClient,
+    settings: Settings,
+    provider: ProviderEntry,
+    values: ValuesByScope,
+    secrets: Mapping[str, Secret | None],
+    *,
+    send_test_to: str | None = None,
+    before_send: Callable[[], None] | None = None,
+) -> Verification:
+    """Check an account's credentials against the provider (nothing is stored here). ``send_test_to`` and
+    ``before_send`` are for SMTP: a test mail after the login, and the send-cap check before it."""
+    spec = provider.verify
+    if spec is None:
+        return Verification("skipped", f"{provider.display_name} has no verification step.")
+    if spec.kind == "http":
+        return _http_verify(client, settings, provider, values, secrets)
+    for name in provider.hooks:
+        hook = HOOKS[name].verify
+        if hook is not None:
+            context = VerifyContext(values, secrets, settings, send_test_to=send_test_to, before_send=before_send)
+            try:
+                return Verification("ok", f"{provider.display_name} accepted the credentials.", hook(provider, context))
+            except AppError as exc:
+                return Verification.failed(exc)
+    return Verification("skipped", f"{provider.display_name} accounts cannot be verified yet.")

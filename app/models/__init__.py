@@ -4,7 +4,9 @@ from app.models.accounts import ConnectedAccount
 from app.models.audit import AuditEvent
 from app.models.base import Base, utcnow
 from app.models.credentials import Credential, MfaPolicy, WebAuthnChallenge
+from app.models.dialogs import DialogToken
 from app.models.mail import MailOutbox
+from app.models.oauth import OAuthIdentity
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
 from app.models.service_tokens import ServiceToken
@@ -18,9 +20,11 @@ __all__ = [
     "Base",
     "ConnectedAccount",
     "Credential",
+    "DialogToken",
     "LinkToken",
     "MailOutbox",
     "MfaPolicy",
+    "OAuthIdentity",
     "ProviderConfig",
     "ServiceToken",
     "StoredSecret",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.base import Base, utcnow
@@ -33,6 +33,11 @@ class ConnectedAccount(Base):
     last_error_at: Mapped[datetime | None]
     error_attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None]
+    # SMTP accounts: the one an admin marked as the app's own mailer, and the daily send counter (UTC day
+    # + count, bumped by one conditional UPDATE so concurrent workers cannot overshoot the cap).
+    system_mailer: Mapped[bool] = mapped_column(default=False, server_default=false())
+    send_day: Mapped[str | None] = mapped_column(String(10))
+    send_count: Mapped[int] = mapped_column(default=0, server_default="0")
     # Refresh claim (compare-and-set lease) so concurrent jobs never refresh one account twice.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None]

@@ -9,12 +9,17 @@ from flask import Blueprint, Flask
 from app.extensions import db_session, get_settings, login_manager
 from app.web import (
     account,
+    accounts_admin,
     admin,
     auth,
+    cms_dialogs,  # noqa: F401 - adds the CMS entry routes to the dialogs blueprint
     compliance,
+    connections,
+    dialogs,
     home,
     mail_flows,
     mfa,
+    oauth,
     providers_admin,
     throttle_admin,
     tokens_admin,
@@ -34,6 +39,10 @@ BLUEPRINTS = [
     compliance.bp,
     providers_admin.bp,
     throttle_admin.bp,
+    accounts_admin.bp,
+    dialogs.bp,  # with the CMS entry routes of cms_dialogs (imported above, so they exist before registration)
+    oauth.bp,
+    connections.bp,
 ]
 
 
@@ -43,9 +52,27 @@ def api_blueprints() -> list[Blueprint]:
     Imported here rather than at the top: ``app.api.security`` imports ``app.web.common``, so a
     module-level import would be circular whenever ``app.api`` is imported before ``app.web``.
     """
-    from app.api import auth_api, compliance_api, openapi, providers_api
+    from app.api import (
+        accounts,
+        accounts_api,
+        auth_api,
+        compliance_api,
+        dialogs,
+        openapi,
+        provider_configs_api,
+        providers_api,
+    )
 
-    return [auth_api.bp, compliance_api.bp, providers_api.bp, openapi.bp]
+    return [
+        auth_api.bp,
+        compliance_api.bp,
+        providers_api.bp,
+        provider_configs_api.bp,
+        accounts_api.bp,
+        accounts.bp,
+        dialogs.bp,
+        openapi.bp,
+    ]
 
 
 # The console's navigation, in order: (endpoint, label).
@@ -53,6 +80,7 @@ ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
     ("users_admin.users", "Users"),
     ("providers_admin.index", "Providers"),
+    ("accounts_admin.index", "Accounts"),
     ("admin.audit_log", "Audit log"),
     ("mfa.admin_security", "Security"),
     ("users_admin.outbox", "Outbox"),

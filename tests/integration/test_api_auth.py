@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -94,7 +95,8 @@ def protected_operations(app: Flask) -> list[tuple[str, str]]:
     for path, item in build_document(app)["paths"].items():
         for method, operation in item.items():
             if operation["security"]:
-                found.append((method.upper(), path.replace("{session_id}", "0123456789abcdef")))
+                concrete = path.replace("{session_id}", "0123456789abcdef")
+                found.append((method.upper(), re.sub(r"\{\w+_id\}", "1", concrete)))
     return found
 
 

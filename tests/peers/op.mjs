@@ -27,6 +27,7 @@
 
 import * as crypto from 'node:crypto';
 import Provider from 'oidc-provider';
+import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const raw = process.argv[2] ?? process.env.OP_CONFIG ?? '{}';
 const config = JSON.parse(raw);
@@ -46,6 +47,32 @@ function signingKey(alg) {
   return { ...privateKey.export({ format: 'jwk' }), kid, alg, use: 'sig' };
 }
 
+// oidc-provider's own in-memory store is an LRU of 1,000 entries, so bulk fixtures (hundreds of grants, each
+// with its tokens) would be evicted mid-test and refused as unknown. Same adapter, unbounded store; entries
+// still expire when their artifact does.
+class UnboundedStore {
+  #entries = new Map();
+
+  get(key) {
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return undefined;
+    if (entry.expiry !== undefined && entry.expiry <= Date.now()) {
+      this.#entries.delete(key);
+      return undefined;
+    }
+    return entry.value;
+  }
+
+  set(key, value, { maxAge } = {}) {
+    this.#entries.set(key, { value, expiry: typeof maxAge === 'number' ? Date.now() + maxAge : undefined });
+  }
+
+  delete(key) {
+    this.#entries.delete(key);
+  }
+}
+const store = new UnboundedStore();
+
 const accounts = config.accounts ?? {};
 function accountClaims(id) {
   return accounts[id] ?? {
@@ -62,6 +89,7 @@ const clients = (config.clients ?? []).map((client) => ({
 }));
 
 const provider = new Provider(issuer, {
+  adapter: (model) => new MemoryAdapter(model, store, 15),
   clients,
   jwks: { keys: [signingKey(signing)] },
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },

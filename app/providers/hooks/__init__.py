@@ -12,14 +12,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from app.connectors.context import VerifyContext
     from app.providers.entries import ProviderEntry
     from app.providers.types import Which
 
 # Cross-field rules that `visible_when`/`required` cannot say: (entry, which, clean values) → {field: message}.
 ValidateHook = Callable[["ProviderEntry", "Which", Mapping[str, Any]], Mapping[str, str]]
-# After a successful verification request: (entry, response JSON, values picked by `verify.keep`) →
-# the provider_data to store; may raise AppError (e.g. a HuggingFace token whose role is too low).
-AfterVerifyHook = Callable[["ProviderEntry", Any, dict[str, Any]], dict[str, Any]]
+# After a successful verification request: (entry, context with the response JSON and headers, the values
+# picked by `verify.keep` and the account's values) → the provider_data to store; may raise AppError (e.g. a
+# HuggingFace token whose role is below the account's required role).
+AfterVerifyHook = Callable[["ProviderEntry", "VerifyContext"], dict[str, Any]]
+# Verification that is not one HTTP request (`verify: {kind: smtp}`): (entry, context) → provider_data;
+# raises AppError with the field to blame.
+VerifyHook = Callable[["ProviderEntry", "VerifyContext"], dict[str, Any]]
 # After an OAuth sign-in or connect: (entry, claims/userinfo, fetch(endpoint name) → JSON) → extra
 # provider_data (GitHub's /user/emails, Microsoft Graph /me).
 ProfileHook = Callable[["ProviderEntry", Mapping[str, Any], Callable[[str], Any]], dict[str, Any]]
@@ -30,8 +35,23 @@ class Hook:
     description: str
     validate: ValidateHook | None = None
     after_verify: AfterVerifyHook | None = None
+    verify: VerifyHook | None = None
     profile: ProfileHook | None = None
 
 
-# The one list. Empty until the connectors and OAuth work registers github, azure, huggingface and smtp.
-HOOKS: dict[str, Hook] = {}
+from app.providers.hooks import azure, github, huggingface, smtp  # noqa: E402 - the hook modules use the types above
+
+# The one list.
+HOOKS: dict[str, Hook] = {
+    "github": Hook("GitHub: the primary verified email from /user/emails", profile=github.profile),
+    "azure": Hook("Entra ID: Microsoft Graph /me, tenant and app roles", profile=azure.profile),
+    "huggingface": Hook(
+        "Hugging Face: whoami-v2 → user, orgs, token role; refuse a token below the required role",
+        after_verify=huggingface.after_verify,
+    ),
+    "smtp": Hook(
+        "SMTP: connect, EHLO, STARTTLS, AUTH, NOOP through app/connectors/mailer.py; errors on the field to blame",
+        validate=smtp.validate,
+        verify=smtp.verify,
+    ),
+}

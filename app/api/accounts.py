@@ -1,0 +1,71 @@
+"""``GET /api/account-manager/accounts/<id>/headers`` — the headers (and, for a generic API key sent as a
+query parameter, the parameters) a trusted server should add to a request made with this account.
+
+This is the one JSON response that contains a secret, by design. Every call is audited before the secret
+leaves (``account.headers.disclosed``: who, from where, which header names — never values), so a failed
+audit write means no disclosure; ``last_used_at`` moves at most once a minute. Access: a service token with
+the scope ``accounts:headers`` (the CMS server) — never a browser session: a credential has no business
+in a browser, and an admin's cookie riding a cross-site request must not be able to fetch one.
+"""
+
+from __future__ import annotations
+
+from werkzeug.wrappers import Response
+
+from app.api.registry import component, document
+from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response
+from app.connectors import accounts
+from app.connectors.headers import request_auth
+from app.errors import AppError
+from app.extensions import db_session, get_cipher
+
+bp = api_blueprint("api_accounts", __name__)
+
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+ACCOUNT_HEADERS = component(
+    "AccountHeaders",
+    {
+        "type": "object",
+        "required": ["headers", "query"],
+        "additionalProperties": False,
+        "properties": {
+            "headers": {**_STRINGS, "description": "Header name → value to send (contains the credential)."},
+            "query": {
+                **_STRINGS,
+                "description": "Query parameters to add (only a generic API key with auth_type `query`).",
+            },
+        },
+    },
+)
+ACCOUNT_ID_PARAM = {
+    "account_id": ({"type": "string", "pattern": "^[1-9][0-9]{0,9}$"}, "The connected account's id (console)."),
+}
+
+
+@bp.get("/account-manager/accounts/<account_id>/headers")
+@api_auth("accounts:headers", cookies=False)
+@document(
+    summary="Ready-to-send request headers for an API-key account",
+    description=(
+        "The headers (and query parameters) to add to a request made with this connected account, rendered "
+        "from its provider's catalog entry: e.g. `Authorization: Bearer …` plus `OpenAI-Organization` for "
+        "OpenAI, `x-api-key` + `anthropic-version` for Anthropic. **The response contains the credential**: "
+        "every call is audited (`account.headers.disclosed`) and answered `Cache-Control: no-store`. "
+        "Service tokens with the scope `accounts:headers` only (no session cookie). "
+        "422 `invalid_config` when the account cannot be used (no secret yet, "
+        "provider config disabled, not an API-key account)."
+    ),
+    response=ACCOUNT_HEADERS,
+    path=ACCOUNT_ID_PARAM,
+    errors=(404, 422),
+    tags=("accounts",),
+)
+def account_headers(account_id: str) -> Response:
+    # A plain string rule (like the other /api paths) so the documented path is the Flask rule itself.
+    if not account_id.isascii() or not account_id.isdigit() or len(account_id) > 10:
+        raise AppError("not_found", "There is no such connected account.")
+    db = db_session()
+    account = accounts.get_account(db, int(account_id))
+    result = request_auth(db, get_cipher(), account, ctx=api_audit_ctx(), per_call_audit=True)
+    db.commit()
+    return json_response({"headers": dict(result.headers), "query": dict(result.query)})

@@ -1,0 +1,57 @@
+"""Microsoft Entra ID: profile from Microsoft Graph ``GET /v1.0/me`` plus the ID token's tenant and app roles.
+
+Graph's ``mail`` is the mailbox address and is often empty for accounts without Exchange; then the
+``userPrincipalName`` (the sign-in name) stands in. Entra does not say an address is verified unless the
+app registration adds the optional claim ``xms_edov`` ("email domain owner verified"), so without it the
+identity's email counts as unverified and is never linked automatically.
+https://learn.microsoft.com/graph/api/user-get · https://learn.microsoft.com/entra/identity-platform/optional-claims-reference
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from app.errors import AppError
+
+if TYPE_CHECKING:
+    from app.providers.entries import ProviderEntry
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def profile(entry: ProviderEntry, claims: Mapping[str, Any], fetch: Callable[[str], Any]) -> dict[str, Any]:
+    try:
+        me = fetch("graph_me")
+    except AppError as exc:
+        # Without User.Read Graph answers 403: keep what the ID token says.
+        if exc.code != "consent_required":
+            raise
+        me = {}
+    me = me if isinstance(me, dict) else {}
+    roles = claims.get("roles")
+    data: dict[str, Any] = {
+        "oid": _text(claims.get("oid")) or _text(me.get("id")),
+        "tenant_id": _text(claims.get("tid")),
+        "roles": [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else [],
+        "graph": {
+            "id": _text(me.get("id")),
+            "mail": _text(me.get("mail")),
+            "userPrincipalName": _text(me.get("userPrincipalName")),
+            "displayName": _text(me.get("displayName")),
+        },
+    }
+    email = (
+        _text(me.get("mail"))
+        or _text(me.get("userPrincipalName"))
+        or _text(claims.get("email"))
+        or _text(claims.get("preferred_username"))
+    )
+    data["email"] = email.lower() if email and "@" in email else None
+    data["email_verified"] = True if claims.get("xms_edov") is True and data["email"] else None
+    name = _text(me.get("displayName")) or _text(claims.get("name"))
+    if name:
+        data["name"] = name
+    return data

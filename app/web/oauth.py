@@ -1,0 +1,370 @@
+"""Sign in with a provider, the one callback every OAuth flow returns to, "link your account", and the
+console's OAuth setup page (redirect URI, setup notes, "Test connection").
+
+- ``GET /oauth/<config_id>/login`` → the provider's authorization endpoint (state, nonce, PKCE kept in
+  the browser session by :func:`app.oauth.remember_pending`: single use, bound to this browser).
+- ``GET /oauth/<config_id>/callback`` → completes a sign-in or a connect (the pending authorization says
+  which), with every check of :func:`app.oauth.complete_authorization`.
+- ``/oauth/link`` → an identity that may not link by itself is linked after the AMI password.
+- ``/admin/providers/<id>/oauth`` (+ ``POST …/test-oauth``) → the redirect URI to register, setup notes,
+  and what discovery and the JWKS say.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Final
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response
+from wtforms import EmailField, PasswordField
+from wtforms.validators import DataRequired, Length
+
+from app import audit
+from app.auth import users
+from app.errors import AppError
+from app.extensions import db_session, get_settings
+from app.models import ProviderConfig
+from app.oauth import complete_authorization, remember_pending, start_authorization, take_pending
+from app.oauth.connections import store_connection
+from app.oauth.glue import (
+    OAUTH_TYPES,
+    OAuthProvider,
+    OAuthRuntime,
+    build_provider,
+    fetch_identity,
+    is_oauth_type,
+    redirect_uri,
+    runtime,
+    test_connection,
+)
+from app.oauth.identities import link_identity, resolve_signin
+from app.providers import configs
+from app.vault import SecretUnreadable
+from app.web.auth import establish_session
+from app.web.common import admin_required, audit_ctx, form_errors, safe_next, signed_in
+
+bp = Blueprint("oauth", __name__)
+
+LINK_KEY: Final = "ami_oauth_link"
+LINK_MAX_AGE: Final = 600.0
+Purpose = str  # "signin" | "connect"
+
+
+# --- shared helpers (also used by app/web/connections.py) -------------------------------------------------
+
+
+def rt() -> OAuthRuntime:
+    return runtime(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def enabled_oauth_config(db: Session, config_id: int) -> ProviderConfig:
+    cfg = db.get(ProviderConfig, config_id)
+    if cfg is None or not cfg.enabled or not is_oauth_type(cfg.provider_type):
+        raise AppError("not_found", "This sign-in option is not available.", "Go back and choose another.")
+    return cfg
+
+
+def load_provider(db: Session, config_id: int) -> OAuthProvider:
+    cfg = enabled_oauth_config(db, config_id)
+    try:
+        return build_provider(db, rt(), cfg)
+    except SecretUnreadable as exc:
+        raise AppError("secret_unreadable", exc.text) from None
+
+
+def begin_authorization(provider: OAuthProvider, intent: dict[str, Any], *, want_refresh: bool) -> Response:
+    """Remember a pending authorization for this browser and send it to the provider."""
+    offline_scope, refresh_params = provider.refresh_request() if want_refresh else (None, None)
+    request_ = start_authorization(
+        provider.metadata,
+        provider.credentials,
+        redirect_uri=redirect_uri(get_settings(), provider.config_id),
+        scopes=provider.scopes,
+        pkce=provider.pkce,
+        want_refresh=want_refresh,
+        offline_scope=offline_scope,
+        refresh_params=refresh_params,
+        extra_params=provider.authorize_params(),
+        provider_key=json.dumps({"config": provider.config_id, **intent}, separators=(",", ":")),
+    )
+    remember_pending(session, request_.pending)
+    return redirect(request_.url)
+
+
+def signin_providers() -> list[dict[str, Any]]:
+    """Enabled OAuth configs that offer sign-in, for the buttons on /signin (called from the template)."""
+    db = db_session()
+    rows = db.scalars(
+        select(ProviderConfig)
+        .where(
+            ProviderConfig.enabled.is_(True),
+            ProviderConfig.provider_type.in_([t.value for t in OAUTH_TYPES]),
+        )
+        .order_by(ProviderConfig.name)
+    )
+    return [
+        {"id": cfg.id, "name": cfg.name, "type": cfg.provider_type}
+        for cfg in rows
+        if (cfg.config or {}).get("signin", True) is not False
+    ]
+
+
+@bp.app_context_processor
+def _oauth_ui() -> dict[str, Any]:
+    # A callable, so the query runs only on the page that renders the buttons.
+    return {"oauth_signin_providers": signin_providers}
+
+
+@bp.before_app_request
+def _start_scheduler() -> None:
+    # Lazily, in processes that serve requests (never in the CLI); off with AMI_AUTH_SCHEDULER=false.
+    from app.jobs.scheduler import ensure_started
+
+    ensure_started(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def finish_signin(user_id: int, methods: list[str], next_url: str, details: dict[str, Any]) -> Response:
+    """Start the session after an OAuth sign-in — or, for a user with a second factor, the second-factor
+    step first, exactly as after a password (the MFA policy applies whatever the first factor was)."""
+    from app.models import User
+    from app.web import mfa
+
+    db = db_session()
+    user = db.get(User, user_id)
+    if user is None or not user.is_active:
+        raise AppError("permission_denied", "This account is disabled.", "Ask an administrator to enable it.")
+    if mfa.needs_second_factor(user):
+        return mfa.start_second_factor(user, methods, next_url)
+    audit.record(db, audit_ctx(), "signin.success", target=f"user:{user.id}", details={"method": "oauth", **details})
+    db.commit()
+    establish_session(user, methods)
+    return redirect(next_url)
+
+
+def _error_page(exc: AppError, *, back: str, back_label: str) -> tuple[str, int]:
+    return render_template("oauth/error.html", error=exc, back=back, back_label=back_label), exc.http_status
+
+
+# --- sign in ---------------------------------------------------------------------------------------------
+
+
+@bp.get("/oauth/<int:config_id>/login")
+def login(config_id: int) -> Response | tuple[str, int]:
+    next_url = safe_next(request.args.get("next"), url_for("web.home"))
+    if signed_in() is not None:
+        return redirect(next_url)
+    db = db_session()
+    try:
+        provider = load_provider(db, config_id)
+        if not provider.signin_enabled:
+            raise AppError("not_found", "This sign-in option is not available.", "Go back and choose another.")
+        return begin_authorization(provider, {"purpose": "signin", "next": next_url}, want_refresh=False)
+    except AppError as exc:
+        return _error_page(exc, back=url_for("auth.signin"), back_label="Back to sign in")
+
+
+@bp.get("/oauth/<int:config_id>/callback")
+def callback(config_id: int) -> Response | tuple[str, int]:
+    params = {k: v for k, v in request.args.items()}
+    db = db_session()
+    purpose: Purpose = "signin"
+    back, back_label = url_for("auth.signin"), "Back to sign in"
+    try:
+        pending = take_pending(session, params.get("state"))
+        try:
+            intent = json.loads(pending.provider_key)
+        except ValueError:
+            intent = {}
+        if not isinstance(intent, dict) or intent.get("config") != config_id:
+            raise AppError("validation_failed", "The response belongs to another provider.", "Start again.")
+        purpose = str(intent.get("purpose", "signin"))
+        if purpose == "connect":
+            back, back_label = url_for("connections.index"), "Back to connections"
+        provider = load_provider(db, config_id)
+        services = rt()
+        tokens = complete_authorization(
+            services.client,
+            provider.metadata,
+            provider.credentials,
+            pending,
+            params,
+            keys=provider.keys,
+            policy=provider.policy,
+            default_expires_in=provider.default_expires_in,
+        )
+        identity = fetch_identity(services.client, provider, tokens)
+        if purpose == "connect":
+            who = signed_in()
+            if who is None or who.user.id != intent.get("user"):
+                raise AppError("not_authenticated", "Sign in again, then connect the account.")
+            reconnect = intent.get("account")
+            account = store_connection(
+                db,
+                services.cipher,
+                audit_ctx(),
+                provider,
+                who.user.id,
+                tokens,
+                identity,
+                reconnect_id=reconnect if isinstance(reconnect, int) else None,
+            )
+            db.commit()
+            flash(f"Connected {provider.display_name} account {account.label}.", "success")
+            return redirect(url_for("connections.index") + f"#account-{account.id}")
+        next_url = safe_next(str(intent.get("next") or ""), url_for("web.home"))
+        result = resolve_signin(db, get_settings(), audit_ctx(), provider, identity)
+        if result.outcome == "link_required":
+            db.commit()
+            session[LINK_KEY] = {
+                "config": config_id,
+                "subject": identity.subject,
+                "email": identity.email,
+                "name": identity.name,
+                "provider": provider.display_name,
+                "reason": result.reason,
+                "next": next_url,
+                "exp": time.time() + LINK_MAX_AGE,
+            }
+            return redirect(url_for("oauth.link"))
+        assert result.user is not None
+        db.commit()
+        return finish_signin(
+            result.user.id, ["oauth"], next_url, {"provider_config": config_id, "outcome": result.outcome}
+        )
+    except IntegrityError:
+        db.rollback()
+        return _error_page(
+            AppError("conflict", "That account was just linked.", "Start again."), back=back, back_label=back_label
+        )
+    except AppError as exc:
+        db.rollback()
+        audit.record(
+            db,
+            audit_ctx(),
+            "signin.failure" if purpose == "signin" else "connected_account.connect",
+            target=f"provider_config:{config_id}",
+            outcome="failure",
+            details={"method": "oauth", "code": exc.code},
+        )
+        db.commit()
+        return _error_page(exc, back=back, back_label=back_label)
+
+
+# --- link your account ---------------------------------------------------------------------------------------
+
+
+class LinkForm(FlaskForm):  # type: ignore[misc]
+    email = EmailField("Your AMI Auth email", validators=[DataRequired(), Length(max=320)])
+    password = PasswordField("Your AMI Auth password", validators=[DataRequired(), Length(max=256)])
+
+
+def _pending_link() -> dict[str, Any]:
+    data = session.get(LINK_KEY)
+    if not isinstance(data, dict) or float(data.get("exp") or 0) < time.time():
+        session.pop(LINK_KEY, None)
+        raise AppError(
+            "token_expired", "There is no sign-in waiting to be linked.", "Start the sign-in again.", status=410
+        )
+    return data
+
+
+@bp.route("/oauth/link", methods=["GET", "POST"])
+def link() -> Response | tuple[str, int]:
+    try:
+        pending = _pending_link()
+    except AppError as exc:
+        return _error_page(exc, back=url_for("auth.signin"), back_label="Back to sign in")
+    form = LinkForm(data={"email": pending.get("email") or ""} if request.method == "GET" else None)
+    if form.validate_on_submit():
+        db = db_session()
+        check = users.check_password(db, get_settings(), form.email.data, form.password.data)
+        if check.ok and check.user is not None:
+            try:
+                link_identity(
+                    db, audit_ctx(), check.user, int(pending["config"]), str(pending["subject"]), pending.get("email")
+                )
+                db.commit()
+            except (AppError, IntegrityError) as exc:
+                db.rollback()
+                error = exc if isinstance(exc, AppError) else AppError("conflict", "That account was just linked.")
+                return _error_page(error, back=url_for("auth.signin"), back_label="Back to sign in")
+            session.pop(LINK_KEY, None)
+            return finish_signin(
+                check.user.id,
+                ["password", "oauth"],
+                safe_next(pending.get("next"), "/"),
+                {"provider_config": pending["config"], "outcome": "linked"},
+            )
+        audit.record(
+            db,
+            audit_ctx(),
+            "signin.failure",
+            target=f"email:{users.normalize_email(form.email.data)}",
+            outcome="failure",
+            details={"method": "password", "purpose": "oauth_link"},
+        )
+        db.commit()
+        form_errors(AppError("invalid_credentials", fields={"password": "Email or password is not right."}), form)
+    status = 401 if form.is_submitted() and form.errors else 200
+    return render_template("oauth/link.html", form=form, pending=pending), status
+
+
+# --- console: setup notes and "Test connection" ------------------------------------------------------------
+
+
+class TestForm(FlaskForm):  # type: ignore[misc]
+    """CSRF only."""
+
+
+def _setup_page(config_id: int, report: Any = None, status: int = 200) -> tuple[str, int]:
+    db = db_session()
+    cfg = configs.get_config(db, config_id)
+    if not is_oauth_type(cfg.provider_type):
+        raise AppError("not_found", "This provider config does not use OAuth.")
+    html = render_template(
+        "oauth/admin_setup.html",
+        cfg=cfg,
+        provider=configs.entry_for(cfg),
+        redirect_uri=redirect_uri(get_settings(), cfg.id),
+        form=TestForm(),
+        report=report,
+    )
+    return html, status
+
+
+@bp.get("/admin/providers/<int:config_id>/oauth")
+@admin_required
+def admin_setup(config_id: int) -> tuple[str, int]:
+    return _setup_page(config_id)
+
+
+@bp.post("/admin/providers/<int:config_id>/test-oauth")
+@admin_required
+def admin_test(config_id: int) -> tuple[str, int]:
+    form = TestForm()
+    if not form.validate_on_submit():
+        raise AppError("validation_failed", "The form expired or did not come from this site.", status=400)
+    db = db_session()
+    cfg = configs.get_config(db, config_id)
+    entry = configs.entry_for(cfg)
+    try:
+        secrets = configs.read_secrets(db, rt().cipher, entry, cfg)
+    except SecretUnreadable as exc:
+        raise AppError("secret_unreadable", exc.text) from None
+    report = test_connection(rt().client, entry, cfg.config or {}, secrets, config_id=cfg.id)
+    audit.record(
+        db,
+        audit_ctx(),
+        "provider_config.test",
+        target=f"provider_config:{cfg.id}",
+        outcome="success" if report.ok else "failure",
+        details={"kind": "oauth", "code": report.error.code if report.error is not None else None},
+    )
+    db.commit()
+    return _setup_page(config_id, report, 200 if report.ok else 422)

@@ -1,0 +1,229 @@
+"""Sign in with a provider: "Continue with …" → the real OP's login and consent pages → the app's callback,
+and the linking rules (verified + trusted email links; otherwise the AMI password first), JIT accounts
+with a domain allow-list, and generic claim mapping. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pyotp
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
+
+from app.auth import totp
+from app.extensions import get_database
+from app.models import AuditEvent, OAuthIdentity, User, utcnow
+from app.settings import Settings
+from tests.conftest import PASSWORD, UserFactory
+from tests.support.oauth_app import create_config, follow_callback, generic_values, location, page_csrf
+from tests.support.op import OPClient, OpenIDProvider, op_login, running_op
+
+BASE = "http://127.0.0.1:5000"  # the test settings' AMI_AUTH_BASE_URL
+ACCOUNTS = {
+    "alice": {"email": "alice@example.com", "email_verified": True, "name": "Alice"},
+    "bob": {"email": "bob@example.com", "email_verified": False, "name": "Bob"},
+    "carol": {
+        "email": "carol@corp.example",
+        "email_verified": True,
+        "name": "Carol",
+        "employee_id": "E-42",
+        "groups": ["staff", "ops"],
+    },
+    "dave": {"email": "dave@other.example", "email_verified": True, "name": "Dave"},
+}
+CLAIMS = {"openid": ["sub"], "email": ["email", "email_verified"], "profile": ["name", "employee_id", "groups"]}
+
+
+@pytest.fixture(scope="module")
+def op() -> Iterator[OpenIDProvider]:
+    # Each test's database starts empty, so its first provider config is #1: register a few callbacks.
+    client = OPClient(
+        "ami-auth",
+        "op-secret:with+chars",
+        extra={"redirect_uris": [f"{BASE}/oauth/{i}/callback" for i in range(1, 4)]},
+    )
+    with running_op(clients=[client], accounts=ACCOUNTS, claims=CLAIMS) as provider:
+        yield provider
+
+
+def _config(app: Flask, op: OpenIDProvider, **extra: object) -> int:
+    return create_config(app, "generic_oidc", "Corp ID", generic_values(op.issuer, op.client, **extra))
+
+
+def _sign_in(client: FlaskClient, config_id: int, login: str) -> TestResponse:
+    start = client.get(f"/oauth/{config_id}/login?next=/account/")
+    assert start.status_code == 302
+    assert location(start).startswith("http://127.0.0.1:")
+    return follow_callback(client, op_login(location(start), login))
+
+
+def _signed_in_as(client: FlaskClient) -> str | None:
+    page = client.get("/account/")
+    if page.status_code != 200:
+        return None
+    html = page.get_data(as_text=True)
+    start = html.find('<span class="who">')
+    return html[start + 18 : html.find("</span>", start)] if start >= 0 else None
+
+
+def _identities(db: Session) -> list[OAuthIdentity]:
+    db.expire_all()
+    return list(db.scalars(select(OAuthIdentity)))
+
+
+def test_button_on_signin_page_and_verified_trusted_email_links(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    user = make_user("alice@example.com")
+    config_id = _config(app, op, trust_email=True)
+    page = client.get("/signin").get_data(as_text=True)
+    assert f'href="/oauth/{config_id}/login' in page and "Continue with Corp ID" in page
+
+    done = _sign_in(client, config_id, "alice")
+    assert done.status_code == 302 and location(done) == "/account/"
+    assert _signed_in_as(client) == "alice@example.com"
+    [identity] = _identities(db)
+    assert (identity.user_id, identity.subject, identity.email) == (user.id, "alice", "alice@example.com")
+    actions = [e.action for e in db.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    assert "oauth.identity_linked" in actions and actions[-1] == "signin.success"
+
+
+def test_unverified_email_must_be_confirmed_with_the_password(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    make_user("bob@example.com")
+    config_id = _config(app, op, trust_email=True)
+    done = _sign_in(client, config_id, "bob")
+    assert location(done) == "/oauth/link"
+    assert _signed_in_as(client) is None
+    page = client.get("/oauth/link").get_data(as_text=True)
+    assert "Link your Corp ID account" in page and "bob@example.com" in page
+    assert "does not confirm that bob@example.com is verified" in page
+
+    wrong = client.post(
+        "/oauth/link", data={"email": "bob@example.com", "password": "not it at all", "csrf_token": page_csrf(page)}
+    )
+    assert wrong.status_code == 401 and "Email or password is not right." in wrong.get_data(as_text=True)
+    assert _identities(db) == []
+
+    linked = client.post(
+        "/oauth/link", data={"email": "bob@example.com", "password": PASSWORD, "csrf_token": page_csrf(page)}
+    )
+    assert linked.status_code == 302 and location(linked) == "/account/"
+    assert _signed_in_as(client) == "bob@example.com"
+    assert [i.subject for i in _identities(db)] == ["bob"]
+
+    # From now on the provider alone signs Bob in.
+    client.post("/signout", data={"csrf_token": page_csrf(client.get("/account/").get_data(as_text=True))})
+    again = _sign_in(client, config_id, "bob")
+    assert location(again) == "/account/"
+    assert _signed_in_as(client) == "bob@example.com"
+
+
+def test_a_provider_that_is_not_trusted_never_links_by_email(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    make_user("alice@example.com")
+    config_id = _config(app, op, trust_email=False)
+    done = _sign_in(client, config_id, "alice")
+    assert location(done) == "/oauth/link"
+    assert _identities(db) == []
+
+
+def test_jit_creates_users_only_in_allowed_domains(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider
+) -> None:
+    config_id = _config(app, op, jit=True, allowed_domains="corp.example")
+    created = _sign_in(client, config_id, "carol")
+    assert location(created) == "/account/"
+    user = db.scalars(select(User).where(User.email == "carol@corp.example")).one()
+    assert user.password_hash is None and user.email_verified_at is not None and user.display_name == "Carol"
+
+    client.post("/signout", data={"csrf_token": page_csrf(client.get("/account/").get_data(as_text=True))})
+    refused = _sign_in(client, config_id, "dave")
+    assert location(refused) == "/oauth/link"
+    assert "Accounts for other.example cannot be created here." in client.get("/oauth/link").get_data(as_text=True)
+    assert _signed_in_as(client) is None
+    assert db.scalars(select(User).where(User.email == "dave@other.example")).first() is None
+
+
+def test_without_jit_an_unknown_person_can_only_link(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    config_id = _config(app, op)
+    refused = _sign_in(client, config_id, "dave")
+    assert location(refused) == "/oauth/link"
+    page = client.get("/oauth/link").get_data(as_text=True)
+    assert "No AMI Auth account uses this address." in page and "ask an administrator for an invitation" in page
+    assert _signed_in_as(client) is None
+    assert db.scalars(select(User)).all() == []
+    # Someone with an AMI account under another address links it with its password.
+    make_user("dave.at.work@example.com")
+    linked = client.post(
+        "/oauth/link",
+        data={"email": "dave.at.work@example.com", "password": PASSWORD, "csrf_token": page_csrf(page)},
+    )
+    assert location(linked) == "/account/"
+    assert _signed_in_as(client) == "dave.at.work@example.com"
+
+
+def test_jit_needs_a_verified_email(app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider) -> None:
+    config_id = _config(app, op, jit=True)
+    refused = _sign_in(client, config_id, "bob")
+    assert location(refused) == "/oauth/link"
+    assert "did not confirm a verified email address" in client.get("/oauth/link").get_data(as_text=True)
+    assert db.scalars(select(User)).all() == []
+
+
+def test_claim_mapping_picks_the_configured_user_id(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider
+) -> None:
+    config_id = _config(app, op, jit=True, user_id_claim="employee_id", groups_claim="groups")
+    done = _sign_in(client, config_id, "carol")
+    assert location(done) == "/account/"
+    [identity] = _identities(db)
+    assert identity.subject == "E-42"
+
+
+def test_a_callback_works_once(app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider) -> None:
+    config_id = _config(app, op, jit=True)
+    start = client.get(f"/oauth/{config_id}/login")
+    callback = op_login(location(start), "carol")
+    assert follow_callback(client, callback).status_code == 302
+    client.post("/signout", data={"csrf_token": page_csrf(client.get("/account/").get_data(as_text=True))})
+    replay = follow_callback(client, callback)
+    assert replay.status_code == 422
+    assert "does not belong to this browser session" in replay.get_data(as_text=True)
+    assert _signed_in_as(client) is None
+
+
+def test_sign_in_can_be_turned_off_per_provider(app: Flask, client: FlaskClient, op: OpenIDProvider) -> None:
+    config_id = _config(app, op, signin=False)
+    assert "Continue with" not in client.get("/signin").get_data(as_text=True)
+    assert client.get(f"/oauth/{config_id}/login").status_code == 404
+
+
+def test_mfa_still_applies_after_an_oauth_sign_in(
+    app: Flask, settings: Settings, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    user = make_user("alice@example.com")
+    with app.app_context():
+        session = get_database(app).session()
+        enrolment = totp.start_enrolment(session, settings, user)
+        secret = enrolment.secret.reveal()
+        earlier = utcnow() - timedelta(minutes=2)
+        totp.confirm_enrolment(session, settings, user, pyotp.TOTP(secret).at(earlier), now=earlier)
+        session.commit()
+    config_id = _config(app, op, trust_email=True)
+    done = _sign_in(client, config_id, "alice")
+    assert location(done) == "/signin/mfa"
+    assert _signed_in_as(client) is None  # no session before the second factor
+    token = page_csrf(client.get("/signin/mfa").get_data(as_text=True))
+    second = client.post("/signin/mfa/totp", data={"code": pyotp.TOTP(secret).now(), "csrf_token": token})
+    assert location(second) == "/account/"
+    assert _signed_in_as(client) == "alice@example.com"
