@@ -441,7 +441,10 @@ def _install(state: BlueprintSetupState) -> None:
         if not request.path.startswith(API_PREFIX + "/"):
             return response
         # The answer depends on Origin, so caches must key on it (Fetch standard, CORS protocol).
-        response.vary.add("Origin")
+        if "Vary" in response.headers:
+            response.vary.add("Origin")
+        else:  # the usual case, without parsing and re-serialising the header
+            response.headers["Vary"] = "Origin"
         origin = request.headers.get("Origin")
         if origin is None or origin not in allowed:
             return response

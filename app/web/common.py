@@ -82,10 +82,9 @@ class SignedIn(UserMixin):  # type: ignore[misc]
 
 
 def signed_in() -> SignedIn | None:
-    if current_user.is_authenticated:
-        value: SignedIn = current_user._get_current_object()
-        return value
-    return None
+    # One trip through the current_user proxy (every guard calls this; anonymous users are not SignedIn).
+    value = current_user._get_current_object()
+    return value if isinstance(value, SignedIn) else None
 
 
 def client_ip() -> str:

@@ -310,3 +310,15 @@ def test_the_session_endpoint_reads_the_database_once(app: Flask, client: FlaskC
         event.remove(engine, "before_cursor_execute", count)
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1, statements
+
+
+def test_session_cookie_signing_follows_a_key_rotation(app: Flask, client: FlaskClient, make_user: UserFactory) -> None:
+    """The cookie serializer is built once per set of keys, not once per app: a changed key applies at once."""
+    make_user("keys@example.com")
+    sign_in(client, "keys@example.com")
+    assert session_api(client)[0] == 200
+    old = app.secret_key
+    app.secret_key = "n" * 48
+    assert session_api(client)[0] == 401  # signed with a key the app no longer holds
+    app.config["SECRET_KEY_FALLBACKS"] = [old]
+    assert session_api(client)[0] == 200  # the old key is accepted as a fallback
