@@ -26,8 +26,8 @@ class SignedIn(UserMixin):  # type: ignore[misc]
     """What Flask-Login holds for a request: the server-side session as this request found it.
 
     ``live`` is what the per-request checks read (session, user and second-factor state from one SELECT, see
-    :func:`app.auth.sessions.load_session`). ``record`` and ``user`` are the ORM rows, loaded on first use
-    (one primary-key lookup each) by the views that show or change them.
+    :func:`app.auth.sessions.load_session`). ``record`` and ``user`` are the ORM rows, loaded together on first
+    use (one primary-key lookup) by the views that show or change them.
     """
 
     def __init__(self, raw_session_id: str, session: LiveSession | UserSession) -> None:
@@ -63,10 +63,8 @@ class SignedIn(UserMixin):  # type: ignore[misc]
     @property
     def user(self) -> User:
         if self._user is None:
-            user = db_session().get(User, self.live.user.id)
-            if user is None:
-                raise AppError("not_authenticated")
-            self._user = user
+            # The record comes with its user joined: one lookup gives a view both rows.
+            self._user = self.record.user
         return self._user
 
     def get_id(self) -> str:
