@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# Tests run on every core, a file per worker (module-scoped peers such as the OpenID Provider start once).
+PYTEST_ARGS ?= -n auto --dist loadfile
 
 .PHONY: run test lint typecheck unit peers bench install migrate clean
 

@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings = load_settings()
 
     from app.extensions import csrf, init_database, login_manager, make_limit_storage
+    from app.providers.registry import init_providers
     from app.web import register_blueprints
     from app.web.errors import register_error_handlers
     from app.web.security import init_security
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["ami_settings"] = settings
     _configure_logging(settings)
+    init_providers(app)
     init_database(app, settings)
     app.extensions["ami_limits"] = make_limit_storage(settings)
     csrf.init_app(app)

@@ -188,6 +188,7 @@ def register_commands(app: Flask) -> None:
     from app.api.cli import compliance_cli, tokens_cli
     from app.audit_cli import audit_cli
     from app.mfa_cli import mfa_cli
+    from app.providers.cli import providers_cli
     from app.vault.cli import keys_cli
 
     for command in (
@@ -201,6 +202,7 @@ def register_commands(app: Flask) -> None:
         mfa_cli,
         tokens_cli,
         compliance_cli,
+        providers_cli,
     ):
         app.cli.add_command(command)
 

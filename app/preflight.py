@@ -39,4 +39,13 @@ def _mailer_configured(app: Flask, serving: bool) -> list[str]:
     return []
 
 
-EXTRA_CHECKS: list[Callable[[Flask, bool], list[str]]] = [_mailer_configured]
+def _provider_configs_complete(app: Flask, serving: bool) -> list[str]:
+    """Checked by `check-config`, not at serve time: one broken provider must not stop password sign-in."""
+    if serving:
+        return []
+    from app.providers.checks import enabled_config_problems
+
+    return enabled_config_problems(app)
+
+
+EXTRA_CHECKS: list[Callable[[Flask, bool], list[str]]] = [_mailer_configured, _provider_configs_complete]

@@ -7,7 +7,18 @@ from typing import Any
 from flask import Blueprint, Flask
 
 from app.extensions import db_session, get_settings, login_manager
-from app.web import account, admin, auth, compliance, home, mail_flows, mfa, tokens_admin, users_admin
+from app.web import (
+    account,
+    admin,
+    auth,
+    compliance,
+    home,
+    mail_flows,
+    mfa,
+    providers_admin,
+    tokens_admin,
+    users_admin,
+)
 from app.web.common import SignedIn
 
 BLUEPRINTS = [
@@ -20,6 +31,7 @@ BLUEPRINTS = [
     mfa.bp,
     tokens_admin.bp,
     compliance.bp,
+    providers_admin.bp,
 ]
 
 
@@ -29,15 +41,16 @@ def api_blueprints() -> list[Blueprint]:
     Imported here rather than at the top: ``app.api.security`` imports ``app.web.common``, so a
     module-level import would be circular whenever ``app.api`` is imported before ``app.web``.
     """
-    from app.api import auth_api, compliance_api, openapi
+    from app.api import auth_api, compliance_api, openapi, providers_api
 
-    return [auth_api.bp, compliance_api.bp, openapi.bp]
+    return [auth_api.bp, compliance_api.bp, providers_api.bp, openapi.bp]
 
 
 # The console's navigation, in order: (endpoint, label).
 ADMIN_NAV: list[tuple[str, str]] = [
     ("admin.index", "Overview"),
     ("users_admin.users", "Users"),
+    ("providers_admin.index", "Providers"),
     ("admin.audit_log", "Audit log"),
     ("mfa.admin_security", "Security"),
     ("users_admin.outbox", "Outbox"),

@@ -6,45 +6,31 @@ Runs only when ``AMI_AUTH_TEST_POSTGRES_URL`` names a server we may create datab
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from uuid import uuid4
 
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app.audit import REDACTED, AuditContext, record, verify
 from app.extensions import Database, make_database
-from app.migrate import upgrade
 from app.models.audit import AuditEvent
+from tests.conftest import PostgresDatabase, postgres_admin_url
 
 pytestmark = pytest.mark.postgres
-
-ENV = "AMI_AUTH_TEST_POSTGRES_URL"
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    server = os.environ.get(ENV, "").strip()
-    if not server:
-        pytest.skip(f"{ENV} is not set (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    base = make_url(server)
-    name = f"ami_audit_{uuid4().hex[:16]}"  # our own name: safe to quote, never someone else's database
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")  # CREATE DATABASE cannot run in a transaction
+    """A database of this test's own, migrated to head, dropped after."""
+    target = PostgresDatabase(postgres_admin_url())
+    target.create()
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = base.set(database=name).render_as_string(hide_password=False)
-        upgrade(url)
-        yield url
+        yield target.url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        target.drop()
 
 
 @pytest.fixture

@@ -205,6 +205,30 @@ def test_real_responses_match_the_documented_schemas(
             403,
         ),
         ("/api/openapi.json", "get", lambda: anonymous.get("/api/openapi.json"), 200),
+        (
+            "/api/account-manager/providers/schema",
+            "get",
+            lambda: client.get("/api/account-manager/providers/schema"),
+            200,
+        ),
+        (
+            "/api/account-manager/providers/schema",
+            "get",
+            lambda: client.get("/api/account-manager/providers/schema", headers={"Authorization": f"Bearer {narrow}"}),
+            403,
+        ),
+        (
+            "/api/account-manager/providers/schema",
+            "get",
+            lambda: anonymous.get("/api/account-manager/providers/schema"),
+            401,
+        ),
+        (
+            "/api/account-manager/providers/schema",
+            "get",
+            lambda: anonymous.get("/api/account-manager/providers/schema", headers=auth),
+            200,
+        ),
     ]
     seen: set[tuple[str, str]] = set()
     for path, method, call, status in calls:

@@ -1,0 +1,196 @@
+"""Typed views of catalog entries: what the registry builds from each YAML file once it has passed the schema.
+
+Everything here is immutable and free of I/O; the registry parses, checks and caches, the rest of the app
+(forms, the schema API, connectors, OAuth) reads these objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from app.providers.types import AuthMode, AuthProviderType, FieldType, Which
+
+Scalar = str | bool | int
+
+
+def norm(value: object) -> str:
+    """How a value compares in a condition: booleans as true/false, unset as blank (matches the browser)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ConditionTerm:
+    scope: Which  # the field set the controlling field lives in
+    field: str
+    values: tuple[str, ...]  # normalised with norm()
+    raw: tuple[Scalar, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}.{self.field}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """`{field: value}` or `{field: [values]}`; every term must match."""
+
+    terms: tuple[ConditionTerm, ...]
+
+    def matches(self, values: Mapping[Which, Mapping[str, Any]]) -> bool:
+        return all(norm(values.get(t.scope, {}).get(t.field)) in t.values for t in self.terms)
+
+
+@dataclass(frozen=True)
+class EnumOption:
+    value: str
+    label: str
+    implies: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    which: Which
+    name: str
+    label: str
+    type: FieldType
+    required: bool = False
+    secret: bool = False
+    admin_only: bool = False
+    advanced: bool = False
+    pattern: str | None = None
+    enum: tuple[EnumOption, ...] = ()
+    default: Any = None
+    example: Any = None
+    help: str = ""
+    placeholder: str = ""
+    order: int = 0
+    visible_when: Condition | None = None
+    min: int | None = None
+    max: int | None = None
+    max_length: int | None = None
+    env_fallback: str | None = None
+    exact: bool = False
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def enum_values(self) -> tuple[str, ...]:
+        return tuple(option.value for option in self.enum)
+
+    def option(self, value: object) -> EnumOption | None:
+        for option in self.enum:
+            if option.value == value:
+                return option
+        return None
+
+
+@dataclass(frozen=True)
+class HeaderSpec:
+    name: str  # a template (generic API keys take the header name from the config)
+    value: str | None = None
+    basic: tuple[str, str] | None = None  # (username template, password template), RFC 7617
+    omit_if_empty: bool = False
+    when: Condition | None = None
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    name: str
+    value: str
+    omit_if_empty: bool = False
+    when: Condition | None = None
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    kind: Literal["http", "smtp", "discovery"]
+    method: str = "GET"
+    base: str = "base"
+    path: str = ""
+    expect_status: tuple[int, ...] = (200,)
+    keep: Mapping[str, str] = field(default_factory=dict)
+    skip_if_empty: bool = False
+
+
+@dataclass(frozen=True)
+class RevokeSpec:
+    supported: bool
+    hint: str = ""
+    method: str = "POST"
+    url: str = ""
+    discovery_key: str | None = None
+    auth: Literal["basic", "bearer", "none"] = "none"
+    body: Mapping[str, str] = field(default_factory=dict)
+    body_format: Literal["form", "json"] = "form"
+    expect_status: tuple[int, ...] = (200,)
+
+
+@dataclass(frozen=True)
+class RefreshSpec:
+    mode: Literal["none", "standard"] = "none"
+    rotates_refresh_token: bool = False
+    omits_refresh_token: bool = False
+    default_expires_in: int | None = None
+    requires_expires_in: bool = False
+
+
+@dataclass(frozen=True)
+class OAuthSpec:
+    token_auth: str
+    claims: Mapping[str, str]
+    id_token: bool = False
+    pkce: bool | str = True
+    issuer: str | None = None
+    offline_scope: str | None = None
+    authorize_params: Mapping[str, str] = field(default_factory=dict)
+    refresh_params: Mapping[str, str] | None = None
+    refresh_when: Condition | None = None
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    id: AuthProviderType
+    display_name: str
+    auth_mode: AuthMode
+    description: str
+    docs_url: str
+    admin_warnings: tuple[str, ...]
+    config_fields: tuple[FieldSpec, ...]  # sorted by (order, position in the file)
+    account_fields: tuple[FieldSpec, ...]
+    endpoints: Mapping[str, str]
+    headers: tuple[HeaderSpec, ...]
+    query: tuple[QuerySpec, ...]
+    verify: VerifySpec | None
+    revoke: RevokeSpec | None
+    refresh: RefreshSpec
+    rotation_days: int | None
+    hooks: tuple[str, ...]
+    oauth: OAuthSpec | None
+    source: Path
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def type(self) -> AuthProviderType:
+        return self.id
+
+    def fields(self, which: Which) -> tuple[FieldSpec, ...]:
+        return self.config_fields if which == "config" else self.account_fields
+
+    def field(self, which: Which, name: str) -> FieldSpec | None:
+        for spec in self.fields(which):
+            if spec.name == name:
+                return spec
+        return None
+
+    def secret_fields(self, which: Which) -> tuple[FieldSpec, ...]:
+        return tuple(spec for spec in self.fields(which) if spec.secret)
+
+    @property
+    def has_secrets(self) -> bool:
+        return bool(self.secret_fields("config") or self.secret_fields("account"))

@@ -1,0 +1,213 @@
+"""Admin console: provider configs — list, create (pick a type → its form), edit, enable/disable, delete.
+
+Forms come from the catalog (app/providers/forms.py); the rules live in app/providers/configs.py.
+Secret fields are write-only: the edit page shows "set · last changed <date> · Replace", never a value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, redirect, render_template, url_for
+from flask_wtf import FlaskForm
+from werkzeug.wrappers import Response
+from wtforms import StringField
+from wtforms.validators import DataRequired, Length
+
+from app.errors import AppError
+from app.extensions import db_session, get_cipher, get_settings
+from app.models import ProviderConfig
+from app.providers import configs
+from app.providers.entries import ProviderEntry
+from app.providers.forms import ProviderForm, initial_data, provider_form_class
+from app.providers.registry import entry as catalog_entry
+from app.providers.registry import get_catalog
+from app.providers.validation import labels
+from app.web.common import admin_required, audit_ctx, form_errors, signed_in
+
+bp = Blueprint("providers_admin", __name__, url_prefix="/admin/providers")
+
+
+class ConfigForm(ProviderForm):
+    """The console's own field on top of the catalog's config fields."""
+
+    name = StringField(
+        "Name",
+        validators=[DataRequired("This field is required."), Length(max=configs.NAME_MAX)],
+        description="How admins and the CLI refer to this configuration, e.g. “Google (staff)”.",
+        render_kw={"autocomplete": "off", "maxlength": configs.NAME_MAX},
+    )
+
+
+class ActionForm(FlaskForm):  # type: ignore[misc]
+    """CSRF only: the enable, disable and delete buttons."""
+
+
+def _form_class(provider: ProviderEntry) -> type[ProviderForm]:
+    return provider_form_class(provider, "config", base=ConfigForm)
+
+
+def _render_form(
+    provider: ProviderEntry, form: ProviderForm, cfg: ProviderConfig | None, status: int = 200, **extra: Any
+) -> tuple[str, int]:
+    db = db_session()
+    html = render_template(
+        "admin/providers_form.html",
+        provider=provider,
+        form=form,
+        cfg=cfg,
+        secret_meta=configs.secret_states(db, provider, cfg),
+        action_form=ActionForm(),
+        missing=labels(provider, "config", configs.missing_for_enable(db, cfg)) if cfg is not None else [],
+        **extra,
+    )
+    return html, status
+
+
+@bp.get("/")
+@admin_required
+def index() -> str:
+    db = db_session()
+    rows = []
+    for cfg in configs.list_configs(db):
+        provider = configs.entry_for(cfg)
+        states = configs.secret_states(db, provider, cfg)
+        rows.append(
+            {
+                "cfg": cfg,
+                "provider": provider,
+                "secrets_total": len(states),
+                "secrets_set": sum(1 for meta in states.values() if meta is not None),
+                "missing": labels(provider, "config", configs.missing_for_enable(db, cfg)),
+            }
+        )
+    return render_template("admin/providers.html", rows=rows, action_form=ActionForm())
+
+
+@bp.get("/new")
+@admin_required
+def choose_type() -> str:
+    return render_template("admin/providers_new.html", catalog=list(get_catalog()))
+
+
+@bp.route("/new/<provider_type>", methods=["GET", "POST"])
+@admin_required
+def create(provider_type: str) -> tuple[str, int] | Response:
+    provider = catalog_entry(provider_type)
+    form_class = _form_class(provider)
+    form = form_class(data=initial_data(provider, "config"))
+    if form.is_submitted() and form.validate():
+        db = db_session()
+        who = signed_in()
+        try:
+            cfg = configs.create_config(
+                db,
+                get_cipher(),
+                get_settings(),
+                audit_ctx(),
+                provider,
+                form.name.data,
+                form.clean,
+                created_by=who.id if who is not None else None,
+            )
+            db.commit()
+        except AppError as exc:
+            db.rollback()
+            form_errors(exc, form)
+            return _render_form(provider, form, None, exc.http_status if exc.fields else 422)
+        flash(f"Saved “{cfg.name}”. It stays disabled until you enable it.", "success")
+        return redirect(url_for("providers_admin.edit", config_id=cfg.id))
+    return _render_form(provider, form, None, 422 if form.is_submitted() else 200)
+
+
+@bp.route("/<int:config_id>", methods=["GET", "POST"])
+@admin_required
+def edit(config_id: int) -> tuple[str, int] | Response:
+    db = db_session()
+    cfg = configs.get_config(db, config_id)
+    provider = configs.entry_for(cfg)
+    form_class = _form_class(provider)
+    form = form_class(
+        data={"name": cfg.name, **initial_data(provider, "config", cfg.config)},
+        secrets_set=configs.secrets_set(db, provider, cfg),
+    )
+    if form.is_submitted() and form.validate():
+        try:
+            changes = configs.update_config(
+                db, get_cipher(), get_settings(), audit_ctx(), cfg, form.name.data, form.clean
+            )
+            db.commit()
+        except AppError as exc:
+            db.rollback()
+            form_errors(exc, form)
+            return _render_form(provider, form, cfg, exc.http_status if exc.fields else 422)
+        flash("Saved." if changes else "Nothing changed.", "success")
+        return redirect(url_for("providers_admin.edit", config_id=cfg.id))
+    return _render_form(provider, form, cfg, 422 if form.is_submitted() else 200)
+
+
+def _set_enabled(config_id: int, enabled: bool) -> tuple[str, int] | Response:
+    form = ActionForm()
+    if not form.validate_on_submit():
+        raise AppError("validation_failed", "The form expired or did not come from this site.", status=400)
+    db = db_session()
+    cfg = configs.get_config(db, config_id)
+    provider = configs.entry_for(cfg)
+    try:
+        changed = configs.set_enabled(db, audit_ctx(), cfg, enabled)
+        db.commit()
+    except AppError as exc:
+        db.commit()  # keep the audit record of the refused attempt
+        edit_form = _form_class(provider)(
+            formdata=None,
+            data={"name": cfg.name, **initial_data(provider, "config", cfg.config)},
+            secrets_set=configs.secrets_set(db, provider, cfg),
+        )
+        form_errors(exc, edit_form)
+        return _render_form(provider, edit_form, cfg, exc.http_status, enable_error=exc)
+    if changed:
+        flash(f"“{cfg.name}” is now {'enabled' if enabled else 'disabled'}.", "success")
+    return redirect(url_for("providers_admin.edit", config_id=cfg.id))
+
+
+@bp.post("/<int:config_id>/enable")
+@admin_required
+def enable(config_id: int) -> tuple[str, int] | Response:
+    return _set_enabled(config_id, True)
+
+
+@bp.post("/<int:config_id>/disable")
+@admin_required
+def disable(config_id: int) -> tuple[str, int] | Response:
+    return _set_enabled(config_id, False)
+
+
+@bp.route("/<int:config_id>/delete", methods=["GET", "POST"])
+@admin_required
+def delete(config_id: int) -> tuple[str, int] | Response:
+    db = db_session()
+    cfg = configs.get_config(db, config_id)
+    provider = configs.entry_for(cfg)
+    form = ActionForm()
+    error: AppError | None = None
+    if form.validate_on_submit():
+        name = cfg.name
+        try:
+            configs.delete_config(db, audit_ctx(), cfg)
+            db.commit()
+        except AppError as exc:
+            db.rollback()
+            error = exc
+        else:
+            flash(f"Deleted “{name}” and its stored secrets.", "success")
+            return redirect(url_for("providers_admin.index"))
+    html = render_template(
+        "admin/providers_delete.html",
+        cfg=cfg,
+        provider=provider,
+        form=form,
+        error=error,
+        accounts=configs.account_count(db, cfg),
+        secrets=sum(1 for meta in configs.secret_states(db, provider, cfg).values() if meta is not None),
+    )
+    return html, error.http_status if error is not None else 200
