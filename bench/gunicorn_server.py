@@ -27,6 +27,31 @@ def free_port() -> int:
 @contextmanager
 def gunicorn(target: str, env: dict[str, str], *, workers: int = 2, threads: int = 1) -> Iterator[str]:
     """Serve `target` (e.g. "wsgi:app") with the given environment; yield its base URL."""
+    with gunicorn_process(target, env, workers=workers, threads=threads) as (base, _proc):
+        yield base
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process and its children that are alive (Linux /proc), or None."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    total = 0.0
+    for each in [pid, *map(int, children)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@contextmanager
+def gunicorn_process(
+    target: str, env: dict[str, str], *, workers: int = 2, threads: int = 1
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like :func:`gunicorn`, also yielding the master process (its PID for CPU accounting)."""
     port = free_port()
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -56,7 +81,7 @@ def gunicorn(target: str, env: dict[str, str], *, workers: int = 2, threads: int
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"gunicorn {target} did not start") from None
                 time.sleep(0.1)
-        yield base
+        yield base, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

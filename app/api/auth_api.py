@@ -16,6 +16,7 @@ from app.api import hooks
 from app.api.registry import DATETIME, QueryParam, component, document
 from app.api.security import Principal, api_audit_ctx, api_auth, api_blueprint, json_response, principal
 from app.auth import sessions
+from app.auth.sessions import SessionUser
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.models import User, UserSession, utcnow
@@ -133,7 +134,7 @@ def iso(value: datetime) -> str:
     return value.isoformat()
 
 
-def user_json(user: User) -> dict[str, Any]:
+def user_json(user: User | SessionUser) -> dict[str, Any]:
     return {"id": user.id, "email": user.email, "name": user.display_name, "roles": [user.role]}
 
 
@@ -177,11 +178,12 @@ def current_session() -> Response:
     who = principal().session
     assert who is not None  # cookie-only endpoint
     settings = get_settings()
-    mfa = hooks.mfa_summary(db_session(), who.user)
-    record = who.record
+    # Everything below was read by the request's one SELECT (app.auth.sessions.load_session).
+    record = who.live
+    mfa = hooks.session_mfa_summary(who.mfa)
     return json_response(
         {
-            "user": user_json(who.user),
+            "user": user_json(record.user),
             "mfa": {"enrolled": mfa.enrolled, "methods": list(mfa.methods)},
             "session": {
                 "id": record.public_id,
@@ -197,12 +199,12 @@ def current_session() -> Response:
 def _target_user_id(caller: Principal) -> int:
     raw = request.args.get("user_id")
     if raw is None or raw == "":
-        if caller.user is None:
+        if caller.user_id is None:
             raise AppError(
                 "validation_failed",
                 fields={"user_id": "Required with a service token: whose sessions to list."},
             )
-        return caller.user.id
+        return caller.user_id
     if not _USER_ID.fullmatch(raw) or not 1 <= int(raw) <= ID_MAX:
         raise AppError("validation_failed", fields={"user_id": f"Use a user id: a whole number from 1 to {ID_MAX}."})
     user_id = int(raw)
@@ -247,7 +249,7 @@ def list_sessions() -> Response:
         .where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None), UserSession.expires_at > now)
         .order_by(UserSession.last_seen_at.desc())
     ).all()
-    current_id = caller.session.record.id if caller.session is not None else None
+    current_id = caller.session.live.id if caller.session is not None else None
     return json_response(
         {
             "user_id": user_id,

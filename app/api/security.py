@@ -103,15 +103,20 @@ class Principal:
 
     @property
     def user(self) -> User | None:
+        """The signed-in user's ORM row (loaded on first use); ``None`` for a token."""
         return self.session.user if self.session is not None else None
+
+    @property
+    def user_id(self) -> int | None:
+        return self.session.id if self.session is not None else None
 
     @property
     def acts_for_everyone(self) -> bool:
         """Tokens and admins act on any user's data; members only on their own."""
-        return self.kind == "token" or (self.user is not None and self.user.is_admin)
+        return self.kind == "token" or (self.session is not None and self.session.is_admin)
 
     def may_act_for(self, user_id: int) -> bool:
-        return self.acts_for_everyone or (self.user is not None and self.user.id == user_id)
+        return self.acts_for_everyone or (self.user_id is not None and self.user_id == user_id)
 
     def has(self, scope: Scope) -> bool:
         return scope in self.scopes
@@ -264,7 +269,7 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
 
 
 def _session_principal(settings: Settings, spec: AuthSpec, who: SignedIn) -> Principal:
-    user = who.user
+    user = who.live.user
     target = f"user:{user.id}"
     _limit(settings, _principal_item(settings), "user", str(user.id), target=target)
     if request.method not in SAFE_METHODS:
@@ -436,7 +441,10 @@ def _install(state: BlueprintSetupState) -> None:
         if not request.path.startswith(API_PREFIX + "/"):
             return response
         # The answer depends on Origin, so caches must key on it (Fetch standard, CORS protocol).
-        response.vary.add("Origin")
+        if "Vary" in response.headers:
+            response.vary.add("Origin")
+        else:  # the usual case, without parsing and re-serialising the header
+            response.headers["Vary"] = "Origin"
         origin = request.headers.get("Origin")
         if origin is None or origin not in allowed:
             return response

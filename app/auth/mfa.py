@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from limits import RateLimitItem, parse
 from limits.storage import Storage
 from limits.strategies import MovingWindowRateLimiter
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, ScalarSelect, delete, func, literal, select
 from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
@@ -67,6 +67,59 @@ def summary(db: Session, user_id: int) -> FactorSummary:
         recovery_total=len(codes),
         recovery_remaining=sum(1 for c in codes if c.last_used_at is None),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MfaState:
+    """What every signed-in request needs to know about a user's factors: enforcement (``has_factor``) and the
+    session endpoint's summary (``methods``). Read in the same statement as the session itself
+    (:func:`state_columns`), so it is the database's state at that request, never a copy kept by a worker."""
+
+    totp: int  # confirmed authenticator apps
+    passkeys: int  # confirmed passkeys (a passkey is confirmed when it is registered)
+    recovery_remaining: int  # unspent recovery codes
+
+    @property
+    def has_factor(self) -> bool:
+        """Same rule as :func:`has_factor`: a confirmed TOTP or a confirmed passkey."""
+        return bool(self.totp or self.passkeys)
+
+    @property
+    def methods(self) -> list[str]:
+        """The ways to finish a sign-in, in the order of :attr:`FactorSummary.methods`."""
+        found: list[str] = []
+        if self.totp:
+            found.append("totp")
+        if self.passkeys:
+            found.append("webauthn")
+        if self.has_factor and self.recovery_remaining:
+            found.append("recovery_code")
+        return found
+
+
+def state_columns(user_id: ColumnElement[int]) -> tuple[ScalarSelect[int], ScalarSelect[int], ScalarSelect[int]]:
+    """The three counts of :class:`MfaState` as correlated scalar subqueries on ``user_id`` (each a range scan
+    of the credentials(user_id, kind) index), to add to another SELECT."""
+
+    def count(kind: str, *where: ColumnElement[bool]) -> ScalarSelect[int]:
+        return (
+            select(func.count())
+            .select_from(Credential)
+            .where(Credential.user_id == user_id, Credential.kind == kind, *where)
+            .scalar_subquery()
+        )
+
+    return (
+        count("totp", Credential.confirmed_at.is_not(None)),
+        count("webauthn", Credential.confirmed_at.is_not(None)),
+        count("recovery_code", Credential.last_used_at.is_(None)),
+    )
+
+
+def state(db: Session, user_id: int) -> MfaState:
+    """:class:`MfaState` on its own (one statement), for a session that was not loaded with it."""
+    totp, passkeys, remaining = db.execute(select(*state_columns(literal(user_id)))).one()
+    return MfaState(totp=totp, passkeys=passkeys, recovery_remaining=remaining)
 
 
 def has_factor(db: Session, user_id: int) -> bool:

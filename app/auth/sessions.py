@@ -5,16 +5,88 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from app.models import User, UserSession, utcnow
+from app.auth.mfa import MfaState, state, state_columns
+from app.models import Base, User, UserSession, utcnow
 from app.settings import Settings
 
 # Touch last_seen_at at most this often so a busy session is not a write per request.
 TOUCH_INTERVAL = timedelta(seconds=60)
+
+
+class Deadlines(Protocol):
+    @property
+    def last_seen_at(self) -> datetime: ...
+    @property
+    def expires_at(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUser:
+    """The user columns a signed-in request checks before any view runs (ids and emails never change)."""
+
+    id: int
+    email: str
+    display_name: str
+    role: str
+    must_change_password: bool
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSession:
+    """A live session as one request found it: the record, its user and the user's second factors, read by one
+    SELECT (:func:`load_session`). Views that change the record or the user load the ORM rows as well."""
+
+    id: str  # the record id (SHA-256 of the cookie's raw id)
+    public_id: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    mfa_verified: bool
+    user: SessionUser
+    mfa: MfaState
+
+
+_SESSIONS = Base.metadata.tables[UserSession.__tablename__]
+_USERS = Base.metadata.tables[User.__tablename__]
+_S = _SESSIONS.c
+_U = _USERS.c
+# Built once: session, user and factor counts in one statement, one index lookup each. Nothing about a session
+# is cached between requests; revocation, deactivation and factor changes apply on the very next request.
+_LOAD = (
+    select(
+        _S.public_id,
+        _S.created_at,
+        _S.last_seen_at,
+        _S.expires_at,
+        _S.revoked_at,
+        _S.mfa_verified,
+        _U.id,
+        _U.email,
+        _U.display_name,
+        _U.role,
+        _U.is_active,
+        _U.must_change_password,
+        *state_columns(_S.user_id),
+    )
+    .join_from(_SESSIONS, _USERS, _U.id == _S.user_id)
+    .where(_S.id == bindparam("session_id"))
+)
+_TOUCH = (
+    update(_SESSIONS)
+    .where(_S.id == bindparam("session_id"), _S.last_seen_at <= bindparam("stale_before"))
+    .values(last_seen_at=bindparam("now"))
+)
 
 
 def hash_session_id(raw: str) -> str:
@@ -50,22 +122,61 @@ def start_session(
     return raw, record
 
 
-def idle_expires_at(settings: Settings, record: UserSession) -> datetime:
+def idle_expires_at(settings: Settings, record: Deadlines) -> datetime:
     return min(record.last_seen_at + timedelta(minutes=settings.session_idle_minutes), record.expires_at)
 
 
-def load_session(db: Session, settings: Settings, raw: str, now: datetime | None = None) -> UserSession | None:
-    """The live session for a raw id, or None when unknown, revoked, idle too long or past its lifetime."""
+def load_session(db: Session, settings: Settings, raw: str, now: datetime | None = None) -> LiveSession | None:
+    """The live session for a raw id, or None when unknown, revoked, idle too long or past its lifetime, or
+    when its user is deactivated. One SELECT; a write only when last_seen_at is a minute old."""
     now = now or utcnow()
-    record = db.get(UserSession, hash_session_id(raw))
-    if record is None or record.revoked_at is not None or not record.user.is_active:
+    session_id = hash_session_id(raw)
+    # On the request's connection but past the ORM's result handling: plain rows, no entities to build.
+    row = db.connection().execute(_LOAD, {"session_id": session_id}).one_or_none()
+    if row is None:
         return None
-    if now >= record.expires_at or now >= idle_expires_at(settings, record):
+    (public_id, created, last_seen, expires, revoked, verified) = row[:6]
+    (user_id, email, name, role, active, must_change, totp, passkeys, recovery_remaining) = row[6:]
+    if revoked is not None or not active:
         return None
-    if now - record.last_seen_at >= TOUCH_INTERVAL:
-        record.last_seen_at = now
+    if now >= expires or now >= min(last_seen + timedelta(minutes=settings.session_idle_minutes), expires):
+        return None
+    if now - last_seen >= TOUCH_INTERVAL:
+        # The WHERE keeps it to one write a minute even when several workers see the same stale value.
+        db.connection().execute(_TOUCH, {"session_id": session_id, "stale_before": now - TOUCH_INTERVAL, "now": now})
         db.commit()
-    return record
+        last_seen = now
+    return LiveSession(
+        id=session_id,
+        public_id=public_id,
+        created_at=created,
+        last_seen_at=last_seen,
+        expires_at=expires,
+        mfa_verified=verified,
+        user=SessionUser(id=user_id, email=email, display_name=name, role=role, must_change_password=must_change),
+        mfa=MfaState(totp=totp, passkeys=passkeys, recovery_remaining=recovery_remaining),
+    )
+
+
+def live_view(db: Session, record: UserSession) -> LiveSession:
+    """A :class:`LiveSession` for a record already loaded (the request that signs in)."""
+    user = record.user
+    return LiveSession(
+        id=record.id,
+        public_id=record.public_id,
+        created_at=record.created_at,
+        last_seen_at=record.last_seen_at,
+        expires_at=record.expires_at,
+        mfa_verified=record.mfa_verified,
+        user=SessionUser(
+            id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            role=user.role,
+            must_change_password=user.must_change_password,
+        ),
+        mfa=state(db, user.id),
+    )
 
 
 def revoke_session(db: Session, record: UserSession) -> None:

@@ -97,8 +97,8 @@ def _reject_keys(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
 def _load_user(raw_session_id: str) -> SignedIn | None:
     from app.auth.sessions import load_session
 
-    record = load_session(db_session(), get_settings(), raw_session_id)
-    return SignedIn(raw_session_id, record) if record is not None else None
+    live = load_session(db_session(), get_settings(), raw_session_id)
+    return SignedIn(raw_session_id, live) if live is not None else None
 
 
 def register_blueprints(app: Flask) -> None:

@@ -48,7 +48,7 @@ def _require_password_change() -> Response | None:
     """A password an admin typed is temporary: until it is changed, only the account page is reachable."""
     who = signed_in()
     endpoint = request.endpoint or ""
-    if who is None or not who.user.must_change_password:
+    if who is None or not who.live.user.must_change_password:
         return None
     if endpoint in MUST_CHANGE_ALLOWED or endpoint.startswith(MUST_CHANGE_ALLOWED_PREFIXES):
         return None

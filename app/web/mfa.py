@@ -706,15 +706,16 @@ def enforce() -> Response | None:
     if who is None:
         return None
     db = db_session()
-    if mfa.has_factor(db, who.user.id):
-        if who.record.mfa_verified:
+    # Read with the session in this request's one SELECT: a factor added or removed anywhere applies now.
+    if who.mfa.has_factor:
+        if who.live.mfa_verified:
             return None
         sessions.revoke_session(db, who.record)
         audit.record(
             db,
             audit_ctx(),
             "session.revoke",
-            target=f"user:{who.user.id}",
+            target=f"user:{who.id}",
             outcome="denied",
             details={"reason": "second factor not used"},
         )
@@ -724,7 +725,7 @@ def enforce() -> Response | None:
         if wants_json():
             raise AppError("not_authenticated")
         return redirect(url_for("auth.signin"))
-    if endpoint in ENROLMENT_ENDPOINTS or not mfa.role_requires_mfa(db, get_settings(), who.user.role):
+    if endpoint in ENROLMENT_ENDPOINTS or not mfa.role_requires_mfa(db, get_settings(), who.live.user.role):
         return None
     if who.user.must_change_password and endpoint in PASSWORD_CHANGE_ENDPOINTS:
         # A forced password change (temporary or breached password) comes first: app.web.account sends the
