@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from flask import redirect, request, url_for
 from flask_login import UserMixin, current_user
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
 from app.audit import AuditContext
@@ -153,6 +154,14 @@ def admin_required(view: Callable[P, R]) -> Callable[P, R | Response]:
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def keep_on_form(db: Session, exc: AppError, form: Any) -> None:
+    """Roll back a failed form action: a field-level failure goes on the form, anything else to the error page."""
+    db.rollback()
+    if not exc.fields:
+        raise exc
+    form_errors(exc, form)
 
 
 def form_errors(exc: AppError, form: Any) -> None:

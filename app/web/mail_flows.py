@@ -14,7 +14,7 @@ from wtforms.validators import DataRequired, EqualTo, Length
 from app.auth import lifecycle
 from app.errors import AppError
 from app.extensions import db_session, get_settings
-from app.web.common import audit_ctx, form_errors
+from app.web.common import audit_ctx, keep_on_form
 
 bp = Blueprint("flows", __name__)
 Page = str | Response | tuple[str, int]
@@ -79,12 +79,10 @@ def reset_request() -> Page:
         try:
             lifecycle.request_password_reset(db, get_settings(), audit_ctx(), form.email.data)
         except AppError as exc:
-            db.rollback()
             if exc.code in MAIL_FAILURES:
+                db.rollback()
                 raise _mail_failed(exc) from None
-            if not exc.fields:
-                raise
-            form_errors(exc, form)
+            keep_on_form(db, exc, form)
         else:
             return render_template("auth/reset_sent.html", email=form.email.data.strip())
     return render_template("auth/reset.html", form=form), _status(form)
@@ -99,10 +97,7 @@ def reset_password(token: str) -> Page:
         try:
             lifecycle.reset_password(db, get_settings(), audit_ctx(), token, form.password.data)
         except AppError as exc:
-            db.rollback()
-            if not exc.fields:
-                raise
-            form_errors(exc, form)
+            keep_on_form(db, exc, form)
         else:
             flash("Your password was changed and every session was signed out. Sign in with the new one.", "success")
             return redirect(url_for("auth.signin"))
@@ -118,10 +113,7 @@ def invite(token: str) -> Page:
         try:
             lifecycle.accept_invite(db, get_settings(), audit_ctx(), token, form.password.data)
         except AppError as exc:
-            db.rollback()
-            if not exc.fields:
-                raise
-            form_errors(exc, form)
+            keep_on_form(db, exc, form)
         else:
             flash("Your password is set. Sign in to continue.", "success")
             return redirect(url_for("auth.signin"))
@@ -161,12 +153,10 @@ def signup() -> Page:
                 password=form.password.data,
             )
         except AppError as exc:
-            db.rollback()
             if exc.code in MAIL_FAILURES:
+                db.rollback()
                 raise _mail_failed(exc) from None
-            if not exc.fields:
-                raise
-            form_errors(exc, form)
+            keep_on_form(db, exc, form)
         else:
             return render_template("auth/signup_sent.html", email=form.email.data.strip())
     return render_template("auth/signup.html", form=form), _status(form)

@@ -17,7 +17,7 @@ from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.models import MailOutbox, User
-from app.web.common import admin_required, audit_ctx, form_errors, signed_in
+from app.web.common import admin_required, audit_ctx, form_errors, keep_on_form, signed_in
 
 bp = Blueprint("users_admin", __name__, url_prefix="/admin")
 
@@ -87,10 +87,7 @@ def create_user() -> Response | tuple[str, int]:
                 temporary=bool(form.temporary.data),
             )
         except AppError as exc:
-            db.rollback()
-            if not exc.fields:
-                raise
-            form_errors(exc, form)
+            keep_on_form(db, exc, form)
             status = exc.http_status
         else:
             user = created.user
