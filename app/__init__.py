@@ -57,6 +57,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_security(app, settings)
     register_blueprints(app)
     register_error_handlers(app)
+    from app.connectors.xoauth2 import register as register_xoauth2
+
+    register_xoauth2(app)  # SMTP accounts may log in with a connected OAuth account's token
 
     from app.cli import register_commands
 

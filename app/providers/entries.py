@@ -77,6 +77,7 @@ class FieldSpec:
     max_length: int | None = None
     env_fallback: str | None = None
     exact: bool = False
+    suggest: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property

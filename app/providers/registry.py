@@ -199,6 +199,7 @@ def _field(file: Path, raw: Mapping[str, Any], which: Which, position: int) -> F
         max_length=raw.get("max_length"),
         env_fallback=raw.get("env_fallback"),
         exact=bool(raw.get("exact", False)),
+        suggest=raw.get("suggest"),
         raw=raw,
     )
 

@@ -101,6 +101,18 @@ def _load_user(raw_session_id: str) -> SignedIn | None:
     return SignedIn(raw_session_id, live) if live is not None else None
 
 
+def _field_suggestions(kind: str) -> list[tuple[str, str]]:
+    """(value, label) pairs a catalog field with ``suggest: <kind>`` offers in its datalist."""
+    from app.connectors.xoauth2 import eligible_accounts
+
+    if kind == "oauth_accounts":
+        return [
+            (str(a.id), f"#{a.id} {a.label} · {a.provider_config.name} ({a.status})")
+            for a in eligible_accounts(db_session())
+        ]
+    return []
+
+
 def register_blueprints(app: Flask) -> None:
     login_manager.login_view = "auth.signin"
     login_manager.session_protection = "basic"
@@ -109,6 +121,7 @@ def register_blueprints(app: Flask) -> None:
     # MFA enforcement: sessions that skipped an existing second factor, and roles that require one.
     app.before_request(mfa.enforce)
     app.jinja_env.filters["reject_keys"] = _reject_keys
+    app.jinja_env.globals["field_suggestions"] = _field_suggestions  # a global: imported macros call it
     settings = get_settings(app)
 
     @app.context_processor

@@ -533,27 +533,6 @@ def test_smtp_test_mail_goes_to_the_admin(
     smtp_server.wait_for(ADMIN, count=2)
 
 
-def test_xoauth2_says_clearly_that_it_is_not_available_yet(
-    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, smtp_server: SmtpServer
-) -> None:
-    settings = app.extensions["ami_settings"]
-    cfg = make_config(db, get_cipher(app), settings, "smtp", {"host": smtp_server.host, "port": smtp_server.port})
-    account = make_account(
-        db,
-        cfg,
-        {
-            "from_address": "mailer@example.com",
-            "username": SMTP_USER,
-            "auth_mechanism": "XOAUTH2",
-            "oauth_account_id": 7,
-        },
-    )
-    _admin(client, make_user)
-    _status, panel = post_dialog(client, account.id, {}, test=True, htmx=True)
-    assert result_code(panel) == "invalid_config"
-    assert "not available in this version yet" in panel and list(blamed_fields(panel)) == ["auth_mechanism"]
-
-
 def test_smtp_provider_config_connectivity_test(app: Flask, smtp_server: SmtpServer) -> None:
     settings = app.extensions["ami_settings"]
     provider = entry("smtp")

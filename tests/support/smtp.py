@@ -8,7 +8,9 @@ Fixtures (loaded for the whole suite through ``pytest_plugins`` in tests/conftes
 * ``plain_smtp_server`` — no TLS at all, no AUTH: a server that cannot give us STARTTLS.
 * ``smtp_tls_files`` — the CA and server certificate, generated once per test session.
 * ``run_smtp_server(files, **options)`` — the same server as a context manager, for variants
-  (e.g. ``auth_exclude_mechanism=["PLAIN"]`` to force AUTH LOGIN).
+  (e.g. ``auth_exclude_mechanism=["PLAIN"]`` to force AUTH LOGIN, or ``xoauth2=check`` to offer AUTH
+  XOAUTH2 the way Gmail and Exchange Online do: ``check(user, bearer_token)`` decides, e.g. by asking a
+  real OpenID provider's userinfo endpoint whose mailbox the token opens).
 
 Received messages are parsed with :mod:`email` and kept in ``server.messages``; ``server.wait_for(to)``
 returns the newest message for an address (delivery happens on the server's thread).
@@ -16,11 +18,14 @@ returns the newest message for an address (delivery happens on the server's thre
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
+import json
 import ssl
 import threading
-from collections.abc import Iterator
+from base64 import b64decode
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -131,6 +136,44 @@ class RecordingHandler:
         return "250 Message accepted for delivery"
 
 
+# (user, bearer token) → may this token send as this user?
+TokenCheck = Callable[[str, str], bool]
+
+
+class XOAuth2Handler(RecordingHandler):
+    """A RecordingHandler that also offers AUTH XOAUTH2 (aiosmtpd finds ``auth_*`` methods on the handler).
+
+    The exchange follows https://developers.google.com/gmail/imap/xoauth2-protocol: the client's initial
+    response is base64("user=" user ^A "auth=Bearer " token ^A ^A); on a bad token the server sends a 334
+    challenge with a JSON error, reads the client's empty line, then answers 535.
+    """
+
+    def __init__(self, check: TokenCheck) -> None:
+        super().__init__()
+        self.check = check
+        self.server: SmtpServer | None = None
+
+    async def auth_XOAUTH2(self, smtp: Any, args: list[str]) -> AuthResult:
+        raw = args[1] if len(args) > 1 else ""
+        try:
+            fields = dict(
+                part.split("=", 1) for part in b64decode(raw, validate=True).decode().split("\x01") if "=" in part
+            )
+        except (ValueError, UnicodeDecodeError):
+            await smtp.push("501 5.5.2 Can't decode the XOAUTH2 response")
+            return AuthResult(success=False, handled=True)
+        user, auth = fields.get("user", ""), fields.get("auth", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
+        accepted: bool = bool(token) and await asyncio.to_thread(self.check, user, token)
+        if accepted:
+            assert self.server is not None
+            self.server.logins.append(f"XOAUTH2:{user}")
+            return AuthResult(success=True)
+        error = json.dumps({"status": "401", "schemes": "Bearer", "scope": "https://mail.google.com/"})
+        await smtp.challenge_auth(error)
+        return AuthResult(success=False, handled=False, message="535 5.7.8 Username and Password not accepted")
+
+
 @dataclass
 class SmtpServer:
     host: str
@@ -219,14 +262,19 @@ def _server_tls(files: TlsFiles) -> ssl.SSLContext:
 
 
 @contextmanager
-def run_smtp_server(files: TlsFiles, *, implicit_tls: bool = False, **options: Any) -> Iterator[SmtpServer]:
+def run_smtp_server(
+    files: TlsFiles, *, implicit_tls: bool = False, xoauth2: TokenCheck | None = None, **options: Any
+) -> Iterator[SmtpServer]:
     """Run aiosmtpd on a free 127.0.0.1 port until the block ends; AUTH is always required.
 
     STARTTLS is required unless ``implicit_tls`` (then the whole connection is TLS, port-465 style).
+    ``xoauth2`` also offers AUTH XOAUTH2, deciding with that check (see :class:`XOAuth2Handler`).
     ``options`` go to aiosmtpd's SMTP class, e.g. ``auth_exclude_mechanism=["PLAIN"]``.
     """
-    handler = RecordingHandler()
+    handler = RecordingHandler() if xoauth2 is None else XOAuth2Handler(xoauth2)
     server = SmtpServer("127.0.0.1", free_port(), handler, ca_file=files.ca_file)
+    if isinstance(handler, XOAuth2Handler):
+        handler.server = server
     common: dict[str, Any] = {
         "hostname": server.host,
         "port": server.port,

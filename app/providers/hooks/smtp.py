@@ -3,9 +3,9 @@
 the field to blame: a refused login on the password, an unreachable server on the config's host.
 
 Security ``none`` is refused unless the config's ``allow_insecure`` box is ticked (RFC 8314 §3: clear-text
-submission should not be used). XOAUTH2 needs a connected Google or Microsoft account's access token:
-the OAuth connect flow registers a provider with :func:`set_xoauth2_token_provider`; until then XOAUTH2
-fails with ``invalid_config`` saying so.
+submission should not be used). XOAUTH2 sends a connected Google, Microsoft or OpenID account's access
+token: the app factory registers the token source (:mod:`app.connectors.xoauth2`) with
+:func:`set_xoauth2_token_provider`; outside the app XOAUTH2 fails with ``invalid_config`` saying so.
 """
 
 from __future__ import annotations
@@ -25,13 +25,10 @@ from app.vault.secret import Secret
 # security (catalog) → the mailer's name for it
 SECURITY: dict[str, Literal["starttls", "tls", "none"]] = {"starttls": "starttls", "ssl": "tls", "none": "none"}
 
-XOAUTH2_UNAVAILABLE = (
-    "XOAUTH2 needs a connected Google or Microsoft account's access token, and the OAuth connect flow "
-    "is not available in this version yet."
-)
+XOAUTH2_UNAVAILABLE = "XOAUTH2 needs the AMI Auth app to read a connected account's access token."
 
-# oauth_account_id → a current access token (the OAuth connect flow registers it).
-TokenProvider = Callable[[int], str]
+# (settings, oauth_account_id) → a current access token (app.connectors.xoauth2 registers it).
+TokenProvider = Callable[[Settings, int], str]
 _token_provider: TokenProvider | None = None
 
 
@@ -62,14 +59,21 @@ def smtp_target(
     token = ""
     if username and mechanism == "XOAUTH2":
         oauth_account = account.get("oauth_account_id")
-        if _token_provider is None or not isinstance(oauth_account, int):
+        if not isinstance(oauth_account, int):
+            raise AppError(
+                "invalid_config",
+                "XOAUTH2 needs the connected account whose token it sends.",
+                "Enter the id of a connected Google, Microsoft or OpenID account.",
+                fields={"oauth_account_id": "Enter the id of a connected OAuth account."},
+            )
+        if _token_provider is None:
             raise AppError(
                 "invalid_config",
                 XOAUTH2_UNAVAILABLE,
-                "Use PLAIN or LOGIN with an app password for now.",
-                fields={"auth_mechanism": "XOAUTH2 is not available yet."},
+                "Use PLAIN or LOGIN with an app password outside the app.",
+                fields={"auth_mechanism": "XOAUTH2 is not available here."},
             )
-        token = _token_provider(oauth_account)
+        token = _token_provider(settings, oauth_account)
     password = secrets.get("password")
     return SmtpTarget(
         host=str(config.get("host") or ""),
@@ -136,9 +140,11 @@ def verify(entry: ProviderEntry, context: VerifyContext) -> dict[str, Any]:
 
 
 def validate(entry: ProviderEntry, which: Which, clean: Mapping[str, Any]) -> Mapping[str, str]:
-    """A password login needs a user name (a relay without login leaves both blank)."""
+    """A password login needs a user name (a relay without login leaves both blank); XOAUTH2 always does."""
     if which != "account":
         return {}
     if clean.get("auth_mechanism") in ("PLAIN", "LOGIN") and clean.get("password") and not clean.get("username"):
         return {"username": "Enter the user name that goes with the password."}
+    if clean.get("auth_mechanism") == "XOAUTH2" and not clean.get("username"):
+        return {"username": "Enter the mailbox the OAuth account's token opens (XOAUTH2 sends it)."}
     return {}
