@@ -9,7 +9,10 @@
   ``invalid_config`` on the base URL. A field of the provider config (not of the account) is named
   ``config.<field>``. On success the `verify.keep` values and hooks' findings become ``provider_data``.
 * :func:`connectivity_test` — a provider config on its own (`providers test`, `providers apply --test`).
-  API-key configs hold no credential, so they answer ``unavailable``: their keys are verified per account.
+  OIDC configs (Google, Entra ID, generic) fetch discovery and the signing keys (the same check as the
+  OAuth setup page, :func:`app.oauth.glue.test_connection`); SMTP configs reach the server. API-key configs
+  hold no credential and GitHub has nothing to fetch without a user, so they answer ``unavailable``: keys
+  are verified per account, GitHub when an account connects.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from app.vault import Secret
 
 TestStatus = Literal["ok", "failed", "unavailable"]
 
-NOT_YET = "no connectivity test for this type yet"
+PER_ACCOUNT = "nothing to test on the config alone"
 
 
 @dataclass(frozen=True)
@@ -55,26 +58,54 @@ def connectivity_test(
     provider: ProviderEntry,
     config: Mapping[str, Any],
     secrets: Mapping[str, Secret | None],
+    *,
+    client: OutboundClient | None = None,
 ) -> ConnectionTest:
-    """Check that a config (effective values + decrypted secrets, not yet necessarily saved) works."""
+    """Check that a config (effective values + decrypted secrets, not yet necessarily saved) works.
+    ``client`` (the app's outbound client) is needed for the OIDC checks."""
     match provider.id:
         case AuthProviderType.AMI_CREDENTIALS:
             return ConnectionTest("unavailable", "nothing to test: AMI credentials are built in")
         case AuthProviderType.GOOGLE | AuthProviderType.AZURE_AD | AuthProviderType.GENERIC_OIDC:
-            return ConnectionTest("unavailable", f"{NOT_YET} (discovery and JWKS checks come with OAuth)")
+            if client is None:
+                return ConnectionTest("unavailable", "the OIDC check needs the app's HTTP client")
+            return _oidc_config_test(client, provider, config, secrets)
         case AuthProviderType.GITHUB:
-            return ConnectionTest("unavailable", f"{NOT_YET} (GitHub is checked when an account connects)")
+            return ConnectionTest(
+                "unavailable", "GitHub has nothing to fetch without a user: it is checked when an account connects"
+            )
         case (
             AuthProviderType.OPENAI
             | AuthProviderType.ANTHROPIC
             | AuthProviderType.HUGGINGFACE
             | AuthProviderType.GENERIC_API_KEY
         ):
-            return ConnectionTest("unavailable", f"{NOT_YET} (API keys are verified per connected account)")
+            return ConnectionTest("unavailable", f"{PER_ACCOUNT} (API keys are verified per connected account)")
         case AuthProviderType.SMTP:
             return _smtp_config_test(settings, config)
         case _:
             assert_never(provider.id)
+
+
+def _oidc_config_test(
+    client: OutboundClient, provider: ProviderEntry, config: Mapping[str, Any], secrets: Mapping[str, Secret | None]
+) -> ConnectionTest:
+    """Discovery (uncached) and the JWKS, as on the OAuth setup page; the findings become ``learned``."""
+    from app.oauth.glue import test_connection
+
+    report = test_connection(client, provider, config, secrets)
+    if report.error is not None:
+        blamed = next(iter(report.error.fields), None)
+        return ConnectionTest(
+            "failed",
+            f"{report.error.text} {report.error.help}",
+            report.error.code,
+            blamed.removeprefix("config.") if blamed else None,
+        )
+    learned = dict(report.findings)
+    if report.notes:
+        learned["notes"] = " ".join(report.notes)
+    return ConnectionTest("ok", "Discovery and the signing keys were fetched.", learned=learned)
 
 
 def _smtp_config_test(settings: Settings, config: Mapping[str, Any]) -> ConnectionTest:

@@ -31,6 +31,7 @@ from app import audit
 from app.connectors.verify import ConnectionTest, connectivity_test
 from app.errors import AppError
 from app.models import ProviderConfig
+from app.net import OutboundClient
 from app.providers import configs
 from app.providers.entries import ProviderEntry
 from app.providers.registry import get_catalog
@@ -282,7 +283,9 @@ def _plan_item(
     return plan, problems
 
 
-def run_tests(db: Session, cipher: Cipher, settings: Settings, plans: list[ConfigPlan]) -> list[str]:
+def run_tests(
+    db: Session, cipher: Cipher, settings: Settings, plans: list[ConfigPlan], client: OutboundClient | None = None
+) -> list[str]:
     """Connection-test each planned config (new values + stored secrets); returns failures as problems."""
     problems = []
     for plan in plans:
@@ -295,7 +298,7 @@ def run_tests(db: Session, cipher: Cipher, settings: Settings, plans: list[Confi
                 continue
         secrets.update({s.field: s.value for s in plan.secrets})
         values = effective_values(plan.provider, "config", plan.plain)
-        plan.test = connectivity_test(settings, plan.provider, values, secrets)
+        plan.test = connectivity_test(settings, plan.provider, values, secrets, client=client)
         if plan.test.status == "failed":
             field_note = f" field {plan.test.field}:" if plan.test.field else ""
             problems.append(f'provider "{plan.name}" ({plan.provider.id.value}):{field_note} {plan.test.message}')
@@ -335,11 +338,12 @@ def apply_file(
     dry_run: bool = False,
     test: bool = False,
     env: Mapping[str, str] | None = None,
+    client: OutboundClient | None = None,
 ) -> tuple[list[ConfigPlan], dict[str, int] | None]:
     """Plan (and unless ``dry_run``, write and commit) a file. ApplyError → nothing written."""
     plans = plan_apply(db, cipher, path, env=env)
     if test:
-        failures = run_tests(db, cipher, settings, plans)
+        failures = run_tests(db, cipher, settings, plans, client)
         if failures:
             raise ApplyError([f"{path}: {line}" for line in failures])
     if dry_run:

@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 import click
+from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from app.audit import AuditContext
 from app.connectors.verify import connectivity_test
 from app.errors import AppError
 from app.extensions import get_cipher, get_database, get_settings
+from app.net import get_client
 from app.providers import configs
 from app.providers.apply import ApplyError, apply_file
 from app.providers.validation import effective_values, labels
@@ -99,7 +101,11 @@ def test_command(ref: str) -> None:
     except AppError as exc:
         raise _fail(exc) from None
     result = connectivity_test(
-        get_settings(), provider, effective_values(provider, "config", cfg.config or {}), secrets
+        get_settings(),
+        provider,
+        effective_values(provider, "config", cfg.config or {}),
+        secrets,
+        client=get_client(current_app),
     )
     click.echo(f"{cfg.name}: {result.status}: {result.message}")
     for key, value in result.learned.items():
@@ -151,7 +157,16 @@ def apply_command(file: Path, dry_run: bool, run_test: bool) -> None:
     """Create or update provider configs from FILE (matched by name). Secrets: ${env:X} or ${file:/path}."""
     db = get_database().session()
     try:
-        plans, counts = apply_file(db, get_cipher(), get_settings(), CLI_ACTOR, file, dry_run=dry_run, test=run_test)
+        plans, counts = apply_file(
+            db,
+            get_cipher(),
+            get_settings(),
+            CLI_ACTOR,
+            file,
+            dry_run=dry_run,
+            test=run_test,
+            client=get_client(current_app),
+        )
     except ApplyError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)

@@ -13,6 +13,8 @@ from app.extensions import get_cipher
 from app.models import AuditEvent, ProviderConfig, StoredSecret
 from app.providers import configs
 from app.vault import get_secret
+from tests.support.live import free_port
+from tests.support.op import OPClient, running_op
 
 GOOGLE_SECRET = "GOCSPX-from-env-5a1e"
 FILE_SECRET = "contract-secret-from-file-77"
@@ -184,10 +186,45 @@ def test_enabling_in_a_file_needs_a_complete_config(app: Flask, db: Session, tmp
     assert _count(db, ProviderConfig) == 0
 
 
-def test_apply_test_flag_is_honest_about_untested_types(app: Flask, db: Session, tmp_path: Path) -> None:
-    code, out = _run(app, "providers", "apply", str(_file(tmp_path)), "--test", env={"GOOGLE_CLIENT_SECRET": "x"})
-    assert code == 0, out
-    assert "test: unavailable: no connectivity test for this type yet" in out
+def _oidc_file(tmp_path: Path, issuer: str) -> Path:
+    return _write(
+        tmp_path,
+        f"""
+        providers:
+          - name: Corp ID
+            type: generic_oidc
+            config:
+              issuer: {issuer}
+              client_id: ami-auth
+              client_secret: ${{env:OIDC_SECRET}}
+          - name: OpenAI
+            type: openai
+        """,
+    )
+
+
+def test_apply_test_checks_oidc_discovery_at_the_real_op_and_is_honest_about_api_keys(
+    app: Flask, db: Session, tmp_path: Path
+) -> None:
+    env = {"OIDC_SECRET": "op-secret"}
+    with running_op(clients=[OPClient("ami-auth", "op-secret")]) as op:
+        code, out = _run(app, "providers", "apply", str(_oidc_file(tmp_path, op.issuer)), "--test", env=env)
+        assert code == 0, out
+        assert "test: ok: Discovery and the signing keys were fetched." in out
+        assert "test: unavailable: nothing to test on the config alone" in out  # OpenAI: keys are per account
+        code, out = _run(app, "providers", "test", "Corp ID")
+        assert code == 0 and "Corp ID: ok" in out and f"Issuer: {op.issuer}" in out and "signing key(s)" in out
+        issuer = op.issuer
+    # The OP is gone: the same check now fails, names the field, and a file run with --test writes nothing.
+    code, out = _run(app, "providers", "test", "Corp ID")
+    assert code == 1 and "Corp ID: failed" in out
+    before = _count(db, ProviderConfig)
+    down = f"http://127.0.0.1:{free_port()}"
+    code, out = _run(app, "providers", "apply", str(_oidc_file(tmp_path, down)), "--test", env=env)
+    assert code != 0 and 'provider "Corp ID" (generic_oidc):' in out, out
+    assert _count(db, ProviderConfig) == before
+    kept = configs.find_by_name(db, "Corp ID")
+    assert kept is not None and kept.config["issuer"] == issuer  # the failed run changed nothing
 
 
 def test_list_show_enable_disable_and_test(app: Flask, db: Session, tmp_path: Path) -> None:
@@ -215,7 +252,7 @@ def test_list_show_enable_disable_and_test(app: Flask, db: Session, tmp_path: Pa
     db.expire_all()
     assert db.get(ProviderConfig, cfg.id).enabled  # type: ignore[union-attr]
     code, out = _run(app, "providers", "test", "Key API")
-    assert code == 3 and "unavailable: no connectivity test for this type yet" in out
+    assert code == 3 and "unavailable: nothing to test on the config alone" in out
     code, out = _run(app, "providers", "disable", "Key API")
     assert code == 0 and "Key API: disabled" in out
     code, out = _run(app, "providers", "show", "999")

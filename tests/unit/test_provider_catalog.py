@@ -379,7 +379,7 @@ def test_connectivity_stub_answers_for_every_type_and_is_honest(tmp_path: Path) 
         result = verify.connectivity_test(settings, provider, {}, {})
         assert result.status == "unavailable"
         if provider.auth_mode == AuthMode.API_KEY:
-            assert result.message.startswith("no connectivity test for this type yet")
+            assert result.message.startswith("nothing to test on the config alone")
     assert re.search("built in", verify.connectivity_test(settings, _entry("ami_credentials"), {}, {}).message)
 
 
