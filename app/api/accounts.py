@@ -2,8 +2,10 @@
 query parameter, the parameters) a trusted server should add to a request made with this account.
 
 This is the one JSON response that contains a secret, by design. Every call is audited before the secret
-leaves (``account.headers.disclosed``: who, from where, which header names — never values), so a failed
-audit write means no disclosure; ``last_used_at`` moves at most once a minute. Access: a service token with
+leaves (``account.headers.disclosed``: the service token as the actor, from where, the path, which header
+names — never values), so a failed audit write means no disclosure; that event is the token's use record
+too (no separate ``service_token.use``), so a call costs one audit write and one commit. ``last_used_at``
+(account and token) moves at most once a minute. Access: a service token with
 the scope ``accounts:headers`` (the CMS server) — never a browser session: a credential has no business
 in a browser, and an admin's cookie riding a cross-site request must not be able to fetch one.
 """
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 from werkzeug.wrappers import Response
 
+from app import audit
 from app.api.registry import component, document
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response
 from app.connectors import accounts
-from app.connectors.headers import request_auth
+from app.connectors.headers import disclose
 from app.errors import AppError
 from app.extensions import db_session, get_cipher
 
@@ -43,7 +46,7 @@ ACCOUNT_ID_PARAM = {
 
 
 @bp.get("/account-manager/accounts/<account_id>/headers")
-@api_auth("accounts:headers", cookies=False)
+@api_auth("accounts:headers", cookies=False, audit_use=False)
 @document(
     summary="Ready-to-send request headers for an API-key account",
     description=(
@@ -62,10 +65,25 @@ ACCOUNT_ID_PARAM = {
 )
 def account_headers(account_id: str) -> Response:
     # A plain string rule (like the other /api paths) so the documented path is the Flask rule itself.
-    if not account_id.isascii() or not account_id.isdigit() or len(account_id) > 10:
-        raise AppError("not_found", "There is no such connected account.")
     db = db_session()
-    account = accounts.get_account(db, int(account_id))
-    result = request_auth(db, get_cipher(), account, ctx=api_audit_ctx(), per_call_audit=True)
-    db.commit()
+    try:
+        if not account_id.isascii() or not account_id.isdigit() or len(account_id) > 10:
+            raise AppError("not_found", "There is no such connected account.")
+        result = disclose(
+            db, get_cipher(), int(account_id), ctx=api_audit_ctx(), usable_modes=accounts.CONNECTABLE_MODES
+        )
+        db.commit()
+    except AppError as exc:
+        # The token's use is recorded even when nothing is disclosed (audit_use=False leaves it to us).
+        db.rollback()
+        audit.record(
+            db,
+            api_audit_ctx(),
+            "account.headers.refused",
+            target=f"connected_account:{account_id[:12]}",
+            outcome="failure",
+            details={"code": exc.code},
+        )
+        db.commit()
+        raise
     return json_response({"headers": dict(result.headers), "query": dict(result.query)})

@@ -98,6 +98,9 @@ class AuthSpec:
     tokens: bool = True
     cookies: bool = True
     public: bool = False
+    # False: the view records its own audit event for every call (naming the token as the actor), so the
+    # token's successful use is not recorded twice. Refusals are always recorded here.
+    audit_use: bool = True
 
 
 @dataclass(frozen=True)

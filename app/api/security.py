@@ -145,16 +145,20 @@ def json_response(body: Any, status: int = 200) -> Response:
 # --- the decorators -----------------------------------------------------------------------------------
 
 
-def api_auth(*scopes: Scope, tokens: bool = True, cookies: bool = True) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def api_auth(
+    *scopes: Scope, tokens: bool = True, cookies: bool = True, audit_use: bool = True
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Guard a JSON endpoint: a service token with every scope in ``scopes``, or a session whose role has them.
 
     ``tokens=False`` makes an endpoint answer to the session cookie only (``GET /api/auth/session``
-    describes the browser's own session); ``cookies=False`` to service tokens only.
+    describes the browser's own session); ``cookies=False`` to service tokens only. ``audit_use=False``:
+    the view audits every call itself, in its own transaction, with :func:`api_audit_ctx` (the token is the
+    actor), so a successful token use is not a second event; refusals are recorded either way.
     """
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:
         raise ValueError(f"unknown API scope(s) {unknown}; add them to app.api.tokens.SCOPES first")
-    spec = AuthSpec(scopes=tuple(scopes), tokens=tokens, cookies=cookies)
+    spec = AuthSpec(scopes=tuple(scopes), tokens=tokens, cookies=cookies, audit_use=audit_use)
 
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @wraps(view)
@@ -263,8 +267,10 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
             f"Create a token with {_names(missing)} under Service tokens in the console and use it instead.",
         )
     tokens.touch(record)
-    audit.record(db, _token_ctx(record), "service_token.use", target=target, details=_request_details())
-    db.commit()
+    if spec.audit_use:
+        audit.record(db, _token_ctx(record), "service_token.use", target=target, details=_request_details())
+        db.commit()
+    # else the view's own event (and commit) records this use, last_used_at included.
     return Principal("token", frozenset(record.scopes), token=record)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -189,13 +189,16 @@ def list_tokens(db: Session) -> list[ServiceToken]:
     return list(db.scalars(select(ServiceToken).order_by(ServiceToken.id.desc())))
 
 
+_BY_HASH: Final = select(ServiceToken).where(ServiceToken.token_hash == bindparam("token_hash"))
+
+
 def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenCheck:
     """Look a presented token up by its hash. Never raises; the caller audits and answers."""
     now = now or utcnow()
     # The shape check saves a query for obvious garbage; a well-formed guess still costs one indexed lookup.
     if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
         return TokenCheck(None, "unknown")
-    record = db.scalar(select(ServiceToken).where(ServiceToken.token_hash == hash_token(raw)))
+    record = db.scalar(_BY_HASH, {"token_hash": hash_token(raw)})
     if record is None:
         return TokenCheck(None, "unknown")
     state = status(record, now)

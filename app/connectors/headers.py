@@ -40,19 +40,19 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app import audit
 from app.connectors.context import ValuesByScope
 from app.errors import AppError
-from app.models import ConnectedAccount
+from app.models import ConnectedAccount, ProviderConfig
 from app.models.base import utcnow
 from app.providers.entries import Condition, ProviderEntry
 from app.providers.registry import entry as catalog_entry
@@ -68,6 +68,7 @@ __all__ = [
     "RequestAuth",
     "account_values",
     "clear_cache",
+    "disclose",
     "forget_account",
     "get_headers",
     "load_secrets",
@@ -80,6 +81,8 @@ OWNER: Final = "connected_account"
 USE_INTERVAL: Final = timedelta(seconds=60)
 CACHE_TTL: Final = 300.0
 CACHE_MAX: Final = 4096
+# Primary keys are 32-bit integers on PostgreSQL; a larger id would be a database error.
+ID_MAX: Final = 2**31 - 1
 SYSTEM: Final = audit.AuditContext(actor="system")
 
 
@@ -248,19 +251,23 @@ def _cache_key(account: ConnectedAccount) -> tuple[Any, ...]:
 
 
 def _check_usable(provider: ProviderEntry, account: ConnectedAccount) -> None:
+    _check_state(provider, account.provider_config.enabled, account.provider_config.name, account.status)
+
+
+def _check_state(provider: ProviderEntry, config_enabled: bool, config_name: str, status: str) -> None:
     if provider.auth_mode != AuthMode.API_KEY:
         raise AppError(
             "invalid_config",
             f"{provider.display_name} accounts do not authenticate with request headers.",
             "Headers are for API-key providers (OpenAI, Anthropic, Hugging Face, generic API keys).",
         )
-    if not account.provider_config.enabled:
+    if not config_enabled:
         raise AppError(
             "invalid_config",
-            f"The provider config “{account.provider_config.name}” is disabled.",
+            f"The provider config “{config_name}” is disabled.",
             "An admin can enable it again under Providers.",
         )
-    if account.status == "pending":
+    if status == "pending":
         raise AppError(
             "invalid_config",
             "This account has no secret yet.",
@@ -290,37 +297,42 @@ def _resolve(db: Session, cipher: Cipher, account: ConnectedAccount, environ: Ma
 
 
 def _note_use(
-    db: Session, account: ConnectedAccount, ctx: audit.AuditContext, per_call_audit: bool, now: datetime | None
+    db: Session,
+    account_id: int,
+    account: ConnectedAccount | None,
+    ctx: audit.AuditContext,
+    per_call_audit: bool,
+    now: datetime | None,
 ) -> None:
     """Count the call; write last_used_at (and, for in-process calls, the aggregated audit event) when due."""
     state = _state(db)
     at = now or utcnow()
     with state.lock:
-        written, calls = state.usage.get(account.id, (None, 0))
+        written, calls = state.usage.get(account_id, (None, 0))
         if not per_call_audit:
             calls += 1
         due = written is None or at - written >= USE_INTERVAL
-        state.usage[account.id] = (at, 0) if due else (written, calls)
+        state.usage[account_id] = (at, 0) if due else (written, calls)
     if not due:
         return
     result = db.execute(
         update(ConnectedAccount)
         .where(
-            ConnectedAccount.id == account.id,
+            ConnectedAccount.id == account_id,
             or_(ConnectedAccount.last_used_at.is_(None), ConnectedAccount.last_used_at <= at - USE_INTERVAL),
         )
         # Naming updated_at keeps its onupdate from firing: a timestamp is not a change to the account.
         .values(last_used_at=at, updated_at=ConnectedAccount.updated_at)
         .execution_options(synchronize_session=False)
     )
-    if getattr(result, "rowcount", 0):
+    if getattr(result, "rowcount", 0) and account is not None:
         set_committed_value(account, "last_used_at", at)
     if calls:
         audit.record(
             db,
             ctx,
             "account.headers.used",
-            target=f"connected_account:{account.id}",
+            target=f"connected_account:{account_id}",
             details={"via": "python", "calls": calls, "since": written},
         )
 
@@ -342,16 +354,78 @@ def request_auth(
     Raises ``invalid_config`` (not an API-key account, config disabled, no secret) or ``secret_unreadable``.
     """
     result = _resolve(db, cipher, account, environ)
-    _note_use(db, account, ctx, per_call_audit, now)
+    return _used(db, account.id, account, result, ctx, per_call_audit, now)
+
+
+def _used(
+    db: Session,
+    account_id: int,
+    account: ConnectedAccount | None,
+    result: RequestAuth,
+    ctx: audit.AuditContext,
+    per_call_audit: bool,
+    now: datetime | None,
+) -> RequestAuth:
+    _note_use(db, account_id, account, ctx, per_call_audit, now)
     if per_call_audit:
         audit.record(
             db,
             ctx,
             "account.headers.disclosed",
-            target=f"connected_account:{account.id}",
+            target=f"connected_account:{account_id}",
             details={"via": "api", **result.names()},
         )
     return result
+
+
+# What the cache key and the usability checks need, without loading the account and its config as objects.
+_CA, _PC = ConnectedAccount, ProviderConfig
+_STATE_QUERY: Final = (
+    select(
+        _CA.updated_at,
+        _CA.rotated_at,
+        _CA.provider_config_id,
+        _PC.updated_at.label("config_updated_at"),
+        _CA.status,
+        _PC.enabled,
+        _PC.name,
+        _PC.provider_type,
+    )
+    .join(_PC, _PC.id == _CA.provider_config_id)
+    .where(_CA.id == bindparam("account_id"))
+)
+
+
+def disclose(
+    db: Session,
+    cipher: Cipher,
+    account_id: int,
+    *,
+    ctx: audit.AuditContext,
+    usable_modes: Collection[AuthMode],
+    now: datetime | None = None,
+) -> RequestAuth:
+    """:func:`request_auth` with ``per_call_audit`` for an account id (the HTTP endpoint).
+
+    A cached result costs one narrow SELECT (the cache key and what the usability checks read) instead of
+    loading the account and its config as ORM objects; a miss loads them and renders as usual. An id
+    that is not an account of ``usable_modes`` is ``not_found``, like the console's lookups.
+    """
+    row = db.execute(_STATE_QUERY, {"account_id": account_id}).first() if 0 < account_id <= ID_MAX else None
+    provider = catalog_entry(row.provider_type) if row is not None else None
+    if row is None or provider is None or provider.auth_mode not in usable_modes:
+        raise AppError("not_found", "There is no such connected account.")
+    _check_state(provider, row.enabled, row.name, row.status)
+    key = (row.updated_at, row.rotated_at, row.provider_config_id, row.config_updated_at)
+    state = _state(db)
+    with state.lock:
+        hit = state.cache.get(account_id)
+    if hit is not None and hit[0] == key and hit[1] > time.monotonic():
+        return _used(db, account_id, None, hit[2], ctx, True, now)
+    account = db.get(ConnectedAccount, account_id)
+    if account is None:
+        raise AppError("not_found", "There is no such connected account.")
+    return request_auth(db, cipher, account, ctx=ctx, per_call_audit=True, now=now)
 
 
 def get_headers(db: Session, cipher: Cipher, account: ConnectedAccount) -> dict[str, str]:

@@ -200,11 +200,28 @@ def test_headers_endpoint_audits_every_call_and_answers_only_service_tokens(
         "OpenAI-Organization",
     ]
     assert all(key not in str(e.details) for e in disclosed)
+    # The disclosure is the token's use record: one audit event per call, not a second service_token.use.
+    assert _events(db, "service_token.use") == []
     assert reload(app, db, account.id).last_used_at is not None
     missing = client.get("/api/account-manager/accounts/999/headers", headers=token)
     assert missing.get_json()["error"]["code"] == "not_found"
     # Ids beyond the database's integer range are simply unknown (not a database error on PostgreSQL).
     assert client.get("/api/account-manager/accounts/9999999999/headers", headers=token).status_code == 404
+    refused = _events(db, "account.headers.refused")
+    assert [(e.target, e.outcome, e.details["code"]) for e in refused] == [
+        ("connected_account:999", "failure", "not_found"),
+        ("connected_account:9999999999", "failure", "not_found"),
+    ]
+    assert all(e.actor == disclosed[0].actor for e in refused)
+    # Answers come from a per-process cache, but an edit or a disabled config is seen on the next call.
+    row = reload(app, db, account.id)
+    row.identifiers = {**row.identifiers, "organization_id": "org-Next456"}
+    db.commit()
+    assert client.get(path, headers=token).get_json()["headers"]["OpenAI-Organization"] == "org-Next456"
+    row.provider_config.enabled = False
+    db.commit()
+    off = client.get(path, headers=token)
+    assert off.status_code == 422 and "disabled" in off.get_json()["error"]["message"]
     assert client.get("/admin/accounts/99999999999").status_code == 404
 
 

@@ -452,7 +452,7 @@ def test_query_filters_and_pages_newest_first(session: Session) -> None:
     second = query(session, limit=3, before_id=first[-1].id)
     third = query(session, limit=3, before_id=second[-1].id)
     assert [[e.id for e in page] for page in (first, second, third)] == [[7, 6, 5], [4, 3, 2], [1]]
-    assert query(session, outcome="failure", limit=2, before_id=4) == [events[1]]
+    assert [e.id for e in query(session, outcome="failure", limit=2, before_id=4)] == [events[1].id]
 
 
 @pytest.mark.parametrize(
