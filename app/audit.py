@@ -51,7 +51,7 @@ from pathlib import PurePath
 from typing import Any, Final, Literal, TextIO, cast, get_args
 from uuid import UUID
 
-from sqlalchemy import Row, Table, func, insert, select, text
+from sqlalchemy import Connection, Row, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from app.errors import AppError
@@ -253,11 +253,13 @@ def _clean_value(value: object, path: str, depth: int) -> Any:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def _lock_chain(session: Session) -> None:
-    """Hold the chain's write lock until the caller's transaction ends (see the module docstring)."""
-    dialect = session.connection().dialect.name
+def _lock_chain(session: Session) -> Connection:
+    """Hold the chain's write lock until the caller's transaction ends (see the module docstring); returns
+    the session's connection (statements on it skip the ORM's per-execute bookkeeping)."""
+    connection = session.connection()
+    dialect = connection.dialect.name
     if dialect == "postgresql":
-        isolation = session.execute(
+        isolation = connection.execute(
             text("SELECT pg_advisory_xact_lock(:key), current_setting('transaction_isolation')"),
             {"key": _PG_CHAIN_LOCK_KEY},
         ).one()[1]
@@ -269,14 +271,16 @@ def _lock_chain(session: Session) -> None:
     elif dialect == "sqlite":
         # Matches no rows, but it is DML, so pysqlite emits BEGIN, and SQLite takes the database's
         # write lock before running it; the read of the last hash below then sees the final state.
-        session.execute(text("UPDATE audit_events SET id = id WHERE 1 = 0"))
+        connection.execute(_SQLITE_LOCK)
     else:
         raise RuntimeError(f"audit chain locking is not implemented for the {dialect!r} dialect")
+    return connection
 
 
 _TABLE: Final = cast(Table, AuditEvent.__table__)
 _INSERTED: Final = tuple(c.name for c in _TABLE.columns if c.name != "id")
 _LAST_HASH: Final = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+_SQLITE_LOCK: Final = text("UPDATE audit_events SET id = id WHERE 1 = 0")
 # Built once: the parameters travel with execute(), so every record() reuses one compiled statement.
 _INSERT: Final = insert(_TABLE).returning(_TABLE.c.id)
 
@@ -308,8 +312,8 @@ def record(
         raise ValueError(f"audit outcome must be one of {sorted(OUTCOMES)}, got {outcome!r}")
     clean_details = sanitize_details(details or {})
 
-    _lock_chain(session)
-    prev_hash = session.execute(_LAST_HASH).scalar()
+    connection = _lock_chain(session)
+    prev_hash = connection.execute(_LAST_HASH).scalar()
     event = AuditEvent(
         # Taken under the lock, so timestamps follow chain order as far as the clock allows.
         at=utcnow(),
@@ -324,7 +328,7 @@ def record(
         prev_hash=prev_hash or GENESIS_HASH,
     )
     event.hash = _hash_of(event)
-    event.id = session.execute(_INSERT, {name: getattr(event, name) for name in _INSERTED}).scalar_one()
+    event.id = connection.execute(_INSERT, {name: getattr(event, name) for name in _INSERTED}).scalar_one()
     return event
 
 

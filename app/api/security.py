@@ -56,10 +56,10 @@ from wtforms.validators import ValidationError
 from app import audit
 from app.api import tokens
 from app.api.registry import AuthSpec, set_auth
-from app.api.tokens import SCOPES, Scope
+from app.api.tokens import SCOPES, PresentedToken, Scope
 from app.errors import AppError
 from app.extensions import csrf, db_session, get_settings
-from app.models import ServiceToken, User
+from app.models import User
 from app.settings import Settings
 from app.web.common import SignedIn, audit_ctx, client_ip, signed_in, user_agent
 
@@ -98,7 +98,7 @@ class Principal:
 
     kind: Literal["token", "session"]
     scopes: frozenset[str]
-    token: ServiceToken | None = None
+    token: PresentedToken | None = None
     session: SignedIn | None = None
 
     @property
@@ -215,7 +215,7 @@ def _authenticate(spec: AuthSpec) -> Principal:
     raise AppError("not_authenticated")
 
 
-def _token_ctx(record: ServiceToken | None) -> audit.AuditContext:
+def _token_ctx(record: PresentedToken | None) -> audit.AuditContext:
     actor = f"service_token:{record.id}" if record is not None else "service_token:unknown"
     return audit.AuditContext(actor=actor, ip=client_ip(), user_agent=user_agent())
 
@@ -266,7 +266,7 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
             f"This service token lacks the scope {_names(missing)}.",
             f"Create a token with {_names(missing)} under Service tokens in the console and use it instead.",
         )
-    tokens.touch(record)
+    tokens.touch(db, record)
     if spec.audit_use:
         audit.record(db, _token_ctx(record), "service_token.use", target=target, details=_request_details())
         db.commit()

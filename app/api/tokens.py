@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -67,10 +67,22 @@ class IssuedToken:
 
 
 @dataclass(frozen=True)
+class PresentedToken:
+    """The columns a request reads from a presented token's row (a narrow SELECT, not an ORM object: this
+    runs on every API call)."""
+
+    id: int
+    scopes: tuple[str, ...]
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True)
 class TokenCheck:
     """The outcome of presenting a token: the row when one matched, and the problem if it is unusable."""
 
-    record: ServiceToken | None
+    record: PresentedToken | None
     problem: Problem | None
 
     @property
@@ -82,7 +94,7 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def status(token: ServiceToken, now: datetime | None = None) -> Status:
+def status(token: ServiceToken | PresentedToken, now: datetime | None = None) -> Status:
     now = now or utcnow()
     if token.revoked_at is not None:
         return "revoked"
@@ -189,7 +201,9 @@ def list_tokens(db: Session) -> list[ServiceToken]:
     return list(db.scalars(select(ServiceToken).order_by(ServiceToken.id.desc())))
 
 
-_BY_HASH: Final = select(ServiceToken).where(ServiceToken.token_hash == bindparam("token_hash"))
+_BY_HASH: Final = select(
+    ServiceToken.id, ServiceToken.scopes, ServiceToken.expires_at, ServiceToken.revoked_at, ServiceToken.last_used_at
+).where(ServiceToken.token_hash == bindparam("token_hash"))
 
 
 def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenCheck:
@@ -198,22 +212,34 @@ def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenChe
     # The shape check saves a query for obvious garbage; a well-formed guess still costs one indexed lookup.
     if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
         return TokenCheck(None, "unknown")
-    record = db.scalar(_BY_HASH, {"token_hash": hash_token(raw)})
-    if record is None:
+    row = db.connection().execute(_BY_HASH, {"token_hash": hash_token(raw)}).first()
+    if row is None:
         return TokenCheck(None, "unknown")
+    record = PresentedToken(row.id, tuple(row.scopes or ()), row.expires_at, row.revoked_at, row.last_used_at)
     state = status(record, now)
     if state != "active":
         return TokenCheck(record, state)
     return TokenCheck(record, None)
 
 
-def touch(record: ServiceToken, now: datetime | None = None) -> bool:
-    """Set last_used_at if it is older than a minute; return whether it changed (the caller commits)."""
+def touch(db: Session, record: PresentedToken, now: datetime | None = None) -> bool:
+    """Set last_used_at if it is older than a minute; return whether it changed (the caller commits).
+
+    The UPDATE itself only matches a row whose last_used_at is older than a minute, so several workers
+    together write it at most about once a minute too."""
     now = now or utcnow()
-    if record.last_used_at is None or now - record.last_used_at >= TOUCH_INTERVAL:
-        record.last_used_at = now
-        return True
-    return False
+    if record.last_used_at is not None and now - record.last_used_at < TOUCH_INTERVAL:
+        return False
+    cutoff = now - TOUCH_INTERVAL
+    result = db.connection().execute(
+        update(ServiceToken)
+        .where(
+            ServiceToken.id == record.id,
+            or_(ServiceToken.last_used_at.is_(None), ServiceToken.last_used_at <= cutoff),
+        )
+        .values(last_used_at=now)
+    )
+    return bool(result.rowcount)
 
 
 def unused_tokens(db: Session, now: datetime | None = None) -> list[ServiceToken]:

@@ -411,7 +411,9 @@ def disclose(
     loading the account and its config as ORM objects; a miss loads them and renders as usual. An id
     that is not an account of ``usable_modes`` is ``not_found``, like the console's lookups.
     """
-    row = db.execute(_STATE_QUERY, {"account_id": account_id}).first() if 0 < account_id <= ID_MAX else None
+    row = (
+        db.connection().execute(_STATE_QUERY, {"account_id": account_id}).first() if 0 < account_id <= ID_MAX else None
+    )
     provider = catalog_entry(row.provider_type) if row is not None else None
     if row is None or provider is None or provider.auth_mode not in usable_modes:
         raise AppError("not_found", "There is no such connected account.")

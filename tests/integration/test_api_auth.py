@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -188,12 +188,23 @@ def test_successful_use_is_audited_and_last_used_is_written_at_most_once_a_minut
 
 
 def test_touch_skips_writes_within_a_minute(db: Session, issue: Issue) -> None:
-    record = db.get(ServiceToken, token_id(db, issue()))
-    assert record is not None
+    raw = issue()
+    tid = token_id(db, raw)
     now = utcnow()
-    assert tokens.touch(record, now) is True
-    assert tokens.touch(record, now + timedelta(seconds=59)) is False
-    assert tokens.touch(record, now + timedelta(seconds=60)) is True
+
+    def touch(at: datetime) -> bool:
+        record = tokens.authenticate(db, raw).record  # as a request reads it
+        assert record is not None
+        changed = tokens.touch(db, record, at)
+        db.commit()
+        return changed
+
+    assert touch(now) is True
+    assert touch(now + timedelta(seconds=59)) is False
+    assert touch(now + timedelta(seconds=60)) is True
+    db.expire_all()
+    stored = db.get(ServiceToken, tid)
+    assert stored is not None and stored.last_used_at == now + timedelta(seconds=60)
 
 
 # --- GET /api/auth/session -------------------------------------------------------------------------------
