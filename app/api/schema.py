@@ -78,6 +78,8 @@ def field_schema(spec: FieldSpec) -> dict[str, Any]:
         schema["x-advanced"] = True
     if spec.env_fallback:
         schema["x-env-fallback"] = spec.env_fallback
+    if spec.suggest:
+        schema["x-suggest"] = spec.suggest  # the console offers these values in a list (e.g. oauth_accounts)
     return schema
 
 

@@ -396,6 +396,7 @@ def test_schema_api_lists_it_with_write_only_secrets(
             prop = schema["properties"][spec.name]
             assert prop.get("writeOnly", False) is spec.secret
             assert prop["x-order"] == spec.order
+            assert prop.get("x-suggest") == spec.suggest  # SMTP's oauth_account_id: oauth_accounts
             if spec.secret:
                 assert "default" not in prop and "examples" not in prop
         assert schema["x-field-order"] == [s.name for s in provider.fields(which)]  # type: ignore[arg-type]
