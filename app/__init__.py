@@ -45,6 +45,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         TEMPLATES_AUTO_RELOAD=settings.env == "development",
     )
     app.extensions["ami_settings"] = settings
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # The client address (throttles, audit) and scheme from that many proxies' X-Forwarded-* headers.
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     _configure_logging(settings)
     init_providers(app)
     init_database(app, settings)

@@ -84,6 +84,9 @@ class Settings:
     device_poll_interval: float | None = None
     secret_rotation_days: int = 90
     # JSON API
+    # Reverse proxies in front of the app that append to X-Forwarded-For / set X-Forwarded-Proto (0: none,
+    # the socket's peer is the client).
+    trusted_proxies: int = 0
     api_rate_per_minute: int = 600
     api_ip_rate_per_minute: int = 120
 
@@ -357,6 +360,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mail_from=env.get(PREFIX + "MAIL_FROM", "AMI Auth <no-reply@localhost>"),
         pwned_range_url=pwned,
         throttle_ip_per_minute=_int(env, "THROTTLE_IP_PER_MINUTE", 30, 1),
+        trusted_proxies=_int(env, "TRUSTED_PROXIES", 0, 0, 5),
         throttle_account_failures=_int(env, "THROTTLE_ACCOUNT_FAILURES", 5, 1, 100),
         throttle_lock_seconds=lock_seconds,
         throttle_lock_max_seconds=lock_max_seconds,

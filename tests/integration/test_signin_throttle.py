@@ -187,6 +187,44 @@ def test_ip_limit_refuses_a_client_spraying_accounts(make_app: AppFactory) -> No
     assert post_signin(client, "user9@example.com", WRONG, ip="198.51.100.8").status_code == 401
 
 
+def _signin_via_proxy(client: FlaskClient, email: str, forwarded_for: str) -> Any:
+    """A sign-in as the load balancer (10.0.0.5) forwards it: the client's address in X-Forwarded-For."""
+    token = csrf_token(client, "/signin")
+    return client.post(
+        "/signin",
+        data={"email": email, "password": WRONG, "csrf_token": token},
+        environ_base={"REMOTE_ADDR": "10.0.0.5"},
+        headers={"X-Forwarded-For": forwarded_for},
+    )
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_ip(make_app: AppFactory) -> None:
+    application = make_app(AMI_AUTH_THROTTLE_IP_PER_MINUTE="3", AMI_AUTH_TRUSTED_PROXIES="1")
+    client = application.test_client()
+    # A client who forges the header gets the proxy's append: the rightmost (trusted) hop counts.
+    codes = [
+        _signin_via_proxy(client, f"user{n}@example.com", f"203.0.113.{n}, 198.51.100.7").status_code for n in range(3)
+    ]
+    assert codes == [401, 401, 401]
+    assert _signin_via_proxy(client, "user9@example.com", "1.2.3.4, 198.51.100.7").status_code == 429
+    # Another client behind the same proxy is not throttled with it.
+    assert _signin_via_proxy(client, "user9@example.com", "198.51.100.8").status_code == 401
+    with db_for(application) as db:
+        ips = db.scalars(select(AuditEvent.ip).where(AuditEvent.action == "signin.failure")).all()
+    assert sorted(set(ips)) == ["198.51.100.7", "198.51.100.8"]
+
+
+def test_without_trusted_proxies_the_forwarded_header_is_ignored(make_app: AppFactory) -> None:
+    application = make_app(AMI_AUTH_THROTTLE_IP_PER_MINUTE="3")
+    client = application.test_client()
+    # Rotating a forged X-Forwarded-For does not dodge the per-IP limit: the socket's peer is the client.
+    codes = [_signin_via_proxy(client, f"user{n}@example.com", f"198.51.100.{n}").status_code for n in range(4)]
+    assert codes == [401, 401, 401, 429]
+    with db_for(application) as db:
+        ips = db.scalars(select(AuditEvent.ip).where(AuditEvent.action == "signin.failure")).all()
+    assert set(ips) == {"10.0.0.5"}
+
+
 def test_ip_account_pair_blocks_the_attacker_not_the_owner(make_app: AppFactory) -> None:
     application = make_app(AMI_AUTH_THROTTLE_ACCOUNT_FAILURES="100")
     add_user(application, "eli@example.com")
