@@ -10,11 +10,11 @@ from werkzeug.wrappers import Response
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from app.auth import lifecycle, sessions
+from app.auth import lifecycle, sessions, throttle
 from app.auth.devices import device_summary
 from app.errors import AppError
-from app.extensions import db_session, get_settings
-from app.web.common import SignedIn, audit_ctx, form_errors, login_required, signed_in
+from app.extensions import db_session, get_limit_storage, get_settings
+from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, login_required, signed_in
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 log = logging.getLogger("ami_auth.account")
@@ -101,15 +101,19 @@ def profile() -> Response | tuple[str, int]:
 @bp.post("/password")
 @login_required
 def change_password() -> Response | tuple[str, int]:
+    """The current password is checked under the sign-in throttle: a wrong one counts toward the account
+    lock like a failed sign-in, so a borrowed session cannot be used to guess it."""
     form = PasswordForm()
-    status = 422
+    status, retry_after = 422, None
     if form.validate_on_submit():
         who = _who()
         db = db_session()
+        settings, storage, ip = get_settings(), get_limit_storage(), client_ip()
         try:
+            throttle.check_signin(storage, settings, email=who.user.email, ip=ip)
             result = lifecycle.change_password(
                 db,
-                get_settings(),
+                settings,
                 audit_ctx(),
                 who.user,
                 current=form.current_password.data,
@@ -118,13 +122,32 @@ def change_password() -> Response | tuple[str, int]:
             )
         except AppError as exc:
             db.rollback()
-            form_errors(exc, form)
-            status = exc.http_status
+            error = exc
+            if exc.code == "invalid_credentials":
+                lock = throttle.record_failure(storage, settings, who.user.email, ip, db=db, ctx=audit_ctx())
+                db.commit()
+                error = lock or exc
+            if isinstance(error, throttle.Throttled):
+                error = AppError(
+                    "rate_limited",
+                    error.message,
+                    error.hint,
+                    fields={"current_password": f"{error.text} {error.help}"},
+                    retry_after=error.retry_after,
+                )
+                retry_after = error.retry_after
+            form_errors(error, form)
+            status = error.http_status
         else:
+            throttle.record_success(storage, settings, who.user.email, ip)
             others = f" {result.sessions_ended} other session(s) were signed out." if result.sessions_ended else ""
             flash("Your password was changed." + others, "success")
             return redirect(url_for("account.index"))
-    return _page(password_form=form, status=status)
+    html, status = _page(password_form=form, status=status)
+    response = Response(html, status=status, mimetype="text/html")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 @bp.post("/verify")

@@ -96,6 +96,25 @@ def test_change_password_checks_current_and_ends_other_sessions(
     assert sign_in(app.test_client(), "pat@example.com", NEW_PASSWORD).status_code == 302
 
 
+def test_wrong_current_passwords_count_toward_the_account_lock(app: Flask, db: Session, make_user: UserFactory) -> None:
+    make_user("pat@example.com")
+    client = _client(app)
+    sign_in(client, "pat@example.com")
+    attempt = {"current_password": "a guess at it!", "new_password": NEW_PASSWORD, "confirm": NEW_PASSWORD}
+    codes = [_post(client, "/account/password", attempt).status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 401]
+    # The fifth wrong password locks the account (the sign-in throttle's default of 5 failures).
+    locked = _post(client, "/account/password", attempt)
+    html = locked.get_data(as_text=True)
+    assert locked.status_code == 429 and 1 <= int(locked.headers["Retry-After"]) <= 60
+    assert re.search(r'id="current_password-error"[^>]*>Too many failed sign-ins for this account', html)
+    # While locked, even the right password is not checked here, and sign-in is closed to guessing too.
+    right = {"current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm": NEW_PASSWORD}
+    assert _post(client, "/account/password", right).status_code == 429
+    assert sign_in(app.test_client(), "pat@example.com").status_code == 429
+    assert "account.locked" in _actions(db)
+
+
 def test_edit_display_name(app: Flask, db: Session, make_user: UserFactory) -> None:
     make_user("nia@example.com")
     client = _client(app)
