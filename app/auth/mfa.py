@@ -6,7 +6,6 @@ Factors themselves live in ``totp.py``, ``webauthn.py`` and ``recovery_codes.py`
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
@@ -16,6 +15,7 @@ from sqlalchemy import ColumnElement, ScalarSelect, delete, func, literal, selec
 from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
+from app.auth import throttle
 from app.errors import AppError
 from app.models import ROLES, Credential, MfaPolicy, User, utcnow
 from app.models.credentials import FACTOR_KINDS
@@ -249,21 +249,10 @@ def record_failure(
     """Count a wrong second factor; returns False once the per-user allowance is used up. With ``db`` and
     ``ctx`` an account lock the failure starts is audited by the throttle (the caller commits)."""
     allowed = MovingWindowRateLimiter(storage).hit(FAILURE_WINDOW, _FAILURE_NAMESPACE, str(user.id))
-    _account_throttle_failure(storage, settings, user.email, ip, db=db, ctx=ctx)
+    throttle.record_failure(storage, settings, user.email, ip, db=db, ctx=ctx)
     return bool(allowed)
 
 
 def clear_failures(storage: Storage, user_id: int) -> None:
     MovingWindowRateLimiter(storage).clear(FAILURE_WINDOW, _FAILURE_NAMESPACE, str(user_id))
 
-
-def _account_throttle_failure(
-    storage: Storage, settings: Settings, email: str, ip: str, *, db: Session | None, ctx: AuditContext | None
-) -> None:
-    # THROTTLE-INTEGRATION: the throttle branch provides app.auth.throttle.record_failure(storage, settings,
-    # email, ip, *, db, ctx). Until it is on main this looks it up at run time; once merged, import it directly.
-    try:
-        throttle = importlib.import_module("app.auth.throttle")
-    except ModuleNotFoundError:
-        return
-    throttle.record_failure(storage, settings, email, ip, db=db, ctx=ctx)
