@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, LargeBinary, String
+from sqlalchemy import Index, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, utcnow
@@ -12,7 +12,19 @@ from app.models.base import Base, utcnow
 
 class StoredSecret(Base):
     __tablename__ = "secrets"
-    __table_args__ = (Index("ix_secrets_owner", "owner_type", "owner_id", "field"),)
+    __table_args__ = (
+        Index("ix_secrets_owner", "owner_type", "owner_id", "field"),
+        # At most one current value per (owner, field): concurrent replacements cannot both stay current.
+        Index(
+            "uq_secrets_current",
+            "owner_type",
+            "owner_id",
+            "field",
+            unique=True,
+            postgresql_where=text("retired_at IS NULL"),
+            sqlite_where=text("retired_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_type: Mapped[str] = mapped_column(String(40))

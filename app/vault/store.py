@@ -30,6 +30,7 @@ from sqlalchemy import (
     table,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.models.base import utcnow
@@ -87,12 +88,41 @@ def put_secret(
     """Store a new current value; the previous one is retired for ``grace`` (``None``: deleted now).
 
     ``grace`` has no default on purpose: whether the old credential stays recoverable is a decision.
+
+    At most one value is current (the partial unique index ``uq_secrets_current``). On PostgreSQL two
+    transactions replacing the same secret at once both retire the old row; the second one's insert then
+    meets the first one's committed value, so it retries in a savepoint, retiring that value in turn: the
+    last writer's value is current and the other stays recoverable. (SQLite runs one writer at a time.)
     """
     if grace is not None and grace < timedelta(0):
         raise ValueError("grace must not be negative")
     now = now or utcnow()
     plaintext = value.reveal() if isinstance(value, Secret) else value
     env = cipher.encrypt(plaintext.encode(), aad_for(owner_type, owner_id, field))
+    if session.get_bind().dialect.name != "postgresql":
+        return _replace(session, env, owner_type, owner_id, field, grace, now)
+    for attempt in range(_REPLACE_ATTEMPTS):
+        try:
+            with session.begin_nested():
+                return _replace(session, env, owner_type, owner_id, field, grace, now)
+        except IntegrityError:
+            if attempt == _REPLACE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+_REPLACE_ATTEMPTS = 3
+
+
+def _replace(
+    session: Session,
+    env: Envelope,
+    owner_type: str,
+    owner_id: int,
+    field: str,
+    grace: timedelta | None,
+    now: datetime,
+) -> StoredSecret:
     current = _current(owner_type, owner_id, field)
     if grace is None:
         session.execute(delete(StoredSecret).where(current))

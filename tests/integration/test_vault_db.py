@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -93,3 +94,37 @@ def test_rewrap_on_postgres_survives_an_interruption_and_live_writes(pg: Databas
     assert {row_id: after[row_id] for row_id in ciphertexts} == ciphertexts
     _read_all(pg, Cipher((K2,)), expected)
     assert rewrap(pg.session, rotated) == 0
+
+
+def test_concurrent_replacements_leave_one_current_value(pg: Database) -> None:
+    """Two transactions replace the same secret at once: the second waits on the first's row lock, meets
+    its committed value at the unique index, retries, and retires it — one current value, none lost."""
+    cipher = Cipher([K1])
+    with pg.session() as session, session.begin():
+        put_secret(session, cipher, "account", 1, "api_key", "original", grace=GRACE)
+    first = Session(pg.engine)
+    put_secret(first, cipher, "account", 1, "api_key", "from-first", grace=GRACE)  # holds the row lock
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with Session(pg.engine) as session, session.begin():
+                put_secret(session, cipher, "account", 1, "api_key", "from-second", grace=GRACE)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=1.0)
+    assert thread.is_alive(), "the second writer should wait for the first one's lock"
+    first.commit()
+    first.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and errors == []
+    with pg.session() as session:
+        rows = session.scalars(select(StoredSecret).order_by(StoredSecret.id)).all()
+        current = [r for r in rows if r.retired_at is None]
+        assert len(current) == 1
+        found = get_secret(session, cipher, "account", 1, "api_key")
+        assert found is not None and found.reveal() == "from-second"
+        assert len(rows) == 3 and all(r.purge_after is not None for r in rows if r.retired_at is not None)
