@@ -99,7 +99,7 @@ def test_rewrap_on_postgres_survives_an_interruption_and_live_writes(pg: Databas
 def test_concurrent_replacements_leave_one_current_value(pg: Database) -> None:
     """Two transactions replace the same secret at once: the second waits on the first's row lock, meets
     its committed value at the unique index, retries, and retires it — one current value, none lost."""
-    cipher = Cipher([K1])
+    cipher = Cipher((K1,))
     with pg.session() as session, session.begin():
         put_secret(session, cipher, "account", 1, "api_key", "original", grace=GRACE)
     first = Session(pg.engine)
