@@ -31,6 +31,13 @@ from app.settings import Settings, load_settings
 # Real test peers shared by every suite (the SMTP server is also used by the SMTP connector tests).
 pytest_plugins = ["tests.support.smtp"]
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests.support import loopback
+
+    loopback.install()  # tests touch only 127.0.0.1: anything else fails like a closed port
+
+
 TEST_KEY = "test1:" + base64.b64encode(b"k" * 32).decode()
 PASSWORD = "correct horse battery staple"
 
