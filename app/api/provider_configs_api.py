@@ -1,6 +1,7 @@
 """``/api/account-manager/provider-configs``: provider configurations for the CMS — non-secret fields only.
 
-Reading needs the scope ``providers:read``; creating, changing and deleting ``providers:write`` (a CMS
+Reading needs the scope ``providers:read``; creating, changing, deleting and testing (``…/test``, the
+connectivity check of ``ami-auth providers test``) ``providers:write`` (a CMS
 that edits configs holds both). A read scope of its own keeps a CMS that only lists configs (to offer
 "Add account") from holding the power to change them.
 
@@ -19,21 +20,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
+from app import audit
 from app.api import bodies
 from app.api.registry import DATETIME, JSONSchema, QueryParam, component, document, nullable
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response, principal
+from app.connectors.verify import connectivity_test
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
 from app.models import ConnectedAccount, ProviderConfig
+from app.net import get_client
 from app.providers import configs
 from app.providers.entries import ProviderEntry
 from app.providers.registry import entry as catalog_entry
 from app.providers.types import AuthProviderType
-from app.providers.validation import validate_submission
+from app.providers.validation import effective_values, validate_submission
 
 bp = api_blueprint("api_provider_configs", __name__)
 
@@ -418,3 +423,75 @@ def delete_provider_config(config_id: int) -> Response:
         db.rollback()
         raise
     return Response(status=204)
+
+
+CONFIG_TEST = component(
+    "ProviderConfigTest",
+    {
+        "type": "object",
+        "required": ["status", "message", "code", "field", "learned"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {
+                "type": "string",
+                "enum": ["ok", "failed", "unavailable"],
+                "description": "`unavailable`: nothing can be tested on this config alone (API-key types, GitHub).",
+            },
+            "message": {"type": "string"},
+            "code": nullable({"type": "string", "description": "The error code when `failed`."}),
+            "field": nullable({"type": "string", "description": "The config field to blame, when one is."}),
+            "learned": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "What the check found (OIDC: issuer, endpoints, signing keys; SMTP: the server).",
+            },
+        },
+    },
+)
+
+
+@bp.post("/account-manager/provider-configs/<int(min=1, max=2147483647):config_id>/test")
+@api_auth("providers:write")
+@document(
+    summary="Test a provider config's connection",
+    description="Runs the type's connectivity check with the stored values and secrets, as `ami-auth providers "
+    "test` does: OIDC types (Google, Azure AD, generic) fetch discovery and the signing keys; SMTP reaches the "
+    "server (EHLO, TLS, NOOP; logins are per account). API-key types and GitHub answer `unavailable` (their "
+    "credentials are checked per connected account: POST …/accounts/{id}/refresh). A failure is answered 200 "
+    "with `status: failed`, its code and the field to blame. Audited (`provider_config.test`). "
+    "Scope `providers:write` (it makes outbound calls).",
+    response=CONFIG_TEST,
+    path=CONFIG_ID_PARAM,
+    errors=(404,),
+    tags=TAGS,
+)
+def test_provider_config(config_id: int) -> Response:
+    db = db_session()
+    cfg = _find(db, config_id)
+    provider = catalog_entry(cfg.provider_type)
+    result = connectivity_test(
+        get_settings(),
+        provider,
+        effective_values(provider, "config", cfg.config or {}),
+        configs.read_secrets(db, get_cipher(), provider, cfg),
+        client=get_client(current_app),
+    )
+    audit.record(
+        db,
+        api_audit_ctx(),
+        "provider_config.test",
+        target=f"provider_config:{cfg.id}",
+        outcome="failure" if result.status == "failed" else "success",
+        details={"status": result.status, "code": result.code},
+    )
+    db.commit()
+    learned = {str(key): str(value)[:500] for key, value in result.learned.items()}
+    return json_response(
+        {
+            "status": result.status,
+            "message": result.message,
+            "code": result.code,
+            "field": result.field,
+            "learned": learned,
+        }
+    )

@@ -255,4 +255,3 @@ def record_failure(
 
 def clear_failures(storage: Storage, user_id: int) -> None:
     MovingWindowRateLimiter(storage).clear(FAILURE_WINDOW, _FAILURE_NAMESPACE, str(user_id))
-

@@ -96,6 +96,10 @@ def _oidc_config_test(
     report = test_connection(client, provider, config, secrets)
     if report.error is not None:
         blamed = next(iter(report.error.fields), None)
+        if blamed is None and report.error.code in ("provider_unreachable", "invalid_config"):
+            # Discovery could not be fetched or read: the field it came from (Google's is fixed).
+            where = ("discovery_url", "issuer", "tenant")
+            blamed = next((n for n in where if provider.field("config", n) is not None and config.get(n)), None)
         return ConnectionTest(
             "failed",
             f"{report.error.text} {report.error.help}",

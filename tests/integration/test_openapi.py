@@ -277,6 +277,18 @@ def test_real_responses_match_the_documented_schemas(
             lambda: client.delete(f"{configs_path}/{config.id}", headers=auth),
             409,
         ),
+        (
+            f"{configs_path}/{{config_id}}/test",
+            "post",
+            lambda: client.post(f"{configs_path}/{config.id}/test", headers=auth),
+            200,
+        ),
+        (
+            f"{configs_path}/{{config_id}}/test",
+            "post",
+            lambda: client.post(f"{configs_path}/9999/test", headers=auth),
+            404,
+        ),
         # Accounts: snapshots, refresh, revoke, delete, and the one endpoint that discloses a credential.
         (accounts_path, "get", lambda: client.get(accounts_path, headers=auth), 200),
         (accounts_path, "get", lambda: client.get(f"{accounts_path}?status=broken", headers=auth), 422),

@@ -21,6 +21,7 @@ from app.providers.registry import entry
 from app.providers.validation import validate_submission
 from app.settings import Settings
 from tests.conftest import UserFactory, make_settings, sign_in
+from tests.support.op import OPClient, running_op
 
 PATH = "/api/account-manager/provider-configs"
 CMS = "https://cms.example.com"
@@ -290,3 +291,41 @@ def test_a_config_snapshot_never_contains_a_stored_secret(
         client.patch(f"{PATH}/{config_id}", json={"name": "N"}, headers=rw).get_data(as_text=True),
     ]
     assert all(CLIENT_SECRET not in body for body in bodies)
+
+
+# --- connection test ----------------------------------------------------------------------------------------
+
+
+def test_connection_test_fetches_discovery_at_the_real_op_and_names_the_field_when_down(
+    app: Flask, client: FlaskClient, db: Session, rw: dict[str, str]
+) -> None:
+    with running_op(clients=[OPClient("ami-auth", "op-secret")]) as op:
+        body = {
+            "provider_type": "generic_oidc",
+            "name": "Corp ID",
+            "config": {"issuer": op.issuer, "client_id": "ami-auth"},
+        }
+        created = client.post(PATH, json=body, headers=rw)
+        assert created.status_code == 201, created.get_data(as_text=True)
+        config_id = created.get_json()["id"]
+        _set_secret(app, db, config_id, "op-secret")
+        tested = client.post(f"{PATH}/{config_id}/test", headers=rw)
+        assert tested.status_code == 200, tested.get_data(as_text=True)
+        result = tested.get_json()
+        assert result["status"] == "ok" and result["code"] is None
+        assert result["learned"]["Issuer"] == op.issuer and "signing key(s)" in result["learned"]["JWKS"]
+        assert "op-secret" not in tested.get_data(as_text=True)
+    # The provider is gone: 200 with the failure, its code and the field to blame.
+    down = client.post(f"{PATH}/{config_id}/test", headers=rw).get_json()
+    assert down["status"] == "failed" and down["code"] == "provider_unreachable" and down["field"] == "issuer", down
+    # Reading is not enough to make outbound calls; API-key types have nothing to test on the config.
+    assert client.post(f"{PATH}/{config_id}/test", headers=_token(db, "providers:read")).status_code == 403
+    openai = client.post(PATH, json={"provider_type": "openai", "name": "OpenAI", "config": {}}, headers=rw).get_json()
+    assert client.post(f"{PATH}/{openai['id']}/test", headers=rw).get_json()["status"] == "unavailable"
+    events = db.scalars(select(AuditEvent).where(AuditEvent.action == "provider_config.test")).all()
+    assert [(e.outcome, e.details["status"]) for e in events] == [
+        ("success", "ok"),
+        ("failure", "failed"),
+        ("success", "unavailable"),
+    ]
+    assert client.post(f"{PATH}/424242/test", headers=rw).status_code == 404
