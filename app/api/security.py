@@ -33,8 +33,6 @@ CORS: responses under /api carry ``Access-Control-Allow-Origin`` only for an exa
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import json
 import math
 import time
@@ -57,6 +55,7 @@ from app import audit
 from app.api import tokens
 from app.api.registry import AuthSpec, set_auth
 from app.api.tokens import SCOPES, PresentedToken, Scope
+from app.auth.throttle import ip_bucket
 from app.errors import AppError
 from app.extensions import csrf, db_session, get_settings
 from app.models import User
@@ -376,19 +375,6 @@ def _principal_item(settings: Settings) -> RateLimitItem:
 
 def _ip_item(settings: Settings) -> RateLimitItem:
     return RateLimitItemPerMinute(settings.api_ip_rate_per_minute, namespace=f"{_NS}-ip")
-
-
-def ip_bucket(ip: str) -> str:
-    """The address for IPv4, its /64 for IPv6 (one subscriber's block; same rule as the sign-in throttle)."""
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return hashlib.sha256(ip.encode()).hexdigest()[:32]
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False).network_address) + "/64"
-    return str(address)
 
 
 def _limit_ip(settings: Settings, *, target: str | None = None, ctx: audit.AuditContext | None = None) -> None:

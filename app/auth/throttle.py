@@ -53,6 +53,7 @@ __all__ = [
     "check_mail_send",
     "check_signin",
     "describe_wait",
+    "ip_bucket",
     "lock_seconds",
     "record_failure",
     "record_success",
@@ -123,8 +124,9 @@ def _account_id(email: str) -> str:
     return hashlib.sha256(("account:" + email.strip().lower()).encode()).hexdigest()[:32]
 
 
-def _ip_id(ip: str) -> str:
-    """The client's bucket: the address itself for IPv4, its /64 for IPv6 (one subscriber's block)."""
+def ip_bucket(ip: str) -> str:
+    """The client's bucket: the address itself for IPv4, its /64 for IPv6 (one subscriber's block); the API's
+    per-IP limit uses the same rule."""
     try:
         address = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
@@ -191,7 +193,7 @@ def check_signin(storage: Storage, settings: Settings, *, email: str, ip: str) -
     """
     limiter = _limiter(storage)
     ip_item = _ip_item(settings)
-    client = _ip_id(ip)
+    client = ip_bucket(ip)
     if not limiter.hit(ip_item, client):
         raise Throttled(
             "ip",
@@ -234,7 +236,7 @@ def record_failure(
         started = Throttled("account", seconds, "Too many failed sign-ins for this account.")
         _audit_lock(db, ctx, email, "account", seconds, failures)
     limiter = _limiter(storage)
-    client, account = _ip_id(ip), _account_id(email)
+    client, account = ip_bucket(ip), _account_id(email)
     # Only a failure that fills the window starts a pair lock; later ones are refused before they count.
     if limiter.hit(_PAIR, client, account) and not limiter.test(_PAIR, client, account) and started is None:
         wait = _window_wait(limiter, _PAIR, client, account)
@@ -247,7 +249,7 @@ def record_success(storage: Storage, settings: Settings, email: str, ip: str) ->
     """A correct password (and second factor): forget this account's failures and this client's."""
     storage.clear(_failures_key(email))
     storage.clear(_lock_key(email))
-    _limiter(storage).clear(_PAIR, _ip_id(ip), _account_id(email))
+    _limiter(storage).clear(_PAIR, ip_bucket(ip), _account_id(email))
 
 
 def unlock_account(
@@ -302,7 +304,7 @@ def check_mail_send(storage: Storage, settings: Settings, *, email: str, ip: str
     reveal which addresses exist.
     """
     limiter = _limiter(storage)
-    recipient, client = _account_id(email), _ip_id(ip)
+    recipient, client = _account_id(email), ip_bucket(ip)
     if not limiter.test(_MAIL_RECIPIENT, recipient):
         raise Throttled(
             "mail_recipient",
