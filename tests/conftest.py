@@ -97,12 +97,13 @@ class PostgresDatabase:
         self.name = f"ami_test_{uuid.uuid4().hex[:10]}"
         self.url = make_url(admin_url).set(database=self.name).render_as_string(hide_password=False)
 
-    def create(self) -> None:
+    def create(self, *, migrate: bool = True) -> None:
         engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{self.name}"'))
         engine.dispose()
-        upgrade(self.url)
+        if migrate:
+            upgrade(self.url)
 
     def truncate(self) -> None:
         engine = create_engine(self.url)

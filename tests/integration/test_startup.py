@@ -6,14 +6,18 @@ import base64
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
+from app.migrate import upgrade
 from app.models import Base
+from tests.conftest import PostgresDatabase, postgres_admin_url
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = base64.b64encode(b"z" * 32).decode()
@@ -145,3 +149,41 @@ def test_models_and_migrations_agree(database_url: str) -> None:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+OLD_HEADS = ("0003_lifecycle", "0004_mfa", "0005_api", "0006_connectors", "0007_oauth", "0009_dialogs")
+_SECRET_ROW = text(
+    "INSERT INTO secrets (owner_type, owner_id, field, key_id, version, wrapped_key, ciphertext, created_at, "
+    "updated_at) VALUES ('connected_account', 1, 'api_key', 'k1', 1, :b, :b, :at, :at)"
+)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_upgrading_retires_duplicate_current_secrets_then_refuses_new_ones(tmp_path: Path, backend: str) -> None:
+    """A database at the feature heads that holds two current values for one secret (the race the unique
+    index now prevents) upgrades: the newest stays current, the older is kept for rollback."""
+    pg: PostgresDatabase | None = None
+    if backend == "postgres":
+        pg = PostgresDatabase(postgres_admin_url())
+        pg.create(migrate=False)
+        url = pg.url
+    else:
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    try:
+        for head in OLD_HEADS:
+            upgrade(url, head)
+        at = datetime(2026, 1, 1)
+        with engine.begin() as conn:
+            conn.execute(_SECRET_ROW, {"b": b"\x00", "at": at})
+            conn.execute(_SECRET_ROW, {"b": b"\x01", "at": at})
+        upgrade(url)
+        with engine.begin() as conn:
+            rows = conn.execute(text("SELECT id, retired_at, purge_after FROM secrets ORDER BY id")).all()
+        assert [(r.retired_at is None, r.purge_after is None) for r in rows] == [(False, False), (True, True)]
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(_SECRET_ROW, {"b": b"\x02", "at": at})
+    finally:
+        engine.dispose()
+        if pg is not None:
+            pg.drop()
