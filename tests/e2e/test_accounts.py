@@ -1,5 +1,6 @@
 """Connected accounts in real Chromium: an admin adds an OpenAI account (against the OpenAI stand-in) and an
-SMTP account (against a real aiosmtpd with STARTTLS + AUTH), tests, saves, replaces and deletes each.
+SMTP account (against a real aiosmtpd with STARTTLS + AUTH), tests, saves, replaces and deletes each; and an
+SMTP account that logs in with XOAUTH2, with a token the real OpenID provider issued and refreshes.
 
 Every HTML response the browser receives (pages and htmx fragments) and every log line of the run is kept
 and scanned at the end: no secret value typed during the test may appear in any of them. The secure dialog
@@ -16,16 +17,21 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from playwright.sync_api import Page, Response, expect
+from sqlalchemy import select
 
 from app.auth import users
 from app.extensions import get_cipher, get_database, get_settings
+from app.models import User
+from app.oauth.connections import load_tokens
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
 from tests.e2e.conftest import assert_no_console_errors
 from tests.support.accounts import make_config
 from tests.support.live import LiveServer
-from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, SmtpServer, TlsFiles
+from tests.support.op import OPClient, OpenIDProvider, running_op
+from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, SmtpServer, TlsFiles, run_smtp_server
 from tests.support.vendors import OpenAI
+from tests.support.xoauth2 import MAILBOX, mailbox_account, opens_mailbox
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 
@@ -58,7 +64,7 @@ class Recorder:
             self.bodies.append((response.url, response.text()))
 
     def assert_clean(self, secrets: list[str]) -> None:
-        assert len(self.bodies) > 10 and self.records, "the scan saw nothing: the recorder is not wired up"
+        assert len(self.bodies) >= 5 and self.records, "the scan saw nothing: the recorder is not wired up"
         lines = [record.getMessage() for record in self.records]
         for secret in secrets:
             for url, body in self.bodies:
@@ -245,3 +251,54 @@ def test_admin_adds_tests_saves_replaces_and_deletes_an_smtp_account(
     expect(page.get_by_text("Deleted “Notifications” and its stored secrets.")).to_be_visible()
     assert_no_console_errors(page)
     recorder.assert_clean([SMTP_PASSWORD, wrong])
+
+
+@pytest.fixture(scope="module")
+def op() -> Iterator[OpenIDProvider]:
+    with running_op(clients=[OPClient("ami-auth", "op-secret")], rotateRefreshToken=True) as provider:
+        yield provider
+
+
+def test_admin_sets_up_an_smtp_account_that_logs_in_with_xoauth2(
+    live: LiveServer, page: Page, smtp_tls_files: TlsFiles, op: OpenIDProvider, recorder: Recorder
+) -> None:
+    _sign_in_admin(live.app, page, live.url)
+    with live.app.app_context():
+        db = get_database(live.app).session()
+        admin = db.scalars(select(User).where(User.email == ADMIN)).one()
+        oauth_id = mailbox_account(live.app, db, op, admin.id)
+    with run_smtp_server(smtp_tls_files, xoauth2=opens_mailbox(op)) as server:
+        _config(live.app, "smtp", {"host": server.host, "port": server.port, "security": "starttls"}, "Workspace")
+        page.goto(live.url + "/admin/accounts/new")
+        page.get_by_role("link", name="Workspace").click()
+        oauth_field = page.get_by_label("OAuth account")
+        expect(oauth_field).to_be_hidden()  # only for XOAUTH2
+        page.get_by_label("Label").fill("Workspace mail")
+        page.get_by_label("From address").fill("mailer@example.com")
+        page.get_by_label("User name").fill(MAILBOX)
+        page.get_by_label("Authentication").select_option("XOAUTH2")
+        expect(oauth_field).to_be_visible()
+        # The field offers the admin's connected account by id and name.
+        options = page.locator("#oauth_account_id-options option")
+        expect(options).to_have_count(1)
+        expect(options.first).to_have_attribute("value", str(oauth_id))
+        expect(options.first).to_have_attribute("label", re.compile(rf"#{oauth_id} {re.escape(MAILBOX)} · Corp ID"))
+        oauth_field.fill(str(oauth_id))
+        page.get_by_role("button", name="Continue to the secret").click()
+
+        # No password to type: the test logs in with the account's token (refreshed at the OP first).
+        expect(page.get_by_label("Password")).to_have_count(0)
+        page.get_by_role("button", name="Test connection").click()
+        expect(page.locator("#test-result .test-result")).to_have_attribute("data-code", "ok")
+        expect(page.locator("#test-result")).to_contain_text(f"XOAUTH2 as {MAILBOX}")
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_role("heading", name="Workspace mail")).to_be_visible()
+        page.get_by_role("button", name="Send a test mail to me").click()
+        expect(page.get_by_text(f"Test mail sent to {ADMIN}.")).to_be_visible()
+        assert "SMTP test" in str(server.wait_for(ADMIN)["Subject"])
+        assert server.logins and set(server.logins) == {f"XOAUTH2:{MAILBOX}"}
+    with live.app.app_context():
+        tokens = load_tokens(get_database(live.app).session(), get_cipher(live.app), oauth_id)
+    assert tokens is not None and tokens.access_token != "stale" and tokens.refresh_token is not None
+    assert_no_console_errors(page)
+    recorder.assert_clean([tokens.access_token, tokens.refresh_token])

@@ -13,7 +13,6 @@ from datetime import timedelta
 from html import unescape
 from pathlib import Path
 
-import httpx
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -22,18 +21,17 @@ from sqlalchemy.orm import Session
 
 from app.connectors.mailer import Mailer
 from app.extensions import get_cipher, get_database
-from app.models import AuditEvent, ConnectedAccount, utcnow
+from app.models import AuditEvent, utcnow
 from app.oauth.connections import load_tokens, save_tokens
 from app.oauth.tokens import TokenSet
 from app.settings import Settings
 from tests.conftest import UserFactory, make_settings, sign_in
 from tests.support.accounts import blamed_fields, csrf_of, make_account, make_config, post_dialog, reload, result_code
-from tests.support.oauth_app import create_config, generic_values
 from tests.support.op import OPClient, OpenIDProvider, running_op
-from tests.support.smtp import SmtpServer, TlsFiles, TokenCheck, run_smtp_server
+from tests.support.smtp import SmtpServer, TlsFiles, run_smtp_server
+from tests.support.xoauth2 import MAILBOX, mailbox_account, opens_mailbox
 
 ADMIN = "admin@example.com"
-MAILBOX = "alice@example.test"  # the OP's generated claims for login "alice"
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +40,9 @@ def op() -> Iterator[OpenIDProvider]:
         yield provider
 
 
-def _opens_mailbox(op: OpenIDProvider) -> TokenCheck:
-    """The mail server's check: the provider's userinfo for this bearer token names this mailbox."""
-    userinfo = httpx.get(op.discovery_url, timeout=5.0).json()["userinfo_endpoint"]
-
-    def check(user: str, token: str) -> bool:
-        response = httpx.get(userinfo, headers={"Authorization": f"Bearer {token}"}, timeout=5.0)
-        return response.status_code == 200 and response.json().get("email") == user
-
-    return check
-
-
 @pytest.fixture
 def xoauth2_server(smtp_tls_files: TlsFiles, op: OpenIDProvider) -> Iterator[SmtpServer]:
-    with run_smtp_server(smtp_tls_files, xoauth2=_opens_mailbox(op)) as server:
+    with run_smtp_server(smtp_tls_files, xoauth2=opens_mailbox(op)) as server:
         yield server
 
 
@@ -68,28 +55,6 @@ def settings(tmp_path: Path, database_url: str, smtp_tls_files: TlsFiles) -> Set
         AMI_AUTH_OUTBOUND_RETRIES="0",
         AMI_AUTH_SMTP_CA_FILE=str(smtp_tls_files.ca_file),
     )
-
-
-def _oauth_account(
-    app: Flask, db: Session, op: OpenIDProvider, user_id: int, *, expired: bool = True, config_name: str = "Corp ID"
-) -> int:
-    """A connected OIDC account holding a real refresh token for alice (scope includes email)."""
-    config_id = create_config(app, "generic_oidc", config_name, generic_values(op.issuer, op.client))
-    [refresh_token] = op.mint_refresh_tokens(1, scope="openid offline_access email")
-    expires = utcnow() + (timedelta(minutes=-5) if expired else timedelta(hours=1))
-    account = ConnectedAccount(
-        provider_config_id=config_id,
-        user_id=user_id,
-        label=MAILBOX,
-        subject="alice",
-        scopes=["openid", "offline_access", "email"],
-        expires_at=expires,
-    )
-    db.add(account)
-    db.flush()
-    save_tokens(db, get_cipher(app), account.id, TokenSet("stale", expires_at=expires, refresh_token=refresh_token))
-    db.commit()
-    return account.id
 
 
 def _smtp_account(app: Flask, db: Session, server: SmtpServer, oauth_account_id: int, username: str = MAILBOX) -> int:
@@ -120,7 +85,7 @@ def test_xoauth2_logs_in_with_the_refreshed_token_and_sends_mail(
     xoauth2_server: SmtpServer,
 ) -> None:
     admin_id = _admin(client, make_user)
-    oauth_id = _oauth_account(app, db, op, admin_id)
+    oauth_id = mailbox_account(app, db, op, admin_id)
     smtp_id = _smtp_account(app, db, xoauth2_server, oauth_id)
     op.reset_counts()
 
@@ -162,7 +127,7 @@ def test_a_token_for_another_mailbox_is_refused_on_the_oauth_account_field(
     xoauth2_server: SmtpServer,
 ) -> None:
     admin_id = _admin(client, make_user)
-    oauth_id = _oauth_account(app, db, op, admin_id, expired=True)
+    oauth_id = mailbox_account(app, db, op, admin_id, expired=True)
     smtp_id = _smtp_account(app, db, xoauth2_server, oauth_id, username="bob@example.test")
     _status, panel = post_dialog(client, smtp_id, {}, test=True, htmx=True)
     assert result_code(panel) == "invalid_credentials", panel
@@ -185,7 +150,7 @@ def test_a_missing_or_disconnected_oauth_account_is_named_on_its_field(
     assert "no admin's connected Google, Microsoft or OpenID account with id 424242" in unescape(panel)
     assert list(blamed_fields(panel)) == ["oauth_account_id"]
 
-    oauth_id = _oauth_account(app, db, op, admin_id, expired=False)
+    oauth_id = mailbox_account(app, db, op, admin_id, expired=False)
     reload(app, db, oauth_id).status = "consent_required"
     db.commit()
     smtp_id = _smtp_account(app, db, xoauth2_server, oauth_id)
@@ -194,7 +159,7 @@ def test_a_missing_or_disconnected_oauth_account_is_named_on_its_field(
     assert "needs to be reconnected" in panel and list(blamed_fields(panel)) == ["oauth_account_id"]
     # A member's own connected account never sends the app's mail, even with a valid token.
     member = make_user("member@example.com")
-    members = _oauth_account(app, db, op, member.id, expired=False, config_name="Corp ID (members)")
+    members = mailbox_account(app, db, op, member.id, expired=False, config_name="Corp ID (members)")
     smtp_id = _smtp_account(app, db, xoauth2_server, members)
     _status, panel = post_dialog(client, smtp_id, {}, test=True, htmx=True)
     assert result_code(panel) == "invalid_config" and list(blamed_fields(panel)) == ["oauth_account_id"]
@@ -205,9 +170,9 @@ def test_the_account_form_offers_the_admins_oauth_accounts(
     app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, op: OpenIDProvider
 ) -> None:
     admin_id = _admin(client, make_user)
-    oauth_id = _oauth_account(app, db, op, admin_id, expired=False)
+    oauth_id = mailbox_account(app, db, op, admin_id, expired=False)
     member = make_user("member@example.com")
-    hidden = _oauth_account(app, db, op, member.id, expired=False, config_name="Corp ID (members)")
+    hidden = mailbox_account(app, db, op, member.id, expired=False, config_name="Corp ID (members)")
     settings = app.extensions["ami_settings"]
     cfg = make_config(db, get_cipher(app), settings, "smtp", {"host": "127.0.0.1", "port": 2525})
     page = client.get(f"/admin/accounts/new/{cfg.id}").get_data(as_text=True)
@@ -226,7 +191,7 @@ def test_a_refresh_the_provider_refuses_is_reported_and_the_account_marked(
     xoauth2_server: SmtpServer,
 ) -> None:
     admin_id = _admin(client, make_user)
-    oauth_id = _oauth_account(app, db, op, admin_id)
+    oauth_id = mailbox_account(app, db, op, admin_id)
     # Another client's refresh token: the OP answers invalid_grant.
     save_tokens(
         db,
