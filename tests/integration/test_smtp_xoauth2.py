@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -41,12 +43,6 @@ def op() -> Iterator[OpenIDProvider]:
 
 
 @pytest.fixture
-def xoauth2_server(smtp_tls_files: TlsFiles, op: OpenIDProvider) -> Iterator[SmtpServer]:
-    with run_smtp_server(smtp_tls_files, xoauth2=opens_mailbox(op)) as server:
-        yield server
-
-
-@pytest.fixture
 def settings(tmp_path: Path, database_url: str, smtp_tls_files: TlsFiles) -> Settings:
     return make_settings(
         tmp_path,
@@ -57,43 +53,62 @@ def settings(tmp_path: Path, database_url: str, smtp_tls_files: TlsFiles) -> Set
     )
 
 
-def _smtp_account(app: Flask, db: Session, server: SmtpServer, oauth_account_id: int, username: str = MAILBOX) -> int:
-    settings = app.extensions["ami_settings"]
-    values = {"host": server.host, "port": server.port}
-    cfg = make_config(db, get_cipher(app), settings, "smtp", values, name=f"SMTP for account {oauth_account_id}")
-    values = {
-        "from_address": "mailer@example.com",
-        "username": username,
-        "auth_mechanism": "XOAUTH2",
-        "oauth_account_id": oauth_account_id,
-    }
-    return make_account(db, cfg, values, label="Mail via OAuth").id
+@dataclass
+class World:
+    """The app with a signed-in admin, the OP, and an SMTP server that takes XOAUTH2 tokens the OP vouches for."""
+
+    app: Flask
+    client: FlaskClient
+    db: Session
+    op: OpenIDProvider
+    server: SmtpServer
+    make_user: UserFactory
+    admin_id: int
+
+    def mailbox(self, user_id: int | None = None, **options: Any) -> int:
+        """A connected OIDC account (the admin's unless ``user_id``) holding a real refresh token for alice."""
+        return mailbox_account(self.app, self.db, self.op, self.admin_id if user_id is None else user_id, **options)
+
+    def smtp_account(self, oauth_account_id: int, username: str = MAILBOX) -> int:
+        settings = self.app.extensions["ami_settings"]
+        server = {"host": self.server.host, "port": self.server.port}
+        name = f"SMTP for account {oauth_account_id}"
+        cfg = make_config(self.db, get_cipher(self.app), settings, "smtp", server, name=name)
+        values = {
+            "from_address": "mailer@example.com",
+            "username": username,
+            "auth_mechanism": "XOAUTH2",
+            "oauth_account_id": oauth_account_id,
+        }
+        return make_account(self.db, cfg, values, label="Mail via OAuth").id
+
+    def test_connection(self, smtp_id: int) -> str:
+        """Press Test connection in the account's secure dialog; the result panel's HTML."""
+        _status, panel = post_dialog(self.client, smtp_id, {}, test=True, htmx=True)
+        return panel
 
 
-def _admin(client: FlaskClient, make_user: UserFactory) -> int:
+@pytest.fixture
+def world(
+    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, op: OpenIDProvider, smtp_tls_files: TlsFiles
+) -> Iterator[World]:
     admin = make_user(ADMIN, role="admin")
     assert sign_in(client, ADMIN).status_code == 302
-    return admin.id
+    with run_smtp_server(smtp_tls_files, xoauth2=opens_mailbox(op)) as server:
+        yield World(app, client, db, op, server, make_user, admin.id)
 
 
-def test_xoauth2_logs_in_with_the_refreshed_token_and_sends_mail(
-    app: Flask,
-    client: FlaskClient,
-    db: Session,
-    make_user: UserFactory,
-    op: OpenIDProvider,
-    xoauth2_server: SmtpServer,
-) -> None:
-    admin_id = _admin(client, make_user)
-    oauth_id = mailbox_account(app, db, op, admin_id)
-    smtp_id = _smtp_account(app, db, xoauth2_server, oauth_id)
+def test_xoauth2_logs_in_with_the_refreshed_token_and_sends_mail(world: World) -> None:
+    app, client, db, op, server = world.app, world.client, world.db, world.op, world.server
+    oauth_id = world.mailbox()
+    smtp_id = world.smtp_account(oauth_id)
     op.reset_counts()
 
     # Test connection: the expired token is refreshed at the OP first, then the server accepts it.
-    _status, panel = post_dialog(client, smtp_id, {}, test=True, htmx=True)
+    panel = world.test_connection(smtp_id)
     assert result_code(panel) == "ok", panel
     assert f"XOAUTH2 as {MAILBOX}" in panel
-    assert xoauth2_server.logins == [f"XOAUTH2:{MAILBOX}"]
+    assert server.logins == [f"XOAUTH2:{MAILBOX}"]
     assert op.grant_count("refresh_token") == 1
     stored = load_tokens(db, get_cipher(app), oauth_id)
     assert stored is not None and stored.access_token != "stale"
@@ -109,7 +124,7 @@ def test_xoauth2_logs_in_with_the_refreshed_token_and_sends_mail(
     assert on.status_code == 302
     with Session(get_database(app).engine) as mailer_db:
         Mailer(mailer_db, app.extensions["ami_settings"]).send("someone@example.com", "Hello", "via XOAUTH2")
-    message = xoauth2_server.wait_for("someone@example.com")
+    message = server.wait_for("someone@example.com")
     assert str(message["Subject"]) == "Hello" and str(message["From"]) == "mailer@example.com"
     # The fresh token is reused, not refreshed again; every hand-out is audited, without the token.
     assert op.grant_count("refresh_token") == 1
@@ -118,91 +133,55 @@ def test_xoauth2_logs_in_with_the_refreshed_token_and_sends_mail(
     assert all(stored.access_token not in str(e.details) for e in events)
 
 
-def test_a_token_for_another_mailbox_is_refused_on_the_oauth_account_field(
-    app: Flask,
-    client: FlaskClient,
-    db: Session,
-    make_user: UserFactory,
-    op: OpenIDProvider,
-    xoauth2_server: SmtpServer,
-) -> None:
-    admin_id = _admin(client, make_user)
-    oauth_id = mailbox_account(app, db, op, admin_id, expired=True)
-    smtp_id = _smtp_account(app, db, xoauth2_server, oauth_id, username="bob@example.test")
-    _status, panel = post_dialog(client, smtp_id, {}, test=True, htmx=True)
+def test_a_token_for_another_mailbox_is_refused_on_the_oauth_account_field(world: World) -> None:
+    smtp_id = world.smtp_account(world.mailbox(expired=True), username="bob@example.test")
+    panel = world.test_connection(smtp_id)
     assert result_code(panel) == "invalid_credentials", panel
     assert list(blamed_fields(panel)) == ["oauth_account_id"]
-    assert xoauth2_server.logins == []
+    assert world.server.logins == []
 
 
-def test_a_missing_or_disconnected_oauth_account_is_named_on_its_field(
-    app: Flask,
-    client: FlaskClient,
-    db: Session,
-    make_user: UserFactory,
-    op: OpenIDProvider,
-    xoauth2_server: SmtpServer,
-) -> None:
-    admin_id = _admin(client, make_user)
-    missing = _smtp_account(app, db, xoauth2_server, 424242)
-    _status, panel = post_dialog(client, missing, {}, test=True, htmx=True)
+def test_a_missing_or_disconnected_oauth_account_is_named_on_its_field(world: World) -> None:
+    panel = world.test_connection(world.smtp_account(424242))
     assert result_code(panel) == "invalid_config"
     assert "no admin's connected Google, Microsoft or OpenID account with id 424242" in unescape(panel)
     assert list(blamed_fields(panel)) == ["oauth_account_id"]
 
-    oauth_id = mailbox_account(app, db, op, admin_id, expired=False)
-    reload(app, db, oauth_id).status = "consent_required"
-    db.commit()
-    smtp_id = _smtp_account(app, db, xoauth2_server, oauth_id)
-    _status, panel = post_dialog(client, smtp_id, {}, test=True, htmx=True)
+    oauth_id = world.mailbox(expired=False)
+    reload(world.app, world.db, oauth_id).status = "consent_required"
+    world.db.commit()
+    panel = world.test_connection(world.smtp_account(oauth_id))
     assert result_code(panel) == "consent_required"
     assert "needs to be reconnected" in panel and list(blamed_fields(panel)) == ["oauth_account_id"]
     # A member's own connected account never sends the app's mail, even with a valid token.
-    member = make_user("member@example.com")
-    members = mailbox_account(app, db, op, member.id, expired=False, config_name="Corp ID (members)")
-    smtp_id = _smtp_account(app, db, xoauth2_server, members)
-    _status, panel = post_dialog(client, smtp_id, {}, test=True, htmx=True)
+    member = world.make_user("member@example.com")
+    members = world.mailbox(member.id, expired=False, config_name="Corp ID (members)")
+    panel = world.test_connection(world.smtp_account(members))
     assert result_code(panel) == "invalid_config" and list(blamed_fields(panel)) == ["oauth_account_id"]
-    assert xoauth2_server.logins == []
+    assert world.server.logins == []
 
 
-def test_the_account_form_offers_the_admins_oauth_accounts(
-    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, op: OpenIDProvider
-) -> None:
-    admin_id = _admin(client, make_user)
-    oauth_id = mailbox_account(app, db, op, admin_id, expired=False)
-    member = make_user("member@example.com")
-    hidden = mailbox_account(app, db, op, member.id, expired=False, config_name="Corp ID (members)")
-    settings = app.extensions["ami_settings"]
-    cfg = make_config(db, get_cipher(app), settings, "smtp", {"host": "127.0.0.1", "port": 2525})
-    page = client.get(f"/admin/accounts/new/{cfg.id}").get_data(as_text=True)
+def test_the_account_form_offers_the_admins_oauth_accounts(world: World) -> None:
+    oauth_id = world.mailbox(expired=False)
+    member = world.make_user("member@example.com")
+    hidden = world.mailbox(member.id, expired=False, config_name="Corp ID (members)")
+    settings = world.app.extensions["ami_settings"]
+    cfg = make_config(world.db, get_cipher(world.app), settings, "smtp", {"host": "127.0.0.1", "port": 2525})
+    page = world.client.get(f"/admin/accounts/new/{cfg.id}").get_data(as_text=True)
     options = re.search(r'<datalist id="oauth_account_id-options">(.*?)</datalist>', page, re.S)
     assert options is not None and 'list="oauth_account_id-options"' in page
     assert f'value="{oauth_id}"' in options.group(1) and f"#{oauth_id} {MAILBOX} · Corp ID (active)" in options.group(1)
     assert f'value="{hidden}"' not in options.group(1)
 
 
-def test_a_refresh_the_provider_refuses_is_reported_and_the_account_marked(
-    app: Flask,
-    client: FlaskClient,
-    db: Session,
-    make_user: UserFactory,
-    op: OpenIDProvider,
-    xoauth2_server: SmtpServer,
-) -> None:
-    admin_id = _admin(client, make_user)
-    oauth_id = mailbox_account(app, db, op, admin_id)
-    # Another client's refresh token: the OP answers invalid_grant.
-    save_tokens(
-        db,
-        get_cipher(app),
-        oauth_id,
-        TokenSet("stale", expires_at=utcnow() - timedelta(minutes=1), refresh_token="not-a-token-the-op-issued"),
-    )
-    db.commit()
-    smtp_id = _smtp_account(app, db, xoauth2_server, oauth_id)
-    _status, panel = post_dialog(client, smtp_id, {}, test=True, htmx=True)
+def test_a_refresh_the_provider_refuses_is_reported_and_the_account_marked(world: World) -> None:
+    oauth_id = world.mailbox()
+    # A refresh token the OP never issued: it answers invalid_grant.
+    expired = TokenSet("stale", expires_at=utcnow() - timedelta(minutes=1), refresh_token="not-a-token-the-op-issued")
+    save_tokens(world.db, get_cipher(world.app), oauth_id, expired)
+    world.db.commit()
+    panel = world.test_connection(world.smtp_account(oauth_id))
     assert result_code(panel) == "consent_required", panel
     assert list(blamed_fields(panel)) == ["oauth_account_id"]
-    assert reload(app, db, oauth_id).status == "consent_required"
-    assert xoauth2_server.logins == []
+    assert reload(world.app, world.db, oauth_id).status == "consent_required"
+    assert world.server.logins == []
