@@ -30,6 +30,7 @@ from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_respon
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.models import ConnectedAccount, utcnow
+from app.models.base import ID_MAX
 from app.oauth.glue import OAuthRuntime, runtime
 from app.providers.types import AuthProviderType
 
@@ -191,9 +192,9 @@ DELETE_RESULT = component(
     },
 )
 ACCOUNT_ID_PARAM: Final = {
-    "account_id": ({"type": "integer", "minimum": 1, "maximum": bodies.ID_MAX}, "The connected account's id."),
+    "account_id": ({"type": "integer", "minimum": 1, "maximum": ID_MAX}, "The connected account's id."),
 }
-_ID: Final[JSONSchema] = {"type": "integer", "minimum": 1, "maximum": bodies.ID_MAX}
+_ID: Final[JSONSchema] = {"type": "integer", "minimum": 1, "maximum": ID_MAX}
 
 
 def _margin() -> timedelta:
@@ -261,7 +262,7 @@ def list_accounts() -> Response:
     now = utcnow()
     margin = _margin()
     # Ids stop at ID_MAX (a 32-bit column), so a larger cursor is past the end; clamping keeps it in range.
-    after = min(int(raw_cursor), bodies.ID_MAX) if raw_cursor is not None else None
+    after = min(int(raw_cursor), ID_MAX) if raw_cursor is not None else None
     page = list_page(db, filters, now=now, margin=margin, limit=limit, after=after)
     return json_response(
         {"accounts": [snapshot(a, now, margin) for a in page.accounts], "next_cursor": page.next_cursor}

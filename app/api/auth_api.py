@@ -20,14 +20,13 @@ from app.auth.sessions import SessionUser
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.models import User, UserSession, utcnow
+from app.models.base import ID_MAX
 from app.settings import Settings
 
 bp = api_blueprint("api_auth", __name__)
 
 TAGS: Final = ("sessions",)
 _USER_ID: Final = re.compile(r"[0-9]{1,10}")
-# Ids are 32-bit integers in PostgreSQL; a larger number would fail in the database, not as a 422.
-ID_MAX: Final = 2**31 - 1
 _PUBLIC_ID: Final = re.compile(r"[0-9a-f]{16}")
 
 USER = component(

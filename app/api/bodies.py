@@ -14,9 +14,8 @@ from typing import Any, Final
 from flask import request
 
 from app.errors import AppError
+from app.models.base import ID_MAX
 
-# Ids are 32-bit integers in PostgreSQL; a larger number would fail in the database, not as a 422.
-ID_MAX: Final = 2**31 - 1
 _DIGITS: Final = re.compile(r"[0-9]{1,10}")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 

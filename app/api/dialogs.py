@@ -19,12 +19,13 @@ from app.api.registry import DATETIME, JSONSchema, component, document, settings
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response, principal
 from app.errors import AppError
 from app.extensions import db_session, get_settings
+from app.models.base import ID_MAX
 from app.models.dialogs import DialogKind
 
 bp = api_blueprint("api_dialogs", __name__)
 
 RETURN_TO = settings_component("DialogReturnTo", dialog_links.return_to_schema)
-_ID: Final[JSONSchema] = {"type": "integer", "minimum": 1, "maximum": bodies.ID_MAX}
+_ID: Final[JSONSchema] = {"type": "integer", "minimum": 1, "maximum": ID_MAX}
 _DESCRIPTIONS: Final[dict[DialogKind, str]] = {
     "add_account": "Add an account to an enabled API-key or SMTP provider config: its fields and its secret. "
     "Scope `accounts:write`.",

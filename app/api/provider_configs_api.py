@@ -33,6 +33,7 @@ from app.connectors.verify import connectivity_test
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
 from app.models import ConnectedAccount, ProviderConfig
+from app.models.base import ID_MAX
 from app.net import get_client
 from app.providers import configs
 from app.providers.entries import ProviderEntry
@@ -155,7 +156,7 @@ UPDATE_REQUEST = component(
     },
 )
 CONFIG_ID_PARAM: Final = {
-    "config_id": ({"type": "integer", "minimum": 1, "maximum": bodies.ID_MAX}, "The provider config's id."),
+    "config_id": ({"type": "integer", "minimum": 1, "maximum": ID_MAX}, "The provider config's id."),
 }
 _DESCRIPTION_COMMON: Final = (
     " Secret fields are refused (`validation_failed` on `config.<field>`): " + SECRET_HINT + " Problems with a "

@@ -25,7 +25,7 @@ from app.connectors.headers import OWNER, account_values, load_secrets
 from app.connectors.verify import Verification, verify_account
 from app.errors import AppError
 from app.models import ConnectedAccount, ProviderConfig, StoredSecret
-from app.models.base import utcnow
+from app.models.base import ID_MAX, utcnow
 from app.net import OutboundClient
 from app.providers import configs
 from app.providers.entries import ProviderEntry
@@ -100,10 +100,6 @@ def list_accounts(db: Session) -> list[ConnectedAccount]:
     """API-key and SMTP accounts (OAuth sign-in accounts belong to their users and are listed elsewhere)."""
     rows = db.scalars(select(ConnectedAccount).order_by(ConnectedAccount.label, ConnectedAccount.id)).all()
     return [a for a in rows if entry_for(a).auth_mode in CONNECTABLE_MODES]
-
-
-# Primary keys are 32-bit integers on PostgreSQL; a larger id from a URL would be a database error.
-ID_MAX: Final = 2**31 - 1
 
 
 def get_account(db: Session, account_id: int) -> ConnectedAccount:

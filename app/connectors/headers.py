@@ -53,7 +53,7 @@ from app import audit
 from app.connectors.context import ValuesByScope
 from app.errors import AppError
 from app.models import ConnectedAccount, ProviderConfig
-from app.models.base import utcnow
+from app.models.base import ID_MAX, utcnow
 from app.providers.entries import Condition, ProviderEntry
 from app.providers.registry import entry as catalog_entry
 from app.providers.templating import referenced_values_blank, references, render_template_string
@@ -81,8 +81,6 @@ OWNER: Final = "connected_account"
 USE_INTERVAL: Final = timedelta(seconds=60)
 CACHE_TTL: Final = 300.0
 CACHE_MAX: Final = 4096
-# Primary keys are 32-bit integers on PostgreSQL; a larger id would be a database error.
-ID_MAX: Final = 2**31 - 1
 SYSTEM: Final = audit.AuditContext(actor="system")
 
 

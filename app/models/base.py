@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
 from sqlalchemy.engine import Dialect
@@ -16,6 +16,11 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# Primary keys are 32-bit integers (PostgreSQL ``integer``): a larger id from a URL or a body would fail in
+# the database, so every lookup by an outside id checks it against this first.
+ID_MAX: Final = 2**31 - 1
 
 
 def utcnow() -> datetime:
