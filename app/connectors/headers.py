@@ -273,16 +273,24 @@ def _check_state(provider: ProviderEntry, config_enabled: bool, config_name: str
         )
 
 
+def _cached(state: _State, account_id: int, key: tuple[Any, ...]) -> RequestAuth | None:
+    """The cached result for the account, if it was rendered from rows with this key and is still fresh."""
+    with state.lock:
+        hit = state.cache.get(account_id)
+    if hit is not None and hit[0] == key and hit[1] > time.monotonic():
+        return hit[2]
+    return None
+
+
 def _resolve(db: Session, cipher: Cipher, account: ConnectedAccount, environ: Mapping[str, str] | None) -> RequestAuth:
     provider = catalog_entry(account.provider_config.provider_type)
     _check_usable(provider, account)
     state = _state(db)
     key = _cache_key(account)
+    hit = _cached(state, account.id, key) if environ is None else None
+    if hit is not None:
+        return hit
     now = time.monotonic()
-    with state.lock:
-        hit = state.cache.get(account.id)
-    if hit is not None and hit[0] == key and hit[1] > now and environ is None:
-        return hit[2]
     values = account_values(provider, account)
     result = render_auth(provider, values, load_secrets(db, cipher, provider, account.id, environ))
     if environ is None:
@@ -417,11 +425,9 @@ def disclose(
         raise AppError("not_found", "There is no such connected account.")
     _check_state(provider, row.enabled, row.name, row.status)
     key = (row.updated_at, row.rotated_at, row.provider_config_id, row.config_updated_at)
-    state = _state(db)
-    with state.lock:
-        hit = state.cache.get(account_id)
-    if hit is not None and hit[0] == key and hit[1] > time.monotonic():
-        return _used(db, account_id, None, hit[2], ctx, True, now)
+    hit = _cached(_state(db), account_id, key)
+    if hit is not None:
+        return _used(db, account_id, None, hit, ctx, True, now)
     account = db.get(ConnectedAccount, account_id)
     if account is None:
         raise AppError("not_found", "There is no such connected account.")
