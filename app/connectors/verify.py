@@ -87,6 +87,14 @@ def connectivity_test(
             assert_never(provider.id)
 
 
+def _failed(error: AppError, fallback_field: str | None = None) -> ConnectionTest:
+    """A failed config test: the error's text and hint, and the config field it names (else the fallback)."""
+    blamed = next(iter(error.fields), None) or fallback_field
+    return ConnectionTest(
+        "failed", f"{error.text} {error.help}", error.code, blamed.removeprefix("config.") if blamed else None
+    )
+
+
 def _oidc_config_test(
     client: OutboundClient, provider: ProviderEntry, config: Mapping[str, Any], secrets: Mapping[str, Secret | None]
 ) -> ConnectionTest:
@@ -95,17 +103,12 @@ def _oidc_config_test(
 
     report = test_connection(client, provider, config, secrets)
     if report.error is not None:
-        blamed = next(iter(report.error.fields), None)
-        if blamed is None and report.error.code in ("provider_unreachable", "invalid_config"):
+        source = None
+        if report.error.code in ("provider_unreachable", "invalid_config"):
             # Discovery could not be fetched or read: the field it came from (Google's is fixed).
             where = ("discovery_url", "issuer", "tenant")
-            blamed = next((n for n in where if provider.field("config", n) is not None and config.get(n)), None)
-        return ConnectionTest(
-            "failed",
-            f"{report.error.text} {report.error.help}",
-            report.error.code,
-            blamed.removeprefix("config.") if blamed else None,
-        )
+            source = next((n for n in where if provider.field("config", n) is not None and config.get(n)), None)
+        return _failed(report.error, source)
     learned = dict(report.findings)
     if report.notes:
         learned["notes"] = " ".join(report.notes)
@@ -121,11 +124,7 @@ def _smtp_config_test(settings: Settings, config: Mapping[str, Any]) -> Connecti
     try:
         smtp_verify(smtp_target(values, {}, settings))
     except AppError as exc:
-        error = blame(exc, values)
-        blamed = next(iter(error.fields), None)
-        return ConnectionTest(
-            "failed", f"{error.text} {error.help}", error.code, blamed.removeprefix("config.") if blamed else None
-        )
+        return _failed(blame(exc, values))
     return ConnectionTest("ok", "The server answered EHLO, TLS and NOOP; each account's login is checked separately.")
 
 
