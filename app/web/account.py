@@ -127,17 +127,11 @@ def change_password() -> Response | tuple[str, int]:
                 lock = throttle.record_failure(storage, settings, who.user.email, ip, db=db, ctx=audit_ctx())
                 db.commit()
                 error = lock or exc
-            if isinstance(error, throttle.Throttled):
-                error = AppError(
-                    "rate_limited",
-                    error.message,
-                    error.hint,
-                    fields={"current_password": f"{error.text} {error.help}"},
-                    retry_after=error.retry_after,
-                )
-                retry_after = error.retry_after
-            form_errors(error, form)
-            status = error.http_status
+            if isinstance(error, throttle.Throttled):  # the lock's reason goes on the field that was guessed
+                form.current_password.errors = [*form.current_password.errors, f"{error.text} {error.help}"]
+            else:
+                form_errors(error, form)
+            status, retry_after = error.http_status, error.retry_after
         else:
             throttle.record_success(storage, settings, who.user.email, ip)
             others = f" {result.sessions_ended} other session(s) were signed out." if result.sessions_ended else ""
