@@ -10,7 +10,7 @@ Before each login the mailer asks :func:`smtp_access_token` for that account's c
 * a token that expires within :data:`MARGIN` is refreshed first, through the same claimed refresh the job
   and "Refresh now" use (:func:`app.jobs.refresh.refresh_access_token`), so a rotated refresh token is
   stored before it is used and never raced;
-* every hand-out is audited (``account.token.used``, ``details.for = smtp_xoauth2``, the SMTP account).
+* every hand-out is audited (``account.token.used``, ``details.for = smtp_xoauth2``).
 
 The token is read in its own short transaction on the app's engine, never in the caller's: the caller may
 be in the middle of saving a form, and a refresh commits.
