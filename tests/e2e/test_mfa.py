@@ -7,20 +7,20 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pyotp
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from app.auth import totp, users
+from app.auth import users
 from app.extensions import get_database
-from app.models import User, utcnow
+from app.models import User
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
 from tests.e2e.conftest import assert_no_console_errors
 from tests.support.live import LiveServer
+from tests.support.mfa import enrol_totp as support_enrol_totp
 
 
 @pytest.fixture
@@ -67,15 +67,7 @@ def create_user(live: LiveServer, email: str, role: str = "member") -> User:
 
 
 def enrol_totp(live: LiveServer, user: User) -> str:
-    settings: Settings = live.app.extensions["ami_settings"]
-    with live.app.app_context():
-        db = get_database(live.app).session()
-        enrolment = totp.start_enrolment(db, settings, user)
-        secret = enrolment.secret.reveal()
-        earlier = utcnow() - timedelta(minutes=2)
-        totp.confirm_enrolment(db, settings, user, pyotp.TOTP(secret).at(earlier), now=earlier)
-        db.commit()
-        return secret
+    return support_enrol_totp(live.app, live.app.extensions["ami_settings"], user)
 
 
 def shot(page: Page, tmp_path: Path, name: str) -> None:

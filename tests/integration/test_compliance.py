@@ -8,7 +8,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pyotp
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -17,11 +16,11 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.api import compliance, tokens
-from app.auth import mfa, totp
-from app.extensions import get_database
+from app.auth import mfa
 from app.models import AuditEvent, ConnectedAccount, ProviderConfig, ServiceToken, User, utcnow
 from app.settings import Settings, with_overrides
-from tests.conftest import UserFactory, csrf_token, make_settings, sign_in
+from tests.conftest import UserFactory, make_settings, sign_in
+from tests.support.mfa import enrol_totp, sign_in_with_totp
 
 CTX = audit.AuditContext(actor="test")
 
@@ -41,25 +40,6 @@ def _token(db: Session, name: str, *, days_ago: int, used_days_ago: int | None =
     if used_days_ago is not None:
         record.last_used_at = utcnow() - timedelta(days=used_days_ago)
     return record
-
-
-def enrol_totp(app: Flask, settings: Settings, user: User) -> str:
-    """A real authenticator-app factor, confirmed with a code from two minutes ago (current codes stay fresh)."""
-    with app.app_context():
-        db = get_database(app).session()
-        enrolment = totp.start_enrolment(db, settings, user)
-        secret = enrolment.secret.reveal()
-        earlier = utcnow() - timedelta(minutes=2)
-        totp.confirm_enrolment(db, settings, user, pyotp.TOTP(secret).at(earlier), now=earlier)
-        db.commit()
-        return secret
-
-
-def sign_in_with_totp(client: FlaskClient, email: str, secret: str) -> None:
-    assert sign_in(client, email).headers["Location"] == "/signin/mfa"
-    token = csrf_token(client, "/signin/mfa")
-    response = client.post("/signin/mfa/totp", data={"code": pyotp.TOTP(secret).now(), "csrf_token": token})
-    assert response.status_code == 302, response.get_data(as_text=True)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from app.extensions import get_database
 from app.models import AuditEvent, Base, Credential, MfaPolicy, User, UserSession, WebAuthnChallenge, utcnow
 from app.settings import Settings
 from tests.conftest import PASSWORD, UserFactory, csrf_token, make_settings, sign_in
+from tests.support.mfa import enrol_totp
 from tests.support.soft_authenticator import SoftAuthenticator
 
 BASE_URL = "http://localhost:5000"
@@ -35,19 +36,6 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-
-
-def enrol_totp(app: Flask, settings: Settings, user: User) -> str:
-    """Enrol through the logic layer, confirmed with a code from two minutes ago so current codes are fresh."""
-    with app.app_context():
-        db = get_database(app).session()
-        enrolment = totp.start_enrolment(db, settings, user)
-        secret = enrolment.secret.reveal()
-        earlier = utcnow() - timedelta(minutes=2)
-        code = pyotp.TOTP(secret).at(earlier)
-        totp.confirm_enrolment(db, settings, user, code, now=earlier)
-        db.commit()
-        return secret
 
 
 def generate_codes(app: Flask, settings: Settings, user: User) -> list[str]:

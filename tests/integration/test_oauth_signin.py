@@ -5,7 +5,6 @@ with a domain allow-list, and generic claim mapping. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pyotp
 import pytest
@@ -15,11 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
-from app.auth import totp
-from app.extensions import get_database
-from app.models import AuditEvent, OAuthIdentity, User, utcnow
+from app.models import AuditEvent, OAuthIdentity, User
 from app.settings import Settings
 from tests.conftest import PASSWORD, UserFactory
+from tests.support.mfa import enrol_totp
 from tests.support.oauth_app import create_config, follow_callback, generic_values, location, page_csrf
 from tests.support.op import OPClient, OpenIDProvider, op_login, running_op
 
@@ -212,13 +210,7 @@ def test_mfa_still_applies_after_an_oauth_sign_in(
     app: Flask, settings: Settings, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
 ) -> None:
     user = make_user("alice@example.com")
-    with app.app_context():
-        session = get_database(app).session()
-        enrolment = totp.start_enrolment(session, settings, user)
-        secret = enrolment.secret.reveal()
-        earlier = utcnow() - timedelta(minutes=2)
-        totp.confirm_enrolment(session, settings, user, pyotp.TOTP(secret).at(earlier), now=earlier)
-        session.commit()
+    secret = enrol_totp(app, settings, user)
     config_id = _config(app, op, trust_email=True)
     done = _sign_in(client, config_id, "alice")
     assert location(done) == "/signin/mfa"

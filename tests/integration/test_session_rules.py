@@ -12,7 +12,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pyotp
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -25,6 +24,7 @@ from app.extensions import get_database
 from app.models import AuditEvent, Credential, MfaPolicy, User, UserSession, utcnow
 from app.settings import Settings
 from tests.conftest import UserFactory, dispose_app, make_settings, sign_in
+from tests.support.mfa import enrol_totp, sign_in_with_totp
 
 
 @pytest.fixture
@@ -62,27 +62,6 @@ def the_session(db: Session) -> UserSession:
     record = db.scalar(select(UserSession).order_by(UserSession.created_at.desc()))
     assert record is not None
     return record
-
-
-def enrol_totp(app: Flask, settings: Settings, user: User) -> str:
-    """Enrol and confirm a TOTP factor through the logic layer (as another device would); return the secret."""
-    with app.app_context():
-        db = get_database(app).session()
-        enrolment = totp.start_enrolment(db, settings, user)
-        secret = enrolment.secret.reveal()
-        earlier = utcnow() - timedelta(minutes=2)
-        totp.confirm_enrolment(db, settings, user, pyotp.TOTP(secret).at(earlier), now=earlier)
-        db.commit()
-        return secret
-
-
-def sign_in_with_totp(client: FlaskClient, email: str, secret: str) -> None:
-    from tests.conftest import csrf_token
-
-    assert sign_in(client, email).headers["Location"] == "/signin/mfa"
-    token = csrf_token(client, "/signin/mfa")
-    response = client.post("/signin/mfa/totp", data={"code": pyotp.TOTP(secret).now(), "csrf_token": token})
-    assert response.status_code == 302, response.get_data(as_text=True)
 
 
 # --- revocation ---------------------------------------------------------------------------------------------

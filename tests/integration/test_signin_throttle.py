@@ -27,9 +27,10 @@ from app.errors import AppError
 from app.extensions import get_database, get_limit_storage
 from app.models import AuditEvent, User
 from tests.conftest import PASSWORD, csrf_token, make_settings, redis_url
-from tests.integration.test_mfa import enrol_totp, pending_signin, post_code, wrong_code
+from tests.integration.test_mfa import pending_signin, post_code, wrong_code
 from tests.support.limits_storage import close_storage, redis_keys, unique_prefix
 from tests.support.live import free_port
+from tests.support.mfa import enrol_totp
 from tests.support.range_api import RangeApi, range_api
 
 AppFactory = Callable[..., Flask]
