@@ -6,9 +6,7 @@ Runs only when ``AMI_AUTH_TEST_POSTGRES_URL`` names a server we may create datab
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import select, text
@@ -18,6 +16,7 @@ from app.audit import REDACTED, AuditContext, record, verify
 from app.extensions import Database, make_database
 from app.models.audit import AuditEvent
 from tests.conftest import PostgresDatabase, postgres_admin_url
+from tests.support.audit_chain import assert_second_writer_waits_for_the_first, assert_threads_keep_one_chain
 
 pytestmark = pytest.mark.postgres
 
@@ -42,54 +41,11 @@ def database(pg_url: str) -> Iterator[Database]:
 
 
 def test_eight_threads_recording_at_once_keep_one_chain(database: Database) -> None:
-    start = threading.Barrier(8)
-
-    def worker(n: int) -> None:
-        session = database.session()  # scoped_session: one session per thread
-        try:
-            start.wait()
-            for i in range(50):
-                record(session, AuditContext(actor=f"thread{n}"), "test.concurrent", details={"i": i})
-                session.commit()
-        finally:
-            database.remove()
-
-    with ThreadPoolExecutor(8) as pool:
-        for future in [pool.submit(worker, n) for n in range(8)]:
-            future.result()
-
-    with Session(database.engine) as session:
-        result = verify(session, batch=64)
-        assert result.ok, result.problem
-        assert result.checked == 400
-        rows = session.execute(select(AuditEvent.actor, AuditEvent.details)).all()
-    assert sorted((actor, d["i"]) for actor, d in rows) == sorted(
-        (f"thread{n}", i) for n in range(8) for i in range(50)
-    )
+    assert_threads_keep_one_chain(database, 8)
 
 
 def test_a_second_writer_waits_for_the_first_to_commit(database: Database) -> None:
-    session_a = Session(database.engine)
-    hash_a = record(session_a, AuditContext(), "test.first").hash
-    done = threading.Event()
-    prev_hash_b: list[str] = []
-
-    def writer_b() -> None:
-        with Session(database.engine) as session_b:
-            prev_hash_b.append(record(session_b, AuditContext(), "test.second").prev_hash)
-            session_b.commit()
-        done.set()
-
-    thread = threading.Thread(target=writer_b)
-    thread.start()
-    try:
-        assert not done.wait(0.5), "B recorded while A still held the chain lock"
-        session_a.commit()
-        assert done.wait(10)
-    finally:
-        session_a.close()
-        thread.join()
-    assert prev_hash_b == [hash_a]
+    assert_second_writer_waits_for_the_first(database)
 
 
 def test_stored_values_hash_the_same_after_the_round_trip(database: Database) -> None:

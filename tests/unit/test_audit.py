@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +14,7 @@ from uuid import UUID
 
 import pytest
 from flask import Flask
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from app.audit import (
@@ -36,6 +34,7 @@ from app.extensions import Database, get_database, init_database, make_database
 from app.migrate import upgrade
 from app.models.audit import AuditEvent
 from app.settings import load_settings
+from tests.support.audit_chain import assert_second_writer_waits_for_the_first, assert_threads_keep_one_chain
 
 ALICE = AuditContext(actor="alice@example.com", actor_id=7, ip="127.0.0.1", user_agent="pytest")
 
@@ -380,57 +379,11 @@ def test_context_defaults_to_the_system_actor(session: Session) -> None:
 
 
 def test_four_threads_recording_at_once_keep_one_chain(database: Database) -> None:
-    start = threading.Barrier(4)
-
-    def worker(n: int) -> None:
-        session = database.session()  # scoped_session: one session per thread
-        try:
-            start.wait()
-            for i in range(50):
-                record(session, AuditContext(actor=f"thread{n}"), "test.concurrent", details={"i": i})
-                session.commit()
-        finally:
-            database.remove()
-
-    with ThreadPoolExecutor(4) as pool:
-        for future in [pool.submit(worker, n) for n in range(4)]:
-            future.result()
-
-    session = database.session()
-    result = verify(session)
-    assert result.ok, result.problem
-    assert result.checked == 200
-    rows = session.execute(select(AuditEvent.actor, AuditEvent.details)).all()
-    assert sorted((actor, d["i"]) for actor, d in rows) == sorted(
-        (f"thread{n}", i) for n in range(4) for i in range(50)
-    )
+    assert_threads_keep_one_chain(database, 4)
 
 
 def test_a_second_writer_waits_for_the_first_to_commit(database: Database) -> None:
-    """The last hash is read under the write lock, so B chains onto A even though A commits later."""
-    session_a = Session(database.engine)
-    hash_a = record(session_a, ALICE, "test.first").hash
-    done = threading.Event()
-    prev_hash_b: list[str] = []
-
-    def writer_b() -> None:
-        with Session(database.engine) as session_b:
-            prev_hash_b.append(record(session_b, ALICE, "test.second").prev_hash)
-            session_b.commit()
-        done.set()
-
-    thread = threading.Thread(target=writer_b)
-    thread.start()
-    try:
-        assert not done.wait(0.5), "B recorded while A still held the chain lock"
-        session_a.commit()
-        assert done.wait(10)
-    finally:
-        session_a.close()
-        thread.join()
-    assert prev_hash_b == [hash_a]
-    with Session(database.engine) as session:
-        assert verify(session).ok
+    assert_second_writer_waits_for_the_first(database)
 
 
 # --- query -----------------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""The audit chain's concurrency checks, run on SQLite (tests/unit/test_audit.py) and on PostgreSQL
+(tests/integration/test_audit_pg.py): the same assertions against each database's own locking."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit import AuditContext, record, verify
+from app.extensions import Database
+from app.models.audit import AuditEvent
+
+PER_THREAD = 50
+
+
+def assert_threads_keep_one_chain(database: Database, threads: int) -> None:
+    """``threads`` writers record 50 events each, all starting at once: one unbroken chain holds them all."""
+    start = threading.Barrier(threads)
+
+    def worker(n: int) -> None:
+        session = database.session()  # scoped_session: one session per thread
+        try:
+            start.wait()
+            for i in range(PER_THREAD):
+                record(session, AuditContext(actor=f"thread{n}"), "test.concurrent", details={"i": i})
+                session.commit()
+        finally:
+            database.remove()
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(worker, n) for n in range(threads)]:
+            future.result()
+
+    with Session(database.engine) as session:
+        result = verify(session, batch=64)
+        assert result.ok, result.problem
+        assert result.checked == threads * PER_THREAD
+        rows = session.execute(select(AuditEvent.actor, AuditEvent.details)).all()
+    assert sorted((actor, d["i"]) for actor, d in rows) == sorted(
+        (f"thread{n}", i) for n in range(threads) for i in range(PER_THREAD)
+    )
+
+
+def assert_second_writer_waits_for_the_first(database: Database) -> None:
+    """The last hash is read under the write lock, so B chains onto A even though A commits later."""
+    session_a = Session(database.engine)
+    hash_a = record(session_a, AuditContext(actor="alice"), "test.first").hash
+    done = threading.Event()
+    prev_hash_b: list[str] = []
+
+    def writer_b() -> None:
+        with Session(database.engine) as session_b:
+            prev_hash_b.append(record(session_b, AuditContext(actor="alice"), "test.second").prev_hash)
+            session_b.commit()
+        done.set()
+
+    thread = threading.Thread(target=writer_b)
+    thread.start()
+    try:
+        assert not done.wait(0.5), "B recorded while A still held the chain lock"
+        session_a.commit()
+        assert done.wait(10)
+    finally:
+        session_a.close()
+        thread.join()
+    assert prev_hash_b == [hash_a]
+    with Session(database.engine) as session:
+        assert verify(session).ok
