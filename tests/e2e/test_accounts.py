@@ -113,6 +113,10 @@ def _config(app: Flask, provider_id: str, values: dict[str, object], name: str) 
 
 
 def _client_storage(page: Page) -> list[int]:
+    # htmx writes its current path to sessionStorage when it loads and static/js/dialog-storage.js, deferred
+    # after it, removes it: what stays is what the page holds once it has loaded (a loaded machine showed
+    # the moment between the two scripts).
+    page.wait_for_load_state("load")
     counts: list[int] = page.evaluate("() => [window.localStorage.length, window.sessionStorage.length]")
     return counts
 
