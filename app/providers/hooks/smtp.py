@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from app.connectors.context import VerifyContext
 from app.connectors.mailer import SmtpTarget, build_message, smtp_send, smtp_verify
 from app.errors import AppError
+from app.outbound import OutboundGuard
 from app.providers.entries import ProviderEntry
 from app.providers.types import Which
 from app.settings import Settings
@@ -88,6 +89,7 @@ def smtp_target(
         mechanism=cast(Literal["PLAIN", "LOGIN", "XOAUTH2"], mechanism) if username else None,
         oauth_token=token,
         before_send=before_send,
+        guard=OutboundGuard.from_settings(settings),
     )
 
 
