@@ -32,7 +32,6 @@ from tests.support.smtp import (
     run_smtp_server,
 )
 
-
 # The test servers listen on 127.0.0.1, which the outbound guard refuses unless allowed.
 LOCAL = OutboundGuard.from_allow(["127.0.0.1"])
 
