@@ -21,7 +21,8 @@ The rules, in production and everywhere else alike (``AMI_AUTH_OUTBOUND_ALLOW`` 
 2. **Numeric spellings mean what the socket layer makes of them.** ``127.1``, ``2130706433``,
    ``0x7f000001``, ``0177.0.0.1`` and ``0`` are address literals to ``getaddrinfo`` (glibc reads them
    with ``inet_aton``), so the guard reads them the same way (``AI_NUMERICHOST``: no DNS) and vets the
-   address they denote; ``[::1]`` loses its brackets, ``127.0.0.1.`` its trailing dot.
+   address they denote; ``[::1]`` loses its brackets, ``127.0.0.1.`` its trailing dot; ``localhost``,
+   ``localhost.`` and ``*.localhost`` are loopback whatever the resolver says (RFC 6761 §6.3).
 3. **Refused unless allow-listed:** anything the stdlib ``ipaddress`` module does not call globally
    reachable (loopback, private, link-local — cloud metadata at 169.254.169.254 —, CGNAT, documentation,
    ``0.0.0.0/8``…), multicast, unspecified and reserved addresses; IPv6 forms that carry an IPv4 address
@@ -180,6 +181,11 @@ def numeric_address(host: str) -> str | None:
     return str(infos[0][4][0]) if infos else None
 
 
+def _is_localhost(name: str) -> bool:
+    """RFC 6761 §6.3: ``localhost`` and every name under it are the loopback interface, with or without DNS."""
+    return name == "localhost" or name.endswith(".localhost")
+
+
 def _normal_host(host: str) -> str:
     return host.strip().strip("[]").rstrip(".").lower()
 
@@ -254,12 +260,17 @@ class OutboundGuard:
             try:
                 addresses = self.resolver(host, port)
             except (OSError, UnicodeError, ValueError) as exc:
+                if _is_localhost(name) and name not in self.hosts:
+                    raise OutboundBlocked(f"Outbound address not allowed: {host} (loopback)", host=host) from None
                 raise UnresolvedHost(f"DNS lookup failed ({exc})") from exc
             if not addresses:
                 raise UnresolvedHost("DNS lookup returned no address")
         unique = tuple(dict.fromkeys(addresses))
         if name not in self.hosts:
             for address in unique:
+                if _is_localhost(name) and not _unwrap(_parse_address(address)).is_loopback:
+                    # RFC 6761 §6.3: a localhost name is loopback; a resolver saying otherwise is not believed.
+                    raise OutboundBlocked(f"Outbound address not allowed: {host} (loopback)", host=host)
                 self.check_address(host, address)
         return unique
 
