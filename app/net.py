@@ -1,4 +1,4 @@
-"""THE outbound HTTP client: every request the app makes to the outside goes through here.
+"""THE outbound HTTP client: every HTTP request the app makes to the outside goes through here.
 
 Three jobs, in this order of importance:
 
