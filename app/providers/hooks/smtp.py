@@ -1,6 +1,8 @@
 """SMTP accounts: build the mailer's :class:`SmtpTarget` from an account and its config, verify it
-(connect, EHLO, STARTTLS, AUTH, NOOP — app/connectors/mailer.py does the talking), and put each failure on
-the field to blame: a refused login on the password, an unreachable server on the config's host.
+(connect, EHLO, STARTTLS, AUTH, NOOP — app/connectors/mailer.py does the talking, through the outbound guard
+of ``AMI_AUTH_OUTBOUND_ALLOW``), and put each failure on the field to blame: a refused login on the password,
+an unreachable server on the config's host (one answer for every failure before an SMTP greeting: see the
+mailer).
 
 Security ``none`` is refused unless the config's ``allow_insecure`` box is ticked (RFC 8314 §3: clear-text
 submission should not be used). XOAUTH2 sends a connected Google, Microsoft or OpenID account's access
