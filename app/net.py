@@ -1,10 +1,11 @@
-"""THE outbound HTTP client: every request the app makes to the outside goes through here.
+"""THE outbound HTTP client: every HTTP request the app makes to the outside goes through here.
 
 Three jobs, in this order of importance:
 
 1. **SSRF guard.** Provider URLs are typed in by admins (and some come back from providers, e.g. OIDC
-   discovery), so they must not reach the app's own network: loopback, RFC 1918, link-local (cloud
-   metadata at 169.254.169.254), CGNAT, unique-local IPv6 and friends are refused unless listed in
+   discovery), so they must not reach the app's own network. The rules are :mod:`app.outbound`'s (the
+   one guard, shared with SMTP): loopback in any spelling, RFC 1918, link-local (cloud metadata at
+   169.254.169.254), CGNAT, unique-local IPv6 and friends are refused unless listed in
    ``AMI_AUTH_OUTBOUND_ALLOW``. The check runs in a custom httpcore network backend, at the moment a
    socket is opened: the host is resolved once, *every* address is vetted, and the socket connects to
    a vetted address literal. Nothing resolves the name a second time, so DNS rebinding has no window,
@@ -23,15 +24,12 @@ Other modules must not import httpx (ruff bans it); they use :class:`Response`, 
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import logging
 import math
 import random
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
@@ -41,6 +39,7 @@ import httpcore
 import httpx
 
 from app.errors import AppError
+from app.outbound import OutboundBlocked, OutboundGuard, Resolver, UnresolvedHost, blocked_reason
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -67,11 +66,6 @@ Response = httpx.Response
 Auth = httpx.Auth
 BasicAuth = httpx.BasicAuth
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-Resolver = Callable[[str, int], Sequence[str]]
-"""``(host, port) -> addresses``; the default asks the system resolver (``socket.getaddrinfo``)."""
-
 log = logging.getLogger(__name__)
 
 # httpx logs every full URL at INFO (query strings carry API keys) and httpcore logs response headers
@@ -79,7 +73,6 @@ log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
-ALLOW_HINT: Final = "Allow it with AMI_AUTH_OUTBOUND_ALLOW if it is intended"
 SCHEMES: Final = frozenset({"http", "https"})
 # RFC 9110 §9.2.2: a client may repeat these automatically; the server's state ends up the same.
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -87,28 +80,7 @@ IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"
 NOT_TRANSIENT_5XX: Final = frozenset({501, 505})
 USER_AGENT: Final = "ami-auth/0.1"
 
-# Names that cloud providers resolve to their instance metadata service from inside a VM; refused by
-# name so a split-horizon resolver cannot hand out an address we do not recognise as metadata.
-METADATA_HOSTS: Final = frozenset(
-    {"metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal"}
-)
-METADATA_ADDRESSES: Final = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
-_RFC1918: Final = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
-_UNIQUE_LOCAL: Final = ipaddress.IPv6Network("fc00::/7")
-_SHARED_CGNAT: Final = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598
-# These IPv6 prefixes carry an IPv4 address that a gateway will connect to on our behalf.
-_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
-
-
 # --- errors -------------------------------------------------------------------------------------------
-
-
-class OutboundBlocked(AppError):
-    """The URL points somewhere the app must not connect to (internal address, wrong scheme)."""
-
-    def __init__(self, message: str, *, host: str, hint: str = ALLOW_HINT) -> None:
-        super().__init__("invalid_config", message=message, hint=hint)
-        self.host = host
 
 
 class ProviderUnreachable(AppError):
@@ -118,138 +90,6 @@ class ProviderUnreachable(AppError):
         super().__init__("provider_unreachable", message=f"Could not reach {host}: {reason}")
         self.host = host
         self.reason = reason
-
-
-# --- address policy -----------------------------------------------------------------------------------
-
-
-def _unwrap(address: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 address really reaches, when it embeds one (mapped, 6to4, NAT64)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        if address.sixtofour is not None:
-            return address.sixtofour
-        if address in _NAT64:
-            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address
-
-
-def _parse_address(address: str) -> IPAddress:
-    # getaddrinfo returns link-local IPv6 with a zone ("fe80::1%eth0"); the zone does not change the range.
-    return ipaddress.ip_address(address.split("%", 1)[0])
-
-
-def blocked_reason(address: str | IPAddress) -> str | None:
-    """Why ``address`` is off limits for outbound requests, or ``None`` if it is a public address.
-
-    The allow list is not consulted here; see :class:`OutboundGuard`.
-    """
-    ip = _parse_address(address) if isinstance(address, str) else address
-    ip = _unwrap(ip)
-    if ip in METADATA_ADDRESSES:
-        return "cloud metadata"
-    if ip.is_unspecified:
-        return "unspecified"
-    if ip.is_loopback:
-        return "loopback"
-    if ip.is_link_local:
-        return "link-local"
-    if ip.is_multicast:
-        return "multicast"
-    if isinstance(ip, ipaddress.IPv4Address):
-        if ip in _SHARED_CGNAT:
-            return "shared address space"
-        if any(ip in net for net in _RFC1918):
-            return "private"
-    elif ip in _UNIQUE_LOCAL:
-        return "private"
-    if ip.is_reserved:
-        return "reserved"
-    # Catches what the named checks above do not: documentation, benchmarking, 0.0.0.0/8, site-local…
-    if not ip.is_global:
-        return "not globally routable"
-    return None
-
-
-def _is_address_literal(host: str) -> bool:
-    try:
-        _parse_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _normal_host(host: str) -> str:
-    return host.strip().rstrip(".").lower()
-
-
-def _system_resolver(host: str, port: int) -> Sequence[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    return [str(info[4][0]) for info in infos]
-
-
-@dataclass(frozen=True)
-class OutboundGuard:
-    """Decides which addresses a host may be reached at.
-
-    A host name passes only if **every** address it resolves to is public or allowed: a name with one
-    public and one internal address would otherwise reach the internal one whenever the public one is
-    down (or listed second). To allow such a name, list the name itself or each of its addresses.
-    """
-
-    networks: tuple[IPNetwork, ...] = ()
-    hosts: frozenset[str] = frozenset()
-    resolver: Resolver = _system_resolver
-
-    @classmethod
-    def from_allow(cls, allow: Iterable[str], resolver: Resolver | None = None) -> OutboundGuard:
-        """``allow`` holds IPs, CIDR ranges and host names (the form of ``AMI_AUTH_OUTBOUND_ALLOW``)."""
-        networks: list[IPNetwork] = []
-        hosts: set[str] = set()
-        for entry in allow:
-            try:
-                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                hosts.add(_normal_host(entry))
-        return cls(tuple(networks), frozenset(hosts), resolver or _system_resolver)
-
-    def address_allowed(self, address: IPAddress) -> bool:
-        candidates = {address, _unwrap(address)}
-        return any(ip in net for ip in candidates for net in self.networks if ip.version == net.version)
-
-    def check_address(self, host: str, address: str) -> None:
-        """Raise :class:`OutboundBlocked` unless ``address`` (one of ``host``'s) may be used."""
-        ip = _parse_address(address)
-        if self.address_allowed(ip):
-            return
-        reason = blocked_reason(ip)
-        if reason is not None:
-            target = host if address == host else f"{host} resolves to {address}"
-            raise OutboundBlocked(f"Outbound address not allowed: {target} ({reason})", host=host)
-
-    def vetted_addresses(self, host: str, port: int) -> tuple[str, ...]:
-        """Resolve ``host`` once and return its addresses, all checked; raise if any is refused.
-
-        DNS failures raise :class:`httpcore.ConnectError`, so they count as connection failures.
-        """
-        name = _normal_host(host)
-        if _is_address_literal(host):
-            addresses: Sequence[str] = [host]
-        else:
-            if name in METADATA_HOSTS and name not in self.hosts:
-                raise OutboundBlocked(f"Outbound address not allowed: {host} (cloud metadata)", host=host)
-            try:
-                addresses = self.resolver(host, port)
-            except (OSError, UnicodeError) as exc:
-                raise httpcore.ConnectError(f"DNS lookup failed ({exc})") from exc
-            if not addresses:
-                raise httpcore.ConnectError("DNS lookup returned no address")
-        unique = tuple(dict.fromkeys(addresses))
-        if name not in self.hosts:
-            for address in unique:
-                self.check_address(host, address)
-        return unique
 
 
 # --- transport: the socket-level guard ----------------------------------------------------------------
@@ -270,8 +110,13 @@ class _GuardedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
+        try:
+            addresses = self._guard.vetted_addresses(host, port)
+        except UnresolvedHost as exc:
+            # A DNS failure counts as a connection failure (retried, then ProviderUnreachable).
+            raise httpcore.ConnectError(str(exc)) from exc
         last_error: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
-        for address in self._guard.vetted_addresses(host, port):
+        for address in addresses:
             try:
                 # An address literal: the system resolver is not asked again, so this is what we vetted.
                 return self._backend.connect_tcp(address, port, timeout, local_address, socket_options)

@@ -6,6 +6,19 @@ The client is split so the SMTP *connector* (an admin-configured SMTP account) c
 becomes an :class:`AppError` from the taxonomy: a refused login (535) is ``invalid_credentials``,
 anything that stops us from talking to the server over verified TLS is ``provider_unreachable``.
 
+**Every connection goes through the outbound guard** (:class:`app.outbound.OutboundGuard`, the one that
+guards HTTP): the socket comes from ``target.guard.connect``, which resolves the host once, refuses
+internal addresses unless ``AMI_AUTH_OUTBOUND_ALLOW`` lists them and connects to the vetted address; TLS
+(implicit or STARTTLS) still checks the certificate against the configured host name.
+
+**One answer until the peer has shown it speaks SMTP.** Whatever stops us before a ``220`` greeting and a
+``250`` answer to EHLO — the guard refused the address, the name does not resolve, the port is closed,
+nothing answers, or something that is not an SMTP server answers — is the same ``provider_unreachable``
+(:data:`NO_SERVER`, blamed on the host field), given no sooner than the connection deadline
+(``target.timeout``). Otherwise an SMTP test would be a port scanner for whoever may configure SMTP (a
+service token with ``providers:write``): "refused in 30 ms" vs "silent for 3 s" maps a network. The cause
+goes to the server's log (``ami_auth.mailer``), which only operators read.
+
 The :class:`Mailer` picks the transport for the app's own mail (verification, reset, invite):
 1. an SMTP account an admin marked as system mailer (``app.connectors.system_mailer_target``),
 2. ``AMI_AUTH_SMTP_URL``,
@@ -17,7 +30,9 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -30,6 +45,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import AppError
 from app.models import MailOutbox
+from app.outbound import OutboundBlocked, OutboundGuard
 from app.settings import Settings
 
 log = logging.getLogger("ami_auth.mailer")
@@ -66,6 +82,9 @@ class SmtpTarget:
     mechanism: Mechanism | None = None
     oauth_token: str = field(default="", repr=False)
     before_send: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    # Which addresses may be reached (AMI_AUTH_OUTBOUND_ALLOW, via OutboundGuard.from_settings); the
+    # default allows nothing internal.
+    guard: OutboundGuard = field(default_factory=OutboundGuard, repr=False, compare=False)
 
 
 def parse_smtp_url(
@@ -75,6 +94,7 @@ def parse_smtp_url(
     timeout: float = 10.0,
     ca_file: str | None = None,
     local_hostname: str = "localhost",
+    guard: OutboundGuard | None = None,
 ) -> SmtpTarget:
     """``smtp+starttls://user:pass@host:587``, ``smtps://…:465`` or ``smtp://127.0.0.1:25`` (local relays only).
 
@@ -104,6 +124,7 @@ def parse_smtp_url(
         timeout=timeout,
         ca_file=ca_file,
         local_hostname=local_hostname,
+        guard=guard or OutboundGuard(),
     )
 
 
@@ -153,25 +174,116 @@ def _login(client: smtplib.SMTP, target: SmtpTarget) -> None:
     )
 
 
+NO_SERVER = "No SMTP server answered at {where}."
+NO_SERVER_HINT = (
+    "Check the host, the port and the connection security; an internal address must be listed in "
+    "AMI_AUTH_OUTBOUND_ALLOW. The server's log names the cause (this answer does not, so that the test "
+    "cannot be used to scan a network)."
+)
+
+
+class _NotSmtp(smtplib.SMTPException):
+    """The peer greeted but did not answer EHLO like an SMTP server (an FTP server also greets with 220)."""
+
+
+def _cause(exc: BaseException, timeout: float) -> str:
+    """What stopped the connection, for the operator's log: fixed phrases and codes, never peer-sent text."""
+    if isinstance(exc, OutboundBlocked):
+        return exc.text
+    if isinstance(exc, smtplib.SMTPConnectError):
+        return f"not an SMTP greeting (code {exc.smtp_code})"
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        # smtplib's own words ("Connection unexpectedly closed: timed out"), not the peer's.
+        return f"no SMTP greeting ({exc})"[:200]
+    if isinstance(exc, _NotSmtp):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return f"no greeting within {timeout:g}s"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def _guarded_socket(guard: OutboundGuard, host: str, port: int, deadline: float) -> socket.socket:
+    sock = guard.connect(host, port, timeout=max(0.01, deadline - time.monotonic()))
+    # The greeting (and, for implicit TLS, the handshake) must arrive within what is left of the deadline.
+    sock.settimeout(max(0.01, deadline - time.monotonic()))
+    return sock
+
+
+class _GuardedSMTP(smtplib.SMTP):
+    """``smtplib.SMTP`` whose socket comes from the outbound guard.
+
+    ``_get_socket`` is smtplib's own seam for this (``SMTP_SSL`` overrides it the same way); smtplib keeps
+    the configured host for STARTTLS's ``server_hostname``, so the certificate is checked against it.
+    """
+
+    def __init__(self, target: SmtpTarget, deadline: float) -> None:
+        self._guard, self._deadline = target.guard, deadline
+        super().__init__(target.host, target.port, local_hostname=target.local_hostname, timeout=target.timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
+        return _guarded_socket(self._guard, host, port, self._deadline)
+
+
+class _GuardedSMTPSSL(smtplib.SMTP_SSL):
+    """Implicit TLS (RFC 8314) over a guarded socket; SNI and the certificate check use the configured host."""
+
+    def __init__(self, target: SmtpTarget, deadline: float) -> None:
+        self._guard, self._deadline, self._server_name = target.guard, deadline, target.host
+        super().__init__(
+            target.host,
+            target.port,
+            local_hostname=target.local_hostname,
+            timeout=target.timeout,
+            context=tls_context(target),
+        )
+
+    def _get_socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
+        sock = _guarded_socket(self._guard, host, port, self._deadline)
+        try:
+            return self.context.wrap_socket(sock, server_hostname=self._server_name)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def _open(target: SmtpTarget) -> smtplib.SMTP:
+    """Connect through the guard and check that an SMTP server answers (220 greeting, 250 to EHLO).
+
+    Every failure up to that point is the one :data:`NO_SERVER` answer, given at the deadline.
+    """
+    started = time.monotonic()
+    deadline = started + target.timeout
+    where = f"{target.host}:{target.port}"
+    client: smtplib.SMTP | None = None
+    try:
+        client = _GuardedSMTPSSL(target, deadline) if target.security == "tls" else _GuardedSMTP(target, deadline)
+        code, _reply = client.ehlo()
+        if code != 250:
+            raise _NotSmtp(f"EHLO answered {code}")
+    except (OutboundBlocked, OSError, ValueError) as exc:  # smtplib's and ssl's errors are OSErrors
+        if client is not None:
+            client.close()
+        log.warning("SMTP %s: %s", where, _cause(exc, target.timeout))
+        # The same answer in the same time: a closed port and a refused address must not answer sooner.
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        raise AppError("provider_unreachable", NO_SERVER.format(where=where), NO_SERVER_HINT) from None
+    assert client.sock is not None
+    client.sock.settimeout(target.timeout)
+    return client
+
+
 @contextmanager
 def _session(target: SmtpTarget) -> Iterator[smtplib.SMTP]:
     """An SMTP connection that has said EHLO, switched to TLS and logged in; SMTP errors mapped to AppError."""
     where = f"{target.host}:{target.port}"
-    client: smtplib.SMTP | None = None
+    client = _open(target)
     try:
-        if target.security == "tls":
-            client = smtplib.SMTP_SSL(
-                target.host,
-                target.port,
-                local_hostname=target.local_hostname,
-                timeout=target.timeout,
-                context=tls_context(target),
-            )
-        else:
-            client = smtplib.SMTP(
-                target.host, target.port, local_hostname=target.local_hostname, timeout=target.timeout
-            )
-        client.ehlo()
         if target.security == "starttls":
             if not client.has_extn("starttls"):
                 raise AppError(
@@ -237,14 +349,13 @@ def _session(target: SmtpTarget) -> Iterator[smtplib.SMTP]:
     except (smtplib.SMTPException, OSError) as exc:
         raise AppError(
             "provider_unreachable",
-            f"The mail server at {where} could not be reached ({type(exc).__name__}).",
-            "Check the host, the port and that this machine may connect to it.",
+            f"The connection to the mail server at {where} failed ({type(exc).__name__}).",
+            "Try again; if it persists, check the server's logs.",
         ) from None
     finally:
-        if client is not None:
-            with suppress(smtplib.SMTPException, OSError):
-                client.quit()
-            client.close()
+        with suppress(smtplib.SMTPException, OSError):
+            client.quit()
+        client.close()
 
 
 def smtp_verify(target: SmtpTarget) -> None:
@@ -303,6 +414,7 @@ class Mailer:
                 timeout=self.settings.outbound_timeout,
                 ca_file=str(self.settings.smtp_ca_file) if self.settings.smtp_ca_file else None,
                 local_hostname=urlsplit(self.settings.base_url).hostname or "localhost",
+                guard=OutboundGuard.from_settings(self.settings),
             )
         if not self.settings.is_production:
             return "outbox"

@@ -147,7 +147,7 @@ def _render_kw(spec: FieldSpec) -> dict[str, Any]:
         kw["aria-required"] = "true"
     if spec.secret:
         kw.update(_SECRET_ATTRS)
-    if spec.type in (FieldType.URL, FieldType.EMAIL, FieldType.STRING_LIST) or spec.pattern:
+    if spec.type in (FieldType.URL, FieldType.HOST, FieldType.EMAIL, FieldType.STRING_LIST) or spec.pattern:
         kw.setdefault("spellcheck", "false")
         kw.setdefault("autocapitalize", "off")
     return kw

@@ -34,6 +34,9 @@ class AuthMode(StrEnum):
 class FieldType(StrEnum):
     STRING = "string"
     URL = "url"
+    # A host name or IP address the app connects to (no scheme, no port), e.g. an SMTP server. Like every
+    # url field it goes through the outbound guard; tests/integration/test_outbound_settings.py finds both.
+    HOST = "host"
     EMAIL = "email"
     INTEGER = "integer"
     BOOLEAN = "boolean"

@@ -16,6 +16,7 @@ from app.connectors import set_system_mailer_resolver, system_mailer_configured
 from app.connectors.mailer import Mailer, SmtpTarget, build_message, parse_smtp_url, smtp_send, smtp_verify
 from app.errors import AppError
 from app.extensions import get_database
+from app.outbound import OutboundGuard
 from app.preflight import preflight
 from app.settings import Settings, SettingsError, with_overrides
 from tests.conftest import make_settings
@@ -31,6 +32,9 @@ from tests.support.smtp import (
     run_smtp_server,
 )
 
+# The test servers listen on 127.0.0.1, which the outbound guard refuses unless allowed.
+LOCAL = OutboundGuard.from_allow(["127.0.0.1"])
+
 
 def _target(server: SmtpServer, *, password: str | None = None, scheme: str = "smtp+starttls") -> SmtpTarget:
     return parse_smtp_url(
@@ -38,6 +42,7 @@ def _target(server: SmtpServer, *, password: str | None = None, scheme: str = "s
         ca_file=str(server.ca_file) if server.ca_file else None,
         timeout=5,
         from_address="AMI Auth <no-reply@example.test>",
+        guard=LOCAL,
     )
 
 
@@ -126,14 +131,14 @@ def test_server_without_starttls_is_unreachable(plain_smtp_server: SmtpServer) -
 def test_closed_port_is_unreachable() -> None:
     port = free_port()  # nothing listens there
     with pytest.raises(AppError) as exc:
-        smtp_verify(SmtpTarget("127.0.0.1", port, timeout=2))
+        smtp_verify(SmtpTarget("127.0.0.1", port, timeout=0.5, guard=LOCAL))
     assert exc.value.code == "provider_unreachable"
     assert f"127.0.0.1:{port}" in exc.value.text
 
 
 def test_untrusted_certificate_is_unreachable(smtp_server: SmtpServer) -> None:
     # Without the test CA the server's certificate must be refused: no silent downgrade.
-    target = parse_smtp_url(smtp_server.url(), timeout=5)
+    target = parse_smtp_url(smtp_server.url(), timeout=5, guard=LOCAL)
     with pytest.raises(AppError) as exc:
         smtp_verify(target)
     assert exc.value.code == "provider_unreachable"
@@ -153,7 +158,7 @@ def test_silent_server_times_out_as_unreachable() -> None:
         listener.listen(1)  # accepts the TCP connection, never greets
         port = listener.getsockname()[1]
         with pytest.raises(AppError) as exc:
-            smtp_verify(SmtpTarget("127.0.0.1", port, timeout=0.5))
+            smtp_verify(SmtpTarget("127.0.0.1", port, timeout=0.5, guard=LOCAL))
     assert exc.value.code == "provider_unreachable"
 
 

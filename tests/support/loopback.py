@@ -1,5 +1,6 @@
 """Tests touch only 127.0.0.1: an audit hook (PEP 578) refuses, in this process, every TCP connection to a
-non-loopback address and every name lookup other than localhost.
+non-loopback address and every name lookup other than localhost (numeric hosts such as ``0`` or
+``0x7f.1`` are parsed, not looked up, so the resolver may read them; connecting is what is checked).
 
 A refused connection raises ``ConnectionRefusedError`` and a refused lookup ``socket.gaierror`` — what a
 closed port or an unknown name would raise — so code under test sees an ordinary network failure, and a
@@ -30,6 +31,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _is_numeric(host: str) -> bool:
+    """An address the resolver reads without DNS (any range: the connect check decides where it may go)."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return True
+    except ValueError:
+        pass
+    if any(c.isspace() for c in host):  # inet_aton stops at a space; getaddrinfo would ask DNS for the rest
+        return False
+    try:
+        socket.inet_aton(host)
+        return True
+    except OSError:
+        return False
+
+
 def _hook(event: str, args: tuple[Any, ...]) -> None:
     if event == "socket.connect":
         sock, address = args
@@ -39,7 +56,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
         host = args[0]
         if isinstance(host, bytes):
             host = host.decode("idna", "replace")
-        if host is not None and host.lower() not in LOCAL_NAMES and not _is_loopback(host):
+        if host is not None and host.lower() not in LOCAL_NAMES and not _is_numeric(host):
             raise socket.gaierror(socket.EAI_NONAME, f"tests look up no names but localhost, not {host!r}")
 
 

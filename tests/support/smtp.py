@@ -263,16 +263,22 @@ def _server_tls(files: TlsFiles) -> ssl.SSLContext:
 
 @contextmanager
 def run_smtp_server(
-    files: TlsFiles, *, implicit_tls: bool = False, xoauth2: TokenCheck | None = None, **options: Any
+    files: TlsFiles,
+    *,
+    implicit_tls: bool = False,
+    xoauth2: TokenCheck | None = None,
+    host: str = "127.0.0.1",
+    **options: Any,
 ) -> Iterator[SmtpServer]:
-    """Run aiosmtpd on a free 127.0.0.1 port until the block ends; AUTH is always required.
+    """Run aiosmtpd on a free port of ``host`` (127.0.0.1; the certificate is for it) until the block ends;
+    AUTH is always required.
 
     STARTTLS is required unless ``implicit_tls`` (then the whole connection is TLS, port-465 style).
     ``xoauth2`` also offers AUTH XOAUTH2, deciding with that check (see :class:`XOAuth2Handler`).
     ``options`` go to aiosmtpd's SMTP class, e.g. ``auth_exclude_mechanism=["PLAIN"]``.
     """
     handler = RecordingHandler() if xoauth2 is None else XOAuth2Handler(xoauth2)
-    server = SmtpServer("127.0.0.1", free_port(), handler, ca_file=files.ca_file)
+    server = SmtpServer(host, free_port(), handler, ca_file=files.ca_file)
     if isinstance(handler, XOAuth2Handler):
         handler.server = server
     common: dict[str, Any] = {

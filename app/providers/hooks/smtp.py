@@ -1,6 +1,8 @@
 """SMTP accounts: build the mailer's :class:`SmtpTarget` from an account and its config, verify it
-(connect, EHLO, STARTTLS, AUTH, NOOP — app/connectors/mailer.py does the talking), and put each failure on
-the field to blame: a refused login on the password, an unreachable server on the config's host.
+(connect, EHLO, STARTTLS, AUTH, NOOP — app/connectors/mailer.py does the talking, through the outbound guard
+of ``AMI_AUTH_OUTBOUND_ALLOW``), and put each failure on the field to blame: a refused login on the password,
+an unreachable server on the config's host (one answer for every failure before an SMTP greeting: see the
+mailer).
 
 Security ``none`` is refused unless the config's ``allow_insecure`` box is ticked (RFC 8314 §3: clear-text
 submission should not be used). XOAUTH2 sends a connected Google, Microsoft or OpenID account's access
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 from app.connectors.context import VerifyContext
 from app.connectors.mailer import SmtpTarget, build_message, smtp_send, smtp_verify
 from app.errors import AppError
+from app.outbound import OutboundGuard
 from app.providers.entries import ProviderEntry
 from app.providers.types import Which
 from app.settings import Settings
@@ -88,6 +91,7 @@ def smtp_target(
         mechanism=cast(Literal["PLAIN", "LOGIN", "XOAUTH2"], mechanism) if username else None,
         oauth_token=token,
         before_send=before_send,
+        guard=OutboundGuard.from_settings(settings),
     )
 
 
