@@ -3,16 +3,20 @@ AMI Auth API with a service token, the way the real CMS server does.
 
 - ``GET /`` and ``GET /cms.js``: the page and its script (no inline script, like the CMS's own CSP would want).
 - ``POST /cms/dialog``: asks ``POST /api/account-manager/dialogs`` for an add-account dialog and answers
-  ``{"url": …}``. ``return_to`` is this page at the origin the browser used (from the Host header), unless
-  ``return_origin`` fixes it (a page on a foreign origin framing a genuine dialog).
+  ``{"url": …}``. ``return_to`` is this page at the origin the browser used (from the Host header, and the
+  scheme a TLS proxy in front forwards as X-Forwarded-Proto), unless ``return_origin`` fixes it (a page on a
+  foreign origin framing a genuine dialog).
 - ``GET /cms/accounts``: ``GET /api/account-manager/accounts`` through the token.
 
 The browser never sees the token. Served on 127.0.0.1 in a thread; stop it with :meth:`CmsStandin.stop`.
+Behind nginx (tests/support/prod_stack.py) the CMS is an https origin and calls AMI Auth's https URL,
+trusting the test CA (``verify``).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,9 +29,16 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/cms.js": ("cms.js",
 
 class CmsStandin:
     def __init__(
-        self, port: int, api_base: str, token: str, provider_config_id: int, return_origin: str | None = None
+        self,
+        port: int,
+        api_base: str,
+        token: str,
+        provider_config_id: int,
+        return_origin: str | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.port = port
+        self.verify = verify
         self.api_base = api_base
         self.token = token
         self.provider_config_id = provider_config_id
@@ -46,7 +57,7 @@ class CmsStandin:
         self.thread.join(timeout=5)
 
     def _api(self, method: str, path: str, body: dict[str, object] | None = None) -> httpx.Response:
-        with httpx.Client(base_url=self.api_base, timeout=10) as client:
+        with httpx.Client(base_url=self.api_base, timeout=10, verify=self.verify, trust_env=False) as client:
             return client.request(method, path, json=body, headers={"Authorization": f"Bearer {self.token}"})
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -79,7 +90,8 @@ class CmsStandin:
                 if self.path != "/cms/dialog":
                     self._send(404, b"not found", "text/plain")
                     return
-                origin = cms.return_origin or f"http://{self.headers['Host']}"
+                scheme = self.headers.get("X-Forwarded-Proto", "http")
+                origin = cms.return_origin or f"{scheme}://{self.headers['Host']}"
                 answer = cms._api(
                     "POST",
                     "/api/account-manager/dialogs",
