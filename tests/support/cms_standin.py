@@ -22,6 +22,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+from flask import Flask
+from sqlalchemy.orm import Session
+
+from app.api import tokens
+from app.audit import AuditContext
+from app.extensions import get_cipher, get_database, get_settings
+from tests.support.accounts import make_config
 
 PAGE_DIR = Path(__file__).resolve().parent.parent / "e2e" / "cms_page"
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/cms.js": ("cms.js", "text/javascript; charset=utf-8")}
@@ -105,3 +112,15 @@ class CmsStandin:
                 self._send(answer.status_code, json.dumps(answer.json()).encode(), "application/json")
 
         return Handler
+
+
+def cms_credentials(app: Flask, provider_id: str, name: str) -> tuple[int, str]:
+    """What an admin gives the CMS: an enabled provider config (``provider_id``) to add accounts to, and a service
+    token with accounts:read and accounts:write. Returns (config id, raw token)."""
+    with Session(get_database(app).engine, expire_on_commit=False) as db:
+        cfg = make_config(db, get_cipher(app), get_settings(app), provider_id, {}, name=name)
+        raw = tokens.create_token(
+            db, AuditContext(actor="test"), name="CMS", scopes=["accounts:read", "accounts:write"], created_by=None
+        ).raw
+        db.commit()
+        return cfg.id, raw

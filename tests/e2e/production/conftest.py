@@ -21,8 +21,6 @@ How a journey uses them (see test_journeys.py)::
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expec
 
 from app.auth import users
 from app.extensions import get_database
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, keep_screenshot, watch_console
 from tests.support.prod_stack import ProductionStack, production_stack
 
 ADMIN_EMAIL = "root@example.com"
@@ -80,35 +78,18 @@ def prod_context(prod_browser: Browser) -> Iterator[BrowserContext]:
     context.close()
 
 
-def watch_console(page: Page) -> list[str]:
-    """Collect script errors and CSP violations (not the HTTP error statuses a test provokes)."""
-    errors: list[str] = []
-    page.on(
-        "console",
-        lambda msg: (
-            errors.append(msg.text)
-            if msg.type == "error" and not msg.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    return errors
-
-
-def screenshot(page: Page, name: str, fallback: Path) -> None:
-    folder = Path(os.environ.get("AMI_AUTH_TEST_SCREENSHOTS", fallback))
-    folder.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(Exception):
-        page.screenshot(path=str(folder / f"prod-{name}.png"), full_page=True)
+def _watched_page(context: BrowserContext, name: str, tmp_path: Path) -> Iterator[Page]:
+    """A page that fails its test on console errors (CSP violations included) and leaves a screenshot."""
+    page = context.new_page()
+    errors = watch_console(page)
+    yield page
+    keep_screenshot(page, f"prod-{name}", tmp_path)
+    assert not errors, f"browser console errors: {errors}"
 
 
 @pytest.fixture
 def prod_page(prod_context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Page]:
-    page = prod_context.new_page()
-    errors = watch_console(page)
-    yield page
-    screenshot(page, request.node.name, tmp_path)
-    assert not errors, f"browser console errors: {errors}"
+    yield from _watched_page(prod_context, request.node.name, tmp_path)
 
 
 # --- users --------------------------------------------------------------------------------------------------
@@ -194,7 +175,7 @@ def first_admin(prod: ProductionStack, prod_browser: Browser, tmp_path_factory: 
         expect(page.get_by_text("Your role requires a second factor.")).to_be_visible()
         page.get_by_role("button", name="Set up an authenticator app").click()
         secret = page.locator("#totp-secret").inner_text().replace(" ", "")
-        screenshot(page, "first-admin-totp", shots)
+        keep_screenshot(page, "prod-first-admin-totp", shots)
         page.get_by_label("Authentication code").fill(pyotp.TOTP(secret).now())
         page.get_by_role("button", name="Turn on").click()
         expect(page.get_by_text("Authenticator app added.")).to_be_visible()
@@ -216,8 +197,4 @@ def admin_context(prod_browser: Browser, first_admin: FirstAdmin) -> Iterator[Br
 
 @pytest.fixture
 def admin_page(admin_context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Page]:
-    page = admin_context.new_page()
-    errors = watch_console(page)
-    yield page
-    screenshot(page, request.node.name, tmp_path)
-    assert not errors, f"browser console errors: {errors}"
+    yield from _watched_page(admin_context, request.node.name, tmp_path)

@@ -11,14 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Page, expect
-from sqlalchemy.orm import Session
 
-from app.api import tokens
-from app.audit import AuditContext
-from app.extensions import get_cipher, get_database, get_settings
 from tests.e2e.production.conftest import ProdUsers
-from tests.support.accounts import make_config
-from tests.support.cms_standin import CmsStandin
+from tests.support.cms_standin import CmsStandin, cms_credentials
 from tests.support.live import free_port
 from tests.support.op import OPClient, running_op
 from tests.support.prod_stack import ProductionStack
@@ -78,14 +73,8 @@ def test_an_oidc_provider_is_configured_tested_and_signs_a_member_in(
 @pytest.fixture(scope="module")
 def cms(prod: ProductionStack) -> Iterator[CmsStandin]:
     """The CMS server behind nginx's second server block: its service token, an OpenAI provider config."""
-    app = prod.app
-    with Session(get_database(app).engine, expire_on_commit=False) as db:
-        cfg = make_config(db, get_cipher(app), get_settings(app), "openai", {}, name="OpenAI (CMS)")
-        raw = tokens.create_token(
-            db, AuditContext(actor="test"), name="CMS", scopes=["accounts:read", "accounts:write"], created_by=None
-        ).raw
-        db.commit()
-    standin = CmsStandin(prod.cms_backend_port, prod.url, raw, cfg.id, verify=prod.ssl_context()).start()
+    config_id, raw = cms_credentials(prod.app, "openai", "OpenAI (CMS)")
+    standin = CmsStandin(prod.cms_backend_port, prod.url, raw, config_id, verify=prod.ssl_context()).start()
     yield standin
     standin.stop()
 

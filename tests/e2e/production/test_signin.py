@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
+from tests.e2e.conftest import virtual_authenticator
 from tests.e2e.production.conftest import FirstAdmin, ProdUsers, sign_in, sign_out
 from tests.support.prod_stack import ProductionStack
 from tests.support.smtp import body_text
@@ -57,25 +58,8 @@ def test_the_first_admin_from_the_setup_link_signs_in_with_password_and_totp(
 
 @pytest.fixture
 def authenticator(prod_context: BrowserContext, prod_page: Page) -> Iterator[str]:
-    """Chromium's virtual platform authenticator: resident keys, user verification (TESTING.md §3)."""
-    cdp = prod_context.new_cdp_session(prod_page)
-    cdp.send("WebAuthn.enable", {"enableUI": False})
-    added = cdp.send(
-        "WebAuthn.addVirtualAuthenticator",
-        {
-            "options": {
-                "protocol": "ctap2",
-                "transport": "internal",
-                "hasResidentKey": True,
-                "hasUserVerification": True,
-                "isUserVerified": True,
-                "automaticPresenceSimulation": True,
-            }
-        },
-    )
-    yield added["authenticatorId"]
-    cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": added["authenticatorId"]})
-    cdp.detach()
+    with virtual_authenticator(prod_context, prod_page) as authenticator_id:
+        yield authenticator_id
 
 
 def test_a_member_enrols_a_passkey_and_signs_in_without_a_password(
