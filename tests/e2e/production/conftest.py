@@ -1,14 +1,15 @@
 """Fixtures for the production-shaped suite: the stack of tests/support/prod_stack.py and Chromium trusting it.
 
-How a journey uses them (see test_journeys.py)::
+How a journey uses them (see test_signin.py, test_console.py, test_csrf.py)::
 
     def test_something(prod: ProductionStack, prod_page: Page, prod_users: ProdUsers) -> None:
         user = prod_users.create("me@example.com")            # through the logic layer, on the stack's DB
         sign_in(prod_page, prod, user.email, user.password)   # https://localhost:PORT, through nginx
         ...
 
-- ``prod`` — the stack, once per test session (per xdist worker: each worker that runs a file of this folder
-  starts one). Journeys share it, so each uses users of its own (``prod_users.create`` with a unique email).
+- ``prod`` — the stack, once per test session. Under ``--dist loadfile`` every file of this folder goes to the
+  same worker (``SHARED_SESSION_SUITES`` in tests/conftest.py), so a run starts one stack however many files
+  journeys add here. Journeys share it, so each uses users of its own (``prod_users.create``, a unique email).
 - ``prod_browser`` — Chromium launched with the stack's SPKI hash; ``prod_context`` / ``prod_page`` a fresh
   context and page per test (the page fails the test on console errors and leaves a screenshot in
   ``AMI_AUTH_TEST_SCREENSHOTS``).
