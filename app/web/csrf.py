@@ -53,8 +53,8 @@ _TOKEN_REASONS: Final = {
 }
 
 REASONS: Final = {
-    "origin": "the Origin header names another site",
-    "referrer": "the Referer names another site",
+    "origin": "the Origin header names an origin that is not trusted",
+    "referrer": "the Referer comes from an origin that is not trusted",
     "no_origin": "the browser sent neither Origin nor Referer over HTTPS",
     "token_missing": "no CSRF token in the form or header",
     "token_invalid": "the CSRF token is not this session's",
