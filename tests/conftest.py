@@ -38,6 +38,25 @@ def pytest_configure(config: pytest.Config) -> None:
     loopback.install()  # tests touch only 127.0.0.1: anything else fails like a closed port
 
 
+# Suites whose files share one expensive session fixture: under `--dist loadfile` all their files go to one worker,
+# so the fixture starts once per run, not once per worker (tests/e2e/production: the production stack).
+SHARED_SESSION_SUITES = ("tests/e2e/production/",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
+
+    class SharedSuiteScheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            suite = next((s for s in SHARED_SESSION_SUITES if nodeid.startswith(s)), None)
+            return suite or super()._split_scope(nodeid)
+
+    return SharedSuiteScheduling(config, log)
+
+
 TEST_KEY = "test1:" + base64.b64encode(b"k" * 32).decode()
 PASSWORD = "correct horse battery staple"
 

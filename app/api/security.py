@@ -40,16 +40,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Final, Literal, ParamSpec, TypeVar
-from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, g, request
 from flask.blueprints import BlueprintSetupState
-from flask_wtf.csrf import validate_csrf
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter
 from werkzeug.wrappers import Response
-from wtforms.validators import ValidationError
 
 from app import audit
 from app.api import tokens
@@ -61,13 +58,13 @@ from app.extensions import csrf, db_session, get_settings
 from app.models import User
 from app.settings import Settings
 from app.web.common import SignedIn, audit_ctx, client_ip, signed_in, user_agent
+from app.web.csrf import header_token, log_refusal, origin_refusal, token_refusal, trusted_origins
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 API_PREFIX: Final = "/api"
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-CSRF_HEADERS: Final = ("X-CSRFToken", "X-CSRF-Token")
 ALLOWED_REQUEST_HEADERS: Final = "Authorization, Content-Type, X-CSRFToken, X-CSRF-Token"
 PREFLIGHT_MAX_AGE: Final = "600"
 
@@ -307,57 +304,30 @@ def _names(scopes: Sequence[str]) -> str:
 # --- CSRF for cookie calls ----------------------------------------------------------------------------
 
 
-def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
-def _allowed_origins(settings: Settings) -> set[str]:
-    return {_origin_of(settings.base_url), _origin_of(request.host_url), *(o.lower() for o in settings.cms_origins)}
-
-
 def _check_csrf(settings: Settings, target: str) -> None:
-    """CSRF check for a state-changing call with the session cookie.
-
-    Flask-WTF's ``csrf.protect()`` is not used as is: on HTTPS it requires the Referer to be this
-    host, which refuses every legitimate call from the CMS origin. This does the same token check
-    (``validate_csrf``) and replaces the Referer rule with an allow-list: ``Origin`` (or, when a
-    browser sends none, the Referer's origin on HTTPS) must be this site or one of
-    ``AMI_AUTH_CMS_ORIGINS`` (OWASP CSRF cheat sheet: "Verifying origin with standard headers").
-    """
-    allowed = _allowed_origins(settings)
-    origin = request.headers.get("Origin")
-    problem: str | None = None
-    if origin is not None:
-        if origin.lower() not in allowed:
-            problem = "origin"
-    elif request.is_secure:
-        referrer = request.referrer
-        if not referrer or _origin_of(referrer) not in allowed:
-            problem = "referrer"
-    if problem is None:
-        raw = next((request.headers[h] for h in CSRF_HEADERS if h in request.headers), None)
-        try:
-            validate_csrf(raw)
-        except ValidationError:
-            problem = "csrf_token"
+    """CSRF check for a state-changing call with the session cookie: the rule of :mod:`app.web.csrf` (the
+    ``X-CSRFToken`` header, and an Origin — or Referer — that is this site), with ``AMI_AUTH_CMS_ORIGINS``
+    trusted too: the CMS calls from its own origin with CORS."""
+    trusted = trusted_origins(settings, settings.cms_origins)
+    problem = origin_refusal(trusted) or token_refusal(header_token())
     if problem is None:
         return
+    log_refusal(problem)
     db = db_session()
     audit.record(
         db, audit_ctx(), "api.csrf_failed", target=target, outcome="denied", details=_request_details(reason=problem)
     )
     db.commit()
-    if problem == "csrf_token":
+    if problem in ("origin", "referrer", "no_origin"):
         raise AppError(
             "permission_denied",
-            "The request has no valid CSRF token.",
-            "Send the X-CSRFToken header with the csrf_token from GET /api/auth/session.",
+            "The request came from an origin that is not allowed.",
+            "Call the API from this site or from an origin listed in AMI_AUTH_CMS_ORIGINS.",
         )
     raise AppError(
         "permission_denied",
-        "The request came from an origin that is not allowed.",
-        "Call the API from this site or from an origin listed in AMI_AUTH_CMS_ORIGINS.",
+        "The request has no valid CSRF token.",
+        "Send the X-CSRFToken header with the csrf_token from GET /api/auth/session.",
     )
 
 

@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response
 
 from app.errors import AppError, ErrorCode
 from app.web.common import wants_json
+from app.web.csrf import log_refusal, refusal_reason
 
 log = logging.getLogger("ami_auth.errors")
 
@@ -50,6 +51,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError) -> Response:
+        log_refusal(refusal_reason(exc))
         return render_app_error(
             AppError(
                 "validation_failed",

@@ -8,6 +8,7 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
 from app.settings import Settings
+from app.web.csrf import REFERRER_POLICY, init_csrf
 
 FRAMEABLE_ENDPOINT_PREFIX = "dialogs."
 
@@ -61,11 +62,14 @@ def init_security(app: Flask, settings: Settings) -> None:
         PREFERRED_URL_SCHEME="https" if settings.is_https else "http",
     )
     app.session_interface = SessionCookies()
+    init_csrf(app, settings)
 
     # The headers depend only on the settings and on whether the page may be framed: built once per app.
     common = [
         ("X-Content-Type-Options", "nosniff"),
-        ("Referrer-Policy", "no-referrer"),
+        # same-origin, not no-referrer: our own POSTs must carry their Origin for the CSRF check (app/web/csrf.py),
+        # and no URL (setup, reset and dialog links hold tokens) may leak to another site.
+        ("Referrer-Policy", REFERRER_POLICY),
         ("Cross-Origin-Opener-Policy", "same-origin"),
     ]
     if settings.is_https:

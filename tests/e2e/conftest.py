@@ -76,14 +76,12 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
     ctx.close()
 
 
-@pytest.fixture
-def page(context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Page]:
-    """A page that fails the test on any console error (CSP violations included) and keeps a screenshot."""
-    p = context.new_page()
+def watch_console(page: Page) -> list[str]:
+    """Collect the page's script errors and CSP violations (also kept as ``page.console_errors``)."""
     errors: list[str] = []
     # HTTP error statuses the test provokes on purpose (401, 410…) are logged as "Failed to load resource";
     # what counts are script errors and CSP violations.
-    p.on(
+    page.on(
         "console",
         lambda msg: (
             errors.append(msg.text)
@@ -91,13 +89,52 @@ def page(context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path
             else None
         ),
     )
-    p.on("pageerror", lambda exc: errors.append(str(exc)))
-    setattr(p, "console_errors", errors)  # noqa: B010 - tests read it
-    yield p
-    shot_dir = Path(os.environ.get("AMI_AUTH_TEST_SCREENSHOTS", tmp_path))
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    setattr(page, "console_errors", errors)  # noqa: B010 - tests read it
+    return errors
+
+
+def keep_screenshot(page: Page, name: str, fallback: Path) -> None:
+    """A full-page screenshot into AMI_AUTH_TEST_SCREENSHOTS (or ``fallback``), to look at when a test fails."""
+    shot_dir = Path(os.environ.get("AMI_AUTH_TEST_SCREENSHOTS", fallback))
     shot_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(Exception):
-        p.screenshot(path=str(shot_dir / f"{request.node.name}.png"), full_page=True)
+        page.screenshot(path=str(shot_dir / f"{name}.png"), full_page=True)
+
+
+@contextlib.contextmanager
+def virtual_authenticator(context: BrowserContext, page: Page) -> Iterator[str]:
+    """Chromium's virtual platform authenticator with resident keys and user verification (TESTING.md §3);
+    yields its id. The page's own navigator.credentials calls use it."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable", {"enableUI": False})
+    added = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+    try:
+        yield added["authenticatorId"]
+    finally:
+        cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": added["authenticatorId"]})
+        cdp.detach()
+
+
+@pytest.fixture
+def page(context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Page]:
+    """A page that fails the test on any console error (CSP violations included) and keeps a screenshot."""
+    p = context.new_page()
+    watch_console(p)
+    yield p
+    keep_screenshot(p, request.node.name, tmp_path)
 
 
 def assert_no_console_errors(page: Page) -> None:

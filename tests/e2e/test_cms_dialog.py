@@ -26,17 +26,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from playwright.sync_api import ConsoleMessage, FrameLocator, Page, expect
-from sqlalchemy.orm import Session
 
-from app.api import tokens
-from app.audit import AuditContext
 from app.auth import users
-from app.extensions import get_cipher, get_database, get_settings
+from app.extensions import get_database, get_settings
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
 from tests.e2e.conftest import assert_no_console_errors
-from tests.support.accounts import make_config
-from tests.support.cms_standin import CmsStandin
+from tests.support.cms_standin import CmsStandin, cms_credentials
 from tests.support.live import LiveServer, free_port
 from tests.support.vendors import Anthropic
 
@@ -67,13 +63,7 @@ def _prepare(app: Flask) -> tuple[int, str]:
         db = get_database(app).session()
         users.create_user(db, get_settings(app), email=ADMIN, password=PASSWORD, role="admin", verified=True)
         db.commit()
-    with Session(get_database(app).engine, expire_on_commit=False) as db:
-        cfg = make_config(db, get_cipher(app), get_settings(app), "anthropic", {}, name="Anthropic (CMS)")
-        raw = tokens.create_token(
-            db, AuditContext(actor="test"), name="CMS", scopes=["accounts:read", "accounts:write"], created_by=None
-        ).raw
-        db.commit()
-        return cfg.id, raw
+    return cms_credentials(app, "anthropic", "Anthropic (CMS)")
 
 
 @pytest.fixture

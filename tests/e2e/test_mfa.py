@@ -18,7 +18,7 @@ from app.extensions import get_database
 from app.models import User
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
-from tests.e2e.conftest import assert_no_console_errors
+from tests.e2e.conftest import assert_no_console_errors, virtual_authenticator
 from tests.support.live import LiveServer
 from tests.support.mfa import enrol_totp as support_enrol_totp
 
@@ -36,24 +36,8 @@ def live_settings(tmp_path: Path, sqlite_url: str, live_port: int) -> Settings:
 @pytest.fixture
 def authenticator(context: BrowserContext, page: Page) -> Iterator[str]:
     """A virtual platform authenticator with resident keys and user verification (TESTING.md §3)."""
-    cdp = context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable", {"enableUI": False})
-    added = cdp.send(
-        "WebAuthn.addVirtualAuthenticator",
-        {
-            "options": {
-                "protocol": "ctap2",
-                "transport": "internal",
-                "hasResidentKey": True,
-                "hasUserVerification": True,
-                "isUserVerified": True,
-                "automaticPresenceSimulation": True,
-            }
-        },
-    )
-    yield added["authenticatorId"]
-    cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": added["authenticatorId"]})
-    cdp.detach()
+    with virtual_authenticator(context, page) as authenticator_id:
+        yield authenticator_id
 
 
 def create_user(live: LiveServer, email: str, role: str = "member") -> User:
