@@ -8,11 +8,9 @@ everything works again once the fault is gone — without restarting the app.
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +40,13 @@ from tests.conftest import (
     make_settings,
     postgres_admin_url,
 )
+from tests.integration.test_startup import _cli as run_cli
+from tests.integration.test_startup import _env as cli_env
 from tests.support.live import free_port
 from tests.support.oauth_app import create_config, generic_values
 from tests.support.op import OPClient
 from tests.support.redis_server import RedisServer, redis_server
 
-ROOT = Path(__file__).resolve().parents[2]
 EMAIL = "ada@example.com"
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -267,23 +266,14 @@ def _read_only_outage(application: Flask, database: PostgresDatabase, tmp_path: 
 
 
 def _cli(tmp_path: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMI_AUTH_")}
-    env.update(
-        AMI_AUTH_INSTANCE_DIR=str(tmp_path),
-        AMI_AUTH_DATABASE_URL=database_url,
-        AMI_AUTH_SECRET_KEY="s" * 48,
-        AMI_AUTH_MASTER_KEYS=TEST_KEY,
-        AMI_AUTH_ARGON2_MEMORY_KIB="1024",
-        AMI_AUTH_ARGON2_TIME_COST="1",
-        PYTHONPATH=str(ROOT),
-    )
-    return subprocess.run(
-        [sys.executable, "-c", "from app.cli import main; main()", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return run_cli(
+        cli_env(
+            tmp_path,
+            AMI_AUTH_DATABASE_URL=database_url,
+            AMI_AUTH_ARGON2_MEMORY_KIB="1024",
+            AMI_AUTH_ARGON2_TIME_COST="1",
+        ),
+        *args,
     )
 
 
@@ -337,11 +327,10 @@ def test_production_gunicorn_answers_503_while_redis_is_down(
         raw = issue_token(setup)
     finally:
         close_app(setup)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMI_AUTH_")}
-    env.update(
+    env = cli_env(
+        tmp_path,
         AMI_AUTH_ENV="production",
         AMI_AUTH_BASE_URL="https://auth.example.com",
-        AMI_AUTH_INSTANCE_DIR=str(tmp_path),
         AMI_AUTH_DATABASE_URL=own_postgres.url,
         AMI_AUTH_REDIS_URL=own_redis.url,
         AMI_AUTH_SECRET_KEY="p" * 48,
@@ -349,7 +338,9 @@ def test_production_gunicorn_answers_503_while_redis_is_down(
         AMI_AUTH_OUTBOUND_ALLOW="127.0.0.1",
         AMI_AUTH_SCHEDULER="false",
     )
-    with gunicorn("wsgi:app", env, workers=2) as base, httpx.Client(base_url=base, timeout=10) as http:
+    # Two workers booting on a CI machine busy with other test files may take a while.
+    server = gunicorn("wsgi:app", env, workers=2, start_seconds=90)
+    with server as base, httpx.Client(base_url=base, timeout=10) as http:
         auth = {"Authorization": f"Bearer {raw}"}
         assert http.get("/readyz").status_code == 200
         assert http.get("/api/auth/sessions?user_id=1", headers=auth).status_code == 200
