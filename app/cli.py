@@ -8,7 +8,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
-from app import audit
+from app import audit, faults
 from app.auth import mail_tokens, users
 from app.errors import AppError
 from app.extensions import get_database, get_settings
@@ -224,7 +224,23 @@ def _create_app() -> Flask:
         sys.exit(2)
 
 
-cli = FlaskGroup(
+class ServiceUnavailable(click.ClickException):
+    exit_code = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again later
+
+
+class _Cli(FlaskGroup):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            fault = faults.classify(exc)
+            if fault is None:
+                raise
+            # One line instead of a traceback (app.faults), with an exit status scripts can retry on.
+            raise ServiceUnavailable(f"{fault.summary}. Try again in {fault.retry_after} seconds.") from None
+
+
+cli = _Cli(
     create_app=_create_app,
     add_default_commands=True,
     add_version_option=False,

@@ -23,6 +23,7 @@ ErrorCode = Literal[
     "secret_unreadable",
     "mfa_required",
     "validation_failed",
+    "service_unavailable",
     "internal_error",
 ]
 
@@ -64,6 +65,11 @@ TAXONOMY: dict[ErrorCode, ErrorKind] = {
         "Complete sign-in with your authenticator, passkey or recovery code.",
     ),
     "validation_failed": ErrorKind(422, "Some values are not valid.", "Correct the highlighted fields."),
+    "service_unavailable": ErrorKind(
+        503,
+        "The service is temporarily unavailable.",
+        "Nothing was changed. Try again in a minute; if it keeps happening, tell an administrator.",
+    ),
     "internal_error": ErrorKind(
         500,
         "Something went wrong on our side.",

@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import MemoryStorage, RedisStorage, Storage
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from app.settings import Settings
@@ -49,6 +52,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Seconds a new PostgreSQL connection may take (libpq waits forever by default): a request, or a /readyz probe,
+# against an unreachable database host then fails in bounded time with 503 instead of hanging a worker.
+DB_CONNECT_TIMEOUT = 5
+# Redis: connect and per-command bounds. The throttle's scripts take microseconds; a second means Redis is gone.
+REDIS_CONNECT_TIMEOUT = 1.0
+REDIS_COMMAND_TIMEOUT = 2.0
+
+
+def _drop_read_only_connections(context: ExceptionContext) -> None:
+    """A write refused as read-only (SQLSTATE 25006) drops the pool's connections, as a disconnect would.
+
+    PostgreSQL fixes ``default_transaction_read_only`` when a connection starts, and a standby promoted after
+    a failover is writable only on new connections: without this, connections opened while the database was
+    read-only would keep failing after it recovered.
+    """
+    if getattr(context.original_exception, "sqlstate", None) == "25006":
+        context.is_disconnect = True
+
+
 def make_engine(url: str) -> Engine:
     """An engine with the settings the app relies on: SQLite in WAL with foreign keys on."""
     if url.startswith("sqlite"):
@@ -56,7 +78,12 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
+    connect_args = {"connect_timeout": DB_CONNECT_TIMEOUT} if url.startswith("postgresql") else {}
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True, connect_args=connect_args
+    )
+    event.listen(engine, "handle_error", _drop_read_only_connections)
+    return engine
 
 
 def make_database(url: str) -> Database:
@@ -89,9 +116,17 @@ def make_limit_storage(settings: Settings) -> Storage:
     """``limits`` storage: memory for one process, Redis when configured so every worker shares counts."""
     if settings.redis_url:
         # Every key lives under the prefix, so several installs (or test sessions) can share one Redis.
-        storage = storage_from_string(settings.redis_url, key_prefix=settings.redis_key_prefix)
-        assert isinstance(storage, Storage)  # the sync storage class for redis:// URLs
-        return storage
+        # wrap_exceptions: every storage failure is one type, limits' StorageError, whichever call raised it.
+        # Bounded waits and one immediate retry (for a pooled connection Redis closed when it restarted) instead
+        # of redis-py's three retries with backoff: an outage answers 503 within seconds (app.faults).
+        return RedisStorage(
+            settings.redis_url,
+            key_prefix=settings.redis_key_prefix,
+            wrap_exceptions=True,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+            socket_timeout=REDIS_COMMAND_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),  # type: ignore[arg-type]  # passed on to redis.Redis.from_url
+        )
     return SweptMemoryStorage()
 
 

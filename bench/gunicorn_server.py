@@ -25,9 +25,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(target: str, env: dict[str, str], *, workers: int = 2, threads: int = 1) -> Iterator[str]:
+def gunicorn(
+    target: str, env: dict[str, str], *, workers: int = 2, threads: int = 1, start_seconds: float = 30.0
+) -> Iterator[str]:
     """Serve `target` (e.g. "wsgi:app") with the given environment; yield its base URL."""
-    with gunicorn_process(target, env, workers=workers, threads=threads) as (base, _proc):
+    with gunicorn_process(target, env, workers=workers, threads=threads, start_seconds=start_seconds) as (base, _):
         yield base
 
 
@@ -49,9 +51,12 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 @contextmanager
 def gunicorn_process(
-    target: str, env: dict[str, str], *, workers: int = 2, threads: int = 1
+    target: str, env: dict[str, str], *, workers: int = 2, threads: int = 1, start_seconds: float = 30.0
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Like :func:`gunicorn`, also yielding the master process (its PID for CPU accounting)."""
+    """Like :func:`gunicorn`, also yielding the master process (its PID for CPU accounting).
+
+    ``start_seconds``: how long to wait for ``/healthz`` (a test on a loaded CI machine may want more).
+    """
     port = free_port()
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -72,7 +77,7 @@ def gunicorn_process(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_seconds
         while True:
             try:
                 with urllib.request.urlopen(base + "/healthz", timeout=1):

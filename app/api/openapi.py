@@ -49,6 +49,8 @@ _ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     409: "`conflict`.",
     422: "`validation_failed`: `fields` names each bad parameter.",
     429: "`rate_limited`: wait Retry-After seconds.",
+    503: "`service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the "
+    "request's); nothing was changed. Send the same request again after Retry-After seconds.",
 }
 
 SECURITY_SCHEMES: Final[dict[str, Any]] = {
@@ -76,7 +78,7 @@ def _error_response(status: int) -> dict[str, Any]:
         "description": _ERROR_DESCRIPTIONS.get(status, "An error in the taxonomy shape."),
         "content": {"application/json": {"schema": ERROR}},
     }
-    if status == 429:
+    if status in (429, 503):
         body["headers"] = {
             "Retry-After": {"required": True, "description": "Seconds to wait.", "schema": {"type": "integer"}}
         }
@@ -143,7 +145,8 @@ def _operation(rule: Rule, method: str, doc: OperationDoc, path_parameters: list
     if doc.response is not None:
         success["content"] = {"application/json": {"schema": doc.response}}
     responses[str(doc.status)] = success
-    statuses = set(doc.errors) | {429}
+    # Every call counts against a rate limit, and every call can meet an outage (app.faults).
+    statuses = set(doc.errors) | {429, 503}
     if security:
         statuses.add(401)
         # 403: a missing scope; for cookie calls also a failed CSRF / origin check, or `mfa_required`

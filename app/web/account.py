@@ -15,6 +15,7 @@ from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, login_required, signed_in
+from app.web.mail_flows import MAIL_FAILURES, mail_failed
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 log = logging.getLogger("ami_auth.account")
@@ -153,6 +154,10 @@ def resend_verification() -> Response:
         lifecycle.send_verification(db, get_settings(), audit_ctx(), who.user)
     except AppError as exc:
         db.rollback()
+        if exc.code in MAIL_FAILURES:
+            raise mail_failed(
+                exc, "We could not send the mail right now, so no new confirmation link went out."
+            ) from None
         log.warning("verification mail for user %s failed: %s", who.user.id, exc)
         flash(f"The mail could not be sent: {exc.text} {exc.help}", "error")
     else:

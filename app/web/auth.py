@@ -40,7 +40,12 @@ class SetupForm(FlaskForm):  # type: ignore[misc]
 
 
 def establish_session(user: User, methods: list[str], *, mfa_verified: bool = False) -> None:
-    """Start a fresh server-side session: the old cookie contents (and CSRF token) are dropped (fixation)."""
+    """Start a fresh server-side session: the old cookie contents (and CSRF token) are dropped (fixation).
+
+    Commits what the caller left pending (the ``signin.success`` event) in the same transaction as the session
+    record, so a sign-in is audited if and only if its session exists: when the database refuses the write
+    (app.faults: 503), neither is kept and no cookie is set.
+    """
     db = db_session()
     raw, record = sessions.start_session(
         db,
@@ -78,6 +83,9 @@ def signin() -> str | Response:
             # MFA: a user with a second factor gets no session yet, only a pending sign-in (app/web/mfa.py).
             if mfa.needs_second_factor(check.user):
                 return mfa.start_second_factor(check.user, ["password"], next_url)
+            # Only a complete sign-in clears the failures: with a second factor pending this line is not
+            # reached, so the password cannot be used to reset the count between guesses at the code.
+            throttle.record_success(storage, settings, email, ip)
             audit.record(
                 db,
                 audit_ctx(),
@@ -85,11 +93,7 @@ def signin() -> str | Response:
                 target=f"user:{check.user.id}",
                 details={"method": "password"},
             )
-            # Only a complete sign-in clears the failures: with a second factor pending this line is not
-            # reached, so the password cannot be used to reset the count between guesses at the code.
-            throttle.record_success(storage, settings, email, ip)
-            db.commit()
-            establish_session(check.user, ["password"])
+            establish_session(check.user, ["password"])  # commits the event with the session
             if breached:
                 flash(BREACHED_NOTICE, "warning")
             if check.user.must_change_password:

@@ -6,12 +6,15 @@ import json
 import logging
 import secrets
 
-from flask import Flask, render_template, request
+from flask import Flask, g, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from markupsafe import escape
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 from werkzeug.wrappers import Response
 
+from app import faults
 from app.errors import AppError, ErrorCode
+from app.extensions import login_manager
 from app.web.common import wants_json
 from app.web.csrf import log_refusal, refusal_reason
 
@@ -31,15 +34,49 @@ HTTP_CODES: dict[int, ErrorCode] = {
 
 
 def render_app_error(exc: AppError, reference: str | None = None) -> Response:
-    status = exc.http_status
     if wants_json():
-        response = Response(json.dumps(exc.to_dict(reference)), status=status, mimetype="application/json")
+        response = Response(json.dumps(exc.to_dict(reference)), status=exc.http_status, mimetype="application/json")
     else:
-        html = render_template("error.html", error=exc, reference=reference)
-        response = Response(html, status=status, mimetype="text/html")
+        if exc.code == "service_unavailable" and "_login_user" not in g:
+            # The page's header would load the signed-in user from the database that just failed; a fault
+            # page shows no account, so it renders without one more wait on a locked or absent database.
+            g._login_user = login_manager.anonymous_user()
+        try:
+            html = render_template("error.html", error=exc, reference=reference)
+        except Exception as render_error:
+            # The layout itself hit a fault (the signed-in user's session is read from the database): answer
+            # the fault, on a page that needs nothing but this string.
+            fault = faults.classify(render_error)
+            if fault is None:
+                raise
+            _log_fault(fault, render_error)
+            exc, reference = fault.error(), None
+            html = _bare_page(exc)
+        response = Response(html, status=exc.http_status, mimetype="text/html")
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
+
+
+def _bare_page(exc: AppError) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>AMI Auth</title></head><body>'
+        f'<main data-error-code="{exc.code}"><h1>{escape(exc.text)}</h1><p>{escape(exc.help)}</p></main>'
+        "</body></html>"
+    )
+
+
+def _log_fault(fault: faults.Fault, exc: BaseException) -> None:
+    # The driver's first line names the failure (and at most a host and port); never the statement or its values.
+    detail = str(getattr(exc, "orig", None) or getattr(exc, "storage_error", None) or exc).splitlines()
+    log.warning(
+        "503 on %s %s: %s (%s: %s)",
+        request.method,
+        request.path,
+        fault.summary,
+        type(exc).__name__,
+        detail[0][:200] if detail else "",
+    )
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -63,6 +100,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
+        if isinstance(exc, InternalServerError) and exc.original_exception is not None:
+            # Flask wraps what escaped an error handler or an after_request hook: the same rules as below.
+            return _unexpected(exc.original_exception)
         code = HTTP_CODES.get(exc.code or 500, "internal_error")
         status = exc.code or 500
         message = exc.description if code == "validation_failed" and status == 413 else None
@@ -75,7 +115,12 @@ def register_error_handlers(app: Flask) -> None:
         return response
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
+    def _unexpected(exc: BaseException) -> Response:
+        # A database or Redis outage is not a bug: 503 service_unavailable with Retry-After (app.faults).
+        fault = faults.classify(exc)
+        if fault is not None:
+            _log_fault(fault, exc)
+            return render_app_error(fault.error())
         reference = secrets.token_hex(6)
-        log.exception("unexpected error, reference %s", reference)
+        log.error("unexpected error, reference %s", reference, exc_info=exc)
         return render_app_error(AppError("internal_error"), reference=reference)

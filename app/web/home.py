@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, redirect, url_for
-from sqlalchemy import text
+from flask import Blueprint, current_app, jsonify, redirect, url_for
 from werkzeug.wrappers import Response
 
-from app.extensions import get_database, get_settings
-from app.migrate import is_at_head
+from app.readiness import readiness
 from app.web.common import signed_in
 
 bp = Blueprint("web", __name__)
@@ -30,16 +28,9 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    checks: dict[str, str] = {}
-    engine = get_database().engine
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-        checks["migrations"] = "ok" if is_at_head(engine) else "behind head: run `ami-auth db upgrade`"
-    except Exception as exc:  # readiness reports any failure instead of raising it
-        checks["database"] = f"unreachable: {type(exc).__name__}"
-        checks["migrations"] = "unknown"
-    checks["keys"] = "ok" if get_settings().master_keys else "no master key loaded"
-    ready = all(v == "ok" for v in checks.values())
-    return jsonify(status="ready" if ready else "not_ready", checks=checks), (200 if ready else 503)
+    """200 while this process can serve sign-ins, else 503 naming the failed check (app.readiness)."""
+    report = readiness(current_app).report()
+    status = "ready" if report.ready else "not_ready"
+    response = jsonify(status=status, checks=report.checks)
+    response.headers["Cache-Control"] = "no-store"
+    return response, (200 if report.ready else 503)

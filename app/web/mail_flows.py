@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
+from app import faults
 from app.auth import lifecycle
 from app.errors import AppError
 from app.extensions import db_session, get_settings
@@ -56,14 +57,10 @@ def _status(form: FlaskForm) -> int:
     return 422 if form.is_submitted() and form.errors else 200
 
 
-def _mail_failed(exc: AppError) -> AppError:
+def mail_failed(exc: AppError, what_happened: str) -> AppError:
+    """503 ``service_unavailable`` for an action whose mail could not be sent; the log keeps the mailer's detail."""
     log.warning("mail could not be sent: %s (%s)", exc.text, exc.code)
-    return AppError(
-        "provider_unreachable",
-        "We could not send the mail right now.",
-        "Try again in a few minutes; if it keeps failing, tell an administrator.",
-        status=503,
-    )
+    return faults.mail_unavailable(what_happened)
 
 
 @bp.app_context_processor
@@ -81,7 +78,9 @@ def reset_request() -> Page:
         except AppError as exc:
             if exc.code in MAIL_FAILURES:
                 db.rollback()
-                raise _mail_failed(exc) from None
+                # The link was stored before sending (mail never describes a rolled-back change); unsent, it
+                # just expires. Asking again issues a new one.
+                raise mail_failed(exc, "We could not send the mail right now, so no reset link went out.") from None
             keep_on_form(db, exc, form)
         else:
             return render_template("auth/reset_sent.html", email=form.email.data.strip())
@@ -155,7 +154,10 @@ def signup() -> Page:
         except AppError as exc:
             if exc.code in MAIL_FAILURES:
                 db.rollback()
-                raise _mail_failed(exc) from None
+                # Worded alike whether or not the address already had an account (sign-up reveals neither).
+                raise mail_failed(
+                    exc, "We could not send the mail right now, so your sign-up is not confirmed yet."
+                ) from None
             keep_on_form(db, exc, form)
         else:
             return render_template("auth/signup_sent.html", email=form.email.data.strip())

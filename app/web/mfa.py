@@ -139,13 +139,11 @@ def _finish_signin(user: User, methods: list[str], next_url: str) -> str:
     """Both steps done: a fresh server-side session (new id, old cookie dropped — no fixation)."""
     from app.web.auth import establish_session
 
-    db = db_session()
-    audit.record(db, audit_ctx(), "signin.success", target=f"user:{user.id}", details={"methods": methods})
-    db.commit()
     mfa.clear_failures(_storage(), user.id)
     # The whole sign-in succeeded: the account throttle forgets this account's failures (app.auth.throttle).
     throttle.record_success(_storage(), get_settings(), user.email, client_ip())
-    establish_session(user, methods, mfa_verified=True)
+    audit.record(db_session(), audit_ctx(), "signin.success", target=f"user:{user.id}", details={"methods": methods})
+    establish_session(user, methods, mfa_verified=True)  # commits the event with the session
     return safe_next(next_url, url_for("web.home"))
 
 

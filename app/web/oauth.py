@@ -13,6 +13,7 @@ console's OAuth setup page (redirect URI, setup notes, "Test connection").
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Final
 
@@ -25,7 +26,7 @@ from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from app import audit
+from app import audit, faults
 from app.auth import users
 from app.errors import AppError
 from app.extensions import db_session, get_settings
@@ -50,6 +51,7 @@ from app.web.auth import establish_session
 from app.web.common import admin_required, audit_ctx, form_errors, safe_next, signed_in
 
 bp = Blueprint("oauth", __name__)
+log = logging.getLogger("ami_auth.oauth")
 
 LINK_KEY: Final = "ami_oauth_link"
 LINK_MAX_AGE: Final = 600.0
@@ -145,13 +147,21 @@ def finish_signin(user_id: int, methods: list[str], next_url: str, details: dict
     if mfa.needs_second_factor(user):
         return mfa.start_second_factor(user, methods, next_url)
     audit.record(db, audit_ctx(), "signin.success", target=f"user:{user.id}", details={"method": "oauth", **details})
-    db.commit()
-    establish_session(user, methods)
+    establish_session(user, methods)  # commits the event with the session
     return redirect(next_url)
 
 
-def _error_page(exc: AppError, *, back: str, back_label: str) -> tuple[str, int]:
-    return render_template("oauth/error.html", error=exc, back=back, back_label=back_label), exc.http_status
+def _error_page(exc: AppError, *, back: str, back_label: str) -> Response:
+    if exc.code == "provider_unreachable":
+        # The provider is down (no answer, or a 5xx) in the middle of a user's sign-in or connection: a fault
+        # they can only wait out, not bad input. The detail (host, status) goes to the log, not the page.
+        log.warning("OAuth provider unavailable: %s", exc.text)
+        exc = faults.provider_unavailable(exc)
+    html = render_template("oauth/error.html", error=exc, back=back, back_label=back_label)
+    response = Response(html, status=exc.http_status, mimetype="text/html")
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 # --- sign in ---------------------------------------------------------------------------------------------

@@ -105,8 +105,9 @@ def test_every_api_route_is_documented(app: Flask, client: FlaskClient) -> None:
     for path, item in document["paths"].items():
         for method, op in item.items():
             responses = op["responses"]
-            assert "default" in responses and "429" in responses, f"{method} {path}"
+            assert "default" in responses and "429" in responses and "503" in responses, f"{method} {path}"
             assert responses["429"]["headers"]["Retry-After"]["required"] is True
+            assert responses["503"]["headers"]["Retry-After"]["required"] is True
             if op["security"]:
                 assert "401" in responses
                 for option in op["security"]:
