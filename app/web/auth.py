@@ -18,6 +18,7 @@ from app.models import User
 from app.net import get_client
 from app.settings import Settings
 from app.web import mfa
+from app.web.browser import browser_id, remember_browser
 from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, safe_next, signed_in, user_agent
 
 bp = Blueprint("auth", __name__)
@@ -40,7 +41,11 @@ class SetupForm(FlaskForm):  # type: ignore[misc]
 
 
 def establish_session(user: User, methods: list[str], *, mfa_verified: bool = False) -> None:
-    """Start a fresh server-side session: the old cookie contents (and CSRF token) are dropped (fixation)."""
+    """Start a fresh server-side session: the old cookie contents (and CSRF token) are dropped (fixation).
+
+    Every completed sign-in comes through here, whatever the method: this browser and network become known
+    to the account, so the sign-in throttle counts their failures apart from a stranger's.
+    """
     db = db_session()
     raw, record = sessions.start_session(
         db,
@@ -54,6 +59,7 @@ def establish_session(user: User, methods: list[str], *, mfa_verified: bool = Fa
     db.commit()
     session.clear()
     login_user(SignedIn(raw, record))
+    remember_browser(user.email)
 
 
 @bp.route("/signin", methods=["GET", "POST"])
@@ -66,10 +72,10 @@ def signin() -> str | Response:
         db = db_session()
         settings = get_settings()
         storage = get_limit_storage()
-        email, ip = users.normalize_email(form.email.data), client_ip()
+        email, ip, device = users.normalize_email(form.email.data), client_ip(), browser_id()
         try:
             # Before the password is looked at: a locked account is not even verified.
-            throttle.check_signin(storage, settings, email=email, ip=ip)
+            throttle.check_signin(storage, settings, email=email, ip=ip, device=device)
         except throttle.Throttled as exc:
             return _throttled(form, next_url, exc)
         check = users.check_password(db, settings, form.email.data, form.password.data)
@@ -87,7 +93,7 @@ def signin() -> str | Response:
             )
             # Only a complete sign-in clears the failures: with a second factor pending this line is not
             # reached, so the password cannot be used to reset the count between guesses at the code.
-            throttle.record_success(storage, settings, email, ip)
+            throttle.record_success(storage, settings, email, ip, device=device)
             db.commit()
             establish_session(check.user, ["password"])
             if breached:
@@ -96,7 +102,7 @@ def signin() -> str | Response:
                 # The account page's password form; app.web.account keeps every other page closed until then.
                 return redirect(url_for("account.index", _anchor="password"))
             return redirect(next_url)
-        lock = throttle.record_failure(storage, settings, email, ip, db=db, ctx=audit_ctx())
+        lock = throttle.record_failure(storage, settings, email, ip, device=device, db=db, ctx=audit_ctx())
         audit.record(
             db,
             audit_ctx(),

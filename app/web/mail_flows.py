@@ -1,4 +1,5 @@
-"""Pages reached from a mail or by someone signed out: sign-up, forgotten password, reset, invite, verify."""
+"""Pages reached from a mail or by someone signed out: sign-up, forgotten password, reset, invite, verify,
+unlock link."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from app.auth import lifecycle
 from app.errors import AppError
-from app.extensions import db_session, get_settings
+from app.extensions import db_session, get_limit_storage, get_settings
+from app.web.browser import remember_browser
 from app.web.common import audit_ctx, keep_on_form
 
 bp = Blueprint("flows", __name__)
@@ -160,3 +162,36 @@ def signup() -> Page:
         else:
             return render_template("auth/signup_sent.html", email=form.email.data.strip())
     return render_template("auth/signup.html", form=form), _status(form)
+
+
+@bp.route("/signin/unlock", methods=["GET", "POST"])
+def unlock_request() -> Page:
+    """Ask for an unlock link (offered on the sign-in page while it says the account is locked)."""
+    form = EmailForm()
+    if form.validate_on_submit():
+        db = db_session()
+        try:
+            lifecycle.request_unlock(db, get_settings(), audit_ctx(), form.email.data)
+        except AppError as exc:
+            if exc.code in MAIL_FAILURES:
+                db.rollback()
+                raise _mail_failed(exc) from None
+            keep_on_form(db, exc, form)
+        else:
+            return render_template("auth/unlock_sent.html", email=form.email.data.strip())
+    return render_template("auth/unlock_request.html", form=form), _status(form)
+
+
+@bp.route("/unlock/<token>", methods=["GET", "POST"])
+def unlock(token: str) -> str | Response:
+    """Confirm by POST (a link scanner's GET must not spend the link); then this browser is remembered for the
+    account, so a stranger who keeps guessing elsewhere cannot lock it again."""
+    db = db_session()
+    user = lifecycle.unlock_user(db, token)
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        unlocked = lifecycle.unlock_with_link(db, get_limit_storage(), audit_ctx(), token)
+        remember_browser(unlocked.email, network=False)
+        flash("Your account is unlocked, and this browser is remembered for it. Sign in with your password.", "success")
+        return redirect(url_for("auth.signin"))
+    return render_template("auth/unlock.html", form=form, email=user.email)

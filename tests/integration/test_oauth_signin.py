@@ -219,3 +219,57 @@ def test_mfa_still_applies_after_an_oauth_sign_in(
     second = client.post("/signin/mfa/totp", data={"code": pyotp.TOTP(secret).now(), "csrf_token": token})
     assert location(second) == "/account/"
     assert _signed_in_as(client) == "alice@example.com"
+
+
+def _wrong_passwords(client: FlaskClient, email: str, count: int) -> list[int]:
+    """Wrong passwords on the sign-in page, each from another address (a guesser spread over many)."""
+    statuses = []
+    for n in range(count):
+        token = page_csrf(client.get("/signin").get_data(as_text=True))
+        response = client.post(
+            "/signin",
+            data={"email": email, "password": "a stranger's guess", "csrf_token": token},
+            environ_base={"REMOTE_ADDR": f"198.18.0.{n + 1}"},
+        )
+        statuses.append(response.status_code)
+    return statuses
+
+
+def test_a_password_lock_does_not_block_sign_in_with_a_provider(
+    app: Flask, client: FlaskClient, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    make_user("alice@example.com")
+    config_id = _config(app, op, trust_email=True)
+    assert _wrong_passwords(app.test_client(), "alice@example.com", 5) == [401] * 4 + [429]
+    done = _sign_in(client, config_id, "alice")
+    assert location(done) == "/account/"
+    assert _signed_in_as(client) == "alice@example.com"
+    # The provider's sign-in did not lift the strangers' lock.
+    assert _wrong_passwords(app.test_client(), "alice@example.com", 1) == [429]
+
+
+def test_the_link_page_checks_passwords_under_the_sign_in_throttle(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    # Anyone who can sign in at the provider reaches the link page: it must not be a way around the lock.
+    make_user("victim@example.com")
+    config_id = _config(app, op)
+    assert location(_sign_in(client, config_id, "dave")) == "/oauth/link"
+    statuses = []
+    for _ in range(5):
+        page = client.get("/oauth/link").get_data(as_text=True)
+        response = client.post(
+            "/oauth/link",
+            data={"email": "victim@example.com", "password": "a guess at it", "csrf_token": page_csrf(page)},
+        )
+        statuses.append(response.status_code)
+    assert statuses == [401] * 4 + [429]
+    assert "Too many failed sign-ins for this account." in response.get_data(as_text=True)
+    page = client.get("/oauth/link").get_data(as_text=True)
+    right = client.post(
+        "/oauth/link", data={"email": "victim@example.com", "password": PASSWORD, "csrf_token": page_csrf(page)}
+    )
+    assert right.status_code == 429 and int(right.headers["Retry-After"]) >= 1
+    assert _identities(db) == [] and _signed_in_as(client) is None
+    locked = db.scalars(select(AuditEvent).where(AuditEvent.action == "account.locked")).one()
+    assert locked.details["source"] == "unfamiliar"
