@@ -190,12 +190,29 @@ def send_invite(db: Session, settings: Settings, ctx: AuditContext, user: User, 
         raise AppError("conflict", "This user is disabled.", "Enable the user first.")
     mails.check_mail_allowed(db, settings, ctx, purpose="invite", to=user.email)
     raw = mail_tokens.issue_token(db, "invite", user_id=user.id, email=user.email)
-    audit.record(db, ctx, "user.invited", target=f"user:{user.id}", details={"email": user.email})
-    db.commit()
+    db.commit()  # the link exists before the mail that carries it
     mail = mails.render(
         "invite", settings, user=user, inviter=inviter, link=mails.link(settings, f"/invite/{raw}"), days=7
     )
-    mails.send(db, settings, user.email, mail)
+    try:
+        mails.send(db, settings, user.email, mail)
+    except AppError as exc:
+        # Nobody received the link: void it, and record the invitation as failed (the user stays; the admin
+        # is told and can send it again once the mailer works).
+        db.rollback()
+        mail_tokens.invalidate_tokens(db, "invite", user_id=user.id)
+        audit.record(
+            db,
+            ctx,
+            "user.invited",
+            target=f"user:{user.id}",
+            outcome="failure",
+            details={"email": user.email, "mail": "not_sent", "reason": exc.code},
+        )
+        db.commit()
+        raise
+    audit.record(db, ctx, "user.invited", target=f"user:{user.id}", details={"email": user.email, "mail": "sent"})
+    db.commit()
 
 
 def invite_user(db: Session, raw: str) -> User:
