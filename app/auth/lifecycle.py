@@ -117,15 +117,20 @@ def request_password_reset(db: Session, settings: Settings, ctx: AuditContext, e
             reset_link=mails.link(settings, "/reset"),
             signup_link=mails.link(settings, "/signup") if settings.signup == "open" else None,
         )
+    _record_request(db, ctx, "password_reset.requested", user, address)
+    db.commit()
+    mails.send(db, settings, address, mail)
+
+
+def _record_request(db: Session, ctx: AuditContext, action: str, user: User | None, address: str) -> None:
+    """Audit a mail asked for by address, with whether an active account has it (the page never says)."""
     audit.record(
         db,
         ctx,
-        "password_reset.requested",
+        action,
         target=f"user:{user.id}" if user is not None else f"email:{address}",
         details={"account": "active" if user is not None and user.is_active else "disabled" if user else "none"},
     )
-    db.commit()
-    mails.send(db, settings, address, mail)
 
 
 def _valid_reset_token(db: Session, token: LinkToken | None) -> User | None:
@@ -294,13 +299,7 @@ def request_unlock(db: Session, settings: Settings, ctx: AuditContext, email: st
         mail = mails.render("unlock", settings, user=user, link=mails.link(settings, f"/unlock/{raw}"), minutes=60)
     else:
         mail = mails.render("unlock_unknown", settings, email=address, reset_link=mails.link(settings, "/reset"))
-    audit.record(
-        db,
-        ctx,
-        "account.unlock_requested",
-        target=f"user:{user.id}" if user is not None else f"email:{address}",
-        details={"account": "active" if user is not None and user.is_active else "disabled" if user else "none"},
-    )
+    _record_request(db, ctx, "account.unlock_requested", user, address)
     db.commit()
     mails.send(db, settings, address, mail)
 

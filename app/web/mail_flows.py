@@ -4,17 +4,21 @@ unlock link."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_wtf import FlaskForm
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
+from app.audit import AuditContext
 from app.auth import lifecycle
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
+from app.settings import Settings
 from app.web.browser import remember_browser
 from app.web.common import audit_ctx, keep_on_form
 
@@ -73,21 +77,27 @@ def _signup_links() -> dict[str, Any]:
     return {"signup_open": lifecycle.signup_open(get_settings())}
 
 
-@bp.route("/reset", methods=["GET", "POST"])
-def reset_request() -> Page:
+def _mail_request(send: Callable[[Session, Settings, AuditContext, str], None], page: str, sent: str) -> Page:
+    """A form with one address that mails a link (or a note that there is no account): the same "check your
+    inbox" page either way; a transport failure is a 503 without its details."""
     form = EmailForm()
     if form.validate_on_submit():
         db = db_session()
         try:
-            lifecycle.request_password_reset(db, get_settings(), audit_ctx(), form.email.data)
+            send(db, get_settings(), audit_ctx(), form.email.data)
         except AppError as exc:
             if exc.code in MAIL_FAILURES:
                 db.rollback()
                 raise _mail_failed(exc) from None
             keep_on_form(db, exc, form)
         else:
-            return render_template("auth/reset_sent.html", email=form.email.data.strip())
-    return render_template("auth/reset.html", form=form), _status(form)
+            return render_template(sent, email=form.email.data.strip())
+    return render_template(page, form=form), _status(form)
+
+
+@bp.route("/reset", methods=["GET", "POST"])
+def reset_request() -> Page:
+    return _mail_request(lifecycle.request_password_reset, "auth/reset.html", "auth/reset_sent.html")
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
@@ -167,19 +177,7 @@ def signup() -> Page:
 @bp.route("/signin/unlock", methods=["GET", "POST"])
 def unlock_request() -> Page:
     """Ask for an unlock link (offered on the sign-in page while it says the account is locked)."""
-    form = EmailForm()
-    if form.validate_on_submit():
-        db = db_session()
-        try:
-            lifecycle.request_unlock(db, get_settings(), audit_ctx(), form.email.data)
-        except AppError as exc:
-            if exc.code in MAIL_FAILURES:
-                db.rollback()
-                raise _mail_failed(exc) from None
-            keep_on_form(db, exc, form)
-        else:
-            return render_template("auth/unlock_sent.html", email=form.email.data.strip())
-    return render_template("auth/unlock_request.html", form=form), _status(form)
+    return _mail_request(lifecycle.request_unlock, "auth/unlock_request.html", "auth/unlock_sent.html")
 
 
 @bp.route("/unlock/<token>", methods=["GET", "POST"])

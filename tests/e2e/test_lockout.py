@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import re
 
-from flask import Flask
 from playwright.sync_api import Browser, Page, expect
 
-from app.auth import users
-from app.extensions import get_database
 from tests.conftest import PASSWORD
 from tests.support.live import LiveServer
-
-
-def _make_user(app: Flask, email: str, role: str = "member") -> int:
-    with app.app_context():
-        db = get_database(app).session()
-        user = users.create_user(
-            db, app.extensions["ami_settings"], email=email, password=PASSWORD, role=role, verified=True
-        )
-        db.commit()
-        return user.id
+from tests.support.throttle_app import add_user
 
 
 def _submit(page: Page, email: str, password: str) -> None:
@@ -30,8 +18,8 @@ def _submit(page: Page, email: str, password: str) -> None:
 
 
 def test_lock_after_repeated_failures_shows_the_retry_time(live: LiveServer, page: Page) -> None:
-    lou = _make_user(live.app, "lou@example.com")
-    _make_user(live.app, "root@example.com", role="admin")
+    lou = add_user(live.app, "lou@example.com")
+    add_user(live.app, "root@example.com", role="admin")
     page.goto(live.url + "/signin")
     for _ in range(4):
         _submit(page, "lou@example.com", "wrong password, surely")
@@ -74,7 +62,7 @@ def test_lock_after_repeated_failures_shows_the_retry_time(live: LiveServer, pag
 
 
 def test_a_strangers_lock_does_not_lock_the_owners_browser(live: LiveServer, page: Page, browser: Browser) -> None:
-    _make_user(live.app, "ola@example.com")
+    add_user(live.app, "ola@example.com")
     # The owner signs in once in this browser: it is known to the account from now on (device cookie).
     page.goto(live.url + "/signin")
     _submit(page, "ola@example.com", PASSWORD)
