@@ -184,7 +184,8 @@ def check_config() -> None:
     )
 
 
-def register_commands(app: Flask) -> None:
+def app_commands() -> list[click.Command]:
+    """Every `ami-auth` command of the app (the groups carry their subcommands)."""
     from app.api.cli import compliance_cli, tokens_cli
     from app.audit_cli import audit_cli
     from app.connectors.cli import accounts_cli
@@ -195,8 +196,7 @@ def register_commands(app: Flask) -> None:
 
     # `ami-auth tokens refresh` (connected accounts' OAuth tokens) joins the API's `tokens` group.
     tokens_cli.add_command(refresh_command)
-
-    for command in (
+    return [
         db_cli,
         users_cli,
         mail_cli,
@@ -210,7 +210,12 @@ def register_commands(app: Flask) -> None:
         providers_cli,
         accounts_cli,
         jobs_cli,
-    ):
+    ]
+
+
+def register_commands(app: Flask) -> None:
+    """The commands on ``app.cli``, for `flask --app wsgi …`."""
+    for command in app_commands():
         app.cli.add_command(command)
 
 
@@ -228,7 +233,27 @@ class ServiceUnavailable(click.ClickException):
     exit_code = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again later
 
 
-class _Cli(FlaskGroup):
+class AmiGroup(FlaskGroup):
+    """`ami-auth`: the app's commands sit on the group itself, so listing them (``--help``) and finding one by
+    name never build the app. Flask's group builds it for both, and building it in development writes the
+    generated keys into ./instance of whatever directory the command was typed in. Here the app (settings,
+    keys, database) is made only when a command that uses it runs (``with_appcontext``, which every
+    ``AppGroup`` command has)."""
+
+    def _app_commands(self) -> None:
+        if not getattr(self, "_ami_commands", False):
+            for command in app_commands():
+                self.add_command(command)
+            self._ami_commands = True
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        self._app_commands()
+        return click.Group.get_command(self, ctx, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._app_commands()
+        return click.Group.list_commands(self, ctx)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -240,7 +265,7 @@ class _Cli(FlaskGroup):
             raise ServiceUnavailable(f"{fault.summary}. Try again in {fault.retry_after} seconds.") from None
 
 
-cli = _Cli(
+cli = AmiGroup(
     create_app=_create_app,
     add_default_commands=True,
     add_version_option=False,

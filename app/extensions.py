@@ -6,8 +6,10 @@ The database is plain SQLAlchemy 2: one engine and one scoped session per app, k
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
@@ -17,10 +19,10 @@ from limits.storage import MemoryStorage, RedisStorage, Storage
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from app.settings import Settings
+from app.settings import Settings, make_private_dir
 
 if TYPE_CHECKING:
     from app.vault import Cipher
@@ -71,9 +73,34 @@ def _drop_read_only_connections(context: ExceptionContext) -> None:
         context.is_disconnect = True
 
 
+def private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file 0600 (its directory 0700) before SQLite does, whatever the umask.
+
+    SQLite would create it 0644 minus the umask, and gives its -wal and -shm files the database file's
+    mode: made private first, all three are (the file holds password hashes and ciphertext). An existing
+    file is left as it is; in-memory and URI databases are SQLite's business.
+    """
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.exists():
+        return
+    make_private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it a moment ago
+        return
+    try:
+        os.fchmod(fd, 0o600)  # the umask filtered the mode given to open
+    finally:
+        os.close(fd)
+
+
 def make_engine(url: str) -> Engine:
-    """An engine with the settings the app relies on: SQLite in WAL with foreign keys on."""
+    """An engine with the settings the app relies on: SQLite in WAL with foreign keys on, its files private."""
     if url.startswith("sqlite"):
+        private_sqlite_file(url)
         # hide_parameters: SQLAlchemy errors would otherwise print bound values (wrapped keys, hashes) to logs.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)

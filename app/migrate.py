@@ -21,8 +21,7 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "heads") -> None:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # The engine (app.extensions.make_engine) creates a SQLite file and its directory private.
     command.upgrade(alembic_config(url), revision)
 
 

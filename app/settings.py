@@ -183,8 +183,17 @@ def new_master_key(kid: str) -> MasterKey:
     return MasterKey(kid, secrets.token_bytes(32))
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) for the owner only: 0700 whatever the umask (an existing
+    directory is left as its owner set it)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o700)  # mkdir's mode is filtered by the umask; chmod is not
+
+
 def _write_private(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
     with os.fdopen(fd, "w") as fh:
         fh.write(content)

@@ -28,8 +28,9 @@ from app.migrate import upgrade
 from app.models import Base, User
 from app.settings import Settings, load_settings
 
-# Real test peers shared by every suite (the SMTP server is also used by the SMTP connector tests).
-pytest_plugins = ["tests.support.smtp"]
+# Real test peers shared by every suite (the SMTP server is also used by the SMTP connector tests), and the
+# sign-in throttle's app fixtures (the throttle and lockout suites).
+pytest_plugins = ["tests.support.smtp", "tests.support.throttle_app"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

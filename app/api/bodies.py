@@ -22,6 +22,13 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 def json_object(*, allowed: Collection[str], required: Collection[str] = ()) -> dict[str, Any]:
     """The request body as a JSON object; unknown and missing keys are refused, each on its own name."""
+    data = json_body()
+    check_keys(data, allowed=allowed, required=required)
+    return data
+
+
+def json_body() -> dict[str, Any]:
+    """The request body as a JSON object, its keys not checked yet (:func:`check_keys`)."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise AppError(
@@ -29,11 +36,15 @@ def json_object(*, allowed: Collection[str], required: Collection[str] = ()) -> 
             "The request body must be a JSON object.",
             'Send Content-Type: application/json and a body like {"name": …}.',
         )
+    return data
+
+
+def check_keys(data: Mapping[str, Any], *, allowed: Collection[str], required: Collection[str] = ()) -> None:
+    """Refuse unknown and missing keys, each on its own name."""
     errors = {key[:80]: "This is not a field of this request." for key in data if key not in allowed}
     errors.update({key: "This field is required." for key in required if key not in data})
     if errors:
         raise AppError("validation_failed", fields=errors)
-    return data
 
 
 def body_id(data: Mapping[str, Any], key: str) -> int:

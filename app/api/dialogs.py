@@ -13,10 +13,9 @@ from typing import Final
 
 from werkzeug.wrappers import Response
 
-from app import audit
 from app.api import bodies, dialog_links
 from app.api.registry import DATETIME, JSONSchema, component, document, settings_component
-from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response, principal
+from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response, principal, require_scope
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.models.base import ID_MAX
@@ -77,7 +76,7 @@ def _kind(data: dict[str, object]) -> DialogKind:
 
 
 @bp.post("/account-manager/dialogs")
-@api_auth()
+@api_auth(any_of=tuple(sorted(set(dialog_links.KIND_SCOPE.values()))))
 @document(
     summary="A single-use URL of a secure dialog",
     description="Secrets are typed only in AMI Auth's own pages. This returns a URL of one such dialog, valid for "
@@ -97,28 +96,15 @@ def _kind(data: dict[str, object]) -> DialogKind:
     tags=("dialogs",),
 )
 def create_dialog() -> Response:
-    data = bodies.json_object(
-        allowed=("kind", "provider_config_id", "account_id", "return_to"), required=("kind", "return_to")
-    )
+    # Scope before body: the guard let in only callers holding one of the dialog scopes; the kind picks
+    # which one, and nothing else of the body is looked at before it is checked.
+    data = bodies.json_body()
     kind = _kind(data)
+    require_scope(dialog_links.KIND_SCOPE[kind], kind=kind)
+    bodies.check_keys(
+        data, allowed=("kind", "provider_config_id", "account_id", "return_to"), required=("kind", "return_to")
+    )
     caller = principal()
-    scope = dialog_links.KIND_SCOPE[kind]
-    if not caller.has(scope):
-        db = db_session()
-        audit.record(
-            db,
-            api_audit_ctx(),
-            "api.denied",
-            target=f"service_token:{caller.token.id}" if caller.token is not None else "dialog",
-            outcome="denied",
-            details={"reason": "missing_scope", "missing_scopes": [scope], "kind": kind},
-        )
-        db.commit()
-        raise AppError(
-            "permission_denied",
-            f"A {kind} dialog needs the scope '{scope}'.",
-            f"Use a service token with '{scope}' (console: Service tokens).",
-        )
     target_field = dialog_links.TARGET_FIELD[kind]
     other = {"provider_config_id", "account_id"} - {target_field}
     errors = {name: f"Not used by a {kind} dialog." for name in other if name in data}

@@ -107,7 +107,9 @@ def _security(doc: OperationDoc) -> list[dict[str, list[str]]]:
         return []
     options: list[dict[str, list[str]]] = []
     if auth.tokens:
-        options.append({"serviceToken": list(auth.scopes)})
+        # Security requirement objects are alternatives (OpenAPI 3.1 §4.8.30): one per candidate scope.
+        for extra in auth.any_of or (None,):
+            options.append({"serviceToken": [*auth.scopes, *([extra] if extra else [])]})
     if auth.cookies:
         options.append({"sessionCookie": []})
     return options
@@ -151,7 +153,7 @@ def _operation(rule: Rule, method: str, doc: OperationDoc, path_parameters: list
         statuses.add(401)
         # 403: a missing scope; for cookie calls also a failed CSRF / origin check, or `mfa_required`
         # (the user's role requires a second factor they have not enrolled yet).
-        if doc.auth is not None and (doc.auth.scopes or doc.auth.cookies):
+        if doc.auth is not None and (doc.auth.scopes or doc.auth.any_of or doc.auth.cookies):
             statuses.add(403)
     if path_parameters:
         statuses.add(404)

@@ -95,6 +95,9 @@ class AuthSpec:
     """Who may call an endpoint: the scopes a token needs, and which credentials are accepted."""
 
     scopes: tuple[str, ...] = ()
+    # At least one of these as well (an endpoint whose body picks the exact scope, e.g. a dialog's kind:
+    # the caller must hold one of the candidates before the body is read).
+    any_of: tuple[str, ...] = ()
     tokens: bool = True
     cookies: bool = True
     public: bool = False

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Final, Literal, ParamSpec, TypeVar
@@ -142,19 +142,31 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def api_auth(
-    *scopes: Scope, tokens: bool = True, cookies: bool = True, audit_use: bool = True
+    *scopes: Scope,
+    any_of: tuple[Scope, ...] = (),
+    tokens: bool = True,
+    cookies: bool = True,
+    audit_use: bool = True,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Guard a JSON endpoint: a service token with every scope in ``scopes``, or a session whose role has them.
+
+    The scopes are checked here, before the view runs, so a caller without them never learns anything from
+    the request body's validation. An endpoint whose body picks the exact scope (a dialog's ``kind``) names
+    the candidates in ``any_of``: the caller must hold one of them to get in, and the view narrows it with
+    :func:`require_scope` right after reading the field that picks it. Every endpoint a token can call
+    names its scopes (a ``ValueError`` at import otherwise), so no route can skip this check.
 
     ``tokens=False`` makes an endpoint answer to the session cookie only (``GET /api/auth/session``
     describes the browser's own session); ``cookies=False`` to service tokens only. ``audit_use=False``:
     the view audits every call itself, in its own transaction, with :func:`api_audit_ctx` (the token is the
     actor), so a successful token use is not a second event; refusals are recorded either way.
     """
-    unknown = [s for s in scopes if s not in SCOPES]
+    unknown = [s for s in (*scopes, *any_of) if s not in SCOPES]
     if unknown:
         raise ValueError(f"unknown API scope(s) {unknown}; add them to app.api.tokens.SCOPES first")
-    spec = AuthSpec(scopes=tuple(scopes), tokens=tokens, cookies=cookies, audit_use=audit_use)
+    if tokens and not scopes and not any_of:
+        raise ValueError("an endpoint service tokens can call must name its scopes (or any_of candidates)")
+    spec = AuthSpec(scopes=tuple(scopes), any_of=tuple(any_of), tokens=tokens, cookies=cookies, audit_use=audit_use)
 
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @wraps(view)
@@ -246,7 +258,7 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
         raise AppError("not_authenticated", message, hint)
 
     _limit(settings, _principal_item(settings), "token", str(record.id), target=target, ctx=_token_ctx(record))
-    missing = [s for s in spec.scopes if s not in record.scopes]
+    missing = _missing(spec, record.scopes)
     if missing:
         audit.record(
             db,
@@ -259,8 +271,8 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
         db.commit()
         raise AppError(
             "permission_denied",
-            f"This service token lacks the scope {_names(missing)}.",
-            f"Create a token with {_names(missing)} under Service tokens in the console and use it instead.",
+            f"This service token lacks the scope {_names(missing, spec)}.",
+            f"Create a token with {_names(missing, spec)} under Service tokens in the console and use it instead.",
         )
     tokens.touch(db, record)
     if spec.audit_use:
@@ -277,7 +289,7 @@ def _session_principal(settings: Settings, spec: AuthSpec, who: SignedIn) -> Pri
     if request.method not in SAFE_METHODS:
         _check_csrf(settings, target)
     granted = ROLE_SCOPES.get(user.role, frozenset())
-    missing = [s for s in spec.scopes if s not in granted]
+    missing = _missing(spec, granted)
     if missing:
         db = db_session()
         audit.record(
@@ -291,14 +303,58 @@ def _session_principal(settings: Settings, spec: AuthSpec, who: SignedIn) -> Pri
         db.commit()
         raise AppError(
             "permission_denied",
-            f"Your role ({user.role}) does not include the scope {_names(missing)}.",
+            f"Your role ({user.role}) does not include the scope {_names(missing, spec)}.",
             "Ask an administrator, or call this endpoint from the CMS server with a service token.",
         )
     return Principal("session", granted, session=who)
 
 
-def _names(scopes: Sequence[str]) -> str:
-    return ", ".join(f"'{s}'" for s in scopes)
+def _missing(spec: AuthSpec, held: Collection[str]) -> list[str]:
+    """The scopes a caller lacks: every one of ``spec.scopes`` not held, and the ``any_of`` candidates when it
+    holds none of them."""
+    missing = [s for s in spec.scopes if s not in held]
+    if spec.any_of and not any(s in held for s in spec.any_of):
+        missing.extend(spec.any_of)
+    return missing
+
+
+def _names(scopes: Sequence[str], spec: AuthSpec | None = None) -> str:
+    quoted = [f"'{s}'" for s in scopes]
+    if spec is not None and spec.any_of and all(s in scopes for s in spec.any_of):
+        alternatives = [f"'{s}'" for s in spec.any_of]
+        required = [q for q in quoted if q not in alternatives]
+        one_of = " or ".join(alternatives)
+        return ", ".join([*required, one_of]) if required else one_of
+    return ", ".join(quoted)
+
+
+def require_scope(scope: Scope, **details: object) -> None:
+    """Narrow an ``any_of`` endpoint to the exact scope its body asks for (the caller holds one candidate, is
+    this the one?). Refusals are audited (``api.denied``) like the guard's own."""
+    caller = principal()
+    if caller.has(scope):
+        return
+    db = db_session()
+    audit.record(
+        db,
+        api_audit_ctx(),
+        "api.denied",
+        target=f"service_token:{caller.token.id}" if caller.token is not None else f"user:{caller.user_id}",
+        outcome="denied",
+        details=_request_details(reason="missing_scope", missing_scopes=[scope], **details),
+    )
+    db.commit()
+    if caller.token is not None:
+        raise AppError(
+            "permission_denied",
+            f"This service token lacks the scope '{scope}'.",
+            f"Use a service token with '{scope}' (console: Service tokens).",
+        )
+    raise AppError(
+        "permission_denied",
+        f"Your role does not include the scope '{scope}'.",
+        "Ask an administrator, or call this endpoint from the CMS server with a service token.",
+    )
 
 
 # --- CSRF for cookie calls ----------------------------------------------------------------------------

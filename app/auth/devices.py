@@ -1,12 +1,31 @@
-"""A short, human summary of a User-Agent header ("Firefox on Windows") for session lists.
+"""Telling a user's own devices apart: a short summary of a User-Agent header ("Firefox on Windows") for
+session lists, and the random device id a browser keeps in a cookie once it has signed in.
 
-Deliberately small: the goal is recognising one's own devices, not analytics. Order matters because
-browsers copy each other's tokens (Edge and Opera say "Chrome", Chrome says "Safari").
+The summary is deliberately small: the goal is recognising one's own devices, not analytics. Order
+matters because browsers copy each other's tokens (Edge and Opera say "Chrome", Chrome says "Safari").
+
+The device id only tells the sign-in throttle which browser an attempt comes from (app.auth.throttle
+counts a known browser's failures apart from a stranger's); it grants nothing by itself. 32 random bytes,
+so it cannot be guessed; the server keeps only a hash of it.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+
+# token_urlsafe(32): 43 characters of the URL-safe base64 alphabet.
+_DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def new_device_id() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def valid_device_id(raw: str | None) -> str | None:
+    """The cookie's value when it has the shape of a device id (anything else is ignored, not an error)."""
+    return raw if raw is not None and _DEVICE_ID.fullmatch(raw) else None
+
 
 _BROWSERS: tuple[tuple[str, str], ...] = (
     (r"\bEdgA?/", "Edge"),

@@ -1,4 +1,5 @@
-"""Account lifecycle by mail and by the user: verification, password reset, invites, sign-up, password change.
+"""Account lifecycle by mail and by the user: verification, password reset, invites, sign-up, unlock links,
+password change.
 
 Every function takes the database session, the settings and an :class:`AuditContext`, commits its own
 change together with its audit event, and sends mail only after that commit. Link tokens are single
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from limits.storage import Storage
 from sqlalchemy.orm import Session
 
 from app import audit
 from app.audit import AuditContext
-from app.auth import mail_tokens, mails, passwords, sessions, users
+from app.auth import mail_tokens, mails, passwords, sessions, throttle, users
 from app.errors import AppError
 from app.models import LinkToken, User, utcnow
 from app.settings import Settings
@@ -26,6 +28,7 @@ def _expired(what: str, hint: str) -> AppError:
 RESET_EXPIRED_HINT = "Links work once and for 1 hour. Ask for a new one on the “Forgot password?” page."
 INVITE_EXPIRED_HINT = "Invitations work once and for 7 days. Ask an administrator to send a new one."
 VERIFY_EXPIRED_HINT = "Links work once and for 24 hours. Sign in and send a new one from your account page."
+UNLOCK_EXPIRED_HINT = "Links work once and for 1 hour. Ask for a new one on the sign-in page."
 
 
 def _check_new_password(settings: Settings, user: User, password: str, field: str = "password") -> str:
@@ -114,15 +117,20 @@ def request_password_reset(db: Session, settings: Settings, ctx: AuditContext, e
             reset_link=mails.link(settings, "/reset"),
             signup_link=mails.link(settings, "/signup") if settings.signup == "open" else None,
         )
+    _record_request(db, ctx, "password_reset.requested", user, address)
+    db.commit()
+    mails.send(db, settings, address, mail)
+
+
+def _record_request(db: Session, ctx: AuditContext, action: str, user: User | None, address: str) -> None:
+    """Audit a mail asked for by address, with whether an active account has it (the page never says)."""
     audit.record(
         db,
         ctx,
-        "password_reset.requested",
+        action,
         target=f"user:{user.id}" if user is not None else f"email:{address}",
         details={"account": "active" if user is not None and user.is_active else "disabled" if user else "none"},
     )
-    db.commit()
-    mails.send(db, settings, address, mail)
 
 
 def _valid_reset_token(db: Session, token: LinkToken | None) -> User | None:
@@ -187,12 +195,29 @@ def send_invite(db: Session, settings: Settings, ctx: AuditContext, user: User, 
         raise AppError("conflict", "This user is disabled.", "Enable the user first.")
     mails.check_mail_allowed(db, settings, ctx, purpose="invite", to=user.email)
     raw = mail_tokens.issue_token(db, "invite", user_id=user.id, email=user.email)
-    audit.record(db, ctx, "user.invited", target=f"user:{user.id}", details={"email": user.email})
-    db.commit()
+    db.commit()  # the link exists before the mail that carries it
     mail = mails.render(
         "invite", settings, user=user, inviter=inviter, link=mails.link(settings, f"/invite/{raw}"), days=7
     )
-    mails.send(db, settings, user.email, mail)
+    try:
+        mails.send(db, settings, user.email, mail)
+    except AppError as exc:
+        # Nobody received the link: void it, and record the invitation as failed (the user stays; the admin
+        # is told and can send it again once the mailer works).
+        db.rollback()
+        mail_tokens.invalidate_tokens(db, "invite", user_id=user.id)
+        audit.record(
+            db,
+            ctx,
+            "user.invited",
+            target=f"user:{user.id}",
+            outcome="failure",
+            details={"email": user.email, "mail": "not_sent", "reason": exc.code},
+        )
+        db.commit()
+        raise
+    audit.record(db, ctx, "user.invited", target=f"user:{user.id}", details={"email": user.email, "mail": "sent"})
+    db.commit()
 
 
 def invite_user(db: Session, raw: str) -> User:
@@ -258,6 +283,45 @@ def signup(db: Session, settings: Settings, ctx: AuditContext, *, email: str, di
     db.commit()
     mail = mails.render("verify", settings, user=user, link=mails.link(settings, f"/verify/{raw}"), hours=24)
     mails.send(db, settings, user.email, mail)
+
+
+# --- unlock link (app.auth.throttle) -------------------------------------------------------------------
+
+
+def request_unlock(db: Session, settings: Settings, ctx: AuditContext, email: str) -> None:
+    """Mail an unlock link to an active account, or a note that there is none: the caller shows one page either
+    way, and the mail throttle counts both alike, so the page says nothing about which addresses exist."""
+    address = users.validate_email(email)
+    mails.check_mail_allowed(db, settings, ctx, purpose="unlock", to=address)
+    user = users.get_by_email(db, address)
+    if user is not None and user.is_active:
+        raw = mail_tokens.issue_token(db, "unlock", user_id=user.id, email=user.email)
+        mail = mails.render("unlock", settings, user=user, link=mails.link(settings, f"/unlock/{raw}"), minutes=60)
+    else:
+        mail = mails.render("unlock_unknown", settings, email=address, reset_link=mails.link(settings, "/reset"))
+    _record_request(db, ctx, "account.unlock_requested", user, address)
+    db.commit()
+    mails.send(db, settings, address, mail)
+
+
+def unlock_user(db: Session, raw: str) -> User:
+    """The user an unlock link is for, or ``token_expired``."""
+    user = _token_user(db, mail_tokens.find_token(db, "unlock", raw))
+    if user is None:
+        raise _expired("unlock", UNLOCK_EXPIRED_HINT)
+    return user
+
+
+def unlock_with_link(db: Session, storage: Storage, ctx: AuditContext, raw: str) -> User:
+    """Spend an unlock link: every sign-in lock of the account is lifted (audited ``account.unlocked`` by
+    ``link``). The caller remembers the browser that followed it for the account."""
+    user = _token_user(db, mail_tokens.consume_token(db, "unlock", raw))
+    if user is None:
+        db.rollback()
+        raise _expired("unlock", UNLOCK_EXPIRED_HINT)
+    throttle.unlock_account(storage, user.email, by="link", db=db, ctx=ctx)
+    db.commit()
+    return user
 
 
 # --- self-service -----------------------------------------------------------------------------------

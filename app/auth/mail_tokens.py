@@ -1,4 +1,4 @@
-"""Single-use link tokens (setup, verify, reset, invite): random, stored hashed, expiring."""
+"""Single-use link tokens (setup, verify, reset, invite, unlock): random, stored hashed, expiring."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ LIFETIMES: dict[TokenPurpose, timedelta] = {
     "verify": timedelta(hours=24),
     "reset": timedelta(hours=1),
     "invite": timedelta(days=7),
+    "unlock": timedelta(hours=1),
 }
 
 

@@ -21,7 +21,9 @@ from app.settings import Settings
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
 PRODUCT = "AMI Auth"
 
-MailKind = Literal["verify", "reset", "reset_unknown", "reset_disabled", "invite", "signup_existing"]
+MailKind = Literal[
+    "verify", "reset", "reset_unknown", "reset_disabled", "invite", "signup_existing", "unlock", "unlock_unknown"
+]
 
 SUBJECTS: dict[MailKind, str] = {
     "verify": "Confirm your email address",
@@ -30,6 +32,8 @@ SUBJECTS: dict[MailKind, str] = {
     "reset_disabled": "Password reset requested",
     "invite": "You are invited to AMI Auth",
     "signup_existing": "You already have an account",
+    "unlock": "Unlock your account",
+    "unlock_unknown": "Account unlock requested",
 }
 
 
@@ -67,7 +71,8 @@ def link(settings: Settings, path: str) -> str:
 
 
 def check_mail_allowed(db: Session, settings: Settings, ctx: AuditContext, *, purpose: str, to: str) -> None:
-    """Throttle call site for every mail the app sends on someone's request (reset, verify, invite, sign-up).
+    """Throttle call site for every mail the app sends on someone's request (reset, verify, invite, sign-up,
+    unlock).
 
     Called *before* any token is issued, with the same arguments whether or not an account exists, so
     a refusal (``rate_limited``) reveals nothing. Per recipient always; per client IP except for an

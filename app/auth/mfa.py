@@ -243,13 +243,15 @@ def record_failure(
     user: User,
     ip: str,
     *,
+    device: str | None = None,
     db: Session | None = None,
     ctx: AuditContext | None = None,
 ) -> bool:
-    """Count a wrong second factor; returns False once the per-user allowance is used up. With ``db`` and
-    ``ctx`` an account lock the failure starts is audited by the throttle (the caller commits)."""
+    """Count a wrong second factor; returns False once the per-user allowance is used up. ``device`` is the
+    browser's device cookie (the throttle counts known browsers apart). With ``db`` and ``ctx`` an account
+    lock the failure starts is audited by the throttle (the caller commits)."""
     allowed = MovingWindowRateLimiter(storage).hit(FAILURE_WINDOW, _FAILURE_NAMESPACE, str(user.id))
-    throttle.record_failure(storage, settings, user.email, ip, db=db, ctx=ctx)
+    throttle.record_failure(storage, settings, user.email, ip, device=device, db=db, ctx=ctx)
     return bool(allowed)
 
 

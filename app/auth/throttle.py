@@ -8,18 +8,28 @@ OWASP's Authentication Cheat Sheet adds per-client limits so one source cannot s
 
 * **per IP** - every sign-in attempt counts, moving window of one minute (``AMI_AUTH_THROTTLE_IP_PER_MINUTE``).
   IPv6 clients are grouped by /64, the smallest block a home connection is usually given.
-* **per account** - after ``AMI_AUTH_THROTTLE_ACCOUNT_FAILURES`` consecutive failures the account is
-  locked; every further failure after a lock ends locks it again for twice as long, up to
-  ``AMI_AUTH_THROTTLE_LOCK_MAX_SECONDS``. A success (or an admin's unlock) starts over. A locked account
-  is not even verified, so a lock also stops the hashing work.
+* **per account, per source** (smart lockout, the idea of Entra ID's) - failures are counted apart by
+  where they come from: each *known browser* of the account (a device cookie that completed a sign-in
+  to it), each *known network* (an IP bucket a sign-in to it succeeded from), and everything else
+  together (*unfamiliar*). After ``AMI_AUTH_THROTTLE_ACCOUNT_FAILURES`` consecutive failures from one
+  source that source is locked; every further failure after a lock ends locks it again for twice as long,
+  up to ``AMI_AUTH_THROTTLE_LOCK_MAX_SECONDS``. A stranger can therefore lock the unfamiliar source only:
+  the owner's own browser (and network) keep their own count. A completed sign-in forgets the failures
+  of the source it came through (never another source's); an admin's unlock or the owner's unlock link
+  forgets them all. A locked source is not even verified, so a lock also stops the hashing work.
 * **per IP x account** - at most :data:`PAIR_FAILURES_PER_HOUR` failures an hour from one IP against one
-  account. An admin's unlock does not clear it: unlocking an account for its owner must not reopen it
-  to the client that was hammering it.
-* **mail sends** - reset / verification mail per recipient and per IP (:func:`check_mail_send`).
+  account (known browsers excepted: they have their own count). An unlock does not clear it: unlocking
+  an account for its owner must not reopen it to the client that was hammering it.
+* **mail sends** - reset / verification / unlock mail per recipient and per IP (:func:`check_mail_send`).
+
+A browser or network becomes *known* to an account when a sign-in to it completes by any method
+(:func:`remember_source`), and stays known for :data:`KNOWN_DEVICE_DAYS` / :data:`KNOWN_NETWORK_DAYS`
+after the last one. Only a sign-in can make a source known, so a stranger cannot get into a count that
+is not the unfamiliar one without the owner's browser (its cookie) or the owner's network.
 
 Unknown emails are counted exactly like known ones (keys are derived from the normalized email), so a
-lock or its absence says nothing about whether an account exists. Keys hold a hash of the email, not
-the email itself.
+lock or its absence says nothing about whether an account exists; an unknown email only ever has the
+unfamiliar source. Keys hold a hash of the email (and of the device cookie), not the values themselves.
 """
 
 from __future__ import annotations
@@ -44,10 +54,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAILURE_MEMORY_SECONDS",
+    "KNOWN_DEVICE_DAYS",
+    "KNOWN_NETWORK_DAYS",
     "MAIL_PER_IP_PER_HOUR",
     "MAIL_PER_RECIPIENT_PER_15_MINUTES",
     "PAIR_FAILURES_PER_HOUR",
     "AccountStatus",
+    "Source",
     "Throttled",
     "account_status",
     "check_mail_send",
@@ -57,36 +70,55 @@ __all__ = [
     "lock_seconds",
     "record_failure",
     "record_success",
+    "remember_source",
+    "source_of",
     "unlock_account",
 ]
 
 Layer = Literal["ip", "account", "ip_account", "mail_recipient", "mail_ip"]
+# Where failed sign-ins come from, each counted on its own (see the module docstring).
+Source = Literal["known_device", "known_network", "unfamiliar"]
+UnlockedBy = Literal["admin", "link"]
 
 # Consecutive failures are forgotten a day after the first one, so a typo now and then never adds up.
 FAILURE_MEMORY_SECONDS = 24 * 3600
 PAIR_FAILURES_PER_HOUR = 10
 MAIL_PER_RECIPIENT_PER_15_MINUTES = 3
 MAIL_PER_IP_PER_HOUR = 20
+# How long a browser / network stays known to an account after its last completed sign-in. A network is
+# forgotten sooner: addresses change hands, a browser's cookie does not.
+KNOWN_DEVICE_DAYS = 90
+KNOWN_NETWORK_DAYS = 30
+# An unlock moves an account's known-source counts to a new generation (they cannot be listed to be
+# cleared one by one); the generation outlives every count it orphans (failures 24 h, locks <= 7 days).
+_GENERATION_SECONDS = 8 * 24 * 3600
 
 _NS = "ami"
 _PAIR = RateLimitItemPerHour(PAIR_FAILURES_PER_HOUR, namespace=f"{_NS}-signin-pair")
 _MAIL_RECIPIENT = RateLimitItemPerMinute(MAIL_PER_RECIPIENT_PER_15_MINUTES, 15, namespace=f"{_NS}-mail-to")
 _MAIL_IP = RateLimitItemPerHour(MAIL_PER_IP_PER_HOUR, namespace=f"{_NS}-mail-ip")
 
+ACCOUNT_LOCKED = "Too many failed sign-ins for this account."
+
 
 class Throttled(AppError):
-    """A request refused by a throttle: ``rate_limited`` (HTTP 429) with ``Retry-After`` in seconds."""
+    """A request refused by a throttle: ``rate_limited`` (HTTP 429) with ``Retry-After`` in seconds.
 
-    def __init__(self, layer: Layer, retry_after: int, message: str) -> None:
+    ``source`` says which count an account lock is on (``None`` for the other layers).
+    """
+
+    def __init__(self, layer: Layer, retry_after: int, message: str, source: Source | None = None) -> None:
         super().__init__(
             "rate_limited", message=message, hint=f"Try again in {describe_wait(retry_after)}.", retry_after=retry_after
         )
         self.layer = layer
+        self.source = source
 
 
 @dataclass(frozen=True)
 class AccountStatus:
-    """What the account layer knows about an email: consecutive failures and the current lock, if any."""
+    """What the account layer knows about an email's unfamiliar source (the one a stranger can lock):
+    consecutive failures and the current lock, if any."""
 
     failures: int
     locked_until: float | None  # a time.time() timestamp
@@ -99,6 +131,15 @@ class AccountStatus:
         if self.locked_until is None:
             return 0
         return _seconds_until(self.locked_until, now)
+
+
+@dataclass(frozen=True)
+class _Count:
+    """One source's failure count and lock for one account."""
+
+    source: Source
+    failures_key: str
+    lock_key: str
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -119,9 +160,13 @@ def _seconds_until(timestamp: float, now: float | None = None) -> int:
     return max(1, math.ceil(timestamp - (now if now is not None else time.time())))
 
 
+def _hash(kind: str, value: str) -> str:
+    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:32]
+
+
 def _account_id(email: str) -> str:
     # Same normalization as app.auth.users.normalize_email; hashed so Redis never holds an address.
-    return hashlib.sha256(("account:" + email.strip().lower()).encode()).hexdigest()[:32]
+    return _hash("account", email.strip().lower())
 
 
 def ip_bucket(ip: str) -> str:
@@ -146,6 +191,38 @@ def _lock_key(email: str) -> str:
     return f"{_NS}/account-lock/{_account_id(email)}"
 
 
+def _known_device_key(account: str, device: str) -> str:
+    return f"{_NS}/known-device/{account}/{_hash('device', device)}"
+
+
+def _known_network_key(account: str, bucket: str) -> str:
+    return f"{_NS}/known-network/{account}/{bucket}"
+
+
+def _generation_key(account: str) -> str:
+    return f"{_NS}/account-generation/{account}"
+
+
+def _count(storage: Storage, email: str, ip: str, device: str | None) -> _Count:
+    """The count a sign-in attempt from this browser and address falls in: a known browser first, then a
+    known network, else the unfamiliar one (the keys the throttle has always used for the account)."""
+    account = _account_id(email)
+    known: tuple[Source, str] | None = None
+    if device and storage.get(_known_device_key(account, device)) > 0:
+        known = ("known_device", "device/" + _hash("device", device))
+    elif ip and storage.get(_known_network_key(account, ip_bucket(ip))) > 0:
+        known = ("known_network", "network/" + ip_bucket(ip))
+    if known is None:
+        return _Count("unfamiliar", _failures_key(email), _lock_key(email))
+    source, suffix = known
+    generation = storage.get(_generation_key(account))
+    return _Count(
+        source,
+        f"{_NS}/account-failures/{account}/{generation}/{suffix}",
+        f"{_NS}/account-lock/{account}/{generation}/{suffix}",
+    )
+
+
 def _ip_item(settings: Settings) -> RateLimitItem:
     return RateLimitItemPerMinute(settings.throttle_ip_per_minute, namespace=f"{_NS}-signin-ip")
 
@@ -157,6 +234,12 @@ def _limiter(storage: Storage) -> MovingWindowRateLimiter:
 def _window_wait(limiter: MovingWindowRateLimiter, item: RateLimitItem, *identifiers: str) -> int:
     stats = limiter.get_window_stats(item, *identifiers)
     return _seconds_until(stats.reset_time)
+
+
+def _set_for(storage: Storage, key: str, seconds: int) -> None:
+    # incr only sets the expiry on a fresh key: clear first so the value gets its full length.
+    storage.clear(key)
+    storage.incr(key, seconds)
 
 
 def lock_seconds(settings: Settings, failures: int) -> int:
@@ -177,7 +260,7 @@ def lock_seconds(settings: Settings, failures: int) -> int:
 
 
 def account_status(storage: Storage, email: str) -> AccountStatus:
-    """The account layer's state for an email (for the admin console and for tests)."""
+    """The unfamiliar source's state for an email (for the admin console and for tests)."""
     failures = storage.get(_failures_key(email))
     lock_key = _lock_key(email)
     if storage.get(lock_key) > 0:
@@ -185,11 +268,17 @@ def account_status(storage: Storage, email: str) -> AccountStatus:
     return AccountStatus(failures, None)
 
 
-def check_signin(storage: Storage, settings: Settings, *, email: str, ip: str) -> None:
+def source_of(storage: Storage, email: str, ip: str, device: str | None = None) -> Source:
+    """Which count a sign-in to ``email`` from this address (and device cookie) would fall in."""
+    return _count(storage, email, ip, device).source
+
+
+def check_signin(storage: Storage, settings: Settings, *, email: str, ip: str, device: str | None = None) -> None:
     """Call before verifying a password (or a second factor). Raises :class:`Throttled` when refused.
 
-    The attempt is counted against the IP whatever happens next; the account and IP x account layers
-    only count failures, in :func:`record_failure`.
+    ``device`` is the browser's device cookie, if it sent one. The attempt is counted against the IP
+    whatever happens next; the account and IP x account layers only count failures, in
+    :func:`record_failure`.
     """
     limiter = _limiter(storage)
     ip_item = _ip_item(settings)
@@ -200,15 +289,17 @@ def check_signin(storage: Storage, settings: Settings, *, email: str, ip: str) -
             _window_wait(limiter, ip_item, client),
             "Too many sign-in attempts from your network.",
         )
-    status = account_status(storage, email)
-    if status.locked_until is not None:
-        raise Throttled("account", status.retry_after(), "Too many failed sign-ins for this account.")
+    count = _count(storage, email, ip, device)
+    if storage.get(count.lock_key) > 0:
+        wait = _seconds_until(storage.get_expiry(count.lock_key))
+        raise Throttled("account", wait, ACCOUNT_LOCKED, count.source)
     account = _account_id(email)
-    if not limiter.test(_PAIR, client, account):
+    if count.source != "known_device" and not limiter.test(_PAIR, client, account):
         raise Throttled(
             "ip_account",
             _window_wait(limiter, _PAIR, client, account),
             "Too many failed sign-ins for this account from your network.",
+            count.source,
         )
 
 
@@ -218,67 +309,98 @@ def record_failure(
     email: str,
     ip: str,
     *,
+    device: str | None = None,
     db: Session | None = None,
     ctx: audit.AuditContext | None = None,
 ) -> Throttled | None:
     """Count a failed password or second-factor check. Returns the lock it started, if it started one.
 
-    With ``db`` and ``ctx`` a new lock is recorded in the audit log (``account.locked``); the caller commits.
+    With ``db`` and ``ctx`` a new lock is recorded in the audit log (``account.locked``, naming the source
+    it is on); the caller commits.
     """
-    failures = storage.incr(_failures_key(email), FAILURE_MEMORY_SECONDS)
+    count = _count(storage, email, ip, device)
+    failures = storage.incr(count.failures_key, FAILURE_MEMORY_SECONDS)
     seconds = lock_seconds(settings, failures)
     started: Throttled | None = None
     if seconds:
-        lock_key = _lock_key(email)
-        # incr only sets the expiry on a fresh key: clear first so the new lock gets its full length.
-        storage.clear(lock_key)
-        storage.incr(lock_key, seconds)
-        started = Throttled("account", seconds, "Too many failed sign-ins for this account.")
-        _audit_lock(db, ctx, email, "account", seconds, failures)
+        _set_for(storage, count.lock_key, seconds)
+        started = Throttled("account", seconds, ACCOUNT_LOCKED, count.source)
+        _audit_lock(db, ctx, email, "account", count.source, seconds, failures)
+    if count.source == "known_device":
+        return started  # the browser's own count is the bound; the pair window is for everyone else
     limiter = _limiter(storage)
     client, account = ip_bucket(ip), _account_id(email)
     # Only a failure that fills the window starts a pair lock; later ones are refused before they count.
     if limiter.hit(_PAIR, client, account) and not limiter.test(_PAIR, client, account) and started is None:
         wait = _window_wait(limiter, _PAIR, client, account)
-        started = Throttled("ip_account", wait, "Too many failed sign-ins for this account from your network.")
-        _audit_lock(db, ctx, email, "ip_account", wait, failures)
+        started = Throttled(
+            "ip_account", wait, "Too many failed sign-ins for this account from your network.", count.source
+        )
+        _audit_lock(db, ctx, email, "ip_account", count.source, wait, failures)
     return started
 
 
-def record_success(storage: Storage, settings: Settings, email: str, ip: str) -> None:
-    """A correct password (and second factor): forget this account's failures and this client's."""
-    storage.clear(_failures_key(email))
-    storage.clear(_lock_key(email))
+def record_success(storage: Storage, settings: Settings, email: str, ip: str, *, device: str | None = None) -> None:
+    """A correct password (and second factor): forget the failures of the source the sign-in came through
+    and this client's pair window. Other sources keep theirs, so the owner signing in from their own browser
+    does not hand a stranger a fresh set of guesses."""
+    count = _count(storage, email, ip, device)
+    storage.clear(count.failures_key)
+    storage.clear(count.lock_key)
     _limiter(storage).clear(_PAIR, ip_bucket(ip), _account_id(email))
+
+
+def remember_source(storage: Storage, email: str, *, ip: str | None, device: str | None) -> None:
+    """A sign-in to ``email`` completed (any method) from this browser and network: both are known to the
+    account from now on, for :data:`KNOWN_DEVICE_DAYS` / :data:`KNOWN_NETWORK_DAYS` after the last time.
+    ``ip=None`` remembers the browser only (the unlock link proves the mailbox, not the network)."""
+    account = _account_id(email)
+    if device:
+        _set_for(storage, _known_device_key(account, device), KNOWN_DEVICE_DAYS * 86400)
+    if ip:
+        _set_for(storage, _known_network_key(account, ip_bucket(ip)), KNOWN_NETWORK_DAYS * 86400)
 
 
 def unlock_account(
     storage: Storage,
     email: str,
     *,
+    by: UnlockedBy = "admin",
     db: Session | None = None,
     ctx: audit.AuditContext | None = None,
 ) -> bool:
-    """Clear the account lock and its failure count (an admin's "Unlock"). Returns whether it was locked.
+    """Clear every source's lock and failure count of an account (an admin's "Unlock", or the owner's unlock
+    link). Returns whether the unfamiliar source was locked. The IP x account windows stay.
 
     With ``db`` and ``ctx`` the unlock is recorded in the audit log (``account.unlocked``); the caller commits.
     """
     was_locked = account_status(storage, email).locked
     storage.clear(_failures_key(email))
     storage.clear(_lock_key(email))
+    # The known sources' counts cannot be listed: move the account to a new generation of them instead.
+    generation_key = _generation_key(_account_id(email))
+    generation = storage.get(generation_key)
+    storage.clear(generation_key)
+    storage.incr(generation_key, _GENERATION_SECONDS, amount=generation + 1)
     if db is not None and ctx is not None:
         audit.record(
             db,
             ctx,
             "account.unlocked",
             target=f"email:{email.strip().lower()}",
-            details={"was_locked": was_locked},
+            details={"was_locked": was_locked, "by": by},
         )
     return was_locked
 
 
 def _audit_lock(
-    db: Session | None, ctx: audit.AuditContext | None, email: str, layer: Layer, seconds: int, failures: int
+    db: Session | None,
+    ctx: audit.AuditContext | None,
+    email: str,
+    layer: Layer,
+    source: Source,
+    seconds: int,
+    failures: int,
 ) -> None:
     if db is None or ctx is None:
         return
@@ -288,7 +410,7 @@ def _audit_lock(
         "account.locked",
         target=f"email:{email.strip().lower()}",
         outcome="denied",
-        details={"layer": layer, "seconds": seconds, "failures": failures},
+        details={"layer": layer, "source": source, "seconds": seconds, "failures": failures},
     )
 
 

@@ -26,7 +26,7 @@ PAGE_SIZE = 25
 _ASK_ANOTHER = "Ask another admin to do it."
 _PROMOTE_FIRST = "Make another user an admin first."
 # Links that would let a disabled user act on the account; voided when it is disabled.
-_LINK_PURPOSES: tuple[TokenPurpose, ...] = ("reset", "invite", "verify")
+_LINK_PURPOSES: tuple[TokenPurpose, ...] = ("reset", "invite", "verify", "unlock")
 
 
 def parse_metadata(raw: str) -> dict[str, Any]:

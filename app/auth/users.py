@@ -26,6 +26,7 @@ def admin_count(db: Session) -> int:
 
 
 def validate_email(email: str) -> str:
+    """An address a person typed: valid syntax on a domain that can receive mail from the internet."""
     from email_validator import EmailNotValidError
     from email_validator import validate_email as _validate
 
@@ -34,6 +35,47 @@ def validate_email(email: str) -> str:
         return _validate(email.strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
         raise AppError("validation_failed", fields={"email": str(exc)}) from None
+
+
+# A syntactically neutral last label, standing in for a special-use one while the rest is checked.
+_STAND_IN = "example"
+
+
+def validate_asserted_email(email: str) -> str:
+    """An address an identity provider asserted for its user: any syntactically valid one.
+
+    A directory's addresses are often on names that never reach the internet: ``.local`` (Active
+    Directory's classic default), ``.internal`` (reserved for private use), ``.test``, a bare host name.
+    email-validator refuses special-use names (RFC 6761) whatever its options, since it judges whether mail
+    can be delivered; here the address identifies a person the admin's provider vouches for. So a
+    special-use suffix is swapped for a neutral label while the rest of the address is checked, then put
+    back. ``validation_failed`` on ``email`` says what is wrong with the syntax.
+    """
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
+    from email_validator import validate_email as _validate
+
+    def check(address: str) -> tuple[str, str]:
+        result = _validate(address, check_deliverability=False, globally_deliverable=False, test_environment=True)
+        return result.local_part, result.domain
+
+    address = email.strip()
+    try:
+        local, domain = check(address)
+        return f"{local}@{domain}".lower()
+    except EmailNotValidError as exc:
+        problem = str(exc)
+    head, _, tail = address.rpartition("@")
+    labels = tail.lower().split(".")
+    special = next((i for i in range(len(labels)) if ".".join(labels[i:]) in SPECIAL_USE_DOMAIN_NAMES), None)
+    if head and special is not None:
+        try:
+            local, domain = check(f"{head}@{'.'.join([*labels[:special], _STAND_IN])}")
+        except EmailNotValidError as exc:
+            problem = str(exc)
+        else:
+            suffix = ".".join(labels[special:])
+            return f"{local}@{domain.removesuffix(_STAND_IN)}{suffix}".lower()
+    raise AppError("validation_failed", fields={"email": problem})
 
 
 def create_user(
@@ -45,8 +87,11 @@ def create_user(
     role: str = "member",
     display_name: str = "",
     verified: bool = False,
+    asserted_by_provider: bool = False,
 ) -> User:
-    email = validate_email(email)
+    """``asserted_by_provider``: the address comes from a trusted identity provider (just-in-time accounts),
+    so any syntactically valid one is taken (:func:`validate_asserted_email`)."""
+    email = validate_asserted_email(email) if asserted_by_provider else validate_email(email)
     if role not in ("admin", "member"):
         raise AppError("validation_failed", fields={"role": "Choose admin or member."})
     if get_by_email(db, email) is not None:

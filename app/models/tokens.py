@@ -1,4 +1,4 @@
-"""Single-use tokens sent by link: first-admin setup, email verification, password reset, invites."""
+"""Single-use tokens sent by link: first-admin setup, email verification, password reset, invites, unlock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, utcnow
 
-TokenPurpose = Literal["setup", "verify", "reset", "invite"]
+TokenPurpose = Literal["setup", "verify", "reset", "invite", "unlock"]
 
 
 class LinkToken(Base):

@@ -126,13 +126,27 @@ def resolve_signin(
         return _link_required(
             db, ctx, provider, identity, f"Accounts for {_domain(identity.email)} cannot be created here."
         )
+    try:
+        # Any syntactically valid address: a directory's `.local` or `.internal` names included.
+        address = users.validate_asserted_email(identity.email)
+    except AppError as exc:
+        why = exc.fields.get("email", exc.text)
+        return _link_required(
+            db,
+            ctx,
+            provider,
+            identity,
+            f"{name} gave the address “{identity.email[:320]}”, which is not a valid email address ({why}), so "
+            "no account was created.",
+        )
     user = users.create_user(
         db,
         settings,
-        email=identity.email,
+        email=address,
         password=None,
         display_name=identity.name or "",
         verified=True,
+        asserted_by_provider=True,
     )
     _new_identity(db, user, provider, identity)
     audit.record(

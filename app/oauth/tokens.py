@@ -355,7 +355,13 @@ def refresh(
             now=now,
         )
         if tokens.id_claims is not None and claims.get("sub") != tokens.id_claims.get("sub"):
-            raise AppError("validation_failed", "The refreshed ID token is for a different user")
+            # OIDC Core §12.2: a refreshed ID token's sub must be the original one.
+            raise AppError(
+                "validation_failed",
+                "The provider answered the refresh with an ID token for a different user than this account's",
+                "The tokens were not changed. Reconnect the account; if it keeps happening, the provider "
+                "configuration may point at another provider",
+            )
         return replace(fresh, id_claims=claims)
     return replace(fresh, id_token=tokens.id_token, id_claims=tokens.id_claims)
 
@@ -420,5 +426,11 @@ def fetch_userinfo(
     if data is None:
         raise AppError("provider_unreachable", "The userinfo response is not a JSON object")
     if expected_subject is not None and data.get("sub") != expected_subject:
-        raise AppError("validation_failed", "The userinfo response is about a different user")
+        # OIDC Core §5.3.4: the userinfo sub must equal the ID token's, or the answer must not be used.
+        raise AppError(
+            "validation_failed",
+            "The provider's user information is about a different user than the one who signed in",
+            "Nothing was changed. Sign in again; if it keeps happening, the provider configuration's userinfo "
+            "URL may point at another provider",
+        )
     return data

@@ -14,6 +14,7 @@ from app.auth import lifecycle, sessions, throttle
 from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
+from app.web.browser import browser_id
 from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, login_required, signed_in
 from app.web.mail_flows import MAIL_FAILURES, mail_failed
 
@@ -109,9 +110,9 @@ def change_password() -> Response | tuple[str, int]:
     if form.validate_on_submit():
         who = _who()
         db = db_session()
-        settings, storage, ip = get_settings(), get_limit_storage(), client_ip()
+        settings, storage, ip, device = get_settings(), get_limit_storage(), client_ip(), browser_id()
         try:
-            throttle.check_signin(storage, settings, email=who.user.email, ip=ip)
+            throttle.check_signin(storage, settings, email=who.user.email, ip=ip, device=device)
             result = lifecycle.change_password(
                 db,
                 settings,
@@ -125,7 +126,9 @@ def change_password() -> Response | tuple[str, int]:
             db.rollback()
             error = exc
             if exc.code == "invalid_credentials":
-                lock = throttle.record_failure(storage, settings, who.user.email, ip, db=db, ctx=audit_ctx())
+                lock = throttle.record_failure(
+                    storage, settings, who.user.email, ip, device=device, db=db, ctx=audit_ctx()
+                )
                 db.commit()
                 error = lock or exc
             if isinstance(error, throttle.Throttled):  # the lock's reason goes on the field that was guessed
@@ -134,7 +137,7 @@ def change_password() -> Response | tuple[str, int]:
                 form_errors(error, form)
             status, retry_after = error.http_status, error.retry_after
         else:
-            throttle.record_success(storage, settings, who.user.email, ip)
+            throttle.record_success(storage, settings, who.user.email, ip, device=device)
             others = f" {result.sessions_ended} other session(s) were signed out." if result.sessions_ended else ""
             flash("Your password was changed." + others, "success")
             return redirect(url_for("account.index"))

@@ -18,6 +18,7 @@ from app.models import User
 from app.net import get_client
 from app.settings import Settings
 from app.web import mfa
+from app.web.browser import browser_id, remember_browser
 from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, safe_next, signed_in, user_agent
 
 bp = Blueprint("auth", __name__)
@@ -45,6 +46,9 @@ def establish_session(user: User, methods: list[str], *, mfa_verified: bool = Fa
     Commits what the caller left pending (the ``signin.success`` event) in the same transaction as the session
     record, so a sign-in is audited if and only if its session exists: when the database refuses the write
     (app.faults: 503), neither is kept and no cookie is set.
+
+    Every completed sign-in comes through here, whatever the method: this browser and network become known
+    to the account, so the sign-in throttle counts their failures apart from a stranger's.
     """
     db = db_session()
     raw, record = sessions.start_session(
@@ -59,6 +63,7 @@ def establish_session(user: User, methods: list[str], *, mfa_verified: bool = Fa
     db.commit()
     session.clear()
     login_user(SignedIn(raw, record))
+    remember_browser(user.email)
 
 
 @bp.route("/signin", methods=["GET", "POST"])
@@ -71,10 +76,10 @@ def signin() -> str | Response:
         db = db_session()
         settings = get_settings()
         storage = get_limit_storage()
-        email, ip = users.normalize_email(form.email.data), client_ip()
+        email, ip, device = users.normalize_email(form.email.data), client_ip(), browser_id()
         try:
             # Before the password is looked at: a locked account is not even verified.
-            throttle.check_signin(storage, settings, email=email, ip=ip)
+            throttle.check_signin(storage, settings, email=email, ip=ip, device=device)
         except throttle.Throttled as exc:
             return _throttled(form, next_url, exc)
         check = users.check_password(db, settings, form.email.data, form.password.data)
@@ -93,6 +98,9 @@ def signin() -> str | Response:
                 target=f"user:{check.user.id}",
                 details={"method": "password"},
             )
+            # Only a complete sign-in clears the failures: with a second factor pending this line is not
+            # reached, so the password cannot be used to reset the count between guesses at the code.
+            throttle.record_success(storage, settings, email, ip, device=device)
             establish_session(check.user, ["password"])  # commits the event with the session
             if breached:
                 flash(BREACHED_NOTICE, "warning")
@@ -100,7 +108,7 @@ def signin() -> str | Response:
                 # The account page's password form; app.web.account keeps every other page closed until then.
                 return redirect(url_for("account.index", _anchor="password"))
             return redirect(next_url)
-        lock = throttle.record_failure(storage, settings, email, ip, db=db, ctx=audit_ctx())
+        lock = throttle.record_failure(storage, settings, email, ip, device=device, db=db, ctx=audit_ctx())
         audit.record(
             db,
             audit_ctx(),

@@ -1,20 +1,26 @@
-"""Pages reached from a mail or by someone signed out: sign-up, forgotten password, reset, invite, verify."""
+"""Pages reached from a mail or by someone signed out: sign-up, forgotten password, reset, invite, verify,
+unlock link."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_wtf import FlaskForm
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from app import faults
+from app.audit import AuditContext
 from app.auth import lifecycle
 from app.errors import AppError
-from app.extensions import db_session, get_settings
+from app.extensions import db_session, get_limit_storage, get_settings
+from app.settings import Settings
+from app.web.browser import remember_browser
 from app.web.common import audit_ctx, keep_on_form
 
 bp = Blueprint("flows", __name__)
@@ -68,13 +74,14 @@ def _signup_links() -> dict[str, Any]:
     return {"signup_open": lifecycle.signup_open(get_settings())}
 
 
-@bp.route("/reset", methods=["GET", "POST"])
-def reset_request() -> Page:
+def _mail_request(send: Callable[[Session, Settings, AuditContext, str], None], page: str, sent: str) -> Page:
+    """A form with one address that mails a link (or a note that there is no account): the same "check your
+    inbox" page either way; a transport failure is a 503 without its details."""
     form = EmailForm()
     if form.validate_on_submit():
         db = db_session()
         try:
-            lifecycle.request_password_reset(db, get_settings(), audit_ctx(), form.email.data)
+            send(db, get_settings(), audit_ctx(), form.email.data)
         except AppError as exc:
             if exc.code in MAIL_FAILURES:
                 db.rollback()
@@ -83,8 +90,13 @@ def reset_request() -> Page:
                 raise mail_failed(exc, "We could not send the mail right now, so no reset link went out.") from None
             keep_on_form(db, exc, form)
         else:
-            return render_template("auth/reset_sent.html", email=form.email.data.strip())
-    return render_template("auth/reset.html", form=form), _status(form)
+            return render_template(sent, email=form.email.data.strip())
+    return render_template(page, form=form), _status(form)
+
+
+@bp.route("/reset", methods=["GET", "POST"])
+def reset_request() -> Page:
+    return _mail_request(lifecycle.request_password_reset, "auth/reset.html", "auth/reset_sent.html")
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
@@ -162,3 +174,24 @@ def signup() -> Page:
         else:
             return render_template("auth/signup_sent.html", email=form.email.data.strip())
     return render_template("auth/signup.html", form=form), _status(form)
+
+
+@bp.route("/signin/unlock", methods=["GET", "POST"])
+def unlock_request() -> Page:
+    """Ask for an unlock link (offered on the sign-in page while it says the account is locked)."""
+    return _mail_request(lifecycle.request_unlock, "auth/unlock_request.html", "auth/unlock_sent.html")
+
+
+@bp.route("/unlock/<token>", methods=["GET", "POST"])
+def unlock(token: str) -> str | Response:
+    """Confirm by POST (a link scanner's GET must not spend the link); then this browser is remembered for the
+    account, so a stranger who keeps guessing elsewhere cannot lock it again."""
+    db = db_session()
+    user = lifecycle.unlock_user(db, token)
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        unlocked = lifecycle.unlock_with_link(db, get_limit_storage(), audit_ctx(), token)
+        remember_browser(unlocked.email, network=False)
+        flash("Your account is unlocked, and this browser is remembered for it. Sign in with your password.", "success")
+        return redirect(url_for("auth.signin"))
+    return render_template("auth/unlock.html", form=form, email=user.email)

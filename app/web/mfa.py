@@ -23,6 +23,7 @@ from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.models import ROLES, Credential, User, utcnow
 from app.models.credentials import ChallengePurpose
+from app.web.browser import browser_id
 from app.web.common import (
     admin_required,
     audit_ctx,
@@ -140,8 +141,11 @@ def _finish_signin(user: User, methods: list[str], next_url: str) -> str:
     from app.web.auth import establish_session
 
     mfa.clear_failures(_storage(), user.id)
-    # The whole sign-in succeeded: the account throttle forgets this account's failures (app.auth.throttle).
-    throttle.record_success(_storage(), get_settings(), user.email, client_ip())
+    if "password" in methods or len(methods) > 1:
+        # The whole sign-in succeeded: the throttle forgets the failures of the source it came through (a
+        # password or second factor was checked under it). A passwordless passkey checked nothing the
+        # throttle counts, so it leaves the counts alone: the owner's passkey must not wipe a stranger's.
+        throttle.record_success(_storage(), get_settings(), user.email, client_ip(), device=browser_id())
     audit.record(db_session(), audit_ctx(), "signin.success", target=f"user:{user.id}", details={"methods": methods})
     establish_session(user, methods, mfa_verified=True)  # commits the event with the session
     return safe_next(next_url, url_for("web.home"))
@@ -152,7 +156,7 @@ def _second_factor_failed(user: User, method: str) -> None:
     db = db_session()
     ctx = audit_ctx()
     audit.record(db, ctx, "mfa.failure", target=f"user:{user.id}", outcome="failure", details={"method": method})
-    mfa.record_failure(_storage(), get_settings(), user, client_ip(), db=db, ctx=ctx)
+    mfa.record_failure(_storage(), get_settings(), user, client_ip(), device=browser_id(), db=db, ctx=ctx)
     db.commit()
     _refuse_if_exhausted(user)
 

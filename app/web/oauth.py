@@ -27,9 +27,9 @@ from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
 from app import audit, faults
-from app.auth import users
+from app.auth import throttle, users
 from app.errors import AppError
-from app.extensions import db_session, get_settings
+from app.extensions import db_session, get_limit_storage, get_settings
 from app.models import ProviderConfig
 from app.oauth import complete_authorization, remember_pending, start_authorization, take_pending
 from app.oauth.connections import store_connection
@@ -48,7 +48,8 @@ from app.oauth.identities import link_identity, resolve_signin
 from app.providers import configs
 from app.vault import SecretUnreadable
 from app.web.auth import establish_session
-from app.web.common import admin_required, audit_ctx, form_errors, safe_next, signed_in
+from app.web.browser import browser_id
+from app.web.common import admin_required, audit_ctx, client_ip, form_errors, safe_next, signed_in
 
 bp = Blueprint("oauth", __name__)
 log = logging.getLogger("ami_auth.oauth")
@@ -146,6 +147,8 @@ def finish_signin(user_id: int, methods: list[str], next_url: str, details: dict
         raise AppError("permission_denied", "This account is disabled.", "Ask an administrator to enable it.")
     if mfa.needs_second_factor(user):
         return mfa.start_second_factor(user, methods, next_url)
+    if "password" in methods:  # the link page checked the password under the throttle: the sign-in is complete
+        throttle.record_success(get_limit_storage(), get_settings(), user.email, client_ip(), device=browser_id())
     audit.record(db, audit_ctx(), "signin.success", target=f"user:{user.id}", details={"method": "oauth", **details})
     establish_session(user, methods)  # commits the event with the session
     return redirect(next_url)
@@ -296,7 +299,14 @@ def link() -> Response | tuple[str, int]:
     form = LinkForm(data={"email": pending.get("email") or ""} if request.method == "GET" else None)
     if form.validate_on_submit():
         db = db_session()
-        check = users.check_password(db, get_settings(), form.email.data, form.password.data)
+        settings, storage = get_settings(), get_limit_storage()
+        email, ip, device = users.normalize_email(form.email.data), client_ip(), browser_id()
+        try:
+            # The same throttle as the sign-in page: this form checks the same passwords.
+            throttle.check_signin(storage, settings, email=email, ip=ip, device=device)
+        except throttle.Throttled as exc:
+            return _link_throttled(form, pending, exc)
+        check = users.check_password(db, settings, form.email.data, form.password.data)
         if check.ok and check.user is not None:
             try:
                 link_identity(
@@ -314,18 +324,30 @@ def link() -> Response | tuple[str, int]:
                 safe_next(pending.get("next"), "/"),
                 {"provider_config": pending["config"], "outcome": "linked"},
             )
+        lock = throttle.record_failure(storage, settings, email, ip, device=device, db=db, ctx=audit_ctx())
         audit.record(
             db,
             audit_ctx(),
             "signin.failure",
-            target=f"email:{users.normalize_email(form.email.data)}",
+            target=f"email:{email}",
             outcome="failure",
             details={"method": "password", "purpose": "oauth_link"},
         )
         db.commit()
+        if lock is not None:
+            return _link_throttled(form, pending, lock)
         form_errors(AppError("invalid_credentials", fields={"password": "Email or password is not right."}), form)
     status = 401 if form.is_submitted() and form.errors else 200
     return render_template("oauth/link.html", form=form, pending=pending), status
+
+
+def _link_throttled(form: LinkForm, pending: dict[str, Any], exc: throttle.Throttled) -> Response:
+    """429 with Retry-After; the lock's reason on the password field, where the guesses were typed."""
+    form.password.errors = [*form.password.errors, f"{exc.text} {exc.help}"]
+    html = render_template("oauth/link.html", form=form, pending=pending)
+    response = Response(html, status=exc.http_status, mimetype="text/html")
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 # --- console: setup notes and "Test connection" ------------------------------------------------------------

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import re
 
-from flask import Flask
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from app.auth import users
-from app.extensions import get_database
 from tests.conftest import PASSWORD
 from tests.support.live import LiveServer
-
-
-def _make_user(app: Flask, email: str, role: str = "member") -> int:
-    with app.app_context():
-        db = get_database(app).session()
-        user = users.create_user(
-            db, app.extensions["ami_settings"], email=email, password=PASSWORD, role=role, verified=True
-        )
-        db.commit()
-        return user.id
+from tests.support.throttle_app import add_user
 
 
 def _submit(page: Page, email: str, password: str) -> None:
@@ -30,8 +18,8 @@ def _submit(page: Page, email: str, password: str) -> None:
 
 
 def test_lock_after_repeated_failures_shows_the_retry_time(live: LiveServer, page: Page) -> None:
-    lou = _make_user(live.app, "lou@example.com")
-    _make_user(live.app, "root@example.com", role="admin")
+    lou = add_user(live.app, "lou@example.com")
+    add_user(live.app, "root@example.com", role="admin")
     page.goto(live.url + "/signin")
     for _ in range(4):
         _submit(page, "lou@example.com", "wrong password, surely")
@@ -71,3 +59,40 @@ def test_lock_after_repeated_failures_shows_the_retry_time(live: LiveServer, pag
     expected = re.compile(r"^Failed to load resource: the server responded with a status of (401|404|429) ")
     errors: list[str] = getattr(page, "console_errors", [])
     assert [e for e in errors if not expected.match(e)] == []
+
+
+def test_a_strangers_lock_does_not_lock_the_owners_browser(live: LiveServer, page: Page, browser: Browser) -> None:
+    add_user(live.app, "ola@example.com")
+    # The owner signs in once in this browser: it is known to the account from now on (device cookie).
+    page.goto(live.url + "/signin")
+    _submit(page, "ola@example.com", PASSWORD)
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+
+    # A stranger's browser guesses until the account is locked for it.
+    stranger_context = browser.new_context()
+    try:
+        stranger = stranger_context.new_page()
+        stranger.goto(live.url + "/signin")
+        for _ in range(4):
+            _submit(stranger, "ola@example.com", "a stranger's guess")
+            expect(stranger.locator("#password-error")).to_contain_text("Email or password is not right.")
+        _submit(stranger, "ola@example.com", "a stranger's guess")
+        expect(stranger.get_by_role("alert")).to_contain_text("Too many failed sign-ins for this account.")
+        _submit(stranger, "ola@example.com", PASSWORD)  # even the right password is refused in that browser
+        expect(stranger.get_by_role("alert")).to_contain_text("Too many failed sign-ins for this account.")
+        expect(stranger.get_by_role("button", name="Email me an unlock link")).to_be_visible()
+        expect(stranger).to_have_url(re.compile(r"/signin"))
+
+        # Meanwhile the owner's browser signs in as usual.
+        page.goto(live.url + "/signin")
+        _submit(page, "ola@example.com", PASSWORD)
+        expect(page.get_by_role("heading", name="My account")).to_be_visible()
+
+        # And the stranger is still locked out.
+        stranger.goto(live.url + "/signin")
+        _submit(stranger, "ola@example.com", PASSWORD)
+        expect(stranger.get_by_role("alert")).to_contain_text("Too many failed sign-ins for this account.")
+    finally:
+        stranger_context.close()
+    assert getattr(page, "console_errors", []) == []  # script errors and CSP violations (the fixture's filter)

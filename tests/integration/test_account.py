@@ -16,6 +16,7 @@ from app.auth import mail_tokens
 from app.extensions import get_database
 from app.models import AuditEvent, LinkToken, UserSession, utcnow
 from tests.conftest import PASSWORD, UserFactory, csrf_token, sign_in
+from tests.support.throttle_app import post_signin
 
 NEW_PASSWORD = "another long passphrase 7"
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
@@ -108,11 +109,16 @@ def test_wrong_current_passwords_count_toward_the_account_lock(app: Flask, db: S
     html = locked.get_data(as_text=True)
     assert locked.status_code == 429 and 1 <= int(locked.headers["Retry-After"]) <= 60
     assert re.search(r'id="current_password-error"[^>]*>Too many failed sign-ins for this account', html)
-    # While locked, even the right password is not checked here, and sign-in is closed to guessing too.
+    # While locked, even the right password is not checked here, and this browser's sign-in is closed to
+    # guessing too.
     right = {"current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm": NEW_PASSWORD}
     assert _post(client, "/account/password", right).status_code == 429
-    assert sign_in(app.test_client(), "pat@example.com").status_code == 429
+    assert client.post("/signout", data={"csrf_token": csrf_token(client, "/account/")}).status_code == 302
+    assert sign_in(client, "pat@example.com").status_code == 429
     assert "account.locked" in _actions(db)
+    # The lock is on this browser's own count (smart lockout): the owner elsewhere is not locked out by it.
+    elsewhere = app.test_client()
+    assert post_signin(elsewhere, "pat@example.com", PASSWORD, ip="203.0.113.50").status_code == 302
 
 
 def test_edit_display_name(app: Flask, db: Session, make_user: UserFactory) -> None:

@@ -110,6 +110,58 @@ def test_every_protected_endpoint_answers_401_without_credentials(app: Flask, cl
         assert_error(client.open(path, method=method), 401, "not_authenticated")
 
 
+# A body and query string that fail every route's validation, if a route looked at them.
+HOSTILE_BODY = {"kind": "edit_provider_config", "provider_config_id": "x", "not_a_field": True, "name": ""}
+HOSTILE_QUERY = "?user_id=nope&overdue=maybe&limit=-1"
+
+
+def scoped_operations(app: Flask) -> list[tuple[str, str, set[str], bool]]:
+    """Every (method, concrete path, scopes that could let a caller in, accepts cookies) of the OpenAPI
+    document whose service-token alternatives name scopes."""
+    found = []
+    for path, item in build_document(app)["paths"].items():
+        for method, operation in item.items():
+            needed = {scope for option in operation["security"] for scope in option.get("serviceToken", [])}
+            if needed:
+                concrete = re.sub(r"\{\w+_id\}", "1", path.replace("{session_id}", "0123456789abcdef"))
+                cookies = any("sessionCookie" in option for option in operation["security"])
+                found.append((method.upper(), concrete, needed, cookies))
+    return found
+
+
+def test_scope_is_checked_before_the_body_on_every_route(
+    app: Flask, client: FlaskClient, issue: Issue, make_user: UserFactory
+) -> None:
+    # A caller without the scope learns nothing from the request: no validation error, whatever it sends.
+    operations = scoped_operations(app)
+    assert ("POST", "/api/account-manager/dialogs", {"accounts:write", "providers:write"}, True) in operations
+    assert len(operations) >= 15
+    member = app.test_client()
+    make_user("mia@example.com")
+    sign_in(member, "mia@example.com")
+    csrf = member.get("/api/auth/session").get_json()["csrf_token"]
+    member_scopes = {"sessions:read", "sessions:write"}
+    for method, path, needed, cookies in operations:
+        raw = issue(*sorted(set(tokens.SCOPES) - needed))
+        response = client.open(path + HOSTILE_QUERY, method=method, json=HOSTILE_BODY, headers=bearer(raw))
+        error = assert_error(response, 403, "permission_denied")
+        assert error["fields"] == {}, (method, path, error)
+        if cookies and not needed & member_scopes:
+            response = member.open(
+                path + HOSTILE_QUERY, method=method, json=HOSTILE_BODY, headers={"X-CSRFToken": csrf}
+            )
+            error = assert_error(response, 403, "permission_denied")
+            assert error["fields"] == {}, (method, path, error)
+
+
+def test_an_endpoint_tokens_can_call_must_name_its_scopes() -> None:
+    from app.api.security import api_auth
+
+    with pytest.raises(ValueError, match="must name its scopes"):
+        api_auth()
+    api_auth(tokens=False)  # the browser's own session: no token, no scope
+
+
 def test_token_without_the_scope_gets_403_naming_it_and_is_audited(
     client: FlaskClient, db: Session, issue: Issue
 ) -> None:

@@ -20,6 +20,7 @@ from app.auth import mail_tokens
 from app.extensions import get_database
 from app.models import AuditEvent, LinkToken, User, UserSession, utcnow
 from tests.conftest import PASSWORD, UserFactory, csrf_token, make_settings, sign_in
+from tests.support.live import free_port
 from tests.support.mailbox import last_mail, link_path, outbox
 from tests.support.smtp import SmtpServer, body_text
 
@@ -383,6 +384,41 @@ def test_invite_mail_failure_keeps_the_user_and_says_so(
     detail = admin.get(response.headers["Location"]).get_data(as_text=True)
     assert "could not be sent" in detail and "Send invitation again" in detail
     assert db.scalar(select(User).where(User.email == "later@example.com")) is not None
+
+
+def test_invite_while_smtp_is_down_is_recorded_as_not_sent_and_can_be_sent_again(
+    app_with: AppFactory, db: Session, make_user: UserFactory
+) -> None:
+    # Nothing listens on the port: the mail cannot go out.
+    down = app_with(AMI_AUTH_SMTP_URL=f"smtp://127.0.0.1:{free_port()}")
+    admin = _admin_client(down, make_user)
+    response = _post(admin, "/admin/users/new", {"email": "wait@example.com", "role": "member", "mode": "invite"})
+    assert response.status_code == 302
+    detail = admin.get(response.headers["Location"]).get_data(as_text=True)
+    assert "wait@example.com was created, but the invitation could not be sent" in detail
+    assert "Send invitation again" in detail
+    user = db.scalars(select(User).where(User.email == "wait@example.com")).one()
+    [invited] = db.scalars(select(AuditEvent).where(AuditEvent.action == "user.invited")).all()
+    assert (invited.outcome, invited.details["mail"], invited.details["reason"]) == (
+        "failure",
+        "not_sent",
+        "provider_unreachable",
+    )
+    # The link nobody received does not work.
+    assert db.scalars(select(LinkToken).where(LinkToken.purpose == "invite", LinkToken.used_at.is_(None))).all() == []
+
+    # Once mail works (here: the outbox), "Send invitation again" sends it and says so in the log.
+    working = app_with()
+    admin = working.test_client()
+    sign_in(admin, "boss@example.com")
+    _post(admin, f"/admin/users/{user.id}/invite", {}, form_page=f"/admin/users/{user.id}")
+    assert link_path(last_mail(db, "wait@example.com").text, "/invite/")
+    db.expire_all()
+    outcomes = [
+        (e.outcome, e.details["mail"])
+        for e in db.scalars(select(AuditEvent).where(AuditEvent.action == "user.invited"))
+    ]
+    assert outcomes == [("failure", "not_sent"), ("success", "sent")]
 
 
 def test_link_of_one_kind_does_not_work_as_another(app: Flask, db: Session, make_user: UserFactory) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import pytest
+from joserfc import jwt
+from joserfc.jwk import Key, OctKey
 
 from app.errors import AppError
 from app.net import OutboundClient
@@ -219,6 +222,42 @@ def test_userinfo_failures(stub: Stub, outbound: OutboundClient) -> None:
     stub.replies["/userinfo"] = Reply(200, {"sub": "me", "email": "me@example.test"})
     assert fetch_userinfo(outbound, metadata, "at", expected_subject="me")["email"] == "me@example.test"
     assert stub.seen[-1].headers["authorization"] == "Bearer at"
+
+
+class _NoKeys:
+    """A key source for HS256 tokens, which are checked with the client secret, never a JWKS key."""
+
+    def signing_key(self, jwks_uri: str, kid: str | None) -> Key:
+        raise AssertionError("an HS256 ID token needs no JWKS key")
+
+
+def test_answers_about_another_user_say_so_and_what_to_do(stub: Stub, outbound: OutboundClient) -> None:
+    # OIDC Core §5.3.4 (userinfo) and §12.2 (refresh): the sub must not change. The message says what the
+    # provider did; the hint what the person can do (not "correct the highlighted fields": there are none).
+    stub.replies["/userinfo"] = Reply(200, {"sub": "someone-else"})
+    error = _raises(lambda: fetch_userinfo(outbound, stub.metadata(), "at", expected_subject="me"))
+    assert error.text == "The provider's user information is about a different user than the one who signed in"
+    assert error.help.startswith("Nothing was changed. Sign in again")
+
+    secret = "a-client-secret-long-enough-for-hs256!"
+    metadata = stub.metadata(id_token_signing_alg_values_supported=("HS256",))
+    now = int(time.time())
+
+    def id_token(sub: str) -> str:
+        claims = {"iss": stub.url, "aud": "client:1", "sub": sub, "iat": now, "exp": now + 300}
+        return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret))
+
+    stub.replies["/token"] = Reply(
+        200, {"access_token": "new", "token_type": "Bearer", "expires_in": 300, "id_token": id_token("someone-else")}
+    )
+    mine = TokenSet("old", refresh_token="r", scopes=("openid",), id_token=id_token("me"), id_claims={"sub": "me"})
+    credentials = ClientCredentials("client:1", secret, "client_secret_basic")
+    error = _raises(lambda: refresh(outbound, metadata, credentials, mine, keys=_NoKeys()))
+    assert error.text == "The provider answered the refresh with an ID token for a different user than this account's"
+    assert error.help.startswith("The tokens were not changed. Reconnect the account")
+    # The same answer about the same user is taken.
+    stub.replies["/token"].body["id_token"] = id_token("me")
+    assert refresh(outbound, metadata, credentials, mine, keys=_NoKeys()).access_token == "new"
 
 
 def test_revoke(stub: Stub, outbound: OutboundClient) -> None:

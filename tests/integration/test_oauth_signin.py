@@ -33,6 +33,11 @@ ACCOUNTS = {
         "groups": ["staff", "ops"],
     },
     "dave": {"email": "dave@other.example", "email_verified": True, "name": "Dave"},
+    # Directory addresses on special-use names (Active Directory's classic .local, .internal, .test).
+    "erin": {"email": "erin@corp.local", "email_verified": True, "name": "Erin"},
+    "finn": {"email": "Finn@Host.Internal", "email_verified": True, "name": "Finn"},
+    "gail": {"email": "gail@lab.test", "email_verified": True, "name": "Gail"},
+    "hal": {"email": "hal@@corp.local", "email_verified": True, "name": "Hal"},
 }
 CLAIMS = {"openid": ["sub"], "email": ["email", "email_verified"], "profile": ["name", "employee_id", "groups"]}
 
@@ -219,3 +224,105 @@ def test_mfa_still_applies_after_an_oauth_sign_in(
     second = client.post("/signin/mfa/totp", data={"code": pyotp.TOTP(secret).now(), "csrf_token": token})
     assert location(second) == "/account/"
     assert _signed_in_as(client) == "alice@example.com"
+
+
+def _wrong_passwords(client: FlaskClient, email: str, count: int) -> list[int]:
+    """Wrong passwords on the sign-in page, each from another address (a guesser spread over many)."""
+    statuses = []
+    for n in range(count):
+        token = page_csrf(client.get("/signin").get_data(as_text=True))
+        response = client.post(
+            "/signin",
+            data={"email": email, "password": "a stranger's guess", "csrf_token": token},
+            environ_base={"REMOTE_ADDR": f"198.18.0.{n + 1}"},
+        )
+        statuses.append(response.status_code)
+    return statuses
+
+
+def test_a_password_lock_does_not_block_sign_in_with_a_provider(
+    app: Flask, client: FlaskClient, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    make_user("alice@example.com")
+    config_id = _config(app, op, trust_email=True)
+    assert _wrong_passwords(app.test_client(), "alice@example.com", 5) == [401] * 4 + [429]
+    done = _sign_in(client, config_id, "alice")
+    assert location(done) == "/account/"
+    assert _signed_in_as(client) == "alice@example.com"
+    # The provider's sign-in did not lift the strangers' lock.
+    assert _wrong_passwords(app.test_client(), "alice@example.com", 1) == [429]
+
+
+def test_the_link_page_checks_passwords_under_the_sign_in_throttle(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
+) -> None:
+    # Anyone who can sign in at the provider reaches the link page: it must not be a way around the lock.
+    make_user("victim@example.com")
+    config_id = _config(app, op)
+    assert location(_sign_in(client, config_id, "dave")) == "/oauth/link"
+    statuses = []
+    for _ in range(5):
+        page = client.get("/oauth/link").get_data(as_text=True)
+        response = client.post(
+            "/oauth/link",
+            data={"email": "victim@example.com", "password": "a guess at it", "csrf_token": page_csrf(page)},
+        )
+        statuses.append(response.status_code)
+    assert statuses == [401] * 4 + [429]
+    assert "Too many failed sign-ins for this account." in response.get_data(as_text=True)
+    page = client.get("/oauth/link").get_data(as_text=True)
+    right = client.post(
+        "/oauth/link", data={"email": "victim@example.com", "password": PASSWORD, "csrf_token": page_csrf(page)}
+    )
+    assert right.status_code == 429 and int(right.headers["Retry-After"]) >= 1
+    assert _identities(db) == [] and _signed_in_as(client) is None
+    locked = db.scalars(select(AuditEvent).where(AuditEvent.action == "account.locked")).one()
+    assert locked.details["source"] == "unfamiliar"
+
+
+@pytest.mark.parametrize(
+    ("login", "email"),
+    [("erin", "erin@corp.local"), ("finn", "finn@host.internal"), ("gail", "gail@lab.test")],
+)
+def test_jit_accepts_a_directory_address_on_a_special_use_domain(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider, login: str, email: str
+) -> None:
+    config_id = _config(app, op, jit=True)
+    done = _sign_in(client, config_id, login)
+    assert location(done) == "/account/"
+    assert _signed_in_as(client) == email
+    user = db.scalars(select(User).where(User.email == email)).one()
+    assert user.email_verified_at is not None and user.password_hash is None
+    # Next time the linked identity signs the same user in.
+    client.post("/signout", data={"csrf_token": page_csrf(client.get("/account/").get_data(as_text=True))})
+    assert location(_sign_in(client, config_id, login)) == "/account/"
+    assert db.scalars(select(User).where(User.email == email)).one().id == user.id
+
+
+def test_jit_says_exactly_which_address_it_refused_and_why(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider
+) -> None:
+    config_id = _config(app, op, jit=True)
+    refused = _sign_in(client, config_id, "hal")
+    assert location(refused) == "/oauth/link"
+    page = client.get("/oauth/link").get_data(as_text=True)
+    assert "Corp ID gave the address “hal@@corp.local”, which is not a valid email address" in page
+    assert "The part after the @-sign contains invalid characters: &#39;@&#39;." in page
+    assert "highlighted" not in page
+    assert db.scalars(select(User)).all() == []
+
+
+def test_a_userinfo_answer_about_someone_else_is_refused_with_a_clear_message(
+    app: Flask, client: FlaskClient, db: Session
+) -> None:
+    registered = OPClient(
+        "ami-auth", "op-secret:with+chars", extra={"redirect_uris": [f"{BASE}/oauth/{i}/callback" for i in range(1, 4)]}
+    )
+    with running_op(clients=[registered], accounts=ACCOUNTS, claims=CLAIMS, userinfoSub={"alice": "mallory"}) as bad:
+        config_id = _config(app, bad, jit=True)
+        response = _sign_in(client, config_id, "alice")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert "The provider&#39;s user information is about a different user than the one who signed in" in html
+    assert "userinfo URL may point at another provider" in html and "highlighted" not in html
+    assert _signed_in_as(client) is None and db.scalars(select(User)).all() == []

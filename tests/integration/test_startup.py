@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -141,6 +142,61 @@ def test_cli_reports_bad_setting_in_one_line(tmp_path: Path) -> None:
     result = _cli(_env(tmp_path, AMI_AUTH_SIGNUP="sometimes"), "check-config")
     assert result.returncode == 2
     assert result.stderr.strip() == "ami-auth: AMI_AUTH_SIGNUP: must be open, invite or closed, got 'sometimes'"
+
+
+# Opens the database like a running app (migrated, one connection held so the -wal and -shm files exist)
+# and prints the mode of everything development creates under the instance directory.
+_FILE_MODES = """
+import json, os, stat, sys
+from app import create_app
+from app.extensions import get_database
+from app.migrate import upgrade
+app = create_app()
+settings = app.extensions["ami_settings"]
+upgrade(settings.database_url)
+with get_database(app).engine.connect() as conn:
+    conn.exec_driver_sql("SELECT count(*) FROM users").scalar()
+    found = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in settings.instance_dir.iterdir()}
+found["."] = oct(stat.S_IMODE(settings.instance_dir.stat().st_mode))
+print(json.dumps(found))
+"""
+
+
+def test_development_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"  # does not exist yet: the app creates it
+    env = _env(tmp_path, AMI_AUTH_INSTANCE_DIR=str(instance))
+    env.pop("AMI_AUTH_DATABASE_URL")  # the default: instance/ami-auth.db
+    result = subprocess.run(
+        [sys.executable, "-c", _FILE_MODES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, umask=0
+    )
+    assert result.returncode == 0, result.stderr
+    modes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert modes == {
+        ".": "0o700",
+        "ami-auth.db": "0o600",
+        "ami-auth.db-wal": "0o600",
+        "ami-auth.db-shm": "0o600",
+        "master_keys": "0o600",
+        "secret_key": "0o600",
+    }
+
+
+def test_help_and_command_lookup_write_nothing(tmp_path: Path) -> None:
+    cwd = tmp_path / "somewhere"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMI_AUTH_")}  # the defaults: ./instance
+    ami_auth = str(Path(sys.executable).parent / "ami-auth")
+    listing = subprocess.run([ami_auth, "--help"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    for command in ("bootstrap", "check-config", "db", "keys", "users", "tokens", "providers"):
+        assert f"  {command} " in listing.stdout
+    one = subprocess.run(
+        [ami_auth, "users", "create", "--help"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert one.returncode == 0 and "Create a user with a password." in one.stdout
+    # Nothing written: the app (and development's generated keys) is made only when a command runs
+    # (test_cli_bootstrap_users_and_check_config runs them).
+    assert list(cwd.iterdir()) == []
 
 
 def test_models_and_migrations_agree(database_url: str) -> None:

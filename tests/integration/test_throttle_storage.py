@@ -168,3 +168,90 @@ def test_mail_sends_per_recipient_and_per_ip(storage: Storage, tmp_path: Path) -
 )
 def test_wait_is_described_rounded_up(seconds: int, text: str) -> None:
     assert throttle.describe_wait(seconds) == text
+
+
+# --- smart lockout: known browsers and networks count apart from strangers ---------------------------------
+
+OWNER_IP, OWNER_DEVICE = "203.0.113.5", "D" * 43
+
+
+def _stranger_ip(n: int) -> str:
+    return f"198.18.{n // 250}.{n % 250 + 1}"
+
+
+def _lock_from_strangers(storage: Storage, settings: Settings, email: str) -> None:
+    for n in range(settings.throttle_account_failures):
+        throttle.check_signin(storage, settings, email=email, ip=_stranger_ip(n))
+        throttle.record_failure(storage, settings, email, _stranger_ip(n))
+
+
+def test_strangers_lock_the_unfamiliar_source_only(storage: Storage, tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    email = "kit@example.com"
+    throttle.remember_source(storage, email, ip=OWNER_IP, device=OWNER_DEVICE)
+    _lock_from_strangers(storage, settings, email)
+    refused = _refused(storage, settings, email, ip=_stranger_ip(99))
+    assert (refused.layer, refused.source) == ("account", "unfamiliar")
+    # A stranger with a made-up device id is a stranger: only a sign-in makes a browser known.
+    with pytest.raises(throttle.Throttled):
+        throttle.check_signin(storage, settings, email=email, ip=_stranger_ip(98), device="x" * 43)
+    # The owner's browser, from anywhere, and any browser on the owner's network still get their checks.
+    assert throttle.source_of(storage, email, _stranger_ip(97), OWNER_DEVICE) == "known_device"
+    throttle.check_signin(storage, settings, email=email, ip=_stranger_ip(97), device=OWNER_DEVICE)
+    assert throttle.source_of(storage, email, OWNER_IP) == "known_network"
+    throttle.check_signin(storage, settings, email=email, ip=OWNER_IP)
+    # Browsers and networks are known per account: the owner's cookie means nothing for another account.
+    assert throttle.source_of(storage, "other@example.com", OWNER_IP, OWNER_DEVICE) == "unfamiliar"
+
+
+def test_a_known_browser_has_its_own_count_and_lock(storage: Storage, tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    email = "lyn@example.com"
+    throttle.remember_source(storage, email, ip=None, device=OWNER_DEVICE)
+    locks = [throttle.record_failure(storage, settings, email, _stranger_ip(n), device=OWNER_DEVICE) for n in range(5)]
+    assert [lock is not None for lock in locks] == [False] * 4 + [True]
+    assert locks[-1] is not None and locks[-1].source == "known_device"
+    refused = _refused_device(storage, settings, email)
+    assert (refused.layer, refused.source) == ("account", "known_device")
+    # Strangers have a count of their own, untouched.
+    assert throttle.account_status(storage, email) == throttle.AccountStatus(0, None)
+    throttle.check_signin(storage, settings, email=email, ip=_stranger_ip(50))
+
+
+def _refused_device(storage: Storage, settings: Settings, email: str) -> throttle.Throttled:
+    with pytest.raises(throttle.Throttled) as info:
+        throttle.check_signin(storage, settings, email=email, ip=_stranger_ip(60), device=OWNER_DEVICE)
+    return info.value
+
+
+def test_a_success_clears_only_the_source_it_came_through(storage: Storage, tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    email = "max@example.com"
+    throttle.remember_source(storage, email, ip=OWNER_IP, device=OWNER_DEVICE)
+    for n in range(4):
+        throttle.record_failure(storage, settings, email, _stranger_ip(n))
+    throttle.record_success(storage, settings, email, OWNER_IP, device=OWNER_DEVICE)
+    # The owner signing in does not give the stranger a fresh set of guesses.
+    assert throttle.account_status(storage, email).failures == 4
+    assert throttle.record_failure(storage, settings, email, _stranger_ip(9)) is not None
+
+
+def test_unlock_clears_every_source(storage: Storage, tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    email = "ned@example.com"
+    throttle.remember_source(storage, email, ip=OWNER_IP, device=OWNER_DEVICE)
+    _lock_from_strangers(storage, settings, email)
+    for _ in range(5):
+        throttle.record_failure(storage, settings, email, OWNER_IP, device=OWNER_DEVICE)
+        throttle.record_failure(storage, settings, email, OWNER_IP)
+    assert _refused_device(storage, settings, email).source == "known_device"
+    assert _refused(storage, settings, email, ip=OWNER_IP).source == "known_network"
+    assert throttle.unlock_account(storage, email, by="link") is True
+    throttle.check_signin(storage, settings, email=email, ip=_stranger_ip(70), device=OWNER_DEVICE)
+    throttle.check_signin(storage, settings, email=email, ip=OWNER_IP)
+    throttle.check_signin(storage, settings, email=email, ip=_stranger_ip(71))
+    # A second unlock moves on again: the count after the first one does not come back.
+    for _ in range(5):
+        throttle.record_failure(storage, settings, email, OWNER_IP, device=OWNER_DEVICE)
+    throttle.unlock_account(storage, email)
+    throttle.check_signin(storage, settings, email=email, ip=OWNER_IP, device=OWNER_DEVICE)

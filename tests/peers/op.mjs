@@ -15,6 +15,8 @@
 //   deviceSlowDown       seconds: answer `slow_down` to a device poll sooner than this after the previous one
 //   omitUnchangedRefreshToken  leave `refresh_token` out of a refresh response that did not rotate it, as
 //                        Google does (oidc-provider always echoes it; RFC 6749 §6 allows either)
+//   userinfoSub          {"<login>": "<sub>"}: the userinfo endpoint answers about <sub> instead, as a
+//                        misconfigured or hostile provider would (OIDC Core §5.3.4: the client must refuse it)
 //
 // Test-only endpoints under /__test/ (never part of a real OP; they exist so tests can assert what the OP saw):
 //   GET  /__test/counts           {"requests": {"GET /jwks": n, ...}, "grants": {"refresh_token": {"200": n}, ...}}
@@ -191,6 +193,9 @@ provider.use(async (ctx, next) => {
   }
   if (ctx.method === 'POST' && ctx.path === '/device/auth' && config.deviceInterval && ctx.status === 200) {
     ctx.body = { ...ctx.body, interval: config.deviceInterval };
+  }
+  if (ctx.path === '/me' && ctx.status === 200 && config.userinfoSub?.[ctx.body?.sub]) {
+    ctx.body = { ...ctx.body, sub: config.userinfoSub[ctx.body.sub] };
   }
 });
 

@@ -203,7 +203,7 @@ def running_op(
 ) -> Iterator[OpenIDProvider]:
     """Run an OP for the ``with`` block. ``options`` are op.mjs config keys (``ttl``, ``signing``,
     ``rotateRefreshToken``, ``accounts``, ``claims``, ``deviceInterval``, ``deviceSlowDown``,
-    ``omitUnchangedRefreshToken``)."""
+    ``omitUnchangedRefreshToken``, ``userinfoSub``)."""
     reason = node_missing()
     if reason is not None:
         require_peer(reason)
