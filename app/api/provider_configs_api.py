@@ -338,7 +338,7 @@ def _find(db: Session, config_id: int) -> ProviderConfig:
     return cfg
 
 
-@bp.get("/account-manager/provider-configs/<int(min=1, max=2147483647):config_id>")
+@bp.get("/account-manager/provider-configs/<int:config_id>")
 @api_auth("providers:read")
 @document(
     summary="One provider config",
@@ -354,7 +354,7 @@ def get_provider_config(config_id: int) -> Response:
     return json_response(config_json(db, _find(db, config_id)))
 
 
-@bp.patch("/account-manager/provider-configs/<int(min=1, max=2147483647):config_id>")
+@bp.patch("/account-manager/provider-configs/<int:config_id>")
 @api_auth("providers:write")
 @document(
     summary="Change a provider config",
@@ -400,7 +400,7 @@ def update_provider_config(config_id: int) -> Response:
     return json_response(body)
 
 
-@bp.delete("/account-manager/provider-configs/<int(min=1, max=2147483647):config_id>")
+@bp.delete("/account-manager/provider-configs/<int:config_id>")
 @api_auth("providers:write")
 @document(
     summary="Delete a provider config",
@@ -451,7 +451,7 @@ CONFIG_TEST = component(
 )
 
 
-@bp.post("/account-manager/provider-configs/<int(min=1, max=2147483647):config_id>/test")
+@bp.post("/account-manager/provider-configs/<int:config_id>/test")
 @api_auth("providers:write")
 @document(
     summary="Test a provider config's connection",
