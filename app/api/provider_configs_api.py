@@ -205,8 +205,6 @@ def _config_values(provider: ProviderEntry, data: Mapping[str, Any]) -> dict[str
     raw = data.get("config", {})
     if not isinstance(raw, dict):
         raise AppError("validation_failed", fields={"config": "Use an object of field values."})
-    if bodies.has_nul(raw):
-        raise AppError("validation_failed", fields={"config": "Remove NUL characters from the values."})
     secret_names = {spec.name for spec in provider.secret_fields("config")}
     refused = {name: _SECRET_FIELD for name in raw if name in secret_names}
     if refused:

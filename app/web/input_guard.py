@@ -67,7 +67,6 @@ JSON_MAX_DEPTH: Final = 32
 REFUSALS_AUDITED_PER_MINUTE: Final = 10
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-FORM_TYPES: Final = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _JSON_ROUTE: Final = "_ami_accepts_json"
 # Text may carry tab, LF and CR (a textarea sends CRLF line ends); no other C0 control character, no DEL.
 _TEXT_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -144,6 +143,14 @@ def _shown(name: str) -> str:
     return _ANY_CONTROL.sub("\ufffd", name)[:80] or "(unnamed)"
 
 
+# How the user sends the thing again, per place the field was in.
+_AGAIN: Final[dict[str, str]] = {
+    "form": "send the form again",
+    "address": "open the link again",
+    "request": "send the request again",
+}
+
+
 def _field_refusal(reason: str, field: str, where: str = "form") -> Refused:
     name = _shown(field)
     messages = {
@@ -154,20 +161,31 @@ def _field_refusal(reason: str, field: str, where: str = "form") -> Refused:
         "json_duplicate_key": (f"The JSON repeats the key “{name}”.", "Send each key once"),
     }
     message, hint = messages[reason]
-    return Refused(reason, 422, message, f"{hint}, then send the {where} again.", name)
+    return Refused(reason, 422, message, f"{hint}, then {_AGAIN[where]}.", name)
 
 
 # --- the checks ------------------------------------------------------------------------------------------
 
 
-def _text(raw: bytes, field: str, where: str, *, name: bool = False) -> str:
+def _name(raw: bytes, where: str) -> str:
+    """A field's name: UTF-8 without any control character."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _field_refusal("invalid_utf8", raw.decode("utf-8", "replace"), where) from None
+    if _ANY_CONTROL.search(name):
+        raise _field_refusal("control_character", name, where)
+    return name
+
+
+def _value(raw: bytes, name: str, where: str) -> None:
+    """A field's value: UTF-8 text, where tab, CR and LF are the only control characters."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise _field_refusal("invalid_utf8", field if not name else raw.decode("utf-8", "replace"), where) from None
-    if (_ANY_CONTROL if name else _TEXT_CONTROL).search(text):
-        raise _field_refusal("control_character", field if not name else text, where)
-    return text
+        raise _field_refusal("invalid_utf8", name, where) from None
+    if _TEXT_CONTROL.search(text):
+        raise _field_refusal("control_character", name, where)
 
 
 def _pairs(raw: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -190,8 +208,8 @@ def _check_names(names: list[str], where: str) -> None:
 def _check_urlencoded(raw: bytes, where: str) -> None:
     names = []
     for raw_name, raw_value in _pairs(raw):
-        name = _text(raw_name, "", where, name=True)
-        _text(raw_value, name, where)
+        name = _name(raw_name, where)
+        _value(raw_value, name, where)
         names.append(name)
     _check_names(names, where)
 
@@ -216,13 +234,14 @@ def _check_multipart(raw: bytes) -> None:
             if isinstance(event, File):
                 raise _field_refusal("file_part", event.name)
             if isinstance(event, Field):
-                current = _text(event.name.encode("latin-1", "replace"), "", "form", name=True)
+                # werkzeug reads part headers as Latin-1: back to the bytes the client sent.
+                current = _name(event.name.encode("latin-1", "replace"), "form")
                 names.append(current)
                 value.clear()
             elif isinstance(event, Data):
                 value += event.data
                 if not event.more_data:
-                    _text(bytes(value), current, "form")
+                    _value(bytes(value), current, "form")
     except ValueError:
         raise unreadable from None
     _check_names(names, "form")
@@ -233,7 +252,7 @@ def _too_deep() -> Refused:
         "json_nesting",
         422,
         f"The JSON nests deeper than {JSON_MAX_DEPTH} levels.",
-        "No request to this API needs more; send the body as documented.",
+        "No request here needs more; send the body as documented.",
     )
 
 
@@ -243,7 +262,12 @@ def _check_json_value(value: Any, path: str, depth: int) -> None:
     if isinstance(value, str):
         if _TEXT_CONTROL.search(value):
             if not path:
-                raise Refused("control_character", 422, "The JSON body holds a control character.", "Remove it.")
+                raise Refused(
+                    "control_character",
+                    422,
+                    "The JSON body holds a control character.",
+                    "Remove control characters (such as NUL), then send the request again.",
+                )
             raise _field_refusal("control_character", path, "request")
     elif isinstance(value, dict):
         for key, item in value.items():
@@ -284,15 +308,15 @@ def _check_json(raw: bytes) -> None:
             "too_large",
             413,
             f"The JSON body is larger than {JSON_MAX_BYTES // 1024} KiB.",
-            "Send a smaller body; no request to this API needs more.",
+            "Send a smaller body; no request here needs more.",
         )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise Refused("invalid_utf8", 422, "The JSON body is not UTF-8.", "Encode the body as UTF-8.") from None
     try:
-        # The C scanner recurses once per level and raises RecursionError near the interpreter's limit,
-        # before the depth walk below could refuse the body with its path.
+        # The C scanner recurses once per level: a body nested near the interpreter's recursion limit raises
+        # RecursionError here (cleanly, the scanner checks); shallower ones reach the depth walk below.
         value = json.loads(text, object_pairs_hook=_object, parse_constant=_no_constant)
     except _DuplicateKey as exc:
         raise _field_refusal("json_duplicate_key", exc.key, "request") from None
@@ -336,7 +360,7 @@ def _check_address() -> None:
             raise Refused(
                 "control_character",
                 400,
-                f"The request header {name} holds a control character.",
+                f"The request header {_shown(name)} holds a control character.",
                 "Send header values without control characters (RFC 9110 section 5.5).",
             )
 
@@ -365,7 +389,7 @@ def _check_body() -> None:
         raise Refused(
             "content_type",
             415,
-            "This address takes a form, not " + (mimetype or "a body without a content type") + ".",
+            f"This address takes a form, not {mimetype[:80] or 'a body without a content type'}.",
             "Submit the form from its page (application/x-www-form-urlencoded or multipart/form-data).",
         )
 
