@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.providers.registry import init_providers
     from app.web import register_blueprints
     from app.web.errors import register_error_handlers
+    from app.web.input_guard import init_input_guard
     from app.web.security import init_security
 
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     warm_up(settings)  # the dummy hash for unknown emails, so the first such sign-in costs what the rest do
     csrf.init_app(app)
+    init_input_guard(app)  # after CSRF (a refused form still had to come from this site), before any route
     login_manager.init_app(app)
     init_security(app, settings)
     register_blueprints(app)

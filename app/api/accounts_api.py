@@ -274,7 +274,7 @@ def _status_param() -> Status | None:
     return next((s for s in STATUSES if s == value), None)
 
 
-@bp.get("/account-manager/accounts/<int(min=1, max=2147483647):account_id>")
+@bp.get("/account-manager/accounts/<int:account_id>")
 @api_auth("accounts:read")
 @document(
     summary="One connected-account snapshot",
@@ -288,7 +288,7 @@ def get_account(account_id: int) -> Response:
     return json_response(_account_json(_find(account_id)))
 
 
-@bp.post("/account-manager/accounts/<int(min=1, max=2147483647):account_id>/refresh")
+@bp.post("/account-manager/accounts/<int:account_id>/refresh")
 @api_auth("accounts:write")
 @document(
     summary="Refresh an account now",
@@ -317,7 +317,7 @@ def refresh_account(account_id: int) -> Response:
     )
 
 
-@bp.post("/account-manager/accounts/<int(min=1, max=2147483647):account_id>/revoke")
+@bp.post("/account-manager/accounts/<int:account_id>/revoke")
 @api_auth("accounts:write")
 @document(
     summary="Revoke an account's credential",
@@ -346,7 +346,7 @@ def revoke_account(account_id: int) -> Response:
     )
 
 
-@bp.delete("/account-manager/accounts/<int(min=1, max=2147483647):account_id>")
+@bp.delete("/account-manager/accounts/<int:account_id>")
 @api_auth("accounts:write")
 @document(
     summary="Delete an account (revoking it first where the provider can)",

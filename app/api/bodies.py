@@ -103,14 +103,3 @@ def plain_text(value: object, key: str, *, max_length: int) -> str:
     if len(value) > max_length:
         raise AppError("validation_failed", fields={key: f"Use at most {max_length} characters."})
     return value
-
-
-def has_nul(value: object) -> bool:
-    """Whether a JSON value holds a NUL character anywhere (keys included)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, list):
-        return any(has_nul(item) for item in value)
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    return False

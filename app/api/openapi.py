@@ -26,6 +26,7 @@ from app.api.registry import (
 from app.api.security import api_blueprint, api_public, json_response
 from app.api.tokens import SCOPES
 from app.extensions import get_settings
+from app.models.base import ID_MAX
 
 bp = api_blueprint("api_openapi", __name__)
 
@@ -35,7 +36,7 @@ _RULE_ARGUMENT: Final = re.compile(r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?
 _CONVERTER_SCHEMAS: Final[dict[str, JSONSchema]] = {
     "default": {"type": "string", "pattern": "^[^/]+$"},
     "string": {"type": "string", "pattern": "^[^/]+$"},
-    "int": {"type": "integer", "minimum": 0},
+    "int": {"type": "integer", "minimum": 1, "maximum": ID_MAX},  # app.web.input_guard.IdConverter
     "uuid": {"type": "string", "format": "uuid"},
     "path": {"type": "string"},
 }

@@ -24,7 +24,7 @@ from app.api import dialog_links, dialog_saves
 from app.api.dialog_links import DialogUnavailable
 from app.connectors import accounts
 from app.connectors.verify import Verification, field_labels
-from app.errors import AppError
+from app.errors import AppError, ErrorCode
 from app.extensions import db_session, get_cipher, get_settings
 from app.models import ConnectedAccount, DialogToken, ProviderConfig
 from app.net import get_client
@@ -41,6 +41,13 @@ TITLES = {
     "add_account": "Add an account",
     "replace_secret": "Replace the secret",
     "edit_provider_config": "Set the provider's secrets",
+}
+# The taxonomy code each status of the page below stands for (shown on the page as data-error-code).
+UNAVAILABLE_CODES: dict[int, ErrorCode] = {
+    403: "permission_denied",
+    404: "not_found",
+    409: "conflict",
+    410: "token_expired",
 }
 UNAVAILABLE: dict[str, tuple[int, str, str]] = {
     "unknown": (404, "This dialog link is not valid.", "Open the dialog again from the CMS to get a new link."),
@@ -110,7 +117,10 @@ def _unavailable(problem: str, record: DialogToken | None = None) -> tuple[str, 
     dialog_links.note_refusal(db, audit_ctx(), problem, record)  # type: ignore[arg-type]
     db.commit()
     status, title, hint = UNAVAILABLE[problem]
-    return render_template("dialogs/cms_unavailable.html", title=title, hint=hint, problem=problem), status
+    html = render_template(
+        "dialogs/cms_unavailable.html", title=title, hint=hint, problem=problem, code=UNAVAILABLE_CODES[status]
+    )
+    return html, status
 
 
 def _open() -> DialogToken | tuple[str, int]:
@@ -130,6 +140,7 @@ def _open() -> DialogToken | tuple[str, int]:
             title="This dialog is for administrators.",
             hint="Sign in to AMI Auth with an administrator account, then open the dialog again from the CMS.",
             problem="permission_denied",
+            code=UNAVAILABLE_CODES[403],
         )
         return html, 403
     try:

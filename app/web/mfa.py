@@ -34,6 +34,7 @@ from app.web.common import (
     signed_in,
     wants_json,
 )
+from app.web.input_guard import accepts_json
 
 bp = Blueprint("mfa", __name__)
 
@@ -270,6 +271,7 @@ def _take_challenge(purpose: ChallengePurpose) -> str | None:
 
 
 @bp.post("/signin/mfa/passkey/options")
+@accepts_json
 def signin_passkey_options() -> Response:
     user, _data = _require_pending()
     db = db_session()
@@ -280,6 +282,7 @@ def signin_passkey_options() -> Response:
 
 
 @bp.post("/signin/mfa/passkey/verify")
+@accepts_json
 def signin_passkey_verify() -> Response:
     user, data = _require_pending()
     _refuse_if_exhausted(user)
@@ -306,6 +309,7 @@ def signin_passkey_verify() -> Response:
 
 
 @bp.post("/signin/passkey/options")
+@accepts_json
 def passwordless_options() -> Response:
     db = db_session()
     ceremony = passkeys.begin_authentication(db, get_settings(), None)
@@ -315,6 +319,7 @@ def passwordless_options() -> Response:
 
 
 @bp.post("/signin/passkey/verify")
+@accepts_json
 def passwordless_verify() -> Response:
     """Passwordless: a discoverable passkey with user verification is both factors at once (possession of
     the key and the PIN or biometric that unlocked it; NIST SP 800-63B §5.1.9 multi-factor cryptographic)."""
@@ -507,6 +512,7 @@ def totp_remove() -> Response | tuple[str, int]:
 
 @bp.post("/account/mfa/passkeys/options")
 @login_required
+@accepts_json
 def passkey_register_options() -> Response:
     body = _json_body()
     passkeys.check_name(body.get("name") if isinstance(body.get("name"), str) else None)
@@ -519,6 +525,7 @@ def passkey_register_options() -> Response:
 
 @bp.post("/account/mfa/passkeys/verify")
 @login_required
+@accepts_json
 def passkey_register_verify() -> Response:
     body = _json_body()
     user = _current_user()

@@ -600,7 +600,9 @@ def test_webauthn_verify_rejects_garbage_without_500(client: FlaskClient, make_u
         data="x",
         headers={"X-CSRFToken": csrf_token(client, "/signin"), "Accept": "application/json"},
     )
-    assert not_json.status_code == 400
+    # A body that is not JSON is refused by the input guard as the wrong media type (RFC 9110 section 15.5.16).
+    assert not_json.status_code == 415 and not_json.json is not None
+    assert not_json.json["error"]["code"] == "validation_failed"
 
 
 def test_admin_user_page_snippet_and_account_card(app: Flask, settings: Settings, make_user: UserFactory) -> None:

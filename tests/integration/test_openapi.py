@@ -39,6 +39,7 @@ from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.settings import Settings
 from app.vault import Secret, put_secret
 from tests.conftest import PASSWORD, TEST_KEY, UserFactory, make_settings, sign_in
+from tests.support.hostile import CONTROLS, DEEP_JSON, DEEPISH_JSON, HOSTILE_IDS, HOSTILE_SEGMENTS, HUGE, NUL, Tally
 
 
 @pytest.fixture
@@ -471,8 +472,11 @@ def test_fuzz_every_endpoint_from_the_document(
         f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item
     } - {"GET /api/openapi.json"}
     statuses: dict[str, set[int]] = {}
+    sent = 0
 
     def check(case: Any, caller: Caller, response: Any) -> None:
+        nonlocal sent
+        sent += 1
         label = f"{caller.name}: {case.method} {case.formatted_path}"
         assert response.status_code < 500, f"{label} answered {response.status_code}: {response.text}"
         statuses.setdefault(case.operation.label, set()).add(response.status_code)
@@ -519,6 +523,7 @@ def test_fuzz_every_endpoint_from_the_document(
 
             run()
 
+    print(f"OpenAPI fuzz (schemathesis): {sent} requests, 0 x 5xx")  # a 5xx fails the run above
     # The fuzzer reached the endpoints for real, not only their 401s.
     assert 200 in statuses["GET /api/compliance/report"]
     assert 200 in statuses["GET /api/auth/sessions"]
@@ -529,3 +534,91 @@ def test_fuzz_every_endpoint_from_the_document(
     assert 201 in statuses["POST /api/account-manager/dialogs"]
     assert 201 in statuses["POST /api/account-manager/provider-configs"]
     assert 200 in statuses["GET /api/account-manager/provider-configs"]
+
+
+# --- hostile input the generator does not make ----------------------------------------------------------
+
+
+def _body_keys(document: dict[str, Any], op: dict[str, Any]) -> list[str]:
+    """The top-level keys of an operation's JSON body (after one $ref), so each can carry a hostile value."""
+    schema = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return sorted(schema.get("properties", {})) or ["name"]
+
+
+def _hostile_requests(document: dict[str, Any], path: str, op: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(kind, URL, werkzeug request options) for one operation: NUL, invalid UTF-8, huge and out-of-range
+    values in the path and query, and bodies that are deep, huge, not UTF-8, not JSON, or hold NUL."""
+    parameters = op.get("parameters", [])
+    in_path = [p["name"] for p in parameters if p["in"] == "path"]
+    in_query = [p["name"] for p in parameters if p["in"] == "query"]
+
+    def url(**values: str) -> str:
+        return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), "1"), path)
+
+    requests: list[tuple[str, str, dict[str, Any]]] = []
+    for name in in_path:
+        for value in [*HOSTILE_SEGMENTS, *(str(i) for i in HOSTILE_IDS)]:
+            requests.append((f"path {name}={value[:12]}", url(**{name: value}), {}))
+    for name in in_query:
+        for value in ("a%00b", "%FF%FE", "9" * 5000, f"-{2**63}"):
+            requests.append((f"query {name}={value[:12]}", f"{url()}?{name}={value}", {}))
+        requests.append((f"query {name} repeated", f"{url()}?{name}=1&{name}=2", {}))
+    requests.append(("header controls", url(), {"headers": {"User-Agent": "fuzz\x01\x1b"}}))
+    if "requestBody" in op:
+        keys = _body_keys(document, op)
+        json_type = {"content_type": "application/json"}
+        bodies: list[tuple[str, bytes | str]] = [
+            ("deep JSON", DEEP_JSON),
+            ("deep-ish JSON", DEEPISH_JSON),
+            ("NUL in every string", json.dumps({k: NUL for k in keys})),
+            ("controls in every string", json.dumps({k: CONTROLS for k in keys})),
+            ("NUL in a key", json.dumps({"na\x00me": "x"})),
+            ("invalid UTF-8", b'{"' + keys[0].encode() + b'": "\xff\xfe"}'),
+            ("duplicate keys", f'{{"{keys[0]}": "a", "{keys[0]}": "b"}}'),
+            ("huge", json.dumps({k: HUGE * 40 for k in keys})),
+            ("huge integer", f'{{"{keys[0]}": {"9" * 5000}}}'),
+            ("NaN", f'{{"{keys[0]}": NaN}}'),
+            ("not JSON", "{"),
+            ("a JSON array", "[]"),
+        ]
+        for kind, body in bodies:
+            requests.append((f"body {kind}", url(), {"data": body, **json_type}))
+        form = "&".join(f"{k}=x" for k in keys)
+        requests.append(("body as a form", url(), {"data": form, "content_type": "application/x-www-form-urlencoded"}))
+        requests.append(
+            ("body as multipart", url(), {"data": {k: "x" for k in keys}, "content_type": "multipart/form-data"})
+        )
+        requests.append(("body as text", url(), {"data": "x", "content_type": "text/plain"}))
+    return requests
+
+
+def test_hostile_paths_queries_and_bodies_on_every_operation(
+    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory
+) -> None:
+    """What the schema-driven generator does not send: NUL and invalid UTF-8 in paths, deep and malformed JSON,
+    form bodies. Every operation, as a token, a session and nobody; no 5xx, and every refusal in the taxonomy."""
+    make_user("root@example.com", role="admin")
+    sign_in(client, "root@example.com")
+    csrf = client.get("/api/auth/session").get_json()["csrf_token"]
+    raw = _issue(db)
+    callers = [
+        ({"Authorization": f"Bearer {raw}"}, app.test_client()),
+        ({"X-CSRFToken": csrf}, client),
+        ({}, app.test_client()),
+    ]
+    document = _document(client)
+    tally = Tally()
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            for kind, url, options in _hostile_requests(document, path, op):
+                for headers, caller in callers:
+                    options_headers = {**headers, **options.get("headers", {})}
+                    extra = {k: v for k, v in options.items() if k != "headers"}
+                    response = caller.open(url, method=method.upper(), headers=options_headers, **extra)
+                    tally.check(f"{kind}: {method.upper()} {url[:80]}", response)
+                    if response.status_code >= 400:
+                        assert response.mimetype == "application/json", f"{kind}: {method} {url[:80]}"
+    tally.assert_clean("OpenAPI hostile pass")
+    assert tally.sent > 500

@@ -175,7 +175,9 @@ def test_values_are_checked_by_the_catalog_with_the_console_messages(
     ]
     for body, field in bad:
         assert field in _error(client.post(PATH, json=body, headers=rw), 422, "validation_failed")["fields"], body
-    _error(client.post(PATH, data="not json", headers=rw), 422, "validation_failed")
+    _error(client.post(PATH, data="not json", content_type="application/json", headers=rw), 422, "validation_failed")
+    # Not sent as JSON at all: the wrong media type (RFC 9110 section 15.5.16).
+    _error(client.post(PATH, data="not json", headers=rw), 415, "validation_failed")
     assert _configs(db) == []
 
 
