@@ -88,9 +88,6 @@ def signin() -> str | Response:
             # MFA: a user with a second factor gets no session yet, only a pending sign-in (app/web/mfa.py).
             if mfa.needs_second_factor(check.user):
                 return mfa.start_second_factor(check.user, ["password"], next_url)
-            # Only a complete sign-in clears the failures: with a second factor pending this line is not
-            # reached, so the password cannot be used to reset the count between guesses at the code.
-            throttle.record_success(storage, settings, email, ip)
             audit.record(
                 db,
                 audit_ctx(),
