@@ -55,7 +55,9 @@ _NAME: Final[JSONSchema] = {
     "type": "string",
     "minLength": 1,
     "maxLength": configs.NAME_MAX,
-    "pattern": r"\S",
+    # Something visible, and no control characters (app.api.bodies.plain_text refuses them): the document
+    # says what the server accepts, so generated "valid" names are valid.
+    "pattern": r"^[^\u0000-\u001f\u007f]*\S[^\u0000-\u001f\u007f]*$",
     "description": "Unique regardless of case; how admins and the CLI refer to the config.",
 }
 _CONFIG_VALUES: Final[JSONSchema] = {
