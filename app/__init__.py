@@ -65,9 +65,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_security(app, settings)
     register_blueprints(app)
     register_error_handlers(app)
+    from app.connectors.smtp import system_mailer
     from app.connectors.xoauth2 import register as register_xoauth2
+    from app.mailer import set_system_mailer_resolver
 
     register_xoauth2(app)  # SMTP accounts may log in with a connected OAuth account's token
+    set_system_mailer_resolver(system_mailer)  # the app's own mail goes through an admin-marked SMTP account first
 
     from app.cli import register_commands
 

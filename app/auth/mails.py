@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
-from app.connectors.mailer import Mailer
+from app.mailer import Mailer
 from app.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
