@@ -31,6 +31,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         load_dotenv()
         settings = load_settings()
 
+    # The composition root imports every layer, and only when an app is built: every `import app.…` (a model,
+    # the settings, a migration) runs this module first, and must not load the faces with it.
     from app.extensions import csrf, init_database, login_manager, make_limit_storage
     from app.providers.registry import init_providers
     from app.web import register_blueprints

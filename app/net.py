@@ -40,11 +40,10 @@ import httpx
 
 from app.errors import AppError
 from app.outbound import OutboundBlocked, OutboundGuard, Resolver, UnresolvedHost, blocked_reason
+from app.settings import Settings
 
 if TYPE_CHECKING:
     from flask import Flask
-
-    from app.settings import Settings
 
 __all__ = [
     "Auth",

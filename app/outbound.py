@@ -40,12 +40,10 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from app.errors import AppError
-
-if TYPE_CHECKING:
-    from app.settings import Settings
+from app.settings import Settings
 
 __all__ = [
     "ALLOW_HINT",
