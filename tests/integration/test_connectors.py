@@ -46,7 +46,10 @@ from tests.support.accounts import (
     result_code,
 )
 from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, SmtpServer, TlsFiles
-from tests.support.vendors import GenericApi, HuggingFace, OpenAI, StartVendor
+from tests.support.vendors.base import StartVendor
+from tests.support.vendors.generic import GenericApi
+from tests.support.vendors.huggingface import HuggingFace
+from tests.support.vendors.openai import OpenAI
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 
