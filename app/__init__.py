@@ -31,6 +31,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         load_dotenv()
         settings = load_settings()
 
+    # The composition root imports every layer, and only when an app is built: every `import app.…` (a model,
+    # the settings, a migration) runs this module first, and must not load the faces with it.
     from app.extensions import csrf, init_database, login_manager, make_limit_storage
     from app.providers.registry import init_providers
     from app.web import register_blueprints
@@ -65,9 +67,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_security(app, settings)
     register_blueprints(app)
     register_error_handlers(app)
+    from app.connectors.smtp import system_mailer
     from app.connectors.xoauth2 import register as register_xoauth2
+    from app.mailer import set_system_mailer_resolver
 
     register_xoauth2(app)  # SMTP accounts may log in with a connected OAuth account's token
+    set_system_mailer_resolver(system_mailer)  # the app's own mail goes through an admin-marked SMTP account first
 
     from app.cli import register_commands
 

@@ -8,11 +8,20 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
-from app import audit, faults
-from app.auth import mail_tokens, users
+from app import audit, create_app, faults
+from app.api.cli import compliance_cli, tokens_cli
+from app.audit_cli import audit_cli
+from app.auth import mail_tokens, user_admin, users
+from app.connectors.cli import accounts_cli
 from app.errors import AppError
 from app.extensions import get_database, get_settings
+from app.jobs.cli import jobs_cli, refresh_command
+from app.keys_cli import keys_cli
+from app.mailer import Mailer
+from app.mfa_cli import mfa_cli
 from app.migrate import upgrade
+from app.preflight import preflight
+from app.providers.cli import providers_cli
 from app.settings import SettingsError
 
 db_cli = AppGroup("db", help="Database migrations.")
@@ -77,8 +86,6 @@ def users_create(email: str, role: str, display_name: str, password: str) -> Non
 @with_appcontext
 def users_invite(email: str, role: str, display_name: str) -> None:
     """Create a user and mail them a link (7 days) to choose their password."""
-    from app.auth import user_admin
-
     db = get_database().session()
     try:
         created = user_admin.create_user(
@@ -108,8 +115,6 @@ def users_invite(email: str, role: str, display_name: str) -> None:
 @with_appcontext
 def mail_test(to: str) -> None:
     """Send a test mail through the configured mailer (system SMTP account, AMI_AUTH_SMTP_URL or outbox)."""
-    from app.connectors.mailer import Mailer
-
     settings = get_settings()
     mailer = Mailer(get_database().session(), settings)
     try:
@@ -170,8 +175,6 @@ def bootstrap() -> None:
 @with_appcontext
 def check_config() -> None:
     """Validate the configuration and the database; exit non-zero with one line per problem."""
-    from app.preflight import preflight
-
     problems = preflight(current_app._get_current_object())  # type: ignore[attr-defined]
     settings = get_settings()
     if problems:
@@ -186,14 +189,6 @@ def check_config() -> None:
 
 def app_commands() -> list[click.Command]:
     """Every `ami-auth` command of the app (the groups carry their subcommands)."""
-    from app.api.cli import compliance_cli, tokens_cli
-    from app.audit_cli import audit_cli
-    from app.connectors.cli import accounts_cli
-    from app.jobs.cli import jobs_cli, refresh_command
-    from app.mfa_cli import mfa_cli
-    from app.providers.cli import providers_cli
-    from app.vault.cli import keys_cli
-
     # `ami-auth tokens refresh` (connected accounts' OAuth tokens) joins the API's `tokens` group.
     tokens_cli.add_command(refresh_command)
     return [
@@ -220,8 +215,6 @@ def register_commands(app: Flask) -> None:
 
 
 def _create_app() -> Flask:
-    from app import create_app
-
     try:
         return create_app()
     except SettingsError as exc:

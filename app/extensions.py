@@ -10,7 +10,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Flask, current_app
 from flask_login import LoginManager
@@ -23,9 +23,7 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from app.settings import Settings, make_private_dir
-
-if TYPE_CHECKING:
-    from app.vault import Cipher
+from app.vault import Cipher
 
 login_manager = LoginManager()
 csrf = CSRFProtect()
@@ -194,8 +192,6 @@ def get_limit_storage(app: Flask | None = None) -> Storage:
 
 def get_cipher(app: Flask | None = None) -> Cipher:
     """The app's vault cipher over the configured key ring (built once per app)."""
-    from app.vault import Cipher
-
     target = app or current_app
     cipher: Cipher | None = target.extensions.get("ami_cipher")
     if cipher is None:

@@ -7,8 +7,9 @@ import click
 from flask.cli import AppGroup
 
 from app import audit
-from app.auth import mfa, users
+from app.auth import users
 from app.extensions import get_database
+from app.services import mfa as mfa_flows
 
 mfa_cli = AppGroup("mfa", help="Second factors.")
 
@@ -24,14 +25,7 @@ def reset_command(email: str, yes: bool) -> None:
         raise click.ClickException(f"no user with email {email!r}")
     if not yes:
         click.confirm(f"Remove every second factor of {user.email}?", abort=True)
-    counts = mfa.reset(db, user.id)
-    audit.record(
-        db,
-        audit.AuditContext(actor="cli"),
-        "mfa.reset",
-        target=f"user:{user.id}",
-        details={"removed": counts, "via": "cli"},
-    )
+    counts = mfa_flows.reset(db, audit.AuditContext(actor="cli"), user, via="cli")
     db.commit()
     removed = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items())
     click.echo(f"reset MFA of {user.email}: removed {removed}")

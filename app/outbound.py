@@ -5,7 +5,7 @@ named goes through :class:`OutboundGuard`, whatever the protocol:
 
 * HTTP — :class:`app.net.OutboundClient` connects through :meth:`OutboundGuard.vetted_addresses` in its
   httpcore network backend (so redirects, retries and pooled reconnects are checked too);
-* SMTP — :mod:`app.connectors.mailer` gets its socket from :meth:`OutboundGuard.connect`;
+* SMTP — :mod:`app.mailer` gets its socket from :meth:`OutboundGuard.connect`;
 * anything else that opens a socket (webhook deliveries go through the HTTP client; a proxy or another
   protocol calls :meth:`OutboundGuard.connect` and wraps the socket in TLS with the *original* host name).
 
@@ -40,12 +40,10 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from app.errors import AppError
-
-if TYPE_CHECKING:
-    from app.settings import Settings
+from app.settings import Settings
 
 __all__ = [
     "ALLOW_HINT",

@@ -6,9 +6,12 @@ from collections.abc import Callable
 
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from app.extensions import get_database, get_settings
+from app.mailer import system_mailer_target
 from app.migrate import is_at_head
+from app.providers.checks import enabled_config_problems
 
 
 def preflight(app: Flask, *, serving: bool = False) -> list[str]:
@@ -30,12 +33,9 @@ def preflight(app: Flask, *, serving: bool = False) -> list[str]:
 def _mailer_configured(app: Flask, serving: bool) -> list[str]:
     """Checked by `check-config`, not at serve time: sign-in still works while mail is being set up."""
     settings = get_settings(app)
-    if not serving and settings.is_production and not settings.smtp_url:
-        # An admin-marked system mailer (SMTP connector) also satisfies this once connectors exist.
-        from app.connectors import system_mailer_configured
-
-        if not system_mailer_configured(app):
-            return ["AMI_AUTH_SMTP_URL: production needs a mailer (set it, or mark an SMTP account as system mailer)"]
+    # An admin-marked system mailer (an SMTP connector account) also satisfies this.
+    if not serving and settings.is_production and not settings.smtp_url and not system_mailer_configured(app):
+        return ["AMI_AUTH_SMTP_URL: production needs a mailer (set it, or mark an SMTP account as system mailer)"]
     return []
 
 
@@ -43,9 +43,16 @@ def _provider_configs_complete(app: Flask, serving: bool) -> list[str]:
     """Checked by `check-config`, not at serve time: one broken provider must not stop password sign-in."""
     if serving:
         return []
-    from app.providers.checks import enabled_config_problems
-
     return enabled_config_problems(app)
+
+
+def system_mailer_configured(app: Flask) -> bool:
+    """Whether an admin marked an SMTP account as the system mailer."""
+    try:
+        with Session(get_database(app).engine) as db:
+            return system_mailer_target(db, get_settings(app)) is not None
+    except SQLAlchemyError:
+        return False  # an unmigrated or unreachable database is reported by the migration check
 
 
 EXTRA_CHECKS: list[Callable[[Flask, bool], list[str]]] = [_mailer_configured, _provider_configs_complete]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from app.auth import mfa
+from app.connectors.accounts import CONNECTABLE_MODES, entry_for, rotation_state
 from app.models import ConnectedAccount, User
 from app.settings import Settings
 
@@ -46,8 +47,6 @@ def rotation_days(db: Session, settings: Settings, account: ConnectedAccount) ->
     their provider config's ``rotation_days`` (the catalog's default when unset) — the same policy as the
     console's badge and ``ami-auth jobs reminders`` — and other accounts use the setting.
     """
-    from app.connectors.accounts import CONNECTABLE_MODES, entry_for, rotation_state
-
     if not settings.secret_rotation_days:
         return None
     if entry_for(account).auth_mode in CONNECTABLE_MODES:

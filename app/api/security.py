@@ -55,10 +55,10 @@ from app.api.tokens import SCOPES, PresentedToken, Scope
 from app.auth.throttle import ip_bucket
 from app.errors import AppError
 from app.extensions import csrf, db_session, get_settings
+from app.http.context import SignedIn, audit_ctx, client_ip, signed_in, user_agent
+from app.http.csrf import header_token, log_refusal, origin_refusal, token_refusal, trusted_origins
 from app.models import User
 from app.settings import Settings
-from app.web.common import SignedIn, audit_ctx, client_ip, signed_in, user_agent
-from app.web.csrf import header_token, log_refusal, origin_refusal, token_refusal, trusted_origins
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -361,7 +361,7 @@ def require_scope(scope: Scope, **details: object) -> None:
 
 
 def _check_csrf(settings: Settings, target: str) -> None:
-    """CSRF check for a state-changing call with the session cookie: the rule of :mod:`app.web.csrf` (the
+    """CSRF check for a state-changing call with the session cookie: the rule of :mod:`app.http.csrf` (the
     ``X-CSRFToken`` header, and an Origin — or Referer — that is this site), with ``AMI_AUTH_CMS_ORIGINS``
     trusted too: the CMS calls from its own origin with CORS."""
     trusted = trusted_origins(settings, settings.cms_origins)

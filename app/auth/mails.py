@@ -11,11 +11,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from flask import current_app, has_app_context
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
-from app.connectors.mailer import Mailer
+from app.auth import throttle
+from app.mailer import Mailer
 from app.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
@@ -79,10 +81,6 @@ def check_mail_allowed(db: Session, settings: Settings, ctx: AuditContext, *, pu
     admin's invitations (an admin inviting a team is not one client spraying addresses) and for the
     CLI, which has no client address.
     """
-    from flask import current_app, has_app_context
-
-    from app.auth import throttle
-
     if not has_app_context():  # the throttle's storage belongs to the app; nothing to count against
         return
     storage = current_app.extensions["ami_limits"]

@@ -16,16 +16,13 @@ import hashlib
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from app.errors import AppError
+from app.net import OutboundClient
 from app.settings import Settings
-
-if TYPE_CHECKING:
-    from app.net import OutboundClient
 
 log = logging.getLogger("ami_auth.passwords")
 
@@ -147,8 +144,6 @@ def breach_count(settings: Settings, password: str, *, client: OutboundClient | 
         if client is not None:
             response = client.get(url, headers={"Add-Padding": "true"}, timeout=BREACH_CHECK_TIMEOUT)
         else:
-            from app.net import OutboundClient
-
             with OutboundClient.from_settings(settings) as own:
                 response = own.get(url, headers={"Add-Padding": "true"}, timeout=BREACH_CHECK_TIMEOUT)
     except AppError as exc:  # ProviderUnreachable, OutboundBlocked, a malformed URL

@@ -3,7 +3,7 @@
 The cap is counted in the account row (``send_day`` + ``send_count``) by one conditional UPDATE in its own
 short transaction: concurrent workers cannot overshoot it, and a refused send is ``rate_limited`` with the
 seconds until the next UTC day. The system mailer is the one SMTP account with ``system_mailer`` set; the
-:class:`~app.connectors.mailer.Mailer` finds it through :func:`system_mailer` (app/connectors/__init__.py)
+:class:`~app.mailer.Mailer` finds it through :func:`system_mailer` (which the app factory registers with it)
 and every mail it sends through that account counts against the cap.
 """
 
@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.connectors import accounts
 from app.connectors.headers import account_values, load_secrets
-from app.connectors.mailer import SmtpTarget
 from app.connectors.verify import Verification, verify_account
 from app.errors import AppError
+from app.mailer import SmtpTarget
 from app.models import ConnectedAccount
 from app.models.base import utcnow
 from app.net import OutboundClient

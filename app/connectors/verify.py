@@ -117,7 +117,7 @@ def _oidc_config_test(
 
 def _smtp_config_test(settings: Settings, config: Mapping[str, Any]) -> ConnectionTest:
     """The server half of an SMTP account: connect, EHLO, STARTTLS, NOOP (logins are per account)."""
-    from app.connectors.mailer import smtp_verify
+    from app.mailer import smtp_verify
     from app.providers.hooks.smtp import blame, smtp_target
 
     values: ValuesByScope = {"config": config, "account": {}}

@@ -362,7 +362,7 @@ def _notify_owner(db: Session, rt: OAuthRuntime, account_id: int) -> None:
 
 
 def send_mail(db: Session, rt: OAuthRuntime, to: str, subject: str, text: str) -> None:
-    from app.connectors.mailer import Mailer
+    from app.mailer import Mailer
 
     Mailer(db, rt.settings).send(to, subject, text)
 

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.connectors import accounts
 from app.connectors.accounts import RotationState
-from app.connectors.mailer import Mailer
 from app.errors import AppError
+from app.mailer import Mailer
 from app.models import ConnectedAccount, User
 from app.models.base import utcnow
 from app.settings import Settings

@@ -1,9 +1,9 @@
 """The secret vault: AES-256-GCM envelope encryption with a key ring, and encrypted rows in ``secrets``.
-Register ``keys_cli`` (the ``keys`` command group) on the app's CLI.
+
+Its command group (``ami-auth keys …``) is a face and lives beside the others, in :mod:`app.keys_cli`.
 """
 
 from app.vault.cipher import Cipher, Envelope, SecretUnreadable
-from app.vault.cli import keys_cli
 from app.vault.secret import Secret
 from app.vault.store import (
     SecretMeta,
@@ -33,7 +33,6 @@ __all__ = [
     "get_secret",
     "has_secret",
     "key_status",
-    "keys_cli",
     "purge_retired",
     "put_secret",
     "restore_previous",

@@ -6,7 +6,13 @@ from typing import Any
 
 from flask import Blueprint, Flask
 
+from app.api import accounts as api_accounts
+from app.api import accounts_api, auth_api, compliance_api, openapi, provider_configs_api, providers_api
+from app.api import dialogs as api_dialogs
+from app.auth.sessions import load_session
+from app.connectors.xoauth2 import eligible_accounts
 from app.extensions import db_session, get_settings, login_manager
+from app.http.context import SignedIn
 from app.web import (
     account,
     accounts_admin,
@@ -19,13 +25,13 @@ from app.web import (
     home,
     mail_flows,
     mfa,
+    mfa_account,  # noqa: F401 - adds the account's MFA page and the admin policy and reset to the mfa blueprint
     oauth,
     providers_admin,
     throttle_admin,
     tokens_admin,
     users_admin,
 )
-from app.web.common import SignedIn
 
 BLUEPRINTS = [
     home.bp,
@@ -47,30 +53,15 @@ BLUEPRINTS = [
 
 
 def api_blueprints() -> list[Blueprint]:
-    """The JSON API's blueprints (registered after BLUEPRINTS).
-
-    Imported here rather than at the top: ``app.api.security`` imports ``app.web.common``, so a
-    module-level import would be circular whenever ``app.api`` is imported before ``app.web``.
-    """
-    from app.api import (
-        accounts,
-        accounts_api,
-        auth_api,
-        compliance_api,
-        dialogs,
-        openapi,
-        provider_configs_api,
-        providers_api,
-    )
-
+    """The JSON API's blueprints (registered after BLUEPRINTS)."""
     return [
         auth_api.bp,
         compliance_api.bp,
         providers_api.bp,
         provider_configs_api.bp,
         accounts_api.bp,
-        accounts.bp,
-        dialogs.bp,
+        api_accounts.bp,
+        api_dialogs.bp,
         openapi.bp,
     ]
 
@@ -95,16 +86,12 @@ def _reject_keys(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 @login_manager.user_loader  # type: ignore[untyped-decorator]
 def _load_user(raw_session_id: str) -> SignedIn | None:
-    from app.auth.sessions import load_session
-
     live = load_session(db_session(), get_settings(), raw_session_id)
     return SignedIn(raw_session_id, live) if live is not None else None
 
 
 def _field_suggestions(kind: str) -> list[tuple[str, str]]:
     """(value, label) pairs a catalog field with ``suggest: <kind>`` offers in its datalist."""
-    from app.connectors.xoauth2 import eligible_accounts
-
     if kind == "oauth_accounts":
         return [
             (str(a.id), f"#{a.id} {a.label} · {a.provider_config.name} ({a.status})")

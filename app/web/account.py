@@ -14,8 +14,9 @@ from app.auth import lifecycle, sessions, throttle
 from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
+from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
 from app.web.browser import browser_id
-from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, login_required, signed_in
+from app.web.common import form_errors, login_required
 from app.web.mail_flows import MAIL_FAILURES, mail_failed
 
 bp = Blueprint("account", __name__, url_prefix="/account")

@@ -16,12 +16,13 @@ from app.connectors import accounts, smtp
 from app.connectors.verify import Verification, field_labels
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
+from app.http.context import audit_ctx, signed_in
 from app.models import ConnectedAccount
 from app.net import get_client
 from app.providers import configs
 from app.providers.forms import ProviderForm, initial_data
 from app.web.account_forms import ActionForm, details_form_class, has_own_label
-from app.web.common import admin_required, audit_ctx, form_errors, signed_in
+from app.web.common import admin_required, form_errors
 
 bp = Blueprint("accounts_admin", __name__, url_prefix="/admin/accounts")
 

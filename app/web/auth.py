@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
-from flask_login import login_user, logout_user
+from flask_login import logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
@@ -14,12 +14,13 @@ from app import audit
 from app.auth import mail_tokens, passwords, sessions, throttle, users
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
+from app.http.context import audit_ctx, client_ip, signed_in
 from app.models import User
 from app.net import get_client
 from app.settings import Settings
-from app.web import mfa
-from app.web.browser import browser_id, remember_browser
-from app.web.common import SignedIn, audit_ctx, client_ip, form_errors, safe_next, signed_in, user_agent
+from app.web.browser import browser_id
+from app.web.common import form_errors, safe_next
+from app.web.signin import establish_session, needs_second_factor, start_second_factor
 
 bp = Blueprint("auth", __name__)
 
@@ -38,32 +39,6 @@ class SetupForm(FlaskForm):  # type: ignore[misc]
     confirm = PasswordField(
         "Repeat password", validators=[DataRequired(), EqualTo("password", "The passwords differ.")]
     )
-
-
-def establish_session(user: User, methods: list[str], *, mfa_verified: bool = False) -> None:
-    """Start a fresh server-side session: the old cookie contents (and CSRF token) are dropped (fixation).
-
-    Commits what the caller left pending (the ``signin.success`` event) in the same transaction as the session
-    record, so a sign-in is audited if and only if its session exists: when the database refuses the write
-    (app.faults: 503), neither is kept and no cookie is set.
-
-    Every completed sign-in comes through here, whatever the method: this browser and network become known
-    to the account, so the sign-in throttle counts their failures apart from a stranger's.
-    """
-    db = db_session()
-    raw, record = sessions.start_session(
-        db,
-        get_settings(),
-        user,
-        ip=client_ip(),
-        user_agent=user_agent(),
-        methods=methods,
-        mfa_verified=mfa_verified,
-    )
-    db.commit()
-    session.clear()
-    login_user(SignedIn(raw, record))
-    remember_browser(user.email)
 
 
 @bp.route("/signin", methods=["GET", "POST"])
@@ -85,9 +60,9 @@ def signin() -> str | Response:
         check = users.check_password(db, settings, form.email.data, form.password.data)
         if check.ok and check.user is not None:
             breached = _flag_breached_password(db, settings, check.user, form.password.data)
-            # MFA: a user with a second factor gets no session yet, only a pending sign-in (app/web/mfa.py).
-            if mfa.needs_second_factor(check.user):
-                return mfa.start_second_factor(check.user, ["password"], next_url)
+            # MFA: a user with a second factor gets no session yet, only a pending sign-in (app/web/signin.py).
+            if needs_second_factor(check.user):
+                return start_second_factor(check.user, ["password"], next_url)
             audit.record(
                 db,
                 audit_ctx(),

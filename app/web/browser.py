@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response
 
 from app.auth import devices, throttle
 from app.extensions import get_limit_storage, get_settings
-from app.web.common import client_ip
+from app.http.context import client_ip
 
 DEVICE_COOKIE = "ami_device"
 

@@ -26,6 +26,7 @@ from app.connectors import accounts
 from app.connectors.verify import Verification, field_labels
 from app.errors import AppError, ErrorCode
 from app.extensions import db_session, get_cipher, get_settings
+from app.http.context import audit_ctx, signed_in
 from app.models import ConnectedAccount, DialogToken, ProviderConfig
 from app.net import get_client
 from app.providers import configs
@@ -34,7 +35,7 @@ from app.providers.forms import ProviderForm, initial_data, provider_form_class
 from app.providers.validation import effective_values, visibility
 from app.vault import Secret
 from app.web.account_forms import DetailsBase, config_context, secret_form_class
-from app.web.common import audit_ctx, form_errors, signed_in
+from app.web.common import form_errors
 from app.web.dialogs import bp, learned_items
 
 TITLES = {

@@ -1,4 +1,5 @@
-"""Helpers every blueprint shares: the signed-in user, guards, safe redirects, audit context."""
+"""Helpers every page blueprint shares: guards, safe redirects, form errors. Who is asking (the signed-in
+session, the audit context) is :mod:`app.http.context`, shared with the JSON API."""
 
 from __future__ import annotations
 
@@ -8,99 +9,14 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from flask import redirect, request, url_for
-from flask_login import UserMixin, current_user
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from app.audit import AuditContext
-from app.auth.mfa import MfaState
-from app.auth.sessions import LiveSession, live_view
 from app.errors import AppError
-from app.extensions import db_session
-from app.models import User, UserSession
+from app.http.context import signed_in
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class SignedIn(UserMixin):  # type: ignore[misc]
-    """What Flask-Login holds for a request: the server-side session as this request found it.
-
-    ``live`` is what the per-request checks read (session, user and second-factor state from one SELECT, see
-    :func:`app.auth.sessions.load_session`). ``record`` and ``user`` are the ORM rows, loaded together on first
-    use (one primary-key lookup) by the views that show or change them.
-    """
-
-    def __init__(self, raw_session_id: str, session: LiveSession | UserSession) -> None:
-        self.raw_session_id = raw_session_id
-        self._live: LiveSession | None = None
-        self._record: UserSession | None = None
-        self._user: User | None = None
-        if isinstance(session, UserSession):  # the request that signs in already holds the rows
-            self._record, self._user = session, session.user
-        else:
-            self._live = session
-
-    @property
-    def live(self) -> LiveSession:
-        if self._live is None:
-            assert self._record is not None
-            self._live = live_view(db_session(), self._record)
-        return self._live
-
-    @property
-    def mfa(self) -> MfaState:
-        return self.live.mfa
-
-    @property
-    def record(self) -> UserSession:
-        if self._record is None:
-            record = db_session().get(UserSession, self.live.id)
-            if record is None:  # deleted since the request began (its user was deleted)
-                raise AppError("not_authenticated")
-            self._record = record
-        return self._record
-
-    @property
-    def user(self) -> User:
-        if self._user is None:
-            # The record comes with its user joined: one lookup gives a view both rows.
-            self._user = self.record.user
-        return self._user
-
-    def get_id(self) -> str:
-        return self.raw_session_id
-
-    @property
-    def id(self) -> int:
-        return self.live.user.id
-
-    @property
-    def is_admin(self) -> bool:
-        return self.live.user.is_admin
-
-
-def signed_in() -> SignedIn | None:
-    # One trip through the current_user proxy (every guard calls this; anonymous users are not SignedIn).
-    value = current_user._get_current_object()
-    return value if isinstance(value, SignedIn) else None
-
-
-def client_ip() -> str:
-    return (request.remote_addr or "")[:64]
-
-
-def user_agent() -> str:
-    return (request.user_agent.string or "")[:400]
-
-
-def audit_ctx() -> AuditContext:
-    who = signed_in()
-    if who is not None:
-        # Ids and emails never change, so the values read with the session are the ORM row's.
-        person = who.live.user
-        return AuditContext(actor=person.email, actor_id=person.id, ip=client_ip(), user_agent=user_agent())
-    return AuditContext(actor="anonymous", ip=client_ip(), user_agent=user_agent())
 
 
 def safe_next(target: str | None, default: str = "/") -> str:

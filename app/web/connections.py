@@ -25,13 +25,14 @@ from wtforms import HiddenField
 
 from app.errors import AppError
 from app.extensions import db_session, get_settings
+from app.http.context import audit_ctx, signed_in
 from app.jobs.refresh import refresh_access_token, revoke_account
 from app.models import ConnectedAccount, ProviderConfig
 from app.oauth import DeviceAuthorization, poll_once, start_device_authorization
 from app.oauth.connections import CONSENT_REQUIRED, EXPIRED, account_for_user, load_tokens, store_connection
 from app.oauth.glue import OAUTH_TYPES, OAuthProvider, build_provider, fetch_identity
 from app.vault import SecretUnreadable
-from app.web.common import audit_ctx, login_required, signed_in
+from app.web.common import login_required
 from app.web.oauth import begin_authorization, load_provider, rt
 
 bp = Blueprint("connections", __name__, url_prefix="/account/connections")

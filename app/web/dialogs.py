@@ -27,12 +27,13 @@ from app.connectors import accounts, smtp
 from app.connectors.verify import Verification, field_labels
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
+from app.http.context import audit_ctx, signed_in
 from app.models import ConnectedAccount
 from app.net import get_client
 from app.providers.entries import ProviderEntry
 from app.vault import Secret
 from app.web.account_forms import SecretBase, secret_form_class
-from app.web.common import admin_required, audit_ctx, form_errors, safe_next, signed_in
+from app.web.common import admin_required, form_errors, safe_next
 
 bp = Blueprint("dialogs", __name__, url_prefix="/dialogs")
 

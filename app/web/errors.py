@@ -15,8 +15,8 @@ from werkzeug.wrappers import Response
 from app import faults
 from app.errors import AppError, ErrorCode
 from app.extensions import login_manager
+from app.http.csrf import log_refusal, refusal_reason
 from app.web.common import wants_json
-from app.web.csrf import log_refusal, refusal_reason
 
 log = logging.getLogger("ami_auth.errors")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, redirect, url_for
 from werkzeug.wrappers import Response
 
+from app.http.context import signed_in
 from app.readiness import readiness
-from app.web.common import signed_in
 
 bp = Blueprint("web", __name__)
 

@@ -43,8 +43,8 @@ from app import audit
 from app.auth.throttle import ip_bucket
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage
+from app.http.context import audit_ctx, client_ip
 from app.models.base import ID_MAX
-from app.web.common import audit_ctx, client_ip
 
 __all__ = [
     "JSON_MAX_BYTES",

@@ -19,9 +19,10 @@ from app.audit import AuditContext
 from app.auth import lifecycle
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
+from app.http.context import audit_ctx
 from app.settings import Settings
 from app.web.browser import remember_browser
-from app.web.common import audit_ctx, keep_on_form
+from app.web.common import keep_on_form
 
 bp = Blueprint("flows", __name__)
 Page = str | Response | tuple[str, int]

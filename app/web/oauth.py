@@ -30,7 +30,9 @@ from app import audit, faults
 from app.auth import throttle, users
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
-from app.models import ProviderConfig
+from app.http.context import audit_ctx, client_ip, signed_in
+from app.jobs.scheduler import ensure_started
+from app.models import ProviderConfig, User
 from app.oauth import complete_authorization, remember_pending, start_authorization, take_pending
 from app.oauth.connections import store_connection
 from app.oauth.glue import (
@@ -47,9 +49,9 @@ from app.oauth.glue import (
 from app.oauth.identities import link_identity, resolve_signin
 from app.providers import configs
 from app.vault import SecretUnreadable
-from app.web.auth import establish_session
 from app.web.browser import browser_id
-from app.web.common import admin_required, audit_ctx, client_ip, form_errors, safe_next, signed_in
+from app.web.common import admin_required, form_errors, safe_next
+from app.web.signin import establish_session, needs_second_factor, start_second_factor
 
 bp = Blueprint("oauth", __name__)
 log = logging.getLogger("ami_auth.oauth")
@@ -130,23 +132,18 @@ def _oauth_ui() -> dict[str, Any]:
 @bp.before_app_request
 def _start_scheduler() -> None:
     # Lazily, in processes that serve requests (never in the CLI); off with AMI_AUTH_SCHEDULER=false.
-    from app.jobs.scheduler import ensure_started
-
     ensure_started(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 def finish_signin(user_id: int, methods: list[str], next_url: str, details: dict[str, Any]) -> Response:
     """Start the session after an OAuth sign-in — or, for a user with a second factor, the second-factor
     step first, exactly as after a password (the MFA policy applies whatever the first factor was)."""
-    from app.models import User
-    from app.web import mfa
-
     db = db_session()
     user = db.get(User, user_id)
     if user is None or not user.is_active:
         raise AppError("permission_denied", "This account is disabled.", "Ask an administrator to enable it.")
-    if mfa.needs_second_factor(user):
-        return mfa.start_second_factor(user, methods, next_url)
+    if needs_second_factor(user):
+        return start_second_factor(user, methods, next_url)
     if "password" in methods:  # the link page checked the password under the throttle: the sign-in is complete
         throttle.record_success(get_limit_storage(), get_settings(), user.email, client_ip(), device=browser_id())
     audit.record(db, audit_ctx(), "signin.success", target=f"user:{user.id}", details={"method": "oauth", **details})

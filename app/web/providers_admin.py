@@ -16,6 +16,7 @@ from wtforms.validators import DataRequired, Length
 
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
+from app.http.context import audit_ctx, signed_in
 from app.models import ProviderConfig
 from app.providers import configs
 from app.providers.entries import ProviderEntry
@@ -23,7 +24,7 @@ from app.providers.forms import ProviderForm, initial_data, provider_form_class
 from app.providers.registry import entry as catalog_entry
 from app.providers.registry import get_catalog
 from app.providers.validation import labels
-from app.web.common import admin_required, audit_ctx, form_errors, signed_in
+from app.web.common import admin_required, form_errors
 
 bp = Blueprint("providers_admin", __name__, url_prefix="/admin/providers")
 

@@ -7,8 +7,8 @@ from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
+from app.http.csrf import REFERRER_POLICY, init_csrf
 from app.settings import Settings
-from app.web.csrf import REFERRER_POLICY, init_csrf
 
 FRAMEABLE_ENDPOINT_PREFIX = "dialogs."
 
@@ -67,7 +67,7 @@ def init_security(app: Flask, settings: Settings) -> None:
     # The headers depend only on the settings and on whether the page may be framed: built once per app.
     common = [
         ("X-Content-Type-Options", "nosniff"),
-        # same-origin, not no-referrer: our own POSTs must carry their Origin for the CSRF check (app/web/csrf.py),
+        # same-origin, not no-referrer: our own POSTs must carry their Origin for the CSRF check (app/http/csrf.py),
         # and no URL (setup, reset and dialog links hold tokens) may leak to another site.
         ("Referrer-Policy", REFERRER_POLICY),
         ("Cross-Origin-Opener-Policy", "same-origin"),

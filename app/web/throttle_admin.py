@@ -8,8 +8,9 @@ from werkzeug.wrappers import Response
 from app.auth import throttle
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage
+from app.http.context import audit_ctx
 from app.models import User
-from app.web.common import admin_required, audit_ctx, safe_next
+from app.web.common import admin_required, safe_next
 
 bp = Blueprint("throttle_admin", __name__, url_prefix="/admin")
 

@@ -13,8 +13,9 @@ from wtforms.widgets import CheckboxInput, ListWidget
 from app.api import tokens
 from app.errors import AppError
 from app.extensions import db_session
+from app.http.context import audit_ctx, signed_in
 from app.models import User, utcnow
-from app.web.common import admin_required, audit_ctx, form_errors, signed_in
+from app.web.common import admin_required, form_errors
 
 bp = Blueprint("tokens_admin", __name__, url_prefix="/admin/tokens")
 

@@ -16,8 +16,9 @@ from app.auth import lifecycle, sessions, user_admin
 from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_settings
+from app.http.context import audit_ctx, signed_in
 from app.models import MailOutbox, User
-from app.web.common import admin_required, audit_ctx, form_errors, keep_on_form, signed_in
+from app.web.common import admin_required, form_errors, keep_on_form
 
 bp = Blueprint("users_admin", __name__, url_prefix="/admin")
 

@@ -30,7 +30,7 @@ from tests.support.accounts import make_config
 from tests.support.live import LiveServer
 from tests.support.op import OPClient, OpenIDProvider, running_op
 from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, SmtpServer, TlsFiles, run_smtp_server
-from tests.support.vendors import OpenAI
+from tests.support.vendors.openai import OpenAI
 from tests.support.xoauth2 import MAILBOX, mailbox_account, opens_mailbox
 
 pytest_plugins = ("tests.support.vendor_fixtures",)

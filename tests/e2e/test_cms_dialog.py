@@ -34,7 +34,7 @@ from tests.conftest import PASSWORD, make_settings
 from tests.e2e.conftest import assert_no_console_errors
 from tests.support.cms_standin import CmsStandin, cms_credentials
 from tests.support.live import LiveServer, free_port
-from tests.support.vendors import Anthropic
+from tests.support.vendors.anthropic import Anthropic
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 

@@ -29,7 +29,7 @@ from tests.conftest import UserFactory, make_settings, sign_in
 from tests.support.accounts import CTX, make_account, make_config
 from tests.support.oauth_app import create_config, follow_callback, generic_values, location
 from tests.support.op import OPClient, OpenIDProvider, op_login, running_op
-from tests.support.vendors import Anthropic
+from tests.support.vendors.anthropic import Anthropic
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 

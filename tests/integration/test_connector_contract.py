@@ -1,5 +1,5 @@
 """The connector contract: every catalog entry whose accounts hold an API key or an SMTP login goes through
-the same checks, against a local stand-in that speaks the vendor's documented API (tests/support/vendors.py)
+the same checks, against a local stand-in that speaks the vendor's documented API (tests/support/vendors/)
 or a real aiosmtpd server.
 
 Adding a provider type with ``auth_mode: api_key`` (or ``smtp``) adds ONE row to CONNECTORS below; a test
@@ -52,7 +52,11 @@ from tests.support.accounts import (
 )
 from tests.support.live import free_port
 from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, SmtpServer, TlsFiles, run_smtp_server
-from tests.support.vendors import Anthropic, GenericApi, HuggingFace, OpenAI, StartVendor, Vendor
+from tests.support.vendors.anthropic import Anthropic
+from tests.support.vendors.base import StartVendor, Vendor
+from tests.support.vendors.generic import GenericApi
+from tests.support.vendors.huggingface import HuggingFace
+from tests.support.vendors.openai import OpenAI
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 

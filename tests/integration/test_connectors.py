@@ -19,12 +19,12 @@ from sqlalchemy.orm import Session
 
 from app.connectors import accounts, headers, smtp
 from app.connectors.headers import OWNER, clear_cache, get_headers, request_auth
-from app.connectors.mailer import Mailer
 from app.connectors.verify import connectivity_test, wait_seconds
 from app.errors import AppError
 from app.extensions import get_cipher, get_database
 from app.jobs.reminders import send_reminders
 from app.jobs.secrets import purge_secrets
+from app.mailer import Mailer
 from app.models import AuditEvent, ConnectedAccount, ProviderConfig, StoredSecret
 from app.models.base import utcnow
 from app.net import Response, get_client
@@ -46,7 +46,10 @@ from tests.support.accounts import (
     result_code,
 )
 from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, SmtpServer, TlsFiles
-from tests.support.vendors import GenericApi, HuggingFace, OpenAI, StartVendor
+from tests.support.vendors.base import StartVendor
+from tests.support.vendors.generic import GenericApi
+from tests.support.vendors.huggingface import HuggingFace
+from tests.support.vendors.openai import OpenAI
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 

@@ -1,4 +1,4 @@
-"""The CSRF rule (app/web/csrf.py) for forms and the JSON API, over HTTPS and plain HTTP.
+"""The CSRF rule (app/http/csrf.py) for forms and the JSON API, over HTTPS and plain HTTP.
 
 Browser-shaped requests: what Chromium sends under ``Referrer-Policy: same-origin`` is an ``Origin`` on every
 POST (and a Referer on same-origin ones); under ``no-referrer`` it sent ``Origin: null`` and no Referer, which

@@ -28,7 +28,7 @@ from app.settings import Settings
 from app.vault import get_secret
 from tests.conftest import PASSWORD, UserFactory, dispose_app, make_settings, sign_in
 from tests.support.accounts import csrf_of, make_account, make_config
-from tests.support.vendors import Anthropic
+from tests.support.vendors.anthropic import Anthropic
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 

@@ -12,12 +12,19 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from app import create_app
-from app.connectors import set_system_mailer_resolver, system_mailer_configured
-from app.connectors.mailer import Mailer, SmtpTarget, build_message, parse_smtp_url, smtp_send, smtp_verify
 from app.errors import AppError
 from app.extensions import get_database
+from app.mailer import (
+    Mailer,
+    SmtpTarget,
+    build_message,
+    parse_smtp_url,
+    set_system_mailer_resolver,
+    smtp_send,
+    smtp_verify,
+)
 from app.outbound import OutboundGuard
-from app.preflight import preflight
+from app.preflight import preflight, system_mailer_configured
 from app.settings import Settings, SettingsError, with_overrides
 from tests.conftest import make_settings
 from tests.support.live import free_port
@@ -197,11 +204,11 @@ def test_production_without_mailer_refuses_naming_the_variable(settings: Setting
 
 @pytest.fixture
 def system_mailer(smtp_server: SmtpServer) -> Iterator[SmtpServer]:
-    set_system_mailer_resolver(lambda _db, _settings: _target(smtp_server))
+    previous = set_system_mailer_resolver(lambda _db, _settings: _target(smtp_server))
     try:
         yield smtp_server
     finally:
-        set_system_mailer_resolver(None)
+        set_system_mailer_resolver(previous)
 
 
 def test_system_mailer_comes_first(settings: Settings, db: Session, system_mailer: SmtpServer) -> None:
@@ -218,12 +225,12 @@ def test_check_config_reports_a_missing_mailer_in_production(settings: Settings)
     try:
         assert any("AMI_AUTH_SMTP_URL" in p for p in preflight(app))
         assert not system_mailer_configured(app)
-        set_system_mailer_resolver(lambda _db, _s: SmtpTarget("smtp.example.com", 587))
+        previous = set_system_mailer_resolver(lambda _db, _s: SmtpTarget("smtp.example.com", 587))
         try:
             assert system_mailer_configured(app)
             assert not any("AMI_AUTH_SMTP_URL" in p for p in preflight(app))
         finally:
-            set_system_mailer_resolver(None)
+            set_system_mailer_resolver(previous)
     finally:
         get_database(app).remove()
         get_database(app).engine.dispose()

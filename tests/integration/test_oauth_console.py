@@ -21,7 +21,7 @@ from app.models import ConnectedAccount
 from tests.conftest import UserFactory, dispose_app, make_settings, sign_in
 from tests.support.oauth_app import create_config, generic_values, location, page_csrf
 from tests.support.op import OPClient, OpenIDProvider, op_device_login, running_op
-from tests.support.vendors import GitHub
+from tests.support.vendors.github import GitHub
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 

@@ -25,7 +25,11 @@ from app.oauth.connections import load_tokens
 from app.oauth.glue import runtime
 from tests.conftest import UserFactory, sign_in
 from tests.support.oauth_app import create_config, follow_callback, location, page_csrf
-from tests.support.vendors import GitHub, GitHubEmail, Google, Microsoft, OAuthVendor, StartVendor
+from tests.support.vendors.base import StartVendor
+from tests.support.vendors.github import GitHub, GitHubEmail
+from tests.support.vendors.google import Google
+from tests.support.vendors.microsoft import Microsoft
+from tests.support.vendors.oauth import OAuthVendor
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 

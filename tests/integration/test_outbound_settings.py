@@ -29,9 +29,9 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from app.auth.passwords import breach_count
-from app.connectors.mailer import Mailer
 from app.connectors.verify import connectivity_test, verify_account
 from app.errors import AppError
+from app.mailer import Mailer
 from app.net import OutboundClient, get_client
 from app.oauth import ProviderMetadata, TokenSet, discover, exchange_code, fetch_jwks, refresh
 from app.oauth.device import start_device_authorization

@@ -28,8 +28,8 @@ from app import create_app
 from app.api import tokens
 from app.audit import AuditContext
 from app.connectors import accounts
-from app.connectors.mailer import NO_SERVER_HINT
 from app.extensions import get_cipher
+from app.mailer import NO_SERVER_HINT
 from app.models import AuditEvent, ConnectedAccount, ProviderConfig
 from app.net import get_client
 from app.settings import Settings

@@ -21,8 +21,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.connectors.mailer import Mailer
 from app.extensions import get_cipher, get_database
+from app.mailer import Mailer
 from app.models import AuditEvent, utcnow
 from app.oauth.connections import load_tokens, save_tokens
 from app.oauth.tokens import TokenSet

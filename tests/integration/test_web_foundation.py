@@ -131,7 +131,7 @@ def test_security_headers_and_cookie_flags(client: FlaskClient, make_user: UserF
     assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp
     assert "frame-ancestors 'none'" in csp
     assert page.headers["X-Content-Type-Options"] == "nosniff"
-    assert page.headers["Referrer-Policy"] == "same-origin"  # not no-referrer: see app/web/csrf.py
+    assert page.headers["Referrer-Policy"] == "same-origin"  # not no-referrer: see app/http/csrf.py
     response = sign_in(client, "eve@example.com")
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie

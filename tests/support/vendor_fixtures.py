@@ -12,19 +12,19 @@ root ``tests/conftest.py``, the per-module lines become redundant but harmless.
 Fixtures (function scope: every test gets a fresh server with no keys, accounts or clients; a server
 starts in about a millisecond, and ID-token keys come from a per-process pool):
 
-- ``openai_standin`` → :class:`~tests.support.vendors.OpenAI`
-- ``anthropic_standin`` → :class:`~tests.support.vendors.Anthropic`
-- ``huggingface_standin`` → :class:`~tests.support.vendors.HuggingFace`
-- ``generic_api_standin`` → :class:`~tests.support.vendors.GenericApi` (bearer auth; other auth types
+- ``openai_standin`` → :class:`~tests.support.vendors.openai.OpenAI`
+- ``anthropic_standin`` → :class:`~tests.support.vendors.anthropic.Anthropic`
+- ``huggingface_standin`` → :class:`~tests.support.vendors.huggingface.HuggingFace`
+- ``generic_api_standin`` → :class:`~tests.support.vendors.generic.GenericApi` (bearer auth; other auth types
   via ``start_vendor(GenericApi(auth_type="query", query_param="key"))``)
-- ``google_standin`` → :class:`~tests.support.vendors.Google`
-- ``github_standin`` → :class:`~tests.support.vendors.GitHub` (github.com layout; Enterprise via
+- ``google_standin`` → :class:`~tests.support.vendors.google.Google`
+- ``github_standin`` → :class:`~tests.support.vendors.github.GitHub` (github.com layout; Enterprise via
   ``start_vendor(GitHub(enterprise=True))``)
-- ``microsoft_standin`` → :class:`~tests.support.vendors.Microsoft`
+- ``microsoft_standin`` → :class:`~tests.support.vendors.microsoft.Microsoft`
 - ``start_vendor`` → a function that starts any stand-in instance (a second provider, another
-  configuration) and stops it at teardown; annotate it with ``tests.support.vendors.StartVendor``.
+  configuration) and stops it at teardown; annotate it with ``tests.support.vendors.base.StartVendor``.
 
-Test modules import types (``StartVendor``, the vendor classes) from :mod:`tests.support.vendors`, never
+Test modules import types (``StartVendor``, the vendor classes) from their :mod:`tests.support.vendors` modules, never
 from this module: importing a plugin before pytest registers it defeats assertion rewriting, which
 ``filterwarnings = error`` turns into a collection error.
 
@@ -39,17 +39,14 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support.vendors import (
-    Anthropic,
-    GenericApi,
-    GitHub,
-    Google,
-    HuggingFace,
-    Microsoft,
-    OpenAI,
-    StartVendor,
-    Vendor,
-)
+from tests.support.vendors.anthropic import Anthropic
+from tests.support.vendors.base import StartVendor, Vendor
+from tests.support.vendors.generic import GenericApi
+from tests.support.vendors.github import GitHub
+from tests.support.vendors.google import Google
+from tests.support.vendors.huggingface import HuggingFace
+from tests.support.vendors.microsoft import Microsoft
+from tests.support.vendors.openai import OpenAI
 
 V = TypeVar("V", bound=Vendor)
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from app.connectors.mailer import Security, SmtpTarget, build_message, smtp_send, smtp_verify
 from app.errors import AppError
+from app.mailer import Security, SmtpTarget, build_message, smtp_send, smtp_verify
 from app.net import OutboundClient
 from app.outbound import OutboundBlocked, OutboundGuard, UnresolvedHost, numeric_address
 from app.settings import Settings

@@ -641,7 +641,6 @@ def test_public_names_are_pinned() -> None:
         "get_secret",
         "has_secret",
         "key_status",
-        "keys_cli",
         "purge_retired",
         "put_secret",
         "restore_previous",

@@ -19,22 +19,15 @@ from joserfc.errors import BadSignatureError, InvalidKeyIdError
 from joserfc.jwk import KeySet
 
 from app.net import OutboundClient, ProviderUnreachable, retry_after
-from tests.support.vendors import (
-    MSA_TENANT_ID,
-    Anthropic,
-    GenericApi,
-    GitHub,
-    GitHubEmail,
-    Google,
-    HuggingFace,
-    Microsoft,
-    OpenAI,
-    RecordedRequest,
-    Reply,
-    StartVendor,
-    Vendor,
-    pkce_pair,
-)
+from tests.support.vendors.anthropic import Anthropic
+from tests.support.vendors.base import RecordedRequest, Reply, StartVendor, Vendor
+from tests.support.vendors.generic import GenericApi
+from tests.support.vendors.github import GitHub, GitHubEmail
+from tests.support.vendors.google import Google
+from tests.support.vendors.huggingface import HuggingFace
+from tests.support.vendors.microsoft import MSA_TENANT_ID, Microsoft
+from tests.support.vendors.oauth import pkce_pair
+from tests.support.vendors.openai import OpenAI
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 

@@ -50,7 +50,7 @@ HOOKS: dict[str, Hook] = {
         after_verify=huggingface.after_verify,
     ),
     "smtp": Hook(
-        "SMTP: connect, EHLO, STARTTLS, AUTH, NOOP through app/connectors/mailer.py; errors on the field to blame",
+        "SMTP: connect, EHLO, STARTTLS, AUTH, NOOP through app/mailer.py; errors on the field to blame",
         validate=smtp.validate,
         verify=smtp.verify,
     ),

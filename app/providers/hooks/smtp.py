@@ -1,5 +1,5 @@
 """SMTP accounts: build the mailer's :class:`SmtpTarget` from an account and its config, verify it
-(connect, EHLO, STARTTLS, AUTH, NOOP — app/connectors/mailer.py does the talking, through the outbound guard
+(connect, EHLO, STARTTLS, AUTH, NOOP — app/mailer.py does the talking, through the outbound guard
 of ``AMI_AUTH_OUTBOUND_ALLOW``), and put each failure on the field to blame: a refused login on the password,
 an unreachable server on the config's host (one answer for every failure before an SMTP greeting: see the
 mailer).
@@ -17,8 +17,8 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from app.connectors.context import VerifyContext
-from app.connectors.mailer import SmtpTarget, build_message, smtp_send, smtp_verify
 from app.errors import AppError
+from app.mailer import SmtpTarget, build_message, smtp_send, smtp_verify
 from app.outbound import OutboundGuard
 from app.providers.entries import ProviderEntry
 from app.providers.types import Which

@@ -17,7 +17,7 @@ from tests.support.cms_standin import CmsStandin, cms_credentials
 from tests.support.live import free_port
 from tests.support.op import OPClient, running_op
 from tests.support.prod_stack import ProductionStack
-from tests.support.vendors import OpenAI
+from tests.support.vendors.openai import OpenAI
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
 

@@ -1,4 +1,4 @@
-"""CSRF still defends on a production deployment (app/web/csrf.py): in Chromium over HTTPS, a form posted from a
+"""CSRF still defends on a production deployment (app/http/csrf.py): in Chromium over HTTPS, a form posted from a
 sibling origin of the same site (whose requests carry the SameSite=Lax session cookie) with a leaked token, a form
 without its token and one with a wrong token are each refused, and each refusal is one log line an operator can
 read; the same three cases with a plain HTTP client, over HTTPS through nginx and over HTTP to gunicorn itself.

@@ -20,10 +20,15 @@ service token with ``providers:write``): "refused in 30 ms" vs "silent for 3 s" 
 goes to the server's log (``ami_auth.mailer``), which only operators read.
 
 The :class:`Mailer` picks the transport for the app's own mail (verification, reset, invite):
-1. an SMTP account an admin marked as system mailer (``app.connectors.system_mailer_target``),
+1. an SMTP account an admin marked as system mailer (:func:`system_mailer_target`),
 2. ``AMI_AUTH_SMTP_URL``,
 3. in development and test only, the ``mail_outbox`` table, readable at /admin/outbox.
 In production with none of them, sending raises ``invalid_config`` naming AMI_AUTH_SMTP_URL.
+
+This module is infrastructure, like :mod:`app.net`: the sign-in flows (``app.auth``), the jobs and the CLI
+send through it, and it imports nothing of theirs. The one thing it needs from above — which stored SMTP
+account an admin marked as the system mailer — is a port: the app factory registers the SMTP connector's
+answer (:func:`app.connectors.smtp.system_mailer`) with :func:`set_system_mailer_resolver`.
 """
 
 from __future__ import annotations
@@ -393,6 +398,24 @@ def build_message(from_address: str, to: str, subject: str, text: str, html: str
 
 Transport = SmtpTarget | Literal["outbox"]
 
+# (session, settings) → the admin-marked SMTP account's target, or None when no account is marked.
+SystemMailerResolver = Callable[[Session, Settings], SmtpTarget | None]
+
+_system_mailer: SystemMailerResolver | None = None
+
+
+def set_system_mailer_resolver(resolver: SystemMailerResolver | None) -> SystemMailerResolver | None:
+    """Register the function that finds the admin-marked SMTP account (the app factory registers the SMTP
+    connector's; tests and embedders may swap it); returns the one it replaces, so it can be put back."""
+    global _system_mailer
+    previous, _system_mailer = _system_mailer, resolver
+    return previous
+
+
+def system_mailer_target(db: Session, settings: Settings) -> SmtpTarget | None:
+    """The admin-marked system mailer's SMTP target, or None when there is none (or nothing is registered)."""
+    return _system_mailer(db, settings) if _system_mailer is not None else None
+
 
 class Mailer:
     """The app's own mail. Send *after* committing the change a mail describes: a mail cannot be unsent."""
@@ -402,8 +425,6 @@ class Mailer:
         self.settings = settings
 
     def transport(self) -> Transport:
-        from app.connectors import system_mailer_target
-
         target = system_mailer_target(self.db, self.settings)
         if target is not None:
             return target
