@@ -189,6 +189,7 @@ def app_commands() -> list[click.Command]:
     from app.api.cli import compliance_cli, tokens_cli
     from app.audit_cli import audit_cli
     from app.connectors.cli import accounts_cli
+    from app.idp.cli import oidc_cli
     from app.jobs.cli import jobs_cli, refresh_command
     from app.mfa_cli import mfa_cli
     from app.providers.cli import providers_cli
@@ -210,6 +211,7 @@ def app_commands() -> list[click.Command]:
         providers_cli,
         accounts_cli,
         jobs_cli,
+        oidc_cli,
     ]
 
 
