@@ -113,6 +113,6 @@ def revoke(db: Session, ctx: AuditContext, user_id: int, client_id: str) -> int:
         ctx,
         "oidc.grant.revoke",
         target=f"user:{user_id}",
-        details={"client": client.client_id, "name": client.name, "tokens_revoked": revoked},
+        details={"client": client.client_id, "name": client.name, "revoked": revoked},
     )
     return revoked

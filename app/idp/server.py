@@ -436,7 +436,7 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
             provider.ctx(token.client),
             "oidc.token.revoke",
             target=f"oidc_client:{token.client.client_id}",
-            details={"kind": token.kind, "user": token.row.user_id, "tokens_revoked": count},
+            details={"kind": token.kind, "user": token.row.user_id, "revoked": count},
         )
 
 

@@ -134,7 +134,7 @@ def claim_code(db: Session, ctx: AuditContext, client: OidcClient, code: str, no
             "oidc.code.reuse",
             target=f"oidc_client:{client.client_id}",
             outcome="denied",
-            details={"user": row.user_id, "tokens_revoked": revoked},
+            details={"user": row.user_id, "revoked": revoked},
         )
         return CodeClaim("reused", row, revoked)
     if row.expires_at <= now:
@@ -219,7 +219,7 @@ def claim_refresh(
             "oidc.refresh.reuse",
             target=f"oidc_client:{client.client_id}",
             outcome="denied",
-            details={"user": row.user_id, "family": row.family, "tokens_revoked": revoked},
+            details={"user": row.user_id, "family": row.family, "revoked": revoked},
         )
         return RefreshClaim("reused", row, revoked)
     if row.refresh_expires_at is None or row.refresh_expires_at <= now:
