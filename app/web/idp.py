@@ -50,6 +50,7 @@ RESUME_SALT: Final = "ami-auth/idp/resume"
 RESUME_SECONDS: Final = 3600
 # Discovery and JWKS: relying parties may cache them this long; a rotated-in key was published as "next" earlier.
 METADATA_MAX_AGE: Final = 300
+SIGN_OUT_REFUSED: Final = "This sign-out request cannot be used"
 
 
 def init_app(app: Flask) -> Provider:
@@ -201,8 +202,10 @@ def _with_iss(location: str) -> str:
     return cast(str, add_params_to_uri(location, {"iss": provider().issuer}))
 
 
-def _request_error(code: str, description: str, status: int = 400) -> Response:
-    html = render_template("idp/error.html", code=code, description=description)
+def _request_error(
+    code: str, description: str, status: int = 400, title: str = "This sign-in request cannot be used"
+) -> Response:
+    html = render_template("idp/error.html", code=code, description=description, title=title)
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -431,12 +434,15 @@ def end_session() -> Response:
     try:
         req = server.validate_endpoint_request("end_session")
     except OAuth2Error as error:
-        return _request_error(error.error, error.description or "The logout request is not valid.")
+        return _request_error(
+            error.error, error.description or "The logout request is not valid.", title=SIGN_OUT_REFUSED
+        )
     asked_uri = req.request.payload.data.get("post_logout_redirect_uri")
     if asked_uri and req.redirect_uri is None:
         return _request_error(
             "invalid_request",
             "The address to return to after signing out is not registered for this app, so you are not sent there.",
+            title=SIGN_OUT_REFUSED,
         )
     who = signed_in()
     hinted = req.id_token_claims or {}

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,10 @@ from app import create_app
 from app.audit import AuditContext
 from app.auth import users
 from app.extensions import get_database
-from app.idp import clients, consents
+from app.idp import clients, consents, logout
 from app.idp.claims import ACR_MFA, ACR_SFA
-from app.idp.delivery import stop_delivery
-from app.models import AuditEvent, OidcToken, User, UserSession
+from app.idp.delivery import sender, stop_delivery
+from app.models import AuditEvent, OidcToken, User, UserSession, utcnow
 from tests.conftest import PASSWORD, dispose_app, make_settings
 from tests.support.live import free_port, serve
 from tests.support.mfa import enrol_totp
@@ -597,3 +598,49 @@ def test_back_channel_logout_when_the_session_ends(stack: Stack, cause: str) -> 
         stack.rp.call("refresh", name=rp.name, refresh_token=tokens["refresh_token"])
     delivered = [e for e in events(stack, "oidc.backchannel.deliver") if e.details["client"] == rp.client_id]
     assert len(delivered) == 1
+
+
+def test_back_channel_logout_is_retried_until_the_app_answers(stack: Stack) -> None:
+    name = f"bc{next(_n)}"
+    rp = register(stack, backchannel_logout_uri=stack.rp.backchannel_uri(name))
+    stack.rp.receive_logouts(name, issuer=stack.issuer, client_id=rp.client_id, status=503)
+    user = new_user(stack)
+    browser = stack.browser()
+    sign_in_to_app(stack, browser, rp, user)
+    browser.submit(page(browser.get("/account/")), "/signout")
+
+    [refused] = stack.rp.wait_for_logouts(name)
+    assert "claims" in refused  # a valid token, which the app answered 503
+    failed = [e for e in events(stack, "oidc.backchannel.fail") if e.details["client"] == rp.client_id]
+    assert [(e.details["attempt"], e.details["final"]) for e in failed] == [(1, False)]
+
+    # The app is back; the retry (due ten seconds later) delivers the same logout.
+    stack.rp.receive_logouts(name, issuer=stack.issuer, client_id=rp.client_id, status=200)
+    run = sender(stack.app)
+    assert run is not None
+    result = run.run_once(now=utcnow() + logout.BACKOFF[0] + timedelta(seconds=1))
+    assert result.delivered == 1
+    first, second = stack.rp.logouts(name)
+    assert first["claims"]["jti"] == second["claims"]["jti"]  # one logout event, delivered at least once
+    assert [
+        e.details["attempt"] for e in events(stack, "oidc.backchannel.deliver") if e.details["client"] == rp.client_id
+    ] == [2]
+
+
+def test_revoking_the_apps_access_from_the_account_revokes_its_tokens(stack: Stack) -> None:
+    rp = register(stack)
+    user = new_user(stack)
+    tokens = sign_in_to_app(stack, stack.browser(), rp, user)
+    with stack.app.app_context():
+        db = get_database(stack.app).session()
+        assert [a.name for a in consents.authorized_apps(db, user.id)] == [f"App {rp.name}"]
+        consents.revoke(db, AuditContext(actor=user.email, actor_id=user.id), user.id, rp.client_id)
+        db.commit()
+        assert consents.authorized_apps(db, user.id) == []
+    assert stack.rp.call("introspect", name=rp.name, token=tokens["access_token"])["active"] is False
+    with pytest.raises(RPError):
+        stack.rp.call("refresh", name=rp.name, refresh_token=tokens["refresh_token"])
+    # The next sign-in asks again.
+    browser = stack.browser()
+    consent = page(browser.sign_in(page(browser.get(start(stack, rp)["url"])), user.email, PASSWORD))
+    assert "Allow App" in consent.text
