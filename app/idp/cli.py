@@ -14,8 +14,8 @@ from flask.cli import AppGroup, with_appcontext
 from app.audit import AuditContext
 from app.errors import AppError
 from app.extensions import get_cipher, get_database, get_settings
-from app.idp import clients, keys
-from app.idp.logout import deliver_due
+from app.idp import clients, keys, tokens
+from app.idp.logout import deliver_due, purge_done
 from app.net import get_client
 
 oidc_cli = AppGroup("oidc", help="The OpenID Provider: signing keys, clients, back-channel logout.")
@@ -208,3 +208,13 @@ def logout_deliver() -> None:
     click.echo(f"delivered {run.delivered}, retrying {run.retrying}, failed {run.failed}")
     if run.next_due is not None:
         click.echo(f"next due {_when(run.next_due)}")
+
+
+@oidc_cli.command("purge")
+@with_appcontext
+def purge() -> None:
+    """Delete codes and tokens expired over a day ago, and logout deliveries done over 30 days ago."""
+    db = get_database().session()
+    count = tokens.purge_expired(db) + purge_done(db)
+    db.commit()
+    click.echo(f"purged {count} row(s)")

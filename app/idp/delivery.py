@@ -3,7 +3,9 @@
 It starts the first time a commit queued a delivery, sends what is due, and then sleeps until the next retry is
 due or until woken by the next commit that queued one. With the in-app scheduler on (the production default) it
 also sweeps every :data:`SWEEP` seconds, so rows another process queued but did not send (it died, or was a CLI
-run) are taken up. Outside a request (the CLI) a queued logout is sent before the command returns.
+run) are taken up, and hourly purges expired codes and tokens. Outside a request (the CLI) a queued logout is sent
+before the command returns. Deployments without the scheduler run ``ami-auth oidc logout deliver`` and
+``ami-auth oidc purge`` from cron.
 """
 
 from __future__ import annotations
@@ -11,23 +13,25 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from flask import Flask, has_request_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from app.idp.logout import PENDING, Run, deliver_due
+from app.extensions import get_database
+from app.idp import tokens
+from app.idp.keys import KeyRing
+from app.idp.logout import PENDING, Run, deliver_due, purge_done
 from app.models import utcnow
-
-if TYPE_CHECKING:
-    from flask import Flask
-
-    from app.idp.keys import KeyRing
+from app.net import get_client
 
 log = logging.getLogger("ami_auth.idp.delivery")
 
 SWEEP: Final = 60.0
+PURGE_EVERY: Final = 3600.0
 _EXTENSION_KEY: Final = "ami_idp_delivery"
 _lock = threading.Lock()
 
@@ -44,10 +48,14 @@ class LogoutSender:
         self._thread: threading.Thread | None = None
 
     def run_once(self, now: datetime | None = None) -> Run:
-        from app.extensions import get_database
-        from app.net import get_client
-
         return deliver_due(get_database(self.app).engine, self.keyring, self.issuer, get_client(self.app), now)
+
+    def purge(self, now: datetime | None = None) -> int:
+        """Expired codes and tokens, old outbox rows (hourly, on the sweep)."""
+        with Session(get_database(self.app).engine) as db:
+            count = tokens.purge_expired(db, now) + purge_done(db, now)
+            db.commit()
+        return count
 
     def wake(self) -> None:
         if self._thread is None:
@@ -64,10 +72,14 @@ class LogoutSender:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        purged_at = float("-inf")
         while not self._stop.is_set():
             self._wake.clear()
             wait = self.sweep
             try:
+                if self.sweep is not None and time.monotonic() - purged_at > PURGE_EVERY:
+                    self.purge()
+                    purged_at = time.monotonic()
                 run = self.run_once()
                 if run.next_due is not None:
                     due_in = max(0.5, (run.next_due - utcnow()).total_seconds())
@@ -90,8 +102,6 @@ def sender(app: Flask) -> LogoutSender | None:
 
 def init_delivery(app: Flask, keyring: KeyRing, issuer: str) -> LogoutSender:
     """Wake the sender after every commit of the app's sessions that queued a logout."""
-    from app.extensions import get_database
-
     logout_sender = LogoutSender(app, keyring, issuer)
     app.extensions[_EXTENSION_KEY] = logout_sender
 
@@ -101,8 +111,6 @@ def init_delivery(app: Flask, keyring: KeyRing, issuer: str) -> LogoutSender:
         current = sender(app)
         if current is None:
             return
-        from flask import has_request_context
-
         if has_request_context():
             current.wake()
         else:

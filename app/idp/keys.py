@@ -246,7 +246,7 @@ class KeyRing:
             return
         with Session(self._engine) as db:
             rows = list_keys(db, include_retired=False)
-            if {(r.alg, r.state) for r in rows} < {(a, s) for a in ALGORITHMS for s in ("current", "next")}:
+            if not {(a, s) for a in ALGORITHMS for s in ("current", "next")} <= {(r.alg, r.state) for r in rows}:
                 ensure_keys(db, self._cipher)
                 db.commit()
                 rows = list_keys(db, include_retired=False)

@@ -55,6 +55,8 @@ BACKOFF: Final = (
     timedelta(hours=6),
 )
 MAX_ATTEMPTS: Final = len(BACKOFF) + 1
+# Delivered and failed rows stay this long (the audit log keeps the record for good).
+KEEP_DONE: Final = timedelta(days=30)
 CLAIM: Final = timedelta(seconds=60)
 # Set on the Session whose transaction queued deliveries; app.idp.delivery wakes the sender after its commit.
 PENDING: Final = "ami_idp_logout_pending"
@@ -224,3 +226,11 @@ def _deliver_one(engine: Engine, keyring: KeyRing, issuer: str, http: OutboundCl
             outcome = "failed" if final else "retrying"
         db.commit()
         return outcome
+
+
+def purge_done(db: Session, now: datetime | None = None) -> int:
+    """Delete outbox rows delivered or failed more than :data:`KEEP_DONE` ago; returns how many."""
+    cutoff = (now or utcnow()) - KEEP_DONE
+    done = or_(OidcLogoutDelivery.delivered_at < cutoff, OidcLogoutDelivery.failed_at < cutoff)
+    result = db.execute(delete(OidcLogoutDelivery).where(done).execution_options(synchronize_session=False))
+    return int(getattr(result, "rowcount", 0) or 0)

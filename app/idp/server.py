@@ -23,9 +23,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2 import ResourceProtector as FlaskResourceProtector
 from authlib.oauth2.rfc6749 import (
-    AccessDeniedError,
     InvalidClientError,
-    InvalidGrantError,
     InvalidRequestError,
     OAuth2Request,
     list_to_scope,
@@ -733,13 +731,3 @@ class Provider(AuthorizationServer):  # type: ignore[misc]
             "backchannel_logout_session_supported": True,
             "frontchannel_logout_supported": False,
         }
-
-
-def access_denied(redirect_uri: str, state: str | None) -> AccessDeniedError:
-    error = AccessDeniedError(redirect_uri=redirect_uri)
-    error.state = state
-    return error
-
-
-def invalid_grant(description: str) -> InvalidGrantError:
-    return InvalidGrantError(description=description)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -33,6 +33,8 @@ from app.idp.claims import Subject
 from app.models import OidcAuthorizationCode, OidcClient, OidcSessionClient, OidcToken, User, utcnow
 
 CODE_TTL: Final = timedelta(seconds=120)
+# Expired codes and tokens are kept a day (a reused one is still recognised as reuse), then purged.
+RETAIN: Final = timedelta(days=1)
 
 
 def hash_token(value: str) -> str:
@@ -316,3 +318,19 @@ def move_session(db: Session, old_session_id: str, new_session_id: str) -> None:
         .values(session_id=new_session_id)
         .execution_options(synchronize_session=False)
     )
+
+
+def purge_expired(db: Session, now: datetime | None = None) -> int:
+    """Delete codes and tokens that expired more than :data:`RETAIN` ago; returns how many rows."""
+    cutoff = (now or utcnow()) - RETAIN
+    spent = or_(
+        OidcToken.refresh_expires_at < cutoff,
+        OidcToken.refresh_expires_at.is_(None) & (OidcToken.access_expires_at < cutoff),
+    )
+    removed = db.execute(delete(OidcToken).where(spent).execution_options(synchronize_session=False))
+    codes = db.execute(
+        delete(OidcAuthorizationCode)
+        .where(OidcAuthorizationCode.expires_at < cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(removed, "rowcount", 0) or 0) + int(getattr(codes, "rowcount", 0) or 0)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
+from urllib.parse import parse_qs, urlsplit
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
@@ -251,7 +252,7 @@ def _authorize(params: dict[str, str] | None, resumed: Resume | None, decision: 
     client: Client = req.client
     redirect_uri: str = grant.redirect_uri
     state = data.get("state")
-    raw = dict(params) if params is not None else request.args.to_dict()
+    raw = dict(params) if params is not None else request.values.to_dict()
     prompts = set((data.get("prompt") or "").split())
     try:
         return _decide(grant, who, subject, client, raw, prompts, resumed, decision)
@@ -275,6 +276,14 @@ def _decide(
     data = grant.request.payload.data
     max_age = _max_age(data.get("max_age"))
     after = resumed.after_at if resumed is not None else None
+    if decision == "deny":
+        # "Deny" on the consent page, or "Cancel" on the re-authentication and second-factor pages.
+        if who is not None:
+            details = {"client": client.client_id}
+            db = db_session()
+            audit.record(db, audit_ctx(), "oidc.grant.deny", target=f"user:{who.live.user.id}", details=details)
+            db.commit()
+        raise AccessDeniedError("The user did not allow the app.")
     if who is None or subject is None:
         if "none" in prompts:
             raise LoginRequiredError()
@@ -306,16 +315,6 @@ def _decide(
     scopes = scope_to_list(grant.request.scope) or []
     if not client.row.first_party:
         asked = "consent" in prompts or not consents.covers(db, who.live.user.id, client.row, scopes)
-        if decision == "deny":
-            audit.record(
-                db,
-                audit_ctx(),
-                "oidc.grant.deny",
-                target=f"user:{who.live.user.id}",
-                details={"client": client.client_id},
-            )
-            db.commit()
-            raise consent_denied()
         if asked and decision != "allow":
             if "none" in prompts:
                 raise ConsentRequiredError()
@@ -323,15 +322,11 @@ def _decide(
             return _page("idp/consent.html", client, Resume(raw, resumed.after if resumed else None), scopes=scopes)
     consents.grant(db, audit_ctx(), who.live.user.id, client.row, scopes)
     response = provider().create_authorization_response(grant.request, grant_user=subject, grant=grant)
-    if response.status_code >= 400 or "error=" in (response.headers.get("Location") or ""):
+    if response.status_code >= 400 or "error" in parse_qs(urlsplit(response.headers.get("Location") or "").query):
         db.rollback()
     else:
         db.commit()
     return _to_client(response)
-
-
-def consent_denied() -> OAuth2Error:
-    return AccessDeniedError("The user did not allow the app.")
 
 
 def _page(template: str, client: Client, resume: Resume, **context: Any) -> Response:
@@ -350,8 +345,9 @@ def _page(template: str, client: Client, resume: Resume, **context: Any) -> Resp
     return response
 
 
-@bp.get("/oauth2/authorize")
+@bp.route("/oauth2/authorize", methods=["GET", "POST"])
 def authorize() -> Response:
+    # OpenID Connect Core §3.1.2.1: the authorization endpoint takes GET and POST (form-encoded parameters).
     return _authorize(None, None)
 
 
@@ -457,9 +453,10 @@ def end_session() -> Response:
     return Response(render_template("idp/logged_out.html"), status=200, mimetype="text/html")
 
 
-# Apps call these server to server (or, for logout, from their own pages): no CSRF token of ours to send. The
-# logout confirmation they may lead to is a form of ours, with one.
-for _view in (token, userinfo, revoke, introspect, end_session):
+# Apps call these server to server, or send the browser from their own pages (authorization and logout requests
+# may be form POSTs): there is no CSRF token of ours to send. Nothing here changes what the user allowed or ends a
+# session without a page of ours (consent, re-authentication, logout confirmation), and those forms have one.
+for _view in (authorize, token, userinfo, revoke, introspect, end_session):
     csrf.exempt(_view)
 
 

@@ -202,3 +202,40 @@ def _fake_jwt(jti: str) -> str:
     """Only its jti and exp are read when a token row is stored."""
     body = base64.urlsafe_b64encode(json.dumps({"jti": jti, "exp": int(time.time()) + 60}).encode()).decode()
     return f"e30.{body.rstrip('=')}.sig"
+
+
+def test_purge_deletes_what_expired_over_a_day_ago(
+    cli: FlaskCliRunner, db: Session, grant: tuple[OidcClient, User]
+) -> None:
+    client, user = grant
+    subject = Subject(user=db.get(User, user.id), auth_time=utcnow())  # type: ignore[arg-type]
+    long_ago = utcnow() - timedelta(days=2)
+    tokens.save_code(
+        db,
+        client,
+        subject,
+        "old-code",
+        redirect_uri="https://app.example.com/cb",
+        scope="openid",
+        nonce=None,
+        code_challenge=None,
+        code_challenge_method=None,
+        now=long_ago,
+    )
+    old = tokens.save_token(
+        db,
+        client,
+        subject,
+        {"access_token": _fake_jwt("old"), "refresh_token": "r-old"},
+        tokens.Issue("f-old"),
+        now=long_ago,
+    )
+    old.refresh_expires_at = long_ago
+    tokens.save_token(
+        db, client, subject, {"access_token": _fake_jwt("new"), "refresh_token": "r-new"}, tokens.Issue("f-new")
+    )
+    db.commit()
+    result = cli.invoke(args=["oidc", "purge"])
+    assert result.exit_code == 0 and "purged 2 row(s)" in result.output, result.output
+    db.expire_all()
+    assert db.scalars(select(OidcToken.jti)).all() == ["new"]

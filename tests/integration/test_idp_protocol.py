@@ -484,7 +484,12 @@ def test_max_age_and_prompt_login_mean_a_fresh_sign_in_and_the_apps_keep_their_l
 
     # prompt=login the same way; without the confirmation nobody is signed out (a link cannot do it).
     auth = start(stack, rp, prompt="login")
-    assert "asks you to confirm it's you" in page(browser.get(auth["url"])).text
+    confirm = page(browser.get(auth["url"]))
+    assert "asks you to confirm it's you" in confirm.text
+    assert page(browser.get("/account/")).url.endswith("/account/")
+    # Cancel: the app hears access_denied, and the user is still signed in.
+    cancelled = query(landed(browser.submit(confirm, "/oauth2/authorize/decide", decision="deny")))
+    assert cancelled["error"] == "access_denied" and cancelled["state"] == auth["state"]
     assert page(browser.get("/account/")).url.endswith("/account/")
 
 
