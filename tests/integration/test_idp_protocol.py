@@ -168,6 +168,16 @@ def events(stack: Stack, action: str) -> list[AuditEvent]:
         return list(db.scalars(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)))
 
 
+def wait_for_events(stack: Stack, action: str, client_id: str, count: int = 1) -> list[AuditEvent]:
+    """The audit events of a client's back-channel deliveries (recorded just after the receiver answered)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [e for e in events(stack, action) if e.details.get("client") == client_id]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def basic(rp: Registered, secret: str | None = None) -> dict[str, str]:
     raw = f"{rp.client_id}:{secret if secret is not None else rp.secret}".encode()
     return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
@@ -601,8 +611,7 @@ def test_back_channel_logout_when_the_session_ends(stack: Stack, cause: str) -> 
     assert received["header"]["typ"] == "logout+jwt"
     with pytest.raises(RPError):
         stack.rp.call("refresh", name=rp.name, refresh_token=tokens["refresh_token"])
-    delivered = [e for e in events(stack, "oidc.backchannel.deliver") if e.details["client"] == rp.client_id]
-    assert len(delivered) == 1
+    assert len(wait_for_events(stack, "oidc.backchannel.deliver", rp.client_id)) == 1
 
 
 def test_back_channel_logout_is_retried_until_the_app_answers(stack: Stack) -> None:
@@ -616,7 +625,7 @@ def test_back_channel_logout_is_retried_until_the_app_answers(stack: Stack) -> N
 
     [refused] = stack.rp.wait_for_logouts(name)
     assert "claims" in refused  # a valid token, which the app answered 503
-    failed = [e for e in events(stack, "oidc.backchannel.fail") if e.details["client"] == rp.client_id]
+    failed = wait_for_events(stack, "oidc.backchannel.fail", rp.client_id)
     assert [(e.details["attempt"], e.details["final"]) for e in failed] == [(1, False)]
 
     # The app is back; the retry (due ten seconds later) delivers the same logout.
