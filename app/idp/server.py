@@ -194,6 +194,14 @@ class TokenRecord:
 # --- the grants ----------------------------------------------------------------------------------------------------
 
 
+def _usable(status: str) -> bool:
+    """Whether a claimed code or refresh token may be used. A reused one fails the request, but the revocation its
+    reuse caused is kept (the token endpoint commits it anyway)."""
+    if status == "reused":
+        g.setdefault(KEEP_ON_ERROR, True)
+    return status == "ok"
+
+
 class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = list(ALL_METHODS)
 
@@ -223,12 +231,7 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
     def query_authorization_code(self, code: str, client: Client) -> CodeRecord | None:
         db = self.provider.db()
         claim = tokens.claim_code(db, self.provider.ctx(client), client.row, code)
-        if claim.status == "reused":
-            g.setdefault(KEEP_ON_ERROR, True)
-            return None
-        if claim.status != "ok" or claim.code is None:
-            return None
-        return CodeRecord(claim.code)
+        return CodeRecord(claim.code) if _usable(claim.status) and claim.code is not None else None
 
     def delete_authorization_code(self, authorization_code: CodeRecord) -> None:
         """Already marked used when it was claimed (kept, so a second use is recognised as reuse)."""
@@ -309,12 +312,7 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         client: Client = self.request.client
         db = self.provider.db()
         claim = tokens.claim_refresh(db, self.provider.ctx(client), client.row, refresh_token)
-        if claim.status == "reused":
-            g.setdefault(KEEP_ON_ERROR, True)
-            return None
-        if claim.status != "ok" or claim.token is None:
-            return None
-        return TokenRecord(claim.token, client, "refresh_token")
+        return TokenRecord(claim.token, client, "refresh_token") if _usable(claim.status) and claim.token else None
 
     def authenticate_user(self, refresh_token: TokenRecord) -> Subject | None:
         return tokens.subject_of_token(self.provider.db(), refresh_token.row)

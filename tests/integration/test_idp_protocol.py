@@ -178,6 +178,15 @@ def wait_for_events(stack: Stack, action: str, client_id: str, count: int = 1) -
         time.sleep(0.05)
 
 
+def verify_offline(stack: Stack, token: str, audience: str) -> dict[str, Any]:
+    """What a resource server does with an RFC 9068 access token: jose.jwtVerify against the provider's JWKS."""
+    jwks_uri = stack.issuer + "/oauth2/jwks"
+    result: dict[str, Any] = stack.rp.call(
+        "verify", jwks_uri=jwks_uri, issuer=stack.issuer, token=token, audience=audience, typ="at+jwt"
+    )
+    return result
+
+
 def basic(rp: Registered, secret: str | None = None) -> dict[str, str]:
     raw = f"{rp.client_id}:{secret if secret is not None else rp.secret}".encode()
     return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
@@ -236,25 +245,11 @@ def test_code_flow_with_pkce_consent_userinfo_refresh_rotation_and_introspection
     assert info["email"] == user.email and info["email_verified"] is True
 
     # RFC 9068: a resource server verifies the access token offline, against the JWKS, for its own audience...
-    verified = stack.rp.call(
-        "verify",
-        jwks_uri=stack.issuer + "/oauth2/jwks",
-        issuer=stack.issuer,
-        token=tokens["access_token"],
-        audience=AUDIENCE,
-        typ="at+jwt",
-    )
+    verified = verify_offline(stack, tokens["access_token"], AUDIENCE)
     assert verified["payload"]["client_id"] == rp.client_id and verified["payload"]["sub"] == str(user.id)
     # ...and refuses it when it is for another API.
     with pytest.raises(RPError) as other_api:
-        stack.rp.call(
-            "verify",
-            jwks_uri=stack.issuer + "/oauth2/jwks",
-            issuer=stack.issuer,
-            token=tokens["access_token"],
-            audience="https://billing.example.com/api",
-            typ="at+jwt",
-        )
+        verify_offline(stack, tokens["access_token"], "https://billing.example.com/api")
     assert other_api.value.info["code"] == "ERR_JWT_CLAIM_VALIDATION_FAILED"
 
     active = stack.rp.call("introspect", name=rp.name, token=tokens["access_token"])
@@ -422,14 +417,7 @@ def test_client_credentials_with_private_key_jwt(stack: Stack) -> None:
     )
     tokens = stack.rp.call("client_credentials", name=rp.name, params={"scope": "reports:read"})
     assert "refresh_token" not in tokens and "id_token" not in tokens
-    verified = stack.rp.call(
-        "verify",
-        jwks_uri=stack.issuer + "/oauth2/jwks",
-        issuer=stack.issuer,
-        token=tokens["access_token"],
-        audience=AUDIENCE,
-        typ="at+jwt",
-    )
+    verified = verify_offline(stack, tokens["access_token"], AUDIENCE)
     assert verified["payload"]["sub"] == rp.client_id and verified["payload"]["scope"] == "reports:read"
     assert stack.rp.call("introspect", name=rp.name, token=tokens["access_token"])["active"] is True
 
