@@ -34,9 +34,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# The node test peers (the OpenID provider) — installed from the lock file when present.
+# The node test peers (the OpenID provider, the relying parties) — installed from the lock file when present, and
+# again when the lock file changed since (npm records what it installed in node_modules/.package-lock.json).
 peers:
-	@if [ -f tests/peers/package-lock.json ] && [ ! -d tests/peers/node_modules ]; then \
+	@if [ -f tests/peers/package-lock.json ] && { [ ! -d tests/peers/node_modules ] || \
+		[ tests/peers/package-lock.json -nt tests/peers/node_modules/.package-lock.json ]; }; then \
 		cd tests/peers && npm ci --no-audit --no-fund --loglevel=error; fi
 
 ## make test: ruff, mypy --strict and the whole pytest suite (unit, integration, e2e in Chromium)

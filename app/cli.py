@@ -15,6 +15,7 @@ from app.auth import mail_tokens, user_admin, users
 from app.connectors.cli import accounts_cli
 from app.errors import AppError
 from app.extensions import get_database, get_settings
+from app.idp.cli import oidc_cli
 from app.jobs.cli import jobs_cli, refresh_command
 from app.keys_cli import keys_cli
 from app.mailer import Mailer
@@ -205,6 +206,7 @@ def app_commands() -> list[click.Command]:
         providers_cli,
         accounts_cli,
         jobs_cli,
+        oidc_cli,
     ]
 
 

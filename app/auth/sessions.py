@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.mfa import MfaState, state, state_columns
+from app.idp import logout
 from app.models import Base, User, UserSession, utcnow
 from app.settings import Settings
 
@@ -179,17 +180,26 @@ def live_view(db: Session, record: UserSession) -> LiveSession:
     )
 
 
-def revoke_session(db: Session, record: UserSession) -> None:
+def revoke_session(db: Session, record: UserSession, *, reason: str = "") -> None:
+    """End a session. Every way a session ends comes through here or :func:`revoke_user_sessions`: the apps that
+    signed in through it are told, in the same transaction (OIDC back-channel logout, app.idp.logout)."""
     record.revoked_at = utcnow()
+    logout.sessions_ended(db, [record.id], reason)
 
 
-def revoke_user_sessions(db: Session, user_id: int, *, keep: str | None = None) -> int:
+def revoke_user_sessions(db: Session, user_id: int, *, keep: str | None = None, reason: str = "") -> int:
     """Revoke every live session of a user except ``keep`` (a session record id); return how many."""
-    stmt = update(UserSession).where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
+    live = select(UserSession.id).where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
     if keep is not None:
-        stmt = stmt.where(UserSession.id != keep)
-    result = db.execute(stmt.values(revoked_at=utcnow()))
-    return int(getattr(result, "rowcount", 0) or 0)
+        live = live.where(UserSession.id != keep)
+    ids = list(db.scalars(live))
+    if not ids:
+        return 0
+    db.execute(
+        update(UserSession).where(UserSession.id.in_(ids), UserSession.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
+    logout.sessions_ended(db, ids, reason)
+    return len(ids)
 
 
 def live_sessions(db: Session, settings: Settings, user_id: int) -> list[UserSession]:

@@ -7,6 +7,15 @@ from app.models.credentials import Credential, MfaPolicy, WebAuthnChallenge
 from app.models.dialogs import DialogToken
 from app.models.mail import MailOutbox
 from app.models.oauth import OAuthIdentity
+from app.models.oidc import (
+    OidcAuthorizationCode,
+    OidcClient,
+    OidcConsent,
+    OidcLogoutDelivery,
+    OidcSessionClient,
+    OidcSigningKey,
+    OidcToken,
+)
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
 from app.models.service_tokens import ServiceToken
@@ -25,6 +34,13 @@ __all__ = [
     "MailOutbox",
     "MfaPolicy",
     "OAuthIdentity",
+    "OidcAuthorizationCode",
+    "OidcClient",
+    "OidcConsent",
+    "OidcLogoutDelivery",
+    "OidcSessionClient",
+    "OidcSigningKey",
+    "OidcToken",
     "ProviderConfig",
     "ServiceToken",
     "StoredSecret",

@@ -23,6 +23,7 @@ from app.web import (
     connections,
     dialogs,
     home,
+    idp,
     mail_flows,
     mfa,
     mfa_account,  # noqa: F401 - adds the account's MFA page and the admin policy and reset to the mfa blueprint
@@ -49,6 +50,7 @@ BLUEPRINTS = [
     dialogs.bp,  # with the CMS entry routes of cms_dialogs (imported above, so they exist before registration)
     oauth.bp,
     connections.bp,
+    idp.bp,  # the OpenID Provider (issue 12)
 ]
 
 
@@ -107,6 +109,7 @@ def register_blueprints(app: Flask) -> None:
         app.register_blueprint(blueprint)
     # MFA enforcement: sessions that skipped an existing second factor, and roles that require one.
     app.before_request(mfa.enforce)
+    idp.init_app(app)
     app.jinja_env.filters["reject_keys"] = _reject_keys
     app.jinja_env.globals["field_suggestions"] = _field_suggestions  # a global: imported macros call it
     settings = get_settings(app)

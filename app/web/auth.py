@@ -47,6 +47,9 @@ def signin() -> str | Response:
     if signed_in() is not None:
         return redirect(next_url)
     form = SignInForm()
+    if request.method == "GET" and request.args.get("login_hint"):
+        # OpenID Connect Core §3.1.2.1: an app signing someone in through AMI Auth may suggest the account.
+        form.email.data = request.args["login_hint"][:320]
     if form.validate_on_submit():
         db = db_session()
         settings = get_settings()

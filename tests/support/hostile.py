@@ -24,6 +24,11 @@ HUGE: Final = "A" * 5000
 DEEP_JSON: Final = "[" * 20_000 + "]" * 20_000
 DEEPISH_JSON: Final = '{"a":' * 200 + "1" + "}" * 200
 
+# The OpenID Provider's protocol endpoints (token, userinfo, revocation, introspection) answer errors in the shape
+# their RFCs fix (RFC 6749 §5.2, RFC 6750 §3, RFC 7009 §2.2.1, RFC 7662 §2.3): {"error": "<code>", ...}.
+OAUTH_ENDPOINTS: Final = "/oauth2/"
+_OAUTH_ERROR: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
+
 # The error page, and an alert that shows an AppError on a page, carry its code.
 _ERROR_CODE: Final = re.compile(r'data-(?:error-)?code="([a-z_]+)"')
 
@@ -77,6 +82,13 @@ def json_error_problem(body: Any) -> str | None:
 def error_shape_problem(response: TestResponse) -> str | None:
     """A 4xx answer is the taxonomy's JSON, the error page (its code on the page), or a form whose field says
     what is wrong; anything else is a problem, returned as text."""
+    if response.mimetype == "application/json" and response.request.path.startswith(OAUTH_ENDPOINTS):
+        try:
+            body = json.loads(response.get_data())
+        except ValueError:
+            return "JSON error answer that does not parse"
+        error = body.get("error") if isinstance(body, dict) else None
+        return None if isinstance(error, str) and _OAUTH_ERROR.fullmatch(error) else "not an RFC 6749 error"
     if response.mimetype == "application/json":
         try:
             return json_error_problem(json.loads(response.get_data()))
