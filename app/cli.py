@@ -188,6 +188,7 @@ def app_commands() -> list[click.Command]:
     """Every `ami-auth` command of the app (the groups carry their subcommands)."""
     from app.api.cli import compliance_cli, tokens_cli
     from app.audit_cli import audit_cli
+    from app.backup import backup_command, restore_command
     from app.connectors.cli import accounts_cli
     from app.jobs.cli import jobs_cli, refresh_command
     from app.mfa_cli import mfa_cli
@@ -210,6 +211,8 @@ def app_commands() -> list[click.Command]:
         providers_cli,
         accounts_cli,
         jobs_cli,
+        backup_command,
+        restore_command,
     ]
 
 
