@@ -12,7 +12,7 @@ a request is served also has that request's ``request_id`` (the ``X-Request-ID``
 
 What never reaches a line: a password, a second factor, a token, a key, a cookie or a session id. Log calls
 name things (an id, an email, a taxonomy code), never values; the request line logs the route template, not the
-URL; gunicorn's access log, which only knows the URL, is off in ``gunicorn.conf.py``. The production-shaped
+URL; gunicorn's access log, which only knows the URL, goes nowhere (:func:`gunicorn_logconfig`). The production-shaped
 suite checks it: it runs the journeys and searches every line for every secret they used.
 
 The handler goes on the root logger, so libraries' warnings are JSON too. Under gunicorn, ``gunicorn.conf.py``
@@ -71,8 +71,9 @@ def configure_logging(level: str) -> None:
 
 
 def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
-    """gunicorn's ``logconfig_dict``: its error log and (if an operator turns it on) its access log as JSON lines
-    on stderr, through the same handler the app uses."""
+    """gunicorn's ``logconfig_dict``: its error log as JSON lines on stderr, through the same handler the app
+    uses. Its access log goes nowhere: gunicorn logs it whenever a logconfig is given, and it can only log the URL,
+    which may carry a one-time token (``/reset/<token>``); the app's own request line replaces it."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -84,11 +85,12 @@ def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
                 "formatter": "json",
                 "filters": ["request"],
                 "stream": "ext://sys.stderr",
-            }
+            },
+            "nowhere": {"class": "logging.NullHandler"},
         },
         "root": {"level": "WARNING", "handlers": [HANDLER_NAME]},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
-            "gunicorn.access": {"level": level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": ["nowhere"], "propagate": False},
         },
     }

@@ -31,9 +31,10 @@ Without it (the development server, tests, the CLI) the counters are this proces
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -58,6 +59,7 @@ __all__ = [
     "counter",
     "exposition",
     "label",
+    "preset",
 ]
 
 NAMESPACE: Final = "ami_auth"
@@ -120,6 +122,14 @@ def label(value: object, default: str = "unknown") -> str:
     """A label value of bounded shape and length (``default`` for None or empty)."""
     text = _LABEL_SAFE.sub("_", str(value))[:_LABEL_MAX] if value is not None else ""
     return text or default
+
+
+def preset(metric: Counter, **values: Iterable[str]) -> None:
+    """Create every combination of these label values at 0, so a dashboard and an alert see a series (and its
+    rate of 0) before the first event, instead of no data."""
+    names = list(values)
+    for combination in itertools.product(*(tuple(values[name]) for name in names)):
+        metric.labels(**dict(zip(names, combination, strict=True)))
 
 
 # --- from audit events ------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import logging
 import re
 import secrets
 import time
-from typing import Final
+from typing import Final, get_args
 
 from flask import Blueprint, Flask, abort, g, request
 from werkzeug.wrappers import Response
@@ -121,6 +121,25 @@ def init_observability(app: Flask, settings: Settings) -> None:
         return response
 
     app.register_blueprint(bp)
+    _preset_series()
+
+
+def _preset_series() -> None:
+    """The label values known in advance start at 0 (metrics.preset): a quiet deployment still shows its
+    lockouts, faults and refreshes as 0 rather than as missing."""
+    from app.auth.throttle import Layer
+    from app.faults import Service
+    from app.jobs.refresh import Outcome
+    from app.models.credentials import CredentialKind
+    from app.oauth.glue import OAUTH_TYPES
+
+    metrics.preset(metrics.FAULTS, service=get_args(Service))
+    metrics.preset(metrics.LOCKOUTS, layer=get_args(Layer))
+    metrics.preset(metrics.MFA_FAILURES, method=get_args(CredentialKind))
+    metrics.preset(
+        metrics.TOKEN_REFRESHES, provider_type=sorted(t.value for t in OAUTH_TYPES), outcome=get_args(Outcome)
+    )
+    metrics.preset(metrics.MAIL_SENDS, transport=("smtp", "outbox"), outcome=("sent",))
 
 
 def _metrics_allowed(settings: Settings) -> str | None:
