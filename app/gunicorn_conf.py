@@ -14,6 +14,10 @@ What it adds to the command line of docs/deployment.md (the production-shaped te
   it at exit. A directory you name is emptied at start (counters restart from zero with the server, which
   Prometheus expects; old files would be added to the new counts). ``child_exit`` tells the library a worker
   is gone.
+* **The app loads before the socket opens** (``preload_app``): a host being restarted refuses connections until
+  its app is loaded and its start-up checks have passed, so the proxy sends those requests to another host at
+  once instead of parking them in this host's backlog while its workers import the app. Workers are forked
+  from the loaded app; ``post_fork`` makes each drop the database connections it inherited.
 """
 
 from __future__ import annotations
@@ -33,12 +37,21 @@ if _OWN_DIR:
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 logconfig_dict = gunicorn_logconfig(os.environ.get("AMI_AUTH_LOG_LEVEL", "INFO").upper())
+preload_app = True
 
 
 def on_starting(server: Any) -> None:
     METRICS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    # SQLAlchemy, "Using Connection Pools with Multiprocessing": a child never uses its parent's pooled
+    # connections (the master checked the database before forking; wsgi.py already disposed of them).
+    from app.extensions import get_database
+
+    get_database(server.app.wsgi()).engine.dispose(close=False)
 
 
 def child_exit(server: Any, worker: Any) -> None:
