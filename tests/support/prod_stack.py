@@ -424,6 +424,18 @@ class ProductionStack:
         """An HTTP client for :attr:`url`: TLS checked against the test CA, no redirects followed, a cookie jar."""
         return httpx.Client(base_url=self.url, verify=self.ssl_context(), trust_env=False, timeout=15)
 
+    def scrape(self, host: Gunicorn) -> str:
+        """``GET /metrics`` of one host's gunicorn (what Prometheus scrapes: each host, all its workers), with the
+        metrics token."""
+        response = httpx.get(
+            host.url + "/metrics",
+            headers={"Authorization": f"Bearer {self.metrics_token}"},
+            trust_env=False,
+            timeout=15,
+        )
+        assert response.status_code == 200, response.text
+        return response.text
+
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """``ami-auth ARGS`` in the stack's environment, as an operator on the host runs it."""
         return subprocess.run(
@@ -455,6 +467,17 @@ class ProductionStack:
             storage = self._app.extensions["ami_limits"]
             storage.storage.close()
             self._app = None
+
+
+def metric_value(scraped: str, name: str, **labels: str) -> float:
+    """The value of one series in a scrape, 0 when it is absent."""
+    wanted = sorted(f'{k}="{v}"' for k, v in labels.items())
+    for line in scraped.splitlines():
+        if line.startswith(name + "{"):
+            series, value = line.rsplit(" ", 1)
+            if sorted(series[len(name) + 1 : -1].split(",")) == wanted:
+                return float(value)
+    return 0.0
 
 
 def _clean_redis(url: str, prefix: str) -> None:

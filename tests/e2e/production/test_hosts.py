@@ -40,7 +40,7 @@ from tests.e2e.production.conftest import ProdUsers
 from tests.support.accounts import make_account, make_config
 from tests.support.oauth_app import create_config, generic_values
 from tests.support.op import OPClient, OpenIDProvider, running_op
-from tests.support.prod_stack import SCHEDULER_INTERVAL, Gunicorn, ProductionStack
+from tests.support.prod_stack import SCHEDULER_INTERVAL, Gunicorn, ProductionStack, metric_value
 
 CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 DUE = 60
@@ -173,6 +173,11 @@ def _not_yet_refreshed(stack: ProductionStack, ids: list[int]) -> int:
         return int(count or 0)
 
 
+def _refreshes_counted(stack: ProductionStack) -> float:
+    labels = {"provider_type": "generic_oidc", "outcome": "refreshed"}
+    return sum(metric_value(stack.scrape(h), "ami_auth_token_refreshes_total", **labels) for h in stack.hosts)
+
+
 def _wake_every_worker(stack: ProductionStack) -> None:
     """A burst of concurrent requests to each host, so every worker has served one (its scheduler starts then)."""
     with httpx.Client(trust_env=False, timeout=15) as client, ThreadPoolExecutor(max_workers=8) as pool:
@@ -188,6 +193,7 @@ def test_the_scheduled_refresh_runs_each_due_account_once_across_both_hosts(
     with running_op(clients=[client], rotateRefreshToken=True) as op:
         user = prod_users.create(f"refresh-owner-{secrets.token_hex(3)}@example.com")
         since = prod.log_offset()
+        counted_before = _refreshes_counted(prod)
         ids = _seed_due(prod, op, user.id)
         op.reset_counts()
         _wake_every_worker(prod)
@@ -212,6 +218,8 @@ def test_the_scheduled_refresh_runs_each_due_account_once_across_both_hosts(
     workers = {pid for pid, n in runs if n}
     hosts_of = {pid: host.name for host in prod.hosts for pid in host.worker_pids()}
     on = sorted({hosts_of.get(pid, "?") for pid in workers})
+    # …and /metrics of the two hosts together counted each refresh once.
+    assert _refreshes_counted(prod) == counted_before + DUE
     print(f"refreshed {DUE} accounts in {len(runs)} runs by {len(workers)} workers on {on}")
 
 

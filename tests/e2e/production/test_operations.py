@@ -26,7 +26,7 @@ from app.extensions import get_cipher, get_database, get_settings
 from app.models import ConnectedAccount, User, utcnow
 from tests.e2e.production.conftest import ProdUsers, sign_in, sign_out
 from tests.support.accounts import make_config
-from tests.support.prod_stack import ROOT, Gunicorn, ProductionStack
+from tests.support.prod_stack import ROOT, ProductionStack, metric_value
 from tests.support.smtp import body_text
 from tests.support.vendors import OpenAI
 
@@ -36,25 +36,6 @@ HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def _scrape(stack: ProductionStack, host: Gunicorn) -> str:
-    response = httpx.get(host.url + "/metrics", headers=_bearer(stack.metrics_token), trust_env=False, timeout=15)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == metrics.CONTENT_TYPE
-    return response.text
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    """The value of one series in a scrape (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{"):
-            series, value = line.rsplit(" ", 1)
-            got = ",".join(sorted(series[len(name) + 1 : -1].split(",")))
-            if got == wanted:
-                return float(value)
-    return 0.0
 
 
 def _log_lines(stack: ProductionStack, since: int = 0) -> list[dict[str, object]]:
@@ -69,9 +50,11 @@ def test_metrics_answer_only_the_token_and_add_up_every_worker_of_a_host(prod: P
         assert client.get(host.url + "/metrics", headers=_bearer(secrets.token_urlsafe(32))).status_code == 404
         with prod.http() as proxied:
             assert proxied.get("/metrics").status_code == 404
+        opened = client.get(host.url + "/metrics", headers=_bearer(prod.metrics_token))
+        assert opened.status_code == 200 and opened.headers["content-type"] == metrics.CONTENT_TYPE
         since = prod.log_offset()
         signin_200 = {"route": "/signin", "method": "GET", "status": "200"}
-        before = _sample(_scrape(prod, host), "ami_auth_http_requests_total", **signin_200)
+        before = metric_value(prod.scrape(host), "ami_auth_http_requests_total", **signin_200)
 
         # 40 page loads, 8 at a time, so both of the host's workers serve some (checked in the log: their pids).
         tag = secrets.token_hex(4)
@@ -91,7 +74,7 @@ def test_metrics_answer_only_the_token_and_add_up_every_worker_of_a_host(prod: P
         assert served_by <= host.worker_pids()
 
         # Every scrape, whichever worker answers it, counts all 40.
-        counts = {_sample(_scrape(prod, host), "ami_auth_http_requests_total", **signin_200) for _ in range(8)}
+        counts = {metric_value(prod.scrape(host), "ami_auth_http_requests_total", **signin_200) for _ in range(8)}
         assert counts == {before + 40}
 
 
@@ -114,7 +97,7 @@ def test_the_dashboard_uses_exactly_the_exported_metric_names(prod: ProductionSt
             headers={"Origin": prod.url},
         )
         assert refused.status_code == 401
-    scraped = _scrape(prod, prod.hosts[0]) + _scrape(prod, prod.hosts[1])  # the sign-in landed on one of them
+    scraped = prod.scrape(prod.hosts[0]) + prod.scrape(prod.hosts[1])  # the sign-in landed on one of them
     samples = {line.split("{")[0].split(" ")[0] for line in scraped.splitlines() if line.startswith("ami_auth_")}
     families = set(re.findall(r"^# TYPE (ami_auth_\w+) ", scraped, re.M))
 
