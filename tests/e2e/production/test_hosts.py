@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import httpx
 import pytest
@@ -33,12 +32,10 @@ from sqlalchemy import func, select
 
 from app.extensions import get_cipher, get_database, get_settings
 from app.models import ConnectedAccount, StoredSecret, utcnow
-from app.oauth.connections import save_tokens
-from app.oauth.tokens import TokenSet
 from app.vault import put_secret
 from tests.e2e.production.conftest import ProdUsers
 from tests.support.accounts import make_account, make_config
-from tests.support.oauth_app import create_config, generic_values
+from tests.support.oauth_app import add_due_accounts, create_config, generic_values
 from tests.support.op import OPClient, OpenIDProvider, running_op
 from tests.support.prod_stack import SCHEDULER_INTERVAL, Gunicorn, ProductionStack, metric_value
 
@@ -140,24 +137,9 @@ def _seed_due(stack: ProductionStack, op: OpenIDProvider, user_id: int) -> list[
     app = stack.app
     with app.app_context():
         db = get_database(app).session()
-        past = utcnow() - timedelta(minutes=1)
-        accounts = [
-            ConnectedAccount(
-                provider_config_id=config_id,
-                user_id=user_id,
-                label=f"due-{i}",
-                subject="alice",
-                scopes=["openid", "offline_access"],
-                expires_at=past,
-            )
-            for i in range(DUE)
-        ]
-        db.add_all(accounts)
-        db.flush()
-        for account, token in zip(accounts, minted, strict=True):
-            save_tokens(db, get_cipher(app), account.id, TokenSet("expired", expires_at=past, refresh_token=token))
+        ids = [a.id for a in add_due_accounts(db, get_cipher(app), config_id, user_id, minted)]
         db.commit()
-        return [a.id for a in accounts]
+        return ids
 
 
 def _not_yet_refreshed(stack: ProductionStack, ids: list[int]) -> int:
