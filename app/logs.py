@@ -64,9 +64,7 @@ def configure_logging(level: str) -> None:
     app's own loggers (``ami_auth.*``) at ``level``."""
     root = logging.getLogger()
     if not any(h.name == HANDLER_NAME for h in root.handlers):
-        root.addHandler(json_handler())
-        if root.level > logging.INFO or root.level == logging.NOTSET:
-            root.setLevel(logging.WARNING)
+        root.addHandler(json_handler())  # the root logger's own level (WARNING) keeps libraries' INFO out
     logging.getLogger("ami_auth").setLevel(level)
 
 
