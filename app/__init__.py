@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from flask import Flask
@@ -12,15 +11,6 @@ from app.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["create_app"]
-
-
-def _configure_logging(settings: Settings) -> None:
-    logger = logging.getLogger("ami_auth")
-    logger.setLevel(settings.log_level)
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -34,10 +24,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The composition root imports every layer, and only when an app is built: every `import app.…` (a model,
     # the settings, a migration) runs this module first, and must not load the faces with it.
     from app.extensions import csrf, init_database, login_manager, make_limit_storage
+    from app.logs import configure_logging
     from app.providers.registry import init_providers
     from app.web import register_blueprints
     from app.web.errors import register_error_handlers
     from app.web.input_guard import init_input_guard
+    from app.web.observability import init_observability
     from app.web.security import init_security
 
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
@@ -54,13 +46,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         # The client address (throttles, audit) and scheme from that many proxies' X-Forwarded-* headers.
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
-    _configure_logging(settings)
+    configure_logging(settings.log_level)  # one JSON object per line (app.logs)
     init_providers(app)
     init_database(app, settings)
     app.extensions["ami_limits"] = make_limit_storage(settings)
     from app.auth.passwords import warm_up
 
     warm_up(settings)  # the dummy hash for unknown emails, so the first such sign-in costs what the rest do
+    init_observability(app, settings)  # first: the request id exists before any other hook logs (app.web.observability)
     csrf.init_app(app)
     init_input_guard(app)  # after CSRF (a refused form still had to come from this site), before any route
     login_manager.init_app(app)

@@ -54,6 +54,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Row, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.errors import AppError
 from app.models.audit import AuditEvent
 from app.models.base import utcnow
@@ -329,6 +330,7 @@ def record(
     )
     event.hash = _hash_of(event)
     event.id = connection.execute(_INSERT, {name: getattr(event, name) for name in _INSERTED}).scalar_one()
+    metrics.count_audit_event(session, action, outcome, clean_details)  # counted if the caller commits
     return event
 
 

@@ -12,6 +12,7 @@ from app import audit, create_app, faults
 from app.api.cli import compliance_cli, tokens_cli
 from app.audit_cli import audit_cli
 from app.auth import mail_tokens, user_admin, users
+from app.backup import backup_command, restore_command
 from app.connectors.cli import accounts_cli
 from app.errors import AppError
 from app.extensions import get_database, get_settings
@@ -207,6 +208,8 @@ def app_commands() -> list[click.Command]:
         accounts_cli,
         jobs_cli,
         oidc_cli,
+        backup_command,
+        restore_command,
     ]
 
 

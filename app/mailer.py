@@ -48,6 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.errors import AppError
 from app.models import MailOutbox
 from app.outbound import OutboundBlocked, OutboundGuard
@@ -452,8 +453,14 @@ class Mailer:
             # Committed on its own, like a delivered mail: the caller has already committed its change.
             self.db.add(MailOutbox(to=to, subject=subject, text=text, html=html))
             self.db.commit()
+            metrics.MAIL_SENDS.labels(transport="outbox", outcome="sent").inc()
             log.info("mail to %s stored in the outbox (no SMTP configured): %s", to, subject)
             return
         from_address = transport.from_address or self.settings.mail_from
-        smtp_send(transport, build_message(from_address, to, subject, text, html))
+        try:
+            smtp_send(transport, build_message(from_address, to, subject, text, html))
+        except AppError as exc:
+            metrics.MAIL_SENDS.labels(transport="smtp", outcome=exc.code).inc()
+            raise
+        metrics.MAIL_SENDS.labels(transport="smtp", outcome="sent").inc()
         log.info("mail to %s sent via %s:%s: %s", to, transport.host, transport.port, subject)

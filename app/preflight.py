@@ -55,4 +55,27 @@ def system_mailer_configured(app: Flask) -> bool:
         return False  # an unmigrated or unreachable database is reported by the migration check
 
 
-EXTRA_CHECKS: list[Callable[[Flask, bool], list[str]]] = [_mailer_configured, _provider_configs_complete]
+def _keys_open_the_vault(app: Flask, serving: bool) -> list[str]:
+    """Checked at serve time too: a key ring that cannot open the stored secrets (a restore without the escrowed
+    keys, a mistyped key) would serve every page and fail on each secret; refuse at once, naming the key."""
+    from app.extensions import get_cipher
+    from app.vault import key_status, unopened_keys
+
+    try:
+        with Session(get_database(app).engine) as session:
+            problems = unopened_keys(session, get_cipher(app))
+            rows = key_status(session) if problems else {}
+    except SQLAlchemyError:
+        return []  # the database check above already says it is unreachable or not migrated
+    return [
+        f"AMI_AUTH_MASTER_KEYS: key {kid!r} {why}; {rows.get(kid, 0)} stored secret(s) use it. Configure the "
+        "escrowed key ring (docs/operations.md, 'Keys'), or restore the backup that goes with these keys"
+        for kid, why in sorted(problems.items())
+    ]
+
+
+EXTRA_CHECKS: list[Callable[[Flask, bool], list[str]]] = [
+    _mailer_configured,
+    _provider_configs_complete,
+    _keys_open_the_vault,
+]

@@ -89,6 +89,10 @@ class Settings:
     trusted_proxies: int = 0
     api_rate_per_minute: int = 600
     api_ip_rate_per_minute: int = 120
+    # Operations: who may read /metrics (a bearer token, or client addresses), how often the in-app scheduler runs
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    scheduler_interval: float = 60.0
 
     @property
     def is_production(self) -> bool:
@@ -340,6 +344,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     timeout = _float(env, "OUTBOUND_TIMEOUT", 10.0)
     assert timeout is not None
+    metrics_token = env.get(PREFIX + "METRICS_TOKEN", "").strip() or None
+    if metrics_token is not None and len(metrics_token) < 32:
+        raise SettingsError(PREFIX + "METRICS_TOKEN", f"must be at least 32 characters, got {len(metrics_token)}")
+    metrics_allow = []
+    for entry in _list(env, "METRICS_ALLOW"):
+        try:
+            metrics_allow.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise SettingsError(PREFIX + "METRICS_ALLOW", f"{entry!r} is not an IP address or CIDR range") from None
+    scheduler_interval = _float(env, "SCHEDULER_INTERVAL", 60.0)
+    assert scheduler_interval is not None
     return Settings(
         env=mode,  # type: ignore[arg-type]
         instance_dir=instance_dir,
@@ -380,6 +395,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_rotation_days=_int(env, "SECRET_ROTATION_DAYS", 90, 0),
         api_rate_per_minute=_int(env, "API_RATE_PER_MINUTE", 600, 1),
         api_ip_rate_per_minute=_int(env, "API_IP_RATE_PER_MINUTE", 120, 1),
+        metrics_token=metrics_token,
+        metrics_allow=tuple(metrics_allow),
+        scheduler_interval=scheduler_interval,
     )
 
 

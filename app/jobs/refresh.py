@@ -44,7 +44,7 @@ from typing import Final, Literal, cast
 from sqlalchemy import ColumnElement, Engine, Select, Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from app import audit
+from app import audit, metrics
 from app.errors import AppError
 from app.models import ConnectedAccount, ProviderConfig, StoredSecret, User, utcnow
 from app.oauth.connections import ACTIVE, CONSENT_REQUIRED, EXPIRED, OWNER, TOKEN_FIELD, load_tokens
@@ -262,6 +262,15 @@ class _Result:
     outcome: Outcome
     tokens: TokenSet | None = None
     error: AppError | None = None
+
+
+def _counted(providers: _Providers, item: _Claimed, result: _Result) -> _Result:
+    """``ami_auth_token_refreshes_total`` by provider type and outcome (the type is unknown when the provider
+    config itself failed to load)."""
+    built = providers.built.get(item.config_id)
+    provider_type = built.type.value if isinstance(built, OAuthProvider) else "unknown"
+    metrics.TOKEN_REFRESHES.labels(provider_type=provider_type, outcome=result.outcome).inc()
+    return result
 
 
 def _record_failure(db: Session, account_id: int, owner: str, attempts: int, exc: AppError, now: datetime) -> None:
@@ -598,8 +607,11 @@ def refresh_access_token(db: Session, account: ConnectedAccount, rt: OAuthRuntim
         )
     try:
         claimed = _load_claimed(db, rt, [account.id], owner)
+        providers = _Providers(rt)
         result = (
-            _refresh_claimed(db, rt, _Providers(rt), claimed[0], owner, forced=True) if claimed else _Result("skipped")
+            _counted(providers, claimed[0], _refresh_claimed(db, rt, providers, claimed[0], owner, forced=True))
+            if claimed
+            else _Result("skipped")
         )
     finally:
         db.expire(account)
@@ -658,7 +670,7 @@ def run_refresh(
                     report.add("skipped")  # deleted (disconnected) since the claim
                 for item in claimed:
                     try:
-                        result = _refresh_claimed(db, rt, providers, item, owner)
+                        result = _counted(providers, item, _refresh_claimed(db, rt, providers, item, owner))
                     except Exception:
                         # One broken account must not stop the run; its lease ends and it is retried.
                         db.rollback()

@@ -1,4 +1,5 @@
-"""The in-app scheduler: one daemon thread per serving process that runs the token refresh every minute.
+"""The in-app scheduler: one daemon thread per serving process that runs the token refresh every minute
+(``AMI_AUTH_SCHEDULER_INTERVAL`` seconds).
 
 It starts lazily on the first request a process serves (``ensure_started``, called from a
 ``before_app_request`` hook), so ``ami-auth`` CLI runs, migrations and gunicorn's master never start it,
@@ -81,7 +82,7 @@ def ensure_started(app: Flask) -> RefreshScheduler | None:
         scheduler = app.extensions.get(_EXTENSION_KEY)
         # A scheduler made in a parent process did not survive the fork (threads do not): start a new one.
         if not isinstance(scheduler, RefreshScheduler) or scheduler.pid != os.getpid():
-            scheduler = RefreshScheduler(app)
+            scheduler = RefreshScheduler(app, interval=app.extensions["ami_settings"].scheduler_interval)
             app.extensions[_EXTENSION_KEY] = scheduler
             scheduler.start()
             log.info("token refresh scheduler started (pid %s, every %.0fs)", scheduler.pid, scheduler.interval)

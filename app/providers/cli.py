@@ -20,10 +20,11 @@ from app.extensions import get_cipher, get_database, get_settings
 from app.net import get_client
 from app.providers import configs
 from app.providers.apply import ApplyError, apply_file
+from app.providers.export import export_configs
 from app.providers.validation import effective_values, labels
 from app.vault import SecretUnreadable
 
-providers_cli = AppGroup("providers", help="Provider configs: list, show, test, enable, disable, apply.")
+providers_cli = AppGroup("providers", help="Provider configs: list, show, test, enable, disable, apply, export.")
 
 EXIT_UNTESTED = 3
 CLI_ACTOR = AuditContext(actor="cli")
@@ -179,3 +180,20 @@ def apply_command(file: Path, dry_run: bool, run_test: bool) -> None:
         click.echo("dry run: nothing was written")
     else:
         click.echo(f"applied: {counts['create']} created, {counts['update']} updated, {counts['unchanged']} unchanged")
+
+
+@providers_cli.command("export")
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path, dir_okay=False), help="Write to this file instead of stdout."
+)
+@with_appcontext
+def export_command(output: Path | None) -> None:
+    """Every provider config as YAML for `providers apply` (secrets as ${env:…} references, never values)."""
+    exported = export_configs(get_database().session())
+    if output is None:
+        click.echo(exported.text, nl=False)
+        return
+    output.write_text(exported.text, encoding="utf-8")
+    click.echo(f"wrote {output}; set these variables before `providers apply`:", err=True)
+    for name, what in exported.variables:
+        click.echo(f"  {name}: {what}", err=True)

@@ -19,6 +19,7 @@ from app.vault.store import (
     rewrap,
     rewrap_pending,
     secret_meta,
+    unopened_keys,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "rewrap",
     "rewrap_pending",
     "secret_meta",
+    "unopened_keys",
 ]

@@ -229,6 +229,37 @@ def key_status(session: Session) -> dict[str, int]:
     return {key_id: int(count) for key_id, count in rows}
 
 
+def unopened_keys(session: Session, cipher: Cipher) -> dict[str, str]:
+    """Key ids the stored rows use that this key ring cannot open, each with why (empty: all is well).
+
+    For each key id in the table, the newest row's data key is unwrapped (never its payload: no plaintext is
+    produced). A key id that is not configured, or a configured key of that id that does not unwrap its row,
+    means the ring is not the one the data was written with — after a restore without the escrowed keys, say.
+    One row per key id is enough: AES-GCM unwraps with the right key or fails, it does not half-work.
+    """
+    newest = select(func.max(StoredSecret.id).label("id")).group_by(StoredSecret.key_id).subquery()
+    rows = session.execute(
+        select(
+            StoredSecret.key_id,
+            StoredSecret.version,
+            StoredSecret.wrapped_key,
+            StoredSecret.owner_type,
+            StoredSecret.owner_id,
+            StoredSecret.field,
+        ).where(StoredSecret.id.in_(select(newest.c.id)))
+    ).all()
+    problems: dict[str, str] = {}
+    for key_id, version, wrapped, owner_type, owner_id, field in rows:
+        if key_id not in cipher.key_ids:
+            problems[key_id] = "is not configured"
+            continue
+        try:
+            cipher.rewrap_key(key_id, version, wrapped, aad_for(owner_type, owner_id, field))
+        except SecretUnreadable:
+            problems[key_id] = "is configured but is not the key the stored secrets were written with"
+    return problems
+
+
 def rewrap_pending(session: Session, cipher: Cipher) -> int:
     """How many rows :func:`rewrap` would move."""
     count = session.execute(

@@ -12,11 +12,12 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 from werkzeug.wrappers import Response
 
-from app import faults
+from app import faults, metrics
 from app.errors import AppError, ErrorCode
 from app.extensions import login_manager
 from app.http.csrf import log_refusal, refusal_reason
 from app.web.common import wants_json
+from app.web.observability import request_id
 
 log = logging.getLogger("ami_auth.errors")
 
@@ -67,6 +68,7 @@ def _bare_page(exc: AppError) -> str:
 
 
 def _log_fault(fault: faults.Fault, exc: BaseException) -> None:
+    metrics.FAULTS.labels(service=fault.service).inc()
     # The driver's first line names the failure (and at most a host and port); never the statement or its values.
     detail = str(getattr(exc, "orig", None) or getattr(exc, "storage_error", None) or exc).splitlines()
     log.warning(
@@ -121,6 +123,6 @@ def register_error_handlers(app: Flask) -> None:
         if fault is not None:
             _log_fault(fault, exc)
             return render_app_error(fault.error())
-        reference = secrets.token_hex(6)
+        reference = request_id() or secrets.token_hex(6)  # the X-Request-ID: the user's report meets our log line
         log.error("unexpected error, reference %s", reference, exc_info=exc)
         return render_app_error(AppError("internal_error"), reference=reference)

@@ -29,7 +29,7 @@ from app.oauth.glue import runtime
 from app.oauth.tokens import TokenSet
 from app.settings import Settings
 from tests.conftest import TEST_KEY, UserFactory
-from tests.support.oauth_app import create_config, generic_values
+from tests.support.oauth_app import add_due_accounts, create_config, generic_values
 from tests.support.op import OPClient, OpenIDProvider, running_op
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,17 +49,7 @@ def _seed(app: Flask, db: Session, op: OpenIDProvider, user_id: int) -> tuple[in
     minted = op.mint_refresh_tokens(DUE, scope="openid offline_access")
     now = utcnow()
     cipher = get_cipher(app)
-    due = [
-        ConnectedAccount(
-            provider_config_id=config_id,
-            user_id=user_id,
-            label=f"due-{i}",
-            subject="alice",
-            scopes=["openid", "offline_access"],
-            expires_at=now - timedelta(minutes=1),
-        )
-        for i in range(DUE)
-    ]
+    due = add_due_accounts(db, cipher, config_id, user_id, minted)
     later = [
         ConnectedAccount(
             provider_config_id=config_id,
@@ -70,10 +60,8 @@ def _seed(app: Flask, db: Session, op: OpenIDProvider, user_id: int) -> tuple[in
         )
         for i in range(NOT_DUE)
     ]
-    db.add_all(due + later)
+    db.add_all(later)
     db.flush()
-    for account, token in zip(due, minted, strict=True):
-        save_tokens(db, cipher, account.id, TokenSet("expired", expires_at=account.expires_at, refresh_token=token))
     for account in later:
         save_tokens(db, cipher, account.id, TokenSet("fresh", expires_at=account.expires_at, refresh_token="unused"))
     db.commit()

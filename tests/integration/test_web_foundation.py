@@ -157,7 +157,10 @@ def test_unexpected_error_gets_reference(app: Flask, client: FlaskClient) -> Non
     html = response.get_data(as_text=True)
     assert response.status_code == 500
     assert "kaboom" not in html and "Traceback" not in html
-    assert re.search(r"reference <code>[0-9a-f]{12}</code>", html)
+    # The reference is the request id the response carries (and the log line): a user's report finds the line.
+    reference = response.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", reference)
+    assert f"reference <code>{reference}</code>" in html
 
 
 def test_health_and_ready(client: FlaskClient) -> None:

@@ -5,7 +5,8 @@ pointing at the real OP (tests/support/op.py) or the Google/GitHub/Microsoft sta
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -16,11 +17,14 @@ from werkzeug.test import TestResponse
 
 from app import audit
 from app.extensions import get_cipher, get_database, get_settings
-from app.models import ProviderConfig
+from app.models import ConnectedAccount, ProviderConfig, utcnow
+from app.oauth.connections import save_tokens
 from app.oauth.glue import redirect_uri
+from app.oauth.tokens import TokenSet
 from app.providers import configs
 from app.providers.registry import entry
 from app.providers.validation import validate_submission
+from app.vault import Cipher
 from tests.support.op import OPClient
 
 
@@ -38,6 +42,30 @@ def create_config(app: Flask, provider_type: str, name: str, values: Mapping[str
             configs.set_enabled(db, audit.AuditContext(actor="test"), cfg, True)
         db.commit()
         return cfg.id
+
+
+def add_due_accounts(
+    db: Session, cipher: Cipher, config_id: int, user_id: int, refresh_tokens: Sequence[str]
+) -> list[ConnectedAccount]:
+    """One connected account per refresh token (real ones, minted at the OP), its access token expired a minute
+    ago: due for the refresh job. Flushed, not committed."""
+    past = utcnow() - timedelta(minutes=1)
+    due = [
+        ConnectedAccount(
+            provider_config_id=config_id,
+            user_id=user_id,
+            label=f"due-{i}",
+            subject="alice",
+            scopes=["openid", "offline_access"],
+            expires_at=past,
+        )
+        for i in range(len(refresh_tokens))
+    ]
+    db.add_all(due)
+    db.flush()
+    for account, token in zip(due, refresh_tokens, strict=True):
+        save_tokens(db, cipher, account.id, TokenSet("expired", expires_at=past, refresh_token=token))
+    return due
 
 
 def next_config_id(app: Flask) -> int:

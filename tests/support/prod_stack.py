@@ -9,13 +9,16 @@
 * a PostgreSQL database of its own (``ami_e2e_…``, dropped at the end) migrated with ``ami-auth db upgrade``,
   and a Redis key prefix of its own (``ami-e2e-…``, its keys deleted at the end);
 * ``ami-auth bootstrap`` in the stack's environment: the first-admin link it prints is :attr:`setup_link`;
-* gunicorn (2 workers, ``wsgi:app``) on 127.0.0.1, ``AMI_AUTH_ENV=production``; stdout and stderr go to
-  :attr:`log_file` (:meth:`app_log`), which the production conftest attaches to every failing test;
+* two app "hosts" (``hosts=2``, the default): two gunicorn masters (2 workers each, ``wsgi:app``, the
+  settings of ``app/gunicorn_conf.py``), each with its own in-app scheduler and its own metrics directory, on
+  127.0.0.1, ``AMI_AUTH_ENV=production``; both write JSON log lines to :attr:`log_file` (:meth:`app_log`),
+  which the production conftest attaches to every failing test. :attr:`ProductionStack.hosts` lets a test stop,
+  restart or reconfigure one of them;
 * Debian's nginx, unprivileged from ``directory``, terminating TLS with three server blocks:
 
-  - :attr:`url` (``https://localhost:PORT``, the ``AMI_AUTH_BASE_URL``): **the server block of
-    docs/deployment.md**, read from the document with only names, ports and paths replaced, so the example
-    operators copy is the one this suite runs;
+  - :attr:`url` (``https://localhost:PORT``, the ``AMI_AUTH_BASE_URL``): **the upstream and server block of
+    docs/deployment.md**, read from the document with only names, ports and paths replaced (round robin over
+    the hosts), so the example operators copy is the one this suite runs;
   - :meth:`cms_url` — the CMS: a second port proxied to :attr:`cms_backend_port`, where a test starts
     ``tests/support/cms_standin.py``. ``cms_url("localhost")`` is the same *site* as AMI Auth (the session
     cookie reaches a framed dialog), ``cms_url("127.0.0.1")`` another site (it does not);
@@ -23,8 +26,10 @@
     :attr:`foreign_dir` (the page of an attacker who shares the registrable domain).
 
 Everything is configured the way production is: keys, https base URL, ``AMI_AUTH_TRUSTED_PROXIES=1``, the
-CMS origins, ``AMI_AUTH_OUTBOUND_ALLOW=127.0.0.1`` (the production guard refuses loopback peers otherwise)
-and the in-app scheduler left on (the production default). Default argon2 parameters, not the cheap ones.
+CMS origins, ``AMI_AUTH_OUTBOUND_ALLOW=127.0.0.1`` (the production guard refuses loopback peers otherwise),
+a metrics token (:attr:`ProductionStack.metrics_token`) and the in-app scheduler left on (the production
+default; every :data:`SCHEDULER_INTERVAL` seconds, so a test need not wait a minute for it). Default argon2
+parameters, not the cheap ones.
 
 For seeding through the logic layer (users, provider configs, service tokens) :meth:`ProductionStack.app`
 is the same app built in the test process from the same environment, on the same database and Redis.
@@ -69,6 +74,8 @@ DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 NGINX = os.environ.get("AMI_AUTH_TEST_NGINX", "/usr/sbin/nginx")
 VENV_BIN = Path(sys.executable).parent
 WORKERS = 2
+HOSTS = 2
+SCHEDULER_INTERVAL = "3"
 START_TIMEOUT = 90.0  # generous: CI's two cores are busy with the other worker's tests too
 STOP_TIMEOUT = 10.0
 
@@ -78,7 +85,7 @@ DOC_HOST = "auth.example.com"
 DOC_LISTEN = "listen 443 ssl;"
 DOC_CERT = "/etc/ssl/auth.example.com/fullchain.pem"
 DOC_KEY = "/etc/ssl/auth.example.com/privkey.pem"
-DOC_UPSTREAM = "http://127.0.0.1:8000"
+DOC_SERVERS = ("server 10.0.0.11:8000", "server 10.0.0.12:8000")
 
 
 def nginx_missing() -> str | None:
@@ -126,14 +133,21 @@ def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 class Gunicorn:
-    """``gunicorn --workers 2 --bind 127.0.0.1:PORT wsgi:app`` — as docs/deployment.md, behind one proxy."""
+    """``gunicorn -c python:app.gunicorn_conf --workers 2 --bind 127.0.0.1:PORT wsgi:app`` — one app host, as
+    docs/deployment.md runs it behind the proxy."""
 
-    def __init__(self, port: int, env: Mapping[str, str], log_file: Path, cwd: Path) -> None:
+    def __init__(self, port: int, env: Mapping[str, str], log_file: Path, cwd: Path, name: str = "host-a") -> None:
         self.port = port
         self.env = dict(env)
         self.log_file = log_file
         self.cwd = cwd
+        self.name = name
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """This host's gunicorn itself, plain HTTP, without the proxy."""
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         with self.log_file.open("ab") as log:
@@ -142,6 +156,8 @@ class Gunicorn:
                     sys.executable,
                     "-m",
                     "gunicorn",
+                    "-c",
+                    "python:app.gunicorn_conf",
                     "--workers",
                     str(WORKERS),
                     "--bind",
@@ -168,7 +184,7 @@ class Gunicorn:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log_tail()}")
                 try:
-                    if client.get(f"http://127.0.0.1:{self.port}/healthz").status_code == 200:
+                    if client.get(f"{self.url}/healthz").status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
@@ -179,6 +195,30 @@ class Gunicorn:
     def stop(self) -> None:
         if self.process is not None:
             _stop(self.process)  # SIGTERM to the master: it stops its workers gracefully
+
+    def restart(self, **env: str) -> None:
+        """Stop gracefully, then start again with ``env`` changed (a deploy, a new key ring); wait until ready."""
+        self.stop()
+        self.env.update(env)
+        self.start()
+        self.wait_ready(time.monotonic() + START_TIMEOUT)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def worker_pids(self) -> set[int]:
+        """The master's children (its workers) right now, from /proc."""
+        assert self.process is not None
+        children: set[int] = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.process.pid:
+                children.add(int(stat.parent.name))
+        return children
 
     def log_tail(self, size: int = 6000) -> str:
         return self.log_file.read_text(errors="replace")[-size:]
@@ -234,17 +274,23 @@ def nginx_config(
     tls: TlsFiles,
     *,
     app_port: int,
-    upstream_port: int,
+    upstream_ports: list[int],
     cms_port: int,
     cms_backend_port: int,
     foreign_port: int,
     foreign_dir: Path,
 ) -> str:
-    """The whole nginx.conf: a main context fit to run unprivileged, and the three server blocks."""
+    """The whole nginx.conf: a main context fit to run unprivileged, the documented upstream over
+    ``upstream_ports`` (a documented server line without a host is commented out) and the three server blocks."""
     user = pwd.getpwuid(os.getuid()).pw_name
     group = grp.getgrgid(os.getgid()).gr_name
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (directory / name).mkdir(exist_ok=True)
+    assert 1 <= len(upstream_ports) <= len(DOC_SERVERS), f"the documented upstream has {len(DOC_SERVERS)} hosts"
+    servers = {
+        line: f"server 127.0.0.1:{port}" if port is not None else f"# (no host) {line}"
+        for line, port in zip(DOC_SERVERS, [*upstream_ports, None], strict=False)
+    }
     documented = _substitute(
         documented_server_block(),
         {
@@ -252,7 +298,7 @@ def nginx_config(
             f"server_name {DOC_HOST};": "server_name localhost 127.0.0.1;",
             DOC_CERT: str(tls.cert_file),
             DOC_KEY: str(tls.key_file),
-            DOC_UPSTREAM: f"http://127.0.0.1:{upstream_port}",
+            **servers,
         },
     )
     tls_lines = f"ssl_certificate {tls.cert_file};\n    ssl_certificate_key {tls.key_file};"
@@ -272,7 +318,7 @@ http {{
   uwsgi_temp_path {directory / "uwsgi"};
   scgi_temp_path {directory / "scgi"};
 
-  # AMI Auth: docs/deployment.md's example.
+  # AMI Auth: docs/deployment.md's example (upstream and server block).
 {documented}
   # The CMS stand-in (tests/support/cms_standin.py) on its own port: a second origin.
   server {{
@@ -307,7 +353,7 @@ class ProductionStack:
     tls: TlsFiles
     env: dict[str, str]
     smtp: SmtpServer
-    gunicorn: Gunicorn
+    hosts: list[Gunicorn]
     nginx: Nginx
     app_port: int
     cms_port: int
@@ -323,9 +369,18 @@ class ProductionStack:
         return f"https://localhost:{self.app_port}"
 
     @property
+    def gunicorn(self) -> Gunicorn:
+        """The first host."""
+        return self.hosts[0]
+
+    @property
     def upstream_url(self) -> str:
-        """gunicorn itself, plain HTTP, without the proxy (what only the proxy should reach)."""
-        return f"http://127.0.0.1:{self.gunicorn.port}"
+        """The first host's gunicorn, plain HTTP, without the proxy (what only the proxy should reach)."""
+        return self.gunicorn.url
+
+    @property
+    def metrics_token(self) -> str:
+        return self.env["AMI_AUTH_METRICS_TOKEN"]
 
     def cms_url(self, host: str = "localhost") -> str:
         """The CMS origin: ``localhost`` shares AMI Auth's site, ``127.0.0.1`` is another site."""
@@ -353,7 +408,7 @@ class ProductionStack:
         return self.gunicorn.log_file
 
     def app_log(self, since: int = 0) -> str:
-        """What gunicorn and the app wrote (stderr and stdout), from byte offset ``since``."""
+        """What every host's gunicorn and app wrote (stderr and stdout, one file), from byte offset ``since``."""
         with self.log_file.open("rb") as log:
             log.seek(since)
             return log.read().decode(errors="replace")
@@ -368,6 +423,18 @@ class ProductionStack:
     def http(self) -> httpx.Client:
         """An HTTP client for :attr:`url`: TLS checked against the test CA, no redirects followed, a cookie jar."""
         return httpx.Client(base_url=self.url, verify=self.ssl_context(), trust_env=False, timeout=15)
+
+    def scrape(self, host: Gunicorn) -> str:
+        """``GET /metrics`` of one host's gunicorn (what Prometheus scrapes: each host, all its workers), with the
+        metrics token."""
+        response = httpx.get(
+            host.url + "/metrics",
+            headers={"Authorization": f"Bearer {self.metrics_token}"},
+            trust_env=False,
+            timeout=15,
+        )
+        assert response.status_code == 200, response.text
+        return response.text
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """``ami-auth ARGS`` in the stack's environment, as an operator on the host runs it."""
@@ -402,6 +469,17 @@ class ProductionStack:
             self._app = None
 
 
+def metric_value(scraped: str, name: str, **labels: str) -> float:
+    """The value of one series in a scrape, 0 when it is absent."""
+    wanted = sorted(f'{k}="{v}"' for k, v in labels.items())
+    for line in scraped.splitlines():
+        if line.startswith(name + "{"):
+            series, value = line.rsplit(" ", 1)
+            if sorted(series[len(name) + 1 : -1].split(",")) == wanted:
+                return float(value)
+    return 0.0
+
+
 def _clean_redis(url: str, prefix: str) -> None:
     client = redis.Redis.from_url(url)
     try:
@@ -413,13 +491,15 @@ def _clean_redis(url: str, prefix: str) -> None:
 
 
 @contextmanager
-def production_stack(directory: Path, **extra_env: str) -> Iterator[ProductionStack]:
-    """Start the whole stack under ``directory``; ``extra_env`` adds or overrides AMI_AUTH_* settings."""
+def production_stack(directory: Path, *, hosts: int = HOSTS, **extra_env: str) -> Iterator[ProductionStack]:
+    """Start the whole stack under ``directory`` with ``hosts`` app hosts; ``extra_env`` adds or overrides
+    AMI_AUTH_* settings."""
     reason = nginx_missing()
     if reason is not None:
         require_peer(reason)
     pg_url, redis_base = postgres_admin_url(), redis_url()
-    app_port, upstream_port, cms_port, cms_backend_port, foreign_port = (free_port() for _ in range(5))
+    app_port, cms_port, cms_backend_port, foreign_port = (free_port() for _ in range(4))
+    upstream_ports = [free_port() for _ in range(hosts)]
     tls = make_tls_files(directory / "tls")
     (directory / "foreign").mkdir()
     (directory / "instance").mkdir()
@@ -443,16 +523,22 @@ def production_stack(directory: Path, **extra_env: str) -> Iterator[ProductionSt
             "AMI_AUTH_SMTP_URL": smtp.url(),
             "AMI_AUTH_SMTP_CA_FILE": str(tls.ca_file),
             "AMI_AUTH_MAIL_FROM": "AMI Auth <no-reply@example.com>",
+            "AMI_AUTH_METRICS_TOKEN": secrets.token_urlsafe(32),
+            "AMI_AUTH_SCHEDULER_INTERVAL": SCHEDULER_INTERVAL,
             **extra_env,
         }
-        gunicorn = Gunicorn(upstream_port, {}, directory / "gunicorn.log", directory)
+        log_file = directory / "gunicorn.log"
+        app_hosts = [
+            Gunicorn(port, {}, log_file, directory, name=f"host-{chr(ord('a') + i)}")
+            for i, port in enumerate(upstream_ports)
+        ]
         nginx = Nginx(
             directory,
             nginx_config(
                 directory,
                 tls,
                 app_port=app_port,
-                upstream_port=upstream_port,
+                upstream_ports=upstream_ports,
                 cms_port=cms_port,
                 cms_backend_port=cms_backend_port,
                 foreign_port=foreign_port,
@@ -460,10 +546,13 @@ def production_stack(directory: Path, **extra_env: str) -> Iterator[ProductionSt
             ),
         )
         stack = ProductionStack(
-            directory, tls, env, smtp, gunicorn, nginx, app_port, cms_port, cms_backend_port, foreign_port, database
+            directory, tls, env, smtp, app_hosts, nginx, app_port, cms_port, cms_backend_port, foreign_port, database
         )
-        gunicorn.env = stack.process_env()
-        gunicorn.log_file.touch()
+        for host in app_hosts:
+            # gunicorn ≥ 25 opens a control socket under $XDG_RUNTIME_DIR: one per host, not one per machine.
+            (directory / host.name).mkdir(mode=0o700)
+            host.env = {**stack.process_env(), "XDG_RUNTIME_DIR": str(directory / host.name)}
+        log_file.touch()
 
         database.create(migrate=False)
         cleanup.callback(database.drop)
@@ -473,14 +562,16 @@ def production_stack(directory: Path, **extra_env: str) -> Iterator[ProductionSt
 
         # gunicorn boots (its workers refuse an unmigrated database) while bootstrap issues the setup link.
         deadline = time.monotonic() + START_TIMEOUT
-        gunicorn.start()
-        cleanup.callback(gunicorn.stop)
+        for host in app_hosts:
+            host.start()
+            cleanup.callback(host.stop)
         boot = stack.cli("bootstrap")
         assert boot.returncode == 0, f"ami-auth bootstrap failed:\n{boot.stdout}{boot.stderr}"
         link = re.search(r"https://\S+/setup/\S+", boot.stdout)
         assert link, f"ami-auth bootstrap printed no setup link:\n{boot.stdout}"
         stack.setup_link = link.group(0)
-        gunicorn.wait_ready(deadline)
+        for host in app_hosts:
+            host.wait_ready(deadline)
 
         nginx.start([app_port, cms_port, foreign_port], deadline)
         cleanup.callback(nginx.stop)

@@ -647,4 +647,5 @@ def test_public_names_are_pinned() -> None:
         "rewrap",
         "rewrap_pending",
         "secret_meta",
+        "unopened_keys",
     ]

@@ -44,7 +44,7 @@ def _register(prod: ProductionStack, rp: RelyingParty, name: str) -> tuple[str, 
 def test_a_member_signs_in_to_an_app_with_openid_client_over_https_and_signing_out_reaches_the_app(
     prod: ProductionStack, prod_page: Page, prod_users: ProdUsers, rp: RelyingParty
 ) -> None:
-    user = prod_users.create("oidc-member@example.com")
+    user = prod_users.create("idp-member@example.com")  # not oidc-member: test_console signs that one in upstream
     client_id, secret = _register(prod, rp, "cms")
     metadata = rp.call(
         "configure", name="cms", issuer=prod.url, client_id=client_id, client_secret=secret, auth="client_secret_basic"
