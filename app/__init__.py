@@ -65,9 +65,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_security(app, settings)
     register_blueprints(app)
     register_error_handlers(app)
-    from app.connectors.xoauth2 import register as register_xoauth2
+    from app.connectors.wiring import register as register_connectors
 
-    register_xoauth2(app)  # SMTP accounts may log in with a connected OAuth account's token
+    register_connectors(app)  # SMTP XOAUTH2 with a connected OAuth account's token; the OAuth code's owner mail
 
     from app.cli import register_commands
 

@@ -1,14 +1,15 @@
-"""Token sets and the token, revocation and userinfo endpoints (RFC 6749, RFC 7009, OIDC Core §5.3).
+"""Token sets and the token and userinfo endpoints (RFC 6749, OIDC Core §5.3); revocation is in revocation.py.
 
-Requests are built with Authlib's framework-free helpers (``prepare_token_request``, ``ClientAuth``,
-``prepare_revoke_token_request``) and sent through :class:`app.net.OutboundClient`. Authlib's own httpx
-client is not used: importing it warns that httpx is deprecated in favour of httpx2 (not installed),
-and it would bypass the client's retries and ``Retry-After`` handling.
+Requests are built with Authlib's framework-free helpers (``prepare_token_request``, ``ClientAuth``) and
+sent through :class:`app.net.OutboundClient`. Authlib's own httpx client is not used: importing it warns
+that httpx is deprecated in favour of httpx2 (not installed), and it would bypass the client's retries and
+``Retry-After`` handling.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,6 @@ from urllib.parse import parse_qsl, quote
 
 from authlib.oauth2.auth import ClientAuth
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
-from authlib.oauth2.rfc7009.parameters import prepare_revoke_token_request
 
 from app.errors import AppError
 from app.net import OutboundClient, Response, retry_after
@@ -34,8 +34,9 @@ __all__ = [
     "fetch_userinfo",
     "parse_scopes",
     "refresh",
-    "revoke",
     "token_request",
+    "token_set_from_json",
+    "token_set_json",
 ]
 
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
@@ -366,31 +367,6 @@ def refresh(
     return replace(fresh, id_token=tokens.id_token, id_claims=tokens.id_claims)
 
 
-def revoke(
-    client: OutboundClient,
-    metadata: ProviderMetadata,
-    credentials: ClientCredentials,
-    token: str,
-    *,
-    token_type_hint: Literal["access_token", "refresh_token"] | None = None,
-) -> None:
-    """Revoke a token at the provider (RFC 7009). Revoking an unknown or already revoked token succeeds."""
-    url = metadata.revocation_endpoint
-    if url is None:
-        raise AppError(
-            "invalid_config",
-            "The provider has no revocation endpoint",
-            "Tokens expire on their own; remove the account locally",
-        )
-    body, headers = prepare_revoke_token_request(token, token_type_hint)
-    headers["Accept"] = "application/json"
-    headers, body = credentials.authenticate(url, headers, body)
-    response = client.post(url, headers=headers, content=body.encode())
-    if response.status_code == 200:
-        return
-    raise endpoint_error(response, _parse_body(response), grant=None)
-
-
 def fetch_userinfo(
     client: OutboundClient,
     metadata: ProviderMetadata,
@@ -434,3 +410,12 @@ def fetch_userinfo(
             "URL may point at another provider",
         )
     return data
+
+
+def token_set_json(tokens: TokenSet) -> str:
+    """How a token set is stored (encrypted, in the vault)."""
+    return json.dumps(tokens.to_dict(), separators=(",", ":"))
+
+
+def token_set_from_json(raw: str) -> TokenSet:
+    return TokenSet.from_dict(json.loads(raw))

@@ -35,7 +35,6 @@ from app.net import OutboundClient
 from app.providers import configs
 from app.providers.entries import ProviderEntry
 from app.providers.registry import get_catalog
-from app.providers.types import AuthProviderType
 from app.providers.validation import effective_values, missing_fields, split_secrets, validate_submission
 from app.settings import Settings
 from app.vault import Cipher, Secret, SecretUnreadable, get_secret
@@ -86,7 +85,7 @@ class ConfigPlan:
 
     def describe(self) -> list[str]:
         """Human lines for the plan; secret values never appear, only where they come from."""
-        head = f'{self.action} {self.provider.id.value} "{self.name}"'
+        head = f'{self.action} {self.provider.id} "{self.name}"'
         if self.existing is not None:
             head += f" (#{self.existing.id})"
         lines = [head]
@@ -185,12 +184,12 @@ def plan_apply(
             problems.append(f"{where}: the name appears twice in the file")
             continue
         seen.add(name.strip().lower())
-        try:
-            provider = catalog[AuthProviderType(str(type_name))]
-        except ValueError:
-            problems.append(f"{where}: type {type_name!r} is not one of {', '.join(t.value for t in AuthProviderType)}")
+        found = catalog.get(str(type_name))
+        if found is None:
+            problems.append(f"{where}: type {type_name!r} is not one of {', '.join(catalog.ids())}")
             continue
-        where = f"{path}: provider {name.strip()!r} ({provider.id.value})"
+        provider = found
+        where = f"{path}: provider {name.strip()!r} ({provider.id})"
         enabled = item.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             problems.append(f"{where}: enabled must be true or false")
@@ -220,7 +219,7 @@ def _plan_item(
 ) -> tuple[ConfigPlan | None, list[str]]:
     problems: list[str] = []
     existing = configs.find_by_name(db, name)
-    if existing is not None and existing.provider_type != provider.id.value:
+    if existing is not None and existing.provider_type != provider.id:
         return None, [f"{where}: a config with this name exists with type {existing.provider_type}"]
     data: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -301,7 +300,7 @@ def run_tests(
         plan.test = connectivity_test(settings, plan.provider, values, secrets, client=client)
         if plan.test.status == "failed":
             field_note = f" field {plan.test.field}:" if plan.test.field else ""
-            problems.append(f'provider "{plan.name}" ({plan.provider.id.value}):{field_note} {plan.test.message}')
+            problems.append(f'provider "{plan.name}" ({plan.provider.id}):{field_note} {plan.test.message}')
     return problems
 
 

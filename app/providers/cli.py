@@ -69,7 +69,7 @@ def show_command(ref: str) -> None:
     values = effective_values(provider, "config", cfg.config or {})
     states = configs.secret_states(db, provider, cfg)
     click.echo(f"#{cfg.id} {cfg.name}")
-    click.echo(f"  type: {provider.id.value} ({provider.display_name}, {provider.auth_mode.value})")
+    click.echo(f"  type: {provider.id} ({provider.display_name}, {provider.auth_mode.value})")
     click.echo(f"  enabled: {'yes' if cfg.enabled else 'no'}")
     for spec in provider.config_fields:
         if spec.secret:

@@ -17,7 +17,7 @@ from werkzeug.test import TestResponse
 from app import audit
 from app.extensions import get_cipher, get_database, get_settings
 from app.models import ProviderConfig
-from app.oauth.glue import redirect_uri
+from app.oauth.runtime import redirect_uri
 from app.providers import configs
 from app.providers.registry import entry
 from app.providers.validation import validate_submission
