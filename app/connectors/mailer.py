@@ -20,7 +20,8 @@ service token with ``providers:write``): "refused in 30 ms" vs "silent for 3 s" 
 goes to the server's log (``ami_auth.mailer``), which only operators read.
 
 The :class:`Mailer` picks the transport for the app's own mail (verification, reset, invite):
-1. an SMTP account an admin marked as system mailer (``app.connectors.system_mailer_target``),
+1. an SMTP account an admin marked as system mailer (:func:`system_mailer_target`: the resolver the app
+   factory registers, app/connectors/wiring.py, or one a test or an embedding sets),
 2. ``AMI_AUTH_SMTP_URL``,
 3. in development and test only, the ``mail_outbox`` table, readable at /admin/outbox.
 In production with none of them, sending raises ``invalid_config`` naming AMI_AUTH_SMTP_URL.
@@ -394,6 +395,23 @@ def build_message(from_address: str, to: str, subject: str, text: str, html: str
 Transport = SmtpTarget | Literal["outbox"]
 
 
+# (session, settings) → the admin-marked SMTP account's target, or None.
+SystemMailerResolver = Callable[[Session, Settings], "SmtpTarget | None"]
+_resolvers: dict[str, SystemMailerResolver | None] = {"default": None, "override": None}
+
+
+def set_system_mailer_resolver(resolver: SystemMailerResolver | None, *, default: bool = False) -> None:
+    """Set (or, with None, remove) the function that finds the system mailer; ``default`` is the app's own
+    (the SMTP connector's), used whenever no other one is set."""
+    _resolvers["default" if default else "override"] = resolver
+
+
+def system_mailer_target(db: Session, settings: Settings) -> SmtpTarget | None:
+    """The admin-marked system mailer's SMTP target, or None when there is none."""
+    resolver = _resolvers["override"] or _resolvers["default"]
+    return resolver(db, settings) if resolver is not None else None
+
+
 class Mailer:
     """The app's own mail. Send *after* committing the change a mail describes: a mail cannot be unsent."""
 
@@ -402,8 +420,6 @@ class Mailer:
         self.settings = settings
 
     def transport(self) -> Transport:
-        from app.connectors import system_mailer_target
-
         target = system_mailer_target(self.db, self.settings)
         if target is not None:
             return target
