@@ -22,6 +22,7 @@ from app.api.schema import provider_schema
 from app.providers import registry
 from app.providers.groups import load_groups
 from app.providers.registry import CatalogError, get_catalog, load_catalog
+from app.providers.types import AuthProviderType
 from app.web.oauth import note_markup
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ PINNED = ROOT / "tests" / "fixtures" / "catalog_fields_main.json"
 
 
 def _expanded(entry_id: str) -> dict[str, Any]:
-    entry = get_catalog()[registry.AuthProviderType(entry_id)]
+    entry = get_catalog()[AuthProviderType(entry_id)]
     fields = {
         which: [{"order": s.order, "field": dict(s.raw)} for s in entry.fields(which)]
         for which in ("config", "account")
@@ -59,7 +60,7 @@ def test_the_groups_are_included_where_the_fields_were_repeated() -> None:
     }
     # The rotation reminder's default is the entry's own policy, stated once.
     for entry_id in included["rotation_reminder"]:
-        entry = get_catalog()[registry.AuthProviderType(entry_id)]
+        entry = get_catalog()[AuthProviderType(entry_id)]
         spec = entry.field("config", "rotation_days")
         assert spec is not None and spec.default == entry.rotation_days
 
