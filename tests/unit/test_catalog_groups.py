@@ -36,7 +36,8 @@ def _expanded(entry_id: str) -> dict[str, Any]:
         for which in ("config", "account")
     }
     # Through JSON, as the fixture was written (tuples become lists, conditions their raw form).
-    return json.loads(json.dumps({"fields": fields, "schema": provider_schema(entry)}, default=str))
+    expanded: dict[str, Any] = json.loads(json.dumps({"fields": fields, "schema": provider_schema(entry)}, default=str))
+    return expanded
 
 
 @pytest.mark.parametrize("entry_id", sorted(json.loads(PINNED.read_text())))
