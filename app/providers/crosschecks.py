@@ -231,6 +231,13 @@ def _check_capabilities(entry: ProviderEntry) -> None:
         _check_condition(entry, oauth.discovery_when, None, "$.oauth.discovery_when")
     if oauth is not None and oauth.discovery_when is not None and "discovery" not in entry.endpoints:
         raise CatalogError(file, "$.oauth.discovery_when", "there is no discovery endpoint to read")
+    if entry.auth_mode == AuthMode.SMTP and (
+        entry.field("config", "host") is None or entry.field("account", "from_address") is None
+    ):
+        # The SMTP login (app/connectors/smtp_login.py) reads the server and the sender by these names.
+        raise CatalogError(
+            file, "$.config_fields", "SMTP entries need a config field host and an account field from_address"
+        )
     logo = entry.capabilities.logo
     if logo is not None and not (STATIC_DIR / logo).is_file():
         raise CatalogError(file, "$.button.logo", f"no file static/{logo}")
