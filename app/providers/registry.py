@@ -5,8 +5,8 @@ and the reason.
 The catalog is the shipped folder (``app/providers/catalog/``) plus, when ``AMI_AUTH_CATALOG_DIR`` names
 one, an operator's folder of further entries in the same format. Ids are the file names; there is no list
 of them anywhere else. The app factory activates the catalog its settings name (:func:`init_providers`);
-:func:`get_catalog` and :func:`entry` read the active one, so code outside a request (jobs, the CLI) sees
-the same catalog as the views.
+:func:`get_catalog` and :func:`entry` read the app's in an app context, else the one last activated, so code
+outside a request (the jobs' threads) sees the same catalog as the views of the app that runs them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app, has_app_context
 
 from app.errors import AppError
 from app.providers.crosschecks import check_entry
@@ -124,7 +124,12 @@ def catalog_for(settings: Settings) -> Catalog:
 
 
 def get_catalog() -> Catalog:
-    """The active catalog, loaded and checked once per process (per set of folders)."""
+    """The catalog of the app in context, else the last one activated (jobs' threads, the CLI): loaded and
+    checked once per process per set of folders."""
+    if has_app_context():
+        found = current_app.extensions.get("ami_catalog")
+        if isinstance(found, Catalog):
+            return found
     return _catalog_for(_ACTIVE[0])
 
 
