@@ -438,6 +438,8 @@ def test_the_api_key_entry_verifies_gives_its_headers_and_revokes(
     config_id = _config_id(db, "Acme Keys")
     keys_api.revoked.clear()  # the API outlives one test (SQLite, then PostgreSQL); its key starts valid
     _admin(client, make_user)
+    settings_page = client.get(f"/admin/providers/{config_id}").get_data(as_text=True)
+    assert "Create a key in the Acme console under <em>Settings → API keys</em>" in settings_page
     offered = client.get("/admin/accounts/new").get_data(as_text=True)
     assert f"/admin/accounts/new/{config_id}" in offered
     form = client.get(f"/admin/accounts/new/{config_id}").get_data(as_text=True)
