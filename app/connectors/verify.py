@@ -29,9 +29,10 @@ from typing import Any, Final, Literal, assert_never
 from app.connectors.headers import RequestAuth, render_auth
 from app.connectors.mailer import smtp_verify
 from app.connectors.smtp_login import blame, smtp_target, verify_login
-from app.errors import AppError, ErrorCode
+from app.errors import AppError
 from app.net import OutboundBlocked, OutboundClient, ProviderUnreachable, Response, retry_after
 from app.oauth.setup_check import test_connection
+from app.providers.config_test import ConnectionTest
 from app.providers.entries import ProviderEntry
 from app.providers.hooks import HOOKS
 from app.providers.templating import pick, referenced_values_blank, references, render_template_string
@@ -39,21 +40,7 @@ from app.providers.verify_context import ValuesByScope, VerifyContext
 from app.settings import Settings
 from app.vault import Secret
 
-TestStatus = Literal["ok", "failed", "unavailable"]
-
 PER_ACCOUNT = "nothing to test on the config alone"
-
-
-@dataclass(frozen=True)
-class ConnectionTest:
-    """The outcome: ``ok`` with what was learned, ``failed`` with a taxonomy code (and the field to blame),
-    or ``unavailable`` when there is nothing that can be tested."""
-
-    status: TestStatus
-    message: str
-    code: ErrorCode | None = None
-    field: str | None = None
-    learned: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def connectivity_test(

@@ -28,11 +28,10 @@ import yaml
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.connectors.verify import ConnectionTest, connectivity_test
 from app.errors import AppError
 from app.models import ProviderConfig
-from app.net import OutboundClient
 from app.providers import configs
+from app.providers.config_test import ConfigTest, ConnectionTest
 from app.providers.entries import ProviderEntry
 from app.providers.registry import get_catalog
 from app.providers.validation import effective_values, missing_fields, split_secrets, validate_submission
@@ -282,9 +281,7 @@ def _plan_item(
     return plan, problems
 
 
-def run_tests(
-    db: Session, cipher: Cipher, settings: Settings, plans: list[ConfigPlan], client: OutboundClient | None = None
-) -> list[str]:
+def run_tests(db: Session, cipher: Cipher, plans: list[ConfigPlan], connectivity_test: ConfigTest) -> list[str]:
     """Connection-test each planned config (new values + stored secrets); returns failures as problems."""
     problems = []
     for plan in plans:
@@ -297,7 +294,7 @@ def run_tests(
                 continue
         secrets.update({s.field: s.value for s in plan.secrets})
         values = effective_values(plan.provider, "config", plan.plain)
-        plan.test = connectivity_test(settings, plan.provider, values, secrets, client=client)
+        plan.test = connectivity_test(plan.provider, values, secrets)
         if plan.test.status == "failed":
             field_note = f" field {plan.test.field}:" if plan.test.field else ""
             problems.append(f'provider "{plan.name}" ({plan.provider.id}):{field_note} {plan.test.message}')
@@ -335,14 +332,14 @@ def apply_file(
     path: Path,
     *,
     dry_run: bool = False,
-    test: bool = False,
     env: Mapping[str, str] | None = None,
-    client: OutboundClient | None = None,
+    test: ConfigTest | None = None,
 ) -> tuple[list[ConfigPlan], dict[str, int] | None]:
-    """Plan (and unless ``dry_run``, write and commit) a file. ApplyError → nothing written."""
+    """Plan (and unless ``dry_run``, write and commit) a file. ApplyError → nothing written. With ``test`` (the
+    connectors' connectivity test) every planned config is tested first, and any failure writes nothing."""
     plans = plan_apply(db, cipher, path, env=env)
-    if test:
-        failures = run_tests(db, cipher, settings, plans, client)
+    if test is not None:
+        failures = run_tests(db, cipher, plans, test)
         if failures:
             raise ApplyError([f"{path}: {line}" for line in failures])
     if dry_run:
