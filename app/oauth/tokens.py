@@ -32,6 +32,7 @@ __all__ = [
     "endpoint_error",
     "exchange_code",
     "fetch_userinfo",
+    "id_token_claims",
     "parse_scopes",
     "refresh",
     "token_request",
@@ -312,6 +313,32 @@ def exchange_code(
     )
 
 
+def id_token_claims(
+    tokens: TokenSet,
+    metadata: ProviderMetadata,
+    credentials: ClientCredentials,
+    *,
+    keys: KeySource,
+    policy: IdTokenPolicy,
+    nonce: str | None,
+    now: datetime | None,
+) -> dict[str, Any]:
+    """The claims of the token set's ID token once it passed every check of OIDC Core §3.1.3.7 (with
+    ``at_hash`` against its access token); its ``nonce`` must be ``nonce`` (None: it must have none)."""
+    assert tokens.id_token is not None
+    return validate_id_token(
+        tokens.id_token,
+        metadata=metadata,
+        client_id=credentials.client_id,
+        keys=keys,
+        nonce=nonce,
+        policy=policy,
+        client_secret=credentials.client_secret,
+        access_token=tokens.access_token,
+        now=now,
+    )
+
+
 def refresh(
     client: OutboundClient,
     metadata: ProviderMetadata,
@@ -344,17 +371,7 @@ def refresh(
     )
     fresh = TokenSet.from_response(body, now=now, default_expires_in=default_expires_in, previous=tokens)
     if fresh.id_token is not None and keys is not None:
-        claims = validate_id_token(
-            fresh.id_token,
-            metadata=metadata,
-            client_id=credentials.client_id,
-            keys=keys,
-            nonce=None,
-            policy=policy,
-            client_secret=credentials.client_secret,
-            access_token=fresh.access_token,
-            now=now,
-        )
+        claims = id_token_claims(fresh, metadata, credentials, keys=keys, policy=policy, nonce=None, now=now)
         if tokens.id_claims is not None and claims.get("sub") != tokens.id_claims.get("sub"):
             # OIDC Core §12.2: a refreshed ID token's sub must be the original one.
             raise AppError(
