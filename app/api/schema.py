@@ -29,7 +29,7 @@ def _provider_type(settings: Settings) -> JSONSchema:
 
 
 # The ids are the catalog's, which the settings may extend (AMI_AUTH_CATALOG_DIR): built with each app's document.
-PROVIDER_TYPE = settings_component("ProviderType", _provider_type)
+PROVIDER_TYPE = settings_component("ProviderTypeId", _provider_type)
 
 
 def _base(spec: FieldSpec) -> dict[str, Any]:
