@@ -60,12 +60,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_security(app, settings)
     register_blueprints(app)
     register_error_handlers(app)
-    from app.connectors.smtp import system_mailer
-    from app.connectors.xoauth2 import register as register_xoauth2
-    from app.mailer import set_system_mailer_resolver
+    from app.connectors.wiring import register as register_connectors
 
-    register_xoauth2(app)  # SMTP accounts may log in with a connected OAuth account's token
-    set_system_mailer_resolver(system_mailer)  # the app's own mail goes through an admin-marked SMTP account first
+    register_connectors(app)  # SMTP XOAUTH2 with a connected OAuth account's token; the OAuth code's owner mail
 
     from app.cli import register_commands
 

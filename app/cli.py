@@ -23,7 +23,7 @@ from app.mailer import Mailer
 from app.mfa_cli import mfa_cli
 from app.migrate import upgrade
 from app.preflight import preflight
-from app.providers.cli import providers_cli
+from app.providers_cli import providers_cli
 from app.settings import SettingsError
 
 db_cli = AppGroup("db", help="Database migrations.")

@@ -20,7 +20,8 @@ service token with ``providers:write``): "refused in 30 ms" vs "silent for 3 s" 
 goes to the server's log (``ami_auth.mailer``), which only operators read.
 
 The :class:`Mailer` picks the transport for the app's own mail (verification, reset, invite):
-1. an SMTP account an admin marked as system mailer (:func:`system_mailer_target`),
+1. an SMTP account an admin marked as system mailer (:func:`system_mailer_target`: the resolver the app
+   factory registers, app/connectors/wiring.py, or one a test or an embedding sets),
 2. ``AMI_AUTH_SMTP_URL``,
 3. in development and test only, the ``mail_outbox`` table, readable at /admin/outbox.
 In production with none of them, sending raises ``invalid_config`` naming AMI_AUTH_SMTP_URL.

@@ -9,7 +9,7 @@ Counting happens in three places, so the feature modules stay free of counters:
 * **One request hook** (``app.web.observability``): every HTTP request by route template, method and status,
   with a latency histogram; 429s and 5xx are the ``status`` label.
 * **One line where nothing is audited**: a token refresh (``app.jobs.refresh``), a mail send
-  (``app.connectors.mailer``), a 503 for a fault (``app.web.errors``).
+  (``app.mailer``), a 503 for a fault (``app.web.errors``).
 
 Adding a metric for a later feature is one line here and one call where it happens::
 

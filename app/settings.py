@@ -83,6 +83,8 @@ class Settings:
     scheduler: bool = True
     device_poll_interval: float | None = None
     secret_rotation_days: int = 90
+    # A folder of further provider catalog entries (one YAML file per type), loaded beside the shipped ones.
+    catalog_dir: Path | None = None
     # JSON API
     # Reverse proxies in front of the app that append to X-Forwarded-For / set X-Forwarded-Proto (0: none,
     # the socket's peer is the client).
@@ -334,6 +336,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if smtp_ca_file is not None and not smtp_ca_file.is_file():
         raise SettingsError(PREFIX + "SMTP_CA_FILE", f"{smtp_ca_raw!r} is not a readable file (PEM CA bundle)")
 
+    catalog_raw = env.get(PREFIX + "CATALOG_DIR", "").strip()
+    catalog_dir = Path(catalog_raw).resolve() if catalog_raw else None
+    if catalog_dir is not None and not catalog_dir.is_dir():
+        raise SettingsError(PREFIX + "CATALOG_DIR", f"{catalog_raw!r} is not a folder of catalog entries")
+
     pwned = env.get(PREFIX + "PWNED_RANGE_URL", "").strip() or None
     if pwned and urlsplit(pwned).scheme not in {"http", "https"}:
         raise SettingsError(PREFIX + "PWNED_RANGE_URL", f"must be an http(s) URL, got {pwned!r}")
@@ -392,6 +399,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         token_refresh_margin_minutes=_int(env, "TOKEN_REFRESH_MARGIN_MINUTES", 10, 0),
         scheduler=_bool(env, "SCHEDULER", True),
         device_poll_interval=_float(env, "DEVICE_POLL_INTERVAL", None),
+        catalog_dir=catalog_dir,
         secret_rotation_days=_int(env, "SECRET_ROTATION_DAYS", 90, 0),
         api_rate_per_minute=_int(env, "API_RATE_PER_MINUTE", 600, 1),
         api_ip_rate_per_minute=_int(env, "API_IP_RATE_PER_MINUTE", 120, 1),

@@ -46,7 +46,7 @@ from app.migrate import upgrade
 from app.models import ConnectedAccount, User, utcnow
 from app.net import close_client
 from app.oauth.connections import OWNER, TOKEN_FIELD
-from app.oauth.glue import runtime
+from app.oauth.runtime import runtime
 from app.oauth.tokens import TokenSet
 from app.vault import aad_for
 from tests.conftest import make_settings

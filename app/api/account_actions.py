@@ -1,8 +1,8 @@
 """Refresh, revoke and delete a connected account for the API — one entry point per action, whatever the
 account's auth mode. Each mode's own feature does the work:
 
-* **OAuth** (``oauth2``/``oidc``: Google, GitHub, Azure AD, generic OIDC) — ``app.jobs.refresh`` and
-  ``app.oauth``: refresh = a refresh-token grant now (the same claim as the refresh job, so the two never
+* **OAuth** (types that connect through OAuth: Google, GitHub, Azure AD, generic OIDC) — ``app.oauth``:
+  refresh = a refresh-token grant now (the same claim as the refresh job, so the two never
   race); revoke = the provider's revocation request (RFC 7009, GitHub's, Google's); delete = revoke, then
   the row and its token set.
 * **API key / SMTP** — ``app.connectors.accounts``: an API key cannot be refreshed, so refresh =
@@ -27,16 +27,15 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.connectors import accounts, headers
 from app.errors import AppError
-from app.jobs.refresh import refresh_access_token, revoke_account
 from app.models import ConnectedAccount
-from app.oauth.connections import CONSENT_REQUIRED, load_tokens
-from app.oauth.glue import OAuthRuntime, build_provider, revoke_tokens
+from app.oauth.connections import CONSENT_REQUIRED, load_tokens, revoke_account
+from app.oauth.provider import revoke_tokens
+from app.oauth.renewal import refresh_access_token
+from app.oauth.runtime import OAuthRuntime, build_provider
 from app.providers.entries import ProviderEntry
 from app.providers.registry import entry as catalog_entry
-from app.providers.types import AuthMode
 from app.vault import SecretUnreadable, delete_secrets
 
-OAUTH_MODES: Final = frozenset({AuthMode.OAUTH2, AuthMode.OIDC})
 OWNER: Final = "connected_account"
 
 RefreshOutcome = Literal["refreshed", "verified", "not_checked", "failed"]
@@ -68,9 +67,9 @@ def _entry(account: ConnectedAccount) -> ProviderEntry:
 
 
 def _kind(provider: ProviderEntry) -> Literal["oauth", "connector"]:
-    if provider.auth_mode in OAUTH_MODES:
+    if provider.capabilities.connect == "oauth":
         return "oauth"
-    if provider.auth_mode in accounts.CONNECTABLE_MODES:
+    if provider.capabilities.connect == "secret":
         return "connector"
     raise AppError(
         "conflict",
@@ -179,7 +178,7 @@ def revoke(db: Session, rt: OAuthRuntime, ctx: audit.AuditContext, account: Conn
             "connected_account.revoke",
             target=_target(account),
             outcome="failure",
-            details={"type": provider.id.value, "code": exc.code, "via": "api"},
+            details={"type": provider.id, "code": exc.code, "via": "api"},
         )
         db.commit()
         raise
@@ -196,7 +195,7 @@ def revoke(db: Session, rt: OAuthRuntime, ctx: audit.AuditContext, account: Conn
         ctx,
         "connected_account.revoke",
         target=_target(account),
-        details={"type": provider.id.value, "revoke": result.outcome, "vault_rows_deleted": deleted, "via": "api"},
+        details={"type": provider.id, "revoke": result.outcome, "vault_rows_deleted": deleted, "via": "api"},
     )
     db.commit()
     accounts.scrub_deleted(db)

@@ -26,18 +26,18 @@ from app.api.account_snapshots import (
     snapshot,
 )
 from app.api.registry import DATETIME, JSONSchema, QueryParam, component, document, nullable
+from app.api.schema import PROVIDER_TYPE
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.models import ConnectedAccount, utcnow
 from app.models.base import ID_MAX
-from app.oauth.glue import OAuthRuntime, runtime
-from app.providers.types import AuthProviderType
+from app.oauth.runtime import OAuthRuntime, runtime
+from app.providers.registry import get_catalog
 
 bp = api_blueprint("api_account_snapshots", __name__)
 
 TAGS: Final = ("accounts",)
-PROVIDER_TYPES: Final = [t.value for t in AuthProviderType]
 _STR: Final[JSONSchema] = {"type": "string"}
 
 ACCOUNT = component(
@@ -66,7 +66,7 @@ ACCOUNT = component(
         "additionalProperties": False,
         "properties": {
             "id": {"type": "integer"},
-            "provider_type": {"type": "string", "enum": PROVIDER_TYPES},
+            "provider_type": PROVIDER_TYPE,
             "auth_mode": {"type": "string", "enum": ["password", "oauth2", "oidc", "api_key", "smtp"]},
             "provider_config": {
                 "type": "object",
@@ -231,7 +231,7 @@ def _problem(error: AppError | None) -> dict[str, str] | None:
     "secret. Scope `accounts:read`.",
     response=ACCOUNT_PAGE,
     query=(
-        QueryParam("provider_type", {"type": "string", "enum": PROVIDER_TYPES}, "Only accounts of this type."),
+        QueryParam("provider_type", PROVIDER_TYPE, "Only accounts of this type."),
         QueryParam("provider_config_id", _ID, "Only accounts of this provider config."),
         QueryParam("status", {"type": "string", "enum": list(STATUSES)}, "Only accounts with this status."),
         QueryParam("user_id", _ID, "Only accounts of this user."),
@@ -249,7 +249,7 @@ def _problem(error: AppError | None) -> dict[str, str] | None:
 )
 def list_accounts() -> Response:
     filters = Filters(
-        provider_type=bodies.query_choice("provider_type", PROVIDER_TYPES),
+        provider_type=bodies.query_choice("provider_type", get_catalog().ids()),
         provider_config_id=bodies.query_id("provider_config_id"),
         status=_status_param(),
         user_id=bodies.query_id("user_id"),

@@ -64,7 +64,7 @@ def add_account(
             target=f"provider_config:{cfg.id}",
             outcome="failure",
             details={
-                "type": provider.id.value,
+                "type": provider.id,
                 "encrypted_fields": sorted(typed),
                 "code": result.error.code,
                 "blamed_fields": sorted(result.error.fields),

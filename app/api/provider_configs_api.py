@@ -28,6 +28,7 @@ from werkzeug.wrappers import Response
 from app import audit
 from app.api import bodies
 from app.api.registry import DATETIME, JSONSchema, QueryParam, component, document, nullable
+from app.api.schema import PROVIDER_TYPE
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response, principal
 from app.connectors.verify import connectivity_test
 from app.errors import AppError
@@ -38,13 +39,12 @@ from app.net import get_client
 from app.providers import configs
 from app.providers.entries import ProviderEntry
 from app.providers.registry import entry as catalog_entry
-from app.providers.types import AuthProviderType
+from app.providers.registry import get_catalog
 from app.providers.validation import effective_values, validate_submission
 
 bp = api_blueprint("api_provider_configs", __name__)
 
 TAGS: Final = ("provider-configs",)
-PROVIDER_TYPES: Final = [t.value for t in AuthProviderType]
 SECRET_HINT: Final = (
     "Secret fields are never sent through the API: set them in a secure dialog "
     "(POST /api/account-manager/dialogs with kind edit_provider_config) or with `ami-auth providers apply`."
@@ -87,7 +87,7 @@ PROVIDER_CONFIG = component(
         "additionalProperties": False,
         "properties": {
             "id": {"type": "integer"},
-            "provider_type": {"type": "string", "enum": PROVIDER_TYPES},
+            "provider_type": PROVIDER_TYPE,
             "auth_mode": {"type": "string", "enum": ["password", "oauth2", "oidc", "api_key", "smtp"]},
             "name": {"type": "string"},
             "enabled": {"type": "boolean"},
@@ -130,7 +130,7 @@ CREATE_REQUEST = component(
         "required": ["provider_type", "name"],
         "additionalProperties": False,
         "properties": {
-            "provider_type": {"type": "string", "enum": PROVIDER_TYPES},
+            "provider_type": PROVIDER_TYPE,
             "name": _NAME,
             "enabled": {
                 "type": "boolean",
@@ -268,14 +268,14 @@ def _creator_id() -> int | None:
     "what keeps it from being enabled, and how many connected accounts use it. Scope `providers:read`.",
     response=PROVIDER_CONFIG_LIST,
     query=(
-        QueryParam("provider_type", {"type": "string", "enum": PROVIDER_TYPES}, "Only configs of this type."),
+        QueryParam("provider_type", PROVIDER_TYPE, "Only configs of this type."),
         QueryParam("enabled", {"type": "boolean"}, "Only enabled (true) or disabled (false) configs."),
     ),
     errors=(422,),
     tags=TAGS,
 )
 def list_provider_configs() -> Response:
-    provider_type = bodies.query_choice("provider_type", PROVIDER_TYPES)
+    provider_type = bodies.query_choice("provider_type", get_catalog().ids())
     enabled = bodies.query_bool("enabled")
     db = db_session()
     query = select(ProviderConfig).order_by(ProviderConfig.provider_type, ProviderConfig.name, ProviderConfig.id)
@@ -307,7 +307,7 @@ def create_provider_config() -> Response:
         allowed=("provider_type", "name", "enabled", "config"), required=("provider_type", "name")
     )
     provider_type = data["provider_type"]
-    if not isinstance(provider_type, str) or provider_type not in PROVIDER_TYPES:
+    if not isinstance(provider_type, str) or get_catalog().get(provider_type) is None:
         raise AppError(
             "validation_failed", fields={"provider_type": "Use a provider type id from the providers schema."}
         )

@@ -34,7 +34,7 @@ COMPONENTS: dict[str, JSONSchema] = {}
 def component(name: str, schema: JSONSchema) -> JSONSchema:
     """Register a shared schema and return a ``$ref`` to it. Registering a different body twice is a bug."""
     existing = COMPONENTS.get(name)
-    if existing is not None and existing != schema:
+    if (existing is not None and existing != schema) or name in SETTINGS_COMPONENTS:
         raise ValueError(f"OpenAPI component {name!r} is already registered with another schema")
     COMPONENTS[name] = schema
     return {"$ref": f"#/components/schemas/{name}"}

@@ -11,11 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.api.registry import JSONSchema, settings_component
 from app.providers.entries import FieldSpec, ProviderEntry
-from app.providers.registry import Catalog
+from app.providers.registry import Catalog, catalog_for
 from app.providers.types import FieldType, Which
+from app.settings import Settings
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _provider_type(settings: Settings) -> JSONSchema:
+    return {
+        "type": "string",
+        "enum": list(catalog_for(settings).ids()),
+        "description": "A provider type id (the catalog's: GET /api/account-manager/providers/schema).",
+    }
+
+
+# The ids are the catalog's, which the settings may extend (AMI_AUTH_CATALOG_DIR): built with each app's document.
+PROVIDER_TYPE = settings_component("ProviderTypeId", _provider_type)
 
 
 def _base(spec: FieldSpec) -> dict[str, Any]:
@@ -140,7 +154,7 @@ def set_schema(provider: ProviderEntry, which: Which) -> dict[str, Any]:
 def provider_schema(provider: ProviderEntry) -> dict[str, Any]:
     revoke = provider.revoke
     return {
-        "id": provider.id.value,
+        "id": provider.id,
         "display_name": provider.display_name,
         "auth_mode": provider.auth_mode.value,
         "description": provider.description,

@@ -16,12 +16,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import audit
 from app.connectors import headers
 from app.connectors.headers import OWNER, account_values, load_secrets
+from app.connectors.removal import (
+    DeleteResult,
+    delete_account,
+    purge_retired_secrets,
+    revoke_at_provider,
+    scrub_deleted,
+)
 from app.connectors.verify import Verification, verify_account
 from app.errors import AppError
 from app.models import ConnectedAccount, ProviderConfig, StoredSecret
@@ -30,7 +37,6 @@ from app.net import OutboundClient
 from app.providers import configs
 from app.providers.entries import ProviderEntry
 from app.providers.registry import entry as catalog_entry
-from app.providers.templating import render_template_string
 from app.providers.types import AuthMode
 from app.providers.validation import effective_values, split_secrets
 from app.settings import Settings
@@ -38,8 +44,6 @@ from app.vault import (
     Cipher,
     Secret,
     SecretMeta,
-    delete_secrets,
-    purge_retired,
     put_secret,
     restore_previous,
     secret_meta,
@@ -213,7 +217,7 @@ def create_account(
         ctx,
         "account.create",
         target=_target(account),
-        details={"type": provider.id.value, "provider_config": cfg.id, "label": account.label, "fields": sorted(plain)},
+        details={"type": provider.id, "provider_config": cfg.id, "label": account.label, "fields": sorted(plain)},
     )
     return account
 
@@ -428,126 +432,3 @@ def rollback_secrets(db: Session, ctx: audit.AuditContext, account: ConnectedAcc
     headers.forget_account(db, account.id)
     audit.record(db, ctx, "account.secret.rollback", target=_target(account), details={"encrypted_fields": fields})
     return fields
-
-
-@dataclass(frozen=True)
-class DeleteResult:
-    """``revoked``: True when the provider confirmed the revocation, False when it has no revoke API
-    (``hint`` says what to do by hand) or the admin chose to delete without it."""
-
-    revoked: bool
-    hint: str
-    secret_rows_deleted: int
-
-
-def _revoke(
-    db: Session,
-    cipher: Cipher,
-    client: OutboundClient,
-    provider: ProviderEntry,
-    account: ConnectedAccount,
-) -> None:
-    """Call the entry's revoke request with the account's credentials; raises AppError when it fails."""
-    spec = provider.revoke
-    assert spec is not None and spec.supported
-    values = account_values(provider, account)
-    secrets: dict[str, Any] = dict(load_secrets(db, cipher, provider, account.id))
-    config_secrets = configs.read_secrets(db, cipher, provider, account.provider_config)
-    secrets.update({k: v for k, v in config_secrets.items() if v is not None})
-    scopes = {"config": values["config"], "account": values["account"], "secret": secrets, "token": {}}
-    if not spec.url:
-        raise AppError("invalid_config", f"{provider.display_name} revokes through discovery; not an API-key account.")
-    url = render_template_string(spec.url, **scopes)
-    body = {name: render_template_string(value, **scopes) for name, value in spec.body.items()}
-    request_headers: dict[str, str] = {}
-    auth: tuple[str, str] | None = None
-    if spec.auth == "bearer":
-        request_headers.update(headers.render_auth(provider, values, secrets).headers)
-    elif spec.auth == "basic":
-        client_id, client_secret = values["config"].get("client_id"), secrets.get("client_secret")
-        auth = (str(client_id or ""), client_secret.reveal() if isinstance(client_secret, Secret) else "")
-    options: dict[str, Any] = {"json": body} if spec.body_format == "json" else {"data": body}
-    response = client.request(spec.method, url, headers=request_headers, auth=auth, **options)
-    if response.status_code not in spec.expect_status:
-        raise AppError(
-            "provider_unreachable",
-            f"{provider.display_name} did not confirm the revocation (HTTP {response.status_code}).",
-            "Revoke the credential in the provider's console, then delete without revoking.",
-        )
-
-
-def revoke_at_provider(
-    db: Session, cipher: Cipher, client: OutboundClient, provider: ProviderEntry, account: ConnectedAccount
-) -> None:
-    """Call the entry's revoke request with the account's stored credentials (``provider.revoke.supported``
-    must be true); raises AppError when the provider does not confirm. Nothing is deleted here."""
-    _revoke(db, cipher, client, provider, account)
-
-
-def delete_account(
-    db: Session,
-    cipher: Cipher,
-    client: OutboundClient,
-    ctx: audit.AuditContext,
-    account: ConnectedAccount,
-    *,
-    skip_revoke: bool = False,
-    provider: ProviderEntry | None = None,
-) -> DeleteResult:
-    """Revoke the credential where the provider has an API for it, then delete the account and every
-    ciphertext it owns (retired values included). A failed revocation raises and deletes nothing, unless
-    ``skip_revoke`` (the admin's "delete without revoking")."""
-    provider = provider or entry_for(account)
-    spec = provider.revoke
-    revoked = False
-    hint = spec.hint if spec is not None else ""
-    if spec is not None and spec.supported and account.status != "pending" and not skip_revoke:
-        try:
-            _revoke(db, cipher, client, provider, account)
-        except AppError as exc:
-            audit.record(
-                db,
-                ctx,
-                "account.revoke",
-                target=_target(account),
-                outcome="failure",
-                details={"type": provider.id.value, "code": exc.code},
-            )
-            raise
-        revoked = True
-        audit.record(db, ctx, "account.revoke", target=_target(account), details={"type": provider.id.value})
-    deleted = delete_secrets(db, OWNER, account.id)
-    audit.record(
-        db,
-        ctx,
-        "account.delete",
-        target=_target(account),
-        details={
-            "type": provider.id.value,
-            "label": account.label,
-            "revoked": revoked,
-            "revoke_skipped": skip_revoke,
-            "vault_rows_deleted": deleted,
-        },
-    )
-    headers.forget_account(db, account.id)
-    db.delete(account)
-    db.flush()
-    return DeleteResult(revoked, "" if revoked else hint, deleted)
-
-
-def scrub_deleted(db: Session) -> None:
-    """After a committed delete of ciphertext: on SQLite, fold the write-ahead log into the database and
-    truncate it. ``secure_delete`` zeroes the freed space in the database pages, but in WAL mode the frames
-    written when the value was stored stay in the -wal file until it is reset; this resets it now. Best
-    effort: with a reader active elsewhere SQLite checkpoints what it can and the next reset finishes."""
-    if db.get_bind().dialect.name == "sqlite":
-        db.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-        db.commit()
-
-
-def purge_retired_secrets(db: Session, ctx: audit.AuditContext, now: datetime | None = None) -> int:
-    """Delete replaced values whose rollback grace period is over (``ami-auth jobs purge-secrets``)."""
-    count = purge_retired(db, now or utcnow())
-    audit.record(db, ctx, "secrets.purge_retired", target="secrets", details={"rows_deleted": count})
-    return count

@@ -40,7 +40,7 @@ def list_command(overdue: bool) -> None:
         flags = " ROTATION-OVERDUE" if state.overdue else ""
         error = f" error={account.last_error_code}" if account.last_error_code else ""
         click.echo(
-            f"{account.id}\t{provider.id.value}\t{account.label}\t{account.status}{flags}\t"
+            f"{account.id}\t{provider.id}\t{account.label}\t{account.status}{flags}\t"
             f"rotated={_when(account.rotated_at)}\tused={_when(account.last_used_at)}\t"
             f"verified={_when(account.last_verified_at)}{error}"
         )

@@ -50,7 +50,6 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app import audit
-from app.connectors.context import ValuesByScope
 from app.errors import AppError
 from app.models import ConnectedAccount, ProviderConfig
 from app.models.base import ID_MAX, utcnow
@@ -59,6 +58,7 @@ from app.providers.registry import entry as catalog_entry
 from app.providers.templating import referenced_values_blank, references, render_template_string
 from app.providers.types import AuthMode, Which
 from app.providers.validation import effective_values
+from app.providers.verify_context import ValuesByScope
 from app.vault import Cipher, Secret, get_secret
 
 __all__ = [

@@ -20,14 +20,15 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.connectors import accounts
 from app.connectors.headers import account_values, load_secrets
+from app.connectors.smtp_login import smtp_target
 from app.connectors.verify import Verification, verify_account
 from app.errors import AppError
 from app.mailer import SmtpTarget
 from app.models import ConnectedAccount
 from app.models.base import utcnow
 from app.net import OutboundClient
-from app.providers.hooks.smtp import smtp_target
-from app.providers.types import AuthProviderType
+from app.providers.registry import get_catalog
+from app.providers.types import AuthMode
 from app.settings import Settings
 from app.vault import Cipher
 
@@ -91,7 +92,8 @@ def send_cap_check(db: Session, account: ConnectedAccount) -> Callable[[], None]
 
 
 def is_smtp(account: ConnectedAccount) -> bool:
-    return account.provider_config.provider_type == AuthProviderType.SMTP.value
+    found = get_catalog().get(account.provider_config.provider_type)
+    return found is not None and found.auth_mode == AuthMode.SMTP
 
 
 def account_target(db: Session, cipher: Cipher, settings: Settings, account: ConnectedAccount) -> SmtpTarget:

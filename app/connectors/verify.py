@@ -8,11 +8,12 @@
   connection) → ``provider_unreachable`` on the base URL; an address the SSRF guard refuses →
   ``invalid_config`` on the base URL. A field of the provider config (not of the account) is named
   ``config.<field>``. On success the `verify.keep` values and hooks' findings become ``provider_data``.
-* :func:`connectivity_test` — a provider config on its own (`providers test`, `providers apply --test`).
-  OIDC configs (Google, Entra ID, generic) fetch discovery and the signing keys (the same check as the
-  OAuth setup page, :func:`app.oauth.glue.test_connection`); SMTP configs reach the server. API-key configs
-  hold no credential and GitHub has nothing to fetch without a user, so they answer ``unavailable``: keys
-  are verified per account, GitHub when an account connects.
+* :func:`connectivity_test` — a provider config on its own (`providers test`, `providers apply --test`),
+  by the entry's verification kind: ``discovery`` (OIDC) fetches discovery and the signing keys (the same
+  check as the OAuth setup page, :func:`app.oauth.setup_check.test_connection`); ``smtp`` reaches the
+  server. API-key configs hold no credential and a plain OAuth 2.0 provider (GitHub) has nothing to fetch
+  without a user, so they answer ``unavailable``: keys are verified per account, OAuth 2.0 when an account
+  connects.
 """
 
 from __future__ import annotations
@@ -25,32 +26,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, assert_never
 
-from app.connectors.context import ValuesByScope, VerifyContext
 from app.connectors.headers import RequestAuth, render_auth
-from app.errors import AppError, ErrorCode
+from app.connectors.smtp_login import blame, smtp_target, verify_login
+from app.errors import AppError
+from app.mailer import smtp_verify
 from app.net import OutboundBlocked, OutboundClient, ProviderUnreachable, Response, retry_after
+from app.oauth.setup_check import test_connection
+from app.providers.config_test import ConnectionTest
 from app.providers.entries import ProviderEntry
 from app.providers.hooks import HOOKS
 from app.providers.templating import pick, referenced_values_blank, references, render_template_string
-from app.providers.types import AuthProviderType
+from app.providers.verify_context import ValuesByScope, VerifyContext
 from app.settings import Settings
 from app.vault import Secret
 
-TestStatus = Literal["ok", "failed", "unavailable"]
-
 PER_ACCOUNT = "nothing to test on the config alone"
-
-
-@dataclass(frozen=True)
-class ConnectionTest:
-    """The outcome: ``ok`` with what was learned, ``failed`` with a taxonomy code (and the field to blame),
-    or ``unavailable`` when there is nothing that can be tested."""
-
-    status: TestStatus
-    message: str
-    code: ErrorCode | None = None
-    field: str | None = None
-    learned: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def connectivity_test(
@@ -63,28 +53,25 @@ def connectivity_test(
 ) -> ConnectionTest:
     """Check that a config (effective values + decrypted secrets, not yet necessarily saved) works.
     ``client`` (the app's outbound client) is needed for the OIDC checks."""
-    match provider.id:
-        case AuthProviderType.AMI_CREDENTIALS:
-            return ConnectionTest("unavailable", "nothing to test: AMI credentials are built in")
-        case AuthProviderType.GOOGLE | AuthProviderType.AZURE_AD | AuthProviderType.GENERIC_OIDC:
+    kind = provider.capabilities.verify
+    match kind:
+        case "none":
+            return ConnectionTest("unavailable", f"nothing to test: {provider.display_name} are built in")
+        case "discovery":
             if client is None:
                 return ConnectionTest("unavailable", "the OIDC check needs the app's HTTP client")
             return _oidc_config_test(client, provider, config, secrets)
-        case AuthProviderType.GITHUB:
+        case "http" if provider.capabilities.oauth:
             return ConnectionTest(
-                "unavailable", "GitHub has nothing to fetch without a user: it is checked when an account connects"
+                "unavailable",
+                f"{provider.display_name} has nothing to fetch without a user: it is checked when an account connects",
             )
-        case (
-            AuthProviderType.OPENAI
-            | AuthProviderType.ANTHROPIC
-            | AuthProviderType.HUGGINGFACE
-            | AuthProviderType.GENERIC_API_KEY
-        ):
+        case "http":
             return ConnectionTest("unavailable", f"{PER_ACCOUNT} (API keys are verified per connected account)")
-        case AuthProviderType.SMTP:
+        case "smtp":
             return _smtp_config_test(settings, config)
         case _:
-            assert_never(provider.id)
+            assert_never(kind)
 
 
 def _failed(error: AppError, fallback_field: str | None = None) -> ConnectionTest:
@@ -99,8 +86,6 @@ def _oidc_config_test(
     client: OutboundClient, provider: ProviderEntry, config: Mapping[str, Any], secrets: Mapping[str, Secret | None]
 ) -> ConnectionTest:
     """Discovery (uncached) and the JWKS, as on the OAuth setup page; the findings become ``learned``."""
-    from app.oauth.glue import test_connection
-
     report = test_connection(client, provider, config, secrets)
     if report.error is not None:
         source = None
@@ -117,9 +102,6 @@ def _oidc_config_test(
 
 def _smtp_config_test(settings: Settings, config: Mapping[str, Any]) -> ConnectionTest:
     """The server half of an SMTP account: connect, EHLO, STARTTLS, NOOP (logins are per account)."""
-    from app.mailer import smtp_verify
-    from app.providers.hooks.smtp import blame, smtp_target
-
     values: ValuesByScope = {"config": config, "account": {}}
     try:
         smtp_verify(smtp_target(values, {}, settings))
@@ -377,17 +359,20 @@ def verify_account(
 ) -> Verification:
     """Check an account's credentials against the provider (nothing is stored here). ``send_test_to`` and
     ``before_send`` are for SMTP: a test mail after the login, and the send-cap check before it."""
-    spec = provider.verify
-    if spec is None:
-        return Verification("skipped", f"{provider.display_name} has no verification step.")
-    if spec.kind == "http":
-        return _http_verify(client, settings, provider, values, secrets)
-    for name in provider.hooks:
-        hook = HOOKS[name].verify
-        if hook is not None:
+    kind = provider.capabilities.verify
+    match kind:
+        case "none":
+            return Verification("skipped", f"{provider.display_name} has no verification step.")
+        case "http":
+            return _http_verify(client, settings, provider, values, secrets)
+        case "smtp":
             context = VerifyContext(values, secrets, settings, send_test_to=send_test_to, before_send=before_send)
             try:
-                return Verification("ok", f"{provider.display_name} accepted the credentials.", hook(provider, context))
+                return Verification("ok", f"{provider.display_name} accepted the credentials.", verify_login(context))
             except AppError as exc:
                 return Verification.failed(exc)
-    return Verification("skipped", f"{provider.display_name} accounts cannot be verified yet.")
+        case "discovery":
+            # An OAuth account is checked when it connects (its tokens, its ID token), not by a stored secret.
+            return Verification("skipped", f"{provider.display_name} accounts cannot be verified yet.")
+        case _:
+            assert_never(kind)

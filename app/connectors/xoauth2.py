@@ -8,14 +8,14 @@ Before each login the mailer asks :func:`smtp_access_token` for that account's c
   admins manage SMTP accounts, and they may only lend their own kind of account) and be ``active``;
   otherwise ``invalid_config`` / ``consent_required`` on ``oauth_account_id``;
 * a token that expires within :data:`MARGIN` is refreshed first, through the same claimed refresh the job
-  and "Refresh now" use (:func:`app.jobs.refresh.refresh_access_token`), so a rotated refresh token is
+  and "Refresh now" use (:func:`app.oauth.renewal.refresh_access_token`), so a rotated refresh token is
   stored before it is used and never raced;
 * every hand-out is audited (``account.token.used``, ``details.for = smtp_xoauth2``).
 
 The token is read in its own short transaction on the app's engine, never in the caller's: the caller may
 be in the middle of saving a form, and a refresh commits.
 
-The mailer's hook (:mod:`app.providers.hooks.smtp`) only knows ``Settings``; :func:`register` (called by
+The SMTP login (:mod:`app.connectors.smtp_login`) only knows ``Settings``; :func:`register` (called by
 the app factory) maps the app's database URL to the app, so the lookup works in a request, a CLI command
 and the scheduler's threads alike.
 """
@@ -32,20 +32,18 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app import audit
+from app.connectors.smtp_login import set_xoauth2_token_provider
 from app.errors import AppError, ErrorCode
+from app.extensions import get_database
 from app.models import ConnectedAccount, ProviderConfig, User, utcnow
 from app.oauth.connections import ACTIVE, load_tokens
-from app.oauth.glue import OAuthRuntime, runtime
-from app.providers.hooks.smtp import set_xoauth2_token_provider
-from app.providers.types import AuthProviderType
+from app.oauth.renewal import refresh_access_token
+from app.oauth.runtime import OAuthRuntime, runtime
+from app.providers.registry import get_catalog
 from app.settings import Settings
 
-__all__ = ["ELIGIBLE", "MARGIN", "access_token", "eligible_accounts", "register", "smtp_access_token"]
+__all__ = ["MARGIN", "access_token", "eligible_accounts", "register", "smtp_access_token"]
 
-# Providers whose access tokens a mail server can accept (Gmail, Exchange Online, a corporate OIDC IdP).
-ELIGIBLE: Final = frozenset(
-    {AuthProviderType.GOOGLE.value, AuthProviderType.AZURE_AD.value, AuthProviderType.GENERIC_OIDC.value}
-)
 # Refresh a token this close to expiry: an SMTP session must not outlive it.
 MARGIN: Final = timedelta(seconds=120)
 FIELD: Final = "oauth_account_id"
@@ -56,12 +54,14 @@ _LOCK = threading.Lock()
 
 def eligible_accounts(db: Session, account_id: int | None = None) -> list[ConnectedAccount]:
     """Connected accounts whose token XOAUTH2 may send (or just ``account_id`` if it is one): an admin's, on
-    an enabled Google, Entra ID or OpenID config. The console offers these; :func:`access_token` checks."""
+    an enabled config of a type whose tokens a mail server can accept (the catalog's ``xoauth2`` capability:
+    Google, Entra ID, OpenID). The console offers these; :func:`access_token` checks."""
+    eligible = get_catalog().ids(lambda e: e.capabilities.xoauth2)
     query = (
         select(ConnectedAccount)
         .join(ProviderConfig, ProviderConfig.id == ConnectedAccount.provider_config_id)
         .join(User, User.id == ConnectedAccount.user_id)
-        .where(ProviderConfig.provider_type.in_(ELIGIBLE), ProviderConfig.enabled.is_(True), User.role == "admin")
+        .where(ProviderConfig.provider_type.in_(eligible), ProviderConfig.enabled.is_(True), User.role == "admin")
         .order_by(ConnectedAccount.id)
         .limit(200)
     )
@@ -102,8 +102,6 @@ def access_token(rt: OAuthRuntime, engine: Engine, account_id: int) -> str:
                 "This OAuth account holds no token.",
             )
         if tokens.expires_at is not None and tokens.expires_at <= utcnow() + MARGIN:
-            from app.jobs.refresh import refresh_access_token
-
             try:
                 tokens = refresh_access_token(db, account, rt)
             except AppError as exc:
@@ -133,8 +131,6 @@ def smtp_access_token(settings: Settings, account_id: int) -> str:
             "Send mail through the app, its CLI or its jobs.",
             "XOAUTH2 is not available here.",
         )
-    from app.extensions import get_database
-
     return access_token(runtime(app), get_database(app).engine, account_id)
 
 

@@ -12,8 +12,10 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from app.extensions import get_database, get_settings
+from app.jobs.refresh import run_refresh
 from app.jobs.reminders import send_reminders
 from app.jobs.secrets import purge_secrets
+from app.oauth.runtime import runtime
 
 jobs_cli = AppGroup("jobs", help="Periodic jobs: purge replaced secrets, rotation reminders.")
 
@@ -54,9 +56,6 @@ def refresh_command(margin: int | None, workers: int, limit: int | None) -> None
     Any number of these may run at once (and beside the in-app scheduler): each account is claimed
     before it is refreshed, so none is refreshed twice.
     """
-    from app.jobs.refresh import run_refresh
-    from app.oauth.glue import runtime
-
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     minutes = margin if margin is not None else get_settings().token_refresh_margin_minutes
     report = run_refresh(

@@ -14,10 +14,13 @@ import logging
 import os
 import random
 import threading
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from flask import Flask
+from flask import Flask
+
+from app.extensions import get_database
+from app.jobs.refresh import run_refresh
+from app.oauth.runtime import runtime
 
 __all__ = ["INTERVAL", "RefreshScheduler", "ensure_started", "stop"]
 
@@ -53,10 +56,6 @@ class RefreshScheduler:
         return self._thread.is_alive()
 
     def run_once(self) -> None:
-        from app.extensions import get_database
-        from app.jobs.refresh import run_refresh
-        from app.oauth.glue import runtime
-
         run_refresh(runtime(self.app), get_database(self.app).engine, workers=self.workers)
 
     def _loop(self) -> None:

@@ -3,13 +3,16 @@
 The token set (:class:`~app.oauth.TokenSet` as JSON: access and refresh token, expiry, scopes, ID token)
 is one vault secret, owner ``connected_account``, field ``token_set``; the row keeps what may be read
 without decrypting: subject, scopes, ``expires_at`` (which the refresh job scans), userinfo in
-``provider_data``, status and the last error. Refresh and revoke live in :mod:`app.jobs.refresh`.
+``provider_data``, status and the last error. Connecting stores it (:func:`store_connection`);
+disconnecting revokes the grant at the provider first (:func:`revoke_account`); refreshing is
+:mod:`app.oauth.renewal`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,9 +20,11 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.errors import AppError
 from app.models import ConnectedAccount, ProviderConfig, utcnow
-from app.oauth.glue import OAuthProvider, ProviderIdentity, token_set_from_json, token_set_json
-from app.oauth.tokens import TokenSet
-from app.vault import Cipher, get_secret, put_secret
+from app.oauth.identity import ProviderIdentity
+from app.oauth.provider import OAuthProvider, revoke_tokens
+from app.oauth.runtime import OAuthRuntime, build_provider
+from app.oauth.tokens import TokenSet, token_set_from_json, token_set_json
+from app.vault import Cipher, SecretUnreadable, delete_secrets, get_secret, put_secret
 
 __all__ = [
     "ACTIVE",
@@ -27,9 +32,12 @@ __all__ = [
     "EXPIRED",
     "OWNER",
     "TOKEN_FIELD",
+    "DisconnectResult",
+    "RevokeOutcome",
     "account_for_user",
     "load_tokens",
     "oauth_accounts_for_user",
+    "revoke_account",
     "save_tokens",
     "store_connection",
 ]
@@ -40,6 +48,7 @@ TOKEN_FIELD: Final = "token_set"
 ACTIVE: Final = "active"
 CONSENT_REQUIRED: Final = "consent_required"  # the provider refused the refresh token: reconnect
 EXPIRED: Final = "expired"  # no refresh token and the access token ran out (e.g. Google "online" access)
+SYSTEM: Final = audit.AuditContext(actor="system:token-refresh")
 
 
 def load_tokens(db: Session, cipher: Cipher, account_id: int) -> TokenSet | None:
@@ -151,9 +160,89 @@ def store_connection(
         target=f"connected_account:{account.id}",
         details={
             "provider_config": provider.config_id,
-            "type": provider.type.value,
+            "type": provider.type,
             "scopes": list(tokens.scopes),
             "refresh_token": tokens.refresh_token is not None,
         },
     )
     return account
+
+
+# --- disconnect ---------------------------------------------------------------------------------------------
+
+RevokeOutcome = Literal["revoked", "already_invalid", "unsupported", "not_revoked"]
+
+
+@dataclass(frozen=True)
+class DisconnectResult:
+    outcome: RevokeOutcome
+    # For "unsupported": when the access token stops working on its own (None: unknown or never).
+    access_token_expires_at: datetime | None = None
+    error: AppError | None = None
+
+
+def revoke_account(
+    db: Session,
+    account: ConnectedAccount,
+    rt: OAuthRuntime,
+    ctx: audit.AuditContext = SYSTEM,
+    *,
+    force: bool = False,
+) -> DisconnectResult:
+    """Revoke the account's grant at the provider, then delete it and its tokens here; commits.
+
+    Azure AD has no revocation endpoint (``unsupported``): the account is deleted here and the result says
+    when the access token expires by itself. When the provider cannot be reached, nothing is deleted unless
+    ``force`` (the user chose "remove here only"), and the error is returned.
+    """
+    account_id = account.id
+    expires_at = account.expires_at
+    outcome: RevokeOutcome
+    error: AppError | None = None
+    try:
+        tokens = load_tokens(db, rt.cipher, account_id)
+    except SecretUnreadable as exc:
+        tokens, error = None, AppError("secret_unreadable", exc.text)
+    cfg = db.get(ProviderConfig, account.provider_config_id)
+    provider: OAuthProvider | None = None
+    if cfg is not None and error is None:
+        try:
+            provider = build_provider(db, rt, cfg)
+        except SecretUnreadable as exc:
+            error = AppError("secret_unreadable", exc.text)
+        except AppError as exc:
+            error = exc
+    if tokens is None and error is None:
+        outcome = "already_invalid"
+    elif provider is None or tokens is None:
+        outcome = "not_revoked"
+    elif not provider.revoke_supported:
+        outcome = "unsupported"
+        expires_at = tokens.expires_at
+    else:
+        try:
+            outcome = revoke_tokens(rt.client, provider, tokens)
+        except AppError as exc:
+            outcome, error = "not_revoked", exc
+    if outcome == "not_revoked" and not force:
+        db.rollback()
+        return DisconnectResult("not_revoked", error=error)
+    deleted = delete_secrets(db, OWNER, account_id)
+    audit.record(
+        db,
+        ctx,
+        "connected_account.disconnect",
+        target=f"connected_account:{account_id}",
+        outcome="success" if outcome != "not_revoked" else "failure",
+        details={
+            "provider_config": account.provider_config_id,
+            "revoke": outcome,
+            "vault_rows_deleted": deleted,
+            "error": error.code if error is not None else None,
+        },
+    )
+    db.delete(account)
+    db.commit()
+    return DisconnectResult(
+        outcome, access_token_expires_at=expires_at if outcome == "unsupported" else None, error=error
+    )

@@ -17,8 +17,8 @@ from authlib.common.urls import add_params_to_qs
 from app.errors import AppError
 from app.net import OutboundClient
 from app.oauth.discovery import ProviderMetadata
-from app.oauth.id_token import IdTokenPolicy, KeySource, validate_id_token
-from app.oauth.tokens import FORM, ClientCredentials, TokenSet, endpoint_error, token_request
+from app.oauth.id_token import IdTokenPolicy, KeySource
+from app.oauth.tokens import FORM, ClientCredentials, TokenSet, endpoint_error, id_token_claims, token_request
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -193,17 +193,7 @@ def poll_once(
         body, now=current, default_expires_in=default_expires_in, requested_scopes=device.scopes
     )
     if tokens.id_token is not None and keys is not None:
-        claims = validate_id_token(
-            tokens.id_token,
-            metadata=metadata,
-            client_id=credentials.client_id,
-            keys=keys,
-            nonce=None,
-            policy=policy,
-            client_secret=credentials.client_secret,
-            access_token=tokens.access_token,
-            now=current,
-        )
+        claims = id_token_claims(tokens, metadata, credentials, keys=keys, policy=policy, nonce=None, now=current)
         tokens = replace(tokens, id_claims=claims)
     return DeviceResult("approved", device, tokens)
 

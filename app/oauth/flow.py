@@ -12,7 +12,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -23,8 +23,8 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from app.errors import AppError
 from app.net import OutboundClient
 from app.oauth.discovery import TENANT_PLACEHOLDER, ProviderMetadata
-from app.oauth.id_token import IdTokenPolicy, KeySource, validate_id_token
-from app.oauth.tokens import ClientCredentials, TokenSet, exchange_code
+from app.oauth.id_token import IdTokenPolicy, KeySource
+from app.oauth.tokens import ClientCredentials, TokenSet, exchange_code, id_token_claims
 
 __all__ = [
     "PENDING_MAX_AGE",
@@ -302,23 +302,5 @@ def complete_authorization(
         raise AppError("validation_failed", "The provider returned no ID token", HINT)
     if keys is None:
         raise AppError("invalid_config", "No key source to check the ID token with", "Configure the JWKS URI")
-    claims = validate_id_token(
-        tokens.id_token,
-        metadata=metadata,
-        client_id=credentials.client_id,
-        keys=keys,
-        nonce=pending.nonce,
-        policy=policy,
-        client_secret=credentials.client_secret,
-        access_token=tokens.access_token,
-        now=now,
-    )
-    return TokenSet(
-        access_token=tokens.access_token,
-        token_type=tokens.token_type,
-        expires_at=tokens.expires_at,
-        refresh_token=tokens.refresh_token,
-        scopes=tokens.scopes,
-        id_token=tokens.id_token,
-        id_claims=claims,
-    )
+    claims = id_token_claims(tokens, metadata, credentials, keys=keys, policy=policy, nonce=pending.nonce, now=now)
+    return replace(tokens, id_claims=claims)

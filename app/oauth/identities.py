@@ -29,7 +29,8 @@ from app import audit
 from app.auth import users
 from app.errors import AppError
 from app.models import OAuthIdentity, User, utcnow
-from app.oauth.glue import OAuthProvider, ProviderIdentity
+from app.oauth.identity import ProviderIdentity
+from app.oauth.provider import OAuthProvider
 from app.settings import Settings
 
 __all__ = ["SigninResult", "find_identity", "link_identity", "resolve_signin"]

@@ -1,14 +1,15 @@
-"""Token sets and the token, revocation and userinfo endpoints (RFC 6749, RFC 7009, OIDC Core §5.3).
+"""Token sets and the token and userinfo endpoints (RFC 6749, OIDC Core §5.3); revocation is in revocation.py.
 
-Requests are built with Authlib's framework-free helpers (``prepare_token_request``, ``ClientAuth``,
-``prepare_revoke_token_request``) and sent through :class:`app.net.OutboundClient`. Authlib's own httpx
-client is not used: importing it warns that httpx is deprecated in favour of httpx2 (not installed),
-and it would bypass the client's retries and ``Retry-After`` handling.
+Requests are built with Authlib's framework-free helpers (``prepare_token_request``, ``ClientAuth``) and
+sent through :class:`app.net.OutboundClient`. Authlib's own httpx client is not used: importing it warns
+that httpx is deprecated in favour of httpx2 (not installed), and it would bypass the client's retries and
+``Retry-After`` handling.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,6 @@ from urllib.parse import parse_qsl, quote
 
 from authlib.oauth2.auth import ClientAuth
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
-from authlib.oauth2.rfc7009.parameters import prepare_revoke_token_request
 
 from app.errors import AppError
 from app.net import OutboundClient, Response, retry_after
@@ -32,10 +32,12 @@ __all__ = [
     "endpoint_error",
     "exchange_code",
     "fetch_userinfo",
+    "id_token_claims",
     "parse_scopes",
     "refresh",
-    "revoke",
     "token_request",
+    "token_set_from_json",
+    "token_set_json",
 ]
 
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
@@ -311,6 +313,32 @@ def exchange_code(
     )
 
 
+def id_token_claims(
+    tokens: TokenSet,
+    metadata: ProviderMetadata,
+    credentials: ClientCredentials,
+    *,
+    keys: KeySource,
+    policy: IdTokenPolicy,
+    nonce: str | None,
+    now: datetime | None,
+) -> dict[str, Any]:
+    """The claims of the token set's ID token once it passed every check of OIDC Core §3.1.3.7 (with
+    ``at_hash`` against its access token); its ``nonce`` must be ``nonce`` (None: it must have none)."""
+    assert tokens.id_token is not None
+    return validate_id_token(
+        tokens.id_token,
+        metadata=metadata,
+        client_id=credentials.client_id,
+        keys=keys,
+        nonce=nonce,
+        policy=policy,
+        client_secret=credentials.client_secret,
+        access_token=tokens.access_token,
+        now=now,
+    )
+
+
 def refresh(
     client: OutboundClient,
     metadata: ProviderMetadata,
@@ -343,17 +371,7 @@ def refresh(
     )
     fresh = TokenSet.from_response(body, now=now, default_expires_in=default_expires_in, previous=tokens)
     if fresh.id_token is not None and keys is not None:
-        claims = validate_id_token(
-            fresh.id_token,
-            metadata=metadata,
-            client_id=credentials.client_id,
-            keys=keys,
-            nonce=None,
-            policy=policy,
-            client_secret=credentials.client_secret,
-            access_token=fresh.access_token,
-            now=now,
-        )
+        claims = id_token_claims(fresh, metadata, credentials, keys=keys, policy=policy, nonce=None, now=now)
         if tokens.id_claims is not None and claims.get("sub") != tokens.id_claims.get("sub"):
             # OIDC Core §12.2: a refreshed ID token's sub must be the original one.
             raise AppError(
@@ -364,31 +382,6 @@ def refresh(
             )
         return replace(fresh, id_claims=claims)
     return replace(fresh, id_token=tokens.id_token, id_claims=tokens.id_claims)
-
-
-def revoke(
-    client: OutboundClient,
-    metadata: ProviderMetadata,
-    credentials: ClientCredentials,
-    token: str,
-    *,
-    token_type_hint: Literal["access_token", "refresh_token"] | None = None,
-) -> None:
-    """Revoke a token at the provider (RFC 7009). Revoking an unknown or already revoked token succeeds."""
-    url = metadata.revocation_endpoint
-    if url is None:
-        raise AppError(
-            "invalid_config",
-            "The provider has no revocation endpoint",
-            "Tokens expire on their own; remove the account locally",
-        )
-    body, headers = prepare_revoke_token_request(token, token_type_hint)
-    headers["Accept"] = "application/json"
-    headers, body = credentials.authenticate(url, headers, body)
-    response = client.post(url, headers=headers, content=body.encode())
-    if response.status_code == 200:
-        return
-    raise endpoint_error(response, _parse_body(response), grant=None)
 
 
 def fetch_userinfo(
@@ -434,3 +427,12 @@ def fetch_userinfo(
             "URL may point at another provider",
         )
     return data
+
+
+def token_set_json(tokens: TokenSet) -> str:
+    """How a token set is stored (encrypted, in the vault)."""
+    return json.dumps(tokens.to_dict(), separators=(",", ":"))
+
+
+def token_set_from_json(raw: str) -> TokenSet:
+    return TokenSet.from_dict(json.loads(raw))

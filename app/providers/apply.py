@@ -28,14 +28,12 @@ import yaml
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.connectors.verify import ConnectionTest, connectivity_test
 from app.errors import AppError
 from app.models import ProviderConfig
-from app.net import OutboundClient
 from app.providers import configs
+from app.providers.config_test import ConfigTest, ConnectionTest
 from app.providers.entries import ProviderEntry
 from app.providers.registry import get_catalog
-from app.providers.types import AuthProviderType
 from app.providers.validation import effective_values, missing_fields, split_secrets, validate_submission
 from app.settings import Settings
 from app.vault import Cipher, Secret, SecretUnreadable, get_secret
@@ -86,7 +84,7 @@ class ConfigPlan:
 
     def describe(self) -> list[str]:
         """Human lines for the plan; secret values never appear, only where they come from."""
-        head = f'{self.action} {self.provider.id.value} "{self.name}"'
+        head = f'{self.action} {self.provider.id} "{self.name}"'
         if self.existing is not None:
             head += f" (#{self.existing.id})"
         lines = [head]
@@ -185,12 +183,12 @@ def plan_apply(
             problems.append(f"{where}: the name appears twice in the file")
             continue
         seen.add(name.strip().lower())
-        try:
-            provider = catalog[AuthProviderType(str(type_name))]
-        except ValueError:
-            problems.append(f"{where}: type {type_name!r} is not one of {', '.join(t.value for t in AuthProviderType)}")
+        found = catalog.get(str(type_name))
+        if found is None:
+            problems.append(f"{where}: type {type_name!r} is not one of {', '.join(catalog.ids())}")
             continue
-        where = f"{path}: provider {name.strip()!r} ({provider.id.value})"
+        provider = found
+        where = f"{path}: provider {name.strip()!r} ({provider.id})"
         enabled = item.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             problems.append(f"{where}: enabled must be true or false")
@@ -220,7 +218,7 @@ def _plan_item(
 ) -> tuple[ConfigPlan | None, list[str]]:
     problems: list[str] = []
     existing = configs.find_by_name(db, name)
-    if existing is not None and existing.provider_type != provider.id.value:
+    if existing is not None and existing.provider_type != provider.id:
         return None, [f"{where}: a config with this name exists with type {existing.provider_type}"]
     data: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -283,9 +281,7 @@ def _plan_item(
     return plan, problems
 
 
-def run_tests(
-    db: Session, cipher: Cipher, settings: Settings, plans: list[ConfigPlan], client: OutboundClient | None = None
-) -> list[str]:
+def run_tests(db: Session, cipher: Cipher, plans: list[ConfigPlan], connectivity_test: ConfigTest) -> list[str]:
     """Connection-test each planned config (new values + stored secrets); returns failures as problems."""
     problems = []
     for plan in plans:
@@ -298,10 +294,10 @@ def run_tests(
                 continue
         secrets.update({s.field: s.value for s in plan.secrets})
         values = effective_values(plan.provider, "config", plan.plain)
-        plan.test = connectivity_test(settings, plan.provider, values, secrets, client=client)
+        plan.test = connectivity_test(plan.provider, values, secrets)
         if plan.test.status == "failed":
             field_note = f" field {plan.test.field}:" if plan.test.field else ""
-            problems.append(f'provider "{plan.name}" ({plan.provider.id.value}):{field_note} {plan.test.message}')
+            problems.append(f'provider "{plan.name}" ({plan.provider.id}):{field_note} {plan.test.message}')
     return problems
 
 
@@ -336,14 +332,14 @@ def apply_file(
     path: Path,
     *,
     dry_run: bool = False,
-    test: bool = False,
     env: Mapping[str, str] | None = None,
-    client: OutboundClient | None = None,
+    test: ConfigTest | None = None,
 ) -> tuple[list[ConfigPlan], dict[str, int] | None]:
-    """Plan (and unless ``dry_run``, write and commit) a file. ApplyError → nothing written."""
+    """Plan (and unless ``dry_run``, write and commit) a file. ApplyError → nothing written. With ``test`` (the
+    connectors' connectivity test) every planned config is tested first, and any failure writes nothing."""
     plans = plan_apply(db, cipher, path, env=env)
-    if test:
-        failures = run_tests(db, cipher, settings, plans, client)
+    if test is not None:
+        failures = run_tests(db, cipher, plans, test)
         if failures:
             raise ApplyError([f"{path}: {line}" for line in failures])
     if dry_run:

@@ -131,7 +131,7 @@ def create_config(
     """Store a new config from ``validate_submission`` output. Starts disabled unless ``enabled``."""
     name = clean_name(db, name)
     plain, secrets = split_secrets(provider, "config", clean)
-    cfg = ProviderConfig(provider_type=provider.id.value, name=name, enabled=False, config=plain, created_by=created_by)
+    cfg = ProviderConfig(provider_type=provider.id, name=name, enabled=False, config=plain, created_by=created_by)
     db.add(cfg)
     db.flush()
     _store_secrets(db, cipher, settings, cfg, secrets)
@@ -140,7 +140,7 @@ def create_config(
         ctx,
         "provider_config.create",
         target=f"provider_config:{cfg.id}",
-        details={"type": provider.id.value, "name": name, "fields": sorted(plain), "encrypted_fields": sorted(secrets)},
+        details={"type": provider.id, "name": name, "fields": sorted(plain), "encrypted_fields": sorted(secrets)},
     )
     if enabled:
         set_enabled(db, ctx, cfg, True)

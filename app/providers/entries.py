@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from app.providers.types import AuthMode, AuthProviderType, FieldType, Which
+from app.providers.types import (
+    AuthMode,
+    AuthProviderType,
+    ConnectKind,
+    FieldType,
+    RefreshKind,
+    RevokeKind,
+    VerifyKind,
+    Which,
+)
 
 Scalar = str | bool | int
 
@@ -152,6 +161,48 @@ class OAuthSpec:
     authorize_params: Mapping[str, str] = field(default_factory=dict)
     refresh_params: Mapping[str, str] | None = None
     refresh_when: Condition | None = None
+    # Read the endpoints from the discovery document only while this holds (generic OIDC: "Endpoints from" is
+    # "A discovery URL"); without it an entry with a `discovery` endpoint always discovers.
+    discovery_when: Condition | None = None
+    # The Google Workspace domain the ID token's `hd` claim must equal (a template; blank: any).
+    hosted_domain: str | None = None
+
+
+@dataclass(frozen=True)
+class Notes:
+    """What people are told about a type beyond its fields: the steps to register the app at the provider
+    (the OAuth setup page), a hint beside "Connect", what a token that never expires means, and what "Test
+    connection" adds to its findings. Setup notes may use `code`, *emphasis* and **strong**."""
+
+    setup: tuple[str, ...] = ()
+    connect: str = ""
+    tokens: str = ""
+    connection_test: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider type can do: declared in its entry or derived once from its auth mode by the registry,
+    and read by every surface instead of a list of ids (sign-in buttons, connections, refresh, revoke,
+    verification, SMTP XOAUTH2, the device flow, the setup page)."""
+
+    signin: bool  # "Continue with …" on the sign-in page (oauth2/oidc unless `capabilities.signin: false`)
+    connect: ConnectKind
+    refresh: RefreshKind
+    revoke: RevokeKind
+    verify: VerifyKind
+    xoauth2: bool  # a connected account's access token may log in to an SMTP server (oidc unless declared)
+    device_flow: bool  # a `device_flow` config field lets an admin offer connecting with a code (RFC 8628)
+    button_label: str  # the sign-in button, `{name}` being the provider config's name
+    logo: str | None  # a file under static/, shown on the sign-in button
+    docs_page: str | None  # docs/providers/<id>.md, when there is one
+
+    @property
+    def oauth(self) -> bool:
+        return self.connect == "oauth"
+
+    def button(self, name: str) -> str:
+        return self.button_label.replace("{name}", name)
 
 
 @dataclass(frozen=True)
@@ -173,6 +224,9 @@ class ProviderEntry:
     rotation_days: int | None
     hooks: tuple[str, ...]
     oauth: OAuthSpec | None
+    capabilities: Capabilities
+    notes: Notes
+    order: int
     source: Path
     raw: Mapping[str, Any] = field(repr=False)
 

@@ -53,10 +53,10 @@ def export_configs(db: Session) -> Export:
                 if states.get(spec.name) is not None:
                     variable = env_name(cfg.name, spec.name, taken)
                     values[spec.name] = "${env:" + variable + "}"
-                    variables.append((variable, f'{spec.name} of "{cfg.name}" ({provider.id.value})'))
+                    variables.append((variable, f'{spec.name} of "{cfg.name}" ({provider.id})'))
             elif spec.name in stored:
                 values[spec.name] = stored[spec.name]
-        items.append({"name": cfg.name, "type": provider.id.value, "enabled": cfg.enabled, "config": values})
+        items.append({"name": cfg.name, "type": provider.id, "enabled": cfg.enabled, "config": values})
     header = [
         "# AMI Auth provider configs: `ami-auth providers apply FILE` (add --dry-run to see what it would change).",
         "# Secrets are references; set these variables from your secret store before applying:",

@@ -215,7 +215,7 @@ def provider_form_class(
     }
     for spec in specs:
         attrs[spec.name] = _wtforms_field(spec)
-    return type(f"{provider.id.value.title().replace('_', '')}{which.title()}Form", (base,), attrs)
+    return type(f"{provider.id.title().replace('_', '')}{which.title()}Form", (base,), attrs)
 
 
 def _display(spec: FieldSpec, value: Any) -> Any:

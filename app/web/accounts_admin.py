@@ -42,12 +42,12 @@ def index() -> str:
     overdue_only = request.args.get("overdue") == "1"
     provider_type = request.args.get("type", "").strip()
     rows = [_row(account) for account in accounts.list_accounts(db)]
-    types = sorted({(r["provider"].id.value, r["provider"].display_name) for r in rows}, key=lambda t: t[1])
+    types = sorted({(r["provider"].id, r["provider"].display_name) for r in rows}, key=lambda t: t[1])
     overdue_count = sum(1 for r in rows if r["rotation"].overdue)
     if overdue_only:
         rows = [r for r in rows if r["rotation"].overdue]
     if provider_type:
-        rows = [r for r in rows if r["provider"].id.value == provider_type]
+        rows = [r for r in rows if r["provider"].id == provider_type]
     return render_template(
         "admin/accounts.html",
         rows=rows,

@@ -26,11 +26,22 @@ from wtforms import HiddenField
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
-from app.jobs.refresh import refresh_access_token, revoke_account
 from app.models import ConnectedAccount, ProviderConfig
 from app.oauth import DeviceAuthorization, poll_once, start_device_authorization
-from app.oauth.connections import CONSENT_REQUIRED, EXPIRED, account_for_user, load_tokens, store_connection
-from app.oauth.glue import OAUTH_TYPES, OAuthProvider, build_provider, fetch_identity
+from app.oauth.connections import (
+    CONSENT_REQUIRED,
+    EXPIRED,
+    account_for_user,
+    load_tokens,
+    revoke_account,
+    store_connection,
+)
+from app.oauth.identity import fetch_identity
+from app.oauth.provider import OAuthProvider
+from app.oauth.renewal import refresh_access_token
+from app.oauth.runtime import build_provider
+from app.providers.entries import Notes
+from app.providers.registry import get_catalog
 from app.vault import SecretUnreadable
 from app.web.common import login_required
 from app.web.oauth import begin_authorization, load_provider, rt
@@ -63,7 +74,7 @@ def _oauth_configs() -> list[ProviderConfig]:
     return list(
         db_session().scalars(
             select(ProviderConfig)
-            .where(ProviderConfig.provider_type.in_([t.value for t in OAUTH_TYPES]))
+            .where(ProviderConfig.provider_type.in_(get_catalog().ids(lambda e: e.capabilities.oauth)))
             .order_by(ProviderConfig.name)
         )
     )
@@ -78,6 +89,7 @@ def _provider_or_none(cfg: ProviderConfig) -> OAuthProvider | None:
 
 def _view(account: ConnectedAccount, provider: OAuthProvider | None, now: datetime) -> dict[str, Any]:
     tokens = None
+    found = get_catalog().get(account.provider_config.provider_type)
     with contextlib.suppress(SecretUnreadable):
         tokens = load_tokens(db_session(), rt().cipher, account.id)
     return {
@@ -88,6 +100,7 @@ def _view(account: ConnectedAccount, provider: OAuthProvider | None, now: dateti
         "expired": account.expires_at is not None and account.expires_at <= now,
         "needs_reconnect": account.status in (CONSENT_REQUIRED, EXPIRED),
         "roles": account.provider_data.get("roles") or [],
+        "notes": found.notes if found is not None else Notes(),
     }
 
 

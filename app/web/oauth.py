@@ -12,14 +12,17 @@ console's OAuth setup page (redirect URI, setup notes, "Test connection").
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 import time
 from typing import Any, Final
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
-from sqlalchemy import select
+from markupsafe import Markup, escape
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
@@ -35,19 +38,13 @@ from app.jobs.scheduler import ensure_started
 from app.models import ProviderConfig, User
 from app.oauth import complete_authorization, remember_pending, start_authorization, take_pending
 from app.oauth.connections import store_connection
-from app.oauth.glue import (
-    OAUTH_TYPES,
-    OAuthProvider,
-    OAuthRuntime,
-    build_provider,
-    fetch_identity,
-    is_oauth_type,
-    redirect_uri,
-    runtime,
-    test_connection,
-)
 from app.oauth.identities import link_identity, resolve_signin
+from app.oauth.identity import fetch_identity
+from app.oauth.provider import OAuthProvider
+from app.oauth.runtime import OAuthRuntime, build_provider, redirect_uri, runtime
+from app.oauth.setup_check import test_connection
 from app.providers import configs
+from app.providers.registry import get_catalog
 from app.vault import SecretUnreadable
 from app.web.browser import browser_id
 from app.web.common import admin_required, form_errors, safe_next
@@ -66,6 +63,12 @@ Purpose = str  # "signin" | "connect"
 
 def rt() -> OAuthRuntime:
     return runtime(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def is_oauth_type(provider_type: str) -> bool:
+    """Whether configs of this type connect through OAuth (the catalog says; an unknown type does not)."""
+    found = get_catalog().get(provider_type)
+    return found is not None and found.capabilities.oauth
 
 
 def enabled_oauth_config(db: Session, config_id: int) -> ProviderConfig:
@@ -102,25 +105,61 @@ def begin_authorization(provider: OAuthProvider, intent: dict[str, Any], *, want
     return redirect(request_.url)
 
 
-# Built once; columns only (the sign-in page is the busiest page: no ORM objects for its buttons).
-_SIGNIN_CONFIGS = (
-    select(ProviderConfig.id, ProviderConfig.name, ProviderConfig.provider_type, ProviderConfig.config)
-    .where(
-        ProviderConfig.enabled.is_(True),
-        ProviderConfig.provider_type.in_([t.value for t in OAUTH_TYPES]),
+@functools.cache
+def _signin_configs(types: tuple[str, ...]) -> Select[Any]:
+    # Built once per catalog; columns only (the sign-in page is the busiest page: no ORM objects for its buttons).
+    return (
+        select(ProviderConfig.id, ProviderConfig.name, ProviderConfig.provider_type, ProviderConfig.config)
+        .where(ProviderConfig.enabled.is_(True), ProviderConfig.provider_type.in_(types))
+        .order_by(ProviderConfig.name)
     )
-    .order_by(ProviderConfig.name)
-)
 
 
 def signin_providers() -> list[dict[str, Any]]:
-    """Enabled OAuth configs that offer sign-in, for the buttons on /signin (called from the template)."""
-    rows = db_session().connection().execute(_SIGNIN_CONFIGS)
-    return [
-        {"id": row.id, "name": row.name, "type": row.provider_type}
-        for row in rows
-        if (row.config or {}).get("signin", True) is not False
-    ]
+    """Enabled configs of the types that offer sign-in, for the buttons on /signin (called from the
+    template): the config's name in the entry's button label, and its logo."""
+    catalog = get_catalog()
+    rows = db_session().connection().execute(_signin_configs(catalog.ids(lambda e: e.capabilities.signin)))
+    buttons = []
+    for row in rows:
+        if (row.config or {}).get("signin", True) is False:
+            continue
+        found = catalog.get(row.provider_type)
+        if found is None:
+            continue
+        capabilities = found.capabilities
+        buttons.append(
+            {
+                "id": row.id,
+                "name": row.name,
+                "type": row.provider_type,
+                "label": capabilities.button(row.name),
+                "logo": capabilities.logo,
+            }
+        )
+    return buttons
+
+
+# The little markup catalog notes may use: `code`, **strong**, *emphasis*; everything else is escaped text.
+_NOTE_MARKUP: Final = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*|\*([^*]+)\*")
+
+
+@bp.app_template_filter("note_markup")
+def note_markup(text: str) -> Markup:
+    parts: list[Markup] = []
+    position = 0
+    for match in _NOTE_MARKUP.finditer(text):
+        parts.append(escape(text[position : match.start()]))
+        code, strong, emphasis = match.groups()
+        if code is not None:
+            parts.append(Markup("<code>%s</code>") % code)
+        elif strong is not None:
+            parts.append(Markup("<strong>%s</strong>") % strong)
+        else:
+            parts.append(Markup("<em>%s</em>") % emphasis)
+        position = match.end()
+    parts.append(escape(text[position:]))
+    return Markup("").join(parts)
 
 
 @bp.app_context_processor

@@ -34,8 +34,13 @@ from flask import Blueprint, Flask, abort, g, request
 from werkzeug.wrappers import Response
 
 from app import metrics
+from app.auth.throttle import Layer
 from app.extensions import get_settings
+from app.faults import Service
 from app.http.context import SignedIn
+from app.models.credentials import CredentialKind
+from app.oauth.renewal import Outcome
+from app.providers.registry import get_catalog
 from app.settings import Settings
 
 log = logging.getLogger("ami_auth.request")
@@ -121,24 +126,19 @@ def init_observability(app: Flask, settings: Settings) -> None:
         return response
 
     app.register_blueprint(bp)
-    _preset_series()
+    _preset_series(app)
 
 
-def _preset_series() -> None:
+def _preset_series(app: Flask) -> None:
     """The label values known in advance start at 0 (metrics.preset): a quiet deployment still shows its
-    lockouts, faults and refreshes as 0 rather than as missing."""
-    from app.auth.throttle import Layer
-    from app.faults import Service
-    from app.jobs.refresh import Outcome
-    from app.models.credentials import CredentialKind
-    from app.oauth.glue import OAUTH_TYPES
-
+    lockouts, faults and refreshes as 0 rather than as missing. Refreshable provider types come from the
+    catalog (its capabilities), not from a list of ids."""
     metrics.preset(metrics.FAULTS, service=get_args(Service))
     metrics.preset(metrics.LOCKOUTS, layer=get_args(Layer))
     metrics.preset(metrics.MFA_FAILURES, method=get_args(CredentialKind))
-    metrics.preset(
-        metrics.TOKEN_REFRESHES, provider_type=sorted(t.value for t in OAUTH_TYPES), outcome=get_args(Outcome)
-    )
+    with app.app_context():
+        refreshable = sorted(e.id for e in get_catalog() if e.capabilities.refresh != "none")
+    metrics.preset(metrics.TOKEN_REFRESHES, provider_type=refreshable, outcome=get_args(Outcome))
     metrics.preset(metrics.MAIL_SENDS, transport=("smtp", "outbox"), outcome=("sent",))
 
 

@@ -195,7 +195,7 @@ CONNECTORS: dict[str, Connector] = {
     "generic_api_key:query": _generic("query", query_param="key"),
 }
 ROWS = list(CONNECTORS)
-CONNECTABLE = sorted(e.id.value for e in get_catalog() if e.auth_mode in (AuthMode.API_KEY, AuthMode.SMTP))
+CONNECTABLE = sorted(e.id for e in get_catalog() if e.auth_mode in (AuthMode.API_KEY, AuthMode.SMTP))
 
 
 def test_every_connectable_catalog_entry_has_a_row() -> None:

@@ -21,10 +21,11 @@ from app.models import AuditEvent, ConnectedAccount, MailOutbox, StoredSecret, u
 from app.net import OutboundClient
 from app.oauth import ProviderMetadata, TokenSet, fetch_userinfo, refresh, revoke
 from app.oauth.connections import load_tokens
-from app.oauth.glue import runtime
+from app.oauth.runtime import runtime
 from tests.conftest import UserFactory, sign_in
 from tests.support.oauth_app import create_config, follow_callback, generic_values, location, page_csrf
 from tests.support.op import OPClient, OpenIDProvider, op_login, running_op
+from tests.support.revocation import rfc7009
 
 BASE = "http://127.0.0.1:5000"
 EMAIL = "member@example.com"
@@ -169,9 +170,7 @@ def test_a_revoked_grant_becomes_consent_required_and_the_owner_is_told_once(
     tokens = _tokens(app, db, account_id)
     assert tokens.refresh_token is not None
     # The user removes the app's access at the provider.
-    revoke(
-        outbound, _metadata(op, outbound), op.client.credentials, tokens.refresh_token, token_type_hint="refresh_token"
-    )
+    revoke(outbound, rfc7009(_metadata(op, outbound), op.client.credentials, tokens.refresh_token, "refresh_token"))
 
     report = _run(app, margin=timedelta(hours=2))
     assert (report.consent_required, report.refreshed) == (1, 0)

@@ -32,6 +32,7 @@ from app.oauth import (
     revoke,
 )
 from tests.support.live import free_port
+from tests.support.revocation import rfc7009
 
 
 @dataclass
@@ -262,17 +263,17 @@ def test_answers_about_another_user_say_so_and_what_to_do(stub: Stub, outbound: 
 
 def test_revoke(stub: Stub, outbound: OutboundClient) -> None:
     stub.replies["/revoke"] = Reply(200, {})
-    revoke(outbound, stub.metadata(), CREDENTIALS, "rt", token_type_hint="refresh_token")
+    revoke(outbound, rfc7009(stub.metadata(), CREDENTIALS, "rt", "refresh_token"))
     assert stub.seen[-1].form == {"token": "rt", "token_type_hint": "refresh_token"}
     assert stub.seen[-1].headers["authorization"].startswith("Basic ")
     stub.replies["/revoke"] = Reply(503, {}, {"Retry-After": "3"})
-    error = _raises(lambda: revoke(outbound, stub.metadata(), CREDENTIALS, "rt"))
+    error = _raises(lambda: revoke(outbound, rfc7009(stub.metadata(), CREDENTIALS, "rt")))
     assert (error.code, error.retry_after) == ("provider_unreachable", 3)
     # Azure AD has no revocation endpoint: the caller is told, nothing is sent.
     count = len(stub.seen)
-    assert _raises(lambda: revoke(outbound, stub.metadata(revocation_endpoint=None), CREDENTIALS, "rt")).code == (
-        "invalid_config"
-    )
+    assert _raises(
+        lambda: revoke(outbound, rfc7009(stub.metadata(revocation_endpoint=None), CREDENTIALS, "rt"))
+    ).code == ("invalid_config")
     assert len(stub.seen) == count
 
 

@@ -37,6 +37,7 @@ from app.oauth import (
     validate_id_token,
 )
 from tests.support.op import OPClient, OpenIDProvider, op_login, running_op
+from tests.support.revocation import rfc7009
 
 SCOPES = ("openid", "email", "profile")
 
@@ -287,17 +288,17 @@ def test_es256_provider_rotating_refresh_tokens_on_every_use(es_party: Party, es
 def test_revoke_then_refresh_needs_consent(party: Party, op: OpenIDProvider) -> None:
     credentials = op.client.credentials
     tokens = party.sign_in()
-    revoke(party.client, party.metadata, credentials, tokens.refresh_token or "", token_type_hint="refresh_token")
+    revoke(party.client, rfc7009(party.metadata, credentials, tokens.refresh_token or "", "refresh_token"))
     with pytest.raises(AppError) as excinfo:
         refresh(party.client, party.metadata, credentials, tokens)
     assert excinfo.value.code == "consent_required"
     # RFC 7009 §2.2: revoking again (an invalid token) still succeeds.
-    revoke(party.client, party.metadata, credentials, tokens.refresh_token or "", token_type_hint="refresh_token")
+    revoke(party.client, rfc7009(party.metadata, credentials, tokens.refresh_token or "", "refresh_token"))
 
 
 def test_revoked_access_token_is_refused_by_userinfo(party: Party, op: OpenIDProvider) -> None:
     tokens = party.sign_in(want_refresh=False)
-    revoke(party.client, party.metadata, op.client.credentials, tokens.access_token, token_type_hint="access_token")
+    revoke(party.client, rfc7009(party.metadata, op.client.credentials, tokens.access_token, "access_token"))
     with pytest.raises(AppError) as excinfo:
         fetch_userinfo(party.client, party.metadata, tokens.access_token)
     assert excinfo.value.code == "token_expired"

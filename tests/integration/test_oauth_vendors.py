@@ -22,7 +22,7 @@ from app.extensions import get_cipher, get_database
 from app.jobs.refresh import run_refresh
 from app.models import ConnectedAccount, OAuthIdentity, User
 from app.oauth.connections import load_tokens
-from app.oauth.glue import runtime
+from app.oauth.runtime import runtime
 from tests.conftest import UserFactory, sign_in
 from tests.support.oauth_app import create_config, follow_callback, location, page_csrf
 from tests.support.vendors.base import StartVendor

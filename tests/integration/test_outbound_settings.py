@@ -35,7 +35,8 @@ from app.mailer import Mailer
 from app.net import OutboundClient, get_client
 from app.oauth import ProviderMetadata, TokenSet, discover, exchange_code, fetch_jwks, refresh
 from app.oauth.device import start_device_authorization
-from app.oauth.glue import OAuthProvider, fetch_identity, provider_from_values, revoke_tokens
+from app.oauth.identity import fetch_identity
+from app.oauth.provider import OAuthProvider, provider_from_values, revoke_tokens
 from app.providers.entries import FieldSpec, ProviderEntry
 from app.providers.registry import get_catalog
 from app.providers.templating import references

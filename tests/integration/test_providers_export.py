@@ -32,7 +32,7 @@ def _seed(app: Flask) -> dict[str, str]:
     with app.app_context():
         db = get_database(app).session()
         for index, provider in enumerate(get_catalog()):
-            clean, errors = validate_submission(provider, "config", dict(CONTRACT[provider.id.value].config))
+            clean, errors = validate_submission(provider, "config", dict(CONTRACT[provider.id].config))
             assert not errors, (provider.id, errors)
             name = f"{provider.display_name} #{index} (exported)"
             cfg = configs.create_config(
@@ -82,7 +82,7 @@ def test_export_apply_round_trip_and_a_fresh_instance(app: Flask, tmp_path: Path
     for name in references:
         assert f"#   {name}: " in text and f"  {name}: " in out
     items = yaml.safe_load(text)["providers"]
-    assert {item["type"] for item in items} == {e.id.value for e in get_catalog()}
+    assert {item["type"] for item in items} == {e.id for e in get_catalog()}
 
     # The secret store's values, under the names the file asks for (export order = list order).
     env: dict[str, str] = {}

@@ -25,7 +25,7 @@ from app.extensions import get_cipher, get_database
 from app.jobs.refresh import due_candidates, run_refresh
 from app.models import ConnectedAccount, utcnow
 from app.oauth.connections import load_tokens, save_tokens
-from app.oauth.glue import runtime
+from app.oauth.runtime import runtime
 from app.oauth.tokens import TokenSet
 from app.settings import Settings
 from tests.conftest import TEST_KEY, UserFactory

@@ -19,7 +19,7 @@ from app import audit
 from app.extensions import get_cipher, get_database, get_settings
 from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.oauth.connections import save_tokens
-from app.oauth.glue import redirect_uri
+from app.oauth.runtime import redirect_uri
 from app.oauth.tokens import TokenSet
 from app.providers import configs
 from app.providers.registry import entry

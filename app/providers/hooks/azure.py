@@ -10,16 +10,31 @@ https://learn.microsoft.com/graph/api/user-get · https://learn.microsoft.com/en
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final
 
 from app.errors import AppError
+from app.providers.entries import ProviderEntry
 
-if TYPE_CHECKING:
-    from app.providers.entries import ProviderEntry
+# The tenant of personal Microsoft accounts: what `consumers` resolves to, and the issuer's tenant for them.
+MSA_TENANT_ID: Final = "9188040d-6c67-4c5b-b112-36a304b66dad"
+MULTI_TENANT: Final = frozenset({"common", "organizations"})
 
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def issuer(entry: ProviderEntry, values: Mapping[str, Any]) -> str:
+    """Entra's issuer for the configured tenant: ``…/{tenantid}/v2.0`` is what the v2.0 discovery document of
+    ``common`` and ``organizations`` publishes (the OAuth core fills it from each token's ``tid``);
+    ``consumers`` is the fixed tenant of personal Microsoft accounts."""
+    authority = str(values.get("authority") or "https://login.microsoftonline.com").rstrip("/")
+    tenant = str(values.get("tenant") or "organizations").lower()
+    if tenant in MULTI_TENANT:
+        return f"{authority}/{{tenantid}}/v2.0"
+    if tenant == "consumers":
+        return f"{authority}/{MSA_TENANT_ID}/v2.0"
+    return f"{authority}/{tenant}/v2.0"
 
 
 def profile(entry: ProviderEntry, claims: Mapping[str, Any], fetch: Callable[[str], Any]) -> dict[str, Any]:

@@ -8,12 +8,10 @@ then needs the "link your account" step). https://docs.github.com/rest/users/ema
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.errors import AppError
-
-if TYPE_CHECKING:
-    from app.providers.entries import ProviderEntry
+from app.providers.entries import ProviderEntry
 
 
 def profile(entry: ProviderEntry, claims: Mapping[str, Any], fetch: Callable[[str], Any]) -> dict[str, Any]:

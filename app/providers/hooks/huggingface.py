@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.connectors.context import VerifyContext, rate_limit_info
 from app.errors import AppError
 from app.providers.entries import ProviderEntry
+from app.providers.verify_context import VerifyContext, rate_limit_info
 
 TOKENS_URL = "https://huggingface.co/settings/tokens"
 

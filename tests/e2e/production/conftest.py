@@ -44,9 +44,14 @@ PASSWORD = "a long member passphrase 2026"
 _LOG_OFFSET = pytest.StashKey[tuple[ProductionStack, int]]()
 
 
+# An operator's folder of further provider types, as AMI_AUTH_CATALOG_DIR names it: the synthetic entries of the
+# integration suite (test_synthetic_provider.py signs in with one); no other journey looks at them.
+SYNTHETIC_CATALOG = Path(__file__).resolve().parents[2] / "fixtures" / "catalog"
+
+
 @pytest.fixture(scope="session")
 def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionStack]:
-    with production_stack(tmp_path_factory.mktemp("prod")) as stack:
+    with production_stack(tmp_path_factory.mktemp("prod"), AMI_AUTH_CATALOG_DIR=str(SYNTHETIC_CATALOG)) as stack:
         yield stack
 
 

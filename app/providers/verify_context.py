@@ -1,5 +1,6 @@
-"""What a provider hook is given when it verifies a connected account (kept free of heavy imports so the
-hook modules can use it while the catalog registry is still loading)."""
+"""What a provider hook is given after a connected account was verified (app/connectors/verify.py does the
+verifying; a hook only reads this). It lives with the catalog, below the connectors, so hooks import nothing
+from the layer that calls them."""
 
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ connectivity test yet — so a script never mistakes "not tested" for "works".
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 from flask import current_app
@@ -20,9 +22,11 @@ from app.extensions import get_cipher, get_database, get_settings
 from app.net import get_client
 from app.providers import configs
 from app.providers.apply import ApplyError, apply_file
+from app.providers.config_test import ConnectionTest
+from app.providers.entries import ProviderEntry
 from app.providers.export import export_configs
 from app.providers.validation import effective_values, labels
-from app.vault import SecretUnreadable
+from app.vault import Secret, SecretUnreadable
 
 providers_cli = AppGroup("providers", help="Provider configs: list, show, test, enable, disable, apply, export.")
 
@@ -70,7 +74,7 @@ def show_command(ref: str) -> None:
     values = effective_values(provider, "config", cfg.config or {})
     states = configs.secret_states(db, provider, cfg)
     click.echo(f"#{cfg.id} {cfg.name}")
-    click.echo(f"  type: {provider.id.value} ({provider.display_name}, {provider.auth_mode.value})")
+    click.echo(f"  type: {provider.id} ({provider.display_name}, {provider.auth_mode.value})")
     click.echo(f"  enabled: {'yes' if cfg.enabled else 'no'}")
     for spec in provider.config_fields:
         if spec.secret:
@@ -158,15 +162,15 @@ def apply_command(file: Path, dry_run: bool, run_test: bool) -> None:
     """Create or update provider configs from FILE (matched by name). Secrets: ${env:X} or ${file:/path}."""
     db = get_database().session()
     try:
+        settings, client = get_settings(), get_client(current_app)
+
+        def test(
+            provider: ProviderEntry, values: Mapping[str, Any], secrets: Mapping[str, Secret | None]
+        ) -> ConnectionTest:
+            return connectivity_test(settings, provider, values, secrets, client=client)
+
         plans, counts = apply_file(
-            db,
-            get_cipher(),
-            get_settings(),
-            CLI_ACTOR,
-            file,
-            dry_run=dry_run,
-            test=run_test,
-            client=get_client(current_app),
+            db, get_cipher(), settings, CLI_ACTOR, file, dry_run=dry_run, test=test if run_test else None
         )
     except ApplyError as exc:
         for problem in exc.problems:
