@@ -49,13 +49,13 @@ def on_starting(server: Any) -> None:
 def post_fork(server: Any, worker: Any) -> None:
     # SQLAlchemy, "Using Connection Pools with Multiprocessing": a child never uses its parent's pooled
     # connections (the master checked the database before forking; wsgi.py already disposed of them).
-    from app.extensions import get_database
+    from app.extensions import get_database  # not at the top: it imports prometheus_client (see above)
 
     get_database(server.app.wsgi()).engine.dispose(close=False)
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    from app.metrics import mark_process_dead
+    from app.metrics import mark_process_dead  # not at the top: prometheus_client must see the directory first
 
     mark_process_dead(worker.pid)
 

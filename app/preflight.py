@@ -8,10 +8,11 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.extensions import get_database, get_settings
+from app.extensions import get_cipher, get_database, get_settings
 from app.mailer import system_mailer_target
 from app.migrate import is_at_head
 from app.providers.checks import enabled_config_problems
+from app.vault import key_status, unopened_keys
 
 
 def preflight(app: Flask, *, serving: bool = False) -> list[str]:
@@ -58,9 +59,6 @@ def system_mailer_configured(app: Flask) -> bool:
 def _keys_open_the_vault(app: Flask, serving: bool) -> list[str]:
     """Checked at serve time too: a key ring that cannot open the stored secrets (a restore without the escrowed
     keys, a mistyped key) would serve every page and fail on each secret; refuse at once, naming the key."""
-    from app.extensions import get_cipher
-    from app.vault import key_status, unopened_keys
-
     try:
         with Session(get_database(app).engine) as session:
             problems = unopened_keys(session, get_cipher(app))
