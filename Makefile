@@ -7,7 +7,7 @@ PORT ?= 5000
 # Tests run on every core, a file per worker (module-scoped peers such as the OpenID Provider start once).
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: run test lint typecheck unit peers bench install migrate clean
+.PHONY: run test lint typecheck unit peers ts-client bench install migrate clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,22 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# The node test peers (the OpenID provider, the relying parties) — installed from the lock file when present, and
+# The node test peers (the OpenID provider, the relying parties) and the TypeScript
+# client's toolchain — installed from their lock files when present, and
 # again when the lock file changed since (npm records what it installed in node_modules/.package-lock.json).
-peers:
+TS_CLIENT := clients/typescript
+peers: $(TS_CLIENT)/node_modules/.installed
 	@if [ -f tests/peers/package-lock.json ] && { [ ! -d tests/peers/node_modules ] || \
 		[ tests/peers/package-lock.json -nt tests/peers/node_modules/.package-lock.json ]; }; then \
 		cd tests/peers && npm ci --no-audit --no-fund --loglevel=error; fi
+
+$(TS_CLIENT)/node_modules/.installed: $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## make ts-client: regenerate clients/typescript (openapi.json, src/schema.ts) from the app's OpenAPI document
+ts-client: install peers
+	AMI_AUTH_TEST_UPDATE_CLIENT=1 $(BIN)/python -m pytest -q tests/integration/test_typescript_client.py -k generated
 
 ## make test: ruff, mypy --strict and the whole pytest suite (unit, integration, e2e in Chromium)
 test: lint typecheck peers

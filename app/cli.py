@@ -24,6 +24,7 @@ from app.mfa_cli import mfa_cli
 from app.migrate import upgrade
 from app.preflight import preflight
 from app.providers_cli import providers_cli
+from app.services import linked_identities
 from app.settings import SettingsError
 
 db_cli = AppGroup("db", help="Database migrations.")
@@ -110,6 +111,43 @@ def users_invite(email: str, role: str, display_name: str) -> None:
             f"{created.mail_error.text} {created.mail_error.help}"
         )
     click.echo(f"invited {role} {created.user.email} (id {created.user.id}); the link in the mail works for 7 days")
+
+
+@users_cli.command("identities")
+@click.argument("email")
+@with_appcontext
+def users_identities(email: str) -> None:
+    """List the sign-in identities (Google, GitHub, Entra ID, OpenID) linked to a user."""
+    db = get_database().session()
+    user = users.get_by_email(db, email)
+    if user is None:
+        raise click.ClickException(f"no user with email {email!r}")
+    found = linked_identities.list_identities(db, user.id)
+    if not found:
+        click.echo(f"{user.email} has no linked identity")
+    for identity in found:
+        state = "" if identity.usable else "  (its provider config cannot sign in now)"
+        where = f"{identity.provider_name} / {identity.provider_config}"
+        click.echo(f"{identity.id}\t{where}\t{identity.email or '-'}{state}")
+
+
+@users_cli.command("unlink")
+@click.argument("email")
+@click.argument("identity_id", type=click.IntRange(1))
+@with_appcontext
+def users_unlink(email: str, identity_id: int) -> None:
+    """Unlink a sign-in identity from a user (never their last way to sign in); audited."""
+    db = get_database().session()
+    user = users.get_by_email(db, email)
+    if user is None:
+        raise click.ClickException(f"no user with email {email!r}")
+    try:
+        identity = linked_identities.unlink(db, audit.AuditContext(actor="cli"), user, identity_id, via="cli")
+        db.commit()
+    except AppError as exc:
+        db.rollback()
+        raise click.ClickException(f"{exc.text} {exc.help}") from None
+    click.echo(f"unlinked {identity.provider_name} identity {identity.id} ({identity.email or '-'}) from {user.email}")
 
 
 @mail_cli.command("test")

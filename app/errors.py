@@ -19,6 +19,7 @@ ErrorCode = Literal[
     "provider_unreachable",
     "permission_denied",
     "not_found",
+    "method_not_allowed",
     "conflict",
     "secret_unreadable",
     "mfa_required",
@@ -53,6 +54,9 @@ TAXONOMY: dict[ErrorCode, ErrorKind] = {
     ),
     "permission_denied": ErrorKind(403, "You do not have permission to do that.", "Ask an administrator for access."),
     "not_found": ErrorKind(404, "Not found.", "Check the address; the item may have been deleted."),
+    "method_not_allowed": ErrorKind(
+        405, "This method is not allowed here.", "Use one of the methods listed in the Allow header."
+    ),
     "conflict": ErrorKind(409, "That conflicts with existing data.", "Reload the page and try again."),
     "secret_unreadable": ErrorKind(
         500,

@@ -20,7 +20,7 @@ ciphertext it owns. Functions commit: a provider call must not happen inside an 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NoReturn
 
 from sqlalchemy.orm import Session
 
@@ -39,6 +39,9 @@ from app.vault import SecretUnreadable, delete_secrets
 OWNER: Final = "connected_account"
 
 RefreshOutcome = Literal["refreshed", "verified", "not_checked", "failed"]
+# The provider could not answer (down, a timeout, a 5xx) or asked us to slow down: that says nothing about the
+# credential, so it is not recorded on the account as a failed check; the call itself answers the error.
+TRANSIENT: Final = frozenset({"provider_unreachable", "rate_limited"})
 RevokeOutcome = Literal["revoked", "already_invalid", "unsupported", "nothing_stored", "skipped"]
 
 
@@ -92,7 +95,9 @@ def refresh(db: Session, rt: OAuthRuntime, ctx: audit.AuditContext, account: Con
 
     A failure the provider reported is a result (``failed`` with the error), not an exception: the request
     itself succeeded and the account now says what went wrong. Raises ``conflict`` when it cannot be tried
-    (provider config disabled, no secret yet, a refresh already in flight).
+    (provider config disabled, no secret yet, a refresh already in flight), and the provider's
+    ``provider_unreachable`` (502) or ``rate_limited`` (429) when it could not judge the credential: an outage
+    is not a bad key, so the account's status is left as it was.
     """
     provider = _entry(account)
     kind = _kind(provider)
@@ -104,7 +109,11 @@ def refresh(db: Session, rt: OAuthRuntime, ctx: audit.AuditContext, account: Con
                 "This account has no secret yet.",
                 "Enter it in a secure dialog (POST /api/account-manager/dialogs, kind replace_secret).",
             )
+        account_id = account.id
         verification = accounts.verify_stored(db, rt.cipher, rt.client, rt.settings, ctx, account)
+        if verification.error is not None and verification.error.code in TRANSIENT:
+            db.rollback()  # nothing is recorded against the key
+            _transient(db, ctx, account_id, verification.error)
         db.commit()
         outcome: RefreshOutcome = {"ok": "verified", "skipped": "not_checked"}.get(verification.status, "failed")  # type: ignore[assignment]
         return RefreshResult(outcome, verification.error)
@@ -116,19 +125,32 @@ def refresh(db: Session, rt: OAuthRuntime, ctx: audit.AuditContext, account: Con
         if exc.code in ("conflict", "not_found"):
             raise
         db.rollback()
-        audit.record(
-            db,
-            ctx,
-            "connected_account.refresh",
-            target=f"connected_account:{account_id}",
-            outcome="failure",
-            details={"code": exc.code, "via": "api"},
-        )
-        db.commit()
+        if exc.code in TRANSIENT:
+            _transient(db, ctx, account_id, exc)
+        _refresh_failed(db, ctx, account_id, exc)
         return RefreshResult("failed", exc)
     audit.record(db, ctx, "connected_account.refresh", target=f"connected_account:{account_id}", details={"via": "api"})
     db.commit()
     return RefreshResult("refreshed")
+
+
+def _refresh_failed(db: Session, ctx: audit.AuditContext, account_id: int, error: AppError, **details: object) -> None:
+    audit.record(
+        db,
+        ctx,
+        "connected_account.refresh",
+        target=f"connected_account:{account_id}",
+        outcome="failure",
+        details={"code": error.code, "via": "api", **details},
+    )
+    db.commit()
+
+
+def _transient(db: Session, ctx: audit.AuditContext, account_id: int, error: AppError) -> NoReturn:
+    """Audit a refresh the provider could not answer, then raise its error (the credential was not judged)."""
+    _refresh_failed(db, ctx, account_id, error, recorded=False)
+    fields = {} if error.code == "rate_limited" else dict(error.fields)
+    raise AppError(error.code, error.text, error.help, fields, retry_after=error.retry_after)
 
 
 def _oauth_revoke(db: Session, rt: OAuthRuntime, account: ConnectedAccount) -> RevokeResult:

@@ -30,6 +30,8 @@ from typing import Any, Final, Literal
 from sqlalchemy import ColumnElement, Select, and_, not_, or_, select
 from sqlalchemy.orm import Session
 
+from app.api.provider_types import identifier_names, sends_mail
+from app.connectors.smtp import sends_today
 from app.models import ConnectedAccount, ProviderConfig
 from app.providers.registry import entry as catalog_entry
 
@@ -158,11 +160,24 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+# Kept on OAuth accounts for the claims mapping; the snapshot gives what the hooks made of it instead.
+_RAW_CLAIMS: Final = "userinfo"
+
+
 def snapshot(account: ConnectedAccount, now: datetime, margin: timedelta) -> dict[str, Any]:
-    """The JSON snapshot (schema ``AccountSnapshot``). Identifiers are the account's non-secret fields:
-    secret fields live in the vault and are never part of the row."""
+    """The JSON snapshot (schema ``AccountSnapshot<Type>``). Identifiers are the account's non-secret fields:
+    secret fields live in the vault and are never part of the row. ``provider_data`` is what the provider
+    said at the last check (no raw claims); ``mail`` an SMTP account's cap and today's count."""
     cfg = account.provider_config
+    provider = catalog_entry(cfg.provider_type)
     status, reason = derive_status(account, now, margin)
+    stored = account.identifiers or {}
+    identifiers = {name: stored[name] for name in identifier_names(provider) if name in stored}
+    data = {key: value for key, value in (account.provider_data or {}).items() if key != _RAW_CLAIMS}
+    body: dict[str, Any] = {}
+    if sends_mail(provider):
+        cap = stored.get("daily_send_cap")
+        body["mail"] = {"daily_cap": cap if isinstance(cap, int) else None, "sent_today": sends_today(account, now)}
     last_error = None
     if account.last_error_code is not None:
         last_error = {
@@ -173,12 +188,13 @@ def snapshot(account: ConnectedAccount, now: datetime, margin: timedelta) -> dic
     return {
         "id": account.id,
         "provider_type": cfg.provider_type,
-        "auth_mode": catalog_entry(cfg.provider_type).auth_mode.value,
+        "auth_mode": provider.auth_mode.value,
         "provider_config": {"id": cfg.id, "name": cfg.name, "enabled": cfg.enabled},
         "user_id": account.user_id,
         "label": account.label,
         "subject": account.subject,
-        "identifiers": dict(account.identifiers or {}),
+        "identifiers": identifiers,
+        "provider_data": data,
         "scopes": list(account.scopes or []),
         "status": status,
         "status_reason": reason,
@@ -188,4 +204,5 @@ def snapshot(account: ConnectedAccount, now: datetime, margin: timedelta) -> dic
         "rotated_at": _iso(account.rotated_at),
         "created_at": _iso(account.created_at),
         "last_error": last_error,
+        **body,
     }

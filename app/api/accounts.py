@@ -21,6 +21,7 @@ from app.connectors import accounts
 from app.connectors.headers import disclose
 from app.errors import AppError
 from app.extensions import db_session, get_cipher
+from app.models.base import ID_MAX
 
 bp = api_blueprint("api_accounts", __name__)
 
@@ -41,37 +42,34 @@ ACCOUNT_HEADERS = component(
     },
 )
 ACCOUNT_ID_PARAM = {
-    "account_id": ({"type": "string", "pattern": "^[1-9][0-9]{0,9}$"}, "The connected account's id (console)."),
+    "account_id": ({"type": "integer", "minimum": 1, "maximum": ID_MAX}, "The connected account's id."),
 }
 
 
-@bp.get("/account-manager/accounts/<account_id>/headers")
+@bp.get("/account-manager/accounts/<int:account_id>/headers")
 @api_auth("accounts:headers", cookies=False, audit_use=False)
 @document(
+    operation_id="getAccountHeaders",
     summary="Ready-to-send request headers for an API-key account",
     description=(
         "The headers (and query parameters) to add to a request made with this connected account, rendered "
         "from its provider's catalog entry: e.g. `Authorization: Bearer …` plus `OpenAI-Organization` for "
         "OpenAI, `x-api-key` + `anthropic-version` for Anthropic. **The response contains the credential**: "
         "every call is audited (`account.headers.disclosed`) and answered `Cache-Control: no-store`. "
-        "Service tokens with the scope `accounts:headers` only (no session cookie). "
-        "422 `invalid_config` when the account cannot be used (no secret yet, "
-        "provider config disabled, not an API-key account)."
+        "Service tokens with the scope `accounts:headers` only: a session cookie, even an admin's, is 403. "
+        "409 `conflict` when the account cannot be used, the same answer as refresh and the dialogs give for "
+        "the same cause: its provider config is disabled, no secret is stored yet, or it is not an API-key "
+        "account."
     ),
     response=ACCOUNT_HEADERS,
     path=ACCOUNT_ID_PARAM,
-    errors=(404, 422),
+    errors=(404, 409),
     tags=("accounts",),
 )
-def account_headers(account_id: str) -> Response:
-    # A plain string rule (like the other /api paths) so the documented path is the Flask rule itself.
+def account_headers(account_id: int) -> Response:
     db = db_session()
     try:
-        if not account_id.isascii() or not account_id.isdigit() or len(account_id) > 10:
-            raise AppError("not_found", "There is no such connected account.")
-        result = disclose(
-            db, get_cipher(), int(account_id), ctx=api_audit_ctx(), usable_modes=accounts.CONNECTABLE_MODES
-        )
+        result = disclose(db, get_cipher(), account_id, ctx=api_audit_ctx(), usable_modes=accounts.CONNECTABLE_MODES)
         db.commit()
     except AppError as exc:
         # The token's use is recorded even when nothing is disclosed (audit_use=False leaves it to us).
@@ -80,7 +78,7 @@ def account_headers(account_id: str) -> Response:
             db,
             api_audit_ctx(),
             "account.headers.refused",
-            target=f"connected_account:{account_id[:12]}",
+            target=f"connected_account:{account_id}",
             outcome="failure",
             details={"code": exc.code},
         )

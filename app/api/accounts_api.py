@@ -14,7 +14,7 @@ from typing import Any, Final
 from flask import current_app, request
 from werkzeug.wrappers import Response
 
-from app.api import account_actions, bodies
+from app.api import account_actions, bodies, provider_types
 from app.api.account_snapshots import (
     PAGE_DEFAULT,
     PAGE_MAX,
@@ -25,7 +25,7 @@ from app.api.account_snapshots import (
     list_page,
     snapshot,
 )
-from app.api.registry import DATETIME, JSONSchema, QueryParam, component, document, nullable
+from app.api.registry import DATETIME, PROBLEM, JSONSchema, QueryParam, component, document, nullable
 from app.api.schema import PROVIDER_TYPE
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response
 from app.errors import AppError
@@ -33,6 +33,7 @@ from app.extensions import db_session, get_settings
 from app.models import ConnectedAccount, utcnow
 from app.models.base import ID_MAX
 from app.oauth.runtime import OAuthRuntime, runtime
+from app.providers.entries import ProviderEntry
 from app.providers.registry import get_catalog
 
 bp = api_blueprint("api_account_snapshots", __name__)
@@ -40,9 +41,10 @@ bp = api_blueprint("api_account_snapshots", __name__)
 TAGS: Final = ("accounts",)
 _STR: Final[JSONSchema] = {"type": "string"}
 
-ACCOUNT = component(
-    "AccountSnapshot",
-    {
+
+def _snapshot_schema(provider: ProviderEntry) -> JSONSchema:
+    """One provider type's snapshot: the common fields, with its own identifiers, provider data and (SMTP) mail."""
+    schema: JSONSchema = {
         "type": "object",
         "required": [
             "id",
@@ -53,6 +55,7 @@ ACCOUNT = component(
             "label",
             "subject",
             "identifiers",
+            "provider_data",
             "scopes",
             "status",
             "status_reason",
@@ -66,8 +69,8 @@ ACCOUNT = component(
         "additionalProperties": False,
         "properties": {
             "id": {"type": "integer"},
-            "provider_type": PROVIDER_TYPE,
-            "auth_mode": {"type": "string", "enum": ["password", "oauth2", "oidc", "api_key", "smtp"]},
+            "provider_type": {"const": provider.id},
+            "auth_mode": {"const": provider.auth_mode.value},
             "provider_config": {
                 "type": "object",
                 "required": ["id", "name", "enabled"],
@@ -77,10 +80,8 @@ ACCOUNT = component(
             "user_id": nullable({"type": "integer"}),
             "label": _STR,
             "subject": nullable({**_STR, "description": "The account's id at the provider (OAuth)."}),
-            "identifiers": {
-                "type": "object",
-                "description": "The account's non-secret fields (e.g. organization, base URL, e-mail).",
-            },
+            "identifiers": provider_types.identifiers_schema(provider),
+            "provider_data": provider_types.provider_data_schema(provider),
             "scopes": {"type": "array", "items": _STR, "description": "Granted OAuth scopes."},
             "status": {
                 "type": "string",
@@ -107,7 +108,19 @@ ACCOUNT = component(
                 }
             ),
         },
-    },
+    }
+    if provider_types.sends_mail(provider):
+        schema["required"].append("mail")
+        schema["properties"]["mail"] = provider_types.MAIL_USAGE
+    return schema
+
+
+ACCOUNT = provider_types.union(
+    "AccountSnapshot",
+    provider_types.per_type("AccountSnapshot", _snapshot_schema),
+    "provider_type",
+    "A connected account, never with a secret; `identifiers` and `provider_data` depend on `provider_type`, and "
+    "SMTP accounts have `mail` (their daily cap and today's count).",
 )
 ACCOUNT_PAGE = component(
     "AccountPage",
@@ -123,14 +136,7 @@ ACCOUNT_PAGE = component(
         },
     },
 )
-_PROBLEM: Final[JSONSchema] = nullable(
-    {
-        "type": "object",
-        "required": ["code", "message", "hint"],
-        "additionalProperties": False,
-        "properties": {"code": _STR, "message": _STR, "hint": _STR},
-    }
-)
+_PROBLEM: Final[JSONSchema] = nullable(PROBLEM)
 REFRESH_RESULT = component(
     "AccountRefreshResult",
     {
@@ -225,6 +231,7 @@ def _problem(error: AppError | None) -> dict[str, str] | None:
 @bp.get("/account-manager/accounts")
 @api_auth("accounts:read")
 @document(
+    operation_id="listAccounts",
     summary="List connected-account snapshots",
     description="Every connected account (OAuth, API key, SMTP) in id order, filtered and paged: pass the "
     "`next_cursor` of a page as `cursor` for the next one (null on the last page). A snapshot never contains a "
@@ -277,6 +284,7 @@ def _status_param() -> Status | None:
 @bp.get("/account-manager/accounts/<int:account_id>")
 @api_auth("accounts:read")
 @document(
+    operation_id="getAccount",
     summary="One connected-account snapshot",
     description="Never contains a secret. Scope `accounts:read`.",
     response=ACCOUNT,
@@ -291,17 +299,20 @@ def get_account(account_id: int) -> Response:
 @bp.post("/account-manager/accounts/<int:account_id>/refresh")
 @api_auth("accounts:write")
 @document(
+    operation_id="refreshAccount",
     summary="Refresh an account now",
     description="OAuth accounts: a refresh-token grant now (new access token; a rotated refresh token is "
     "stored in the same transaction). API-key and SMTP accounts: a key cannot be refreshed, so the stored key "
     "is verified against the provider again (the catalog's verify request) and the outcome recorded. A failure "
     "the provider reports is answered 200 with `refresh.outcome: failed` and the error, which is also the "
     "account's `last_error` (e.g. `consent_required`: the user must reconnect). 409 `conflict` when it cannot "
-    "be tried: provider config disabled, no secret yet, or a refresh already in flight (Retry-After). "
-    "Scope `accounts:write`.",
+    "be tried: provider config disabled, no secret yet, or a refresh already in flight (Retry-After). When the "
+    "provider cannot judge the credential (no answer, a timeout, a 5xx) the answer is 502 "
+    "`provider_unreachable`, or 429 `rate_limited` when it asked to slow down (Retry-After): an outage is not "
+    "a bad key, so nothing is recorded on the account. Scope `accounts:write`.",
     response=REFRESH_RESULT,
     path=ACCOUNT_ID_PARAM,
-    errors=(404, 409),
+    errors=(404, 409, 502),
     tags=TAGS,
 )
 def refresh_account(account_id: int) -> Response:
@@ -320,6 +331,7 @@ def refresh_account(account_id: int) -> Response:
 @bp.post("/account-manager/accounts/<int:account_id>/revoke")
 @api_auth("accounts:write")
 @document(
+    operation_id="revokeAccount",
     summary="Revoke an account's credential",
     description="Asks the provider to revoke the stored credential (OAuth: RFC 7009 or the provider's own "
     "request), then deletes it here — ciphertext included. The account stays: an API-key account then needs "
@@ -349,6 +361,7 @@ def revoke_account(account_id: int) -> Response:
 @bp.delete("/account-manager/accounts/<int:account_id>")
 @api_auth("accounts:write")
 @document(
+    operation_id="deleteAccount",
     summary="Delete an account (revoking it first where the provider can)",
     description="Revokes the credential at the provider where it has a revoke API, then deletes the account "
     "and every ciphertext it owns (replaced values kept for rollback included). When the provider cannot "

@@ -6,14 +6,14 @@ import re
 from datetime import datetime
 from typing import Any, Final
 
-from flask import request
+from flask import request, url_for
 from flask_wtf.csrf import generate_csrf
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from app import audit
 from app.api import hooks
-from app.api.registry import DATETIME, QueryParam, component, document
+from app.api.registry import DATETIME, QueryParam, component, document, nullable
 from app.api.security import Principal, api_audit_ctx, api_auth, api_blueprint, json_response, principal
 from app.auth import sessions
 from app.auth.sessions import SessionUser
@@ -47,9 +47,27 @@ MFA = component(
     "MfaSummary",
     {
         "type": "object",
-        "required": ["enrolled", "methods"],
+        "required": ["enrolled", "methods", "enrolment_required", "enrolment_url"],
         "additionalProperties": False,
-        "properties": {"enrolled": {"type": "boolean"}, "methods": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            "enrolled": {"type": "boolean"},
+            "methods": {
+                "type": "array",
+                "items": {"type": "string", "enum": ["totp", "webauthn", "recovery_code"]},
+                "description": "The ways the user can finish a sign-in.",
+            },
+            "enrolment_required": {
+                "type": "boolean",
+                "description": "The user's role requires a second factor and they have none yet: until they enrol, "
+                "every other cookie call answers 403 `mfa_required`. Send them to `enrolment_url`.",
+            },
+            "enrolment_url": nullable(
+                {
+                    "type": "string",
+                    "description": "Where the user sets up a second factor (null when none is required).",
+                }
+            ),
+        },
     },
 )
 CURRENT_SESSION = component(
@@ -137,7 +155,7 @@ def user_json(user: User | SessionUser) -> dict[str, Any]:
     return {"id": user.id, "email": user.email, "name": user.display_name, "roles": [user.role]}
 
 
-def _session_json(settings: Settings, record: UserSession, current_id: str | None) -> dict[str, Any]:
+def session_json(settings: Settings, record: UserSession, current_id: str | None) -> dict[str, Any]:
     return {
         "id": record.public_id,
         "user_id": record.user_id,
@@ -153,7 +171,7 @@ def _session_json(settings: Settings, record: UserSession, current_id: str | Non
     }
 
 
-def _is_live(settings: Settings, record: UserSession, now: datetime) -> bool:
+def is_live(settings: Settings, record: UserSession, now: datetime) -> bool:
     return (
         record.revoked_at is None
         and now < record.expires_at
@@ -165,10 +183,13 @@ def _is_live(settings: Settings, record: UserSession, now: datetime) -> bool:
 @bp.get("/auth/session")
 @api_auth(tokens=False)
 @document(
+    operation_id="getCurrentSession",
     summary="The signed-in user, their second factors and this session",
     description=(
         "Called by the browser with the session cookie (credentials: 'include'). 401 `not_authenticated` "
-        "when nobody is signed in. `csrf_token` is what state-changing cookie calls send as X-CSRFToken."
+        "when nobody is signed in; 403 `permission_denied` for a service token (a token has no session). "
+        "`csrf_token` is what state-changing cookie calls send as X-CSRFToken. `mfa.enrolment_required`: the "
+        "user must set up a second factor before any other call works (this one still answers)."
     ),
     response=CURRENT_SESSION,
     tags=TAGS,
@@ -180,10 +201,17 @@ def current_session() -> Response:
     # Everything below was read by the request's one SELECT (app.auth.sessions.load_session).
     record = who.live
     mfa = hooks.session_mfa_summary(who.mfa)
+    required = hooks.enrolment_required(db_session(), settings, record.user.role, who.mfa)
+    enrol = settings.base_url.rstrip("/") + url_for("mfa.account") if required else None
     return json_response(
         {
             "user": user_json(record.user),
-            "mfa": {"enrolled": mfa.enrolled, "methods": list(mfa.methods)},
+            "mfa": {
+                "enrolled": mfa.enrolled,
+                "methods": list(mfa.methods),
+                "enrolment_required": required,
+                "enrolment_url": enrol,
+            },
             "session": {
                 "id": record.public_id,
                 "created_at": iso(record.created_at),
@@ -219,6 +247,7 @@ def _target_user_id(caller: Principal) -> int:
 @bp.get("/auth/sessions")
 @api_auth("sessions:read")
 @document(
+    operation_id="listSessions",
     summary="Live sign-in sessions of a user",
     description=(
         "With the session cookie: your own sessions (admins may pass `user_id`). With a service token "
@@ -252,7 +281,7 @@ def list_sessions() -> Response:
     return json_response(
         {
             "user_id": user_id,
-            "sessions": [_session_json(settings, r, current_id) for r in rows if _is_live(settings, r, now)],
+            "sessions": [session_json(settings, r, current_id) for r in rows if is_live(settings, r, now)],
         }
     )
 
@@ -260,6 +289,7 @@ def list_sessions() -> Response:
 @bp.delete("/auth/sessions/<session_id>")
 @api_auth("sessions:write")
 @document(
+    operation_id="revokeSession",
     summary="Revoke a sign-in session",
     description=(
         "With the session cookie: one of your own sessions (admins: anyone's); needs the X-CSRFToken header. "
@@ -282,7 +312,7 @@ def revoke_session(session_id: str) -> Response:
         raise not_found
     record = db.scalar(select(UserSession).where(UserSession.public_id == session_id))
     # Someone else's session looks exactly like a missing one to a member: ids are not a way to probe.
-    if record is None or not _is_live(settings, record, utcnow()) or not caller.may_act_for(record.user_id):
+    if record is None or not is_live(settings, record, utcnow()) or not caller.may_act_for(record.user_id):
         raise not_found
     sessions.revoke_session(db, record)
     audit.record(

@@ -7,7 +7,8 @@ What it checks, and where the rule comes from:
   roles). Enrolment and policy are read through ``hooks``.
 * Account secrets past their rotation policy: ``rotated_at`` (or, never rotated, ``created_at``) older
   than ``hooks.rotation_days`` (``AMI_AUTH_SECRET_ROTATION_DAYS`` until the catalog sets per-provider days).
-* Accounts failing refresh or verification: a recorded ``last_error_code``.
+* Accounts failing refresh or verification: a recorded ``last_error_code``; their ``status`` is the accounts
+  API's public vocabulary (``app.api.account_snapshots``), never the stored word.
 * Service tokens unused for 90 days: live credentials nobody uses are pure risk; revoke them.
 * The audit chain: :func:`app.audit.verify` from the first event to the last.
 """
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.api import hooks, tokens
+from app.api.account_snapshots import Reason, Status, derive_status
 from app.models import ROLES, ConnectedAccount, User, utcnow
 from app.settings import Settings
 
@@ -65,7 +67,8 @@ class FailingAccount:
     provider_config: str
     label: str
     user_id: int | None
-    status: str
+    status: Status
+    status_reason: Reason
     error_code: str
     error_hint: str
     error_at: datetime | None
@@ -143,6 +146,7 @@ def build_report(db: Session, settings: Settings, now: datetime | None = None) -
                 )
             )
         if account.last_error_code:
+            status, reason = derive_status(account, now, timedelta(minutes=settings.token_refresh_margin_minutes))
             failing.append(
                 FailingAccount(
                     account.id,
@@ -150,7 +154,8 @@ def build_report(db: Session, settings: Settings, now: datetime | None = None) -
                     config.name,
                     account.label,
                     account.user_id,
-                    account.status,
+                    status,
+                    reason,
                     account.last_error_code,
                     account.last_error_hint or "",
                     account.last_error_at,
@@ -212,6 +217,7 @@ def report_json(report: Report) -> dict[str, Any]:
                 "label": a.label,
                 "user_id": a.user_id,
                 "status": a.status,
+                "status_reason": a.status_reason,
                 "last_error": {"code": a.error_code, "hint": a.error_hint, "at": _iso(a.error_at)},
                 "attempts": a.attempts,
             }

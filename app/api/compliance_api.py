@@ -6,6 +6,7 @@ from typing import Final
 
 from werkzeug.wrappers import Response
 
+from app.api.account_snapshots import REASONS, STATUSES
 from app.api.compliance import build_report, report_json
 from app.api.registry import DATETIME, JSONSchema, component, document, nullable
 from app.api.security import api_auth, api_blueprint, json_response
@@ -64,7 +65,12 @@ REPORT = component(
                 "items": _object(
                     {
                         **_ACCOUNT,
-                        "status": _STR,
+                        "status": {
+                            "type": "string",
+                            "enum": list(STATUSES),
+                            "description": "The account's status as GET /api/account-manager/accounts gives it.",
+                        },
+                        "status_reason": {"type": "string", "enum": list(REASONS)},
                         "last_error": _object({"code": _STR, "hint": _STR, "at": nullable(DATETIME)}),
                         "attempts": _INT,
                     }
@@ -104,6 +110,7 @@ REPORT = component(
 @bp.get("/compliance/report")
 @api_auth("compliance:read")
 @document(
+    operation_id="getComplianceReport",
     summary="Compliance report",
     description=(
         "MFA coverage per role and users violating AMI_AUTH_MFA_REQUIRED_ROLES, account secrets past their "

@@ -78,6 +78,7 @@ def _kind(data: dict[str, object]) -> DialogKind:
 @bp.post("/account-manager/dialogs")
 @api_auth(any_of=tuple(sorted(set(dialog_links.KIND_SCOPE.values()))))
 @document(
+    operation_id="createDialog",
     summary="A single-use URL of a secure dialog",
     description="Secrets are typed only in AMI Auth's own pages. This returns a URL of one such dialog, valid for "
     "10 minutes and for one use: the first admin session that opens it owns it, and Save or Cancel spends it "
@@ -90,12 +91,14 @@ def _kind(data: dict[str, object]) -> DialogKind:
     "this dialog (disabled config, OAuth account or config type, no secret fields).",
     status=201,
     response=DIALOG,
-    response_description="Created: send the admin to `url`.",
+    response_description="Created: send the admin to `url` (also in `Location`).",
     request=DIALOG_REQUEST,
     errors=(404, 409, 422),
     tags=("dialogs",),
 )
 def create_dialog() -> Response:
+    # No Idempotency-Key here: a replay would have to keep the link (a bearer credential, stored only as a hash)
+    # in clear; a retried request just gets another link, and an unused one expires in 10 minutes.
     # Scope before body: the guard let in only callers holding one of the dialog scopes; the kind picks
     # which one, and nothing else of the body is looked at before it is checked.
     data = bodies.json_body()
@@ -131,4 +134,4 @@ def create_dialog() -> Response:
     except AppError:
         db.rollback()
         raise
-    return json_response({"url": issued.url, "expires_at": expires_at.isoformat()}, 201)
+    return json_response({"url": issued.url, "expires_at": expires_at.isoformat()}, 201, location=issued.url)

@@ -35,6 +35,12 @@ def session_mfa_summary(state: mfa.MfaState) -> MfaSummary:
     return MfaSummary(enrolled=state.has_factor, methods=tuple(state.methods))
 
 
+def enrolment_required(db: Session, settings: Settings, role: str, state: mfa.MfaState) -> bool:
+    """Whether a signed-in user must still set up a second factor (their role requires one; they have none),
+    from what the session's own SELECT read."""
+    return mfa.requires_enrolment(db, settings, role, state)
+
+
 def mfa_required_roles(db: Session, settings: Settings) -> tuple[str, ...]:
     """Roles that must have a second factor: the console's Security choices over AMI_AUTH_MFA_REQUIRED_ROLES."""
     return tuple(role for role, required in mfa.policy(db, settings).items() if required)

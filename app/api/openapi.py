@@ -17,11 +17,11 @@ from werkzeug.wrappers import Response
 from app.api.registry import (
     COMPONENTS,
     ERROR,
-    SETTINGS_COMPONENTS,
     JSONSchema,
     OperationDoc,
     document,
     operation_of,
+    settings_components,
 )
 from app.api.security import api_blueprint, api_public, json_response
 from app.api.tokens import SCOPES
@@ -42,17 +42,78 @@ _CONVERTER_SCHEMAS: Final[dict[str, JSONSchema]] = {
 }
 _ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     400: "The request is malformed.",
-    401: "`not_authenticated`: no valid service token or session.",
-    403: "`permission_denied`: the token or role lacks a scope (named in the message), or a cookie call "
-    "failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor "
-    "they have not enrolled yet.",
+    401: "`not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). "
+    '`WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid).',
+    403: "`permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in "
+    "the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on "
+    "a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's "
+    "role requires a second factor they have not enrolled yet.",
     404: "`not_found`.",
-    409: "`conflict`.",
-    422: "`validation_failed`: `fields` names each bad parameter.",
+    409: "`conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), "
+    "or a request with the same Idempotency-Key is still in progress.",
+    422: "`validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too).",
     429: "`rate_limited`: wait Retry-After seconds.",
+    502: "`provider_unreachable`: the provider (not AMI Auth) failed: no answer, a timeout or a 5xx. Nothing was "
+    "recorded against the account's credential; try again later.",
     503: "`service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the "
     "request's); nothing was changed. Send the same request again after Retry-After seconds.",
 }
+
+# Response headers, shared through #/components/headers.
+HEADERS: Final[dict[str, Any]] = {
+    "RateLimit": {
+        "description": "The caller's quota left in this window (draft-ietf-httpapi-ratelimit-headers-10): "
+        '`"<policy>";r=<remaining>;t=<seconds until it resets>`.',
+        "schema": {"type": "string"},
+    },
+    "RateLimit-Policy": {
+        "description": "The quota policy that applies (draft-ietf-httpapi-ratelimit-headers-10): "
+        '`"<policy>";q=<requests>;w=<window seconds>`; policies `token`, `user` (cookie calls) and `ip`.',
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {"required": True, "description": "Seconds to wait.", "schema": {"type": "integer"}},
+    "WWW-Authenticate": {
+        "required": True,
+        "description": 'RFC 6750 section 3: `Bearer realm="AMI Auth"`, with `error="invalid_token"` when the '
+        "token presented is unknown, revoked or expired.",
+        "schema": {"type": "string"},
+    },
+    "Location": {"required": True, "description": "The URL of the created item.", "schema": {"type": "string"}},
+    "Deprecation": {
+        "required": True,
+        "description": "RFC 9745: this operation is deprecated, since the date given (`@<unix time>`).",
+        "schema": {"type": "string"},
+    },
+    "Sunset": {
+        "required": True,
+        "description": "RFC 8594: the HTTP date after which this operation stops working.",
+        "schema": {"type": "string"},
+    },
+    "Link": {
+        "required": True,
+        "description": 'Where the replacement is documented (`<…>; rel="successor-version"`).',
+        "schema": {"type": "string"},
+    },
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request with the same Idempotency-Key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+IDEMPOTENCY_KEY: Final[dict[str, Any]] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "A unique value (e.g. a UUID) per intended creation, 1 to 255 printable ASCII characters. "
+    "Sending the same key again within 24 hours replays the first answer instead of creating a second item; "
+    "the same key with a different body is refused (422 `validation_failed` on `Idempotency-Key`), and while "
+    "the first request is still running a retry gets 409 `conflict` with Retry-After.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
+
+
+def _header(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/headers/{name}"}
+
 
 SECURITY_SCHEMES: Final[dict[str, Any]] = {
     "serviceToken": {
@@ -74,15 +135,20 @@ SECURITY_SCHEMES: Final[dict[str, Any]] = {
 }
 
 
-def _error_response(status: int) -> dict[str, Any]:
+def _error_response(status: int, rate_limited: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "description": _ERROR_DESCRIPTIONS.get(status, "An error in the taxonomy shape."),
         "content": {"application/json": {"schema": ERROR}},
     }
+    headers: dict[str, Any] = {}
     if status in (429, 503):
-        body["headers"] = {
-            "Retry-After": {"required": True, "description": "Seconds to wait.", "schema": {"type": "integer"}}
-        }
+        headers["Retry-After"] = _header("Retry-After")
+    if status == 401:
+        headers["WWW-Authenticate"] = _header("WWW-Authenticate")
+    if rate_limited and status != 503:
+        headers.update(RateLimit=_header("RateLimit"), **{"RateLimit-Policy": _header("RateLimit-Policy")})
+    if headers:
+        body["headers"] = headers
     return body
 
 
@@ -118,7 +184,7 @@ def _security(doc: OperationDoc) -> list[dict[str, list[str]]]:
 
 def _operation(rule: Rule, method: str, doc: OperationDoc, path_parameters: list[dict[str, Any]]) -> dict[str, Any]:
     operation: dict[str, Any] = {
-        "operationId": f"{rule.endpoint}.{method.lower()}".replace(".", "_"),
+        "operationId": doc.operation_id or f"{rule.endpoint}.{method.lower()}".replace(".", "_"),
         "summary": doc.summary or rule.endpoint,
     }
     if doc.description:
@@ -127,12 +193,16 @@ def _operation(rule: Rule, method: str, doc: OperationDoc, path_parameters: list
         operation["tags"] = list(doc.tags)
     if not doc.documented:
         operation["x-undocumented"] = True
+    if doc.deprecation is not None:
+        operation["deprecated"] = True
     parameters = list(path_parameters)
     for param in doc.query:
         entry: dict[str, Any] = {"name": param.name, "in": "query", "required": param.required, "schema": param.schema}
         if param.description:
             entry["description"] = param.description
         parameters.append(entry)
+    if doc.idempotent:
+        parameters.append(IDEMPOTENCY_KEY)
     if parameters:
         operation["parameters"] = parameters
     if doc.request is not None:
@@ -147,9 +217,21 @@ def _operation(rule: Rule, method: str, doc: OperationDoc, path_parameters: list
     success: dict[str, Any] = {"description": doc.response_description}
     if doc.response is not None:
         success["content"] = {"application/json": {"schema": doc.response}}
+    # Every call counts against a rate limit (the per-IP one for public calls).
+    headers: dict[str, Any] = {"RateLimit": _header("RateLimit"), "RateLimit-Policy": _header("RateLimit-Policy")}
+    if doc.status == 201:
+        headers["Location"] = _header("Location")
+    if doc.idempotent:
+        headers["Idempotent-Replayed"] = _header("Idempotent-Replayed")
+    if doc.deprecation is not None:
+        headers.update({name: _header(name) for name in ("Deprecation", "Sunset", "Link")})
+    success["headers"] = headers
     responses[str(doc.status)] = success
-    # Every call counts against a rate limit, and every call can meet an outage (app.faults).
-    statuses = set(doc.errors) | {429, 503}
+    # Every call counts against a rate limit, can meet an outage (app.faults), and is refused an unknown or
+    # repeated query parameter.
+    statuses = set(doc.errors) | {422, 429, 503}
+    if doc.idempotent:
+        statuses |= {409, 422}
     if security:
         statuses.add(401)
         # 403: a missing scope; for cookie calls also a failed CSRF / origin check, or `mfa_required`
@@ -158,10 +240,8 @@ def _operation(rule: Rule, method: str, doc: OperationDoc, path_parameters: list
             statuses.add(403)
     if path_parameters:
         statuses.add(404)
-    if doc.query or doc.request is not None:
-        statuses.add(422)
     for status in sorted(statuses):
-        responses[str(status)] = _error_response(status)
+        responses[str(status)] = _error_response(status, rate_limited=True)
     responses["default"] = {
         "description": "Any other failure, in the taxonomy shape.",
         "content": {"application/json": {"schema": ERROR}},
@@ -181,7 +261,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         path, path_parameters = _path_and_parameters(rule, doc)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(rule, method, doc, path_parameters)
-    schemas = {**COMPONENTS, **{name: build(settings) for name, build in SETTINGS_COMPONENTS.items()}}
+    schemas = {**COMPONENTS, **settings_components(settings)}
     return {
         "openapi": OPENAPI_VERSION,
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
@@ -192,13 +272,22 @@ def build_document(app: Flask) -> dict[str, Any]:
         },
         "servers": [{"url": settings.base_url}],
         "paths": paths,
-        "components": {"schemas": dict(sorted(schemas.items())), "securitySchemes": SECURITY_SCHEMES},
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "headers": HEADERS,
+            "securitySchemes": SECURITY_SCHEMES,
+        },
     }
 
 
 @bp.get("/openapi.json")
 @api_public
-@document(summary="This OpenAPI document", response={"type": "object"}, tags=("meta",))
+@document(
+    operation_id="getOpenApiDocument",
+    summary="This OpenAPI document",
+    response={"type": "object", "additionalProperties": True, "description": "An OpenAPI 3.1 document."},
+    tags=("meta",),
+)
 def openapi_document() -> Response:
     document_body = current_app.extensions.get("ami_openapi")
     if document_body is None:

@@ -26,8 +26,9 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
 from app import audit
-from app.api import bodies
-from app.api.registry import DATETIME, JSONSchema, QueryParam, component, document, nullable
+from app.api import bodies, provider_types
+from app.api import schema as field_schemas
+from app.api.registry import DATETIME, JSONSchema, QueryParam, component, document, nullable, settings_component
 from app.api.schema import PROVIDER_TYPE
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response, principal
 from app.connectors.verify import connectivity_test
@@ -41,6 +42,7 @@ from app.providers.entries import ProviderEntry
 from app.providers.registry import entry as catalog_entry
 from app.providers.registry import get_catalog
 from app.providers.validation import effective_values, validate_submission
+from app.settings import Settings
 
 bp = api_blueprint("api_provider_configs", __name__)
 
@@ -55,21 +57,21 @@ _NAME: Final[JSONSchema] = {
     "type": "string",
     "minLength": 1,
     "maxLength": configs.NAME_MAX,
-    # Something visible, and no control characters (app.api.bodies.plain_text refuses them): the document
-    # says what the server accepts, so generated "valid" names are valid.
-    "pattern": r"^[^\u0000-\u001f\u007f]*\S[^\u0000-\u001f\u007f]*$",
+    # Printable text with something to show (the name is trimmed; control characters are refused at the door).
+    "pattern": r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
     "description": "Unique regardless of case; how admins and the CLI refer to the config.",
 }
-_CONFIG_VALUES: Final[JSONSchema] = {
-    "type": "object",
-    "description": "Non-secret field values, keyed by field name, as described by the provider type's `config` "
-    "schema in GET /api/account-manager/providers/schema (fields marked `writeOnly` are secret and refused "
-    "here). A field left out takes its catalog default; null clears an optional field.",
-}
+_CONFIG_DESCRIPTION: Final = (
+    "Non-secret field values, keyed by field name, as described by the provider type's `config` schema in GET "
+    "/api/account-manager/providers/schema (secret fields are refused here). Values are JSON as meant: numbers, "
+    "true/false and lists, never text standing for them. A field left out takes its catalog default; null "
+    "clears an optional field."
+)
 
-PROVIDER_CONFIG = component(
-    "ProviderConfig",
-    {
+
+def _config_schema(provider: ProviderEntry) -> JSONSchema:
+    """A stored config of one type, as the API returns it."""
+    return {
         "type": "object",
         "required": [
             "id",
@@ -87,22 +89,15 @@ PROVIDER_CONFIG = component(
         "additionalProperties": False,
         "properties": {
             "id": {"type": "integer"},
-            "provider_type": PROVIDER_TYPE,
-            "auth_mode": {"type": "string", "enum": ["password", "oauth2", "oidc", "api_key", "smtp"]},
+            "provider_type": {"const": provider.id},
+            "auth_mode": {"const": provider.auth_mode.value},
             "name": {"type": "string"},
             "enabled": {"type": "boolean"},
-            "config": {"type": "object", "description": "The stored non-secret values."},
-            "secrets": {
-                "type": "object",
-                "description": "One entry per secret field of the type: whether a value is stored, and when it "
-                "last changed. Never the value.",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["set", "changed_at"],
-                    "additionalProperties": False,
-                    "properties": {"set": {"type": "boolean"}, "changed_at": nullable(DATETIME)},
-                },
+            "config": {
+                **field_schemas.stored_schema(provider, "config"),
+                "description": "The stored non-secret values.",
             },
+            "secrets": provider_types.secrets_schema(provider),
             "missing": {
                 "type": "object",
                 "description": "What keeps the config from being enabled, by field (empty when complete).",
@@ -112,7 +107,50 @@ PROVIDER_CONFIG = component(
             "created_at": DATETIME,
             "updated_at": DATETIME,
         },
-    },
+    }
+
+
+def _create_schema(provider: ProviderEntry) -> JSONSchema:
+    """A new config of one type: its name, and the type's non-secret values as the server checks them."""
+    config = {**field_schemas.body_schema(provider, "config"), "description": _CONFIG_DESCRIPTION}
+    required = ["provider_type", "name"]
+    if config["required"] or any("required" in rule.get("then", {}) for rule in config.get("allOf", [])):
+        required.append("config")
+    schema: JSONSchema = {
+        "type": "object",
+        "title": f"A new {provider.display_name} config",
+        "required": required,
+        "additionalProperties": False,
+        "properties": {
+            "provider_type": {"const": provider.id},
+            "name": _NAME,
+            "enabled": {
+                "type": "boolean",
+                "default": False,
+                "description": "true enables it at once, if it is complete: not while a required secret is due "
+                "(secrets are set in a dialog afterwards).",
+            },
+            "config": config,
+        },
+    }
+    rule = field_schemas.enable_rule(provider)
+    if rule is not None:
+        schema.update(rule)
+    return schema
+
+
+def _patch_schema(provider: ProviderEntry) -> JSONSchema:
+    """The values a PATCH may change for one type (merged into the stored ones, then checked as a whole)."""
+    schema = field_schemas.stored_schema(provider, "config")
+    schema["title"] = f"{provider.display_name} config values to change"
+    return schema
+
+
+PROVIDER_CONFIG = provider_types.union(
+    "ProviderConfig",
+    provider_types.per_type("ProviderConfig", _config_schema),
+    "provider_type",
+    "A provider config; `config` and `secrets` depend on `provider_type`.",
 )
 PROVIDER_CONFIG_LIST = component(
     "ProviderConfigList",
@@ -123,40 +161,32 @@ PROVIDER_CONFIG_LIST = component(
         "properties": {"provider_configs": {"type": "array", "items": PROVIDER_CONFIG}},
     },
 )
-CREATE_REQUEST = component(
+CREATE_REQUEST = provider_types.union(
     "ProviderConfigCreate",
-    {
-        "type": "object",
-        "required": ["provider_type", "name"],
-        "additionalProperties": False,
-        "properties": {
-            "provider_type": PROVIDER_TYPE,
-            "name": _NAME,
-            "enabled": {
-                "type": "boolean",
-                "default": False,
-                "description": "true enables it at once, if it is complete (no type with a required secret is).",
-            },
-            "config": _CONFIG_VALUES,
-        },
-    },
+    provider_types.per_type("ProviderConfigCreate", _create_schema),
+    "provider_type",
+    "A new provider config: its type, a name and the type's non-secret values.",
 )
-UPDATE_REQUEST = component(
-    "ProviderConfigUpdate",
-    {
+_PATCHES: Final = provider_types.per_type("ProviderConfigPatch", _patch_schema)
+
+
+def _update_request(settings: Settings) -> JSONSchema:
+    return {
         "type": "object",
         "additionalProperties": False,
         "properties": {
             "name": _NAME,
             "enabled": {"type": "boolean"},
             "config": {
-                **_CONFIG_VALUES,
-                "description": "The fields to change (merged into the stored values); null clears an optional "
-                "field. Fields left out keep their stored value.",
+                "anyOf": list(_PATCHES.refs(settings).values()),
+                "description": "The fields to change (merged into the stored values; the values of the config's "
+                "own type); null clears an optional field. Fields left out keep their stored value.",
             },
         },
-    },
-)
+    }
+
+
+UPDATE_REQUEST = settings_component("ProviderConfigUpdate", _update_request)
 CONFIG_ID_PARAM: Final = {
     "config_id": ({"type": "integer", "minimum": 1, "maximum": ID_MAX}, "The provider config's id."),
 }
@@ -186,7 +216,7 @@ def config_json(db: Session, cfg: ProviderConfig, account_count: int | None = No
         "auth_mode": provider.auth_mode.value,
         "name": cfg.name,
         "enabled": cfg.enabled,
-        "config": dict(cfg.config or {}),
+        "config": {key: value for key, value in (cfg.config or {}).items() if key in _plain_names(provider)},
         "secrets": {
             name: {"set": meta is not None, "changed_at": meta.created_at.isoformat() if meta else None}
             for name, meta in states.items()
@@ -196,6 +226,10 @@ def config_json(db: Session, cfg: ProviderConfig, account_count: int | None = No
         "created_at": cfg.created_at.isoformat(),
         "updated_at": cfg.updated_at.isoformat(),
     }
+
+
+def _plain_names(provider: ProviderEntry) -> set[str]:
+    return {spec.name for spec in provider.fields("config") if not spec.secret}
 
 
 def _prefixed(fields: Mapping[str, str]) -> dict[str, str]:
@@ -213,7 +247,18 @@ def _config_values(provider: ProviderEntry, data: Mapping[str, Any]) -> dict[str
         raise AppError(
             "validation_failed", "Secret fields cannot be sent through the API.", SECRET_HINT, _prefixed(refused)
         )
-    return raw
+    values: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for name, value in raw.items():
+        spec = provider.field("config", name)
+        problem = field_schemas.json_problem(spec, value) if spec is not None else None
+        if problem is not None:
+            problems[name] = problem
+        # JSON Schema counts 30.0 as an integer, and so does the API.
+        values[name] = int(value) if isinstance(value, float) and value.is_integer() else value
+    if problems:
+        raise AppError("validation_failed", fields=_prefixed(problems))
+    return values
 
 
 def _validated(provider: ProviderEntry, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,6 +308,7 @@ def _creator_id() -> int | None:
 @bp.get("/account-manager/provider-configs")
 @api_auth("providers:read")
 @document(
+    operation_id="listProviderConfigs",
     summary="List provider configs",
     description="Every provider config, by type and name, with its non-secret values, which secrets are set, "
     "what keeps it from being enabled, and how many connected accounts use it. Scope `providers:read`.",
@@ -291,16 +337,18 @@ def list_provider_configs() -> Response:
 @bp.post("/account-manager/provider-configs")
 @api_auth("providers:write")
 @document(
+    operation_id="createProviderConfig",
     summary="Create a provider config",
     description="Creates a config from non-secret values; it starts disabled unless `enabled` is true and it is "
     "complete (a type with a required secret field never is until the secret is set in a secure dialog). "
     "409 `conflict` on `name` when another config has that name. Scope `providers:write`." + _DESCRIPTION_COMMON,
     status=201,
     response=PROVIDER_CONFIG,
-    response_description="Created.",
+    response_description="Created; `Location` is its URL.",
     request=CREATE_REQUEST,
     errors=(409, 422),
     tags=TAGS,
+    idempotent=True,
 )
 def create_provider_config() -> Response:
     data = bodies.json_object(
@@ -328,7 +376,7 @@ def create_provider_config() -> Response:
     except AppError:
         db.rollback()
         raise
-    return json_response(body, 201)
+    return json_response(body, 201, location=f"/api/account-manager/provider-configs/{body['id']}")
 
 
 def _find(db: Session, config_id: int) -> ProviderConfig:
@@ -341,6 +389,7 @@ def _find(db: Session, config_id: int) -> ProviderConfig:
 @bp.get("/account-manager/provider-configs/<int:config_id>")
 @api_auth("providers:read")
 @document(
+    operation_id="getProviderConfig",
     summary="One provider config",
     description="Its non-secret values, which secrets are set (never their values) and what keeps it from being "
     "enabled. Scope `providers:read`.",
@@ -357,6 +406,7 @@ def get_provider_config(config_id: int) -> Response:
 @bp.patch("/account-manager/provider-configs/<int:config_id>")
 @api_auth("providers:write")
 @document(
+    operation_id="updateProviderConfig",
     summary="Change a provider config",
     description="Renames it, changes non-secret values (merged into the stored ones, then checked as a whole) "
     "and/or enables or disables it — in one transaction: when any part is refused, nothing changes. Enabling "
@@ -403,6 +453,7 @@ def update_provider_config(config_id: int) -> Response:
 @bp.delete("/account-manager/provider-configs/<int:config_id>")
 @api_auth("providers:write")
 @document(
+    operation_id="deleteProviderConfig",
     summary="Delete a provider config",
     description="Deletes the config and every stored secret of it. Refused with 409 `conflict` while connected "
     "accounts use it: delete those first (DELETE /api/account-manager/accounts/{account_id} revokes them at the "
@@ -454,6 +505,7 @@ CONFIG_TEST = component(
 @bp.post("/account-manager/provider-configs/<int:config_id>/test")
 @api_auth("providers:write")
 @document(
+    operation_id="testProviderConfig",
     summary="Test a provider config's connection",
     description="Runs the type's connectivity check with the stored values and secrets, as `ami-auth providers "
     "test` does: OIDC types (Google, Azure AD, generic) fetch discovery and the signing keys; SMTP reaches the "

@@ -8,64 +8,50 @@ from __future__ import annotations
 
 from werkzeug.wrappers import Response
 
+from app.api import provider_types
 from app.api.registry import component, document
-from app.api.schema import catalog_schema
+from app.api.schema import ANNOTATIONS, catalog_schema
 from app.api.security import api_auth, api_blueprint, json_response
 from app.providers.registry import get_catalog
 
 bp = api_blueprint("api_providers", __name__)
 
-_JSON_SCHEMA = {
-    "type": "object",
-    "description": "A JSON Schema (draft 2020-12) object schema; secret fields carry writeOnly: true.",
-}
-PROVIDER_TYPE = component(
+PROVIDER_TYPE = provider_types.union(
     "ProviderType",
-    {
-        "type": "object",
-        "required": ["id", "display_name", "auth_mode", "description", "docs_url", "config", "account"],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "string", "description": "The catalog id (AuthProviderType)."},
-            "display_name": {"type": "string"},
-            "auth_mode": {"type": "string", "enum": ["password", "oauth2", "oidc", "api_key", "smtp"]},
-            "description": {"type": "string"},
-            "docs_url": {"type": "string", "format": "uri"},
-            "admin_warnings": {"type": "array", "items": {"type": "string"}},
-            "rotation_days": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
-            "revoke": {
-                "type": "object",
-                "required": ["supported", "hint"],
-                "additionalProperties": False,
-                "properties": {"supported": {"type": "boolean"}, "hint": {"type": "string"}},
-            },
-            "refresh": {"type": "string", "enum": ["none", "standard"]},
-            "config": {**_JSON_SCHEMA, "title": "Provider-config fields (set once by an admin)"},
-            "account": {**_JSON_SCHEMA, "title": "Connected-account fields"},
-        },
-    },
+    provider_types.per_type("ProviderType", provider_types.provider_type_schema),
+    "id",
+    "A provider type of the catalog, with the JSON Schemas of its config and account fields.",
 )
 PROVIDER_SCHEMAS = component(
     "ProviderSchemas",
     {
         "type": "object",
-        "required": ["providers"],
+        "required": ["annotation_keywords", "providers"],
         "additionalProperties": False,
-        "properties": {"providers": {"type": "array", "items": PROVIDER_TYPE}},
+        "properties": {
+            "annotation_keywords": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(ANNOTATIONS)},
+                "description": "The `x-` keywords the schemas carry: annotations that never change validity. Give "
+                "them to your validator as known keywords (ajv: `new Ajv({keywords: annotation_keywords})`).",
+            },
+            "providers": {"type": "array", "items": PROVIDER_TYPE},
+        },
     },
 )
 
 
 @bp.get("/account-manager/providers/schema")
-@api_auth("providers:write")
+@api_auth("providers:read")
 @document(
+    operation_id="getProviderSchemas",
     summary="Field schemas of every provider type",
     description=(
         "One entry per provider type, in catalog order, with a JSON Schema for its provider-config fields "
         "and one for its connected-account fields. Secret fields are `writeOnly` (no value is ever "
         "returned); `x-order`, `x-visible-when` (a hidden field is ignored), `x-admin-only`, `x-advanced` and "
         "`x-enum-labels` carry what a form needs. `required` lists what a new submission must contain; on "
-        "update a secret field may be left out to keep the stored value. Scope `providers:write` "
+        "update a secret field may be left out to keep the stored value. Scope `providers:read` "
         "(admins with the session cookie)."
     ),
     response=PROVIDER_SCHEMAS,

@@ -4,19 +4,26 @@ An endpoint describes itself with two decorators, in either order, under its rou
 
     @bp.get("/auth/sessions")
     @api_auth("sessions:read")                       # app.api.security: who may call it
-    @document(summary="…", response=SESSION_LIST,   # this module: what it takes and returns
+    @document(operation_id="listSessions",         # this module: what it takes and returns
+              summary="…", response=SESSION_LIST,
               query=(QueryParam("user_id", {"type": "integer", "minimum": 1}),), errors=(404, 422))
     def list_sessions() -> Response: …
 
 The path, method and path parameters come from the Flask rule itself, so the document cannot drift
 from the routes; a route under /api/ without ``document`` still appears (flagged ``x-undocumented``),
 and a test fails until it is described. Shared schemas are registered once with :func:`component`.
+
+``operation_id`` is part of the contract: generated clients name their methods after it, so it is
+written by hand, never derived from a Python name that a refactoring may change. The query parameters
+listed are the only ones the endpoint accepts (``app.api.security`` refuses others, and repeats, with 422).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Final, TypeVar
 
 from app.errors import TAXONOMY
@@ -51,6 +58,29 @@ def settings_component(name: str, build: Callable[[Settings], JSONSchema]) -> JS
         raise ValueError(f"OpenAPI component {name!r} is already registered")
     SETTINGS_COMPONENTS[name] = build
     return {"$ref": f"#/components/schemas/{name}"}
+
+
+# Families of components whose very names depend on the settings: one per provider type of the app's catalog,
+# which AMI_AUTH_CATALOG_DIR may extend (app.api.provider_types). Each builder returns {name: schema}.
+SETTINGS_COMPONENT_GROUPS: dict[str, Callable[[Settings], dict[str, JSONSchema]]] = {}
+
+
+def settings_component_group(prefix: str, build: Callable[[Settings], dict[str, JSONSchema]]) -> None:
+    """Register a family of schemas named ``<prefix>…``, built from the app's settings with its document."""
+    if prefix in SETTINGS_COMPONENT_GROUPS:
+        raise ValueError(f"OpenAPI component family {prefix!r} is already registered")
+    SETTINGS_COMPONENT_GROUPS[prefix] = build
+
+
+def settings_components(settings: Settings) -> dict[str, JSONSchema]:
+    """Every settings-dependent schema of this app's document; a name built twice is a bug."""
+    built = {name: build(settings) for name, build in SETTINGS_COMPONENTS.items()}
+    for prefix, build in SETTINGS_COMPONENT_GROUPS.items():
+        for name, schema in build(settings).items():
+            if name in built or name in COMPONENTS or not name.startswith(prefix):
+                raise ValueError(f"OpenAPI component {name!r} of family {prefix!r} clashes with another")
+            built[name] = schema
+    return built
 
 
 def nullable(schema: JSONSchema) -> JSONSchema:
@@ -90,6 +120,22 @@ ERROR: Final = component(
 )
 
 
+# A failure reported inside a successful answer (a refresh the provider refused, an invitation not sent).
+PROBLEM: Final = component(
+    "Problem",
+    {
+        "type": "object",
+        "required": ["code", "message", "hint"],
+        "additionalProperties": False,
+        "properties": {
+            "code": {"type": "string", "description": "A taxonomy code (the Error schema's)."},
+            "message": {"type": "string"},
+            "hint": {"type": "string"},
+        },
+    },
+)
+
+
 @dataclass(frozen=True)
 class AuthSpec:
     """Who may call an endpoint: the scopes a token needs, and which credentials are accepted."""
@@ -114,6 +160,17 @@ class QueryParam:
     required: bool = False
 
 
+@dataclass(frozen=True)
+class Deprecation:
+    """An operation on its way out (docs/api.md, "Versioning and deprecation"): answered with
+    ``Deprecation`` (RFC 9745: the date it was deprecated) and ``Sunset`` (RFC 8594: when it stops working)
+    headers, and a ``Link`` to what replaces it; ``deprecated: true`` in the document."""
+
+    since: date
+    sunset: date
+    successor: str
+
+
 @dataclass
 class OperationDoc:
     summary: str = ""
@@ -131,6 +188,10 @@ class OperationDoc:
     # Error statuses this endpoint can answer besides the ones every endpoint can (401/403/429, default).
     errors: tuple[int, ...] = ()
     documented: bool = False
+    operation_id: str = ""
+    # A creating POST that honours the Idempotency-Key header (app.api.idempotency).
+    idempotent: bool = False
+    deprecation: Deprecation | None = None
 
 
 def operation_of(view: Callable[..., Any] | None) -> OperationDoc | None:
@@ -151,8 +212,12 @@ def set_auth(view: Callable[..., Any], spec: AuthSpec) -> None:
     _ensure(view).auth = spec
 
 
+_OPERATION_ID: Final = re.compile(r"[a-z][A-Za-z0-9]{2,63}")
+
+
 def document(
     *,
+    operation_id: str,
     summary: str,
     response: JSONSchema | None,
     status: int = 200,
@@ -163,8 +228,14 @@ def document(
     path: dict[str, tuple[JSONSchema, str]] | None = None,
     errors: tuple[int, ...] = (),
     tags: tuple[str, ...] = (),
+    idempotent: bool = False,
+    deprecation: Deprecation | None = None,
 ) -> Callable[[F], F]:
     """Describe an endpoint for the OpenAPI document (see the module docstring)."""
+    if not _OPERATION_ID.fullmatch(operation_id):
+        raise ValueError(f"operation_id {operation_id!r}: use lowerCamelCase, e.g. listUsers")
+    if idempotent and status != 201:
+        raise ValueError("Idempotency-Key is for creating POSTs (status 201)")
 
     def decorate(view: F) -> F:
         doc = _ensure(view)
@@ -178,6 +249,9 @@ def document(
         doc.query = query
         doc.path = dict(path or {})
         doc.errors = errors
+        doc.operation_id = operation_id
+        doc.idempotent = idempotent
+        doc.deprecation = deprecation
         doc.documented = True
         return view
 

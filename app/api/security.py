@@ -14,8 +14,9 @@ A JSON endpoint is guarded by one decorator, under its route::
 Two ways in:
 
 * ``Authorization: Bearer amis_…`` — a service token (the CMS server). It must exist, not be revoked
-  or expired (else 401 ``not_authenticated``) and hold every scope the endpoint names (else 403
-  ``permission_denied`` naming the scope). Every attempt is audited as ``service_token.use`` with the
+  or expired (else 401 ``not_authenticated`` with ``WWW-Authenticate: Bearer …, error="invalid_token"``,
+  RFC 6750 section 3.1) and hold every scope the endpoint names (else 403 ``permission_denied`` naming
+  the scope, ``error="insufficient_scope"``). Every attempt is audited as ``service_token.use`` with the
   token's id (``service_token:unknown`` when nothing matched); the token itself is never recorded.
   Token calls need no CSRF token: a browser never attaches an Authorization header on its own.
 * The user's session cookie (browser calls from the CMS origin). Scopes come from the role
@@ -23,9 +24,15 @@ Two ways in:
   State-changing methods need the ``X-CSRFToken`` header (the ``csrf_token`` of
   ``GET /api/auth/session``) and an allowed ``Origin``.
 
+401 means only "no valid credential". A valid credential of the wrong kind is 403 ``permission_denied``: a
+service token on a cookie-only endpoint (``GET /api/auth/session``), a session cookie on a token-only one
+(the headers endpoint). Every 401 carries ``WWW-Authenticate``. The query parameters an endpoint documents
+are the only ones it takes: an unknown or repeated one is 422 ``validation_failed`` naming it.
+
 Rate limits use the shared ``limits`` storage: ``AMI_AUTH_API_RATE_PER_MINUTE`` per token (or per
 signed-in user), ``AMI_AUTH_API_IP_RATE_PER_MINUTE`` per client IP for requests without a valid
-credential. Over a limit: 429 ``rate_limited`` with ``Retry-After``.
+credential. Over a limit: 429 ``rate_limited`` with ``Retry-After``. Every response says where the caller
+stands: ``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers-10).
 
 CORS: responses under /api carry ``Access-Control-Allow-Origin`` only for an exact origin of
 ``AMI_AUTH_CMS_ORIGINS``, with credentials; preflights are answered from the route's methods.
@@ -38,8 +45,11 @@ import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from datetime import time as day_start
+from email.utils import format_datetime
 from functools import wraps
-from typing import Any, Final, Literal, ParamSpec, TypeVar
+from typing import Any, Final, Literal, ParamSpec, TypeVar, cast
 
 from flask import Blueprint, current_app, g, request
 from flask.blueprints import BlueprintSetupState
@@ -49,8 +59,8 @@ from limits.strategies import FixedWindowRateLimiter
 from werkzeug.wrappers import Response
 
 from app import audit
-from app.api import tokens
-from app.api.registry import AuthSpec, set_auth
+from app.api import idempotency, tokens
+from app.api.registry import AuthSpec, OperationDoc, operation_of, set_auth
 from app.api.tokens import SCOPES, PresentedToken, Scope
 from app.auth.throttle import ip_bucket
 from app.errors import AppError
@@ -65,7 +75,13 @@ R = TypeVar("R")
 
 API_PREFIX: Final = "/api"
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-ALLOWED_REQUEST_HEADERS: Final = "Authorization, Content-Type, X-CSRFToken, X-CSRF-Token"
+ALLOWED_REQUEST_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, X-CSRFToken, X-CSRF-Token"
+# What a CMS page may read of an answer besides the CORS-safelisted headers.
+EXPOSED_HEADERS: Final = (
+    "Retry-After, RateLimit, RateLimit-Policy, Location, Idempotent-Replayed, Deprecation, Sunset, Link, "
+    "WWW-Authenticate, X-Request-ID"
+)
+REALM: Final = "AMI Auth"
 PREFLIGHT_MAX_AGE: Final = "600"
 
 # What a session cookie may do, by role. Members get the session scopes for their own sessions only.
@@ -134,8 +150,53 @@ def api_audit_ctx() -> audit.AuditContext:
     return audit_ctx()
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+def json_response(body: Any, status: int = 200, *, location: str | None = None) -> Response:
+    """A JSON answer; ``location`` (a path under /api) for a 201 Created (RFC 9110 section 10.2.2)."""
+    response = Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    if location is not None:
+        response.headers["Location"] = location
+    return response
+
+
+@dataclass(frozen=True)
+class _RateState:
+    """Where the caller stands against the limit this request was counted under (for the RateLimit headers)."""
+
+    policy: str
+    quota: int
+    window: int
+    remaining: int
+    reset: int
+
+
+def _challenge(error: str | None = None, description: str | None = None, scope: str | None = None) -> str:
+    """An RFC 6750 section 3 challenge. No ``error`` when the request carried no bearer token at all."""
+    parts = [f'realm="{REALM}"']
+    if error is not None:
+        parts.append(f'error="{error}"')
+    if description is not None:
+        # A quoted-string of %x20-21 / %x23-5B / %x5D-7E (RFC 6750 section 3): no quote or backslash.
+        text = "".join(c for c in description if " " <= c <= "~" and c not in '"\\')
+        parts.append(f'error_description="{text}"')
+    if scope is not None:
+        parts.append(f'scope="{scope}"')
+    return "Bearer " + ", ".join(parts)
+
+
+def check_query(doc: OperationDoc | None) -> None:
+    """Refuse query parameters the endpoint does not document, and repeats of one, each on its name (422)."""
+    allowed = {param.name for param in doc.query} if doc is not None else set()
+    errors: dict[str, str] = {}
+    for name in request.args:
+        if name not in allowed:
+            hint = f" Use {', '.join(sorted(allowed))}." if allowed else ""
+            errors[name[:80]] = "This is not a parameter of this request." + hint
+        elif len(request.args.getlist(name)) > 1:
+            errors[name] = "Give this parameter once."
+    if errors:
+        raise AppError(
+            "validation_failed", "The query string has parameters this endpoint does not take.", fields=errors
+        )
 
 
 # --- the decorators -----------------------------------------------------------------------------------
@@ -171,7 +232,16 @@ def api_auth(
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @wraps(view)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            g.api_principal = _authenticate(spec)
+            caller = _authenticate(spec)
+            g.api_principal = caller
+            doc = operation_of(wrapper)
+            check_query(doc)
+            if doc is not None and doc.idempotent:
+                key = idempotency.presented_key()
+                if key is not None:
+                    owner = f"service_token:{caller.token.id}" if caller.token is not None else f"user:{caller.user_id}"
+                    run = cast(Callable[[], Response], lambda: view(*args, **kwargs))
+                    return cast(R, idempotency.run(db_session(), owner, key, run))
             return view(*args, **kwargs)
 
         set_auth(wrapper, spec)
@@ -186,6 +256,7 @@ def api_public(view: Callable[P, R]) -> Callable[P, R]:
     @wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         _limit_ip(get_settings())
+        check_query(operation_of(wrapper))
         return view(*args, **kwargs)
 
     set_auth(wrapper, AuthSpec(public=True))
@@ -208,19 +279,41 @@ def _authenticate(spec: AuthSpec) -> Principal:
     header = request.headers.get("Authorization")
     if header is not None and spec.tokens:
         return _token_principal(settings, spec, header)
-    who = signed_in() if spec.cookies else None
-    if who is not None:
+    who = signed_in()
+    if who is not None and spec.cookies:
         return _session_principal(settings, spec, who)
-    _limit_ip(settings)
     if header is not None:
-        raise AppError(
-            "not_authenticated",
+        # A cookie-only endpoint (the browser's own session): a valid token is the wrong kind of credential.
+        record = _valid_token(settings, header)
+        _refuse_kind(
+            _token_ctx(record),
+            f"service_token:{record.id}",
             "This endpoint describes a browser session; service tokens cannot call it.",
             "Call it from the browser with the user's session cookie (credentials: 'include').",
         )
+    if who is not None:
+        # A token-only endpoint (a credential is disclosed): a session cookie is the wrong kind.
+        _limit(settings, _principal_item(settings), "user", str(who.id), target=f"user:{who.id}")
+        _refuse_kind(
+            audit_ctx(),
+            f"user:{who.id}",
+            "This endpoint answers to service tokens only, never to a browser session.",
+            "Call it from the CMS server with a service token that has the scope it needs.",
+        )
+    _limit_ip(settings)
+    g.api_challenge = _challenge()
     if not spec.cookies:
         raise AppError("not_authenticated", "A service token is required.", _TOKEN_PROBLEMS["unknown"][1])
     raise AppError("not_authenticated")
+
+
+def _refuse_kind(ctx: audit.AuditContext, target: str, message: str, hint: str) -> None:
+    db = db_session()
+    audit.record(
+        db, ctx, "api.denied", target=target, outcome="denied", details=_request_details(reason="wrong_credential")
+    )
+    db.commit()
+    raise AppError("permission_denied", message, hint)
 
 
 def _token_ctx(record: PresentedToken | None) -> audit.AuditContext:
@@ -233,12 +326,14 @@ def _request_details(**extra: object) -> dict[str, object]:
     return {"method": request.method, "path": rule[:200], **extra}
 
 
-def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Principal:
+def _valid_token(settings: Settings, header: str) -> PresentedToken:
+    """The presented token's row, counted against its rate limit; else 401 (audited, with the challenge)."""
     db = db_session()
     scheme, _, raw = header.strip().partition(" ")
     raw = raw.strip()
     # RFC 6750 section 2.1: the scheme name is case-insensitive; anything but Bearer matches no token.
-    check = tokens.authenticate(db, raw if scheme.lower() == "bearer" else "")
+    bearer = scheme.lower() == "bearer"
+    check = tokens.authenticate(db, raw if bearer else "")
     record = check.record
     target = f"service_token:{record.id}" if record is not None else "service_token:unknown"
 
@@ -255,9 +350,18 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
         )
         db.commit()
         message, hint = _TOKEN_PROBLEMS[problem]
+        # RFC 6750 section 3.1: no error code when the request used another scheme (no bearer token at all).
+        g.api_challenge = _challenge("invalid_token", message) if bearer else _challenge()
         raise AppError("not_authenticated", message, hint)
 
     _limit(settings, _principal_item(settings), "token", str(record.id), target=target, ctx=_token_ctx(record))
+    return record
+
+
+def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Principal:
+    db = db_session()
+    record = _valid_token(settings, header)
+    target = f"service_token:{record.id}"
     missing = _missing(spec, record.scopes)
     if missing:
         audit.record(
@@ -269,6 +373,7 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
             details=_request_details(reason="missing_scope", missing_scopes=missing),
         )
         db.commit()
+        g.api_challenge = _challenge("insufficient_scope", scope=" ".join(missing))
         raise AppError(
             "permission_denied",
             f"This service token lacks the scope {_names(missing, spec)}.",
@@ -345,6 +450,7 @@ def require_scope(scope: Scope, **details: object) -> None:
     )
     db.commit()
     if caller.token is not None:
+        g.api_challenge = _challenge("insufficient_scope", scope=scope)
         raise AppError(
             "permission_denied",
             f"This service token lacks the scope '{scope}'.",
@@ -384,6 +490,8 @@ def _check_csrf(settings: Settings, target: str) -> None:
         "permission_denied",
         "The request has no valid CSRF token.",
         "Send the X-CSRFToken header with the csrf_token from GET /api/auth/session.",
+        # A client can tell this refusal from a missing scope, read a fresh token and send the request again.
+        fields={"X-CSRFToken": "Missing, or not this session's: read csrf_token from GET /api/auth/session."},
     )
 
 
@@ -419,10 +527,13 @@ def _limit(
 ) -> None:
     """Count one request; over the limit raise 429 with Retry-After (audited once a minute per bucket)."""
     limiter = FixedWindowRateLimiter(_storage())
-    if limiter.hit(item, kind, identifier):
+    allowed = limiter.hit(item, kind, identifier)
+    stats = limiter.get_window_stats(item, kind, identifier)
+    until_reset = max(1, math.ceil(stats.reset_time - time.time()))
+    g.api_rate = _RateState(kind, item.amount, item.get_expiry(), max(0, stats.remaining), until_reset)
+    if allowed:
         return
-    reset = limiter.get_window_stats(item, kind, identifier).reset_time
-    retry_after = max(1, math.ceil(reset - time.time()))
+    retry_after = until_reset
     if limiter.hit(_REFUSAL_AUDIT, kind, identifier):
         db = db_session()
         audit.record(
@@ -455,9 +566,19 @@ def _install(state: BlueprintSetupState) -> None:
     allowed = frozenset(settings.cms_origins)
 
     @app.after_request
-    def _cors(response: Response) -> Response:
+    def _api_headers(response: Response) -> Response:
         if not request.path.startswith(API_PREFIX + "/"):
             return response
+        _rate_headers(response)
+        if response.status_code == 401 and "WWW-Authenticate" not in response.headers:
+            # RFC 9110 section 11.6.1: every 401 carries a challenge.
+            response.headers["WWW-Authenticate"] = g.get("api_challenge") or _challenge()
+        elif response.status_code == 403 and g.get("api_challenge"):
+            response.headers["WWW-Authenticate"] = g.api_challenge
+        _deprecation_headers(response)
+        return _cors(response)
+
+    def _cors(response: Response) -> Response:
         # The answer depends on Origin, so caches must key on it (Fetch standard, CORS protocol).
         if "Vary" in response.headers:
             response.vary.add("Origin")
@@ -468,10 +589,34 @@ def _install(state: BlueprintSetupState) -> None:
             return response
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             methods = sorted(response.allow - {"HEAD"}) if response.allow else ["GET"]
             response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
             response.headers["Access-Control-Allow-Headers"] = ALLOWED_REQUEST_HEADERS
             response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
         return response
+
+
+def _rate_headers(response: Response) -> None:
+    """draft-ietf-httpapi-ratelimit-headers-10: the policy this request was counted under and what is left."""
+    state = g.get("api_rate")
+    if not isinstance(state, _RateState):
+        return
+    response.headers["RateLimit-Policy"] = f'"{state.policy}";q={state.quota};w={state.window}'
+    response.headers["RateLimit"] = f'"{state.policy}";r={state.remaining};t={state.reset}'
+
+
+def _deprecation_headers(response: Response) -> None:
+    """A deprecated operation says so on every answer (docs/api.md, "Versioning and deprecation")."""
+    rule = request.url_rule
+    view = current_app.view_functions.get(rule.endpoint) if rule is not None else None
+    doc = operation_of(view)
+    if doc is None or doc.deprecation is None:
+        return
+    info = doc.deprecation
+    since = datetime.combine(info.since, day_start(0), tzinfo=UTC)
+    sunset = datetime.combine(info.sunset, day_start(0), tzinfo=UTC)
+    response.headers["Deprecation"] = f"@{int(since.timestamp())}"  # RFC 9745: a structured-field date
+    response.headers["Sunset"] = format_datetime(sunset, usegmt=True)  # RFC 8594: an HTTP-date
+    response.headers["Link"] = f'<{info.successor}>; rel="successor-version"'

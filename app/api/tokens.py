@@ -30,6 +30,8 @@ Scope = Literal[
     "providers:read",
     "providers:write",
     "compliance:read",
+    "users:read",
+    "users:write",
 ]
 
 # The fixed set, in the order the console shows them, with what each one allows.
@@ -42,6 +44,9 @@ SCOPES: Final[dict[Scope, str]] = {
     "providers:read": "Read provider configurations (non-secret fields; which secrets are set, never their values).",
     "providers:write": "Create and change provider configurations (non-secret fields).",
     "compliance:read": "Read the compliance report.",
+    "users:read": "List and read users, their sign-in sessions and linked sign-in identities.",
+    "users:write": "Create, invite, edit, disable, enable and unlock users; reset their MFA; end their sessions; "
+    "unlink their sign-in identities.",
 }
 
 TOKEN_PREFIX: Final = "amis_"

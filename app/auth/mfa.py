@@ -78,6 +78,10 @@ class MfaState:
     totp: int  # confirmed authenticator apps
     passkeys: int  # confirmed passkeys (a passkey is confirmed when it is registered)
     recovery_remaining: int  # unspent recovery codes
+    # The admins' stored MFA choice for the user's role (None: none stored, the setting decides), when it was
+    # read with the session; ``policy_loaded`` False means it was not read here.
+    role_policy: bool | None = None
+    policy_loaded: bool = False
 
     @property
     def has_factor(self) -> bool:
@@ -143,6 +147,21 @@ def policy(db: Session, settings: Settings) -> dict[str, bool]:
     """Role -> MFA required. A stored admin choice wins; otherwise AMI_AUTH_MFA_REQUIRED_ROLES decides."""
     stored = {p.role: p.required for p in db.scalars(select(MfaPolicy))}
     return {role: stored.get(role, role in settings.mfa_required_roles) for role in ROLES}
+
+
+def policy_column(role: ColumnElement[str]) -> ScalarSelect[bool]:
+    """The stored choice for ``role`` as a correlated scalar subquery (NULL when none), to add to another SELECT."""
+    return select(MfaPolicy.required).where(MfaPolicy.role == role).scalar_subquery()
+
+
+def requires_enrolment(db: Session, settings: Settings, role: str, state: MfaState) -> bool:
+    """Whether the user must still set up a second factor: their role requires one and they have none. Uses
+    the policy read with the session when there is one (no second query)."""
+    if state.has_factor:
+        return False
+    if state.policy_loaded:
+        return state.role_policy if state.role_policy is not None else role in settings.mfa_required_roles
+    return role_requires_mfa(db, settings, role)
 
 
 def role_requires_mfa(db: Session, settings: Settings, role: str) -> bool:

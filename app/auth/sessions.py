@@ -12,7 +12,7 @@ from typing import Protocol
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from app.auth.mfa import MfaState, state, state_columns
+from app.auth.mfa import MfaState, policy_column, state, state_columns
 from app.idp import logout
 from app.models import Base, User, UserSession, utcnow
 from app.settings import Settings
@@ -79,6 +79,7 @@ _LOAD = (
         _U.is_active,
         _U.must_change_password,
         *state_columns(_S.user_id),
+        policy_column(_U.role),
     )
     .join_from(_SESSIONS, _USERS, _U.id == _S.user_id)
     .where(_S.id == bindparam("session_id"))
@@ -137,7 +138,7 @@ def load_session(db: Session, settings: Settings, raw: str, now: datetime | None
     if row is None:
         return None
     (public_id, created, last_seen, expires, revoked, verified) = row[:6]
-    (user_id, email, name, role, active, must_change, totp, passkeys, recovery_remaining) = row[6:]
+    (user_id, email, name, role, active, must_change, totp, passkeys, recovery_remaining, policy) = row[6:]
     if revoked is not None or not active:
         return None
     if now >= expires or now >= min(last_seen + timedelta(minutes=settings.session_idle_minutes), expires):
@@ -155,7 +156,13 @@ def load_session(db: Session, settings: Settings, raw: str, now: datetime | None
         expires_at=expires,
         mfa_verified=verified,
         user=SessionUser(id=user_id, email=email, display_name=name, role=role, must_change_password=must_change),
-        mfa=MfaState(totp=totp, passkeys=passkeys, recovery_remaining=recovery_remaining),
+        mfa=MfaState(
+            totp=totp,
+            passkeys=passkeys,
+            recovery_remaining=recovery_remaining,
+            role_policy=None if policy is None else bool(policy),
+            policy_loaded=True,
+        ),
     )
 
 

@@ -10,12 +10,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import func, or_, select
+from limits.storage import Storage
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from app import audit
 from app.audit import AuditContext
-from app.auth import lifecycle, mail_tokens, sessions, users
+from app.auth import lifecycle, mail_tokens, mfa, sessions, throttle, users
 from app.errors import AppError
 from app.models import ROLES, User
 from app.models.tokens import TokenPurpose
@@ -72,6 +73,16 @@ def _denied(db: Session, ctx: AuditContext, action: str, user: User, message: st
     return AppError("conflict", message, hint)
 
 
+def _search(stmt: Select[Any], query: str) -> Select[Any]:
+    """Only users whose email or display name contains ``query`` (case-insensitive, taken literally)."""
+    needle = query.strip()[:200]
+    if not needle:
+        return stmt
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = f"%{escaped}%"
+    return stmt.where(or_(User.email.ilike(pattern, escape="\\"), User.display_name.ilike(pattern, escape="\\")))
+
+
 @dataclass(frozen=True)
 class UserPage:
     users: list[User]
@@ -82,17 +93,32 @@ class UserPage:
 
 def list_users(db: Session, *, query: str = "", page: int = 1, page_size: int = PAGE_SIZE) -> UserPage:
     """Users by email, filtered by a substring of email or display name (case-insensitive)."""
-    stmt = select(User)
-    needle = query.strip()[:200]
-    if needle:
-        escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{escaped}%"
-        stmt = stmt.where(or_(User.email.ilike(pattern, escape="\\"), User.display_name.ilike(pattern, escape="\\")))
+    stmt = _search(select(User), query)
     total = int(db.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
     pages = max(1, -(-total // page_size))
     page = min(max(1, page), pages)
     rows = db.scalars(stmt.order_by(User.email).limit(page_size).offset((page - 1) * page_size)).all()
     return UserPage(list(rows), total, page, pages)
+
+
+@dataclass(frozen=True)
+class UserSlice:
+    """One keyset page: users in id order after a cursor, and the cursor of the next page (``None``: last)."""
+
+    users: list[User]
+    next_cursor: int | None
+
+
+def list_users_after(db: Session, *, query: str = "", after: int | None = None, limit: int = PAGE_SIZE) -> UserSlice:
+    """Users in id order, filtered like :func:`list_users`; keyset paging (the cursor is the last id seen, so
+    users added or deleted meanwhile never make a page skip or repeat one)."""
+    stmt = _search(select(User), query)
+    if after is not None:
+        stmt = stmt.where(User.id > after)
+    rows = list(db.scalars(stmt.order_by(User.id).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return UserSlice(rows, rows[-1].id if more and rows else None)
 
 
 def get_user(db: Session, user_id: int) -> User:
@@ -162,16 +188,17 @@ def create_user(
 
 
 def update_user(
-    db: Session, ctx: AuditContext, actor: User, user: User, *, display_name: str, role: str, metadata: str
+    db: Session, ctx: AuditContext, actor: User | None, user: User, *, display_name: str, role: str, metadata: str
 ) -> list[str]:
-    """Edit name, role and metadata; return the names of the fields that changed."""
+    """Edit name, role and metadata; return the names of the fields that changed. ``actor`` is the admin
+    (``None`` for a service token, which has no role of its own to lose)."""
     _check_role(role)
     meta = parse_metadata(metadata)
     name = display_name.strip()
     if len(name) > 200:
         raise AppError("validation_failed", fields={"display_name": "Use at most 200 characters."})
     if role != user.role and user.is_admin:
-        if user.id == actor.id:
+        if actor is not None and user.id == actor.id:
             raise _denied(db, ctx, "user.update", user, "You cannot remove your own admin role.", _ASK_ANOTHER)
         if _is_last_admin(db, user):
             raise _denied(db, ctx, "user.update", user, "This is the last active admin.", _PROMOTE_FIRST)
@@ -197,14 +224,14 @@ def update_user(
     return sorted(changes)
 
 
-def set_active(db: Session, ctx: AuditContext, actor: User, user: User, active: bool) -> int:
+def set_active(db: Session, ctx: AuditContext, actor: User | None, user: User, active: bool) -> int:
     """Enable or disable a user; disabling ends all their sessions at once and voids their mail links."""
     action = "user.enable" if active else "user.disable"
     if user.is_active == active:
         return 0
     ended = 0
     if not active:
-        if user.id == actor.id:
+        if actor is not None and user.id == actor.id:
             raise _denied(db, ctx, action, user, "You cannot disable your own account.", _ASK_ANOTHER)
         if _is_last_admin(db, user):
             raise _denied(db, ctx, action, user, "This is the last active admin.", _PROMOTE_FIRST)
@@ -253,3 +280,18 @@ def revoke_all_sessions(db: Session, ctx: AuditContext, user: User) -> int:
     )
     db.commit()
     return ended
+
+
+def reset_mfa(db: Session, ctx: AuditContext, user: User, *, via: str) -> dict[str, int]:
+    """Remove every second factor and recovery code of a user (they enrol again if their role requires it)."""
+    counts = mfa.reset(db, user.id)
+    audit.record(db, ctx, "mfa.reset", target=f"user:{user.id}", details={"removed": counts, "via": via})
+    db.commit()
+    return counts
+
+
+def unlock(db: Session, storage: Storage, ctx: AuditContext, user: User) -> bool:
+    """Lift the sign-in throttle's lock and failure count of an account; whether it was locked (audited)."""
+    was_locked = throttle.unlock_account(storage, user.email, db=db, ctx=ctx)
+    db.commit()
+    return was_locked

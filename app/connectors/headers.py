@@ -253,21 +253,22 @@ def _check_usable(provider: ProviderEntry, account: ConnectedAccount) -> None:
 
 
 def _check_state(provider: ProviderEntry, config_enabled: bool, config_name: str, status: str) -> None:
+    # ``conflict``: the account's state does not allow it, the code refresh and the dialogs give for the same causes.
     if provider.auth_mode != AuthMode.API_KEY:
         raise AppError(
-            "invalid_config",
+            "conflict",
             f"{provider.display_name} accounts do not authenticate with request headers.",
             "Headers are for API-key providers (OpenAI, Anthropic, Hugging Face, generic API keys).",
         )
     if not config_enabled:
         raise AppError(
-            "invalid_config",
+            "conflict",
             f"The provider config “{config_name}” is disabled.",
             "An admin can enable it again under Providers.",
         )
     if status == "pending":
         raise AppError(
-            "invalid_config",
+            "conflict",
             "This account has no secret yet.",
             "Enter its API key in the account's secret dialog first.",
         )
@@ -357,7 +358,7 @@ def request_auth(
 
     ``per_call_audit``: record an ``account.headers.disclosed`` event for this call (the HTTP endpoint).
     ``environ`` replaces ``os.environ`` for env fallbacks (tests); results are then not cached.
-    Raises ``invalid_config`` (not an API-key account, config disabled, no secret) or ``secret_unreadable``.
+    Raises ``conflict`` (not an API-key account, config disabled, no secret) or ``secret_unreadable``.
     """
     result = _resolve(db, cipher, account, environ)
     return _used(db, account.id, account, result, ctx, per_call_audit, now)

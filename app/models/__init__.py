@@ -5,6 +5,7 @@ from app.models.audit import AuditEvent
 from app.models.base import Base, utcnow
 from app.models.credentials import Credential, MfaPolicy, WebAuthnChallenge
 from app.models.dialogs import DialogToken
+from app.models.idempotency import IdempotencyRecord
 from app.models.mail import MailOutbox
 from app.models.oauth import OAuthIdentity
 from app.models.oidc import (
@@ -30,6 +31,7 @@ __all__ = [
     "ConnectedAccount",
     "Credential",
     "DialogToken",
+    "IdempotencyRecord",
     "LinkToken",
     "MailOutbox",
     "MfaPolicy",

@@ -1,4 +1,4 @@
-"""A signed-in user's own account: profile, email verification, password, sessions."""
+"""A signed-in user's own account: profile, email verification, password, linked sign-in identities, sessions."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
+from app.services import linked_identities
 from app.web.browser import browser_id
 from app.web.common import form_errors, login_required
 from app.web.mail_flows import MAIL_FAILURES, mail_failed
@@ -74,6 +75,7 @@ def _page(
         current_session=who.record.id,
         profile_form=profile_form,
         password_form=password_form or PasswordForm(formdata=None),
+        identities=linked_identities.list_identities(db, who.user.id),
     )
     return html, status
 
@@ -167,6 +169,23 @@ def resend_verification() -> Response:
     else:
         flash(f"We sent a confirmation link to {who.user.email}. It works for 24 hours.", "success")
     return redirect(url_for("account.index"))
+
+
+@bp.post("/identities/<int:identity_id>/unlink")
+@login_required
+def unlink_identity(identity_id: int) -> Response:
+    """Unlink one of the user's sign-in identities (never the last way in: app.auth.linked_identities)."""
+    who = _who()
+    db = db_session()
+    try:
+        identity = linked_identities.unlink(db, audit_ctx(), who.user, identity_id, via="self")
+        db.commit()
+    except AppError as exc:
+        db.rollback()
+        flash(f"{exc.text} {exc.help}", "error")
+    else:
+        flash(f"Your {identity.provider_name} account no longer signs you in here.", "success")
+    return redirect(url_for("account.index", _anchor="identities"))
 
 
 @bp.post("/sessions/<public_id>/revoke")

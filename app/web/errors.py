@@ -26,7 +26,7 @@ HTTP_CODES: dict[int, ErrorCode] = {
     401: "not_authenticated",
     403: "permission_denied",
     404: "not_found",
-    405: "not_found",
+    405: "method_not_allowed",
     409: "conflict",
     413: "validation_failed",
     415: "validation_failed",

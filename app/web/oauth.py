@@ -30,7 +30,7 @@ from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
 from app import audit, faults
-from app.auth import throttle, users
+from app.auth import role_mapping, throttle, users
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import audit_ctx, client_ip, signed_in
@@ -285,6 +285,15 @@ def callback(config_id: int) -> Response | tuple[str, int]:
             }
             return redirect(url_for("oauth.link"))
         assert result.user is not None
+        # The provider's groups decide the role when the config maps them (app.auth.role_mapping).
+        role_mapping.apply(
+            db,
+            audit_ctx(),
+            result.user,
+            provider.values.get("role_mapping"),
+            identity.groups,
+            provider_config_id=config_id,
+        )
         db.commit()
         return finish_signin(
             result.user.id, ["oauth"], next_url, {"provider_config": config_id, "outcome": result.outcome}

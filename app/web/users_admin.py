@@ -18,6 +18,7 @@ from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
 from app.models import MailOutbox, User
+from app.services import linked_identities
 from app.web.common import admin_required, form_errors, keep_on_form
 
 bp = Blueprint("users_admin", __name__, url_prefix="/admin")
@@ -130,6 +131,7 @@ def _detail(
         "is_self": who is not None and who.user.id == user.id,
         "current_session": who.record.id if who is not None else None,
         "invites_allowed": lifecycle.invites_allowed(settings),
+        "identities": linked_identities.list_identities(db, user.id),
         "error": error,
     }
     return render_template("admin/user_detail.html", **context), status
@@ -234,6 +236,22 @@ def delete_user(user_id: int) -> str | Response | tuple[str, int]:
         flash(f"{email} was deleted.", "success")
         return redirect(url_for("users_admin.users"))
     return render_template("admin/user_delete.html", user=user)
+
+
+@bp.post("/users/<int:user_id>/identities/<int:identity_id>/unlink")
+@admin_required
+def unlink_identity(user_id: int, identity_id: int) -> Response | tuple[str, int]:
+    """Unlink a sign-in identity from a user (the conflict page tells people to ask an admin for this)."""
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    try:
+        identity = linked_identities.unlink(db, audit_ctx(), user, identity_id, via="admin")
+        db.commit()
+    except AppError as exc:
+        db.rollback()
+        return _detail(user, status=exc.http_status, error=exc)
+    flash(f"The {identity.provider_name} identity {identity.email or ''} no longer signs {user.email} in.", "success")
+    return redirect(url_for("users_admin.user_detail", user_id=user_id, _anchor="identities"))
 
 
 @bp.post("/users/<int:user_id>/sessions/<public_id>/revoke")

@@ -4,6 +4,7 @@ stand-in) and OAuth accounts (the real OP)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -40,7 +41,13 @@ MEMBER = "member@example.com"
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return make_settings(tmp_path, database_url, AMI_AUTH_OUTBOUND_TIMEOUT="2", AMI_AUTH_OUTBOUND_RETRIES="0")
+    return make_settings(
+        tmp_path,
+        database_url,
+        AMI_AUTH_OUTBOUND_TIMEOUT="2",
+        AMI_AUTH_OUTBOUND_RETRIES="0",
+        AMI_AUTH_CMS_ORIGINS="https://cms.example.com",
+    )
 
 
 def _token(db: Session, *scopes: str) -> dict[str, str]:
@@ -278,6 +285,89 @@ def test_refresh_is_refused_when_it_cannot_be_tried(
     db.commit()
     assert "disabled" in _error(client.post(f"{PATH}/{account.id}/refresh", headers=rw), 409, "conflict")["message"]
     _error(client.post(f"{PATH}/9999/refresh", headers=rw), 404, "not_found")
+    # The same cause answers the same code and status everywhere: the headers endpoint and the dialogs too.
+    headers = _error(
+        client.get(f"{PATH}/{account.id}/headers", headers=_token(db, "accounts:headers")), 409, "conflict"
+    )
+    assert "disabled" in headers["message"]
+    dialog = client.post(
+        "/api/account-manager/dialogs",
+        json={"kind": "replace_secret", "account_id": account.id, "return_to": "https://cms.example.com/"},
+        headers=rw,
+    )
+    assert "disabled" in _error(dialog, 409, "conflict")["message"]
+
+
+def test_a_provider_outage_is_not_reported_as_a_bad_key(
+    app: Flask, client: FlaskClient, db: Session, rw: dict[str, str], anthropic_standin: Anthropic
+) -> None:
+    account, _key = _anthropic(app, db, anthropic_standin)
+    before = client.get(f"{PATH}/{account.id}", headers=rw).get_json()
+    anthropic_standin.fail_next(503, path="/v1/models")
+    error = _error(client.post(f"{PATH}/{account.id}/refresh", headers=rw), 502, "provider_unreachable")
+    assert "server error" in error["message"]
+    after = client.get(f"{PATH}/{account.id}", headers=rw).get_json()
+    # Nothing recorded against the key: still active, no last_error, not verified again.
+    assert (after["status"], after["status_reason"], after["last_error"]) == ("active", "ok", None)
+    assert after["last_verified_at"] == before["last_verified_at"]
+    [event] = db.scalars(
+        select(AuditEvent).where(AuditEvent.action == "connected_account.refresh").order_by(AuditEvent.id)
+    ).all()
+    assert event.outcome == "failure" and event.details["code"] == "provider_unreachable"
+    assert event.details["recorded"] is False
+    # The provider rate-limiting us is no verdict on the key either: 429 with its Retry-After.
+    anthropic_standin.rate_limit_next(retry_after=30, path="/v1/models")
+    limited = client.post(f"{PATH}/{account.id}/refresh", headers=rw)
+    _error(limited, 429, "rate_limited")
+    assert limited.headers["Retry-After"] == "30"
+    assert client.get(f"{PATH}/{account.id}", headers=rw).get_json()["status"] == "active"
+
+
+def test_snapshots_carry_the_non_secret_provider_data(
+    app: Flask, client: FlaskClient, db: Session, rw: dict[str, str], huggingface_standin: Any
+) -> None:
+    huggingface_standin.add_user("ada", orgs=[("acme-research", "write")])
+    huggingface_standin.set_rate_limit(remaining=990, reset=120)
+    token = huggingface_standin.add_token("ada", role="write")
+    cfg = make_config(db, get_cipher(app), get_settings(app), "huggingface", {})
+    hub = make_account(db, cfg, {"base_url": huggingface_standin.url}, label="Hub")
+    with app.app_context():
+        accounts.save_secrets(
+            db, get_cipher(app), get_client(app), get_settings(app), CTX, hub, {"api_token": Secret(token)}
+        )
+    db.commit()
+    data = client.get(f"{PATH}/{hub.id}", headers=rw).get_json()["provider_data"]
+    assert data["orgs"] == ["acme-research"] and data["user_name"] == "ada" and data["token_role"] == "write"
+    assert data["rate_limit"]["remaining"] == 990
+    assert token not in json.dumps(data)
+
+    # Entra ID: what the Graph hook kept (app roles, tenant) — never the raw claims.
+    azure = ProviderConfig(provider_type="azure_ad", name="Entra", enabled=True, config={})
+    smtp = ProviderConfig(provider_type="smtp", name="Mail", enabled=True, config={"host": "smtp.example.com"})
+    db.add_all([azure, smtp])
+    db.flush()
+    signed = ConnectedAccount(
+        provider_config_id=azure.id,
+        label="ann@corp.example",
+        status="active",
+        identifiers={"email": "ann@corp.example"},
+        provider_data={"userinfo": {"sub": "x", "email": "ann@corp.example"}, "roles": ["AMI.Admin"], "tenant": "t1"},
+    )
+    mailer = ConnectedAccount(
+        provider_config_id=smtp.id,
+        label="Mailer",
+        status="active",
+        identifiers={"from_address": "no-reply@example.com", "daily_send_cap": 500},
+        send_day=utcnow().date().isoformat(),
+        send_count=42,
+    )
+    db.add_all([signed, mailer])
+    db.commit()
+    graph = client.get(f"{PATH}/{signed.id}", headers=rw).get_json()
+    assert graph["provider_data"] == {"roles": ["AMI.Admin"], "tenant": "t1"}
+    assert graph["identifiers"] == {"email": "ann@corp.example"} and "mail" not in graph
+    mail = client.get(f"{PATH}/{mailer.id}", headers=rw).get_json()
+    assert mail["mail"] == {"daily_cap": 500, "sent_today": 42}
 
 
 def test_revoke_forgets_an_api_key_the_provider_cannot_revoke_and_keeps_the_account(
@@ -305,7 +395,9 @@ def test_revoke_forgets_an_api_key_the_provider_cannot_revoke_and_keeps_the_acco
     assert body["account"]["status"] == "disabled" and body["account"]["status_reason"] == "no_secret"
     assert _secret_rows(db, account.id) == []
     headers = _token(db, "accounts:headers")
-    assert client.get(f"{PATH}/{account.id}/headers", headers=headers).status_code == 422
+    # No secret stored: 409 conflict, as refresh answers for the same cause.
+    assert client.get(f"{PATH}/{account.id}/headers", headers=headers).status_code == 409
+    assert client.post(f"{PATH}/{account.id}/refresh", headers=rw).status_code == 409
     again = client.post(f"{PATH}/{account.id}/revoke", headers=rw).get_json()
     assert again["revocation"]["outcome"] == "nothing_stored"
     [event, _again] = db.scalars(select(AuditEvent).where(AuditEvent.action == "connected_account.revoke")).all()

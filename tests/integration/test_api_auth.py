@@ -107,7 +107,10 @@ def test_every_protected_endpoint_answers_401_without_credentials(app: Flask, cl
     operations = protected_operations(app)
     assert ("GET", "/api/compliance/report") in operations and len(operations) >= 4
     for method, path in operations:
-        assert_error(client.open(path, method=method), 401, "not_authenticated")
+        response = client.open(path, method=method)
+        assert_error(response, 401, "not_authenticated")
+        # RFC 9110 section 11.6.1, RFC 6750 section 3: a challenge, with no error code (no credential was sent).
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="AMI Auth"', (method, path)
 
 
 # A body and query string that fail every route's validation, if a route looked at them.
@@ -166,7 +169,12 @@ def test_token_without_the_scope_gets_403_naming_it_and_is_audited(
     client: FlaskClient, db: Session, issue: Issue
 ) -> None:
     raw = issue("sessions:read")
-    error = assert_error(client.get("/api/compliance/report", headers=bearer(raw)), 403, "permission_denied")
+    response = client.get("/api/compliance/report", headers=bearer(raw))
+    error = assert_error(response, 403, "permission_denied")
+    # RFC 6750 section 3.1: a valid token without the scope is 403 insufficient_scope, naming it.
+    assert response.headers["WWW-Authenticate"] == (
+        'Bearer realm="AMI Auth", error="insufficient_scope", scope="compliance:read"'
+    )
     assert "'compliance:read'" in error["message"]
     assert "compliance:read" in error["hint"]
     [event] = events(db, "service_token.use")
@@ -186,8 +194,12 @@ def test_revoked_and_expired_tokens_get_401_and_are_audited_with_their_id(
     db.commit()
     expired = issue("compliance:read", name="short", expires_days=1, days_ago=2)
 
-    error = assert_error(client.get("/api/compliance/report", headers=bearer(revoked)), 401, "not_authenticated")
+    response = client.get("/api/compliance/report", headers=bearer(revoked))
+    error = assert_error(response, 401, "not_authenticated")
     assert "revoked" in error["message"]
+    assert response.headers["WWW-Authenticate"] == (
+        'Bearer realm="AMI Auth", error="invalid_token", error_description="The service token has been revoked."'
+    )
     error = assert_error(client.get("/api/compliance/report", headers=bearer(expired)), 401, "not_authenticated")
     assert "expired" in error["message"]
 
@@ -203,8 +215,14 @@ def test_revoked_and_expired_tokens_get_401_and_are_audited_with_their_id(
     ["Bearer amis_not-a-real-token-at-all", "Bearer ", "Basic dXNlcjpwYXNz", "amis_bare", "Bearer " + "x" * 500],
 )
 def test_unknown_or_malformed_tokens_get_401_audited_as_unknown(client: FlaskClient, db: Session, header: str) -> None:
-    error = assert_error(client.get("/api/auth/sessions", headers={"Authorization": header}), 401, "not_authenticated")
+    response = client.get("/api/auth/sessions", headers={"Authorization": header})
+    error = assert_error(response, 401, "not_authenticated")
     assert "not recognised" in error["message"]
+    # A bearer token that is not valid is invalid_token; another scheme (no bearer token at all) gets no error code.
+    expected = 'error="invalid_token"' if header.lower().startswith("bearer ") else None
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="AMI Auth"')
+    assert (expected in challenge) if expected else ("error=" not in challenge)
     [event] = events(db, "service_token.use")
     assert (event.target, event.outcome, event.details["reason"]) == ("service_token:unknown", "denied", "unknown")
     # Nothing of what was presented is recorded: only the request line and the reason.
@@ -273,7 +291,7 @@ def test_session_endpoint_describes_the_signed_in_user(
     record = db.scalar(select(UserSession).where(UserSession.user_id == user.id))
     assert record is not None
     assert body["user"] == {"id": user.id, "email": "ann@example.com", "name": "Ann Example", "roles": ["member"]}
-    assert body["mfa"] == {"enrolled": False, "methods": []}
+    assert body["mfa"] == {"enrolled": False, "methods": [], "enrolment_required": False, "enrolment_url": None}
     assert body["session"]["id"] == record.public_id
     assert body["session"]["expires_at"] == record.expires_at.isoformat()
     assert body["session"]["created_at"] <= body["session"]["idle_expires_at"] <= body["session"]["expires_at"]
@@ -283,12 +301,32 @@ def test_session_endpoint_describes_the_signed_in_user(
     assert response.headers["Cache-Control"] == "no-store"
 
 
-def test_session_endpoint_401_for_anonymous_and_for_tokens(client: FlaskClient, issue: Issue) -> None:
+def test_session_endpoint_401_for_anonymous_403_for_a_token(client: FlaskClient, db: Session, issue: Issue) -> None:
     assert_error(client.get("/api/auth/session"), 401, "not_authenticated")
-    error = assert_error(
-        client.get("/api/auth/session", headers=bearer(issue("sessions:read"))), 401, "not_authenticated"
-    )
+    # A valid token is a credential, of the wrong kind for a browser's own session: 403, not 401.
+    raw = issue("sessions:read")
+    error = assert_error(client.get("/api/auth/session", headers=bearer(raw)), 403, "permission_denied")
     assert "session cookie" in error["hint"]
+    [event] = events(db, "api.denied")
+    assert event.actor == f"service_token:{token_id(db, raw)}" and event.details["reason"] == "wrong_credential"
+    # A token that is not valid is no credential at all: 401.
+    response = client.get("/api/auth/session", headers=bearer("amis_" + "x" * 43))
+    assert_error(response, 401, "not_authenticated")
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+def test_token_only_endpoint_answers_403_to_a_session_cookie(
+    client: FlaskClient, make_user: UserFactory, db: Session
+) -> None:
+    make_user("root@example.com", role="admin")
+    sign_in(client, "root@example.com")
+    # The headers endpoint discloses a credential: even an admin's cookie is the wrong kind of credential.
+    error = assert_error(client.get("/api/account-manager/accounts/1/headers"), 403, "permission_denied")
+    assert "service tokens only" in error["message"]
+    [event] = events(db, "api.denied")
+    assert event.actor == "root@example.com" and event.details["reason"] == "wrong_credential"
+    anonymous = client.application.test_client()
+    assert_error(anonymous.get("/api/account-manager/accounts/1/headers"), 401, "not_authenticated")
 
 
 def test_signed_out_session_gets_401(client: FlaskClient, make_user: UserFactory) -> None:
@@ -474,7 +512,7 @@ def test_cookie_calls_follow_the_mfa_policy(client: FlaskClient, make_user: User
 def test_unknown_paths_and_methods_under_api_answer_json(client: FlaskClient) -> None:
     assert_error(client.get("/api/no-such-thing"), 404, "not_found")
     response = client.post("/api/auth/session")
-    assert_error(response, 405, "not_found")
+    assert_error(response, 405, "method_not_allowed")
     assert "GET" in response.headers["Allow"]
 
 
@@ -532,12 +570,21 @@ def test_per_token_rate_limit_answers_429_with_retry_after(
     user = make_user("ann@example.com")
     busy, other = issue("sessions:read", name="busy"), issue("sessions:read", name="other")
     url = f"/api/auth/sessions?user_id={user.id}"
-    assert [client.get(url, headers=bearer(busy)).status_code for _ in range(3)] == [200, 200, 200]
+    answers = [client.get(url, headers=bearer(busy)) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    # draft-ietf-httpapi-ratelimit-headers-10: the policy, and what is left of it, on every answer.
+    assert {a.headers["RateLimit-Policy"] for a in answers} == {'"token";q=3;w=60'}
+    assert [re.sub(r";t=\d+$", "", a.headers["RateLimit"]) for a in answers] == [
+        '"token";r=2',
+        '"token";r=1',
+        '"token";r=0',
+    ]
     for _ in range(2):
         response = client.get(url, headers=bearer(busy))
         error = assert_error(response, 429, "rate_limited")
         retry_after = int(response.headers["Retry-After"])
         assert 1 <= retry_after <= 60 and error["retry_after"] == retry_after
+        assert response.headers["RateLimit"] == f'"token";r=0;t={retry_after}'
     # Another token has its own budget.
     assert client.get(url, headers=bearer(other)).status_code == 200
     # Audited once per minute, not once per refused call.
@@ -609,6 +656,9 @@ def test_session_endpoint_is_readable_while_mfa_enrolment_is_pending(tmp_path: P
         sign_in(client, "boss@example.com")
         body = client.get("/api/auth/session").json
         assert body is not None and body["mfa"]["enrolled"] is False
+        # The CMS learns from the session that enrolment is needed, and where.
+        assert body["mfa"]["enrolment_required"] is True
+        assert body["mfa"]["enrolment_url"] == "http://127.0.0.1:5000/account/mfa"  # AMI_AUTH_BASE_URL
         blocked = client.get("/api/auth/sessions")
         assert blocked.status_code == 403 and blocked.json is not None
         assert blocked.json["error"]["code"] == "mfa_required"

@@ -75,7 +75,7 @@ def seeded(app: Flask, settings: Settings, db: Session, make_user: UserFactory) 
             provider_config_id=config.id,
             user_id=members[2].id,
             label="revoked key",
-            status="error",
+            status="failing",
             created_at=now - timedelta(days=5),
             last_error_code="invalid_credentials",
             last_error_hint="The key was revoked at the provider.",
@@ -129,7 +129,9 @@ def test_report_numbers_for_a_seeded_dataset(client: FlaskClient, db: Session, s
     assert failing["account_id"] == accounts["failing"].id
     assert failing["last_error"]["code"] == "invalid_credentials"
     assert failing["last_error"]["hint"] == "The key was revoked at the provider."
+    # The accounts API's vocabulary, not the stored word ("failing").
     assert failing["attempts"] == 3 and failing["status"] == "error"
+    assert failing["status_reason"] == "verification_failed"
 
     unused = report["service_tokens_unused"]
     assert unused["days"] == 90
@@ -159,7 +161,12 @@ def test_the_console_security_policy_overrides_the_setting(
 
 def test_session_endpoint_reports_the_enrolled_factor(client: FlaskClient, seeded: dict[str, Any]) -> None:
     sign_in_with_totp(client, "root@example.com", seeded["root_secret"])
-    assert client.get("/api/auth/session").get_json()["mfa"] == {"enrolled": True, "methods": ["totp"]}
+    assert client.get("/api/auth/session").get_json()["mfa"] == {
+        "enrolled": True,
+        "methods": ["totp"],
+        "enrolment_required": False,
+        "enrolment_url": None,
+    }
 
 
 def test_rotation_policy_zero_turns_the_check_off(db: Session, seeded: dict[str, Any], settings: Settings) -> None:

@@ -629,9 +629,9 @@ def test_smtp_forms_save_and_round_trip(app: Flask, smtp_tls_files: TlsFiles, ro
         detail = f"/admin/accounts/{account.id}"
         for page_path in ("/admin/accounts/", detail, f"{detail}/edit", dialog_path(account.id)):
             assert SMTP_PASSWORD not in s.client.get(page_path).get_data(as_text=True)
-        # Mail accounts have no request headers to hand out.
+        # Mail accounts have no request headers to hand out: the account's kind does not allow it (409).
         response = s.client.get(f"/api/account-manager/accounts/{account.id}/headers", headers=headers_token(s.db))
-        assert response.status_code == 422 and response.get_json()["error"]["code"] == "invalid_config"
+        assert response.status_code == 409 and response.get_json()["error"]["code"] == "conflict"
         s.db.close()
 
 

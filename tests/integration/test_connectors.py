@@ -154,7 +154,7 @@ def test_headers_follow_a_replaced_secret_and_refuse_unusable_accounts(
     db.commit()
     with pytest.raises(AppError) as refused:
         get_headers(db, cipher, reload(app, db, account.id))
-    assert refused.value.code == "invalid_config" and "disabled" in refused.value.text
+    assert refused.value.code == "conflict" and "disabled" in refused.value.text
 
 
 def test_query_auth_is_refused_by_get_headers_and_returned_by_request_auth(
@@ -184,9 +184,10 @@ def test_headers_endpoint_audits_every_call_and_answers_only_service_tokens(
     account, key = _openai(app, db, openai_standin, organization_id="org-Abc123")
     path = f"/api/account-manager/accounts/{account.id}/headers"
     assert client.get(path).status_code == 401
-    # Not even an admin's browser session: a credential has no business in a browser.
+    # Not even an admin's browser session: a credential has no business in a browser (a valid credential of the
+    # wrong kind: 403, not 401).
     _admin(client, make_user)
-    assert client.get(path).status_code == 401
+    assert client.get(path).status_code == 403
     token = headers_token(db)
     for _ in range(3):
         response = client.get(path, headers=token)
@@ -208,12 +209,12 @@ def test_headers_endpoint_audits_every_call_and_answers_only_service_tokens(
     assert reload(app, db, account.id).last_used_at is not None
     missing = client.get("/api/account-manager/accounts/999/headers", headers=token)
     assert missing.get_json()["error"]["code"] == "not_found"
-    # Ids beyond the database's integer range are simply unknown (not a database error on PostgreSQL).
+    # Ids beyond the database's integer range match no route, as on every other /api path (the input guard's
+    # id converter): unknown, never a database error on PostgreSQL.
     assert client.get("/api/account-manager/accounts/9999999999/headers", headers=token).status_code == 404
     refused = _events(db, "account.headers.refused")
     assert [(e.target, e.outcome, e.details["code"]) for e in refused] == [
         ("connected_account:999", "failure", "not_found"),
-        ("connected_account:9999999999", "failure", "not_found"),
     ]
     assert all(e.actor == disclosed[0].actor for e in refused)
     # Answers come from a per-process cache, but an edit or a disabled config is seen on the next call.
@@ -224,7 +225,8 @@ def test_headers_endpoint_audits_every_call_and_answers_only_service_tokens(
     row.provider_config.enabled = False
     db.commit()
     off = client.get(path, headers=token)
-    assert off.status_code == 422 and "disabled" in off.get_json()["error"]["message"]
+    # 409 conflict, as refresh and the dialogs answer a disabled config.
+    assert off.status_code == 409 and "disabled" in off.get_json()["error"]["message"]
     assert client.get("/admin/accounts/99999999999").status_code == 404
 
 
@@ -234,8 +236,8 @@ def test_a_pending_account_has_no_headers(
     cfg = make_config(db, get_cipher(app), app.extensions["ami_settings"], "openai", {})
     account = make_account(db, cfg, {"base_url": openai_standin.url})
     response = client.get(f"/api/account-manager/accounts/{account.id}/headers", headers=headers_token(db))
-    assert response.status_code == 422
-    assert response.get_json()["error"]["code"] == "invalid_config"
+    assert response.status_code == 409
+    assert response.get_json()["error"]["code"] == "conflict"
     assert "no secret yet" in response.get_json()["error"]["message"]
 
 

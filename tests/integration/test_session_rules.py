@@ -131,7 +131,12 @@ def test_factor_added_elsewhere_ends_a_password_only_session_on_its_next_request
     user = make_user("add@example.com")
     sign_in(client, "add@example.com")
     status, body = session_api(client)
-    assert status == 200 and body["mfa"] == {"enrolled": False, "methods": []}
+    assert status == 200 and body["mfa"] == {
+        "enrolled": False,
+        "methods": [],
+        "enrolment_required": False,
+        "enrolment_url": None,
+    }
     enrol_totp(other_worker, settings, user)
     status, body = session_api(client)
     assert status == 401 and body["error"]["code"] == "not_authenticated"
@@ -147,19 +152,34 @@ def test_summary_follows_factors_and_recovery_codes_request_by_request(
     user = make_user("sum@example.com")
     secret = enrol_totp(app, settings, user)
     sign_in_with_totp(client, "sum@example.com", secret)
-    assert session_api(client)[1]["mfa"] == {"enrolled": True, "methods": ["totp"]}
+    assert session_api(client)[1]["mfa"] == {
+        "enrolled": True,
+        "methods": ["totp"],
+        "enrolment_required": False,
+        "enrolment_url": None,
+    }
 
     with app.app_context():
         session = get_database(app).session()
         codes = recovery_codes.generate(session, settings, user)
         session.commit()
-    assert session_api(client)[1]["mfa"] == {"enrolled": True, "methods": ["totp", "recovery_code"]}
+    assert session_api(client)[1]["mfa"] == {
+        "enrolled": True,
+        "methods": ["totp", "recovery_code"],
+        "enrolment_required": False,
+        "enrolment_url": None,
+    }
 
     # Spend every code: "recovery_code" is no longer a way to finish a sign-in.
     db.execute(update(Credential).where(Credential.kind == "recovery_code").values(last_used_at=utcnow()))
     db.commit()
     assert len(codes) > 1
-    assert session_api(client)[1]["mfa"] == {"enrolled": True, "methods": ["totp"]}
+    assert session_api(client)[1]["mfa"] == {
+        "enrolled": True,
+        "methods": ["totp"],
+        "enrolment_required": False,
+        "enrolment_url": None,
+    }
 
     # A TOTP set-up that was started but never confirmed is not a factor.
     db.execute(delete(Credential))
@@ -168,7 +188,12 @@ def test_summary_follows_factors_and_recovery_codes_request_by_request(
         session = get_database(app).session()
         totp.start_enrolment(session, settings, user)
         session.commit()
-    assert session_api(client)[1]["mfa"] == {"enrolled": False, "methods": []}
+    assert session_api(client)[1]["mfa"] == {
+        "enrolled": False,
+        "methods": [],
+        "enrolment_required": False,
+        "enrolment_url": None,
+    }
 
 
 def test_factor_removed_elsewhere_applies_the_role_policy_on_the_next_request(
@@ -186,7 +211,13 @@ def test_factor_removed_elsewhere_applies_the_role_policy_on_the_next_request(
         mfa.reset(session, user.id)
         session.commit()
     status, body = session_api(client)
-    assert status == 200 and body["mfa"] == {"enrolled": False, "methods": []}  # the CMS learns to send them to enrol
+    # The CMS learns to send them to enrol.
+    assert status == 200 and body["mfa"] == {
+        "enrolled": False,
+        "methods": [],
+        "enrolment_required": True,
+        "enrolment_url": "http://127.0.0.1:5000/account/mfa",
+    }
     blocked = client.get("/api/auth/sessions")
     assert blocked.status_code == 403 and blocked.get_json()["error"]["code"] == "mfa_required"
     assert client.get("/account/").headers["Location"] == "/account/mfa"

@@ -24,6 +24,8 @@
 //   POST /__test/reset            zero the counters
 //   POST /__test/refresh-tokens   {"client_id", "account_id", "scope", "count"} -> {"refresh_tokens": [...]}
 //                                 mints real refresh tokens through the provider's own models (bulk fixtures)
+//   POST /__test/accounts         {"<login>": {claims}}: replace those accounts' claims (a directory change, e.g.
+//                                 a user leaving a group), seen by the next sign-in
 //
 // On start it prints one line `READY <issuer>` to stdout.
 
@@ -158,6 +160,9 @@ provider.use(async (ctx, next) => {
     } else if (ctx.method === 'POST' && ctx.path === '/__test/reset') {
       counts.requests = {};
       counts.grants = {};
+      ctx.status = 204;
+    } else if (ctx.method === 'POST' && ctx.path === '/__test/accounts') {
+      Object.assign(accounts, await readJson(ctx.req));
       ctx.status = 204;
     } else if (ctx.method === 'POST' && ctx.path === '/__test/refresh-tokens') {
       ctx.body = { refresh_tokens: await mintRefreshTokens(await readJson(ctx.req)) };

@@ -179,6 +179,10 @@ class OpenIDProvider:
     def reset_counts(self) -> None:
         self._http.post("/__test/reset").raise_for_status()
 
+    def set_claims(self, login: str, claims: dict[str, Any]) -> None:
+        """Replace an account's claims (a change in the directory), seen by its next sign-in."""
+        self._http.post("/__test/accounts", json={login: claims}).raise_for_status()
+
     def mint_refresh_tokens(
         self, count: int, *, account_id: str = "alice", client_id: str | None = None, scope: str | None = None
     ) -> list[str]:
