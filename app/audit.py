@@ -38,23 +38,17 @@ commit promptly.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
-import math
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
-from enum import Enum
-from pathlib import PurePath
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO, cast, get_args
-from uuid import UUID
 
 from sqlalchemy import Connection, Row, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from app import metrics
+from app.audit_details import canonical_json, sanitize_details
 from app.errors import AppError
 from app.models.audit import AuditEvent
 from app.models.base import utcnow
@@ -63,17 +57,8 @@ Outcome = Literal["success", "failure", "denied"]
 OUTCOMES: Final[frozenset[str]] = frozenset(get_args(Outcome))
 
 GENESIS_HASH: Final = "0" * 64
-REDACTED: Final = "[redacted]"
 MAX_QUERY_LIMIT: Final = 500
 
-# The Secret type (app.vault.secret) and MasterKey print this mask instead of their value.
-_MASK: Final = "**********"
-# Key names whose values are credentials. Booleans and None say whether something exists, not what it
-# is ("password_changed": True), so they are kept.
-_SECRET_KEY: Final = re.compile(
-    r"password|passphrase|secret|token|api_key|authorization|cookie|recovery_code|otp|totp_code|key$", re.IGNORECASE
-)
-_MAX_DEPTH: Final = 32
 
 # Column widths from app.models.audit; values that come from the client (user agent, IP) are clipped
 # rather than rejected, because an over-long header must not make the audited action fail.
@@ -121,12 +106,6 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _canonical_json(value: object) -> str:
-    # ASCII-only and without spaces so the bytes do not depend on the platform or the JSON library's
-    # defaults; NaN is not JSON, and sanitize_details has already turned it into a string.
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
 def compute_hash(
     *,
     prev_hash: str,
@@ -157,7 +136,7 @@ def compute_hash(
         "outcome": outcome,
         "details": details,
     }
-    return hashlib.sha256(_canonical_json(payload).encode("ascii")).hexdigest()
+    return hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()
 
 
 def _hash_of(event: AuditEvent | Row[Any]) -> str:
@@ -173,82 +152,6 @@ def _hash_of(event: AuditEvent | Row[Any]) -> str:
         outcome=event.outcome,
         details=event.details,
     )
-
-
-# --- sanitising details --------------------------------------------------------------------------
-
-
-def sanitize_details(details: Mapping[Any, object]) -> dict[str, Any]:
-    """A JSON-ready copy of ``details`` with credentials replaced by ``"[redacted]"``.
-
-    Redacted: the value of any key matching password/secret/token/api_key/authorization/cookie/…key
-    (at any depth, unless the value is a bool or None), and any object whose repr shows the Secret mask.
-    Normalised: datetimes/dates/times to ISO strings (aware datetimes in UTC), timedeltas to seconds,
-    Decimal/UUID/paths/IP addresses to strings, enums to their value, tuples to lists, sets to sorted
-    lists, NaN/infinity to strings. Bytes become "[N bytes]" because raw bytes in an audit detail are far
-    more often key material than anything a reader needs. Any other type raises ``TypeError``: guessing
-    with ``str()`` could print a secret.
-    """
-    return _clean_mapping(details, "details", 0)
-
-
-def _clean_mapping(mapping: Mapping[Any, object], path: str, depth: int) -> dict[str, Any]:
-    if depth > _MAX_DEPTH:
-        raise ValueError(f"audit details nest deeper than {_MAX_DEPTH} levels at {path}")
-    cleaned: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(key, str):
-            name = str.__str__(key)
-        elif isinstance(key, int) and not isinstance(key, bool):
-            name = str(int(key))
-        else:
-            raise TypeError(f"audit details: key {key!r} at {path} must be a str or an int")
-        if _SECRET_KEY.search(name) and not (value is None or isinstance(value, bool)):
-            cleaned[name] = REDACTED
-        else:
-            cleaned[name] = _clean_value(value, f"{path}.{name}", depth + 1)
-    return cleaned
-
-
-def _clean_value(value: object, path: str, depth: int) -> Any:
-    if value is None or isinstance(value, bool):
-        return value
-    if type(value) is str or type(value) is int:
-        return value
-    if type(value) is float:
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return _clean_mapping(value, path, depth)
-    if isinstance(value, list | tuple):
-        return [_clean_value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
-    if isinstance(value, set | frozenset):
-        items = [_clean_value(item, f"{path}[]", depth + 1) for item in value]
-        return sorted(items, key=_canonical_json)
-    # After the containers (recursing redacts just the secret inside them) and before any conversion
-    # that could reveal it: a str subclass could be a secret wrapper too.
-    if _MASK in repr(value):
-        return REDACTED
-    if isinstance(value, Enum):
-        return _clean_value(value.value, path, depth + 1)
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return _clean_value(float(value), path, depth)
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat() if value.tzinfo is not None else value.isoformat()
-    if isinstance(value, date | time):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal | UUID | PurePath | ipaddress.IPv4Address | ipaddress.IPv6Address):
-        return str(value)
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return str(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return f"[{len(value)} bytes]"
-    raise TypeError(f"audit details: cannot store a {type(value).__name__} at {path}; convert it first")
 
 
 # --- writing -------------------------------------------------------------------------------------

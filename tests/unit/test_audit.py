@@ -19,16 +19,15 @@ from sqlalchemy.orm import Session
 
 from app.audit import (
     GENESIS_HASH,
-    REDACTED,
     AuditContext,
     compute_hash,
     export_jsonl,
     query,
     record,
-    sanitize_details,
     verify,
 )
 from app.audit_cli import audit_cli
+from app.audit_details import REDACTED, sanitize_details
 from app.errors import AppError
 from app.extensions import Database, get_database, init_database, make_database
 from app.migrate import upgrade
