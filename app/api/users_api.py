@@ -15,15 +15,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from flask import request
 from werkzeug.wrappers import Response
 
-from app.api import bodies, hooks
+from app.api import bodies
 from app.api.auth_api import SESSION_ID_PARAM, SESSION_LIST, session_json
-from app.api.registry import DATETIME, PROBLEM, JSONSchema, QueryParam, component, document, nullable
+from app.api.registry import QueryParam, document
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response, principal
+from app.api.users_schema import (
+    CREATE_USER,
+    CREATED_USER,
+    ID_SCHEMA,
+    IDENTITY_LIST,
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    SESSIONS_ENDED,
+    TAGS,
+    TEXT_LINE,
+    UPDATE_USER,
+    USER,
+    USER_ACTION,
+    USER_DETAIL,
+    USER_ID_PARAM,
+    USER_PAGE,
+    identity_json,
+    user_json,
+)
 from app.auth import lifecycle, sessions, throttle, user_admin
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
@@ -32,252 +51,6 @@ from app.models.base import ID_MAX
 from app.services import linked_identities
 
 bp = api_blueprint("api_users", __name__)
-
-TAGS: Final = ("users",)
-PAGE_MAX: Final = 100
-PAGE_DEFAULT: Final = 50
-_STR: Final[JSONSchema] = {"type": "string"}
-_ID: Final[JSONSchema] = {"type": "integer", "minimum": 1, "maximum": ID_MAX}
-USER_ID_PARAM: Final = {"user_id": (_ID, "The user's id.")}
-_ROLE: Final[JSONSchema] = {"type": "string", "enum": list(ROLES)}
-_TEXT_LINE: Final = "^[^\\x00-\\x1f\\x7f]*$"
-_NAME: Final[JSONSchema] = {
-    "type": "string",
-    "maxLength": 200,
-    "pattern": _TEXT_LINE,
-    "description": "The display name (may be empty).",
-}
-_METADATA: Final[JSONSchema] = {
-    "type": "object",
-    "additionalProperties": True,
-    "description": "Free-form JSON the CMS keeps with the user (at most 16 000 characters as JSON).",
-}
-
-USER = component(
-    "ManagedUser",
-    {
-        "type": "object",
-        "required": [
-            "id",
-            "email",
-            "name",
-            "role",
-            "active",
-            "email_verified",
-            "password_set",
-            "must_change_password",
-            "mfa",
-            "metadata",
-            "created_at",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "integer"},
-            "email": _STR,
-            "name": _STR,
-            "role": _ROLE,
-            "active": {"type": "boolean", "description": "false: disabled (cannot sign in)."},
-            "email_verified": {"type": "boolean"},
-            "password_set": {
-                "type": "boolean",
-                "description": "false: invitation pending, or the user signs in only with a linked identity.",
-            },
-            "must_change_password": {"type": "boolean"},
-            "mfa": {
-                "type": "object",
-                "required": ["enrolled", "methods"],
-                "additionalProperties": False,
-                "properties": {
-                    "enrolled": {"type": "boolean"},
-                    "methods": {
-                        "type": "array",
-                        "items": {"type": "string", "enum": ["totp", "webauthn", "recovery_code"]},
-                    },
-                },
-            },
-            "metadata": _METADATA,
-            "created_at": DATETIME,
-        },
-    },
-)
-USER_DETAIL = component(
-    "ManagedUserDetail",
-    {
-        "type": "object",
-        "required": ["user", "lock"],
-        "additionalProperties": False,
-        "properties": {
-            "user": USER,
-            "lock": {
-                "type": "object",
-                "required": ["locked", "retry_after"],
-                "additionalProperties": False,
-                "description": "The sign-in throttle's lock of the account (POST …/unlock lifts it).",
-                "properties": {
-                    "locked": {"type": "boolean"},
-                    "retry_after": {"type": "integer", "minimum": 0, "description": "Seconds until it lifts."},
-                },
-            },
-        },
-    },
-)
-USER_PAGE = component(
-    "ManagedUserPage",
-    {
-        "type": "object",
-        "required": ["users", "next_cursor"],
-        "additionalProperties": False,
-        "properties": {
-            "users": {"type": "array", "items": USER},
-            "next_cursor": nullable(
-                {**_STR, "description": "Pass it as `cursor` for the next page; null on the last."}
-            ),
-        },
-    },
-)
-CREATE_USER = component(
-    "ManagedUserCreate",
-    {
-        "type": "object",
-        "required": ["email"],
-        "additionalProperties": False,
-        "properties": {
-            "email": {"type": "string", "minLength": 3, "maxLength": 320},
-            "name": _NAME,
-            "role": {**_ROLE, "default": "member"},
-            "metadata": _METADATA,
-        },
-    },
-)
-CREATED_USER = component(
-    "ManagedUserCreated",
-    {
-        "type": "object",
-        "required": ["user", "invitation"],
-        "additionalProperties": False,
-        "properties": {
-            "user": USER,
-            "invitation": {
-                "type": "object",
-                "required": ["sent", "error"],
-                "additionalProperties": False,
-                "description": "The invitation mail (a 7-day link to choose a password). When it could not be sent "
-                "the user exists anyway: send it again with POST …/invite once the mailer works.",
-                "properties": {
-                    "sent": {"type": "boolean"},
-                    "error": nullable(PROBLEM),
-                },
-            },
-        },
-    },
-)
-UPDATE_USER = component(
-    "ManagedUserUpdate",
-    {
-        "type": "object",
-        "additionalProperties": False,
-        "minProperties": 1,
-        "properties": {"name": _NAME, "role": _ROLE, "metadata": _METADATA},
-    },
-)
-USER_ACTION = component(
-    "ManagedUserAction",
-    {
-        "type": "object",
-        "required": ["user", "changed"],
-        "additionalProperties": False,
-        "properties": {
-            "user": USER,
-            "changed": {"type": "boolean", "description": "false: it already was so (nothing was done)."},
-            "sessions_ended": {"type": "integer", "minimum": 0, "description": "Disable: sessions signed out."},
-            "removed": {
-                "type": "object",
-                "additionalProperties": {"type": "integer"},
-                "description": "MFA reset: how many of each kind of factor were removed.",
-            },
-        },
-    },
-)
-SESSIONS_ENDED = component(
-    "SessionsEnded",
-    {
-        "type": "object",
-        "required": ["user_id", "sessions_ended"],
-        "additionalProperties": False,
-        "properties": {"user_id": {"type": "integer"}, "sessions_ended": {"type": "integer", "minimum": 0}},
-    },
-)
-IDENTITY = component(
-    "LinkedIdentity",
-    {
-        "type": "object",
-        "required": [
-            "id",
-            "provider_config",
-            "provider_type",
-            "provider_name",
-            "email",
-            "usable",
-            "created_at",
-            "last_used_at",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "integer"},
-            "provider_config": {
-                "type": "object",
-                "required": ["id", "name"],
-                "additionalProperties": False,
-                "properties": {"id": {"type": "integer"}, "name": _STR},
-            },
-            "provider_type": _STR,
-            "provider_name": {**_STR, "description": "The provider type's name (Google, GitHub, …)."},
-            "email": {**_STR, "description": "The address the provider gave when it was last used."},
-            "usable": {"type": "boolean", "description": "Its provider config can sign the user in now."},
-            "created_at": DATETIME,
-            "last_used_at": nullable(DATETIME),
-        },
-    },
-)
-IDENTITY_LIST = component(
-    "LinkedIdentityList",
-    {
-        "type": "object",
-        "required": ["user_id", "identities"],
-        "additionalProperties": False,
-        "properties": {"user_id": {"type": "integer"}, "identities": {"type": "array", "items": IDENTITY}},
-    },
-)
-
-
-def user_json(user: User) -> dict[str, Any]:
-    summary = hooks.mfa_summary(db_session(), user)
-    return {
-        "id": user.id,
-        "email": user.email,
-        "name": user.display_name,
-        "role": user.role,
-        "active": user.is_active,
-        "email_verified": user.email_verified_at is not None,
-        "password_set": user.password_hash is not None,
-        "must_change_password": user.must_change_password,
-        "mfa": {"enrolled": summary.enrolled, "methods": list(summary.methods)},
-        "metadata": dict(user.user_metadata or {}),
-        "created_at": user.created_at.isoformat(),
-    }
-
-
-def _identity_json(identity: linked_identities.LinkedIdentity) -> dict[str, Any]:
-    return {
-        "id": identity.id,
-        "provider_config": {"id": identity.provider_config_id, "name": identity.provider_config},
-        "provider_type": identity.provider_type,
-        "provider_name": identity.provider_name,
-        "email": identity.email,
-        "usable": identity.usable,
-        "created_at": identity.created_at.isoformat(),
-        "last_used_at": identity.last_used_at.isoformat() if identity.last_used_at else None,
-    }
 
 
 def _user(user_id: int) -> User:
@@ -316,7 +89,7 @@ def _role(data: Mapping[str, Any], default: str) -> str:
     "`q` keeps users whose email or name contains it (case-insensitive). Scope `users:read`.",
     response=USER_PAGE,
     query=(
-        QueryParam("q", {"type": "string", "maxLength": 200, "pattern": _TEXT_LINE}, "A part of the email or name."),
+        QueryParam("q", {"type": "string", "maxLength": 200, "pattern": TEXT_LINE}, "A part of the email or name."),
         QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": PAGE_MAX, "default": PAGE_DEFAULT}),
         QueryParam("cursor", {"type": "string", "pattern": "^[0-9]{1,10}$"}, "The previous page's next_cursor."),
     ),
@@ -623,7 +396,7 @@ def revoke_user_sessions(user_id: int) -> Response:
 def list_user_identities(user_id: int) -> Response:
     user = _user(user_id)
     found = linked_identities.list_identities(db_session(), user.id)
-    return json_response({"user_id": user.id, "identities": [_identity_json(i) for i in found]})
+    return json_response({"user_id": user.id, "identities": [identity_json(i) for i in found]})
 
 
 @bp.delete("/users/<int:user_id>/identities/<int:identity_id>")
@@ -638,7 +411,7 @@ def list_user_identities(user_id: int) -> Response:
     status=204,
     response=None,
     response_description="Unlinked.",
-    path={**USER_ID_PARAM, "identity_id": (_ID, "The linked identity's id, as listed.")},
+    path={**USER_ID_PARAM, "identity_id": (ID_SCHEMA, "The linked identity's id, as listed.")},
     errors=(404, 409),
     tags=TAGS,
 )

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from app.audit import REDACTED, AuditContext, record, verify
+from app.audit import AuditContext, record, verify
+from app.audit_details import REDACTED
 from app.extensions import Database, make_database
 from app.models.audit import AuditEvent
 from tests.conftest import PostgresDatabase, postgres_admin_url

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from openapi_spec_validator import validate as validate_openapi
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.jsonschema.types import JsonValue
 from schemathesis.core.result import Err, Ok
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -628,7 +629,7 @@ def test_fuzz_every_endpoint_from_the_document(
     # Ids in request bodies are drawn from the whole integer range, so whether the generator ever names a seeded
     # row depends on the document's shape. A known-good body per such operation goes through the same checks
     # first, so its success path is always exercised, whatever the generator draws.
-    known_good = {
+    known_good: dict[str, JsonValue] = {
         "POST /api/account-manager/dialogs": {
             "kind": "add_account",
             "provider_config_id": anthropic.id,
