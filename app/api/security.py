@@ -34,6 +34,9 @@ signed-in user), ``AMI_AUTH_API_IP_RATE_PER_MINUTE`` per client IP for requests 
 credential. Over a limit: 429 ``rate_limited`` with ``Retry-After``. Every response says where the caller
 stands: ``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers-10).
 
+Rate limits live in :mod:`app.api.ratelimit`; the headers every answer carries (CORS, challenge, deprecation)
+in :mod:`app.api.answer_headers`.
+
 CORS: responses under /api carry ``Access-Control-Allow-Origin`` only for an exact origin of
 ``AMI_AUTH_CMS_ORIGINS``, with credentials; preflights are answered from the route's methods.
 """
@@ -41,28 +44,20 @@ CORS: responses under /api carry ``Access-Control-Allow-Origin`` only for an exa
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from datetime import time as day_start
-from email.utils import format_datetime
 from functools import wraps
 from typing import Any, Final, Literal, ParamSpec, TypeVar, cast
 
-from flask import Blueprint, current_app, g, request
-from flask.blueprints import BlueprintSetupState
-from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.storage import Storage
-from limits.strategies import FixedWindowRateLimiter
+from flask import Blueprint, g, request
 from werkzeug.wrappers import Response
 
 from app import audit
 from app.api import idempotency, tokens
+from app.api.answer_headers import API_PREFIX, challenge, install
+from app.api.ratelimit import limit, limit_ip, principal_item, request_details
 from app.api.registry import AuthSpec, OperationDoc, operation_of, set_auth
 from app.api.tokens import SCOPES, PresentedToken, Scope
-from app.auth.throttle import ip_bucket
 from app.errors import AppError
 from app.extensions import csrf, db_session, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, signed_in, user_agent
@@ -73,26 +68,12 @@ from app.settings import Settings
 P = ParamSpec("P")
 R = TypeVar("R")
 
-API_PREFIX: Final = "/api"
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-ALLOWED_REQUEST_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, X-CSRFToken, X-CSRF-Token"
-# What a CMS page may read of an answer besides the CORS-safelisted headers.
-EXPOSED_HEADERS: Final = (
-    "Retry-After, RateLimit, RateLimit-Policy, Location, Idempotent-Replayed, Deprecation, Sunset, Link, "
-    "WWW-Authenticate, X-Request-ID"
-)
-REALM: Final = "AMI Auth"
-PREFLIGHT_MAX_AGE: Final = "600"
-
 # What a session cookie may do, by role. Members get the session scopes for their own sessions only.
 ROLE_SCOPES: Final[dict[str, frozenset[str]]] = {
     "admin": frozenset(SCOPES),
     "member": frozenset({"sessions:read", "sessions:write"}),
 }
-
-_NS: Final = "ami-api"
-# A refused request is audited at most once a minute per bucket, so a flood cannot flood the audit chain.
-_REFUSAL_AUDIT: Final = RateLimitItemPerMinute(1, namespace=f"{_NS}-429-audit")
 
 _TOKEN_PROBLEMS: Final[dict[str, tuple[str, str]]] = {
     "unknown": (
@@ -156,31 +137,6 @@ def json_response(body: Any, status: int = 200, *, location: str | None = None) 
     if location is not None:
         response.headers["Location"] = location
     return response
-
-
-@dataclass(frozen=True)
-class _RateState:
-    """Where the caller stands against the limit this request was counted under (for the RateLimit headers)."""
-
-    policy: str
-    quota: int
-    window: int
-    remaining: int
-    reset: int
-
-
-def _challenge(error: str | None = None, description: str | None = None, scope: str | None = None) -> str:
-    """An RFC 6750 section 3 challenge. No ``error`` when the request carried no bearer token at all."""
-    parts = [f'realm="{REALM}"']
-    if error is not None:
-        parts.append(f'error="{error}"')
-    if description is not None:
-        # A quoted-string of %x20-21 / %x23-5B / %x5D-7E (RFC 6750 section 3): no quote or backslash.
-        text = "".join(c for c in description if " " <= c <= "~" and c not in '"\\')
-        parts.append(f'error_description="{text}"')
-    if scope is not None:
-        parts.append(f'scope="{scope}"')
-    return "Bearer " + ", ".join(parts)
 
 
 def check_query(doc: OperationDoc | None) -> None:
@@ -255,7 +211,7 @@ def api_public(view: Callable[P, R]) -> Callable[P, R]:
 
     @wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        _limit_ip(get_settings())
+        limit_ip(get_settings())
         check_query(operation_of(wrapper))
         return view(*args, **kwargs)
 
@@ -267,7 +223,7 @@ def api_blueprint(name: str, import_name: str) -> Blueprint:
     """A blueprint under /api: CSRF handled by :func:`api_auth` (not the form check), CORS installed."""
     bp = Blueprint(name, import_name, url_prefix=API_PREFIX)
     csrf.exempt(bp)
-    bp.record_once(_install)
+    bp.record_once(install)
     return bp
 
 
@@ -293,15 +249,15 @@ def _authenticate(spec: AuthSpec) -> Principal:
         )
     if who is not None:
         # A token-only endpoint (a credential is disclosed): a session cookie is the wrong kind.
-        _limit(settings, _principal_item(settings), "user", str(who.id), target=f"user:{who.id}")
+        limit(settings, principal_item(settings), "user", str(who.id), target=f"user:{who.id}")
         _refuse_kind(
             audit_ctx(),
             f"user:{who.id}",
             "This endpoint answers to service tokens only, never to a browser session.",
             "Call it from the CMS server with a service token that has the scope it needs.",
         )
-    _limit_ip(settings)
-    g.api_challenge = _challenge()
+    limit_ip(settings)
+    g.api_challenge = challenge()
     if not spec.cookies:
         raise AppError("not_authenticated", "A service token is required.", _TOKEN_PROBLEMS["unknown"][1])
     raise AppError("not_authenticated")
@@ -310,7 +266,7 @@ def _authenticate(spec: AuthSpec) -> Principal:
 def _refuse_kind(ctx: audit.AuditContext, target: str, message: str, hint: str) -> None:
     db = db_session()
     audit.record(
-        db, ctx, "api.denied", target=target, outcome="denied", details=_request_details(reason="wrong_credential")
+        db, ctx, "api.denied", target=target, outcome="denied", details=request_details(reason="wrong_credential")
     )
     db.commit()
     raise AppError("permission_denied", message, hint)
@@ -319,11 +275,6 @@ def _refuse_kind(ctx: audit.AuditContext, target: str, message: str, hint: str) 
 def _token_ctx(record: PresentedToken | None) -> audit.AuditContext:
     actor = f"service_token:{record.id}" if record is not None else "service_token:unknown"
     return audit.AuditContext(actor=actor, ip=client_ip(), user_agent=user_agent())
-
-
-def _request_details(**extra: object) -> dict[str, object]:
-    rule = request.url_rule.rule if request.url_rule is not None else request.path
-    return {"method": request.method, "path": rule[:200], **extra}
 
 
 def _valid_token(settings: Settings, header: str) -> PresentedToken:
@@ -339,22 +290,22 @@ def _valid_token(settings: Settings, header: str) -> PresentedToken:
 
     if not check.ok or record is None:
         problem = check.problem or "unknown"
-        _limit_ip(settings, target=target, ctx=_token_ctx(record))
+        limit_ip(settings, target=target, ctx=_token_ctx(record))
         audit.record(
             db,
             _token_ctx(record),
             "service_token.use",
             target=target,
             outcome="denied",
-            details=_request_details(reason=problem),
+            details=request_details(reason=problem),
         )
         db.commit()
         message, hint = _TOKEN_PROBLEMS[problem]
         # RFC 6750 section 3.1: no error code when the request used another scheme (no bearer token at all).
-        g.api_challenge = _challenge("invalid_token", message) if bearer else _challenge()
+        g.api_challenge = challenge("invalid_token", message) if bearer else challenge()
         raise AppError("not_authenticated", message, hint)
 
-    _limit(settings, _principal_item(settings), "token", str(record.id), target=target, ctx=_token_ctx(record))
+    limit(settings, principal_item(settings), "token", str(record.id), target=target, ctx=_token_ctx(record))
     return record
 
 
@@ -370,10 +321,10 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
             "service_token.use",
             target=target,
             outcome="denied",
-            details=_request_details(reason="missing_scope", missing_scopes=missing),
+            details=request_details(reason="missing_scope", missing_scopes=missing),
         )
         db.commit()
-        g.api_challenge = _challenge("insufficient_scope", scope=" ".join(missing))
+        g.api_challenge = challenge("insufficient_scope", scope=" ".join(missing))
         raise AppError(
             "permission_denied",
             f"This service token lacks the scope {_names(missing, spec)}.",
@@ -381,7 +332,7 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
         )
     tokens.touch(db, record)
     if spec.audit_use:
-        audit.record(db, _token_ctx(record), "service_token.use", target=target, details=_request_details())
+        audit.record(db, _token_ctx(record), "service_token.use", target=target, details=request_details())
         db.commit()
     # else the view's own event (and commit) records this use, last_used_at included.
     return Principal("token", frozenset(record.scopes), token=record)
@@ -390,7 +341,7 @@ def _token_principal(settings: Settings, spec: AuthSpec, header: str) -> Princip
 def _session_principal(settings: Settings, spec: AuthSpec, who: SignedIn) -> Principal:
     user = who.live.user
     target = f"user:{user.id}"
-    _limit(settings, _principal_item(settings), "user", str(user.id), target=target)
+    limit(settings, principal_item(settings), "user", str(user.id), target=target)
     if request.method not in SAFE_METHODS:
         _check_csrf(settings, target)
     granted = ROLE_SCOPES.get(user.role, frozenset())
@@ -403,7 +354,7 @@ def _session_principal(settings: Settings, spec: AuthSpec, who: SignedIn) -> Pri
             "api.denied",
             target=target,
             outcome="denied",
-            details=_request_details(reason="missing_scope", missing_scopes=missing),
+            details=request_details(reason="missing_scope", missing_scopes=missing),
         )
         db.commit()
         raise AppError(
@@ -446,11 +397,11 @@ def require_scope(scope: Scope, **details: object) -> None:
         "api.denied",
         target=f"service_token:{caller.token.id}" if caller.token is not None else f"user:{caller.user_id}",
         outcome="denied",
-        details=_request_details(reason="missing_scope", missing_scopes=[scope], **details),
+        details=request_details(reason="missing_scope", missing_scopes=[scope], **details),
     )
     db.commit()
     if caller.token is not None:
-        g.api_challenge = _challenge("insufficient_scope", scope=scope)
+        g.api_challenge = challenge("insufficient_scope", scope=scope)
         raise AppError(
             "permission_denied",
             f"This service token lacks the scope '{scope}'.",
@@ -477,7 +428,7 @@ def _check_csrf(settings: Settings, target: str) -> None:
     log_refusal(problem)
     db = db_session()
     audit.record(
-        db, audit_ctx(), "api.csrf_failed", target=target, outcome="denied", details=_request_details(reason=problem)
+        db, audit_ctx(), "api.csrf_failed", target=target, outcome="denied", details=request_details(reason=problem)
     )
     db.commit()
     if problem in ("origin", "referrer", "no_origin"):
@@ -493,130 +444,3 @@ def _check_csrf(settings: Settings, target: str) -> None:
         # A client can tell this refusal from a missing scope, read a fresh token and send the request again.
         fields={"X-CSRFToken": "Missing, or not this session's: read csrf_token from GET /api/auth/session."},
     )
-
-
-# --- rate limits ----------------------------------------------------------------------------------
-
-
-def _storage() -> Storage:
-    storage: Storage = current_app.extensions["ami_limits"]
-    return storage
-
-
-def _principal_item(settings: Settings) -> RateLimitItem:
-    return RateLimitItemPerMinute(settings.api_rate_per_minute, namespace=_NS)
-
-
-def _ip_item(settings: Settings) -> RateLimitItem:
-    return RateLimitItemPerMinute(settings.api_ip_rate_per_minute, namespace=f"{_NS}-ip")
-
-
-def _limit_ip(settings: Settings, *, target: str | None = None, ctx: audit.AuditContext | None = None) -> None:
-    bucket = ip_bucket(client_ip())
-    _limit(settings, _ip_item(settings), "ip", bucket, target=target or f"ip:{bucket}", ctx=ctx)
-
-
-def _limit(
-    settings: Settings,
-    item: RateLimitItem,
-    kind: str,
-    identifier: str,
-    *,
-    target: str,
-    ctx: audit.AuditContext | None = None,
-) -> None:
-    """Count one request; over the limit raise 429 with Retry-After (audited once a minute per bucket)."""
-    limiter = FixedWindowRateLimiter(_storage())
-    allowed = limiter.hit(item, kind, identifier)
-    stats = limiter.get_window_stats(item, kind, identifier)
-    until_reset = max(1, math.ceil(stats.reset_time - time.time()))
-    g.api_rate = _RateState(kind, item.amount, item.get_expiry(), max(0, stats.remaining), until_reset)
-    if allowed:
-        return
-    retry_after = until_reset
-    if limiter.hit(_REFUSAL_AUDIT, kind, identifier):
-        db = db_session()
-        audit.record(
-            db,
-            ctx or audit_ctx(),
-            "api.rate_limited",
-            target=target,
-            outcome="denied",
-            details=_request_details(limit=item.amount, per="minute", bucket=kind),
-        )
-        db.commit()
-    raise AppError(
-        "rate_limited",
-        "Too many API requests.",
-        f"Wait {retry_after} second{'s' if retry_after != 1 else ''} and try again.",
-        retry_after=retry_after,
-    )
-
-
-# --- CORS -----------------------------------------------------------------------------------------
-
-
-def _install(state: BlueprintSetupState) -> None:
-    """Install the /api response hook once per app, however many API blueprints are registered."""
-    app = state.app
-    if app.extensions.get("ami_api_hooks"):
-        return
-    app.extensions["ami_api_hooks"] = True
-    settings: Settings = app.extensions["ami_settings"]
-    allowed = frozenset(settings.cms_origins)
-
-    @app.after_request
-    def _api_headers(response: Response) -> Response:
-        if not request.path.startswith(API_PREFIX + "/"):
-            return response
-        _rate_headers(response)
-        if response.status_code == 401 and "WWW-Authenticate" not in response.headers:
-            # RFC 9110 section 11.6.1: every 401 carries a challenge.
-            response.headers["WWW-Authenticate"] = g.get("api_challenge") or _challenge()
-        elif response.status_code == 403 and g.get("api_challenge"):
-            response.headers["WWW-Authenticate"] = g.api_challenge
-        _deprecation_headers(response)
-        return _cors(response)
-
-    def _cors(response: Response) -> Response:
-        # The answer depends on Origin, so caches must key on it (Fetch standard, CORS protocol).
-        if "Vary" in response.headers:
-            response.vary.add("Origin")
-        else:  # the usual case, without parsing and re-serialising the header
-            response.headers["Vary"] = "Origin"
-        origin = request.headers.get("Origin")
-        if origin is None or origin not in allowed:
-            return response
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            methods = sorted(response.allow - {"HEAD"}) if response.allow else ["GET"]
-            response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
-            response.headers["Access-Control-Allow-Headers"] = ALLOWED_REQUEST_HEADERS
-            response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
-        return response
-
-
-def _rate_headers(response: Response) -> None:
-    """draft-ietf-httpapi-ratelimit-headers-10: the policy this request was counted under and what is left."""
-    state = g.get("api_rate")
-    if not isinstance(state, _RateState):
-        return
-    response.headers["RateLimit-Policy"] = f'"{state.policy}";q={state.quota};w={state.window}'
-    response.headers["RateLimit"] = f'"{state.policy}";r={state.remaining};t={state.reset}'
-
-
-def _deprecation_headers(response: Response) -> None:
-    """A deprecated operation says so on every answer (docs/api.md, "Versioning and deprecation")."""
-    rule = request.url_rule
-    view = current_app.view_functions.get(rule.endpoint) if rule is not None else None
-    doc = operation_of(view)
-    if doc is None or doc.deprecation is None:
-        return
-    info = doc.deprecation
-    since = datetime.combine(info.since, day_start(0), tzinfo=UTC)
-    sunset = datetime.combine(info.sunset, day_start(0), tzinfo=UTC)
-    response.headers["Deprecation"] = f"@{int(since.timestamp())}"  # RFC 9745: a structured-field date
-    response.headers["Sunset"] = format_datetime(sunset, usegmt=True)  # RFC 8594: an HTTP-date
-    response.headers["Link"] = f'<{info.successor}>; rel="successor-version"'

@@ -1,7 +1,8 @@
 """Field groups, capabilities and the layers around the catalog.
 
 - Every shipped entry's expanded fields (what the forms, the schema API and validation see) equal what main
-  produced before the groups existed (tests/fixtures/catalog_fields_main.json, written from main's code).
+  produced before the groups existed (tests/fixtures/catalog_fields_main.json, written from main's code; rewritten
+  once since, when the API issue added `role_mapping` to the OIDC entries and made the per-type JSON Schemas strict).
 - An include names a group that exists, an override a field of it; the JSON Schema checks both.
 - What each shipped type can do is derived from its auth mode or declared once, never from its id.
 - The OAuth protocol core imports no database, Flask or catalog; the catalog's hooks import no connector.

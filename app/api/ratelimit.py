@@ -1,0 +1,110 @@
+"""Rate limits for the JSON API on the shared ``limits`` storage, and the RateLimit headers a caller reads.
+
+``AMI_AUTH_API_RATE_PER_MINUTE`` per token (or per signed-in user), ``AMI_AUTH_API_IP_RATE_PER_MINUTE`` per client
+IP for requests without a valid credential. Over a limit: 429 ``rate_limited`` with ``Retry-After``, audited at
+most once a minute per bucket. :mod:`app.api.security` calls these while it authenticates a request.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from flask import current_app, g, request
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import Storage
+from limits.strategies import FixedWindowRateLimiter
+from werkzeug.wrappers import Response
+
+from app import audit
+from app.auth.throttle import ip_bucket
+from app.errors import AppError
+from app.extensions import db_session
+from app.http.context import audit_ctx, client_ip
+from app.settings import Settings
+
+_NS: Final = "ami-api"
+# A refused request is audited at most once a minute per bucket, so a flood cannot flood the audit chain.
+_REFUSAL_AUDIT: Final = RateLimitItemPerMinute(1, namespace=f"{_NS}-429-audit")
+
+
+@dataclass(frozen=True)
+class RateState:
+    """Where the caller stands against the limit this request was counted under (for the RateLimit headers)."""
+
+    policy: str
+    quota: int
+    window: int
+    remaining: int
+    reset: int
+
+
+def request_details(**extra: object) -> dict[str, object]:
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    return {"method": request.method, "path": rule[:200], **extra}
+
+
+def _storage() -> Storage:
+    storage: Storage = current_app.extensions["ami_limits"]
+    return storage
+
+
+def principal_item(settings: Settings) -> RateLimitItem:
+    return RateLimitItemPerMinute(settings.api_rate_per_minute, namespace=_NS)
+
+
+def _ip_item(settings: Settings) -> RateLimitItem:
+    return RateLimitItemPerMinute(settings.api_ip_rate_per_minute, namespace=f"{_NS}-ip")
+
+
+def limit_ip(settings: Settings, *, target: str | None = None, ctx: audit.AuditContext | None = None) -> None:
+    bucket = ip_bucket(client_ip())
+    limit(settings, _ip_item(settings), "ip", bucket, target=target or f"ip:{bucket}", ctx=ctx)
+
+
+def limit(
+    settings: Settings,
+    item: RateLimitItem,
+    kind: str,
+    identifier: str,
+    *,
+    target: str,
+    ctx: audit.AuditContext | None = None,
+) -> None:
+    """Count one request; over the limit raise 429 with Retry-After (audited once a minute per bucket)."""
+    limiter = FixedWindowRateLimiter(_storage())
+    allowed = limiter.hit(item, kind, identifier)
+    stats = limiter.get_window_stats(item, kind, identifier)
+    until_reset = max(1, math.ceil(stats.reset_time - time.time()))
+    g.api_rate = RateState(kind, item.amount, item.get_expiry(), max(0, stats.remaining), until_reset)
+    if allowed:
+        return
+    retry_after = until_reset
+    if limiter.hit(_REFUSAL_AUDIT, kind, identifier):
+        db = db_session()
+        audit.record(
+            db,
+            ctx or audit_ctx(),
+            "api.rate_limited",
+            target=target,
+            outcome="denied",
+            details=request_details(limit=item.amount, per="minute", bucket=kind),
+        )
+        db.commit()
+    raise AppError(
+        "rate_limited",
+        "Too many API requests.",
+        f"Wait {retry_after} second{'s' if retry_after != 1 else ''} and try again.",
+        retry_after=retry_after,
+    )
+
+
+def rate_headers(response: Response) -> None:
+    """draft-ietf-httpapi-ratelimit-headers-10: the policy this request was counted under and what is left."""
+    state = g.get("api_rate")
+    if not isinstance(state, RateState):
+        return
+    response.headers["RateLimit-Policy"] = f'"{state.policy}";q={state.quota};w={state.window}'
+    response.headers["RateLimit"] = f'"{state.policy}";r={state.remaining};t={state.reset}'
