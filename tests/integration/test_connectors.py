@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.api import tokens
 from app.connectors import accounts, headers, smtp
 from app.connectors.headers import OWNER, clear_cache, get_headers, request_auth
 from app.connectors.verify import connectivity_test, wait_seconds
@@ -523,6 +524,11 @@ def test_the_marked_smtp_account_is_the_system_mailer_with_its_daily_cap(
     mailer_db.close()
     assert capped.value.code == "rate_limited" and capped.value.retry_after is not None
     assert [str(m["Subject"]) for m in smtp_server.messages] == ["One", "Two"]
+    # The CMS sees the same cap and count through the accounts API as the console shows.
+    raw = tokens.create_token(db, CTX, name="CMS", scopes=["accounts:read"], created_by=None).raw
+    db.commit()
+    api = client.get(f"/api/account-manager/accounts/{account.id}", headers={"Authorization": f"Bearer {raw}"})
+    assert api.status_code == 200 and api.get_json()["mail"] == {"daily_cap": 2, "sent_today": 2}
     assert str(smtp_server.messages[0]["From"]) == "mailer@example.com"
     page = client.get(f"/admin/accounts/{account.id}").get_data(as_text=True)
     assert "system mailer" in page and "2 of 2 (daily send cap)" in page
