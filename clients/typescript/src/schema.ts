@@ -673,7 +673,6 @@ export interface components {
              * @description The account's non-secret fields (never a secret).
              */
             identifiers: {
-                workspace_id?: string | null;
                 region?: "global" | null;
                 base_url?: string | null;
                 anthropic_version?: string | null;
@@ -1684,6 +1683,7 @@ export interface components {
                 base_url: string;
                 /**
                  * How the key is sent
+                 * @description The same for every account of this config (accounts cannot override it; the why is in docs/connected-accounts.md). For an API that needs two schemes, add a second config.
                  * @default bearer
                  * @enum {string}
                  */
@@ -2655,12 +2655,11 @@ export interface components {
                 type: "object";
                 properties: {
                     api_key: components["schemas"]["FieldSchema"];
-                    workspace_id: components["schemas"]["FieldSchema"];
                     region: components["schemas"]["FieldSchema"];
                     base_url: components["schemas"]["FieldSchema"];
                     anthropic_version: components["schemas"]["FieldSchema"];
                 };
-                required: ("api_key" | "workspace_id" | "region" | "base_url" | "anthropic_version")[];
+                required: ("api_key" | "region" | "base_url" | "anthropic_version")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
