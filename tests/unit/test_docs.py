@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from app.providers.registry import get_catalog
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,3 +48,19 @@ def test_security_md_is_the_rotation_sop_entry_point() -> None:
             assert anchor in anchors, f"{target}#{anchor} is not a heading"
     for command in ("ami-auth keys rotate", "ami-auth keys rewrap", "ami-auth jobs purge-secrets"):
         assert command in page
+
+
+def test_every_env_fallback_of_the_catalog_is_documented() -> None:
+    """Provider variables (HF_TOKEN) are read by the catalog, not the settings: listed all the same."""
+    names = {
+        spec.env_fallback
+        for entry in get_catalog()
+        for which in ("config", "account")
+        for spec in entry.fields(which)
+        if spec.env_fallback
+    }
+    assert "HF_TOKEN" in names
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    example = (ROOT / ".env.example").read_text()
+    assert sorted(n for n in names if f"`{n}`" not in docs) == []
+    assert sorted(n for n in names if not re.search(rf"^#?{n}=", example, re.M)) == []

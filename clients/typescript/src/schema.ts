@@ -984,6 +984,7 @@ export interface components {
                 organization?: string | null;
                 default_repo?: string | null;
                 space?: string | null;
+                required_permissions?: string[] | null;
                 base_url?: string | null;
             };
             /** @description Non-secret data the provider returned at the last verification or sign-in (e.g. Hugging Face: user, orgs, token role and rate limits; Entra ID: tenant and app roles). Empty until the first successful check. */
@@ -3117,9 +3118,10 @@ export interface components {
                     organization: components["schemas"]["FieldSchema"];
                     default_repo: components["schemas"]["FieldSchema"];
                     space: components["schemas"]["FieldSchema"];
+                    required_permissions: components["schemas"]["FieldSchema"];
                     base_url: components["schemas"]["FieldSchema"];
                 };
-                required: ("api_token" | "required_role" | "organization" | "default_repo" | "space" | "base_url")[];
+                required: ("api_token" | "required_role" | "organization" | "default_repo" | "space" | "required_permissions" | "base_url")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
