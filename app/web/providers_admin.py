@@ -27,7 +27,7 @@ from app.providers.entries import ProviderEntry
 from app.providers.forms import ProviderForm, initial_data, provider_form_class
 from app.providers.registry import entry as catalog_entry
 from app.providers.registry import get_catalog
-from app.providers.validation import effective_values, labels, split_secrets
+from app.providers.validation import effective_values, labels, split_secrets, visibility
 from app.vault import Secret, SecretUnreadable
 from app.web.common import admin_required, form_errors
 
@@ -125,7 +125,9 @@ def index() -> str:
     rows = []
     for cfg in configs.list_configs(db):
         provider = configs.entry_for(cfg)
-        states = configs.secret_states(db, provider, cfg)
+        # Only the secrets the config uses: a hidden one (Google's device-flow secret, device flow off) is not due.
+        shown = visibility(provider, "config", effective_values(provider, "config", cfg.config or {}))
+        states = {name: meta for name, meta in configs.secret_states(db, provider, cfg).items() if shown.get(name)}
         rows.append(
             {
                 "cfg": cfg,

@@ -2022,12 +2022,34 @@ export interface components {
                  */
                 allowed_domains?: string[] | null;
                 /**
+                 * Allow the device flow
+                 * @description "Connect with a code" for headless clients (RFC 8628). Google accepts it only from a separate OAuth client of type "TVs and Limited Input devices" with a restricted scope list: set that client below.
+                 * @default false
+                 */
+                device_flow?: boolean | null;
+                /**
+                 * Device-flow client ID
+                 * @description A second OAuth client ID of type "TVs and Limited Input devices" (Credentials → Create credentials → OAuth client ID). Google refuses the device flow from the Web client above.
+                 * @example 1234567890-tvclient0123456789.apps.googleusercontent.com
+                 */
+                device_client_id?: string | null;
+                /**
+                 * Device-flow scopes
+                 * @description Google allows only some scopes with the device flow (openid, email, profile, drive.file, drive.appdata, youtube, youtube.readonly); it answers invalid_scope to others.
+                 * @default [
+                 *       "openid",
+                 *       "email",
+                 *       "profile"
+                 *     ]
+                 */
+                device_scopes?: string[] | null;
+                /**
                  * Issuer
                  * @description Discovery is read from <issuer>/.well-known/openid-configuration. Change only for a test stand-in.
                  * @default https://accounts.google.com
                  */
                 issuer?: string;
-            } & unknown;
+            } & (unknown & unknown & unknown);
         };
         /** A new Hugging Face config */
         ProviderConfigCreateHuggingface: {
@@ -2293,11 +2315,18 @@ export interface components {
                 trust_email?: boolean | null;
                 jit?: boolean | null;
                 allowed_domains?: string[] | null;
+                device_flow?: boolean | null;
+                device_client_id?: string | null;
+                device_scopes?: string[] | null;
                 issuer?: string | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: {
                 client_secret: {
+                    set: boolean;
+                    changed_at: string | null;
+                };
+                device_client_secret: {
                     set: boolean;
                     changed_at: string | null;
                 };
@@ -2456,6 +2485,9 @@ export interface components {
             trust_email?: boolean | null;
             jit?: boolean | null;
             allowed_domains?: string[] | null;
+            device_flow?: boolean | null;
+            device_client_id?: string | null;
+            device_scopes?: string[] | null;
             issuer?: string | null;
         };
         /** Hugging Face config values to change */
@@ -3025,9 +3057,13 @@ export interface components {
                     trust_email: components["schemas"]["FieldSchema"];
                     jit: components["schemas"]["FieldSchema"];
                     allowed_domains: components["schemas"]["FieldSchema"];
+                    device_flow: components["schemas"]["FieldSchema"];
+                    device_client_id: components["schemas"]["FieldSchema"];
+                    device_client_secret: components["schemas"]["FieldSchema"];
+                    device_scopes: components["schemas"]["FieldSchema"];
                     issuer: components["schemas"]["FieldSchema"];
                 };
-                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "trust_email" | "jit" | "allowed_domains" | "issuer")[];
+                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "device_client_id" | "device_client_secret" | "device_scopes" | "issuer")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
