@@ -6,7 +6,9 @@ What it checks, and where the rule comes from:
   else ``AMI_AUTH_MFA_REQUIRED_ROLES``) with no second factor (NIST SP 800-63B AAL2 for privileged
   roles). Enrolment and policy are read through ``hooks``.
 * Account secrets past their rotation policy: ``rotated_at`` (or, never rotated, ``created_at``) older
-  than ``hooks.rotation_days`` (``AMI_AUTH_SECRET_ROTATION_DAYS`` until the catalog sets per-provider days).
+  than ``hooks.rotation_days`` — the provider config's ``rotation_days`` (the catalog entry's default per
+  provider type) for API-key and SMTP accounts, ``AMI_AUTH_SECRET_ROTATION_DAYS`` for the rest; that
+  setting at 0 turns the check off.
 * Accounts failing refresh or verification: a recorded ``last_error_code``; their ``status`` is the accounts
   API's public vocabulary (``app.api.account_snapshots``), never the stored word.
 * Service tokens unused for 90 days: live credentials nobody uses are pure risk; revoke them.

@@ -21,7 +21,7 @@ from app import audit
 from app.errors import AppError
 from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.oauth.identity import ProviderIdentity
-from app.oauth.provider import OAuthProvider, revoke_tokens
+from app.oauth.provider import DEVICE_CLIENT_MARK, OAuthProvider, revoke_tokens
 from app.oauth.runtime import OAuthRuntime, build_provider
 from app.oauth.tokens import TokenSet, token_set_from_json, token_set_json
 from app.vault import Cipher, SecretUnreadable, delete_secrets, get_secret, put_secret
@@ -134,6 +134,9 @@ def store_connection(
         account = ConnectedAccount(provider_config_id=provider.config_id, user_id=user_id, created_at=now)
         db.add(account)
     data: dict[str, Any] = dict(identity.provider_data)
+    if provider.via_device_client:
+        # Its refresh token belongs to the device client: the refresh job must use that client too.
+        data[DEVICE_CLIENT_MARK] = "device"
     account.subject = identity.subject
     account.label = _label(identity)
     account.identifiers = {"email": identity.email} if identity.email else {}

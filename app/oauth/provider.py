@@ -35,7 +35,18 @@ from app.providers.types import AuthProviderType
 from app.providers.validation import effective_values
 from app.vault import Secret
 
-__all__ = ["ClaimMap", "Discover", "OAuthProvider", "provider_from_values", "render", "revoke_tokens"]
+# provider_data key that says an account's tokens came from the device client (refresh must use it too).
+DEVICE_CLIENT_MARK: Final = "oauth_client"
+
+__all__ = [
+    "DEVICE_CLIENT_MARK",
+    "ClaimMap",
+    "Discover",
+    "OAuthProvider",
+    "provider_from_values",
+    "render",
+    "revoke_tokens",
+]
 
 # With manual endpoints nothing says which algorithms sign the ID tokens; the asymmetric ones are safe to
 # accept because the key comes from the configured JWKS (HMAC would need the client secret as key).
@@ -78,6 +89,11 @@ class OAuthProvider:
     client_secret: Secret | None = field(default=None, repr=False)
     # Checks ID-token signatures (the app's DiscoveryCache); None when the provider issues no ID tokens.
     keys: KeySource | None = field(default=None, repr=False, compare=False)
+    # The device flow's own client and scopes (the catalog's `oauth.device_client`, Google); None: the main one.
+    device_credentials: ClientCredentials | None = field(default=None, repr=False)
+    device_scopes: tuple[str, ...] = ()
+    # True on the copy for_device() returns: tokens it obtains belong to the device client.
+    via_device_client: bool = False
 
     @property
     def display_name(self) -> str:
@@ -107,6 +123,15 @@ class OAuthProvider:
             self.entry.capabilities.device_flow
             and self.values.get("device_flow") is True
             and self.metadata.device_authorization_endpoint is not None
+        )
+
+    def for_device(self) -> OAuthProvider:
+        """This provider as the device flow (and the refresh of what it connected) must use it: with the
+        device client and its scopes where the config has one, else unchanged."""
+        if self.device_credentials is None:
+            return self
+        return replace(
+            self, credentials=self.device_credentials, scopes=self.device_scopes or self.scopes, via_device_client=True
         )
 
     @property
@@ -334,6 +359,7 @@ def provider_from_values(
             fields={"jwks_uri": "Needed to check ID tokens."},
         )
     hosted_domain = render(entry, entry.oauth.hosted_domain, values) if entry.oauth.hosted_domain else ""
+    device_credentials, device_scopes = _device_client(entry, values, secrets, auth_method)
     return OAuthProvider(
         config_id=config_id,
         name=name,
@@ -351,7 +377,33 @@ def provider_from_values(
         default_expires_in=entry.refresh.default_expires_in,
         client_secret=secret,
         keys=keys if checks_id_token else None,
+        device_credentials=device_credentials,
+        device_scopes=device_scopes,
     )
+
+
+def _device_client(
+    entry: ProviderEntry, values: Mapping[str, Any], secrets: Mapping[str, Secret | None], method: AuthMethod
+) -> tuple[ClientCredentials | None, tuple[str, ...]]:
+    """The catalog's ``oauth.device_client`` for this config: its credentials and scopes, or ``(None, ())``
+    when the entry has none, the device flow is off or its client ID is blank (then the main client is used)."""
+    spec = entry.oauth.device_client if entry.oauth is not None else None
+    if spec is None or values.get("device_flow") is not True:
+        return None, ()
+    client_id = render(entry, spec.client_id, values)
+    if not client_id:
+        return None, ()
+    secret = secrets.get(spec.client_secret)
+    if method != "none" and secret is None:
+        raise AppError(
+            "invalid_config",
+            "The device flow's client secret is not set",
+            "Set it in the provider configuration, or turn the device flow off",
+            fields={spec.client_secret: "This field is required."},
+        )
+    scopes = tuple(str(s) for s in values.get(spec.scopes) or ()) if spec.scopes else ()
+    revealed = secret.reveal() if secret is not None and method != "none" else None
+    return ClientCredentials(client_id, revealed, method), scopes
 
 
 def revoke_tokens(client: OutboundClient, provider: OAuthProvider, tokens: TokenSet) -> RevokeResult:

@@ -28,7 +28,7 @@ from app.errors import AppError
 from app.models import ConnectedAccount, ProviderConfig, StoredSecret, User, utcnow
 from app.oauth.connections import ACTIVE, CONSENT_REQUIRED, EXPIRED, OWNER, TOKEN_FIELD, load_tokens
 from app.oauth.leases import claim_one, lock_row, new_owner, release
-from app.oauth.provider import OAuthProvider
+from app.oauth.provider import DEVICE_CLIENT_MARK, OAuthProvider
 from app.oauth.runtime import OAuthRuntime, build_provider
 from app.oauth.tokens import TokenSet, refresh, token_set_from_json, token_set_json
 from app.vault import Envelope, SecretUnreadable, aad_for
@@ -315,6 +315,8 @@ class Claimed:
     attempts: int
     tokens: TokenSet | None
     unreadable: AppError | None = None
+    # Connected through the device flow's own client (Google): refreshed with that client.
+    device_client: bool = False
 
 
 def load_claimed(db: Session, rt: OAuthRuntime, ids: list[int], owner: str) -> list[Claimed]:
@@ -322,7 +324,9 @@ def load_claimed(db: Session, rt: OAuthRuntime, ids: list[int], owner: str) -> l
     transaction ends before any provider is asked (nothing is held while it answers)."""
     ca = ConnectedAccount
     rows = db.execute(
-        select(ca.id, ca.provider_config_id, ca.error_attempts).where(ca.id.in_(ids), ca.lease_owner == owner)
+        select(ca.id, ca.provider_config_id, ca.error_attempts, ca.provider_data).where(
+            ca.id.in_(ids), ca.lease_owner == owner
+        )
     ).all()
     secrets = db.execute(
         select(
@@ -345,7 +349,7 @@ def load_claimed(db: Session, rt: OAuthRuntime, ids: list[int], owner: str) -> l
     envelopes = {s.owner_id: Envelope(s.key_id, s.version, s.wrapped_key, s.ciphertext) for s in secrets}
     order = {account_id: i for i, account_id in enumerate(ids)}
     claimed: list[Claimed] = []
-    for account_id, config_id, attempts in sorted(rows, key=lambda r: order[r[0]]):
+    for account_id, config_id, attempts, data in sorted(rows, key=lambda r: order[r[0]]):
         envelope = envelopes.get(account_id)
         tokens: TokenSet | None = None
         unreadable: AppError | None = None
@@ -355,7 +359,8 @@ def load_claimed(db: Session, rt: OAuthRuntime, ids: list[int], owner: str) -> l
                 tokens = token_set_from_json(raw)
             except SecretUnreadable as exc:
                 unreadable = AppError("secret_unreadable", exc.text)
-        claimed.append(Claimed(account_id, config_id, attempts, tokens, unreadable))
+        via_device = isinstance(data, dict) and data.get(DEVICE_CLIENT_MARK) == "device"
+        claimed.append(Claimed(account_id, config_id, attempts, tokens, unreadable, via_device))
     return claimed
 
 
@@ -381,6 +386,8 @@ def _refresh_claimed(
         if item.unreadable is not None:
             raise item.unreadable
         provider = providers.get(db, item.config_id)
+        if item.device_client:
+            provider = provider.for_device()
         db.rollback()
     except AppError as exc:
         db.rollback()

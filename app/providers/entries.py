@@ -151,6 +151,17 @@ class RefreshSpec:
 
 
 @dataclass(frozen=True)
+class DeviceClientSpec:
+    """A second OAuth client the device flow uses instead of the main one (Google accepts RFC 8628 only from a
+    client of type "TVs and Limited Input devices", with a restricted scope list). ``client_id`` is a template;
+    ``client_secret`` and ``scopes`` name config fields (a secret one, and a string list)."""
+
+    client_id: str
+    client_secret: str
+    scopes: str | None = None
+
+
+@dataclass(frozen=True)
 class OAuthSpec:
     token_auth: str
     claims: Mapping[str, str]
@@ -166,6 +177,8 @@ class OAuthSpec:
     discovery_when: Condition | None = None
     # The Google Workspace domain the ID token's `hd` claim must equal (a template; blank: any).
     hosted_domain: str | None = None
+    # The device flow's own client, when the provider wants one (Google); None: the main client.
+    device_client: DeviceClientSpec | None = None
 
 
 @dataclass(frozen=True)

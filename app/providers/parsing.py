@@ -14,6 +14,7 @@ from app.providers.entries import (
     Capabilities,
     Condition,
     ConditionTerm,
+    DeviceClientSpec,
     EnumOption,
     FieldSpec,
     HeaderSpec,
@@ -155,7 +156,14 @@ def _oauth(file: Path, raw: Any) -> OAuthSpec | None:
         refresh_when=condition(file, refresh_when, None, "$.oauth.refresh_when") if refresh_when else None,
         discovery_when=condition(file, discovery_when, None, "$.oauth.discovery_when") if discovery_when else None,
         hosted_domain=raw.get("hosted_domain"),
+        device_client=_device_client(raw.get("device_client")),
     )
+
+
+def _device_client(raw: Any) -> DeviceClientSpec | None:
+    if not isinstance(raw, dict):
+        return None
+    return DeviceClientSpec(str(raw["client_id"]), str(raw["client_secret"]), raw.get("scopes"))
 
 
 def _connect(mode: AuthMode) -> ConnectKind:

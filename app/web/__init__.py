@@ -17,6 +17,7 @@ from app.web import (
     account,
     accounts_admin,
     admin,
+    admin_consent,
     auth,
     cms_dialogs,  # noqa: F401 - adds the CMS entry routes to the dialogs blueprint
     compliance,
@@ -49,6 +50,7 @@ BLUEPRINTS = [
     accounts_admin.bp,
     dialogs.bp,  # with the CMS entry routes of cms_dialogs (imported above, so they exist before registration)
     oauth.bp,
+    admin_consent.bp,
     connections.bp,
     idp.bp,  # the OpenID Provider (issue 12)
 ]

@@ -243,7 +243,8 @@ def _qr_svg(text: str) -> Markup:
 @login_required
 def device_start(config_id: int) -> Response:
     _check_form(ActionForm())
-    provider = load_provider(db_session(), config_id)
+    # The device flow's own client where the config has one (Google's "TVs and Limited Input devices").
+    provider = load_provider(db_session(), config_id).for_device()
     if not provider.device_flow:
         raise AppError("not_found", "Connecting with a code is not turned on for this provider.")
     device = start_device_authorization(
@@ -312,7 +313,7 @@ def device_poll(config_id: int) -> Response | str:
     entry["last_poll"] = time.time()
     _store_device(config_id, entry)
     db = db_session()
-    provider = load_provider(db, config_id)
+    provider = load_provider(db, config_id).for_device()
     try:
         result = poll_once(
             rt().client,

@@ -46,6 +46,7 @@ from app.oauth.setup_check import test_connection
 from app.providers import configs
 from app.providers.registry import get_catalog
 from app.vault import SecretUnreadable
+from app.web import admin_consent
 from app.web.browser import browser_id
 from app.web.common import admin_required, form_errors, safe_next
 from app.web.signin import establish_session, needs_second_factor, start_second_factor
@@ -224,6 +225,8 @@ def login(config_id: int) -> Response | tuple[str, int]:
 @bp.get("/oauth/<int:config_id>/callback")
 def callback(config_id: int) -> Response | tuple[str, int]:
     params = {k: v for k, v in request.args.items()}
+    if admin_consent.answers(config_id, params):
+        return admin_consent.finish(config_id, params)
     db = db_session()
     purpose: Purpose = "signin"
     back, back_label = url_for("auth.signin"), "Back to sign in"
@@ -414,6 +417,8 @@ def _setup_page(config_id: int, report: Any = None, status: int = 200) -> tuple[
         redirect_uri=redirect_uri(get_settings(), cfg.id),
         form=TestForm(),
         report=report,
+        admin_consent_url=admin_consent.consent_url(cfg),
+        consent_form=admin_consent.ConsentForm(),
     )
     return html, status
 

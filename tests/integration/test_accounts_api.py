@@ -24,6 +24,9 @@ from app.extensions import get_cipher, get_settings
 from app.models import AuditEvent, ConnectedAccount, ProviderConfig, StoredSecret, utcnow
 from app.net import get_client
 from app.oauth.connections import load_tokens
+from app.providers.registry import entry
+from app.providers.templating import render_template_string
+from app.providers.validation import effective_values
 from app.settings import Settings
 from app.vault import Secret
 from tests.conftest import UserFactory, make_settings, sign_in
@@ -270,6 +273,29 @@ def test_refresh_reverifies_an_api_key_and_records_the_outcome(
     verify_events = db.scalars(select(AuditEvent).where(AuditEvent.action == "account.verify")).all()
     assert [e.outcome for e in verify_events] == ["success", "failure"]
     assert all(e.actor.startswith("service_token:") for e in verify_events)
+
+
+def test_anthropic_region_maps_to_its_endpoint_and_base_url_overrides_it(
+    app: Flask, client: FlaskClient, db: Session, rw: dict[str, str], anthropic_standin: Anthropic
+) -> None:
+    provider = entry("anthropic")
+    # The region alone: its endpoint (no network here; the catalog renders the URL verification uses).
+    values = effective_values(provider, "account", {"region": "global"})
+    assert render_template_string(provider.endpoints["models"], account=values) == "https://api.anthropic.com/v1/models"
+    # Base URL set: it wins, for verification and for what the CMS reads.
+    account, _key = _anthropic(app, db, anthropic_standin)
+    before = len(anthropic_standin.requests_to("/v1/models"))
+    done = client.post(f"{PATH}/{account.id}/refresh", headers=rw).get_json()
+    assert done["refresh"]["outcome"] == "verified"
+    assert len(anthropic_standin.requests_to("/v1/models")) == before + 1
+    assert done["account"]["identifiers"]["base_url"] == anthropic_standin.url
+    assert done["account"]["identifiers"]["region"] == "global"
+    # A workspace id an earlier version stored is not a field any more: never shown, never sent.
+    account.identifiers = {**(account.identifiers or {}), "workspace_id": "wrkspc_legacy"}
+    db.commit()
+    again = client.post(f"{PATH}/{account.id}/refresh", headers=rw).get_json()
+    assert again["refresh"]["outcome"] == "verified" and "workspace_id" not in again["account"]["identifiers"]
+    assert provider.field("account", "workspace_id") is None
 
 
 def test_refresh_is_refused_when_it_cannot_be_tried(

@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.api import tokens
 from app.connectors import accounts, headers, smtp
 from app.connectors.headers import OWNER, clear_cache, get_headers, request_auth
 from app.connectors.verify import connectivity_test, wait_seconds
@@ -273,6 +274,85 @@ def test_huggingface_learns_the_user_and_refuses_a_token_below_the_required_role
     assert data["rate_limit"]["remaining"] == 998 and data["rate_limit"]["reset_seconds"] == 240
 
 
+def test_huggingface_checks_org_repos_and_permissions_against_whoami_v2(
+    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, huggingface_standin: HuggingFace
+) -> None:
+    vendor = huggingface_standin
+    vendor.add_user("alice", orgs=[("acme-research", "write"), ("acme-labs", "read")])
+    vendor.set_rate_limit(remaining=640, reset=120)
+    cfg = make_config(db, get_cipher(app), app.extensions["ami_settings"], "huggingface", {})
+    wants = {
+        "base_url": vendor.url,
+        "required_role": "write",
+        "organization": "acme-research",
+        "default_repo": "acme-research/summarizer",
+        "space": "acme-research/demo",
+        "required_permissions": "inference.serverless.write",
+    }
+    account = make_account(db, cfg, wants, label="Hub")
+    _admin(client, make_user)
+    # Fine-grained, but only for the one model: the org, the Space and the inference permission are missing.
+    narrow = vendor.add_token(
+        "alice",
+        role="fineGrained",
+        fine_grained={
+            "canReadGatedRepos": False,
+            "global": [],
+            "scoped": [
+                {
+                    "entity": {"_id": "m1", "type": "model", "name": "acme-research/summarizer"},
+                    "permissions": ["repo.content.read", "repo.write"],
+                }
+            ],
+        },
+    )
+    _status, panel = post_dialog(client, account.id, {"api_token": narrow}, test=True, htmx=True)
+    assert result_code(panel) == "permission_denied"
+    blamed = blamed_fields(panel)
+    assert set(blamed) == {"organization", "space", "required_permissions"}
+    assert "no repo.write permission on acme-research/demo" in blamed["space"]
+    assert "inference.serverless.write" in blamed["required_permissions"]
+    # Scoped to the organization: covers its repositories and the permission.
+    wide = vendor.add_token(
+        "alice",
+        role="fineGrained",
+        display_name="cms-fine",
+        fine_grained={
+            "canReadGatedRepos": True,
+            "global": [],
+            "scoped": [
+                {
+                    "entity": {"_id": "o1", "type": "org", "name": "acme-research"},
+                    "permissions": ["repo.content.read", "repo.write", "inference.serverless.write"],
+                }
+            ],
+        },
+    )
+    assert post_dialog(client, account.id, {"api_token": wide})[0] == 302
+    data = reload(app, db, account.id).provider_data
+    assert data["token_role"] == "fineGrained"
+    assert data["token_permissions"] == ["inference.serverless.write", "repo.content.read", "repo.write"]
+    # The console shows the rate-limit metadata the Hub sent with whoami-v2.
+    page = client.get(f"/admin/accounts/{account.id}").get_data(as_text=True)
+    assert "rate limit" in page and "remaining 640" in page and "reset seconds 120" in page
+
+    # A classic write token: the user's role in the org decides; a stranger's org is refused on its field.
+    for org, message in (("acme-labs", "role in acme-labs is read"), ("elsewhere", "not a member of elsewhere")):
+        other = make_account(
+            db, cfg, {"base_url": vendor.url, "required_role": "write", "organization": org}, label=f"Hub {org}"
+        )
+        token = vendor.add_token("alice", role="write")
+        _status, panel = post_dialog(client, other.id, {"api_token": token}, test=True, htmx=True)
+        assert result_code(panel) == "permission_denied" and list(blamed_fields(panel)) == ["organization"]
+        assert message in blamed_fields(panel)["organization"]
+    # A read token cannot promise a write permission.
+    reader = make_account(
+        db, cfg, {"base_url": vendor.url, "required_permissions": "repo.content.read discussion.write"}, label="R"
+    )
+    _status, panel = post_dialog(client, reader.id, {"api_token": vendor.add_token("alice")}, test=True, htmx=True)
+    assert "lacks discussion.write" in blamed_fields(panel)["required_permissions"]
+
+
 def test_huggingface_429_reports_the_wait_from_the_ratelimit_header(
     app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, huggingface_standin: HuggingFace
 ) -> None:
@@ -523,6 +603,11 @@ def test_the_marked_smtp_account_is_the_system_mailer_with_its_daily_cap(
     mailer_db.close()
     assert capped.value.code == "rate_limited" and capped.value.retry_after is not None
     assert [str(m["Subject"]) for m in smtp_server.messages] == ["One", "Two"]
+    # The CMS sees the same cap and count through the accounts API as the console shows.
+    raw = tokens.create_token(db, CTX, name="CMS", scopes=["accounts:read"], created_by=None).raw
+    db.commit()
+    api = client.get(f"/api/account-manager/accounts/{account.id}", headers={"Authorization": f"Bearer {raw}"})
+    assert api.status_code == 200 and api.get_json()["mail"] == {"daily_cap": 2, "sent_today": 2}
     assert str(smtp_server.messages[0]["From"]) == "mailer@example.com"
     page = client.get(f"/admin/accounts/{account.id}").get_data(as_text=True)
     assert "system mailer" in page and "2 of 2 (daily send cap)" in page

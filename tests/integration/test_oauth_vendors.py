@@ -9,9 +9,12 @@ multi-tenant issuer, Graph ``/me`` and app roles, no revocation.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from html import unescape
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -20,10 +23,10 @@ from werkzeug.test import TestResponse
 
 from app.extensions import get_cipher, get_database
 from app.jobs.refresh import run_refresh
-from app.models import ConnectedAccount, OAuthIdentity, User
+from app.models import AuditEvent, ConnectedAccount, OAuthIdentity, User
 from app.oauth.connections import load_tokens
 from app.oauth.runtime import runtime
-from tests.conftest import UserFactory, sign_in
+from tests.conftest import PASSWORD, UserFactory, sign_in
 from tests.support.oauth_app import create_config, follow_callback, location, page_csrf
 from tests.support.vendors.base import StartVendor
 from tests.support.vendors.github import GitHub, GitHubEmail
@@ -275,6 +278,120 @@ def test_azure_graph_me_roles_and_the_no_revoke_message(
     page = _disconnect(client, account.id)
     assert "This provider cannot revoke tokens: the access token it issued stays valid until" in page
     assert db.scalars(select(ConnectedAccount)).all() == []
+
+
+@pytest.mark.parametrize("kind", ["common", "tenant_guid"])
+def test_azure_signs_in_and_refreshes_with_common_and_with_a_tenant_guid(
+    app: Flask, client: FlaskClient, db: Session, microsoft_standin: Microsoft, make_user: UserFactory, kind: str
+) -> None:
+    ms = microsoft_standin
+    home = ms.add_tenant(domain="contoso.example")
+    other = ms.add_tenant(domain="fabrikam.example")
+    ms.add_account("ada@contoso.example", tenant=home)
+    ms.add_account("bo@fabrikam.example", tenant=other)
+    segment = "common" if kind == "common" else home
+    _azure(app, ms, tenant=segment)
+    make_user("ada@contoso.example")
+
+    start = client.get("/oauth/1/login?next=/account/")
+    assert urlsplit(location(start)).path == f"/{segment}/oauth2/v2.0/authorize"
+    ms.login_as("ada@contoso.example")
+    assert location(follow_callback(client, ms.approve(location(start)).url)) == "/oauth/link"
+    page = client.get("/oauth/link").get_data(as_text=True)
+    form = {"email": "ada@contoso.example", "password": PASSWORD, "csrf_token": page_csrf(page)}
+    assert location(client.post("/oauth/link", data=form)) == "/account/"
+    identity = db.scalars(select(OAuthIdentity)).one()
+    assert identity.subject == ms.accounts["ada@contoso.example"].oid
+    # Signed out, the linked identity signs straight in (the ID token's issuer: …/<home tenant>/v2.0).
+    client.post("/signout", data={"csrf_token": page_csrf(client.get("/account/").get_data(as_text=True))})
+    assert location(_signin(client, ms, "ada@contoso.example")) == "/account/"
+
+    # Another organization's user: common lets them reach the app (issuer checked against their tid); a tenant
+    # GUID keeps them at Microsoft (AADSTS50020).
+    stranger = app.test_client()
+    begin = stranger.get("/oauth/1/login")
+    ms.login_as("bo@fabrikam.example")
+    if kind == "common":
+        assert location(follow_callback(stranger, ms.approve(location(begin)).url)) == "/oauth/link"
+    else:
+        with pytest.raises(AssertionError, match="does not exist in tenant"):
+            ms.approve(location(begin))
+
+    # Connect, then the refresh job rotates the refresh token through the same tenant's token endpoint.
+    _connect(client, ms, "ada@contoso.example")
+    account = _account(db)
+    before = load_tokens(db, get_cipher(app), account.id)
+    assert before is not None and before.refresh_token
+    report = run_refresh(runtime(app), get_database(app).engine, margin=timedelta(hours=2), workers=1)
+    assert report.refreshed == 1
+    after = load_tokens(db, get_cipher(app), account.id)
+    assert after is not None and after.refresh_token and after.refresh_token != before.refresh_token
+    assert after.access_token != before.access_token
+
+
+def test_azure_admin_consent_from_the_setup_page(
+    app: Flask, client: FlaskClient, db: Session, microsoft_standin: Microsoft, make_user: UserFactory
+) -> None:
+    ms = microsoft_standin
+    home = ms.add_tenant(domain="contoso.example")
+    ms.add_account("ada@contoso.example", tenant=home)
+    ms.add_account("it@contoso.example", tenant=home)
+    ms.tenant_admins.add("it@contoso.example")
+    _azure(app, ms, tenant=home)
+    [registration] = ms.clients.values()
+    make_user("root@example.com", role="admin")
+    sign_in(client, "root@example.com")
+    setup = "/admin/providers/1/oauth"
+    page = client.get(setup).get_data(as_text=True)
+    found = re.search(r'id="admin-consent-url">([^<]+)<', page)
+    assert found is not None
+    link = unescape(found.group(1))
+    assert link.startswith(f"{ms.url}/{home}/v2.0/adminconsent?")
+    assert _query(link) == {
+        "client_id": [registration.client_id],
+        "scope": [f"{ms.url}/.default"],
+        "redirect_uri": [CALLBACK],
+    }
+
+    def consent() -> str:
+        start = client.post("/admin/providers/1/admin-consent", data={"csrf_token": page_csrf(page)})
+        assert location(start).startswith(link + "&state=")
+        back = follow_callback(client, ms.approve(location(start)).url)
+        assert location(back) == setup
+        return unescape(client.get(setup).get_data(as_text=True))
+
+    # A user who is not an admin of the tenant: Microsoft refuses; the page says why.
+    ms.login_as("ada@contoso.example")
+    refused = consent()
+    assert "Admin consent was not granted" in refused and "AADSTS90094" in refused
+    # The tenant's admin grants it for everyone.
+    ms.login_as("it@contoso.example")
+    assert f"Admin consent granted for tenant {home}" in consent()
+    assert (registration.client_id, home) in ms.admin_consents
+    events = db.scalars(select(AuditEvent).where(AuditEvent.action == "provider_config.admin_consent")).all()
+    assert [(e.outcome, e.details["tenant"]) for e in events] == [("failure", None), ("success", home)]
+    # The answer's state is used once: replayed, it is an ordinary (refused) callback, not a consent.
+    replay = client.get("/oauth/1/callback", query_string={"admin_consent": "True", "tenant": home, "state": "x"})
+    assert replay.status_code >= 400
+    assert len(db.scalars(select(AuditEvent).where(AuditEvent.action == "provider_config.admin_consent")).all()) == 2
+
+    # common asks the organizations endpoint (personal accounts have no admin); consumers has no admin consent.
+    for tenant in ("common", "consumers"):
+        create_config(
+            app,
+            "azure_ad",
+            f"Microsoft {tenant}",
+            {
+                "tenant": tenant,
+                "client_id": registration.client_id,
+                "client_secret": registration.client_secret,
+                "authority": ms.url,
+                "graph_url": ms.url,
+            },
+        )
+    shown = [client.get(f"/admin/providers/{i}/oauth").get_data(as_text=True) for i in (2, 3)]
+    assert f"{ms.url}/organizations/v2.0/adminconsent?" in unescape(shown[0])
+    assert 'id="admin-consent"' not in shown[1]
 
 
 def test_azure_multi_tenant_sign_in_never_links_an_unverified_email(

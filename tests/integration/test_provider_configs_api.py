@@ -122,7 +122,11 @@ def test_create_returns_the_non_secret_snapshot_and_audits_the_token(
     body = _google(client, rw)
     assert body["provider_type"] == "google" and body["auth_mode"] == "oidc"
     assert body["enabled"] is False and body["config"]["client_id"] == GOOGLE_ID
-    assert body["secrets"] == {"client_secret": {"set": False, "changed_at": None}}
+    # Every secret field of the type is listed, the device-flow client's too (unused while the flow is off).
+    assert body["secrets"] == {
+        "client_secret": {"set": False, "changed_at": None},
+        "device_client_secret": {"set": False, "changed_at": None},
+    }
     assert set(body["missing"]) == {"client_secret"}
     assert body["account_count"] == 0
     [event] = db.scalars(select(AuditEvent).where(AuditEvent.action == "provider_config.create")).all()

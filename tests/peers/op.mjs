@@ -97,7 +97,8 @@ const provider = new Provider(issuer, {
   clients,
   jwks: { keys: [signingKey(signing)] },
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
-  pkce: { required: () => true },
+  // `pkceRequired: false` stands for a provider that accepts a code without PKCE (the app's "PKCE off").
+  pkce: { required: () => config.pkceRequired ?? true },
   scopes: ['openid', 'offline_access', 'email', 'profile'],
   claims: config.claims ?? { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
   findAccount: async (ctx, id) => ({ accountId: id, claims: async () => ({ ...accountClaims(id), sub: id }) }),
@@ -121,7 +122,8 @@ const provider = new Provider(issuer, {
 
 // --- test-only instrumentation ----------------------------------------------------------------------
 
-const counts = { requests: {}, grants: {} };
+// `authorize`: the query of the last authorization request, as the provider received it.
+const counts = { requests: {}, grants: {}, authorize: null };
 const lastDevicePoll = new Map();
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
@@ -160,6 +162,7 @@ provider.use(async (ctx, next) => {
     } else if (ctx.method === 'POST' && ctx.path === '/__test/reset') {
       counts.requests = {};
       counts.grants = {};
+      counts.authorize = null;
       ctx.status = 204;
     } else if (ctx.method === 'POST' && ctx.path === '/__test/accounts') {
       Object.assign(accounts, await readJson(ctx.req));
@@ -172,6 +175,7 @@ provider.use(async (ctx, next) => {
     return;
   }
 
+  if (ctx.method === 'GET' && ctx.path === '/auth') counts.authorize = { ...ctx.query };
   await next();
   // Per route, not per URL: "/interaction/:uid" rather than one key per interaction.
   bump(counts.requests, `${ctx.method} ${ctx._matchedRoute ?? ctx.path}`);

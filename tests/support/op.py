@@ -176,6 +176,11 @@ class OpenIDProvider:
     def grant_count(self, grant_type: str, status: int = 200) -> int:
         return int(self.counts()["grants"].get(grant_type, {}).get(str(status), 0))
 
+    def last_authorize(self) -> dict[str, str] | None:
+        """The query of the last authorization request the provider received (``None`` since a reset)."""
+        query: dict[str, str] | None = self.counts()["authorize"]
+        return query
+
     def reset_counts(self) -> None:
         self._http.post("/__test/reset").raise_for_status()
 
@@ -207,7 +212,7 @@ def running_op(
 ) -> Iterator[OpenIDProvider]:
     """Run an OP for the ``with`` block. ``options`` are op.mjs config keys (``ttl``, ``signing``,
     ``rotateRefreshToken``, ``accounts``, ``claims``, ``deviceInterval``, ``deviceSlowDown``,
-    ``omitUnchangedRefreshToken``, ``userinfoSub``)."""
+    ``omitUnchangedRefreshToken``, ``userinfoSub``, ``pkceRequired``)."""
     reason = node_missing()
     if reason is not None:
         require_peer(reason)

@@ -29,6 +29,10 @@ ProfileHook = Callable[[ProviderEntry, Mapping[str, Any], Callable[[str], Any]],
 # The issuer ID tokens must carry, when a template cannot say it: (entry, effective config values) → issuer
 # (Entra ID's multi-tenant `…/{tenantid}/v2.0`, filled in from each token's tid).
 IssuerHook = Callable[[ProviderEntry, Mapping[str, Any]], str]
+# The provider's admin-consent URL for this config, when it has one: (entry, effective config values, the app's
+# redirect URI) → the URL without ``state`` (the console adds it), or None where no admin can consent (Entra
+# ID's ``/adminconsent`` for an organization tenant; not for personal accounts).
+AdminConsentHook = Callable[[ProviderEntry, Mapping[str, Any], str], str | None]
 
 
 @dataclass(frozen=True)
@@ -38,15 +42,18 @@ class Hook:
     after_verify: AfterVerifyHook | None = None
     profile: ProfileHook | None = None
     issuer: IssuerHook | None = None
+    admin_consent: AdminConsentHook | None = None
 
 
 # The one list.
 HOOKS: dict[str, Hook] = {
     "github": Hook("GitHub: the primary verified email from /user/emails", profile=github.profile),
     "azure": Hook(
-        "Entra ID: Microsoft Graph /me, tenant and app roles; the issuer of common/organizations/consumers",
+        "Entra ID: Microsoft Graph /me, tenant and app roles; the issuer of common/organizations/consumers; "
+        "the tenant-wide admin-consent link",
         profile=azure.profile,
         issuer=azure.issuer,
+        admin_consent=azure.admin_consent,
     ),
     "huggingface": Hook(
         "Hugging Face: whoami-v2 → user, orgs, token role; refuse a token below the required role",

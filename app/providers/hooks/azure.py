@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from app.errors import AppError
 from app.providers.entries import ProviderEntry
@@ -35,6 +36,25 @@ def issuer(entry: ProviderEntry, values: Mapping[str, Any]) -> str:
     if tenant == "consumers":
         return f"{authority}/{MSA_TENANT_ID}/v2.0"
     return f"{authority}/{tenant}/v2.0"
+
+
+def admin_consent(entry: ProviderEntry, values: Mapping[str, Any], redirect_uri: str) -> str | None:
+    """The v2.0 admin-consent endpoint: an admin grants the registration's permissions for the whole tenant.
+
+    https://learn.microsoft.com/entra/identity-platform/v2-admin-consent — ``{tenant}`` is a tenant ID or
+    ``organizations`` ("do not use common": personal accounts cannot consent for a tenant), and ``scope`` is
+    ``<resource>/.default`` (the permissions the registration lists). ``consumers`` has no admin: no link.
+    """
+    tenant = str(values.get("tenant") or "organizations").lower()
+    if tenant == "consumers":
+        return None
+    segment = "organizations" if tenant in MULTI_TENANT else tenant
+    authority = str(values.get("authority") or "https://login.microsoftonline.com").rstrip("/")
+    graph = str(values.get("graph_url") or "https://graph.microsoft.com").rstrip("/")
+    query = urlencode(
+        {"client_id": str(values.get("client_id") or ""), "scope": f"{graph}/.default", "redirect_uri": redirect_uri}
+    )
+    return f"{authority}/{segment}/v2.0/adminconsent?{query}"
 
 
 def profile(entry: ProviderEntry, claims: Mapping[str, Any], fetch: Callable[[str], Any]) -> dict[str, Any]:

@@ -673,7 +673,6 @@ export interface components {
              * @description The account's non-secret fields (never a secret).
              */
             identifiers: {
-                workspace_id?: string | null;
                 region?: "global" | null;
                 base_url?: string | null;
                 anthropic_version?: string | null;
@@ -985,6 +984,7 @@ export interface components {
                 organization?: string | null;
                 default_repo?: string | null;
                 space?: string | null;
+                required_permissions?: string[] | null;
                 base_url?: string | null;
             };
             /** @description Non-secret data the provider returned at the last verification or sign-in (e.g. Hugging Face: user, orgs, token role and rate limits; Entra ID: tenant and app roles). Empty until the first successful check. */
@@ -1684,6 +1684,7 @@ export interface components {
                 base_url: string;
                 /**
                  * How the key is sent
+                 * @description The same for every account of this config (accounts cannot override it; the why is in docs/connected-accounts.md). For an API that needs two schemes, add a second config.
                  * @default bearer
                  * @enum {string}
                  */
@@ -2021,12 +2022,34 @@ export interface components {
                  */
                 allowed_domains?: string[] | null;
                 /**
+                 * Allow the device flow
+                 * @description "Connect with a code" for headless clients (RFC 8628). Google accepts it only from a separate OAuth client of type "TVs and Limited Input devices" with a restricted scope list: set that client below.
+                 * @default false
+                 */
+                device_flow?: boolean | null;
+                /**
+                 * Device-flow client ID
+                 * @description A second OAuth client ID of type "TVs and Limited Input devices" (Credentials → Create credentials → OAuth client ID). Google refuses the device flow from the Web client above.
+                 * @example 1234567890-tvclient0123456789.apps.googleusercontent.com
+                 */
+                device_client_id?: string | null;
+                /**
+                 * Device-flow scopes
+                 * @description Google allows only some scopes with the device flow (openid, email, profile, drive.file, drive.appdata, youtube, youtube.readonly); it answers invalid_scope to others.
+                 * @default [
+                 *       "openid",
+                 *       "email",
+                 *       "profile"
+                 *     ]
+                 */
+                device_scopes?: string[] | null;
+                /**
                  * Issuer
                  * @description Discovery is read from <issuer>/.well-known/openid-configuration. Change only for a test stand-in.
                  * @default https://accounts.google.com
                  */
                 issuer?: string;
-            } & unknown;
+            } & (unknown & unknown & unknown);
         };
         /** A new Hugging Face config */
         ProviderConfigCreateHuggingface: {
@@ -2292,11 +2315,18 @@ export interface components {
                 trust_email?: boolean | null;
                 jit?: boolean | null;
                 allowed_domains?: string[] | null;
+                device_flow?: boolean | null;
+                device_client_id?: string | null;
+                device_scopes?: string[] | null;
                 issuer?: string | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: {
                 client_secret: {
+                    set: boolean;
+                    changed_at: string | null;
+                };
+                device_client_secret: {
                     set: boolean;
                     changed_at: string | null;
                 };
@@ -2455,6 +2485,9 @@ export interface components {
             trust_email?: boolean | null;
             jit?: boolean | null;
             allowed_domains?: string[] | null;
+            device_flow?: boolean | null;
+            device_client_id?: string | null;
+            device_scopes?: string[] | null;
             issuer?: string | null;
         };
         /** Hugging Face config values to change */
@@ -2655,12 +2688,11 @@ export interface components {
                 type: "object";
                 properties: {
                     api_key: components["schemas"]["FieldSchema"];
-                    workspace_id: components["schemas"]["FieldSchema"];
                     region: components["schemas"]["FieldSchema"];
                     base_url: components["schemas"]["FieldSchema"];
                     anthropic_version: components["schemas"]["FieldSchema"];
                 };
-                required: ("api_key" | "workspace_id" | "region" | "base_url" | "anthropic_version")[];
+                required: ("api_key" | "region" | "base_url" | "anthropic_version")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3025,9 +3057,13 @@ export interface components {
                     trust_email: components["schemas"]["FieldSchema"];
                     jit: components["schemas"]["FieldSchema"];
                     allowed_domains: components["schemas"]["FieldSchema"];
+                    device_flow: components["schemas"]["FieldSchema"];
+                    device_client_id: components["schemas"]["FieldSchema"];
+                    device_client_secret: components["schemas"]["FieldSchema"];
+                    device_scopes: components["schemas"]["FieldSchema"];
                     issuer: components["schemas"]["FieldSchema"];
                 };
-                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "trust_email" | "jit" | "allowed_domains" | "issuer")[];
+                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "device_client_id" | "device_client_secret" | "device_scopes" | "issuer")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3118,9 +3154,10 @@ export interface components {
                     organization: components["schemas"]["FieldSchema"];
                     default_repo: components["schemas"]["FieldSchema"];
                     space: components["schemas"]["FieldSchema"];
+                    required_permissions: components["schemas"]["FieldSchema"];
                     base_url: components["schemas"]["FieldSchema"];
                 };
-                required: ("api_token" | "required_role" | "organization" | "default_repo" | "space" | "base_url")[];
+                required: ("api_token" | "required_role" | "organization" | "default_repo" | "space" | "required_permissions" | "base_url")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];

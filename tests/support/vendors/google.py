@@ -47,6 +47,34 @@ GOOGLE_SCOPE_URLS = {
 }
 
 
+# https://developers.google.com/identity/protocols/oauth2/limited-input-device#allowedscopes
+DEVICE_SCOPES = frozenset(
+    {
+        "openid",
+        "email",
+        "profile",
+        "https://www.googleapis.com/auth/drive.appdata",
+        "https://www.googleapis.com/auth/drive.file",
+        "https://www.googleapis.com/auth/youtube",
+        "https://www.googleapis.com/auth/youtube.readonly",
+    }
+)
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+@dataclass
+class DeviceGrant:
+    """A device authorization at the stand-in: the user approves (or denies) it with ``user_code``."""
+
+    device_code: str
+    user_code: str
+    client_id: str
+    scopes: tuple[str, ...]
+    expires_at: float
+    account: str | None = None
+    denied: bool = False
+
+
 class Google(OAuthVendor):
     """Google's OpenID Provider: discovery at ``/.well-known/openid-configuration`` (issuer = :attr:`url`),
     JWKS at ``/oauth2/v3/certs``, authorize at ``/o/oauth2/v2/auth``, ``POST /token``, userinfo at
@@ -69,6 +97,10 @@ class Google(OAuthVendor):
         self.route("GET", r"/v1/userinfo", self._userinfo)
         self.route("GET", r"/oauth2/v3/userinfo", self._userinfo)
         self.route("POST", r"/revoke", self._revoke)
+        self.route("POST", r"/device/code", self._device_code)
+        self.tv_clients: set[str] = set()
+        """Client ids of type "TVs and Limited Input devices": the only ones the device flow accepts."""
+        self.devices: dict[str, DeviceGrant] = {}
 
     def _account_keys(self) -> list[str]:
         return list(self.accounts)
@@ -87,6 +119,24 @@ class Google(OAuthVendor):
                 list(redirect_uris),
             )
         )
+
+    def add_tv_client(self) -> OAuthClient:
+        """An OAuth client of type "TVs and Limited Input devices" (no redirect URIs)."""
+        client = self.add_client()
+        with self._lock:
+            self.tv_clients.add(client.client_id)
+        return client
+
+    def approve_device(self, user_code: str, account: str) -> None:
+        """``account`` enters ``user_code`` at the verification URL and allows access."""
+        with self._lock:
+            grant = next(g for g in self.devices.values() if g.user_code == user_code)
+            grant.account = account
+            self._consented.add((grant.client_id, account))
+
+    def deny_device(self, user_code: str) -> None:
+        with self._lock:
+            next(g for g in self.devices.values() if g.user_code == user_code).denied = True
 
     def add_account(
         self,
@@ -122,6 +172,7 @@ class Google(OAuthVendor):
             "token_endpoint": f"{url}/token",
             "userinfo_endpoint": f"{url}/v1/userinfo",
             "revocation_endpoint": f"{url}/revoke",
+            "device_authorization_endpoint": f"{url}/device/code",
             "jwks_uri": f"{url}/oauth2/v3/certs",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
@@ -142,7 +193,7 @@ class Google(OAuthVendor):
                 "sub",
             ],
             "code_challenge_methods_supported": ["plain", "S256"],
-            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_GRANT],
         }
 
     def _discovery(self, req: RecordedRequest, match: re.Match[str]) -> Reply:
@@ -275,16 +326,64 @@ class Google(OAuthVendor):
             return self._oauth_error(401, "invalid_client", "Unauthorized")
         return client
 
+    def _device_code(self, req: RecordedRequest, match: re.Match[str]) -> Reply:
+        """``POST /device/code`` (Google's device endpoint): only "TVs and Limited Input devices" clients, only
+        the allowed scopes; answers with Google's pre-RFC ``verification_url`` spelling."""
+        client_id, _secret = self._client_credentials(req, req.form)
+        if client_id not in self.clients:
+            return self._oauth_error(401, "invalid_client", "The OAuth client was not found.")
+        if client_id not in self.tv_clients:
+            return self._oauth_error(401, "invalid_client", "Invalid client type.")
+        scopes = tuple(req.form.get("scope", "").split())
+        refused = [s for s in scopes if s not in DEVICE_SCOPES]
+        if not scopes or refused:
+            return self._oauth_error(400, "invalid_scope", f"Some requested scopes were invalid: {refused}")
+        grant = DeviceGrant(
+            device_code="AH-1Ng" + random_token("", 60),
+            user_code=f"{random_token('', 4).upper()}-{random_token('', 4).upper()}",
+            client_id=client_id,
+            scopes=scopes,
+            expires_at=self.now() + 1800,
+        )
+        with self._lock:
+            self.devices[grant.device_code] = grant
+        body = {
+            "device_code": grant.device_code,
+            "user_code": grant.user_code,
+            "verification_url": f"{self.url}/device",
+            "expires_in": 1800,
+            "interval": 5,
+        }
+        return Reply.json(200, body, self._token_headers())
+
+    def _device_grant(self, client: OAuthClient, form: Mapping[str, str]) -> Reply:
+        grant = self.devices.get(form.get("device_code", ""))
+        if grant is None or grant.client_id != client.client_id:
+            return self._oauth_error(400, "invalid_grant", "Malformed auth code.")
+        if self.now() >= grant.expires_at:
+            return self._oauth_error(400, "expired_token", "Expired device code.")
+        if grant.denied:
+            return self._oauth_error(403, "access_denied", "Forbidden")
+        if grant.account is None:
+            # Google answers a pending poll with HTTP 428.
+            return self._oauth_error(428, "authorization_pending", "Precondition Required")
+        with self._lock:
+            self.devices.pop(grant.device_code, None)
+        body = self._grant_tokens(client.client_id, grant.account, grant.scopes, True, None, None)
+        return Reply.json(200, body, self._token_headers())
+
     def _token(self, req: RecordedRequest, match: re.Match[str]) -> Reply:
         form = req.form
         grant_type = form.get("grant_type", "")
-        if grant_type not in ("authorization_code", "refresh_token"):
+        if grant_type not in ("authorization_code", "refresh_token", DEVICE_GRANT):
             return self._oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
         client = self._authenticate(req)
         if isinstance(client, Reply):
             return client
         if grant_type == "refresh_token":
             return self._refresh_grant(client, form)
+        if grant_type == DEVICE_GRANT:
+            return self._device_grant(client, form)
         if not form.get("code"):
             return self._oauth_error(400, "invalid_request", "Missing required parameter: code")
         if not form.get("redirect_uri"):

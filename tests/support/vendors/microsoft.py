@@ -78,6 +78,11 @@ class Microsoft(OAuthVendor):
         t = r"(?P<tenant>[^/]+)"
         self.route("GET", rf"/{t}/v2\.0/\.well-known/openid-configuration", self._discovery)
         self.route("GET", rf"/{t}/oauth2/v2\.0/authorize", self._authorize)
+        self.route("GET", rf"/{t}/v2\.0/adminconsent", self._admin_consent)
+        self.tenant_admins: set[str] = set()
+        """UPNs of accounts that are admins of their tenant (may grant admin consent)."""
+        self.admin_consents: set[tuple[str, str]] = set()
+        """(client id, tenant id) pairs an admin consented for, tenant-wide."""
         self.route("POST", rf"/{t}/oauth2/v2\.0/token", self._token)
         self.route("GET", rf"/{t}/discovery/v2\.0/keys", self._keys_endpoint)
         self.route("GET", r"/discovery/v2\.0/keys", self._keys_endpoint)
@@ -387,6 +392,57 @@ class Microsoft(OAuthVendor):
             offline="offline_access" in scopes,
         )
         return answer({"code": code, "state": state, "session_state": str(uuid.uuid4())})
+
+    def _admin_consent(self, req: RecordedRequest, match: re.Match[str]) -> Reply:
+        """``GET /{tenant}/v2.0/adminconsent?client_id&redirect_uri&scope&state`` (v2-admin-consent): an admin of
+        the tenant grants the app's ``.default`` permissions; the answer goes to the redirect URI as
+        ``admin_consent=True&tenant=<id>&scope=…&state=…``, or ``error=…&error_description=…&state=…``."""
+        q = req.query
+        segment = match["tenant"]
+        if segment.lower() in ("common", "consumers"):
+            return self._error_page(400, 90130, f"Admin consent is not supported for the '{segment}' endpoint.")
+        tenant = self._resolve_tenant(segment)
+        if tenant is None:
+            return self._error_page(400, 90002, f"Tenant '{segment}' not found.")
+        client = self.clients.get(q.get("client_id", ""))
+        if client is None:
+            return self._error_page(400, 700016, f"Application with identifier '{q.get('client_id')}' was not found.")
+        redirect_uri = q.get("redirect_uri", "")
+        if redirect_uri not in client.redirect_uris:
+            return self._error_page(400, 50011, f"The redirect URI '{redirect_uri}' does not match.")
+        scope = q.get("scope", "")
+        if not scope.endswith("/.default"):
+            return self._error_page(400, 70011, "The provided value for the input parameter 'scope' is not valid.")
+        state = q.get("state")
+        deny = self._take_deny()
+        if deny is not None:
+            description = deny[1] or "The admin canceled the request"
+            return Reply.redirect(
+                self._with_params(redirect_uri, {"error": deny[0], "error_description": description, "state": state})
+            )
+        account_key = self._signed_in(None)
+        account = self.accounts.get(account_key or "")
+        if account is None or account.personal or (tenant != "organizations" and account.tenant_id != tenant):
+            return self._error_page(400, 50020, "The signed-in user cannot consent for this tenant.")
+        if account.upn not in self.tenant_admins:
+            return Reply.redirect(
+                self._with_params(
+                    redirect_uri,
+                    {
+                        "error": "access_denied",
+                        "error_description": "AADSTS90094: Admin consent is required; the signed-in user is not an "
+                        "administrator of this tenant.",
+                        "state": state,
+                    },
+                )
+            )
+        with self._lock:
+            self.admin_consents.add((client.client_id, account.tenant_id))
+        return Reply.redirect(
+            self._with_params(
+                redirect_uri, {"admin_consent": "True", "tenant": account.tenant_id, "scope": scope, "state": state}
+            )
+        )
 
     def _authenticate(self, req: RecordedRequest, tenant: str) -> OAuthClient | Reply:
         client_id, secret = self._client_credentials(req, req.form)
