@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_
 from app import create_app
 from app.settings import Settings
 from tests.conftest import dispose_app, make_settings, require_peer
+from tests.e2e.a11y import AXE_JS, PageAudit
 from tests.support.live import LiveServer, free_port, serve
 
 CHROMIUM = os.environ.get("AMI_AUTH_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -40,8 +41,41 @@ def playwright_instance() -> Iterator[Playwright]:
 
 
 @pytest.fixture(scope="session")
-def browser(playwright_instance: Playwright) -> Iterator[Browser]:
+def page_audit() -> Iterator[PageAudit]:
+    """axe-core and the sideways-scroll check, shared by every context the suite opens (tests/e2e/a11y.py)."""
+    if not AXE_JS.exists():
+        require_peer(f"axe-core not found at {AXE_JS} (make peers)")
+    audit = PageAudit.load()
+    yield audit
+    audit.close()
+
+
+@pytest.fixture(autouse=True)
+def _page_audit_gate(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test when a page it opened has a serious or critical axe violation or scrolls sideways."""
+    if "browser" not in request.fixturenames:
+        yield
+        return
+    audit: PageAudit = request.getfixturevalue("page_audit")
+    browser: Browser = request.getfixturevalue("browser")
+    audit.flush(browser)  # a page left over from a test that failed earlier is not this test's
+    yield
+    findings = audit.flush(browser)
+    assert not findings, "accessibility or layout problems:\n" + "\n".join(findings)
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance: Playwright, page_audit: PageAudit) -> Iterator[Browser]:
     b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    new_context = b.new_context
+
+    def audited_context(*args: Any, **kwargs: Any) -> BrowserContext:
+        ctx = new_context(*args, **kwargs)
+        page_audit.watch_context(ctx)
+        return ctx
+
+    # Every context a test opens (the fixture's, a second user's) gets the page check.
+    setattr(b, "new_context", audited_context)  # noqa: B010 - wraps the bound method of this one browser
     yield b
     b.close()
 
