@@ -171,6 +171,36 @@ def page(context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path
     keep_screenshot(p, request.node.name, tmp_path)
 
 
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+class DocsScreenshots:
+    """Pictures of the pages for docs/: written to docs/screenshots only when AMI_AUTH_UPDATE_SCREENSHOTS=1.
+
+    Test runs otherwise leave the committed images alone; each call still proves the page is there to take.
+    """
+
+    def __init__(self, directory: Path, update: bool) -> None:
+        self.directory = directory
+        self.update = update
+        self.taken: list[str] = []
+
+    def __call__(self, page: Page, name: str, *, full_page: bool = True) -> None:
+        self.taken.append(name)
+        if not self.update:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # No caret, no animation: the same page gives the same picture run after run.
+        page.screenshot(
+            path=str(self.directory / f"{name}.png"), full_page=full_page, animations="disabled", caret="hide"
+        )
+
+
+@pytest.fixture
+def docs_screenshot() -> DocsScreenshots:
+    return DocsScreenshots(DOCS_SCREENSHOTS, os.environ.get("AMI_AUTH_UPDATE_SCREENSHOTS") == "1")
+
+
 def assert_no_console_errors(page: Page) -> None:
     errors: list[Any] = getattr(page, "console_errors", [])
     assert not errors, f"browser console errors: {errors}"
