@@ -117,5 +117,5 @@ def test_on_a_phone_the_navigation_folds_behind_menu_and_no_page_scrolls_sideway
 
     page.goto(live.url + "/admin/audit")
     expect(page.get_by_role("heading", name="Audit log", level=1)).to_be_visible()
-    docs_screenshot(page, "phone-audit", full_page=False)
+    docs_screenshot(page, "phone-audit")
     assert_no_console_errors(page)
