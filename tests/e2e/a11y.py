@@ -2,8 +2,8 @@
 
 axe-core comes from npm (tests/peers/node_modules/axe-core). Each page of every context the suite opens is
 watched: when a document loads, its DOM is taken as the test's browser has it. After the test, each taken
-document is replayed in a separate page (same URL, this tree's static files, no scripts) and checked at both
-widths — the test itself is not slowed or disturbed. Each distinct page (its path, with numbers and tokens
+document is put in a page of its own (its stylesheet inlined, no scripts, nothing fetched) and checked at
+both widths — the test itself is not slowed or disturbed. Each distinct page (its path, with numbers and tokens
 folded) is checked once per width and test session. The test fails on any serious or critical violation
 or on content wider than the window or its card (tests/e2e/conftest.py).
 """
@@ -11,16 +11,17 @@ or on content wider than the window or its card (tests/e2e/conftest.py).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from playwright.sync_api import Browser, BrowserContext, Page, Route
+from playwright.sync_api import Browser, BrowserContext, Page
 from playwright.sync_api import Error as PlaywrightError
 
 AXE_JS = Path(__file__).resolve().parents[1] / "peers" / "node_modules" / "axe-core" / "axe.min.js"
-STATIC = Path(__file__).resolve().parents[2] / "static"
+STYLESHEET = Path(__file__).resolve().parents[2] / "static" / "css" / "app.css"
 WIDTHS = (1280, 375)
 FAILING_IMPACTS = frozenset({"serious", "critical"})
 
@@ -50,6 +51,8 @@ _OVERFLOW = """() => {
   }
   return out;
 }"""
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL | re.IGNORECASE)
+_STYLESHEET_LINK = re.compile(r"<link\b[^>]*/static/css/app\.css[^>]*>")
 _TOKENISH = re.compile(r"/(?:\d+|[A-Za-z0-9_-]{20,})(?=/|$)")
 
 
@@ -64,9 +67,11 @@ class PageAudit:
 
     source: str
     checked: set[tuple[str, int]] = field(default_factory=set)
-    pending: dict[str, tuple[str, str]] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # spent checking, for the run's summary line
     _context: BrowserContext | None = None
+    _page: Page | None = None
 
     @classmethod
     def load(cls) -> PageAudit:
@@ -83,21 +88,22 @@ class PageAudit:
     def _on_load(self, page: Page) -> None:
         # This runs beside the test, which goes on meanwhile: only read the document here, check it later.
         try:
-            url = page.url
-            key = page_key(url)
+            key = page_key(page.url)
             if key in self.pending or all((key, w) in self.checked for w in WIDTHS):
                 return
             html = page.content()
         except PlaywrightError:
             return  # the test moved on (a redirect, a click): the page is taken on its next visit
         if _OUR_STYLESHEET in html:
-            self.pending[key] = (url, html)
+            self.pending[key] = html
 
     def flush(self, browser: Browser) -> list[str]:
         """Check the pages taken since the last flush; return (and forget) the running test's findings."""
+        started = time.perf_counter()
         while self.pending:
-            key, (url, html) = self.pending.popitem()
-            self._check(browser, key, url, html)
+            key, html = self.pending.popitem()
+            self._check(browser, key, html)
+        self.seconds += time.perf_counter() - started
         findings, self.findings = self.findings, []
         return findings
 
@@ -105,21 +111,19 @@ class PageAudit:
         if self._context is not None:
             self._context.close()
 
-    def _check(self, browser: Browser, key: str, url: str, html: str) -> None:
-        if self._context is None:
+    def _check(self, browser: Browser, key: str, html: str) -> None:
+        if self._page is None:
             self._context = browser.new_context()
-        page = self._context.new_page()
-        try:
-            page.route("**/*", lambda route: _replay(route, url, html))
-            page.goto(url)
-            for width in WIDTHS:
-                if (key, width) in self.checked:
-                    continue
-                page.set_viewport_size({"width": width, "height": 800})
-                self.findings.extend(f"{key} at {width} px: {line}" for line in self._check_now(page))
-                self.checked.add((key, width))
-        finally:
-            page.close()
+            self._page = self._context.new_page()
+        page = self._page
+        # document.write keeps the window, so axe-core, once evaluated, stays for every later document.
+        page.set_content(standalone(html))
+        for width in WIDTHS:
+            if (key, width) in self.checked:
+                continue
+            page.set_viewport_size({"width": width, "height": 800})
+            self.findings.extend(f"{key} at {width} px: {line}" for line in self._check_now(page))
+            self.checked.add((key, width))
 
     def _check_now(self, page: Page) -> list[str]:
         if not page.evaluate("() => typeof window.axe !== 'undefined'"):
@@ -134,19 +138,14 @@ class PageAudit:
         return lines
 
 
-def _replay(route: Route, url: str, html: str) -> None:
-    """The document as the test's browser had it, with the stylesheets and images of this working tree.
+def standalone(html: str) -> str:
+    """The document as the test's browser had it, with this tree's stylesheet inlined and its scripts left out.
 
-    Scripts are left out: the document already holds what they did, and a passkey page must not start a ceremony.
+    Nothing is fetched: the check does not need the live server (gone by then) and is not slowed by it. The
+    scripts' work is already in the document, and a passkey page must not start a ceremony again.
     """
-    request_url = route.request.url.split("#", 1)[0]
-    if request_url == url.split("#", 1)[0]:
-        route.fulfill(status=200, content_type="text/html; charset=utf-8", body=html)
-        return
-    path = urlsplit(request_url).path
-    if path.startswith("/static/") and not path.endswith(".js"):
-        file = (STATIC / path.removeprefix("/static/")).resolve()
-        if file.is_relative_to(STATIC) and file.is_file():
-            route.fulfill(path=file)
-            return
-    route.abort()
+    css = STYLESHEET.read_text(encoding="utf-8")
+    html = _SCRIPT.sub("", html)
+    html, found = _STYLESHEET_LINK.subn(lambda _m: f"<style>{css}</style>", html)
+    assert found == 1, "the page's link to static/css/app.css was not found: the check would run unstyled"
+    return html

@@ -46,8 +46,19 @@ def page_audit() -> Iterator[PageAudit]:
     if not AXE_JS.exists():
         require_peer(f"axe-core not found at {AXE_JS} (make peers)")
     audit = PageAudit.load()
+    _AUDITS.append(audit)
     yield audit
     audit.close()
+
+
+_AUDITS: list[PageAudit] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for audit in _AUDITS:
+        terminalreporter.write_line(
+            f"page check (axe-core, layout): {len(audit.checked)} page x width checks in {audit.seconds:.1f} s"
+        )
 
 
 @pytest.fixture(autouse=True)
