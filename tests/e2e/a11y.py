@@ -70,6 +70,7 @@ class PageAudit:
     pending: dict[str, str] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     seconds: float = 0.0  # spent checking, for the run's summary line
+    started: float = field(default_factory=time.perf_counter)
     _context: BrowserContext | None = None
     _page: Page | None = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,10 @@ _AUDITS: list[PageAudit] = []
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for audit in _AUDITS:
+        elapsed = time.perf_counter() - audit.started
         terminalreporter.write_line(
-            f"page check (axe-core, layout): {len(audit.checked)} page x width checks in {audit.seconds:.1f} s"
+            f"page check (axe-core, layout): {len(audit.checked)} page x width checks in {audit.seconds:.1f} s, "
+            f"{audit.seconds / elapsed:.0%} of the {elapsed:.0f} s since the first browser test began"
         )
 
 
