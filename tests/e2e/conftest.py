@@ -67,29 +67,34 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(autouse=True)
 def _page_audit_gate(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail the test when a page it opened has a serious or critical axe violation or scrolls sideways."""
-    if "browser" not in request.fixturenames:
+    if not {"browser", "prod_browser"} & set(request.fixturenames):
         yield
         return
     audit: PageAudit = request.getfixturevalue("page_audit")
-    browser: Browser = request.getfixturevalue("browser")
-    audit.flush(browser)  # a page left over from a test that failed earlier is not this test's
-    yield
+    browser: Browser = request.getfixturevalue("browser")  # any Chromium will do: the check fetches nothing
+    # Pages a session or module fixture opened for this test (a first admin signing up) count as the test's.
     findings = audit.flush(browser)
+    yield
+    findings += audit.flush(browser)
     assert not findings, "accessibility or layout problems:\n" + "\n".join(findings)
 
 
-@pytest.fixture(scope="session")
-def browser(playwright_instance: Playwright, page_audit: PageAudit) -> Iterator[Browser]:
-    b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    new_context = b.new_context
+def audit_contexts(browser: Browser, page_audit: PageAudit) -> None:
+    """Every context ``browser`` opens from now on (a fixture's, a second user's) gets the page check."""
+    new_context = browser.new_context
 
     def audited_context(*args: Any, **kwargs: Any) -> BrowserContext:
         ctx = new_context(*args, **kwargs)
         page_audit.watch_context(ctx)
         return ctx
 
-    # Every context a test opens (the fixture's, a second user's) gets the page check.
-    setattr(b, "new_context", audited_context)  # noqa: B010 - wraps the bound method of this one browser
+    setattr(browser, "new_context", audited_context)  # noqa: B010 - wraps the bound method of this one browser
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance: Playwright, page_audit: PageAudit) -> Iterator[Browser]:
+    b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    audit_contexts(b, page_audit)
     yield b
     b.close()
 
