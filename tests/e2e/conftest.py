@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_
 from app import create_app
 from app.settings import Settings
 from tests.conftest import dispose_app, make_settings, require_peer
+from tests.e2e.a11y import AXE_JS, PageAudit
 from tests.support.live import LiveServer, free_port, serve
 
 CHROMIUM = os.environ.get("AMI_AUTH_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -40,8 +42,59 @@ def playwright_instance() -> Iterator[Playwright]:
 
 
 @pytest.fixture(scope="session")
-def browser(playwright_instance: Playwright) -> Iterator[Browser]:
+def page_audit() -> Iterator[PageAudit]:
+    """axe-core and the sideways-scroll check, shared by every context the suite opens (tests/e2e/a11y.py)."""
+    if not AXE_JS.exists():
+        require_peer(f"axe-core not found at {AXE_JS} (make peers)")
+    audit = PageAudit.load()
+    _AUDITS.append(audit)
+    yield audit
+    audit.close()
+
+
+_AUDITS: list[PageAudit] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for audit in _AUDITS:
+        elapsed = time.perf_counter() - audit.started
+        terminalreporter.write_line(
+            f"page check (axe-core, layout): {len(audit.checked)} page x width checks in {audit.seconds:.1f} s, "
+            f"{audit.seconds / elapsed:.0%} of the {elapsed:.0f} s since the first browser test began"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _page_audit_gate(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test when a page it opened has a serious or critical axe violation or scrolls sideways."""
+    if not {"browser", "prod_browser"} & set(request.fixturenames):
+        yield
+        return
+    audit: PageAudit = request.getfixturevalue("page_audit")
+    browser: Browser = request.getfixturevalue("browser")  # any Chromium will do: the check fetches nothing
+    # Pages a session or module fixture opened for this test (a first admin signing up) count as the test's.
+    findings = audit.flush(browser)
+    yield
+    findings += audit.flush(browser)
+    assert not findings, "accessibility or layout problems:\n" + "\n".join(findings)
+
+
+def audit_contexts(browser: Browser, page_audit: PageAudit) -> None:
+    """Every context ``browser`` opens from now on (a fixture's, a second user's) gets the page check."""
+    new_context = browser.new_context
+
+    def audited_context(*args: Any, **kwargs: Any) -> BrowserContext:
+        ctx = new_context(*args, **kwargs)
+        page_audit.watch_context(ctx)
+        return ctx
+
+    setattr(browser, "new_context", audited_context)  # noqa: B010 - wraps the bound method of this one browser
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance: Playwright, page_audit: PageAudit) -> Iterator[Browser]:
     b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    audit_contexts(b, page_audit)
     yield b
     b.close()
 
@@ -135,6 +188,36 @@ def page(context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path
     watch_console(p)
     yield p
     keep_screenshot(p, request.node.name, tmp_path)
+
+
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+class DocsScreenshots:
+    """Pictures of the pages for docs/: written to docs/screenshots only when AMI_AUTH_UPDATE_SCREENSHOTS=1.
+
+    Test runs otherwise leave the committed images alone; each call still proves the page is there to take.
+    """
+
+    def __init__(self, directory: Path, update: bool) -> None:
+        self.directory = directory
+        self.update = update
+        self.taken: list[str] = []
+
+    def __call__(self, page: Page, name: str, *, full_page: bool = True) -> None:
+        self.taken.append(name)
+        if not self.update:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # No caret, no animation: the same page gives the same picture run after run.
+        page.screenshot(
+            path=str(self.directory / f"{name}.png"), full_page=full_page, animations="disabled", caret="hide"
+        )
+
+
+@pytest.fixture
+def docs_screenshot() -> DocsScreenshots:
+    return DocsScreenshots(DOCS_SCREENSHOTS, os.environ.get("AMI_AUTH_UPDATE_SCREENSHOTS") == "1")
 
 
 def assert_no_console_errors(page: Page) -> None:

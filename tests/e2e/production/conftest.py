@@ -34,7 +34,8 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expec
 
 from app.auth import users
 from app.extensions import get_database
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, keep_screenshot, watch_console
+from tests.e2e.a11y import PageAudit
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, audit_contexts, keep_screenshot, watch_console
 from tests.support.prod_stack import ProductionStack, production_stack
 
 ADMIN_EMAIL = "root@example.com"
@@ -71,8 +72,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def prod_browser(playwright_instance: Playwright, prod: ProductionStack) -> Iterator[Browser]:
+def prod_browser(playwright_instance: Playwright, prod: ProductionStack, page_audit: PageAudit) -> Iterator[Browser]:
     browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *prod.chromium_args])
+    audit_contexts(browser, page_audit)  # axe-core and the layout check on the production pages too
     yield browser
     browser.close()
 
