@@ -69,6 +69,8 @@ class Settings:
     session_idle_minutes: int = 30
     session_max_hours: int = 12
     mfa_required_roles: tuple[str, ...] = ("admin",)
+    # Sign-in by a one-time code mailed to a verified address (app.auth.email_codes); off unless turned on.
+    email_code_signin: bool = False
     smtp_url: str | None = field(default=None, repr=False)
     smtp_ca_file: Path | None = None
     mail_from: str = "AMI Auth <no-reply@localhost>"
@@ -386,6 +388,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_idle_minutes=_int(env, "SESSION_IDLE_MINUTES", 30, 1),
         session_max_hours=_int(env, "SESSION_MAX_HOURS", 12, 1),
         mfa_required_roles=_list(env, "MFA_REQUIRED_ROLES", ("admin",)),
+        email_code_signin=_bool(env, "EMAIL_CODE_SIGNIN", False),
         smtp_url=smtp_url,
         smtp_ca_file=smtp_ca_file,
         mail_from=env.get(PREFIX + "MAIL_FROM", "AMI Auth <no-reply@localhost>"),

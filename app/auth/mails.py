@@ -24,7 +24,16 @@ TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
 PRODUCT = "AMI Auth"
 
 MailKind = Literal[
-    "verify", "reset", "reset_unknown", "reset_disabled", "invite", "signup_existing", "unlock", "unlock_unknown"
+    "verify",
+    "reset",
+    "reset_unknown",
+    "reset_disabled",
+    "invite",
+    "signup_existing",
+    "unlock",
+    "unlock_unknown",
+    "signin_code",
+    "signin_code_unknown",
 ]
 
 SUBJECTS: dict[MailKind, str] = {
@@ -36,6 +45,8 @@ SUBJECTS: dict[MailKind, str] = {
     "signup_existing": "You already have an account",
     "unlock": "Unlock your account",
     "unlock_unknown": "Account unlock requested",
+    "signin_code": "Your sign-in code",
+    "signin_code_unknown": "Sign-in code requested",
 }
 
 

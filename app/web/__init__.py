@@ -29,6 +29,7 @@ from app.web import (
     mfa_account,  # noqa: F401 - adds the account's MFA page and the admin policy and reset to the mfa blueprint
     oauth,
     providers_admin,
+    signin_code,
     throttle_admin,
     tokens_admin,
     users_admin,
@@ -37,6 +38,7 @@ from app.web import (
 BLUEPRINTS = [
     home.bp,
     auth.bp,
+    signin_code.bp,
     account.bp,
     admin.bp,
     mail_flows.bp,

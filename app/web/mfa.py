@@ -224,7 +224,8 @@ def passwordless_verify() -> Response:
     db.commit()
     next_url = safe_next(request.args.get("next"), url_for("web.home"))
     session.pop(PENDING_KEY, None)
-    return jsonify(redirect=finish_second_step(user, ["webauthn"], next_url))
+    ui = "autofill" if request.args.get("ui") == "autofill" else None
+    return jsonify(redirect=finish_second_step(user, ["webauthn"], next_url, ui=ui))
 
 
 # --- Enforcement ----------------------------------------------------------------------------------------------

@@ -103,13 +103,13 @@ def require_pending() -> tuple[User, dict[str, Any]]:
     return found
 
 
-def finish_second_step(user: User, methods: list[str], next_url: str) -> str:
+def finish_second_step(user: User, methods: list[str], next_url: str, *, ui: str | None = None) -> str:
     """Both steps done: a fresh server-side session (new id, old cookie dropped — no fixation); returns where
     to go next."""
     db = db_session()
     ip, device = client_ip(), browser_id()
     mfa_flows.second_step_passed(
-        db, get_limit_storage(), get_settings(), audit_ctx(), user, methods, ip=ip, device=device
+        db, get_limit_storage(), get_settings(), audit_ctx(), user, methods, ip=ip, device=device, ui=ui
     )
     establish_session(user, methods, mfa_verified=True)  # commits the event with the session
     return safe_next(next_url, url_for("web.home"))
