@@ -19,6 +19,7 @@ LIFETIMES: dict[TokenPurpose, timedelta] = {
     "invite": timedelta(days=7),
     "unlock": timedelta(hours=1),
     "signin_code": timedelta(minutes=10),
+    "email_change": timedelta(hours=1),
 }
 
 

@@ -34,6 +34,9 @@ MailKind = Literal[
     "unlock_unknown",
     "signin_code",
     "signin_code_unknown",
+    "email_change",
+    "email_change_taken",
+    "email_changed",
 ]
 
 SUBJECTS: dict[MailKind, str] = {
@@ -47,6 +50,9 @@ SUBJECTS: dict[MailKind, str] = {
     "unlock_unknown": "Account unlock requested",
     "signin_code": "Your sign-in code",
     "signin_code_unknown": "Sign-in code requested",
+    "email_change": "Confirm your new email address",
+    "email_change_taken": "Email change requested",
+    "email_changed": "Your email address was changed",
 }
 
 
