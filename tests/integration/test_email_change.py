@@ -43,7 +43,8 @@ def test_the_address_changes_only_through_the_link_and_the_old_one_is_told(
     assert status == 302
     assert "We sent a link to new@example.com" in page
     db.expire_all()
-    assert db.get(User, user.id).email == "old@example.com"  # nothing changed yet
+    unchanged = db.get(User, user.id)
+    assert unchanged is not None and unchanged.email == "old@example.com"  # nothing changed yet
     mail = last_mail(db, "new@example.com")
     assert mail.subject == "Confirm your new email address"
     path = link_path(mail.text, "/account/email/")
