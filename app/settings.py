@@ -71,6 +71,10 @@ class Settings:
     mfa_required_roles: tuple[str, ...] = ("admin",)
     # Sign-in by a one-time code mailed to a verified address (app.auth.email_codes); off unless turned on.
     email_code_signin: bool = False
+    # "Trust this browser" after a second factor: for this many days it is not asked there (0: not offered).
+    trusted_browser_days: int = 30
+    # A mail to the user when a sign-in completes in a browser their account has not used before.
+    new_device_alerts: bool = True
     smtp_url: str | None = field(default=None, repr=False)
     smtp_ca_file: Path | None = None
     mail_from: str = "AMI Auth <no-reply@localhost>"
@@ -389,6 +393,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_max_hours=_int(env, "SESSION_MAX_HOURS", 12, 1),
         mfa_required_roles=_list(env, "MFA_REQUIRED_ROLES", ("admin",)),
         email_code_signin=_bool(env, "EMAIL_CODE_SIGNIN", False),
+        trusted_browser_days=_int(env, "TRUSTED_BROWSER_DAYS", 30, 0, 365),
+        new_device_alerts=_bool(env, "NEW_DEVICE_ALERTS", True),
         smtp_url=smtp_url,
         smtp_ca_file=smtp_ca_file,
         mail_from=env.get(PREFIX + "MAIL_FROM", "AMI Auth <no-reply@localhost>"),

@@ -37,6 +37,7 @@ MailKind = Literal[
     "email_change",
     "email_change_taken",
     "email_changed",
+    "new_device",
 ]
 
 SUBJECTS: dict[MailKind, str] = {
@@ -53,6 +54,7 @@ SUBJECTS: dict[MailKind, str] = {
     "email_change": "Confirm your new email address",
     "email_change_taken": "Email change requested",
     "email_changed": "Your email address was changed",
+    "new_device": "New sign-in to your account",
 }
 
 

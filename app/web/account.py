@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from app.auth import email_change, lifecycle, sessions, throttle
+from app.auth import email_change, lifecycle, sessions, throttle, trusted_browsers
 from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
@@ -90,6 +90,7 @@ def _page(
         password_form=password_form or PasswordForm(formdata=None),
         email_form=email_form or EmailChangeForm(formdata=None),
         identities=linked_identities.list_identities(db, who.user.id),
+        trusted=[(t, device_summary(t.user_agent)) for t in trusted_browsers.live(db, who.user.id)],
     )
     return html, status
 
@@ -287,3 +288,13 @@ def confirm_email_change(token: str) -> Response | tuple[str, int]:
         flash(f"Your email address is now {changed.new}.{others}", "success")
         return redirect(safe_next(url_for("account.index") if keep else url_for("auth.signin")))
     return render_template("account/email_confirm.html", form=form, user=user, new_address=new_address), 200
+
+
+@bp.post("/trusted/<public_id>/revoke")
+@login_required
+def untrust_browser(public_id: str) -> Response:
+    """Stop skipping the second factor in one browser (the next sign-in there asks for it again)."""
+    who = _who()
+    trusted_browsers.revoke(db_session(), audit_ctx(), who.user.id, public_id, by="self")
+    flash("That browser is no longer trusted: it asks for your second factor again.", "success")
+    return redirect(url_for("account.index", _anchor="trusted-heading"))

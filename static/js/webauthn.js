@@ -136,6 +136,10 @@
     stopAutofill();
     var nameInput = form.querySelector("[data-webauthn-name]");
     var extra = nameInput ? { name: nameInput.value } : {};
+    // Checkboxes sent with the result, e.g. "Trust this browser" at the second step.
+    form.querySelectorAll("input[type=checkbox][data-webauthn-flag]").forEach(function (box) {
+      extra[box.name] = box.checked;
+    });
     var button = form.querySelector("button[type=submit]");
     setError(form, "");
     if (!supported()) {
