@@ -18,6 +18,7 @@ from app.web import (
     accounts_admin,
     admin,
     auth,
+    branding,
     cms_dialogs,  # noqa: F401 - adds the CMS entry routes to the dialogs blueprint
     compliance,
     connections,
@@ -37,6 +38,7 @@ from app.web import (
 
 BLUEPRINTS = [
     home.bp,
+    branding.bp,
     auth.bp,
     signin_code.bp,
     account.bp,
