@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from app.auth import users
 from app.extensions import get_database
-from app.models import AuditEvent, MailOutbox
+from app.models import AuditEvent, MailOutbox, User
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
 from tests.e2e.conftest import assert_no_console_errors, keep_screenshot, virtual_authenticator
@@ -60,7 +60,7 @@ def docs_shot(page: Page, name: str, *, full_page: bool = False) -> None:
         page.screenshot(path=str(DOCS_SHOTS / f"{name}.png"), full_page=full_page)
 
 
-def create_user(live: LiveServer, email: str, role: str = "member") -> users.User:
+def create_user(live: LiveServer, email: str, role: str = "member") -> User:
     with live.app.app_context():
         db = get_database(live.app).session()
         user = users.create_user(
