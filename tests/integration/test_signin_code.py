@@ -26,7 +26,7 @@ from tests.support.mfa import enrol_totp
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return make_settings(tmp_path, database_url, AMI_AUTH_EMAIL_CODE_SIGNIN="true")
+    return make_settings(tmp_path, database_url, AMI_AUTH_EMAIL_CODE_SIGNIN="true", AMI_AUTH_MFA_REQUIRED_ROLES="admin")
 
 
 @pytest.fixture
@@ -176,3 +176,14 @@ def test_a_second_factor_is_still_asked_for(
     response = client.post("/signin/mfa/totp", data={"code": pyotp.TOTP(secret).now(), "csrf_token": token})
     assert response.status_code == 302
     assert signed_in_as(client) == "two@example.com"
+
+
+def test_a_role_that_requires_a_second_factor_enrols_after_a_code(
+    client: FlaskClient, db: Session, make_user: UserFactory
+) -> None:
+    make_user("chief@example.com", role="admin")  # AMI_AUTH_MFA_REQUIRED_ROLES=admin above
+    ask_code(client, "chief@example.com")
+    status, _, _ = enter(client, mailed_code(db, "chief@example.com"))
+    assert status == 302
+    console = client.get("/admin/")
+    assert console.status_code == 302 and console.headers["Location"].endswith("/account/mfa")
