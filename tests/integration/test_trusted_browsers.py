@@ -131,6 +131,9 @@ def test_an_admin_sees_and_revokes_a_users_trusted_browsers(
     console = app.test_client()
     sign_in(console, "boss@example.com")
     totp_step(console, admin_secret, trust=False)
+    security = console.get("/admin/security").get_data(as_text=True)
+    assert 'data-setting="trusted-browser">30 days' in security
+    assert 'data-setting="new-device-alerts">on' in security
     page = console.get(f"/admin/users/{user.id}").get_data(as_text=True)
     public_id = re.search(r'data-trusted="([^"]+)"', page)
     assert public_id
