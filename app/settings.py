@@ -69,6 +69,16 @@ class Settings:
     session_idle_minutes: int = 30
     session_max_hours: int = 12
     mfa_required_roles: tuple[str, ...] = ("admin",)
+    # Sign-in by a one-time code mailed to a verified address (app.auth.email_codes); off unless turned on.
+    email_code_signin: bool = False
+    # "Trust this browser" after a second factor: for this many days it is not asked there (0: not offered).
+    trusted_browser_days: int = 30
+    # A mail to the user when a sign-in completes in a browser their account has not used before.
+    new_device_alerts: bool = True
+    # Branding: the product name, logo (an .svg or .png file) and accent colour the pages and mails use.
+    brand_name: str = "AMI Auth"
+    brand_logo: Path | None = None
+    brand_accent: str | None = None
     smtp_url: str | None = field(default=None, repr=False)
     smtp_ca_file: Path | None = None
     mail_from: str = "AMI Auth <no-reply@localhost>"
@@ -341,6 +351,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if catalog_dir is not None and not catalog_dir.is_dir():
         raise SettingsError(PREFIX + "CATALOG_DIR", f"{catalog_raw!r} is not a folder of catalog entries")
 
+    brand_name = env.get(PREFIX + "BRAND_NAME", "").strip() or "AMI Auth"
+    if len(brand_name) > 60 or any(ch in brand_name for ch in "<>\r\n"):
+        raise SettingsError(PREFIX + "BRAND_NAME", "must be at most 60 characters, without < > or line breaks")
+    logo_raw = env.get(PREFIX + "BRAND_LOGO", "").strip()
+    brand_logo = Path(logo_raw).resolve() if logo_raw else None
+    if brand_logo is not None and (not brand_logo.is_file() or brand_logo.suffix.lower() not in {".svg", ".png"}):
+        raise SettingsError(PREFIX + "BRAND_LOGO", f"{logo_raw!r} is not an .svg or .png file")
+    brand_accent = env.get(PREFIX + "BRAND_ACCENT", "").strip() or None
+    if brand_accent is not None and not re.fullmatch(r"#[0-9a-fA-F]{6}", brand_accent):
+        raise SettingsError(PREFIX + "BRAND_ACCENT", f"must be a colour like #2f5bea, got {brand_accent!r}")
+
     pwned = env.get(PREFIX + "PWNED_RANGE_URL", "").strip() or None
     if pwned and urlsplit(pwned).scheme not in {"http", "https"}:
         raise SettingsError(PREFIX + "PWNED_RANGE_URL", f"must be an http(s) URL, got {pwned!r}")
@@ -386,6 +407,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_idle_minutes=_int(env, "SESSION_IDLE_MINUTES", 30, 1),
         session_max_hours=_int(env, "SESSION_MAX_HOURS", 12, 1),
         mfa_required_roles=_list(env, "MFA_REQUIRED_ROLES", ("admin",)),
+        email_code_signin=_bool(env, "EMAIL_CODE_SIGNIN", False),
+        trusted_browser_days=_int(env, "TRUSTED_BROWSER_DAYS", 30, 0, 365),
+        new_device_alerts=_bool(env, "NEW_DEVICE_ALERTS", True),
+        brand_name=brand_name,
+        brand_logo=brand_logo,
+        brand_accent=brand_accent.lower() if brand_accent else None,
         smtp_url=smtp_url,
         smtp_ca_file=smtp_ca_file,
         mail_from=env.get(PREFIX + "MAIL_FROM", "AMI Auth <no-reply@localhost>"),

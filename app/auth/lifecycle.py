@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.audit import AuditContext
-from app.auth import mail_tokens, mails, passwords, sessions, throttle, users
+from app.auth import mail_tokens, mails, passwords, sessions, throttle, trusted_browsers, users
 from app.errors import AppError
 from app.models import LinkToken, User, utcnow
 from app.settings import Settings
@@ -44,6 +44,9 @@ def _set_password(db: Session, user: User, password_hash: str) -> None:
     user.password_changed_at = utcnow()
     user.must_change_password = False
     mail_tokens.invalidate_tokens(db, "reset", user_id=user.id)
+    # A new password ends every trusted browser too: whoever knew the old one may have trusted theirs.
+    trusted_browsers.clear(db, user.id)
+    mail_tokens.invalidate_tokens(db, "signin_code", user_id=user.id)
 
 
 # --- email verification ---------------------------------------------------------------------------

@@ -18,6 +18,8 @@ LIFETIMES: dict[TokenPurpose, timedelta] = {
     "reset": timedelta(hours=1),
     "invite": timedelta(days=7),
     "unlock": timedelta(hours=1),
+    "signin_code": timedelta(minutes=10),
+    "email_change": timedelta(hours=1),
 }
 
 

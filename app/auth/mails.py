@@ -21,10 +21,23 @@ from app.mailer import Mailer
 from app.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
-PRODUCT = "AMI Auth"
+DEFAULT_ACCENT = "#2f5bea"
 
 MailKind = Literal[
-    "verify", "reset", "reset_unknown", "reset_disabled", "invite", "signup_existing", "unlock", "unlock_unknown"
+    "verify",
+    "reset",
+    "reset_unknown",
+    "reset_disabled",
+    "invite",
+    "signup_existing",
+    "unlock",
+    "unlock_unknown",
+    "signin_code",
+    "signin_code_unknown",
+    "email_change",
+    "email_change_taken",
+    "email_changed",
+    "new_device",
 ]
 
 SUBJECTS: dict[MailKind, str] = {
@@ -32,10 +45,16 @@ SUBJECTS: dict[MailKind, str] = {
     "reset": "Reset your password",
     "reset_unknown": "Password reset requested",
     "reset_disabled": "Password reset requested",
-    "invite": "You are invited to AMI Auth",
+    "invite": "You are invited to {product}",
     "signup_existing": "You already have an account",
     "unlock": "Unlock your account",
     "unlock_unknown": "Account unlock requested",
+    "signin_code": "Your sign-in code",
+    "signin_code_unknown": "Sign-in code requested",
+    "email_change": "Confirm your new email address",
+    "email_change_taken": "Email change requested",
+    "email_changed": "Your email address was changed",
+    "new_device": "New sign-in to your account",
 }
 
 
@@ -60,9 +79,18 @@ def _environment() -> Environment:
 
 def render(kind: MailKind, settings: Settings, **context: Any) -> RenderedMail:
     env = _environment()
-    values = {"product": PRODUCT, "base_url": settings.base_url, "subject": SUBJECTS[kind], **context}
+    accent = settings.brand_accent or DEFAULT_ACCENT
+    values = {
+        "product": settings.brand_name,
+        "base_url": settings.base_url,
+        "subject": SUBJECTS[kind].replace("{product}", settings.brand_name),
+        "accent": accent,
+        "accent_ink": ink_for(accent),
+        "logo_url": link(settings, "/brand/logo") if settings.brand_logo is not None else None,
+        **context,
+    }
     return RenderedMail(
-        subject=SUBJECTS[kind],
+        subject=SUBJECTS[kind].replace("{product}", settings.brand_name),
         text=env.get_template(f"mail/{kind}.txt").render(values),
         html=env.get_template(f"mail/{kind}.html").render(values),
     )
@@ -90,3 +118,15 @@ def check_mail_allowed(db: Session, settings: Settings, ctx: AuditContext, *, pu
 def send(db: Session, settings: Settings, to: str, mail: RenderedMail) -> None:
     """Send after committing: a mail must never describe a change that was rolled back."""
     Mailer(db, settings).send(to, mail.subject, mail.text, mail.html)
+
+
+def ink_for(accent: str) -> str:
+    """Black or white text on the accent, whichever contrasts more (WCAG 2 relative luminance)."""
+
+    def channel(hex_pair: str) -> float:
+        c = int(hex_pair, 16) / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(accent[i : i + 2]) for i in (1, 3, 5))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "#000" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "#fff"

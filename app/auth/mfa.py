@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, ScalarSelect, delete, func, literal, selec
 from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
-from app.auth import throttle
+from app.auth import throttle, trusted_browsers
 from app.errors import AppError
 from app.models import ROLES, Credential, MfaPolicy, User, utcnow
 from app.models.credentials import FACTOR_KINDS
@@ -241,6 +241,7 @@ def reset(db: Session, user_id: int) -> dict[str, int]:
             delete_secrets(db, "credential", row.id)
         db.delete(row)
     db.flush()
+    trusted_browsers.clear(db, user_id)  # they skipped factors that are gone
     return counts
 
 

@@ -20,7 +20,7 @@ from app.models.oidc import (
 from app.models.providers import ProviderConfig
 from app.models.secrets import StoredSecret
 from app.models.service_tokens import ServiceToken
-from app.models.sessions import UserSession
+from app.models.sessions import TrustedBrowser, UserSession
 from app.models.tokens import LinkToken
 from app.models.users import ROLES, User
 
@@ -46,6 +46,7 @@ __all__ = [
     "ProviderConfig",
     "ServiceToken",
     "StoredSecret",
+    "TrustedBrowser",
     "User",
     "UserSession",
     "WebAuthnChallenge",

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, utcnow
 
-TokenPurpose = Literal["setup", "verify", "reset", "invite", "unlock"]
+# "signin_code" is not a link: the short code of an email sign-in (app.auth.email_codes), hashed with its user id.
+TokenPurpose = Literal["setup", "verify", "reset", "invite", "unlock", "signin_code", "email_change"]
 
 
 class LinkToken(Base):

@@ -185,7 +185,8 @@ def link_identity(
             raise AppError(
                 "conflict",
                 "This provider account is already linked to another AMI account.",
-                "Sign in with that account, or ask an administrator to unlink it.",
+                "Sign in with that account, or ask an administrator to unlink it: in the admin console, Users, "
+                "that account, Linked sign-in identities, Unlink.",
             )
         return existing
     row = OAuthIdentity(

@@ -100,15 +100,22 @@ def second_step_passed(
     *,
     ip: str,
     device: str | None,
+    ui: str | None = None,
 ) -> None:
-    """Both steps done: the wrong-attempt count is cleared and the sign-in audited (its session is the face's)."""
+    """Both steps done: the wrong-attempt count is cleared and the sign-in audited (its session is the face's).
+
+    ``ui`` names the page element that started it when that matters to a reviewer (``autofill``: a passkey
+    picked from the email field's autofill list)."""
     mfa.clear_failures(storage, user.id)
     if "password" in methods or len(methods) > 1:
         # The whole sign-in succeeded: the throttle forgets the failures of the source it came through (a
         # password or second factor was checked under it). A passwordless passkey checked nothing the
         # throttle counts, so it leaves the counts alone: the owner's passkey must not wipe a stranger's.
         throttle.record_success(storage, settings, user.email, ip, device=device)
-    audit.record(db, ctx, "signin.success", target=f"user:{user.id}", details={"methods": methods})
+    details: dict[str, object] = {"methods": methods}
+    if ui:
+        details["ui"] = ui
+    audit.record(db, ctx, "signin.success", target=f"user:{user.id}", details=details)
 
 
 def end_unverified_session(db: Session, ctx: AuditContext, record: UserSession) -> None:

@@ -19,6 +19,7 @@ from app.web import (
     admin,
     admin_consent,
     auth,
+    branding,
     cms_dialogs,  # noqa: F401 - adds the CMS entry routes to the dialogs blueprint
     compliance,
     connections,
@@ -30,6 +31,7 @@ from app.web import (
     mfa_account,  # noqa: F401 - adds the account's MFA page and the admin policy and reset to the mfa blueprint
     oauth,
     providers_admin,
+    signin_code,
     throttle_admin,
     tokens_admin,
     users_admin,
@@ -37,7 +39,9 @@ from app.web import (
 
 BLUEPRINTS = [
     home.bp,
+    branding.bp,
     auth.bp,
+    signin_code.bp,
     account.bp,
     admin.bp,
     mail_flows.bp,

@@ -7,17 +7,17 @@ import logging
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
-from wtforms import PasswordField, StringField
+from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from app.auth import lifecycle, sessions, throttle
+from app.auth import email_change, lifecycle, sessions, throttle, trusted_browsers
 from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
 from app.services import linked_identities
 from app.web.browser import browser_id
-from app.web.common import form_errors, login_required
+from app.web.common import form_errors, login_required, safe_next
 from app.web.mail_flows import MAIL_FAILURES, mail_failed
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -41,6 +41,16 @@ class PasswordForm(FlaskForm):  # type: ignore[misc]
     )
 
 
+class EmailChangeForm(FlaskForm):  # type: ignore[misc]
+    new_email = EmailField("New email address", validators=[DataRequired(), Length(max=320)])
+    # Not "password": the page's password section already has that id.
+    email_password = PasswordField("Your password", validators=[DataRequired(), Length(max=256)])
+
+
+class ConfirmForm(FlaskForm):  # type: ignore[misc]
+    """CSRF only: the email change is confirmed by POST, so link scanners that prefetch GETs change nothing."""
+
+
 def _who() -> SignedIn:
     who = signed_in()
     assert who is not None  # login_required ran first
@@ -62,7 +72,10 @@ def _require_password_change() -> Response | None:
 
 
 def _page(
-    profile_form: ProfileForm | None = None, password_form: PasswordForm | None = None, status: int = 200
+    profile_form: ProfileForm | None = None,
+    password_form: PasswordForm | None = None,
+    status: int = 200,
+    email_form: EmailChangeForm | None = None,
 ) -> tuple[str, int]:
     who = _who()
     db = db_session()
@@ -75,7 +88,9 @@ def _page(
         current_session=who.record.id,
         profile_form=profile_form,
         password_form=password_form or PasswordForm(formdata=None),
+        email_form=email_form or EmailChangeForm(formdata=None),
         identities=linked_identities.list_identities(db, who.user.id),
+        trusted=[(t, device_summary(t.user_agent)) for t in trusted_browsers.live(db, who.user.id)],
     )
     return html, status
 
@@ -204,3 +219,82 @@ def revoke_other_sessions() -> Response:
     ended = lifecycle.revoke_other_sessions(db_session(), audit_ctx(), who.user, who.record.id)
     flash(f"Signed out {ended} other session(s).", "success")
     return redirect(url_for("account.index"))
+
+
+@bp.post("/email")
+@login_required
+def request_email_change() -> Response | tuple[str, int]:
+    """Mail a link to the new address. The password is checked under the sign-in throttle, as for a password
+    change; the page says the same whether or not the new address is taken (the mail there says which)."""
+    form = EmailChangeForm()
+    status, retry_after = 422, None
+    if form.validate_on_submit():
+        who = _who()
+        db = db_session()
+        settings, storage, ip, device = get_settings(), get_limit_storage(), client_ip(), browser_id()
+        try:
+            throttle.check_signin(storage, settings, email=who.user.email, ip=ip, device=device)
+            address = email_change.request_change(
+                db, settings, audit_ctx(), who.user, new_email=form.new_email.data, password=form.email_password.data
+            )
+        except AppError as exc:
+            db.rollback()
+            if exc.code in MAIL_FAILURES and not exc.fields:  # the transport's; a wrong password blames a field
+                raise mail_failed(exc, "We could not send the mail right now, so nothing was changed.") from None
+            error = exc
+            if exc.code == "invalid_credentials":
+                lock = throttle.record_failure(
+                    storage, settings, who.user.email, ip, device=device, db=db, ctx=audit_ctx()
+                )
+                db.commit()
+                error = lock or exc
+            if isinstance(error, throttle.Throttled):
+                form.email_password.errors = [*form.email_password.errors, f"{error.text} {error.help}"]
+            elif error.fields:
+                form_errors(_on_email_form(error), form)
+            else:
+                raise
+            status, retry_after = error.http_status, error.retry_after
+        else:
+            flash(f"We sent a link to {address}. Your address changes when you follow it (within 1 hour).", "success")
+            return redirect(url_for("account.index", _anchor="email"))
+    html, status = _page(email_form=form, status=status)
+    response = Response(html, status=status, mimetype="text/html")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _on_email_form(error: AppError) -> AppError:
+    """The services blame ``password`` and ``email``; on this form they are ``email_password`` and ``new_email``."""
+    names = {"password": "email_password", "email": "new_email"}
+    fields = {names.get(k, k): v for k, v in error.fields.items()}
+    return AppError(error.code, error.message, error.hint, fields=fields)
+
+
+@bp.route("/email/<token>", methods=["GET", "POST"])
+def confirm_email_change(token: str) -> Response | tuple[str, int]:
+    """The link mailed to the new address. Works signed in or not (it proves the new address; the password
+    was asked when the change was asked for); the session that follows it, if the user's own, stays."""
+    db = db_session()
+    user, new_address = email_change.pending_change(db, token)
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        who = signed_in()
+        keep = who.record.id if who is not None and who.user.id == user.id else None
+        where = f"{device_summary(request.headers.get('User-Agent', ''))}, {client_ip()}"
+        changed = email_change.confirm_change(db, get_settings(), audit_ctx(), token, keep_session=keep, where=where)
+        others = f" {changed.sessions_ended} other session(s) were signed out." if changed.sessions_ended else ""
+        flash(f"Your email address is now {changed.new}.{others}", "success")
+        return redirect(safe_next(url_for("account.index") if keep else url_for("auth.signin")))
+    return render_template("account/email_confirm.html", form=form, user=user, new_address=new_address), 200
+
+
+@bp.post("/trusted/<public_id>/revoke")
+@login_required
+def untrust_browser(public_id: str) -> Response:
+    """Stop skipping the second factor in one browser (the next sign-in there asks for it again)."""
+    who = _who()
+    trusted_browsers.revoke(db_session(), audit_ctx(), who.user.id, public_id, by="self")
+    flash("That browser is no longer trusted: it asks for your second factor again.", "success")
+    return redirect(url_for("account.index", _anchor="trusted-heading"))

@@ -13,7 +13,7 @@ from flask_login import logout_user
 from flask_wtf import FlaskForm
 from limits.storage import Storage
 from werkzeug.wrappers import Response
-from wtforms import StringField
+from wtforms import BooleanField, StringField
 from wtforms.validators import DataRequired, Length
 
 from app.auth import mfa
@@ -34,6 +34,7 @@ bp = Blueprint("mfa", __name__)
 
 class CodeForm(FlaskForm):  # type: ignore[misc]
     code = StringField("Authentication code", validators=[DataRequired("Enter the code."), Length(max=40)])
+    trust_browser = BooleanField("Trust this browser")
 
 
 class RecoveryCodeForm(FlaskForm):  # type: ignore[misc]
@@ -102,6 +103,7 @@ def _render_signin_step(
         code_form=code_form,
         recovery_form=recovery_form,
         open_recovery=bool(recovery_form.errors),
+        trust_days=get_settings().trusted_browser_days,
     )
     return html, status
 
@@ -127,7 +129,10 @@ def signin_totp() -> Response | tuple[str, int]:
         db = db_session()
         if mfa_flows.use_totp(db, get_settings(), audit_ctx(), user, form.code.data):
             db.commit()
-            return redirect(finish_second_step(user, [*data["methods"], "totp"], data["next"]))
+            target = finish_second_step(
+                user, [*data["methods"], "totp"], data["next"], trust=bool(form.trust_browser.data)
+            )
+            return redirect(target)
         db.rollback()
         _second_factor_failed(user, "totp")
         form.code.data = ""  # a rejected code is not shown back
@@ -192,7 +197,8 @@ def signin_passkey_verify() -> Response:
             _second_factor_failed(user, "webauthn")
         raise AppError(exc.code, exc.message, exc.hint) from None
     db.commit()
-    return jsonify(redirect=finish_second_step(user, [*data["methods"], "webauthn"], data["next"]))
+    trust = body.get("trust_browser") is True
+    return jsonify(redirect=finish_second_step(user, [*data["methods"], "webauthn"], data["next"], trust=trust))
 
 
 @bp.post("/signin/passkey/options")
@@ -224,7 +230,8 @@ def passwordless_verify() -> Response:
     db.commit()
     next_url = safe_next(request.args.get("next"), url_for("web.home"))
     session.pop(PENDING_KEY, None)
-    return jsonify(redirect=finish_second_step(user, ["webauthn"], next_url))
+    ui = "autofill" if request.args.get("ui") == "autofill" else None
+    return jsonify(redirect=finish_second_step(user, ["webauthn"], next_url, ui=ui))
 
 
 # --- Enforcement ----------------------------------------------------------------------------------------------

@@ -272,6 +272,7 @@ def admin_security() -> str | Response:
         form=form,
         roles=ROLES,
         defaults={role: role in settings.mfa_required_roles for role in ROLES},
+        settings=settings,
     )
 
 

@@ -134,7 +134,8 @@ def signin_providers() -> list[dict[str, Any]]:
                 "id": row.id,
                 "name": row.name,
                 "type": row.provider_type,
-                "label": capabilities.button(row.name),
+                # The public label an admin set, apart from the configuration's internal name.
+                "label": (row.config or {}).get("button_label") or capabilities.button(row.name),
                 "logo": capabilities.logo,
             }
         )

@@ -10,15 +10,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import redirect, session, url_for
+from flask import after_this_request, redirect, request, session, url_for
 from flask_login import login_user
 from werkzeug.wrappers import Response
 
-from app.auth import mfa, sessions
+from app import audit
+from app.auth import device_alerts, mfa, sessions, trusted_browsers
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, user_agent
-from app.models import User
+from app.models import User, utcnow
 from app.services import mfa as mfa_flows
 from app.web.browser import browser_id, remember_browser
 from app.web.common import safe_next
@@ -39,11 +40,13 @@ def establish_session(user: User, methods: list[str], *, mfa_verified: bool = Fa
     to the account, so the sign-in throttle counts their failures apart from a stranger's.
     """
     db = db_session()
+    settings, ip = get_settings(), client_ip()
+    alert = device_alerts.is_new_browser(db, get_limit_storage(), settings, user, ip=ip, device=browser_id())
     raw, record = sessions.start_session(
         db,
-        get_settings(),
+        settings,
         user,
-        ip=client_ip(),
+        ip=ip,
         user_agent=user_agent(),
         methods=methods,
         mfa_verified=mfa_verified,
@@ -52,6 +55,8 @@ def establish_session(user: User, methods: list[str], *, mfa_verified: bool = Fa
     session.clear()
     login_user(SignedIn(raw, record))
     remember_browser(user.email)
+    if alert:
+        device_alerts.send_alert(db, settings, audit_ctx(), user, ip=ip, user_agent=user_agent(), when=utcnow())
 
 
 # --- Pending sign-in (first factor done, second factor to go) -------------------------------------------------
@@ -63,8 +68,13 @@ def needs_second_factor(user: User) -> bool:
 
 def start_second_factor(user: User, methods: list[str], next_url: str) -> Response:
     """After a correct first factor: remember who (for five minutes, in the signed Flask session) and ask for a
-    second factor. No server-side session exists until that succeeds."""
+    second factor. No server-side session exists until that succeeds.
+
+    In a browser the user trusted (app.auth.trusted_browsers) the second step is skipped: the sign-in ends here,
+    audited with the method ``trusted_browser``."""
     db = db_session()
+    if trusted_browsers.check(db, get_settings(), user.id, request.cookies.get(trusted_browsers.COOKIE)):
+        return redirect(finish_second_step(user, [*methods, "trusted_browser"], next_url))
     mfa_flows.second_step_started(db, audit_ctx(), user, methods)
     db.commit()
     session.pop(CHALLENGE_KEY, None)
@@ -103,13 +113,40 @@ def require_pending() -> tuple[User, dict[str, Any]]:
     return found
 
 
-def finish_second_step(user: User, methods: list[str], next_url: str) -> str:
+def finish_second_step(
+    user: User, methods: list[str], next_url: str, *, ui: str | None = None, trust: bool = False
+) -> str:
     """Both steps done: a fresh server-side session (new id, old cookie dropped — no fixation); returns where
-    to go next."""
+    to go next. With ``trust`` (the user ticked "Trust this browser") this browser skips the second step from
+    now on, for the configured days."""
     db = db_session()
     ip, device = client_ip(), browser_id()
+    if trust and trusted_browsers.offered(get_settings()):
+        _trust_this_browser(user, ip)
     mfa_flows.second_step_passed(
-        db, get_limit_storage(), get_settings(), audit_ctx(), user, methods, ip=ip, device=device
+        db, get_limit_storage(), get_settings(), audit_ctx(), user, methods, ip=ip, device=device, ui=ui
     )
     establish_session(user, methods, mfa_verified=True)  # commits the event with the session
     return safe_next(next_url, url_for("web.home"))
+
+
+def _trust_this_browser(user: User, ip: str) -> None:
+    settings = get_settings()
+    db = db_session()
+    raw = trusted_browsers.trust(db, settings, user.id, ip=ip, user_agent=user_agent())
+    audit.record(
+        db, audit_ctx(), "browser.trusted", target=f"user:{user.id}", details={"days": settings.trusted_browser_days}
+    )
+
+    @after_this_request
+    def _set_cookie(response: Response) -> Response:
+        response.set_cookie(
+            trusted_browsers.COOKIE,
+            raw,
+            max_age=settings.trusted_browser_days * 86400,
+            path="/",
+            secure=settings.is_https,
+            httponly=True,
+            samesite="Lax",
+        )
+        return response

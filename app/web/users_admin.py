@@ -12,7 +12,7 @@ from wtforms import BooleanField, EmailField, PasswordField, RadioField, SelectF
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
-from app.auth import lifecycle, sessions, user_admin
+from app.auth import lifecycle, sessions, trusted_browsers, user_admin
 from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_settings
@@ -132,6 +132,7 @@ def _detail(
         "current_session": who.record.id if who is not None else None,
         "invites_allowed": lifecycle.invites_allowed(settings),
         "identities": linked_identities.list_identities(db, user.id),
+        "trusted": [(t, device_summary(t.user_agent)) for t in trusted_browsers.live(db, user.id)],
         "error": error,
     }
     return render_template("admin/user_detail.html", **context), status
@@ -261,6 +262,16 @@ def revoke_session(user_id: int, public_id: str) -> Response:
     user = user_admin.get_user(db, user_id)
     user_admin.revoke_session(db, audit_ctx(), user, public_id[:32])
     flash("The session was signed out.", "success")
+    return redirect(url_for("users_admin.user_detail", user_id=user_id))
+
+
+@bp.post("/users/<int:user_id>/trusted/<public_id>/revoke")
+@admin_required
+def untrust_browser(user_id: int, public_id: str) -> Response:
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    trusted_browsers.revoke(db, audit_ctx(), user.id, public_id, by="admin")
+    flash(f"That browser no longer skips the second factor of {user.email}.", "success")
     return redirect(url_for("users_admin.user_detail", user_id=user_id))
 
 

@@ -78,10 +78,68 @@
     box.hidden = !message;
   }
 
+  // Passkey autofill (WebAuthn L3 conditional mediation): the email field offers the user's passkeys in its
+  // autofill list; picking one signs in. Only one WebAuthn request may be pending, so the explicit passkey
+  // button aborts this one before it starts its own.
+  var autofillRequest = null;
+
+  async function startAutofill(form) {
+    if (
+      !supported() ||
+      typeof PublicKeyCredential.isConditionalMediationAvailable !== "function" ||
+      !(await PublicKeyCredential.isConditionalMediationAvailable())
+    ) {
+      return;
+    }
+    var controller = new AbortController();
+    autofillRequest = controller;
+    try {
+      var options = await postJSON(form.getAttribute("data-options-url"), {});
+      var credential = await navigator.credentials.get({
+        publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options.publicKey),
+        mediation: "conditional",
+        signal: controller.signal
+      });
+      if (controller.signal.aborted) {
+        return;
+      }
+      var result = await postJSON(
+        form.getAttribute("data-verify-url") + (form.getAttribute("data-verify-url").indexOf("?") < 0 ? "?" : "&") + "ui=autofill",
+        { credential: credential.toJSON() }
+      );
+      window.location.assign(result.redirect);
+    } catch (err) {
+      if (controller.signal.aborted) {
+        return;
+      }
+      if (err instanceof ServerError) {
+        setError(form, err.message);
+      }
+      // Anything else (the list dismissed, no passkey chosen) leaves the page as it is: the password and the
+      // passkey button still work.
+    } finally {
+      if (autofillRequest === controller) {
+        autofillRequest = null;
+      }
+    }
+  }
+
+  function stopAutofill() {
+    if (autofillRequest) {
+      autofillRequest.abort();
+      autofillRequest = null;
+    }
+  }
+
   async function run(form) {
     var mode = form.getAttribute("data-webauthn");
+    stopAutofill();
     var nameInput = form.querySelector("[data-webauthn-name]");
     var extra = nameInput ? { name: nameInput.value } : {};
+    // Checkboxes sent with the result, e.g. "Trust this browser" at the second step.
+    form.querySelectorAll("input[type=checkbox][data-webauthn-flag]").forEach(function (box) {
+      extra[box.name] = box.checked;
+    });
     var button = form.querySelector("button[type=submit]");
     setError(form, "");
     if (!supported()) {
@@ -134,4 +192,17 @@
     event.preventDefault();
     run(form);
   });
+
+  function init() {
+    var form = document.querySelector("form[data-webauthn-autofill]");
+    if (form && document.querySelector('input[autocomplete~="webauthn"]')) {
+      startAutofill(form);
+    }
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", init);
+  } else {
+    init();
+  }
 })();

@@ -181,6 +181,15 @@ def virtual_authenticator(context: BrowserContext, page: Page) -> Iterator[str]:
         cdp.detach()
 
 
+def without_passkey_autofill(page: Page) -> None:
+    """Make ``page`` a browser without conditional mediation, where the explicit passkey button is the way.
+
+    Chromium's virtual authenticator answers a conditional (autofill) request at once, as if the user had
+    picked the passkey from the list: with it, every sign-in page would sign the passkey's owner in by itself.
+    """
+    page.add_init_script("delete PublicKeyCredential.isConditionalMediationAvailable;")
+
+
 @pytest.fixture
 def page(context: BrowserContext, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Page]:
     """A page that fails the test on any console error (CSP violations included) and keeps a screenshot."""

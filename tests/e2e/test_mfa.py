@@ -18,7 +18,7 @@ from app.extensions import get_database
 from app.models import User
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
-from tests.e2e.conftest import assert_no_console_errors, virtual_authenticator
+from tests.e2e.conftest import assert_no_console_errors, virtual_authenticator, without_passkey_autofill
 from tests.support.live import LiveServer
 from tests.support.mfa import enrol_totp as support_enrol_totp
 
@@ -115,6 +115,7 @@ def test_passkey_enrolment_and_passwordless_sign_in(
     live: LiveServer, page: Page, authenticator: str, tmp_path: Path
 ) -> None:
     create_user(live, "pia@example.com")
+    without_passkey_autofill(page)  # the button's path; autofill: tests/e2e/test_signin_methods.py
     password_signin(page, live, "pia@example.com")
     expect(page.get_by_role("heading", name="My account")).to_be_visible()
     page.goto(live.url + "/account/mfa")

@@ -98,7 +98,7 @@ def _fails(directory: Path) -> CatalogError:
         # The overridden field is checked like any other: a boolean's default must be a boolean.
         (
             lambda d: d["config_fields"][5].update(override={"jit": {"default": "yes"}}),
-            "$.config_fields[7].default",
+            "$.config_fields[8].default",  # expanded: signin, button_label, trust_email, jit
             "'yes' is not of type 'boolean'",
         ),
         (

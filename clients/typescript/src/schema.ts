@@ -1482,6 +1482,7 @@ export interface components {
                 client_id?: string | null;
                 scopes?: string[] | null;
                 signin?: boolean | null;
+                button_label?: string | null;
                 trust_email?: boolean | null;
                 jit?: boolean | null;
                 allowed_domains?: string[] | null;
@@ -1613,6 +1614,11 @@ export interface components {
                  */
                 signin?: boolean | null;
                 /**
+                 * Sign-in button label
+                 * @description What people see on the sign-in button. Blank shows "Continue with" and this configuration's name.
+                 */
+                button_label?: string | null;
+                /**
                  * Link by email
                  * @description Entra does not verify the email claim; turn on only for a single tenant you control.
                  * @default false
@@ -1655,7 +1661,7 @@ export interface components {
                  * @default https://graph.microsoft.com
                  */
                 graph_url?: string;
-            } & unknown;
+            } & (unknown & unknown);
         };
         /** A new Generic API key config */
         ProviderConfigCreateGenericApiKey: {
@@ -1859,6 +1865,11 @@ export interface components {
                  */
                 signin?: boolean | null;
                 /**
+                 * Sign-in button label
+                 * @description What people see on the sign-in button. Blank shows "Continue with" and this configuration's name.
+                 */
+                button_label?: string | null;
+                /**
                  * Link by verified email
                  * @description Link to the AMI user with the same address when the email-verified claim is true.
                  * @default false
@@ -1874,7 +1885,7 @@ export interface components {
                  * @description For new users created on first sign-in. Blank allows any domain.
                  */
                 allowed_domains?: string[] | null;
-            } & (unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown);
+            } & (unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown);
         };
         /** A new GitHub config */
         ProviderConfigCreateGithub: {
@@ -1917,6 +1928,11 @@ export interface components {
                  */
                 signin?: boolean | null;
                 /**
+                 * Sign-in button label
+                 * @description What people see on the sign-in button. Blank shows "Continue with" and this configuration's name.
+                 */
+                button_label?: string | null;
+                /**
                  * Link by verified email
                  * @description Link to the AMI user whose address is the GitHub account's primary verified email.
                  * @default true
@@ -1950,7 +1966,7 @@ export interface components {
                  * @default https://api.github.com
                  */
                 api_url?: string;
-            } & unknown;
+            } & (unknown & unknown);
         };
         /** A new Google config */
         ProviderConfigCreateGoogle: {
@@ -2006,6 +2022,11 @@ export interface components {
                  */
                 signin?: boolean | null;
                 /**
+                 * Sign-in button label
+                 * @description What people see on the sign-in button. Blank shows "Continue with" and this configuration's name.
+                 */
+                button_label?: string | null;
+                /**
                  * Link by verified email
                  * @description Link a Google identity to the AMI user with the same address when Google says the address is verified.
                  * @default true
@@ -2049,7 +2070,7 @@ export interface components {
                  * @default https://accounts.google.com
                  */
                 issuer?: string;
-            } & (unknown & unknown & unknown);
+            } & (unknown & unknown & unknown & unknown);
         };
         /** A new Hugging Face config */
         ProviderConfigCreateHuggingface: {
@@ -2227,6 +2248,7 @@ export interface components {
                 groups_claim?: string | null;
                 role_mapping?: string[] | null;
                 signin?: boolean | null;
+                button_label?: string | null;
                 trust_email?: boolean | null;
                 jit?: boolean | null;
                 allowed_domains?: string[] | null;
@@ -2267,6 +2289,7 @@ export interface components {
                 client_id?: string | null;
                 scopes?: string[] | null;
                 signin?: boolean | null;
+                button_label?: string | null;
                 trust_email?: boolean | null;
                 jit?: boolean | null;
                 allowed_domains?: string[] | null;
@@ -2312,6 +2335,7 @@ export interface components {
                 scopes?: string[] | null;
                 access_type?: ("offline" | "online") | null;
                 signin?: boolean | null;
+                button_label?: string | null;
                 trust_email?: boolean | null;
                 jit?: boolean | null;
                 allowed_domains?: string[] | null;
@@ -2418,6 +2442,7 @@ export interface components {
             client_id?: string | null;
             scopes?: string[] | null;
             signin?: boolean | null;
+            button_label?: string | null;
             trust_email?: boolean | null;
             jit?: boolean | null;
             allowed_domains?: string[] | null;
@@ -2459,6 +2484,7 @@ export interface components {
             groups_claim?: string | null;
             role_mapping?: string[] | null;
             signin?: boolean | null;
+            button_label?: string | null;
             trust_email?: boolean | null;
             jit?: boolean | null;
             allowed_domains?: string[] | null;
@@ -2468,6 +2494,7 @@ export interface components {
             client_id?: string | null;
             scopes?: string[] | null;
             signin?: boolean | null;
+            button_label?: string | null;
             trust_email?: boolean | null;
             jit?: boolean | null;
             allowed_domains?: string[] | null;
@@ -2482,6 +2509,7 @@ export interface components {
             scopes?: string[] | null;
             access_type?: ("offline" | "online") | null;
             signin?: boolean | null;
+            button_label?: string | null;
             trust_email?: boolean | null;
             jit?: boolean | null;
             allowed_domains?: string[] | null;
@@ -2739,6 +2767,7 @@ export interface components {
                     client_secret: components["schemas"]["FieldSchema"];
                     scopes: components["schemas"]["FieldSchema"];
                     signin: components["schemas"]["FieldSchema"];
+                    button_label: components["schemas"]["FieldSchema"];
                     trust_email: components["schemas"]["FieldSchema"];
                     jit: components["schemas"]["FieldSchema"];
                     allowed_domains: components["schemas"]["FieldSchema"];
@@ -2747,7 +2776,7 @@ export interface components {
                     authority: components["schemas"]["FieldSchema"];
                     graph_url: components["schemas"]["FieldSchema"];
                 };
-                required: ("tenant" | "client_id" | "client_secret" | "scopes" | "signin" | "trust_email" | "jit" | "allowed_domains" | "role_mapping" | "device_flow" | "authority" | "graph_url")[];
+                required: ("tenant" | "client_id" | "client_secret" | "scopes" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "role_mapping" | "device_flow" | "authority" | "graph_url")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -2907,11 +2936,12 @@ export interface components {
                     groups_claim: components["schemas"]["FieldSchema"];
                     role_mapping: components["schemas"]["FieldSchema"];
                     signin: components["schemas"]["FieldSchema"];
+                    button_label: components["schemas"]["FieldSchema"];
                     trust_email: components["schemas"]["FieldSchema"];
                     jit: components["schemas"]["FieldSchema"];
                     allowed_domains: components["schemas"]["FieldSchema"];
                 };
-                required: ("endpoint_source" | "issuer" | "discovery_url" | "authorization_url" | "token_url" | "userinfo_url" | "jwks_uri" | "revocation_url" | "device_authorization_url" | "client_id" | "token_auth_method" | "client_secret" | "scopes" | "pkce" | "audience" | "device_flow" | "user_id_claim" | "email_claim" | "email_verified_claim" | "name_claim" | "groups_claim" | "role_mapping" | "signin" | "trust_email" | "jit" | "allowed_domains")[];
+                required: ("endpoint_source" | "issuer" | "discovery_url" | "authorization_url" | "token_url" | "userinfo_url" | "jwks_uri" | "revocation_url" | "device_authorization_url" | "client_id" | "token_auth_method" | "client_secret" | "scopes" | "pkce" | "audience" | "device_flow" | "user_id_claim" | "email_claim" | "email_verified_claim" | "name_claim" | "groups_claim" | "role_mapping" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -2978,6 +3008,7 @@ export interface components {
                     client_secret: components["schemas"]["FieldSchema"];
                     scopes: components["schemas"]["FieldSchema"];
                     signin: components["schemas"]["FieldSchema"];
+                    button_label: components["schemas"]["FieldSchema"];
                     trust_email: components["schemas"]["FieldSchema"];
                     jit: components["schemas"]["FieldSchema"];
                     allowed_domains: components["schemas"]["FieldSchema"];
@@ -2985,7 +3016,7 @@ export interface components {
                     web_url: components["schemas"]["FieldSchema"];
                     api_url: components["schemas"]["FieldSchema"];
                 };
-                required: ("client_id" | "client_secret" | "scopes" | "signin" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "web_url" | "api_url")[];
+                required: ("client_id" | "client_secret" | "scopes" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "web_url" | "api_url")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3054,6 +3085,7 @@ export interface components {
                     scopes: components["schemas"]["FieldSchema"];
                     access_type: components["schemas"]["FieldSchema"];
                     signin: components["schemas"]["FieldSchema"];
+                    button_label: components["schemas"]["FieldSchema"];
                     trust_email: components["schemas"]["FieldSchema"];
                     jit: components["schemas"]["FieldSchema"];
                     allowed_domains: components["schemas"]["FieldSchema"];
@@ -3063,7 +3095,7 @@ export interface components {
                     device_scopes: components["schemas"]["FieldSchema"];
                     issuer: components["schemas"]["FieldSchema"];
                 };
-                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "device_client_id" | "device_client_secret" | "device_scopes" | "issuer")[];
+                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "device_client_id" | "device_client_secret" | "device_scopes" | "issuer")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.e2e.conftest import virtual_authenticator
+from tests.e2e.conftest import virtual_authenticator, without_passkey_autofill
 from tests.e2e.production.conftest import FirstAdmin, ProdUsers, sign_in, sign_out
 from tests.support.prod_stack import ProductionStack
 from tests.support.smtp import body_text
@@ -66,6 +66,7 @@ def test_a_member_enrols_a_passkey_and_signs_in_without_a_password(
     prod: ProductionStack, prod_page: Page, prod_users: ProdUsers, authenticator: str
 ) -> None:
     user = prod_users.create("passkey-member@example.com")
+    without_passkey_autofill(prod_page)  # the button's path; autofill: tests/e2e/test_signin_methods.py
     sign_in(prod_page, prod, user.email, user.password)
     expect(prod_page.get_by_role("heading", name="My account")).to_be_visible()
     prod_page.goto(prod.url + "/account/mfa")
