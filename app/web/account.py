@@ -15,6 +15,7 @@ from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
+from app.idp import consents
 from app.services import linked_identities
 from app.web.browser import browser_id
 from app.web.common import form_errors, login_required
@@ -76,6 +77,7 @@ def _page(
         profile_form=profile_form,
         password_form=password_form or PasswordForm(formdata=None),
         identities=linked_identities.list_identities(db, who.user.id),
+        apps=consents.authorized_apps(db, who.user.id),
     )
     return html, status
 
@@ -204,3 +206,19 @@ def revoke_other_sessions() -> Response:
     ended = lifecycle.revoke_other_sessions(db_session(), audit_ctx(), who.user, who.record.id)
     flash(f"Signed out {ended} other session(s).", "success")
     return redirect(url_for("account.index"))
+
+
+@bp.post("/apps/<client_id>/revoke")
+@login_required
+def revoke_app(client_id: str) -> Response:
+    who = _who()
+    db = db_session()
+    try:
+        consents.revoke(db, audit_ctx(), who.user.id, client_id[:64])
+        db.commit()
+    except AppError as exc:
+        db.rollback()
+        flash(f"{exc.text} {exc.help}", "error")
+    else:
+        flash("That app no longer has access to your account.", "success")
+    return redirect(url_for("account.index", _anchor="apps"))
