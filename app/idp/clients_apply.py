@@ -7,7 +7,7 @@
         redirect_uris: [https://cms.example.com/api/auth/callback/ami]
         post_logout_redirect_uris: [https://cms.example.com/]
         backchannel_logout_uri: https://cms.example.com/api/auth/backchannel-logout
-        scopes: [openid, profile, email, offline_access]
+        scopes: [openid, profile, email]
         first_party: true
 
 Every key is a setting of :mod:`app.idp.clients` (a setting left out keeps its current value, or its default for a
