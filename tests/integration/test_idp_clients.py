@@ -11,10 +11,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
 
 from app.api import tokens as api_tokens
 from app.audit import AuditContext
-from app.idp import clients, consents
+from app.idp import client_throttle, clients, consents
 from app.models import AuditEvent, OidcClient, OidcToken, utcnow
 from tests.conftest import UserFactory, csrf_token, sign_in
 
@@ -275,3 +276,26 @@ def test_users_see_and_remove_apps_and_admins_see_them_per_user(
     admin.post(f"/admin/users/{ann.id}/apps/{wiki.client_id}/revoke", data={"csrf_token": token})
     assert consents.authorized_apps(db, ann.id) == []
     assert _actions(db, "oidc.grant.revoke") == ["oidc.grant.revoke", "oidc.grant.revoke"]
+
+
+def test_failed_client_authentication_is_throttled_per_client_and_network(client: FlaskClient, db: Session) -> None:
+    cms = clients.create_client(db, CTX, CMS)
+    other = clients.create_client(db, CTX, {**CMS, "name": "Wiki"})
+    db.commit()
+    assert cms.secret is not None and other.secret is not None
+    form = {"grant_type": "refresh_token", "refresh_token": "not-a-token"}
+
+    def token(client_id: str, secret: str) -> TestResponse:
+        return client.post("/oauth2/token", data=form, auth=(client_id, secret))
+
+    for _ in range(client_throttle.FAILURES_PER_CLIENT_NETWORK):
+        wrong = token(cms.client.client_id, "amic_wrong")
+        assert wrong.status_code == 401 and wrong.get_json()["error"] == "invalid_client"
+    # Now even the right secret is not checked: 429 with Retry-After, in the token endpoint's error shape.
+    held = token(cms.client.client_id, cms.secret)
+    assert held.status_code == 429 and held.get_json()["error"] == "invalid_client"
+    assert 1 <= int(held.headers["Retry-After"]) <= 60
+    introspect = client.post("/oauth2/introspect", data={"token": "x"}, auth=(cms.client.client_id, cms.secret))
+    assert introspect.status_code == 429
+    # Another app from the same network is not locked out by these failures (its secret is still checked).
+    assert token(other.client.client_id, other.secret).get_json()["error"] == "invalid_grant"
