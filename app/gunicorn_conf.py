@@ -51,7 +51,10 @@ def post_fork(server: Any, worker: Any) -> None:
     # connections (the master checked the database before forking; wsgi.py already disposed of them).
     from app.extensions import get_database  # not at the top: it imports prometheus_client (see above)
 
-    get_database(server.app.wsgi()).engine.dispose(close=False)
+    app = server.app.wsgi()
+    # bench/'s bare Flask baseline runs under this same configuration, and has no database.
+    if "ami_db" in getattr(app, "extensions", {}):
+        get_database(app).engine.dispose(close=False)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -32,6 +32,8 @@ Scope = Literal[
     "compliance:read",
     "users:read",
     "users:write",
+    "clients:read",
+    "clients:write",
 ]
 
 # The fixed set, in the order the console shows them, with what each one allows.
@@ -47,6 +49,8 @@ SCOPES: Final[dict[Scope, str]] = {
     "users:read": "List and read users, their sign-in sessions and linked sign-in identities.",
     "users:write": "Create, invite, edit, disable, enable and unlock users; reset their MFA; end their sessions; "
     "unlink their sign-in identities.",
+    "clients:read": "List and read the apps registered with the OpenID Provider (never a client secret).",
+    "clients:write": "Register, change and delete OpenID Provider apps; a new client secret is handed out once.",
 }
 
 TOKEN_PREFIX: Final = "amis_"

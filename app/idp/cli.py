@@ -5,6 +5,8 @@ Exit codes: 0 done; 1 refused (the reason is printed, naming the field for bad c
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,12 +17,13 @@ from app.audit import AuditContext
 from app.errors import AppError
 from app.extensions import get_cipher, get_database, get_settings
 from app.idp import clients, keys, tokens
+from app.idp.clients_apply import ApplyError, apply_file
 from app.idp.logout import deliver_due, purge_done
 from app.net import get_client
 
 oidc_cli = AppGroup("oidc", help="The OpenID Provider: signing keys, clients, back-channel logout.")
 keys_cli = AppGroup("keys", help="Signing keys: list, rotate, retire.")
-clients_cli = AppGroup("clients", help="Relying parties: create, list, show, delete.")
+clients_cli = AppGroup("clients", help="Relying parties: create, list, show, apply, delete.")
 logout_cli = AppGroup("logout", help="Back-channel logout deliveries.")
 oidc_cli.add_command(keys_cli)
 oidc_cli.add_command(clients_cli)
@@ -192,6 +195,37 @@ def clients_delete(ref: str, yes: bool) -> None:
         db.rollback()
         raise _fail(exc) from None
     click.echo(f"deleted {client.name} ({client.client_id})")
+
+
+@clients_cli.command("apply")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the changes; write nothing.")
+@with_appcontext
+def clients_apply(file: Path, dry_run: bool) -> None:
+    """Create or update clients from FILE (matched by name); prints a new client's secret once."""
+    db = get_database().session()
+    try:
+        plans = apply_file(db, CLI_ACTOR, file, production=get_settings().is_production, dry_run=dry_run)
+        if not dry_run:
+            db.commit()
+    except ApplyError as exc:
+        db.rollback()
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        click.echo("nothing was written", err=True)
+        sys.exit(1)
+    for plan in plans:
+        for line in plan.describe():
+            click.echo(line)
+        if plan.saved is not None and plan.existing is None:
+            click.echo(f"  client_id: {plan.saved.client.client_id}")
+        if plan.saved is not None and plan.saved.secret:
+            click.echo(f"  client_secret: {plan.saved.secret}  (shown only this once)")
+    if dry_run:
+        click.echo("dry run: nothing was written")
+    else:
+        counts = {a: sum(1 for p in plans if p.action == a) for a in ("create", "update", "unchanged")}
+        click.echo(f"applied: {counts['create']} created, {counts['update']} updated, {counts['unchanged']} unchanged")
 
 
 # --- logout ------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app import audit
 from app.audit import AuditContext
@@ -226,7 +227,8 @@ def claim_refresh(
         return RefreshClaim("reused", row, revoked)
     if row.refresh_expires_at is None or row.refresh_expires_at <= now:
         return RefreshClaim("expired", row)
-    row.refresh_used_at = now
+    # The UPDATE above wrote it: mirror it on the object without a second write at flush.
+    set_committed_value(row, "refresh_used_at", now)
     return RefreshClaim("ok", row)
 
 

@@ -7,7 +7,16 @@ from typing import Any
 from flask import Blueprint, Flask
 
 from app.api import accounts as api_accounts
-from app.api import accounts_api, auth_api, compliance_api, openapi, provider_configs_api, providers_api, users_api
+from app.api import (
+    accounts_api,
+    auth_api,
+    compliance_api,
+    idp_clients_api,
+    openapi,
+    provider_configs_api,
+    providers_api,
+    users_api,
+)
 from app.api import dialogs as api_dialogs
 from app.auth.sessions import load_session
 from app.connectors.xoauth2 import eligible_accounts
@@ -26,6 +35,7 @@ from app.web import (
     dialogs,
     home,
     idp,
+    idp_clients_admin,
     mail_flows,
     mfa,
     mfa_account,  # noqa: F401 - adds the account's MFA page and the admin policy and reset to the mfa blueprint
@@ -57,6 +67,7 @@ BLUEPRINTS = [
     admin_consent.bp,
     connections.bp,
     idp.bp,  # the OpenID Provider (issue 12)
+    idp_clients_admin.bp,
 ]
 
 
@@ -71,6 +82,7 @@ def api_blueprints() -> list[Blueprint]:
         api_accounts.bp,
         api_dialogs.bp,
         users_api.bp,
+        idp_clients_api.bp,
         openapi.bp,
     ]
 
@@ -85,6 +97,7 @@ ADMIN_NAV: list[tuple[str, str]] = [
     ("mfa.admin_security", "Security"),
     ("users_admin.outbox", "Outbox"),
     ("tokens_admin.index", "Service tokens"),
+    ("idp_clients_admin.index", "Apps"),
     ("compliance.report", "Compliance"),
 ]
 

@@ -15,6 +15,7 @@ from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
+from app.idp import consents
 from app.services import linked_identities
 from app.web.browser import browser_id
 from app.web.common import form_errors, login_required, safe_next
@@ -91,6 +92,7 @@ def _page(
         email_form=email_form or EmailChangeForm(formdata=None),
         identities=linked_identities.list_identities(db, who.user.id),
         trusted=[(t, device_summary(t.user_agent)) for t in trusted_browsers.live(db, who.user.id)],
+        apps=consents.authorized_apps(db, who.user.id),
     )
     return html, status
 
@@ -298,3 +300,19 @@ def untrust_browser(public_id: str) -> Response:
     trusted_browsers.revoke(db_session(), audit_ctx(), who.user.id, public_id, by="self")
     flash("That browser is no longer trusted: it asks for your second factor again.", "success")
     return redirect(url_for("account.index", _anchor="trusted-heading"))
+
+
+@bp.post("/apps/<client_id>/revoke")
+@login_required
+def revoke_app(client_id: str) -> Response:
+    who = _who()
+    db = db_session()
+    try:
+        consents.revoke(db, audit_ctx(), who.user.id, client_id[:64])
+        db.commit()
+    except AppError as exc:
+        db.rollback()
+        flash(f"{exc.text} {exc.help}", "error")
+    else:
+        flash("That app no longer has access to your account.", "success")
+    return redirect(url_for("account.index", _anchor="apps"))

@@ -13,6 +13,7 @@ the same person signs in again, the clients of the old session move to the new o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
@@ -32,10 +33,11 @@ from wtforms import HiddenField
 
 from app import audit
 from app.auth import sessions
+from app.auth.throttle import ip_bucket
 from app.errors import AppError
 from app.extensions import csrf, db_session, get_cipher, get_database, get_limit_storage, get_settings
-from app.http.context import SignedIn, audit_ctx, signed_in
-from app.idp import consents, tokens
+from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
+from app.idp import client_throttle, consents, tokens
 from app.idp.claims import SCOPE_DESCRIPTIONS, Subject, acr, amr, sid_for, wants_mfa
 from app.idp.delivery import init_delivery
 from app.idp.keys import KeyRing
@@ -381,11 +383,25 @@ def _settle(response: Response) -> Response:
     return response
 
 
+def _throttled(answer: Callable[[], Response]) -> Response:
+    """Answer unless this client id and network failed client authentication too often (then 429 with Retry-After,
+    nothing checked); count an ``invalid_client`` answer (RFC 6749 §5.2) as a failure."""
+    storage, network = get_limit_storage(), ip_bucket(client_ip())
+    client_key = client_throttle.claimed_client_id(request.headers.get("Authorization"), request.form)
+    wait = client_throttle.wait_seconds(storage, client_key, network)
+    if wait:
+        return client_throttle.refusal(wait)
+    answered = answer()
+    if answered.status_code == 401 and b'"invalid_client"' in answered.get_data():
+        client_throttle.record_failure(storage, client_key, network)
+    return answered
+
+
 @bp.post("/oauth2/token")
 def token() -> Response:
     server = provider()
     server.keyring.warm()
-    return _settle(server.create_token_response())
+    return _throttled(lambda: _settle(server.create_token_response()))
 
 
 @bp.route("/oauth2/userinfo", methods=["GET", "POST"])
@@ -397,14 +413,17 @@ def userinfo() -> Response:
 
 @bp.post("/oauth2/revoke")
 def revoke() -> Response:
-    return _settle(provider().create_endpoint_response("revocation"))
+    return _throttled(lambda: _settle(provider().create_endpoint_response("revocation")))
 
 
 @bp.post("/oauth2/introspect")
 def introspect() -> Response:
-    response = provider().create_endpoint_response("introspection")
-    response.headers["Cache-Control"] = "no-store"
-    return _settle(response)
+    def answer() -> Response:
+        response = provider().create_endpoint_response("introspection")
+        response.headers["Cache-Control"] = "no-store"
+        return _settle(response)
+
+    return _throttled(answer)
 
 
 # --- RP-initiated logout -----------------------------------------------------------------------------------------

@@ -254,6 +254,9 @@ ENROLMENT_ENDPOINTS = frozenset(
 )
 
 
+# Where to go once a user sent to enrol has a factor (an authorization request of an app, app.web.idp).
+ENROL_RETURN_KEY = "mfa_enrol_return"
+
 # The account page's password form, open to a user who must change their password before enrolling.
 PASSWORD_CHANGE_ENDPOINTS = frozenset({"account.index", "account.change_password"})
 
@@ -292,4 +295,7 @@ def enforce() -> Response | None:
             "Add an authenticator app or a passkey on your account's MFA page first.",
             status=403,
         )
+    if request.blueprint == "idp" and request.method == "GET":
+        # An app's authorization request waits while the user enrols: the MFA page goes back to it afterwards.
+        session[ENROL_RETURN_KEY] = request.full_path
     return redirect(url_for("mfa.account"))

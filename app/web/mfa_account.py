@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from flask import flash, jsonify, redirect, render_template, request, url_for
+from flask import flash, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 from wtforms import BooleanField, StringField
@@ -22,7 +22,7 @@ from app.models import ROLES, Credential, User, utcnow
 from app.services import mfa as mfa_flows
 from app.web.common import admin_required, form_errors, login_required, safe_next
 from app.web.input_guard import accepts_json
-from app.web.mfa import CodeForm, bp, json_body, remember_challenge, take_challenge
+from app.web.mfa import ENROL_RETURN_KEY, CodeForm, bp, json_body, remember_challenge, take_challenge
 
 
 class NameForm(FlaskForm):  # type: ignore[misc]
@@ -79,7 +79,11 @@ def _render_account(
 
 @bp.get("/account/mfa")
 @login_required
-def account() -> tuple[str, int]:
+def account() -> tuple[str, int] | Response:
+    back_to = session.get(ENROL_RETURN_KEY)
+    if isinstance(back_to, str) and mfa.has_factor(db_session(), _current_user().id):
+        session.pop(ENROL_RETURN_KEY, None)
+        return redirect(safe_next(back_to, url_for("mfa.account")))
     return _render_account()
 
 

@@ -17,6 +17,7 @@ from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.idp import consents
 from app.models import MailOutbox, User
 from app.services import linked_identities
 from app.web.common import admin_required, form_errors, keep_on_form
@@ -133,6 +134,7 @@ def _detail(
         "invites_allowed": lifecycle.invites_allowed(settings),
         "identities": linked_identities.list_identities(db, user.id),
         "trusted": [(t, device_summary(t.user_agent)) for t in trusted_browsers.live(db, user.id)],
+        "apps": consents.authorized_apps(db, user.id),
         "error": error,
     }
     return render_template("admin/user_detail.html", **context), status
@@ -291,3 +293,19 @@ def outbox() -> str:
     """Mail kept instead of sent (development and test only, when no SMTP transport is configured)."""
     mails = db_session().scalars(select(MailOutbox).order_by(MailOutbox.id.desc()).limit(OUTBOX_LIMIT)).all()
     return render_template("admin/outbox.html", mails=mails, production=get_settings().is_production)
+
+
+@bp.post("/users/<int:user_id>/apps/<client_id>/revoke")
+@admin_required
+def revoke_app(user_id: int, client_id: str) -> Response:
+    db = db_session()
+    user = user_admin.get_user(db, user_id)
+    try:
+        consents.revoke(db, audit_ctx(), user.id, client_id[:64])
+        db.commit()
+    except AppError as exc:
+        db.rollback()
+        flash(f"{exc.text} {exc.help}", "error")
+    else:
+        flash(f"That app no longer has access to {user.email}'s account.", "success")
+    return redirect(url_for("users_admin.user_detail", user_id=user.id, _anchor="apps"))

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from app.api import tokens
 from app.audit import AuditContext
 from app.extensions import get_cipher
+from app.idp import clients as idp_clients
 from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.settings import Settings
 from app.vault import Secret, put_secret
@@ -189,6 +190,10 @@ def test_real_responses_match_the_documented_schemas(
     put_secret(db, get_cipher(app), "connected_account", account.id, "api_key", "sk-openapi-test-key", grace=None)
     db.commit()
     configs_path = "/api/account-manager/provider-configs"
+    oidc_path = "/api/account-manager/oidc-clients"
+    rp_body = {"name": "CMS", "redirect_uris": ["https://cms.example.com/api/auth/callback/ami"]}
+    rp = idp_clients.create_client(db, AuditContext(actor="test"), rp_body).client
+    db.commit()
     accounts_path = "/api/account-manager/accounts"
     account_path = f"{accounts_path}/{account.id}"
     raw = _issue(db)
@@ -313,6 +318,42 @@ def test_real_responses_match_the_documented_schemas(
             "post",
             lambda: client.post(f"{configs_path}/9999/test", headers=auth),
             404,
+        ),
+        # OpenID clients: register (the secret handed out once), read, change, rotate, delete.
+        (oidc_path, "get", lambda: client.get(oidc_path, headers=auth), 200),
+        (oidc_path, "post", lambda: client.post(oidc_path, json={**rp_body, "name": "Other"}, headers=auth), 201),
+        (oidc_path, "post", lambda: client.post(oidc_path, json={"name": "X", "jwks_uri": 1}, headers=auth), 422),
+        (f"{oidc_path}/{{client_id}}", "get", lambda: client.get(f"{oidc_path}/{rp.client_id}", headers=auth), 200),
+        (f"{oidc_path}/{{client_id}}", "get", lambda: client.get(f"{oidc_path}/nope", headers=auth), 404),
+        (
+            f"{oidc_path}/{{client_id}}",
+            "patch",
+            lambda: client.patch(f"{oidc_path}/{rp.client_id}", json={"first_party": True}, headers=auth),
+            200,
+        ),
+        (
+            f"{oidc_path}/{{client_id}}",
+            "patch",
+            lambda: client.patch(f"{oidc_path}/{rp.client_id}", json={"redirect_uris": ["x"]}, headers=auth),
+            422,
+        ),
+        (
+            f"{oidc_path}/{{client_id}}/secret",
+            "post",
+            lambda: client.post(f"{oidc_path}/{rp.client_id}/secret", headers=auth),
+            200,
+        ),
+        (
+            f"{oidc_path}/{{client_id}}/secret",
+            "post",
+            lambda: client.post(f"{oidc_path}/nope/secret", headers=auth),
+            404,
+        ),
+        (
+            f"{oidc_path}/{{client_id}}",
+            "delete",
+            lambda: client.delete(f"{oidc_path}/{rp.client_id}", headers=auth),
+            204,
         ),
         # Accounts: snapshots, refresh, revoke, delete, and the one endpoint that discloses a credential.
         (accounts_path, "get", lambda: client.get(accounts_path, headers=auth), 200),
@@ -549,6 +590,10 @@ PER_TYPE_BODIES = frozenset(
         "PATCH /api/account-manager/provider-configs/{config_id}",
         "POST /api/users",
         "PATCH /api/users/{user_id}",
+        # An OpenID client's settings are checked together (private_key_jwt needs jwks_uri, a public client has no
+        # client_credentials, openid with authorization_code): tests/integration/test_idp_clients.py covers them.
+        "POST /api/account-manager/oidc-clients",
+        "PATCH /api/account-manager/oidc-clients/{client_id}",
     }
 )
 

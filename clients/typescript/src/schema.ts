@@ -128,6 +128,78 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/account-manager/oidc-clients": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List OpenID clients
+         * @description Every app registered with AMI Auth's OpenID Provider, by name; never a secret. Scope `clients:read`.
+         */
+        get: operations["listOidcClients"];
+        put?: never;
+        /**
+         * Register an OpenID client
+         * @description Registers an app. A `client_secret_basic`/`client_secret_post` client's secret is in this answer only (an audited hand-out; only its hash is kept); other clients get `client_secret: null`. Scope `clients:write`. Settings are checked together as the console checks them; a refused one is `validation_failed` on its field (e.g. `jwks_uri` when `private_key_jwt` has none, `grant_types` for client_credentials on a public client).
+         */
+        post: operations["createOidcClient"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/account-manager/oidc-clients/{client_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One OpenID client
+         * @description Its settings; whether a secret is stored, never the secret. Scope `clients:read`.
+         */
+        get: operations["getOidcClient"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete an OpenID client
+         * @description Deletes the app with its codes, tokens and users' consents: its refresh tokens stop working at once. Scope `clients:write`.
+         */
+        delete: operations["deleteOidcClient"];
+        options?: never;
+        head?: never;
+        /**
+         * Change an OpenID client
+         * @description Changes the settings sent (the others keep their value). A switch to a secret method makes a secret, handed out once in `client_secret`; otherwise it is null. Scope `clients:write`. Settings are checked together as the console checks them; a refused one is `validation_failed` on its field (e.g. `jwks_uri` when `private_key_jwt` has none, `grant_types` for client_credentials on a public client).
+         */
+        patch: operations["updateOidcClient"];
+        trace?: never;
+    };
+    "/api/account-manager/oidc-clients/{client_id}/secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate an OpenID client's secret
+         * @description Makes a new secret (the old one stops working at once) and hands it out in this answer only (audited: `oidc.client.secret_rotate`). `validation_failed` on `auth_method` for a client without a secret method. Scope `clients:write`.
+         */
+        post: operations["rotateOidcClientSecret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/account-manager/provider-configs": {
         parameters: {
             query?: never;
@@ -1393,6 +1465,137 @@ export interface components {
             /** @description The user's role requires a second factor and they have none yet: until they enrol, every other cookie call answers 403 `mfa_required`. Send them to `enrolment_url`. */
             enrolment_required: boolean;
             enrolment_url: string | null;
+        };
+        OidcClient: {
+            client_id: string;
+            /** @description What users see on the consent page and on their account page. */
+            name: string;
+            /**
+             * @default confidential
+             * @enum {string}
+             */
+            client_type: "confidential" | "public";
+            /**
+             * @description How it authenticates at the token endpoint; `none` for public clients (and only them). `private_key_jwt` needs `jwks_uri`.
+             * @enum {string}
+             */
+            auth_method: "client_secret_basic" | "client_secret_post" | "private_key_jwt" | "none";
+            /** @description Exact-match redirect URIs (needed for authorization_code). */
+            redirect_uris: string[];
+            /** @description Where RP-initiated logout may send the browser. */
+            post_logout_redirect_uris: string[];
+            backchannel_logout_uri: string | null;
+            jwks_uri: string | null;
+            /** @description refresh_token needs authorization_code; client_credentials is for confidential clients. */
+            grant_types: ("authorization_code" | "refresh_token" | "client_credentials")[];
+            /** @description Scopes it may ask for; include openid for apps that sign people in. */
+            scopes: string[];
+            /** @description The `aud` of its access tokens (the APIs they are for); empty: the client id. */
+            audiences: string[];
+            /** @description PKCE S256 (always required for public clients). */
+            require_pkce: boolean;
+            /** @description A platform app: users are not asked for consent. */
+            first_party: boolean;
+            /** @enum {string} */
+            id_token_alg: "ES256" | "RS256";
+            /** @description Seconds. */
+            access_token_ttl: number;
+            /** @description Seconds. */
+            refresh_token_ttl: number;
+            /** @description Seconds. */
+            id_token_ttl: number;
+            enabled: boolean;
+            /** @description Whether a secret is stored (only its hash is). */
+            has_secret: boolean;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        OidcClientCreate: {
+            /** @description What users see on the consent page and on their account page. */
+            name: string;
+            /**
+             * @default confidential
+             * @enum {string}
+             */
+            client_type?: "confidential" | "public";
+            /**
+             * @description How it authenticates at the token endpoint; `none` for public clients (and only them). `private_key_jwt` needs `jwks_uri`.
+             * @enum {string}
+             */
+            auth_method?: "client_secret_basic" | "client_secret_post" | "private_key_jwt" | "none";
+            /** @description Exact-match redirect URIs (needed for authorization_code). */
+            redirect_uris?: string[];
+            /** @description Where RP-initiated logout may send the browser. */
+            post_logout_redirect_uris?: string[];
+            backchannel_logout_uri?: string | null;
+            jwks_uri?: string | null;
+            /** @description refresh_token needs authorization_code; client_credentials is for confidential clients. */
+            grant_types?: ("authorization_code" | "refresh_token" | "client_credentials")[];
+            /** @description Scopes it may ask for; include openid for apps that sign people in. */
+            scopes?: string[];
+            /** @description The `aud` of its access tokens (the APIs they are for); empty: the client id. */
+            audiences?: string[];
+            /** @description PKCE S256 (always required for public clients). */
+            require_pkce?: boolean;
+            /** @description A platform app: users are not asked for consent. */
+            first_party?: boolean;
+            /** @enum {string} */
+            id_token_alg?: "ES256" | "RS256";
+            /** @description Seconds. */
+            access_token_ttl?: number;
+            /** @description Seconds. */
+            refresh_token_ttl?: number;
+            /** @description Seconds. */
+            id_token_ttl?: number;
+            enabled?: boolean;
+        };
+        OidcClientList: {
+            clients: components["schemas"]["OidcClient"][];
+        };
+        OidcClientUpdate: {
+            /** @description What users see on the consent page and on their account page. */
+            name?: string;
+            /**
+             * @default confidential
+             * @enum {string}
+             */
+            client_type?: "confidential" | "public";
+            /**
+             * @description How it authenticates at the token endpoint; `none` for public clients (and only them). `private_key_jwt` needs `jwks_uri`.
+             * @enum {string}
+             */
+            auth_method?: "client_secret_basic" | "client_secret_post" | "private_key_jwt" | "none";
+            /** @description Exact-match redirect URIs (needed for authorization_code). */
+            redirect_uris?: string[];
+            /** @description Where RP-initiated logout may send the browser. */
+            post_logout_redirect_uris?: string[];
+            backchannel_logout_uri?: string | null;
+            jwks_uri?: string | null;
+            /** @description refresh_token needs authorization_code; client_credentials is for confidential clients. */
+            grant_types?: ("authorization_code" | "refresh_token" | "client_credentials")[];
+            /** @description Scopes it may ask for; include openid for apps that sign people in. */
+            scopes?: string[];
+            /** @description The `aud` of its access tokens (the APIs they are for); empty: the client id. */
+            audiences?: string[];
+            /** @description PKCE S256 (always required for public clients). */
+            require_pkce?: boolean;
+            /** @description A platform app: users are not asked for consent. */
+            first_party?: boolean;
+            /** @enum {string} */
+            id_token_alg?: "ES256" | "RS256";
+            /** @description Seconds. */
+            access_token_ttl?: number;
+            /** @description Seconds. */
+            refresh_token_ttl?: number;
+            /** @description Seconds. */
+            id_token_ttl?: number;
+            enabled?: boolean;
+        };
+        OidcClientWithSecret: {
+            client: components["schemas"]["OidcClient"];
+            client_secret: string | null;
         };
         Problem: {
             /** @description A taxonomy code (the Error schema's). */
@@ -4159,6 +4362,606 @@ export interface operations {
             };
             /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
             409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    listOidcClients: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OidcClientList"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    createOidcClient: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A unique value (e.g. a UUID) per intended creation, 1 to 255 printable ASCII characters. Sending the same key again within 24 hours replays the first answer instead of creating a second item; the same key with a different body is refused (422 `validation_failed` on `Idempotency-Key`), and while the first request is still running a retry gets 409 `conflict` with Retry-After. */
+                "Idempotency-Key"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OidcClientCreate"];
+            };
+        };
+        responses: {
+            /** @description Registered; `Location` is its URL. */
+            201: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    Location: components["headers"]["Location"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OidcClientWithSecret"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
+            409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getOidcClient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The client's client_id. */
+                client_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OidcClient"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteOidcClient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The client's client_id. */
+                client_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    updateOidcClient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The client's client_id. */
+                client_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OidcClientUpdate"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OidcClientWithSecret"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    rotateOidcClientSecret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The client's client_id. */
+                client_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OidcClientWithSecret"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
                 headers: {
                     RateLimit: components["headers"]["RateLimit"];
                     "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
