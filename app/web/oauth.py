@@ -47,7 +47,7 @@ from app.providers import configs
 from app.providers.registry import get_catalog
 from app.vault import SecretUnreadable
 from app.web.browser import browser_id
-from app.web.common import admin_required, form_errors, safe_next
+from app.web.common import admin_required, form_errors, landing, safe_next
 from app.web.signin import establish_session, needs_second_factor, start_second_factor
 
 bp = Blueprint("oauth", __name__)
@@ -187,7 +187,7 @@ def finish_signin(user_id: int, methods: list[str], next_url: str, details: dict
         throttle.record_success(get_limit_storage(), get_settings(), user.email, client_ip(), device=browser_id())
     audit.record(db, audit_ctx(), "signin.success", target=f"user:{user.id}", details={"method": "oauth", **details})
     establish_session(user, methods)  # commits the event with the session
-    return redirect(next_url)
+    return redirect(landing(user.is_admin, next_url))
 
 
 def _error_page(exc: AppError, *, back: str, back_label: str) -> Response:

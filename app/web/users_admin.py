@@ -124,10 +124,12 @@ def _detail(
             metadata=user_admin.format_metadata(user.user_metadata),
         )
     who = signed_in()
+    paged = sessions.live_sessions_page(db, settings, user.id, request.args.get("sessions_page", 1, type=int))
     context: dict[str, Any] = {
         "user": user,
         "form": form,
-        "sessions": [(s, device_summary(s.user_agent)) for s in sessions.live_sessions(db, settings, user.id)],
+        "sessions": [(s, device_summary(s.user_agent)) for s in paged.rows],
+        "session_page": paged,
         "is_self": who is not None and who.user.id == user.id,
         "current_session": who.record.id if who is not None else None,
         "invites_allowed": lifecycle.invites_allowed(settings),
