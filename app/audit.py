@@ -59,7 +59,8 @@ from app.errors import AppError
 from app.models.audit import AuditEvent
 from app.models.base import utcnow
 
-Outcome = Literal["success", "failure", "denied"]
+# "untested": a check that could not check anything (e.g. "Test connection" on a provider with nothing to fetch).
+Outcome = Literal["success", "failure", "denied", "untested"]
 OUTCOMES: Final[frozenset[str]] = frozenset(get_args(Outcome))
 
 GENESIS_HASH: Final = "0" * 64

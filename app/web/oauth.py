@@ -443,8 +443,8 @@ def admin_test(config_id: int) -> tuple[str, int]:
         audit_ctx(),
         "provider_config.test",
         target=f"provider_config:{cfg.id}",
-        outcome="success" if report.ok else "failure",
+        outcome="success" if report.ok else "untested" if report.error is None else "failure",
         details={"kind": "oauth", "code": report.error.code if report.error is not None else None},
     )
     db.commit()
-    return _setup_page(config_id, report, 200 if report.ok else 422)
+    return _setup_page(config_id, report, 200 if report.ok or not report.tested else 422)
