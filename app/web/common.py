@@ -39,6 +39,11 @@ def landing(is_admin: bool, next_url: str) -> str:
     return url_for("admin.index" if is_admin else "account.index")
 
 
+def field_ids(form: Any) -> list[str]:
+    """The ids of a form's fields as rendered (what an error summary may link to with ``#id``)."""
+    return [str(f.id) for f in form]
+
+
 def wants_json() -> bool:
     if request.path.startswith("/api/"):
         return True
