@@ -125,6 +125,7 @@ def _result_context(provider: ProviderEntry, result: Verification | None, form: 
         "blamed": field_labels(provider, result.error.fields) if result.error else [],
         "learned": learned_items(dict(result.learned)),
         "on_page": field_ids(form),
+        "offer_unverified": accounts.may_save_unverified(provider, result),
     }
 
 
@@ -152,14 +153,27 @@ def account_secret(account_id: int) -> tuple[str, int] | Response:
     replacing = account.status != "pending"
     try:
         result = accounts.save_secrets(
-            db, get_cipher(), get_client(current_app), get_settings(), access.ctx, account, _typed(form)
+            db,
+            get_cipher(),
+            get_client(current_app),
+            get_settings(),
+            access.ctx,
+            account,
+            _typed(form),
+            unverified_ok=request.form.get("save_unverified") == "y",
         )
         db.commit()
     except AppError as exc:
         db.commit()  # nothing was stored; keep the audit record of the refused attempt
         form_errors(exc, form)
         return _render(account, provider, form, access, Verification.failed(exc), exc.http_status)
-    if replacing:
+    if result.error is not None:  # saved unverified: the vendor could not be reached
+        flash(
+            f"Saved unverified: {provider.display_name} could not be reached, so the secret was stored without a "
+            "check. It is verified automatically when the provider answers again, or with “Test now”.",
+            "warning",
+        )
+    elif replacing:
         days = get_settings().secret_grace_days
         flash(f"Replaced and verified. The previous value can be rolled back for {days} days.", "success")
     else:
