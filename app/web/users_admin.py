@@ -104,6 +104,24 @@ def create_user() -> Response | tuple[str, int]:
             else:
                 flash(f"{user.email} was created with the password you typed.", "success")
             return redirect(url_for("users_admin.user_detail", user_id=user.id))
+    elif form.is_submitted() and not form.csrf_token.errors:
+        # The form's own checks failed (a blank email…): add the service's, so every problem shows at once.
+        db = db_session()
+        try:
+            user_admin.create_problems(
+                db,
+                settings,
+                email=form.email.data or "",
+                role=form.role.data or "",
+                metadata=form.metadata.data or "",
+                mode="invite" if form.mode.data == "invite" else "password",
+                password=form.password.data or None,
+                full=True,
+            )
+        except AppError as exc:
+            new = {k: v for k, v in exc.fields.items() if not getattr(getattr(form, k, None), "errors", None)}
+            form_errors(AppError("validation_failed", fields=new), form)
+        status = 422
     elif form.is_submitted():
         status = 422
     return render_template(

@@ -77,3 +77,63 @@ def test_the_admin_user_page_pages_the_sessions(
     second = client.get(f"/admin/users/{user.id}?sessions_page=2").get_data(as_text=True)
     assert second.count("<tr data-session=") == 1
     assert client.get(f"/admin/users/{user.id}?sessions_page=99").status_code == 200
+
+
+def _errors(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<p class="error" id="([a-z_]+)-error"[^>]*>([^<]*)</p>', html))
+
+
+def _admin_client(app: Flask, make_user: UserFactory) -> FlaskClient:
+    make_user("root@example.com", role="admin")
+    client = app.test_client()
+    sign_in(client, "root@example.com")
+    return client
+
+
+def _new_user(client: FlaskClient, data: dict[str, str]) -> tuple[int, str]:
+    page = client.get("/admin/users/new").get_data(as_text=True)
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert token
+    response = client.post("/admin/users/new", data={**data, "csrf_token": token.group(1)})
+    return response.status_code, response.get_data(as_text=True)
+
+
+def test_new_user_reports_every_bad_field_after_one_submit(app: Flask, make_user: UserFactory) -> None:
+    client = _admin_client(app, make_user)
+    status, html = _new_user(
+        client, {"email": "not-an-address", "role": "member", "mode": "password", "password": "short", "metadata": "{x"}
+    )
+    errors = _errors(html)
+    assert status == 422 and set(errors) == {"email", "password", "metadata"}, errors
+    assert "@" in errors["email"] and "at least" in errors["password"] and "Not valid JSON" in errors["metadata"]
+
+    # A blank email (the form's own check) still shows the others too.
+    status, html = _new_user(client, {"email": "", "role": "member", "mode": "password", "metadata": "[1]"})
+    errors = _errors(html)
+    assert status == 422 and set(errors) == {"email", "password", "metadata"}, errors
+    assert "Type a password, or send an invitation." in errors["password"]
+
+    # A taken address and a bad password, together.
+    make_user("taken@example.com")
+    status, html = _new_user(
+        client, {"email": "taken@example.com", "role": "member", "mode": "password", "password": "short"}
+    )
+    assert set(_errors(html)) == {"email", "password"} and "Already in use." in html
+
+
+def test_the_password_rule_says_what_it_is(app: Flask, make_user: UserFactory) -> None:
+    client = _admin_client(app, make_user)
+    status, html = _new_user(
+        client,
+        {
+            "email": "robin.hood@example.com",
+            "role": "member",
+            "mode": "password",
+            "password": "my robin.hood secret 42",
+        },
+    )
+    assert status == 422
+    assert _errors(html)["password"] == (
+        "The password contains \N{LEFT DOUBLE QUOTATION MARK}robin.hood\N{RIGHT DOUBLE QUOTATION MARK}, the part of "
+        "the email address before the @. Choose one without it."
+    )
