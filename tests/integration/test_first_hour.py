@@ -4,6 +4,7 @@ paged session lists, forms that report every error at once, human audit values."
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -14,6 +15,9 @@ from app.extensions import get_database
 from app.models import User
 from app.settings import Settings
 from tests.conftest import PASSWORD, UserFactory, sign_in
+from tests.support.live import free_port
+from tests.support.oauth_app import create_config, generic_values, page_csrf
+from tests.support.op import OPClient
 
 
 def _add_sessions(app: Flask, settings: Settings, user: User, count: int) -> None:
@@ -137,3 +141,62 @@ def test_the_password_rule_says_what_it_is(app: Flask, make_user: UserFactory) -
         "The password contains \N{LEFT DOUBLE QUOTATION MARK}robin.hood\N{RIGHT DOUBLE QUOTATION MARK}, the part of "
         "the email address before the @. Choose one without it."
     )
+
+
+def _form_post(client: FlaskClient, path: str, data: dict[str, str]) -> Any:
+    page = client.get(path).get_data(as_text=True)
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert token
+    return client.post(path, data={**data, "csrf_token": token.group(1)}, follow_redirects=True)
+
+
+GITHUB = {"client_id": "Iv1.abc", "client_secret": "gh-secret", "scopes": "read:user user:email"}
+
+
+def test_the_create_form_shows_the_redirect_uri_to_register(
+    app: Flask, db: Session, settings: Settings, make_user: UserFactory
+) -> None:
+    client = _admin_client(app, make_user)
+    form = client.get("/admin/providers/new/github").get_data(as_text=True)
+    assert re.search(
+        r'<code class="oauth-redirect-uri" id="redirect-uri">http://127.0.0.1:5000/oauth/1/callback</code>', form
+    )
+    assert 'data-copy="redirect-uri"' in form
+    saved = _form_post(client, "/admin/providers/new/github", {"name": "GitHub", **GITHUB})
+    html = saved.get_data(as_text=True)
+    assert "Saved “GitHub”" in html and "not the one the form showed" not in html
+    setup = client.get("/admin/providers/1/oauth").get_data(as_text=True)
+    assert "http://127.0.0.1:5000/oauth/1/callback" in setup and 'data-copy="redirect-uri"' in setup
+
+    # Another admin saves a provider between showing the form and saving it: the page says which URI is right.
+    page = client.get("/admin/providers/new/github").get_data(as_text=True)
+    assert "http://127.0.0.1:5000/oauth/2/callback" in page
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert token
+    create_config(app, "github", "GitHub (other)", GITHUB, enabled=False)
+    late = client.post(
+        "/admin/providers/new/github",
+        data={"name": "GitHub (mine)", **GITHUB, "expected_id": "2", "csrf_token": token.group(1)},
+        follow_redirects=True,
+    ).get_data(as_text=True)
+    assert "Its redirect URI is http://127.0.0.1:5000/oauth/3/callback — not the one the form showed" in late
+
+
+def test_enabling_a_provider_whose_last_test_failed_warns(
+    app: Flask, db: Session, settings: Settings, make_user: UserFactory
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    config_id = create_config(
+        app, "generic_oidc", "Corp ID", generic_values(nowhere, OPClient("ami-auth", "op-secret")), enabled=False
+    )
+    client = _admin_client(app, make_user)
+    setup = client.get(f"/admin/providers/{config_id}/oauth").get_data(as_text=True)
+    tested = client.post(f"/admin/providers/{config_id}/test-oauth", data={"csrf_token": page_csrf(setup)})
+    assert tested.status_code == 422
+    edit = client.get(f"/admin/providers/{config_id}").get_data(as_text=True)
+    assert "Its last connection test failed</strong> (provider_unreachable" in edit
+    enabled = client.post(
+        f"/admin/providers/{config_id}/enable", data={"csrf_token": page_csrf(edit)}, follow_redirects=True
+    ).get_data(as_text=True)
+    assert "“Corp ID” is now enabled." in enabled
+    assert "Its last connection test failed (provider_unreachable): sign-ins through it may fail." in enabled
