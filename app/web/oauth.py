@@ -48,6 +48,7 @@ from app.providers.registry import get_catalog
 from app.vault import SecretUnreadable
 from app.web.browser import browser_id
 from app.web.common import admin_required, form_errors, landing, safe_next
+from app.web.errors import viewer_error
 from app.web.signin import establish_session, needs_second_factor, start_second_factor
 
 bp = Blueprint("oauth", __name__)
@@ -196,7 +197,8 @@ def _error_page(exc: AppError, *, back: str, back_label: str) -> Response:
         # they can only wait out, not bad input. The detail (host, status) goes to the log, not the page.
         log.warning("OAuth provider unavailable: %s", exc.text)
         exc = faults.provider_unavailable(exc)
-    html = render_template("oauth/error.html", error=exc, back=back, back_label=back_label)
+    exc, reference = viewer_error(exc)
+    html = render_template("oauth/error.html", error=exc, back=back, back_label=back_label, reference=reference)
     response = Response(html, status=exc.http_status, mimetype="text/html")
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)

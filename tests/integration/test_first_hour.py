@@ -200,3 +200,36 @@ def test_enabling_a_provider_whose_last_test_failed_warns(
     ).get_data(as_text=True)
     assert "“Corp ID” is now enabled." in enabled
     assert "Its last connection test failed (provider_unreachable): sign-ins through it may fail." in enabled
+
+
+def test_a_member_sees_not_available_with_a_reference_and_an_admin_the_detail(
+    app: Flask, client: FlaskClient, make_user: UserFactory, caplog: Any
+) -> None:
+    # A provider an admin set up at an address the outbound guard refuses (not in AMI_AUTH_OUTBOUND_ALLOW).
+    config_id = create_config(
+        app, "generic_oidc", "Corp ID", generic_values("http://10.20.30.40", OPClient("ami-auth", "op-secret"))
+    )
+    anonymous = client.get(f"/oauth/{config_id}/login")
+    html = anonymous.get_data(as_text=True)
+    assert anonymous.status_code == 503 and anonymous.headers["Retry-After"]
+    assert "This is not available right now." in html and "quote the reference" in html
+    reference = re.search(r"reference <code data-reference>([0-9a-f]+)</code>", html)
+    assert reference is not None
+    assert "Outbound address not allowed" not in html and "AMI_AUTH_OUTBOUND_ALLOW" not in html
+    assert "10.20.30.40" not in html
+    # The detail is in the log line that carries the same reference.
+    assert any(
+        reference.group(1) in r.getMessage() and "Outbound address not allowed" in r.getMessage()
+        for r in caplog.records
+    )
+
+    make_user("mo@example.com")
+    sign_in(client, "mo@example.com")
+    member = client.get(f"/account/connections/connect/{config_id}").get_data(as_text=True)
+    assert "This is not available right now." in member and "Outbound address not allowed" not in member
+
+    admin = _admin_client(app, make_user)
+    page = admin.get(f"/account/connections/connect/{config_id}")
+    detail = page.get_data(as_text=True)
+    assert page.status_code == 422 and "Outbound address not allowed: 10.20.30.40" in detail
+    assert re.search(r"reference <code>[0-9a-f]+</code>", detail)
