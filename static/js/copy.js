@@ -32,7 +32,16 @@
     if (!source) {
       return;
     }
-    var text = (source.value !== undefined && source.tagName === "INPUT" ? source.value : source.textContent).trim();
+    var items = source.querySelectorAll("li");
+    var text;
+    if (source.tagName === "INPUT" || source.tagName === "TEXTAREA") {
+      text = source.value;
+    } else if (items.length) {
+      // A list (recovery codes): one item a line.
+      text = Array.prototype.map.call(items, function (item) { return item.textContent.trim(); }).join("\n");
+    } else {
+      text = source.textContent.trim();
+    }
     if (!navigator.clipboard || !window.isSecureContext) {
       selectText(source);
       say(button, "Selected: press Ctrl+C (⌘C) to copy.");

@@ -1,10 +1,12 @@
-"""The secure dialog's feedback in real Chromium (issue 15): a passing "Test connection" clears the field
-errors an earlier failed Save left, and the failure summary links only to fields that are on the page."""
+"""Feedback in real Chromium (issue 15): a passing "Test connection" clears the field errors an earlier failed
+Save left, the failure summary links only to fields that are on the page, copy buttons copy one-time tokens,
+the optional passkey name is not `required`, and empty lists say so."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -96,3 +98,42 @@ def test_the_failure_summary_links_only_to_fields_on_the_page(live: LiveServer, 
     expect(blamed.locator("a")).to_have_count(0)
     assert _dangling_links(page) == []
     assert_no_console_errors(page)
+
+
+def test_copy_buttons_put_a_one_time_token_on_the_clipboard(live: LiveServer, page: Page, context: Any) -> None:
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.url)
+    with live.app.app_context():
+        db = get_database(live.app).session()
+        users.create_user(db, get_settings(live.app), email=ADMIN, password=PASSWORD, role="admin", verified=True)
+        db.commit()
+    page.goto(live.url + "/signin")
+    page.get_by_label("Email").fill(ADMIN)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.goto(live.url + "/admin/tokens/")
+    expect(page.locator('[data-empty="tokens"]')).to_have_text("No service tokens yet. Create one below.")
+    page.get_by_label("Name").fill("CMS production")
+    page.get_by_role("checkbox", name=re.compile(r"\bsessions:read\b")).check()
+    page.get_by_role("button", name="Create token").click()
+    token = page.locator("#new-token-value").input_value()
+    assert token
+    page.get_by_role("button", name="Copy the token").click()
+    expect(page.get_by_role("status").filter(has_text="Copied.")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == token
+    assert_no_console_errors(page)
+
+
+def test_the_passkey_name_is_optional_in_the_page_too(live: LiveServer, page: Page) -> None:
+    with live.app.app_context():
+        db = get_database(live.app).session()
+        users.create_user(db, get_settings(live.app), email="pat@example.com", password=PASSWORD, verified=True)
+        db.commit()
+    page.goto(live.url + "/signin")
+    page.get_by_label("Email").fill("pat@example.com")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.goto(live.url + "/account/mfa")
+    name = page.get_by_label("Passkey name")
+    expect(name).not_to_have_attribute("required", re.compile(".*"))
+    expect(page.get_by_text("Optional; helps you tell them apart")).to_be_visible()
+    expect(page.locator('[data-empty="passkeys"]')).to_have_text("No passkeys yet. Add one below.")

@@ -10,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
+from app import audit
 from app.auth import sessions
 from app.extensions import get_database
 from app.models import User
@@ -233,3 +234,38 @@ def test_a_member_sees_not_available_with_a_reference_and_an_admin_the_detail(
     detail = page.get_data(as_text=True)
     assert page.status_code == 422 and "Outbound address not allowed: 10.20.30.40" in detail
     assert re.search(r"reference <code>[0-9a-f]+</code>", detail)
+
+
+def test_the_audit_log_shows_human_values(app: Flask, make_user: UserFactory) -> None:
+    with app.app_context():
+        db = get_database(app).session()
+        audit.record(
+            db,
+            audit.AuditContext(actor="test"),
+            "provider_config.test",
+            target="provider_config:7",
+            details={"code": None, "verified": True, "forced": False, "fields": ["issuer", "client_id"]},
+        )
+        db.commit()
+    client = _admin_client(app, make_user)
+    html = client.get("/admin/audit?action=provider_config.test").get_data(as_text=True)
+    details = re.search(r'<td class="details">(.*?)</td>', html, re.S)
+    assert details is not None
+    text = re.sub(r"<[^>]+>", "", details.group(1))
+    assert "code —" in text and "verified yes" in text and "forced no" in text and "fields issuer, client_id" in text
+    assert "None" not in text and "True" not in text and "[" not in text
+
+
+def test_empty_lists_say_so_the_same_way(app: Flask, make_user: UserFactory) -> None:
+    client = _admin_client(app, make_user)
+    expected = {
+        "/admin/providers/": ("providers", "No providers yet."),
+        "/admin/accounts/": ("accounts", "No accounts yet."),
+        "/admin/tokens/": ("tokens", "No service tokens yet."),
+        "/account/mfa": ("passkeys", "No passkeys yet."),
+        "/account/connections/": ("connections", "No connected accounts yet."),
+    }
+    for path, (what, words) in expected.items():
+        html = client.get(path).get_data(as_text=True)
+        found = re.search(rf'class="empty[^"]*" data-empty="{what}">([^<]*)', html)
+        assert found is not None and found.group(1).startswith(words), (path, found)
