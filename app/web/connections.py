@@ -162,7 +162,7 @@ def refresh_now(account_id: int) -> Response:
     except AppError as exc:
         db.rollback()
         shown, reference = viewer_error(exc)
-        flash(f"Could not refresh: {shown.text.rstrip('.')}. {shown.help} (reference {reference})", "error")
+        flash(f"Could not refresh: {shown.text.rstrip('.')}. {shown.help}{_ref(reference)}", "error")
     else:
         when = tokens.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC") if tokens.expires_at else "no expiry"
         flash(f"Refreshed {account.label}: the new access token is valid until {when}.", "success")
@@ -299,10 +299,14 @@ def _status(config_id: int, status: str, interval: float = 0.0, message: str = "
     )
 
 
+def _ref(reference: str | None) -> str:
+    return f" (reference {reference})" if reference else ""
+
+
 def _failed(config_id: int, exc: AppError) -> str:
     shown, reference = viewer_error(exc)
     return _status(
-        config_id, "failed", message=f"{shown.text.rstrip('.')}. {shown.help} (reference {reference})", code=shown.code
+        config_id, "failed", message=f"{shown.text.rstrip('.')}. {shown.help}{_ref(reference)}", code=shown.code
     )
 
 

@@ -45,12 +45,16 @@ UNAVAILABLE_HINT: Final = (
 )
 
 
-def viewer_error(exc: AppError) -> tuple[AppError, str]:
-    """What the person looking gets: an admin the detail, anyone else a plain "not available right now" for a
-    diagnostic failure; both with a reference (the request id) that meets the log line carrying the detail."""
+def viewer_error(exc: AppError) -> tuple[AppError, str | None]:
+    """What the person looking gets for a diagnostic failure: an admin the detail, anyone else a plain "not
+    available right now"; both with a reference (the request id) that meets the log line carrying the detail.
+    Any other failure is shown as it is, without a reference."""
+    if exc.code not in DIAGNOSTIC_CODES:
+        return exc, None
     reference = request_id() or secrets.token_hex(6)
     who = signed_in()
-    if exc.code not in DIAGNOSTIC_CODES or (who is not None and who.is_admin):
+    if who is not None and who.is_admin:
+        log.info("shown to an admin (reference %s): %s: %s", reference, exc.code, exc.text)
         return exc, reference
     log.warning("not available (reference %s): %s: %s %s", reference, exc.code, exc.text, exc.help)
     return (
