@@ -59,8 +59,7 @@ from app.errors import AppError
 from app.models.audit import AuditEvent
 from app.models.base import utcnow
 
-# "untested": a check that could not check anything (e.g. "Test connection" on a provider with nothing to fetch).
-Outcome = Literal["success", "failure", "denied", "untested"]
+Outcome = Literal["success", "failure", "denied", "untested"]  # untested: a check that could check nothing
 OUTCOMES: Final[frozenset[str]] = frozenset(get_args(Outcome))
 
 GENESIS_HASH: Final = "0" * 64

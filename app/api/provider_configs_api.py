@@ -534,7 +534,6 @@ def test_provider_config(config_id: int) -> Response:
         api_audit_ctx(),
         "provider_config.test",
         target=f"provider_config:{cfg.id}",
-        # "unavailable": nothing could be tested (API-key configs, plain OAuth 2.0): not a success.
         outcome="failure" if result.status == "failed" else "untested" if result.status == "unavailable" else "success",
         details={"status": result.status, "code": result.code},
     )
