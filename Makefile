@@ -7,31 +7,40 @@ PORT ?= 5000
 # Tests run on every core, a file per worker (module-scoped peers such as the OpenID Provider start once).
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: run test lint typecheck unit peers ts-client bench install migrate clean
+.PHONY: run test lint typecheck unit peers ts-client bench install install-dev migrate clean
 
+# `make install` (and so `make run`) installs what the app needs to run; `make install-dev` adds the test and
+# lint tooling (pytest, Playwright, mypy, schemathesis…: the `dev` extra), which every test/lint target uses.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
 
+install-dev: $(BIN)/.installed-dev
+
 migrate: install
 	$(BIN)/ami-auth db upgrade
 
-## make run: install, migrate the embedded SQLite under instance/, print the setup link, serve on 127.0.0.1:5000
-run: export AMI_AUTH_BASE_URL ?= http://$(HOST):$(PORT)
+## make run: install, migrate the embedded SQLite under instance/, print the setup link, serve on port 5000
+## (PORT=…) of 127.0.0.1 (HOST=…), opened as http://localhost:5000: passkeys need a domain name, not an IP address.
+run: export AMI_AUTH_BASE_URL ?= http://localhost:$(PORT)
 run: migrate
 	$(BIN)/ami-auth bootstrap
 	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 
-typecheck: install
+typecheck: install-dev
 	$(BIN)/mypy
 
 # The node test peers (the OpenID provider, the relying parties) and the TypeScript
@@ -48,18 +57,18 @@ $(TS_CLIENT)/node_modules/.installed: $(TS_CLIENT)/package-lock.json
 	touch $@
 
 ## make ts-client: regenerate clients/typescript (openapi.json, src/schema.ts) from the app's OpenAPI document
-ts-client: install peers
+ts-client: install-dev peers
 	AMI_AUTH_TEST_UPDATE_CLIENT=1 $(BIN)/python -m pytest -q tests/integration/test_typescript_client.py -k generated
 
 ## make test: ruff, mypy --strict and the whole pytest suite (unit, integration, e2e in Chromium)
 test: lint typecheck peers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-unit: install
+unit: install-dev
 	$(BIN)/python -m pytest tests/unit -q
 
 ## make bench: every benchmark; each prints ratios against a baseline measured in the same run
-bench: install
+bench: install-dev
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:

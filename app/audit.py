@@ -53,7 +53,7 @@ from app.errors import AppError
 from app.models.audit import AuditEvent
 from app.models.base import utcnow
 
-Outcome = Literal["success", "failure", "denied"]
+Outcome = Literal["success", "failure", "denied", "untested"]  # untested: a check that could check nothing
 OUTCOMES: Final[frozenset[str]] = frozenset(get_args(Outcome))
 
 GENESIS_HASH: Final = "0" * 64

@@ -370,7 +370,7 @@ def test_provider_config(config_id: int) -> Response:
         api_audit_ctx(),
         "provider_config.test",
         target=f"provider_config:{cfg.id}",
-        outcome="failure" if result.status == "failed" else "success",
+        outcome="failure" if result.status == "failed" else "untested" if result.status == "unavailable" else "success",
         details={"status": result.status, "code": result.code},
     )
     db.commit()

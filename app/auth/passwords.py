@@ -113,7 +113,8 @@ def policy_problem(
         return "This password is one of the most common passwords. Choose one that is harder to guess."
     local = email.split("@", 1)[0].strip().lower()
     if len(local) >= 3 and local in password.lower():
-        return "Do not include your email address in the password."
+        # Say what the rule is: the name part of the address (3+ characters), not the whole address.
+        return f"The password contains “{local}”, the part of the email address before the @. Choose one without it."
     if settings.pwned_range_url:
         count = breach_count(settings, password, client=client)
         if count:

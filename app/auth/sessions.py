@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.mfa import MfaState, policy_column, state, state_columns
@@ -209,21 +209,54 @@ def revoke_user_sessions(db: Session, user_id: int, *, keep: str | None = None, 
     return len(ids)
 
 
-def live_sessions(db: Session, settings: Settings, user_id: int) -> list[UserSession]:
-    """The user's sessions that would still be accepted: not revoked, not idle too long, within lifetime."""
+def _live_filter(settings: Settings, user_id: int) -> tuple[ColumnElement[bool], ...]:
+    """Sessions that would still be accepted: not revoked, not idle too long, within lifetime."""
     now = utcnow()
     idle_cutoff = now - timedelta(minutes=settings.session_idle_minutes)
+    return (
+        UserSession.user_id == user_id,
+        UserSession.revoked_at.is_(None),
+        UserSession.expires_at > now,
+        UserSession.last_seen_at > idle_cutoff,
+    )
+
+
+def live_sessions(db: Session, settings: Settings, user_id: int) -> list[UserSession]:
+    """The user's sessions that would still be accepted: not revoked, not idle too long, within lifetime."""
     rows = db.scalars(
-        select(UserSession)
-        .where(
-            UserSession.user_id == user_id,
-            UserSession.revoked_at.is_(None),
-            UserSession.expires_at > now,
-            UserSession.last_seen_at > idle_cutoff,
-        )
-        .order_by(UserSession.last_seen_at.desc())
+        select(UserSession).where(*_live_filter(settings, user_id)).order_by(UserSession.last_seen_at.desc())
     ).all()
     return list(rows)
+
+
+SESSION_PAGE_SIZE = 20
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    """One page of a user's live sessions, most recently seen first (pages read only what they show)."""
+
+    rows: list[UserSession]
+    total: int
+    page: int
+    pages: int
+
+
+def live_sessions_page(
+    db: Session, settings: Settings, user_id: int, page: int = 1, page_size: int = SESSION_PAGE_SIZE
+) -> SessionPage:
+    where = _live_filter(settings, user_id)
+    total = db.scalar(select(func.count()).select_from(UserSession).where(*where)) or 0
+    pages = max(1, -(-total // page_size))
+    page = min(max(1, page), pages)
+    rows = db.scalars(
+        select(UserSession)
+        .where(*where)
+        .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
+        .limit(page_size)
+        .offset((page - 1) * page_size)
+    ).all()
+    return SessionPage(list(rows), total, page, pages)
 
 
 def find_live_session(db: Session, user_id: int, public_id: str) -> UserSession | None:

@@ -138,6 +138,44 @@ class CreatedUser:
     mail_error: AppError | None = None
 
 
+def create_problems(
+    db: Session,
+    settings: Settings,
+    *,
+    email: str,
+    role: str,
+    metadata: str,
+    mode: CreateMode,
+    password: str | None,
+    full: bool = False,
+) -> dict[str, Any]:
+    """Check a new user's values and raise one AppError naming every problem (so the form shows them all after
+    one submit); returns the parsed metadata. The address and password are checked when another value has a
+    problem, or with ``full`` (else creating the user checks them, once)."""
+    problems: dict[str, str] = {}
+    meta: dict[str, Any] = {}
+    try:
+        _check_role(role)
+    except AppError as exc:
+        problems.update(exc.fields)
+    try:
+        meta = parse_metadata(metadata)
+    except AppError as exc:
+        problems.update(exc.fields)
+    if mode != "invite" and not password:
+        problems["password"] = "Type a password, or send an invitation."
+    if problems or full:
+        users.check_new_user(
+            db,
+            settings,
+            email=email,
+            password=(password or None) if mode != "invite" else None,
+            role=role,
+            problems=problems,
+        )  # raises, naming them all
+    return meta
+
+
 def create_user(
     db: Session,
     settings: Settings,
@@ -156,14 +194,12 @@ def create_user(
     With an invite the user is committed before the mail goes out; when sending fails the user stays
     and the failure is returned, so the admin can fix the mailer and resend from the user's page.
     """
-    _check_role(role)
-    meta = parse_metadata(metadata)
+    meta = create_problems(db, settings, email=email, role=role, metadata=metadata, mode=mode, password=password)
     if mode == "invite":
         lifecycle._require_invites(settings)
         user = users.create_user(db, settings, email=email, password=None, role=role, display_name=display_name)
     else:
-        if not password:
-            raise AppError("validation_failed", fields={"password": "Type a password, or send an invitation."})
+        assert password
         # Admin-created addresses count as verified (Keycloak's "email verified" switch; the admin vouches).
         user = users.create_user(
             db, settings, email=email, password=password, role=role, display_name=display_name, verified=True

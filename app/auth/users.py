@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -78,6 +79,41 @@ def validate_asserted_email(email: str) -> str:
     raise AppError("validation_failed", fields={"email": problem})
 
 
+def check_new_user(
+    db: Session,
+    settings: Settings,
+    *,
+    email: str,
+    password: str | None,
+    role: str = "member",
+    asserted_by_provider: bool = False,
+    problems: Mapping[str, str] | None = None,
+) -> str:
+    """Every problem with a new user's values at once — one AppError naming each field, so a form shows them
+    all after one submit — plus the caller's own ``problems``; returns the normalized address."""
+    fields: dict[str, str] = dict(problems or {})
+    normalized: str | None = None
+    try:
+        normalized = validate_asserted_email(email) if asserted_by_provider else validate_email(email)
+    except AppError as exc:
+        fields.update(exc.fields or {"email": exc.text})
+    if role not in ("admin", "member"):
+        fields["role"] = "Choose admin or member."
+    taken = normalized is not None and get_by_email(db, normalized) is not None
+    if taken:
+        fields["email"] = "Already in use."
+    if password is not None:
+        problem = passwords.policy_problem(settings, password, normalized or email)
+        if problem:
+            fields["password"] = problem
+    if taken and len(fields) == 1:
+        raise AppError("conflict", "A user with that email already exists.", fields=fields)
+    if fields:
+        raise AppError("validation_failed", fields=fields)
+    assert normalized is not None
+    return normalized
+
+
 def create_user(
     db: Session,
     settings: Settings,
@@ -91,16 +127,11 @@ def create_user(
 ) -> User:
     """``asserted_by_provider``: the address comes from a trusted identity provider (just-in-time accounts),
     so any syntactically valid one is taken (:func:`validate_asserted_email`)."""
-    email = validate_asserted_email(email) if asserted_by_provider else validate_email(email)
-    if role not in ("admin", "member"):
-        raise AppError("validation_failed", fields={"role": "Choose admin or member."})
-    if get_by_email(db, email) is not None:
-        raise AppError("conflict", "A user with that email already exists.", fields={"email": "Already in use."})
+    email = check_new_user(
+        db, settings, email=email, password=password, role=role, asserted_by_provider=asserted_by_provider
+    )
     user = User(email=email, role=role, display_name=display_name.strip())
     if password is not None:
-        problem = passwords.policy_problem(settings, password, email)
-        if problem:
-            raise AppError("validation_failed", fields={"password": problem})
         user.password_hash = passwords.hash_password(settings, password)
         user.password_changed_at = utcnow()
     if verified:

@@ -63,6 +63,7 @@ __all__ = [
     "entry_for",
     "get_account",
     "list_accounts",
+    "may_save_unverified",
     "purge_retired_secrets",
     "revoke_at_provider",
     "rollback_secrets",
@@ -74,11 +75,28 @@ __all__ = [
     "test_secrets",
     "update_details",
     "verify_stored",
+    "verify_unverified",
 ]
 
 CONNECTABLE_MODES: Final = frozenset({AuthMode.API_KEY, AuthMode.SMTP})
 LABEL_MAX: Final = 200
-AccountStatus = Literal["pending", "active", "failing"]
+# "unverified": the secret was stored while the vendor could not be reached (an admin chose so, explicitly);
+# the unverified-accounts job and the "Test now" button verify it later.
+AccountStatus = Literal["pending", "active", "failing", "unverified"]
+UNVERIFIED: Final = "unverified"
+# The failures that say nothing about the secret: the vendor was not reached, or could not answer.
+UNREACHABLE_CODES: Final = frozenset({"provider_unreachable", "service_unavailable"})
+
+
+def may_save_unverified(provider: ProviderEntry, result: Verification) -> bool:
+    """Whether this failed verification allows "save unverified": the vendor was not reached, and the
+    provider's catalog entry allows it (``verify.save_unverified``)."""
+    return (
+        provider.verify is not None
+        and provider.verify.save_unverified
+        and result.error is not None
+        and result.error.code in UNREACHABLE_CODES
+    )
 
 
 def entry_for(account: ConnectedAccount) -> ProviderEntry:
@@ -234,7 +252,9 @@ def apply_verification(account: ConnectedAccount, result: Verification, now: dat
     at = now or utcnow()
     if result.status == "failed":
         assert result.error is not None
-        account.status = "failing"
+        # Still not reached: an unverified secret stays unverified (nothing was learned about it).
+        still_unreachable = account.status == UNVERIFIED and result.error.code in UNREACHABLE_CODES
+        account.status = UNVERIFIED if still_unreachable else "failing"
         account.last_error_code = result.error.code
         account.last_error_hint = _error_text(result.error)[:500]
         account.last_error_at = at
@@ -340,9 +360,10 @@ def _audit_result(
     if result.error is not None:
         details["code"] = result.error.code
         details["blamed_fields"] = sorted(result.error.fields)
-    audit.record(
-        db, ctx, action, target=_target(account), outcome="failure" if result.error else "success", details=details
-    )
+    outcome: audit.Outcome = "failure" if result.error else "success"
+    if extra.get("saved") == "unverified":
+        outcome = "untested"  # stored, and nobody could say whether it works
+    audit.record(db, ctx, action, target=_target(account), outcome=outcome, details=details)
 
 
 def save_secrets(
@@ -355,12 +376,15 @@ def save_secrets(
     typed: Mapping[str, Secret],
     *,
     now: datetime | None = None,
+    unverified_ok: bool = False,
 ) -> Verification:
     """Verify the typed secret(s), then store them. For an active account this is "Replace secret": the
     previous ciphertext is retired (kept for ``secret_grace_days`` for rollback) instead of overwritten.
 
     Raises the verification's AppError when the provider refuses (nothing is stored; the refusal is
-    audited — commit it if you want the record).
+    audited — commit it if you want the record). With ``unverified_ok`` (the admin ticked "save unverified")
+    and a vendor that could not be reached (:func:`may_save_unverified`), the secret is stored anyway and the
+    account marked ``unverified``; the failed verification is returned.
     """
     provider = entry_for(account)
     replacing = account.status != "pending"
@@ -369,7 +393,8 @@ def save_secrets(
     secrets = _trial_secrets(db, cipher, provider, account, typed)
     result = verify_account(client, settings, provider, account_values(provider, account), secrets)
     action = "account.secret.replace" if replacing else "account.secret.set"
-    if result.error is not None:
+    unverified = result.error is not None and unverified_ok and may_save_unverified(provider, result)
+    if result.error is not None and not unverified:
         _audit_result(db, ctx, account, action, result, typed)
         raise result.error
     at = now or utcnow()
@@ -378,9 +403,20 @@ def save_secrets(
         put_secret(db, cipher, OWNER, account.id, name, value, grace=grace, now=at)
     if typed:
         account.rotated_at = at
+    if unverified:
+        account.status = UNVERIFIED  # apply_verification keeps it so: the vendor was not reached
     apply_verification(account, result, at)
     headers.forget_account(db, account.id)
-    _audit_result(db, ctx, account, action, result, typed, grace_days=settings.secret_grace_days if replacing else 0)
+    _audit_result(
+        db,
+        ctx,
+        account,
+        action,
+        result,
+        typed,
+        grace_days=settings.secret_grace_days if replacing else 0,
+        **({"saved": "unverified"} if unverified else {}),
+    )
     return result
 
 
@@ -432,3 +468,14 @@ def rollback_secrets(db: Session, ctx: audit.AuditContext, account: ConnectedAcc
     headers.forget_account(db, account.id)
     audit.record(db, ctx, "account.secret.rollback", target=_target(account), details={"encrypted_fields": fields})
     return fields
+
+
+def verify_unverified(
+    db: Session, cipher: Cipher, client: OutboundClient, settings: Settings, ctx: audit.AuditContext
+) -> list[tuple[ConnectedAccount, Verification]]:
+    """The job: verify every account saved unverified; each becomes active, failing, or stays unverified while
+    its vendor still cannot be reached (app.jobs: `ami-auth jobs verify-unverified` and the scheduler)."""
+    rows = db.scalars(
+        select(ConnectedAccount).where(ConnectedAccount.status == UNVERIFIED).order_by(ConnectedAccount.id)
+    ).all()
+    return [(account, verify_stored(db, cipher, client, settings, ctx, account)) for account in rows]

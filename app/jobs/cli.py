@@ -15,9 +15,24 @@ from app.extensions import get_database, get_settings
 from app.jobs.refresh import run_refresh
 from app.jobs.reminders import send_reminders
 from app.jobs.secrets import purge_secrets
+from app.jobs.unverified import run_verify_unverified
 from app.oauth.runtime import runtime
 
-jobs_cli = AppGroup("jobs", help="Periodic jobs: purge replaced secrets, rotation reminders.")
+jobs_cli = AppGroup(
+    "jobs", help="Periodic jobs: purge replaced secrets, rotation reminders, verify accounts saved unverified."
+)
+
+
+@jobs_cli.command("verify-unverified")
+@with_appcontext
+def verify_unverified_command() -> None:
+    """Verify the accounts saved unverified while their provider could not be reached (one line each)."""
+    results = run_verify_unverified(current_app)
+    if not results:
+        click.echo("no account is waiting for verification")
+    for account, result in results:
+        outcome = "verified" if result.error is None else f"{account.status}: {result.error.text}"
+        click.echo(f"{account.id}\t{account.label}\t{outcome}")
 
 
 @jobs_cli.command("purge-secrets")

@@ -1,5 +1,6 @@
 """The in-app scheduler: one daemon thread per serving process that runs the token refresh every minute
-(``AMI_AUTH_SCHEDULER_INTERVAL`` seconds).
+(``AMI_AUTH_SCHEDULER_INTERVAL`` seconds), and every tenth run the check of accounts saved unverified
+(:mod:`app.jobs.unverified`).
 
 It starts lazily on the first request a process serves (``ensure_started``, called from a
 ``before_app_request`` hook), so ``ami-auth`` CLI runs, migrations and gunicorn's master never start it,
@@ -19,6 +20,7 @@ from typing import Final
 from flask import Flask
 
 from app.extensions import get_database
+from app.jobs import unverified
 from app.jobs.refresh import run_refresh
 from app.oauth.runtime import runtime
 
@@ -40,6 +42,7 @@ class RefreshScheduler:
         self.interval = interval
         self.workers = workers
         self.pid = os.getpid()
+        self.runs = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="ami-token-refresh", daemon=True)
 
@@ -57,6 +60,9 @@ class RefreshScheduler:
 
     def run_once(self) -> None:
         run_refresh(runtime(self.app), get_database(self.app).engine, workers=self.workers)
+        self.runs += 1
+        if self.runs % unverified.EVERY_RUNS == 1:  # the first run, then every tenth
+            unverified.run_verify_unverified(self.app)
 
     def _loop(self) -> None:
         # A random first delay spreads the workers of one deployment over the minute.

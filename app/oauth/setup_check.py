@@ -22,12 +22,15 @@ __all__ = ["ConnectionReport", "test_connection"]
 
 @dataclass(frozen=True)
 class ConnectionReport:
-    """What "Test connection" found: ``ok`` and ``(label, value)`` findings, or the failure."""
+    """What "Test connection" found: ``ok`` and ``(label, value)`` findings, or the failure. ``tested`` is False
+    when the type has nothing the test could fetch (its catalog entry's verification is not ``discovery``):
+    the findings are then only the configured endpoints, and nothing was contacted."""
 
     ok: bool
     findings: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
     error: AppError | None = None
+    tested: bool = True
 
 
 def test_connection(
@@ -77,4 +80,7 @@ def test_connection(
     notes.extend(entry.notes.connection_test)
     if entry.notes.tokens:
         notes.append(entry.notes.tokens)
-    return ConnectionReport(ok=True, findings=tuple(findings), notes=tuple(notes))
+    # A plain OAuth 2.0 provider (no discovery, no signing keys) has nothing to fetch without a user: say so,
+    # rather than report an answer nobody gave.
+    tested = entry.capabilities.verify == "discovery"
+    return ConnectionReport(ok=tested, findings=tuple(findings), notes=tuple(notes), tested=tested)

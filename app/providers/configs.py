@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app import audit
 from app.errors import AppError
-from app.models import ConnectedAccount, ProviderConfig
+from app.models import AuditEvent, ConnectedAccount, ProviderConfig
 from app.providers.entries import ProviderEntry
 from app.providers.registry import entry as catalog_entry
 from app.providers.validation import labels, missing_fields, split_secrets
@@ -262,3 +262,38 @@ def delete_config(db: Session, ctx: audit.AuditContext, cfg: ProviderConfig) -> 
 def read_secrets(db: Session, cipher: Cipher, provider: ProviderEntry, cfg: ProviderConfig) -> dict[str, Secret | None]:
     """Decrypt the config's secret fields (for a connectivity test); SecretUnreadable when a key is missing."""
     return {spec.name: get_secret(db, cipher, OWNER, cfg.id, spec.name) for spec in provider.secret_fields("config")}
+
+
+def expected_next_id(db: Session) -> int:
+    """The id the next saved config will most likely get (its redirect URI names it), shown on the create form
+    before there is a row. Only a forecast: another config saved first takes it (the view then says so)."""
+    bind = db.get_bind()
+    if bind.dialect.name == "postgresql":
+        seq = db.scalar(text("SELECT pg_get_serial_sequence('provider_configs', 'id')"))
+        if seq:
+            row = db.execute(text(f"SELECT last_value, is_called FROM {seq}")).one()  # noqa: S608 - a catalog name
+            return int(row.last_value) + 1 if row.is_called else int(row.last_value)
+    # SQLite (INTEGER PRIMARY KEY without AUTOINCREMENT): the largest rowid plus one.
+    return int(db.scalar(select(func.max(ProviderConfig.id))) or 0) + 1
+
+
+@dataclass(frozen=True)
+class LastTest:
+    """The outcome of a config's most recent "Test connection" (console, CLI or API), from the audit log."""
+
+    outcome: str
+    code: str | None
+    at: datetime
+
+
+def last_test(db: Session, cfg: ProviderConfig) -> LastTest | None:
+    event = db.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.action == "provider_config.test", AuditEvent.target == f"provider_config:{cfg.id}")
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    ).first()
+    if event is None:
+        return None
+    details = event.details or {}
+    return LastTest(event.outcome, details.get("code"), event.at)

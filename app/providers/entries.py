@@ -126,6 +126,8 @@ class VerifySpec:
     expect_status: tuple[int, ...] = (200,)
     keep: Mapping[str, str] = field(default_factory=dict)
     skip_if_empty: bool = False
+    # When the vendor cannot be reached, an admin may store the secret unverified (explicitly) and verify later.
+    save_unverified: bool = False
 
 
 @dataclass(frozen=True)

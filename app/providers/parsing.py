@@ -105,6 +105,7 @@ def _verify(raw: Any) -> VerifySpec | None:
         expect_status=tuple(raw["expect_status"]),
         keep=dict(raw.get("keep", {})),
         skip_if_empty=bool(raw.get("skip_if_empty", False)),
+        save_unverified=bool(raw.get("save_unverified", False)),
     )
 
 

@@ -106,6 +106,19 @@ def _reject_keys(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k not in keys}
 
 
+def _human(value: Any) -> str:
+    """An audit detail as a person reads it: no Python spellings (``None``, ``True``, ``['a']``)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(_human(v) for v in value) if value else "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_human(v)}" for k, v in value.items()) if value else "none"
+    return str(value)
+
+
 @login_manager.user_loader  # type: ignore[untyped-decorator]
 def _load_user(raw_session_id: str) -> SignedIn | None:
     live = load_session(db_session(), get_settings(), raw_session_id)
@@ -131,6 +144,7 @@ def register_blueprints(app: Flask) -> None:
     app.before_request(mfa.enforce)
     idp.init_app(app)
     app.jinja_env.filters["reject_keys"] = _reject_keys
+    app.jinja_env.filters["human"] = _human
     app.jinja_env.globals["field_suggestions"] = _field_suggestions  # a global: imported macros call it
     settings = get_settings(app)
 

@@ -80,12 +80,13 @@ def _page(
 ) -> tuple[str, int]:
     who = _who()
     db = db_session()
-    rows = sessions.live_sessions(db, get_settings(), who.user.id)
+    paged = sessions.live_sessions_page(db, get_settings(), who.user.id, request.args.get("sessions_page", 1, type=int))
     profile_form = profile_form or ProfileForm(formdata=None, display_name=who.user.display_name)
     html = render_template(
         "account/index.html",
         user=who.user,
-        sessions=[(s, device_summary(s.user_agent)) for s in rows],
+        sessions=[(s, device_summary(s.user_agent)) for s in paged.rows],
+        session_page=paged,
         current_session=who.record.id,
         profile_form=profile_form,
         password_form=password_form or PasswordForm(formdata=None),

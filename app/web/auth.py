@@ -19,7 +19,7 @@ from app.models import User
 from app.net import get_client
 from app.settings import Settings
 from app.web.browser import browser_id
-from app.web.common import form_errors, safe_next
+from app.web.common import form_errors, landing, safe_next
 from app.web.signin import establish_session, needs_second_factor, start_second_factor
 
 bp = Blueprint("auth", __name__)
@@ -82,7 +82,7 @@ def signin() -> str | Response:
             if check.user.must_change_password:
                 # The account page's password form; app.web.account keeps every other page closed until then.
                 return redirect(url_for("account.index", _anchor="password"))
-            return redirect(next_url)
+            return redirect(landing(check.user.is_admin, next_url))
         lock = throttle.record_failure(storage, settings, email, ip, device=device, db=db, ctx=audit_ctx())
         audit.record(
             db,

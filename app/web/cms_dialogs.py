@@ -35,7 +35,7 @@ from app.providers.forms import ProviderForm, initial_data, provider_form_class
 from app.providers.validation import effective_values, visibility
 from app.vault import Secret
 from app.web.account_forms import DetailsBase, config_context, secret_form_class
-from app.web.common import form_errors
+from app.web.common import field_ids, form_errors
 from app.web.dialogs import bp, learned_items
 
 TITLES = {
@@ -212,6 +212,7 @@ def _render(
         result=result,
         blamed=field_labels(provider, result.error.fields) if result is not None and result.error else [],
         learned=learned_items(dict(result.learned)) if result is not None else [],
+        on_page=field_ids(form),
         grace_days=get_settings().secret_grace_days,
     )
     return html, status
@@ -321,6 +322,7 @@ def cms_dialog_test() -> tuple[str, int] | Response:
             provider=provider,
             blamed=field_labels(provider, result.error.fields) if result.error else [],
             learned=learned_items(dict(result.learned)),
+            on_page=field_ids(form),
         )
         return html, 200
     return _render(record, provider, cfg, account, form, result)

@@ -31,6 +31,19 @@ def safe_next(target: str | None, default: str = "/") -> str:
     return target
 
 
+def landing(is_admin: bool, next_url: str) -> str:
+    """Where a completed sign-in goes: ``next`` when one was asked for, else straight to the user's own start page
+    (one redirect, not a second hop through ``/``)."""
+    if next_url != url_for("web.home"):
+        return next_url
+    return url_for("admin.index" if is_admin else "account.index")
+
+
+def field_ids(form: Any) -> list[str]:
+    """The ids of a form's fields as rendered (what an error summary may link to with ``#id``)."""
+    return [str(f.id) for f in form]
+
+
 def wants_json() -> bool:
     if request.path.startswith("/api/"):
         return True

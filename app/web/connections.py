@@ -44,6 +44,7 @@ from app.providers.entries import Notes
 from app.providers.registry import get_catalog
 from app.vault import SecretUnreadable
 from app.web.common import login_required
+from app.web.errors import viewer_error
 from app.web.oauth import begin_authorization, load_provider, rt
 
 bp = Blueprint("connections", __name__, url_prefix="/account/connections")
@@ -160,7 +161,8 @@ def refresh_now(account_id: int) -> Response:
         tokens = refresh_access_token(db, account, rt())
     except AppError as exc:
         db.rollback()
-        flash(f"Could not refresh: {exc.text}. {exc.help}", "error")
+        shown, reference = viewer_error(exc)
+        flash(f"Could not refresh: {shown.text.rstrip('.')}. {shown.help}{_ref(reference)}", "error")
     else:
         when = tokens.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC") if tokens.expires_at else "no expiry"
         flash(f"Refreshed {account.label}: the new access token is valid until {when}.", "success")
@@ -298,6 +300,17 @@ def _status(config_id: int, status: str, interval: float = 0.0, message: str = "
     )
 
 
+def _ref(reference: str | None) -> str:
+    return f" (reference {reference})" if reference else ""
+
+
+def _failed(config_id: int, exc: AppError) -> str:
+    shown, reference = viewer_error(exc)
+    return _status(
+        config_id, "failed", message=f"{shown.text.rstrip('.')}. {shown.help}{_ref(reference)}", code=shown.code
+    )
+
+
 @bp.post("/device/<int:config_id>/poll")
 @login_required
 def device_poll(config_id: int) -> Response | str:
@@ -334,7 +347,7 @@ def device_poll(config_id: int) -> Response | str:
             # Keep polling: a provider hiccup is not the user's answer.
             _store_device(config_id, entry)
             return _status(config_id, "pending", interval, message=exc.text, code=exc.code)
-        return _status(config_id, "failed", message=f"{exc.text}. {exc.help}", code=exc.code)
+        return _failed(config_id, exc)
     if result.status != "approved" or result.tokens is None:
         if result.status == "slow_down":
             entry["device"] = result.device.to_dict()
@@ -347,7 +360,7 @@ def device_poll(config_id: int) -> Response | str:
     except AppError as exc:
         db.rollback()
         _store_device(config_id, None)
-        return _status(config_id, "failed", message=f"{exc.text}. {exc.help}", code=exc.code)
+        return _failed(config_id, exc)
     _store_device(config_id, None)
     flash(f"Connected {provider.display_name} account {account.label}.", "success")
     response = Response(_status(config_id, "approved", message=f"Connected {account.label}."))

@@ -33,7 +33,7 @@ from app.net import get_client
 from app.providers.entries import ProviderEntry
 from app.vault import Secret
 from app.web.account_forms import SecretBase, secret_form_class
-from app.web.common import admin_required, form_errors, safe_next
+from app.web.common import admin_required, field_ids, form_errors, safe_next
 
 bp = Blueprint("dialogs", __name__, url_prefix="/dialogs")
 
@@ -110,7 +110,7 @@ def _render(
         form=form,
         access=access,
         result=result,
-        result_ctx=_result_context(provider, result),
+        result_ctx=_result_context(provider, result, form),
         secret_meta=accounts.secret_states(db, account),
         replacing=account.status != "pending",
         grace_days=get_settings().secret_grace_days,
@@ -118,12 +118,14 @@ def _render(
     return html, status
 
 
-def _result_context(provider: ProviderEntry, result: Verification | None) -> dict[str, Any]:
+def _result_context(provider: ProviderEntry, result: Verification | None, form: SecretBase) -> dict[str, Any]:
     if result is None:
         return {}
     return {
         "blamed": field_labels(provider, result.error.fields) if result.error else [],
         "learned": learned_items(dict(result.learned)),
+        "on_page": field_ids(form),
+        "offer_unverified": accounts.may_save_unverified(provider, result),
     }
 
 
@@ -151,14 +153,27 @@ def account_secret(account_id: int) -> tuple[str, int] | Response:
     replacing = account.status != "pending"
     try:
         result = accounts.save_secrets(
-            db, get_cipher(), get_client(current_app), get_settings(), access.ctx, account, _typed(form)
+            db,
+            get_cipher(),
+            get_client(current_app),
+            get_settings(),
+            access.ctx,
+            account,
+            _typed(form),
+            unverified_ok=request.form.get("save_unverified") == "y",
         )
         db.commit()
     except AppError as exc:
         db.commit()  # nothing was stored; keep the audit record of the refused attempt
         form_errors(exc, form)
         return _render(account, provider, form, access, Verification.failed(exc), exc.http_status)
-    if replacing:
+    if result.error is not None:  # saved unverified: the vendor could not be reached
+        flash(
+            f"Saved unverified: {provider.display_name} could not be reached, so the secret was stored without a "
+            "check. It is verified automatically when the provider answers again, or with “Test now”.",
+            "warning",
+        )
+    elif replacing:
         days = get_settings().secret_grace_days
         flash(f"Replaced and verified. The previous value can be rolled back for {days} days.", "success")
     else:
@@ -194,7 +209,7 @@ def account_secret_test(account_id: int) -> tuple[str, int]:
         result = Verification.failed(_validation_error(form))
     if request.headers.get("HX-Request") == "true":
         html = render_template(
-            "dialogs/_result.html", result=result, provider=provider, **_result_context(provider, result)
+            "dialogs/_result.html", result=result, provider=provider, **_result_context(provider, result, form)
         )
         return html, 200
     return _render(account, provider, form, access, result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from typing import Final
 
 from flask import Flask, g, render_template, request
 from flask_wtf.csrf import CSRFError
@@ -15,6 +16,7 @@ from werkzeug.wrappers import Response
 from app import faults, metrics
 from app.errors import AppError, ErrorCode
 from app.extensions import login_manager
+from app.http.context import signed_in
 from app.http.csrf import log_refusal, refusal_reason
 from app.web.common import wants_json
 from app.web.observability import request_id
@@ -32,6 +34,33 @@ HTTP_CODES: dict[int, ErrorCode] = {
     415: "validation_failed",
     429: "rate_limited",
 }
+
+
+# Failures whose text is for whoever runs the service (a provider's settings, outbound rules, DNS, a key that
+# cannot be read): an end user or member gets "not available right now" and a reference instead.
+DIAGNOSTIC_CODES: Final = frozenset({"invalid_config", "provider_unreachable", "secret_unreadable"})
+UNAVAILABLE_MESSAGE: Final = "This is not available right now."
+UNAVAILABLE_HINT: Final = (
+    "Try again later, or sign in another way. If it keeps happening, tell an administrator and quote the reference."
+)
+
+
+def viewer_error(exc: AppError) -> tuple[AppError, str | None]:
+    """What the person looking gets for a diagnostic failure: an admin the detail, anyone else a plain "not
+    available right now"; both with a reference (the request id) that meets the log line carrying the detail.
+    Any other failure is shown as it is, without a reference."""
+    if exc.code not in DIAGNOSTIC_CODES:
+        return exc, None
+    reference = request_id() or secrets.token_hex(6)
+    who = signed_in()
+    if who is not None and who.is_admin:
+        log.info("shown to an admin (reference %s): %s: %s", reference, exc.code, exc.text)
+        return exc, reference
+    log.warning("not available (reference %s): %s: %s %s", reference, exc.code, exc.text, exc.help)
+    return (
+        AppError("service_unavailable", UNAVAILABLE_MESSAGE, UNAVAILABLE_HINT, retry_after=faults.RETRY_OUTAGE),
+        reference,
+    )
 
 
 def render_app_error(exc: AppError, reference: str | None = None) -> Response:
@@ -86,7 +115,9 @@ def register_error_handlers(app: Flask) -> None:
     def _app_error(exc: AppError) -> Response:
         if exc.code == "secret_unreadable":
             log.warning("secret unreadable: %s", exc.text)
-        return render_app_error(exc)
+        if wants_json():
+            return render_app_error(exc)  # API clients are services: they get the taxonomy as it is
+        return render_app_error(*viewer_error(exc))
 
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError) -> Response:

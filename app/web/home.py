@@ -7,6 +7,7 @@ from werkzeug.wrappers import Response
 
 from app.http.context import signed_in
 from app.readiness import readiness
+from app.web.common import landing
 
 bp = Blueprint("web", __name__)
 
@@ -16,9 +17,7 @@ def home() -> Response:
     who = signed_in()
     if who is None:
         return redirect(url_for("auth.signin"))
-    if who.is_admin:
-        return redirect(url_for("admin.index"))
-    return redirect(url_for("account.index"))
+    return redirect(landing(who.is_admin, url_for("web.home")))
 
 
 @bp.get("/healthz")

@@ -11,7 +11,7 @@ from flask import flash, jsonify, redirect, render_template, request, session, u
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 from wtforms import BooleanField, StringField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import DataRequired, Length, Optional
 
 from app.auth import mfa, recovery_codes, totp
 from app.auth import webauthn as passkeys
@@ -33,6 +33,13 @@ class NameForm(FlaskForm):  # type: ignore[misc]
         csrf = False
 
     name = StringField("Passkey name", validators=[DataRequired("Enter a name."), Length(max=passkeys.NAME_MAX)])
+
+
+class NewPasskeyForm(NameForm):
+    """The name of a passkey being added: optional (a blank one gets the authenticator's own description), so
+    the field must not be ``required`` in the HTML either."""
+
+    name = StringField("Passkey name", validators=[Optional(), Length(max=passkeys.NAME_MAX)])
 
 
 def _policy_form(values: dict[str, bool]) -> FlaskForm:
@@ -70,7 +77,7 @@ def _render_account(
         factors=factors,
         required=mfa.role_requires_mfa(db, settings, user.role),
         pending_totp=totp.pending_enrolment(db, settings, user) is not None,
-        add_form=NameForm(formdata=None, prefix="new"),
+        add_form=NewPasskeyForm(formdata=None, prefix="new"),
         rename_forms=forms,
         error=error,
     )

@@ -48,7 +48,8 @@ from app.providers.registry import get_catalog
 from app.vault import SecretUnreadable
 from app.web import admin_consent
 from app.web.browser import browser_id
-from app.web.common import admin_required, form_errors, safe_next
+from app.web.common import admin_required, form_errors, landing, safe_next
+from app.web.errors import viewer_error
 from app.web.signin import establish_session, needs_second_factor, start_second_factor
 
 bp = Blueprint("oauth", __name__)
@@ -189,7 +190,7 @@ def finish_signin(user_id: int, methods: list[str], next_url: str, details: dict
         throttle.record_success(get_limit_storage(), get_settings(), user.email, client_ip(), device=browser_id())
     audit.record(db, audit_ctx(), "signin.success", target=f"user:{user.id}", details={"method": "oauth", **details})
     establish_session(user, methods)  # commits the event with the session
-    return redirect(next_url)
+    return redirect(landing(user.is_admin, next_url))
 
 
 def _error_page(exc: AppError, *, back: str, back_label: str) -> Response:
@@ -198,7 +199,8 @@ def _error_page(exc: AppError, *, back: str, back_label: str) -> Response:
         # they can only wait out, not bad input. The detail (host, status) goes to the log, not the page.
         log.warning("OAuth provider unavailable: %s", exc.text)
         exc = faults.provider_unavailable(exc)
-    html = render_template("oauth/error.html", error=exc, back=back, back_label=back_label)
+    exc, reference = viewer_error(exc)
+    html = render_template("oauth/error.html", error=exc, back=back, back_label=back_label, reference=reference)
     response = Response(html, status=exc.http_status, mimetype="text/html")
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
@@ -449,8 +451,8 @@ def admin_test(config_id: int) -> tuple[str, int]:
         audit_ctx(),
         "provider_config.test",
         target=f"provider_config:{cfg.id}",
-        outcome="success" if report.ok else "failure",
+        outcome="success" if report.ok else "untested" if report.error is None else "failure",
         details={"kind": "oauth", "code": report.error.code if report.error is not None else None},
     )
     db.commit()
-    return _setup_page(config_id, report, 200 if report.ok else 422)
+    return _setup_page(config_id, report, 200 if report.ok or not report.tested else 422)

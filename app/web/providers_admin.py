@@ -21,6 +21,7 @@ from app.extensions import db_session, get_cipher, get_settings
 from app.http.context import audit_ctx, signed_in
 from app.models import ProviderConfig
 from app.net import get_client
+from app.oauth.runtime import redirect_uri
 from app.providers import configs
 from app.providers.config_test import ConnectionTest
 from app.providers.entries import ProviderEntry
@@ -57,6 +58,12 @@ def _render_form(
     provider: ProviderEntry, form: ProviderForm, cfg: ProviderConfig | None, status: int = 200, **extra: Any
 ) -> tuple[str, int]:
     db = db_session()
+    if cfg is None and provider.capabilities.oauth:
+        expected = configs.expected_next_id(db)
+        extra["expected_redirect"] = {"id": expected, "uri": redirect_uri(get_settings(), expected)}
+    if cfg is not None:
+        last = configs.last_test(db, cfg)
+        extra["last_test_failed"] = last if last is not None and last.outcome == "failure" else None
     html = render_template(
         "admin/providers_form.html",
         provider=provider,
@@ -174,6 +181,13 @@ def create(provider_type: str) -> tuple[str, int] | Response:
             form_errors(exc, form)
             return _render_form(provider, form, None, exc.http_status if exc.fields else 422)
         flash(f"Saved “{cfg.name}”. It stays disabled until you enable it.", "success")
+        shown = request.form.get("expected_id", "")
+        if provider.capabilities.oauth and shown.isdigit() and int(shown) != cfg.id:
+            flash(
+                f"Its redirect URI is {redirect_uri(get_settings(), cfg.id)} — not the one the form showed "
+                "(another provider was saved first). Register this one.",
+                "warning",
+            )
         return redirect(url_for("providers_admin.edit", config_id=cfg.id))
     return _render_form(provider, form, None, 422 if form.is_submitted() else 200)
 
@@ -227,6 +241,13 @@ def _set_enabled(config_id: int, enabled: bool) -> tuple[str, int] | Response:
         return _render_form(provider, edit_form, cfg, exc.http_status, enable_error=exc)
     if changed:
         flash(f"“{cfg.name}” is now {'enabled' if enabled else 'disabled'}.", "success")
+        last = configs.last_test(db, cfg) if enabled else None
+        if last is not None and last.outcome == "failure":
+            flash(
+                f"Its last connection test failed ({last.code or 'error'}): sign-ins through it may fail. "
+                "Test it again, or disable it until it works.",
+                "warning",
+            )
     return redirect(url_for("providers_admin.edit", config_id=cfg.id))
 
 

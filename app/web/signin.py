@@ -22,7 +22,7 @@ from app.http.context import SignedIn, audit_ctx, client_ip, user_agent
 from app.models import User, utcnow
 from app.services import mfa as mfa_flows
 from app.web.browser import browser_id, remember_browser
-from app.web.common import safe_next
+from app.web.common import landing, safe_next
 
 PENDING_KEY = "mfa_pending"
 PENDING_SECONDS = 5 * 60
@@ -127,7 +127,7 @@ def finish_second_step(
         db, get_limit_storage(), get_settings(), audit_ctx(), user, methods, ip=ip, device=device, ui=ui
     )
     establish_session(user, methods, mfa_verified=True)  # commits the event with the session
-    return safe_next(next_url, url_for("web.home"))
+    return landing(user.is_admin, safe_next(next_url, url_for("web.home")))
 
 
 def _trust_this_browser(user: User, ip: str) -> None:

@@ -21,7 +21,7 @@ from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import audit_ctx, client_ip, signed_in
 from app.web.browser import browser_id
-from app.web.common import form_errors, keep_on_form, safe_next
+from app.web.common import form_errors, keep_on_form, landing, safe_next
 from app.web.mail_flows import MAIL_FAILURES, mail_failed
 from app.web.signin import establish_session, needs_second_factor, start_second_factor
 
@@ -112,7 +112,7 @@ def enter_code() -> Page:
                 )
                 throttle.record_success(storage, settings, email, ip, device=device)
                 establish_session(user, ["email_code"])  # commits the event with the session
-                return redirect(next_url)
+                return redirect(landing(user.is_admin, next_url))
             throttled = throttle.record_failure(storage, settings, email, ip, device=device, db=db, ctx=audit_ctx())
             audit.record(
                 db,

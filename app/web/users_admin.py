@@ -105,6 +105,24 @@ def create_user() -> Response | tuple[str, int]:
             else:
                 flash(f"{user.email} was created with the password you typed.", "success")
             return redirect(url_for("users_admin.user_detail", user_id=user.id))
+    elif form.is_submitted() and not form.csrf_token.errors:
+        # The form's own checks failed (a blank email…): add the service's, so every problem shows at once.
+        db = db_session()
+        try:
+            user_admin.create_problems(
+                db,
+                settings,
+                email=form.email.data or "",
+                role=form.role.data or "",
+                metadata=form.metadata.data or "",
+                mode="invite" if form.mode.data == "invite" else "password",
+                password=form.password.data or None,
+                full=True,
+            )
+        except AppError as exc:
+            new = {k: v for k, v in exc.fields.items() if not getattr(getattr(form, k, None), "errors", None)}
+            form_errors(AppError("validation_failed", fields=new), form)
+        status = 422
     elif form.is_submitted():
         status = 422
     return render_template(
@@ -125,10 +143,12 @@ def _detail(
             metadata=user_admin.format_metadata(user.user_metadata),
         )
     who = signed_in()
+    paged = sessions.live_sessions_page(db, settings, user.id, request.args.get("sessions_page", 1, type=int))
     context: dict[str, Any] = {
         "user": user,
         "form": form,
-        "sessions": [(s, device_summary(s.user_agent)) for s in sessions.live_sessions(db, settings, user.id)],
+        "sessions": [(s, device_summary(s.user_agent)) for s in paged.rows],
+        "session_page": paged,
         "is_self": who is not None and who.user.id == user.id,
         "current_session": who.record.id if who is not None else None,
         "invites_allowed": lifecycle.invites_allowed(settings),

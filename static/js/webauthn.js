@@ -64,7 +64,14 @@
       return "This authenticator is already registered to your account.";
     }
     if (err && err.name === "SecurityError") {
-      return "Passkeys cannot be used from this address. Open the site at its configured URL.";
+      // WebAuthn's relying party id must be a domain name: on an IP address every ceremony fails.
+      if (/^[0-9.]+$/.test(location.hostname) || location.hostname.indexOf(":") !== -1 ||
+          location.hostname.charAt(0) === "[") {
+        var local = location.protocol + "//localhost" + (location.port ? ":" + location.port : "");
+        return "Passkeys need a domain name, and this page is open at an IP address (" + location.hostname +
+          "). Open the site at " + local + " instead, with AMI_AUTH_BASE_URL set to that address.";
+      }
+      return "Passkeys cannot be used from this address. Open the site at its configured URL (AMI_AUTH_BASE_URL).";
     }
     return "The passkey could not be used (" + ((err && err.name) || "error") + "). Try again.";
   }

@@ -141,7 +141,7 @@ def test_signin_with_totp_window_and_replay(
     # One step ahead is inside the ±1 window (RFC 6238 §5.2).
     ahead = otp.at(time.time() + 30)
     response = post_code(client, ahead)
-    assert response.status_code == 302 and response.headers["Location"] == "/"
+    assert response.status_code == 302 and response.headers["Location"] == "/account/"
     record = live_session(db)
     assert record is not None and record.mfa_verified and record.auth_methods == ["password", "totp"]
     assert {"mfa.totp.use", "signin.success"} <= set(actions(db))

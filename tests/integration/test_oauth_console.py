@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import create_app
 from app.jobs.scheduler import RefreshScheduler, ensure_started, stop
-from app.models import ConnectedAccount
+from app.models import AuditEvent, ConnectedAccount
 from tests.conftest import UserFactory, dispose_app, make_settings, sign_in
 from tests.support.oauth_app import create_config, generic_values, location, page_csrf
 from tests.support.op import OPClient, OpenIDProvider, op_device_login, running_op
@@ -93,6 +93,14 @@ def test_github_setup_says_tokens_do_not_expire(
     done = client.post(f"/admin/providers/{config_id}/test-oauth", data={"csrf_token": page_csrf(page)})
     html = done.get_data(as_text=True)
     assert "GitHub has no discovery document" in html and f"{github_standin.url}/login/oauth/access_token" in html
+    # A test that cannot test says so (issue 15), and the audit does not record a success.
+    assert done.status_code == 200 and 'data-tested="false"' in html
+    assert "GitHub cannot be tested from here: nothing was contacted." in html
+    assert "The provider answered." not in html
+    event = db.scalars(
+        select(AuditEvent).where(AuditEvent.action == "provider_config.test").order_by(AuditEvent.id.desc())
+    ).first()
+    assert event is not None and event.outcome == "untested"
 
 
 def test_device_flow_through_the_console(

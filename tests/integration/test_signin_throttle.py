@@ -323,7 +323,7 @@ def test_unreachable_range_api_lets_the_user_in(make_app: AppFactory, caplog: py
     user_id = add_user(application, "joe@example.com")
     caplog.set_level(logging.WARNING, logger="ami_auth.passwords")
     response = post_signin(application.test_client(), "joe@example.com", PASSWORD)
-    assert response.status_code == 302 and response.headers["Location"] == "/"
+    assert response.status_code == 302 and response.headers["Location"] == "/account/"
     assert not _user(application, user_id).must_change_password
     assert "breached-password check skipped" in caplog.text
 

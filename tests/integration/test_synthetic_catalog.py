@@ -418,6 +418,8 @@ def test_the_oauth2_entry_signs_in_through_its_api_connects_refreshes_and_revoke
     html = tested.get_data(as_text=True)
     assert "Acme Hub publishes no discovery document" in html and f"{op.issuer}/token" in html
     assert "Acme Hub tokens that never expire stay valid until revoked." in html
+    # Nothing to fetch without a user: the test says it could not test (the entry's data, not its id).
+    assert "Acme Hub cannot be tested from here: nothing was contacted." in html and "The provider answered" not in html
 
 
 # -------------------------------------------------------------------------------- API-key and SMTP entries

@@ -95,7 +95,8 @@ def test_short_common_password_refused_when_min_length_allows_it(tmp_path: Path)
 
 def test_password_containing_the_email_local_part(cheap: Settings) -> None:
     assert passwords.policy_problem(cheap, "my name is Alice.Smith ok", "alice.smith@example.com") == (
-        "Do not include your email address in the password."
+        "The password contains \u201calice.smith\u201d, the part of the email address before the @. "
+        "Choose one without it."
     )
     assert passwords.policy_problem(cheap, LONG_OK, "alice.smith@example.com") is None
 
