@@ -33,6 +33,7 @@ from app.connectors import proxy as rules
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_database, get_settings
 from app.http import departure
+from app.http.streaming import streams_body
 from app.models.base import ID_MAX
 from app.net import ProviderUnreachable, StreamHandle, Upstream, get_client
 from app.oauth.runtime import runtime
@@ -112,7 +113,7 @@ class _Body:
 
     def __init__(self, limit: int, on_end: Callable[[], None]) -> None:
         self.limit = limit
-        self.read = 0
+        self.received = 0
         self._on_end = on_end
         self._stream = request.stream
 
@@ -121,8 +122,8 @@ class _Body:
             chunk = self._stream.read(CHUNK)
             if not chunk:
                 break
-            self.read += len(chunk)
-            if self.read > self.limit:
+            self.received += len(chunk)
+            if self.received > self.limit:
                 raise AppError(
                     "validation_failed",
                     "The request body is too large to proxy.",
@@ -162,6 +163,8 @@ def _proxy(account_id: int, path: str) -> Response:
                 "This service token may not use this account.",
                 "Use a token whose account limits include it, or ask an admin for one.",
             )
+        # The app's 1 MiB body limit is for forms and JSON; a proxied body has its own.
+        request.max_content_length = settings.proxy_max_request_bytes
         length = request.content_length
         if length is not None and length > settings.proxy_max_request_bytes:
             raise AppError(
@@ -209,7 +212,7 @@ def _proxy(account_id: int, path: str) -> Response:
         raise refuse(AppError("provider_unreachable", "The caller went away.") if gone else exc, "failure") from None
 
     unauthorized = rules.note_response(db, rt, target, upstream.status, upstream.headers)
-    sent = body.read if body is not None else 0
+    sent = body.received if body is not None else 0
     return Response(
         _relay(app, upstream, handle, caller, ctx, account_id, method, raw_path, sent, started, unauthorized),
         status=upstream.status,
@@ -279,7 +282,7 @@ def _route(method: str, operation_id: str, summary: str) -> None:
         errors=(404, 405, 409, 413, 502),
         tags=("accounts",),
     )(view)
-    guarded = api_auth("accounts:proxy", cookies=False, audit_use=False, free_query=True)(documented)
+    guarded = streams_body(api_auth("accounts:proxy", cookies=False, audit_use=False, free_query=True)(documented))
     bp.add_url_rule(PREFIX, endpoint=view.__name__, view_func=guarded, methods=[method])
 
 
