@@ -15,6 +15,7 @@ from app.api import (
     provider_configs_api,
     providers_api,
     proxy_api,
+    token_api,
     users_api,
 )
 from app.api import dialogs as api_dialogs
@@ -74,6 +75,7 @@ def api_blueprints() -> list[Blueprint]:
         api_accounts.bp,
         api_dialogs.bp,
         proxy_api.bp,
+        token_api.bp,
         users_api.bp,
         openapi.bp,
     ]
