@@ -187,7 +187,7 @@ def _proxy(account_id: int, path: str) -> Response:
         # Queued while every thread was busy, and its caller gave up meanwhile: do not send it (it may be billed).
         _audit(
             db, ctx, account_id, method=method, path=raw_path, status=None, sent=0, received=0, started=started,
-            outcome="failure", code="caller_gone",
+            outcome="failure", code="caller_gone", stage="queued",
         )  # fmt: skip
         return Response(status=499)
 
@@ -207,9 +207,16 @@ def _proxy(account_id: int, path: str) -> Response:
     except AppError as exc:
         if caller is not None:
             departure.unwatch(caller)
+        if handle.aborted:
+            # The caller left while the upstream was still to answer: its call was cut (nobody to answer).
+            handle.detach()
+            _audit(
+                db, ctx, account_id, method=method, path=raw_path, status=None, sent=body.received if body else 0,
+                received=0, started=started, outcome="failure", code="caller_gone", stage="waiting",
+            )  # fmt: skip
+            return Response(status=499)
         handle.detach()
-        gone = handle.aborted and exc.code == "provider_unreachable"
-        raise refuse(AppError("provider_unreachable", "The caller went away.") if gone else exc, "failure") from None
+        raise refuse(exc, "failure") from None
 
     unauthorized = rules.note_response(db, rt, target, upstream.status, upstream.headers)
     sent = body.received if body is not None else 0

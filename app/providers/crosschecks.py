@@ -239,9 +239,8 @@ def _check_capabilities(entry: ProviderEntry) -> None:
             file, "$.config_fields", "SMTP entries need a config field host and an account field from_address"
         )
     proxy = entry.proxy
-    if entry.auth_mode in (AuthMode.API_KEY, AuthMode.OAUTH2, AuthMode.OIDC) and proxy is None:
-        # Every API-key and OAuth type can be used through the proxy; what it may reach is the entry's to say.
-        raise CatalogError(file, "$.proxy", "API-key and OAuth entries say what the proxy may forward")
+    if proxy is not None and entry.auth_mode not in (AuthMode.API_KEY, AuthMode.OAUTH2, AuthMode.OIDC):
+        raise CatalogError(file, "$.proxy", "only API-key and OAuth entries have a credential to proxy with")
     if proxy is not None and proxy.base not in entry.endpoints:
         raise CatalogError(file, "$.proxy.base", f"no endpoint named {proxy.base!r}")
     if proxy is not None and any(".." in p or "//" in p for rule in proxy.allow for p in rule.patterns):

@@ -35,6 +35,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body_bytes: int
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,7 +113,7 @@ def _handler(upstream: StreamUpstream) -> type[BaseHTTPRequestHandler]:
             body = b"".join(body_chunks)
             with upstream.lock:
                 upstream.seen.append(
-                    Seen(self.command, split.path, {k.lower(): v for k, v in self.headers.items()}, len(body))
+                    Seen(self.command, split.path, {k.lower(): v for k, v in self.headers.items()}, len(body), query)
                 )
             auth = self.headers.get("Authorization", "")
             if not auth.startswith("Bearer ") or auth[7:] not in upstream.keys:
