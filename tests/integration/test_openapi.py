@@ -197,6 +197,8 @@ def test_real_responses_match_the_documented_schemas(
     anonymous = app.test_client()
     auth = {"Authorization": f"Bearer {raw}"}
     headers_path = "/api/account-manager/accounts/{account_id}/headers"
+    proxy_path = "/api/account-manager/accounts/{account_id}/proxy/{path}"
+    token_path = "/api/account-manager/accounts/{account_id}/token"
 
     calls: list[tuple[str, str, Callable[[], Any], int]] = [
         ("/api/auth/session", "get", lambda: client.get("/api/auth/session"), 200),
@@ -255,6 +257,21 @@ def test_real_responses_match_the_documented_schemas(
             ),
             403,
         ),
+        # The proxy and the token handout: what AMI Auth itself answers (the provider's answers pass through).
+        (proxy_path, "get", lambda: client.get(f"{accounts_path}/9999/proxy/v1/models", headers=auth), 404),
+        (proxy_path, "get", lambda: anonymous.get(f"{account_path}/proxy/v1/models"), 401),
+        (
+            proxy_path,
+            "get",
+            lambda: client.get(f"{account_path}/proxy/v1/models", headers={"Authorization": f"Bearer {narrow}"}),
+            403,
+        ),
+        (proxy_path, "post", lambda: client.post(f"{account_path}/proxy/v2/files", headers=auth), 403),
+        (proxy_path, "put", lambda: client.put(f"{account_path}/proxy/v1/models", headers=auth), 405),
+        (proxy_path, "patch", lambda: client.patch(f"{account_path}/proxy/v1/models", headers=auth), 405),
+        (proxy_path, "delete", lambda: client.delete(f"{account_path}/proxy/v1//models", headers=auth), 422),
+        (token_path, "post", lambda: client.post(f"{account_path}/token", headers=auth), 404),
+        (token_path, "post", lambda: anonymous.post(f"{account_path}/token"), 401),
         # Provider configs: non-secret fields only.
         (configs_path, "get", lambda: client.get(configs_path, headers=auth), 200),
         (configs_path, "get", lambda: client.get(f"{configs_path}?enabled=maybe", headers=auth), 422),
