@@ -13,6 +13,7 @@ from app.api.compliance import build_report, report_json, report_text
 from app.errors import AppError
 from app.extensions import get_database, get_settings
 from app.models import utcnow
+from app.providers.registry import get_catalog
 
 tokens_cli = AppGroup("tokens", help="Service tokens for the JSON API.")
 compliance_cli = AppGroup("compliance", help="The compliance report.")
@@ -57,6 +58,9 @@ def tokens_create(
     provider_types: tuple[str, ...],
 ) -> None:
     """Create a token and print it once (only its hash is stored)."""
+    unknown = sorted(set(provider_types) - set(get_catalog().ids()))
+    if unknown:
+        raise click.BadParameter(f"unknown provider type {unknown[0]!r}", param_hint="--provider-type")
     db = get_database().session()
     limits = (
         tokens.AccountLimits(frozenset(account_ids), frozenset(provider_types))
