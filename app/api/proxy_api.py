@@ -22,13 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Final
 
-from flask import current_app, request
+from flask import Flask, current_app, request
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
 from app import audit
 from app.api.registry import document
-from app.api.security import api_audit_ctx, api_auth, api_blueprint, principal
+from app.api.security import api_audit_ctx, api_auth, api_blueprint
+from app.api.token_api import check_limits
 from app.connectors import proxy as rules
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_database, get_settings
@@ -138,7 +139,7 @@ class _Body:
 def _proxy(account_id: int, path: str) -> Response:
     started = time.monotonic()
     settings = get_settings()
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     db = db_session()
     ctx = api_audit_ctx()
     method = request.method
@@ -156,13 +157,7 @@ def _proxy(account_id: int, path: str) -> Response:
 
     try:
         account, provider = rules.find_account(db, account_id)
-        limits = principal().token.limits if principal().token is not None else None  # type: ignore[union-attr]
-        if limits is not None and not limits.allows(account.id, provider.id):
-            raise AppError(
-                "permission_denied",
-                "This service token may not use this account.",
-                "Use a token whose account limits include it, or ask an admin for one.",
-            )
+        check_limits(account, provider)
         # The app's 1 MiB body limit is for forms and JSON; a proxied body has its own.
         request.max_content_length = settings.proxy_max_request_bytes
         length = request.content_length
@@ -218,21 +213,30 @@ def _proxy(account_id: int, path: str) -> Response:
         handle.detach()
         raise refuse(exc, "failure") from None
 
-    unauthorized = rules.note_response(db, rt, target, upstream.status, upstream.headers)
+    try:
+        unauthorized = rules.note_response(db, rt, target, upstream.status, upstream.headers)
+    except Exception:
+        # Nothing will read the body: let go of the connection and the watch before the error is answered.
+        if caller is not None:
+            departure.unwatch(caller)
+        handle.detach()
+        upstream.close()
+        raise
     sent = body.received if body is not None else 0
     return Response(
         _relay(app, upstream, handle, caller, ctx, account_id, method, raw_path, sent, started, unauthorized),
         status=upstream.status,
-        headers=[*rules.response_headers(upstream.headers), ("X-Accel-Buffering", "no")],
+        # RFC 9110 §7.6.3: a proxy adds itself to Via; callers tell the provider's answers from AMI Auth's by it.
+        headers=[*rules.response_headers(upstream.headers), ("Via", rules.VIA), ("X-Accel-Buffering", "no")],
         direct_passthrough=True,
     )
 
 
 def _relay(
-    app: object,
+    app: Flask,
     upstream: Upstream,
     handle: StreamHandle,
-    caller: object,
+    caller: departure.Caller | None,
     ctx: audit.AuditContext,
     account_id: int,
     method: str,
@@ -242,7 +246,7 @@ def _relay(
     unauthorized: str | None,
 ) -> Iterator[bytes]:
     """The upstream body, chunk by chunk; audits the call when it ends, however it ends."""
-    limit = get_settings(app).proxy_max_response_bytes  # type: ignore[arg-type]
+    limit = get_settings(app).proxy_max_response_bytes
     received = 0
     ended = "complete"
     try:
@@ -259,11 +263,11 @@ def _relay(
         raise
     finally:
         if caller is not None:
-            departure.unwatch(caller)  # type: ignore[arg-type]
+            departure.unwatch(caller)
         handle.detach()
         upstream.close()
         # The request's scoped session is gone by now (the body streams after the view returned).
-        with Session(get_database(app).engine) as db:  # type: ignore[arg-type]
+        with Session(get_database(app).engine) as db:
             extra: dict[str, object] = {"ended": ended}
             if unauthorized is not None:
                 extra["unauthorized"] = unauthorized

@@ -93,6 +93,7 @@ _CALLER_DROPPED: Final = HOP_BY_HOP | {
 _UPSTREAM_DROPPED: Final = HOP_BY_HOP | {"set-cookie", "set-cookie2", "alt-svc"}
 _LIMIT_HEADER: Final = re.compile(r"^(retry-after|x-ratelimit-.*|x-rate-limit-.*|ratelimit(-.*)?|[a-z]+-ratelimit-.*)$")
 LIMITS_KEY: Final = "upstream_limits"
+VIA: Final = "1.1 ami-auth"
 LIMITS_EVERY: Final = 60.0
 PATH_MAX: Final = 2048
 _ENCODED_SEPARATOR: Final = re.compile(r"%(2f|5c|2e)", re.IGNORECASE)

@@ -26,9 +26,11 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-__all__ = ["caller_gone", "caller_socket", "unwatch", "watch"]
+__all__ = ["Caller", "caller_gone", "caller_socket", "unwatch", "watch"]
 
 _PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
+Caller = socket.socket
+"""The caller's connection, as the server handed it to the app."""
 
 
 def caller_socket(environ: Mapping[str, Any]) -> socket.socket | None:

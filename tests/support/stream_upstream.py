@@ -123,15 +123,26 @@ def _handler(upstream: StreamUpstream) -> type[BaseHTTPRequestHandler]:
             if route == ("GET", "/v1/models"):
                 self._json(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]})
             elif route == ("POST", "/v1/chat/completions"):
-                self._chat(json.loads(body or b"{}"))
+                try:
+                    request = json.loads(body or b"{}")
+                except ValueError:
+                    request = None
+                if not isinstance(request, dict):
+                    self._json(400, {"error": {"message": "We could not parse the JSON body of your request."}})
+                    return
+                self._chat(request)
             elif route == ("GET", "/v1/slow"):
-                self._slow(float(query.get("wait", "5")), query.get("id", ""))
+                try:
+                    wait = min(float(query.get("wait", "5")), 30.0)
+                except ValueError:
+                    wait = 0.0
+                self._slow(wait, query.get("id", ""))
             elif route == ("POST", "/v1/echo"):
                 self._start_chunked(self.headers.get("Content-Type", "application/octet-stream"))
                 for chunk in self._body():
                     self._chunk(chunk)
                 self._chunk(b"")
-            elif route == ("GET", "/v1/redirect"):
+            elif route == ("GET", "/v1/redirect") and "to" in query:
                 self._reply(302, b"", [("Location", query["to"])])
             elif route == ("POST", "/v1/flaky"):
                 self._json(503, {"error": {"message": "overloaded"}}, [("Retry-After", "1")])
@@ -155,10 +166,13 @@ def _handler(upstream: StreamUpstream) -> type[BaseHTTPRequestHandler]:
                 return
             self._start_chunked("text/event-stream")
             try:
-                for i in range(int(request.get("n_events", 5))):
+                count, delay = request.get("n_events", 5), request.get("delay", 0.05)
+                count = min(int(count), 500) if isinstance(count, int | float) else 5
+                delay = min(float(delay), 2.0) if isinstance(delay, int | float) and delay >= 0 else 0.05
+                for i in range(count):
                     event = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": f"tok{i} "}}]}
                     self._chunk(f"data: {json.dumps(event)}\n\n".encode())
-                    time.sleep(float(request.get("delay", 0.05)))
+                    time.sleep(delay)
                 self._chunk(b"data: [DONE]\n\n")
                 self._chunk(b"")
             except OSError:
