@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Final
 
 from flask import Flask, current_app, request
@@ -224,7 +225,7 @@ def _proxy(account_id: int, path: str) -> Response:
         raise
     sent = body.received if body is not None else 0
     return Response(
-        _relay(app, upstream, handle, caller, ctx, account_id, method, raw_path, sent, started, unauthorized),
+        _Relay(app, upstream, handle, caller, ctx, account_id, method, raw_path, sent, started, unauthorized),
         status=upstream.status,
         # RFC 9110 §7.6.3: a proxy adds itself to Via; callers tell the provider's answers from AMI Auth's by it.
         headers=[*rules.response_headers(upstream.headers), ("Via", rules.VIA), ("X-Accel-Buffering", "no")],
@@ -232,49 +233,64 @@ def _proxy(account_id: int, path: str) -> Response:
     )
 
 
-def _relay(
-    app: Flask,
-    upstream: Upstream,
-    handle: StreamHandle,
-    caller: departure.Caller | None,
-    ctx: audit.AuditContext,
-    account_id: int,
-    method: str,
-    path: str,
-    sent: int,
-    started: float,
-    unauthorized: str | None,
-) -> Iterator[bytes]:
-    """The upstream body, chunk by chunk; audits the call when it ends, however it ends."""
-    limit = get_settings(app).proxy_max_response_bytes
-    received = 0
-    ended = "complete"
-    try:
-        for chunk in upstream.chunks():
-            received += len(chunk)
-            if received > limit:
-                ended = "response_too_large"
-                break
-            yield chunk
-    except ProviderUnreachable:
-        ended = "caller_gone" if handle.aborted else "upstream_broken"
-    except GeneratorExit:
-        ended = "caller_gone"
-        raise
-    finally:
-        if caller is not None:
-            departure.unwatch(caller)
-        handle.detach()
-        upstream.close()
+@dataclass
+class _Relay:
+    """The upstream body, chunk by chunk, as a WSGI response iterable; audits the call once when it ends,
+    however it ends. Cleanup is in :meth:`close` too, which every WSGI server calls: a body that is never
+    iterated (a HEAD answer, a caller gone before the first chunk) still lets go of its upstream connection."""
+
+    app: Flask
+    upstream: Upstream
+    handle: StreamHandle
+    caller: departure.Caller | None
+    ctx: audit.AuditContext
+    account_id: int
+    method: str
+    path: str
+    sent: int
+    started: float
+    unauthorized: str | None
+    received: int = 0
+    ended: str = "caller_gone"
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method == "HEAD":
+            self.ended = "complete"  # no body to relay
+
+    def __iter__(self) -> Iterator[bytes]:
+        limit = get_settings(self.app).proxy_max_response_bytes
+        try:
+            for chunk in self.upstream.chunks():
+                self.received += len(chunk)
+                if self.received > limit:
+                    self.ended = "response_too_large"
+                    return
+                yield chunk
+            self.ended = "complete"
+        except ProviderUnreachable:
+            self.ended = "caller_gone" if self.handle.aborted else "upstream_broken"
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.caller is not None:
+            departure.unwatch(self.caller)
+        self.handle.detach()
+        self.upstream.close()
+        extra: dict[str, object] = {"ended": self.ended}
+        if self.unauthorized is not None:
+            extra["unauthorized"] = self.unauthorized
+        status = self.upstream.status
         # The request's scoped session is gone by now (the body streams after the view returned).
-        with Session(get_database(app).engine) as db:
-            extra: dict[str, object] = {"ended": ended}
-            if unauthorized is not None:
-                extra["unauthorized"] = unauthorized
+        with Session(get_database(self.app).engine) as db:
             _audit(
-                db, ctx, account_id, method=method, path=path, status=upstream.status, sent=sent, received=received,
-                started=started, outcome="success" if upstream.status < 400 and ended == "complete" else "failure",
-                **extra,
+                db, self.ctx, self.account_id, method=self.method, path=self.path, status=status, sent=self.sent,
+                received=self.received, started=self.started,
+                outcome="success" if status < 400 and self.ended == "complete" else "failure", **extra,
             )  # fmt: skip
 
 

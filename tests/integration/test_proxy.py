@@ -308,3 +308,13 @@ def test_a_full_outbound_pool_answers_503_with_retry_after(
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
         assert refused.json()["error"]["code"] == "service_unavailable"
         assert all(h.result().status_code == 200 for h in holders)
+
+
+def test_head_is_answered_from_the_upstream_and_audited(
+    live: LiveServer, db: Session, account: ConnectedAccount, upstream: StreamUpstream, proxy_headers: dict[str, str]
+) -> None:
+    response = httpx.head(_url(live, account, "v1/models"), headers=proxy_headers)
+    assert response.status_code == 200 and response.content == b""
+    assert upstream.hits("/v1/models")[-1].method == "HEAD"
+    events = _wait_for_events(db, account, 1)
+    assert events[-1].details["method"] == "HEAD" and events[-1].details["ended"] == "complete"

@@ -90,7 +90,8 @@ def _handler(upstream: StreamUpstream) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def _json(self, status: int, data: Any, headers: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
             self._reply(status, json.dumps(data).encode(), [("Content-Type", "application/json"), *headers])
@@ -119,7 +120,8 @@ def _handler(upstream: StreamUpstream) -> type[BaseHTTPRequestHandler]:
             if not auth.startswith("Bearer ") or auth[7:] not in upstream.keys:
                 self._json(401, {"error": {"message": "Incorrect API key provided.", "code": "invalid_api_key"}})
                 return
-            route = (self.command, split.path)
+            # HEAD is GET without the body (RFC 9110 §9.3.2): _reply leaves the body out.
+            route = ("GET" if self.command == "HEAD" else self.command, split.path)
             if route == ("GET", "/v1/models"):
                 self._json(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]})
             elif route == ("POST", "/v1/chat/completions"):
