@@ -1,10 +1,11 @@
 """Proxy benchmark: the credential-injecting proxy against direct httpx calls to the same local upstream.
 
-    PYTHONPATH=. python bench/proxy.py [--seconds 8] [--concurrency 40]
+    PYTHONPATH=. python bench/proxy.py [--seconds 8] [--concurrency 40] [--postgres postgresql+psycopg://user@host/db]
 
 The upstream is tests/support/stream_upstream.py (an OpenAI-shaped API that streams server-sent events) in a
 process of its own. The app runs under gunicorn as deployed (app/gunicorn_conf.py: 2 gthread workers), on a
-fresh SQLite database, with an OpenAI account whose base URL is the upstream and a token with ``accounts:proxy``.
+fresh database (SQLite, or a temporary PostgreSQL database with ``--postgres``, as production runs), with an
+OpenAI account whose base URL is the upstream and a token with ``accounts:proxy``.
 Measured in this run, each against its own baseline:
 
 1. **Throughput** (goal >= 0.8x): ``--concurrency`` callers each doing streaming chat completions (5 events
@@ -51,6 +52,7 @@ from app.providers.validation import validate_submission
 from app.settings import load_settings, new_master_key
 from app.vault import put_secret
 from bench.gunicorn_server import gunicorn
+from bench.headers import temporary_database
 from tests.support.stream_upstream import running_upstream
 
 KEY = "sk-proj-bench-" + "p" * 40
@@ -150,16 +152,14 @@ def median_ms(fn: Callable[[], object], count: int) -> float:
 
 def first_byte_ms(client: httpx.Client, url: str, headers: dict[str, str]) -> float:
     start = time.perf_counter()
+    first: float | None = None
     with client.stream("POST", url, json=FIRST_BYTE, headers=headers) as response:
         for line in response.iter_lines():
-            if line.startswith("data: "):
-                elapsed = (time.perf_counter() - start) * 1000
-                break
-        else:
-            raise RuntimeError("no event")
-        for _ in response.iter_lines():
-            pass
-    return elapsed
+            if first is None and line.startswith("data: "):
+                first = (time.perf_counter() - start) * 1000
+    if first is None:
+        raise RuntimeError("no event")
+    return first
 
 
 def main() -> None:
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=40)
     parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--postgres", default="", help="a PostgreSQL server URL; a temporary database is made on it")
     args = parser.parse_args()
 
     queue: Queue[str] = multiprocessing.Queue()
@@ -175,8 +176,10 @@ def main() -> None:
     upstream.start()
     try:
         upstream_url = queue.get(timeout=20)
-        with tempfile.TemporaryDirectory(prefix="ami-bench-proxy-") as tmp:
-            database_url = f"sqlite:///{tmp}/bench.db"
+        with (
+            tempfile.TemporaryDirectory(prefix="ami-bench-proxy-") as tmp,
+            temporary_database(args.postgres, Path(tmp)) as database_url,
+        ):
             upgrade(database_url)
             env = environment(database_url, Path(tmp))
             account_id, token = seed(env, upstream_url)

@@ -63,6 +63,9 @@ class StreamUpstream:
 def _handler(upstream: StreamUpstream) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # As real servers do: headers and body go out in separate writes, and Nagle would hold the second
+        # until the caller's delayed ACK (40 ms on Linux).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
