@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from app.audit import AuditContext
 from app.connectors import accounts
 from app.extensions import get_cipher, get_settings
 from app.models import AuditEvent, ConnectedAccount
-from app.net import get_client
+from app.net import OutboundClient, Upstream, get_client
 from app.settings import Settings
 from app.vault import Secret
 from tests.conftest import UserFactory, make_settings
@@ -318,3 +319,34 @@ def test_head_is_answered_from_the_upstream_and_audited(
     assert upstream.hits("/v1/models")[-1].method == "HEAD"
     events = _wait_for_events(db, account, 1)
     assert events[-1].details["method"] == "HEAD" and events[-1].details["ended"] == "complete"
+
+
+def test_the_default_outbound_pool_holds_more_than_a_hundred_streams_in_one_process(
+    tmp_path: Path, sqlite_url: str, upstream: StreamUpstream
+) -> None:
+    # A pool of 100 connections (httpx's default) capped a reference proxy's concurrent streams at 100 per
+    # process: here 150 calls wait on the upstream at once through one process's client.
+    client = OutboundClient.from_settings(make_settings(tmp_path, sqlite_url))
+    assert client.pool_size == 512
+    opened: list[Upstream] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        answer = client.open_stream(
+            "GET", f"{upstream.url}/v1/slow?wait=2&id=p{i}", headers=[("Authorization", f"Bearer {KEY}")],
+            params={}, content=None, read_timeout=10, pool_timeout=1,
+        )  # fmt: skip
+        with lock:
+            opened.append(answer)
+
+    with client, concurrent.futures.ThreadPoolExecutor(150) as pool:
+        calls = [pool.submit(one, i) for i in range(150)]
+        deadline = time.monotonic() + 10
+        while len(upstream.hits("/v1/slow")) < 150 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(upstream.hits("/v1/slow")) == 150  # all waiting upstream together, none queued for a connection
+        for call in calls:
+            call.result()
+        for answer in opened:
+            assert answer.status == 200
+            answer.close()
