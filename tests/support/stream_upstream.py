@@ -1,6 +1,6 @@
-"""A local streaming upstream for the proxy tests: an OpenAI-shaped API (``Authorization: Bearer``) on 127.0.0.1
-that streams as the real one does (server-sent events over chunked transfer encoding) and notices when its
-caller goes away, so a test can tell whether the proxy cut an upstream call.
+"""A local streaming upstream for the proxy tests: an OpenAI-shaped API (``Authorization: Bearer``, or Anthropic's
+``x-api-key``) on 127.0.0.1 that streams as the real one does (server-sent events over chunked transfer
+encoding) and notices when its caller goes away, so a test can tell whether the proxy cut an upstream call.
 
 Routes (all need a key from :meth:`StreamUpstream.add_key`, else 401 as OpenAI answers it):
 
@@ -120,7 +120,8 @@ def _handler(upstream: StreamUpstream) -> type[BaseHTTPRequestHandler]:
                     Seen(self.command, split.path, {k.lower(): v for k, v in self.headers.items()}, len(body), query)
                 )
             auth = self.headers.get("Authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:] not in upstream.keys:
+            key = auth[7:] if auth.startswith("Bearer ") else self.headers.get("x-api-key", "")  # Anthropic's way
+            if key not in upstream.keys:
                 self._json(401, {"error": {"message": "Incorrect API key provided.", "code": "invalid_api_key"}})
                 return
             # HEAD is GET without the body (RFC 9110 §9.3.2): _reply leaves the body out.
