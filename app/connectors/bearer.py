@@ -30,7 +30,7 @@ from app.oauth.tokens import TokenSet
 from app.providers.entries import ProviderEntry
 from app.providers.types import AuthMode
 
-__all__ = ["MARGIN", "OAUTH_MODES", "AccessToken", "current_token", "note_unauthorized"]
+__all__ = ["MARGIN", "OAUTH_MODES", "AccessToken", "current_token", "database_key", "note_unauthorized"]
 
 OAUTH_MODES: Final = frozenset({AuthMode.OAUTH2, AuthMode.OIDC})
 # A token this close to expiry is refreshed before it is handed out or sent: the call must not outlive it.
@@ -40,8 +40,14 @@ CLAIM_WAIT: Final = 5.0
 # At most one forced refresh per account and process in this window, however many 401s come back.
 UNAUTHORIZED_REFRESH_EVERY: Final = 60.0
 
-_last_forced: dict[int, float] = {}
+# (database, account id) → when this process last forced a refresh for it.
+_last_forced: dict[tuple[str, int], float] = {}
 _forced_lock = threading.Lock()
+
+
+def database_key(db: Session) -> str:
+    """Which database an account id belongs to (a process may serve more than one, e.g. tests)."""
+    return db.get_bind().engine.url.render_as_string(hide_password=True)
 
 
 @dataclass(frozen=True)
@@ -108,11 +114,12 @@ def note_unauthorized(db: Session, rt: OAuthRuntime, account: ConnectedAccount, 
     code of a failed refresh.
     """
     now = time.monotonic()
+    key = (database_key(db), account.id)
     with _forced_lock:
-        last = _last_forced.get(account.id)
+        last = _last_forced.get(key)
         if last is not None and now - last < UNAUTHORIZED_REFRESH_EVERY:
             return "skipped"
-        _last_forced[account.id] = now
+        _last_forced[key] = now
     current = load_tokens(db, rt.cipher, account.id)
     if current is None or current.access_token != sent:
         return "skipped"

@@ -38,7 +38,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.connectors.bearer import OAUTH_MODES, current_token, note_unauthorized
+from app.connectors.bearer import OAUTH_MODES, current_token, database_key, note_unauthorized
 from app.connectors.headers import RequestAuth, account_values, proxy_auth, render_auth
 from app.errors import AppError
 from app.models import ConnectedAccount, utcnow
@@ -98,7 +98,8 @@ LIMITS_EVERY: Final = 60.0
 PATH_MAX: Final = 2048
 _ENCODED_SEPARATOR: Final = re.compile(r"%(2f|5c|2e)", re.IGNORECASE)
 
-_limits_written: dict[int, float] = {}
+# (database, account id) → when this process last wrote the account's upstream limits.
+_limits_written: dict[tuple[str, int], float] = {}
 _limits_lock = threading.Lock()
 
 
@@ -254,7 +255,7 @@ def note_response(
     Returns what a 401 led to (for the audit event), else ``None``.
     """
     limits = _limit_headers(headers)
-    if limits and _due(target.account_id, urgent=status == 429 or "retry-after" in limits):
+    if limits and _due(database_key(db), target.account_id, urgent=status == 429 or "retry-after" in limits):
         account = db.get(ConnectedAccount, target.account_id)
         if account is not None:
             data: dict[str, Any] = dict(account.provider_data or {})
@@ -291,11 +292,11 @@ def note_response(
     return "invalid_credentials"
 
 
-def _due(account_id: int, *, urgent: bool) -> bool:
+def _due(database: str, account_id: int, *, urgent: bool) -> bool:
     now = time.monotonic()
     with _limits_lock:
-        last = _limits_written.get(account_id)
+        last = _limits_written.get((database, account_id))
         if not urgent and last is not None and now - last < LIMITS_EVERY:
             return False
-        _limits_written[account_id] = now
+        _limits_written[(database, account_id)] = now
         return True
