@@ -18,6 +18,16 @@ What it adds to the command line of docs/deployment.md (the production-shaped te
   its app is loaded and its start-up checks have passed, so the proxy sends those requests to another host at
   once instead of parking them in this host's backlog while its workers import the app. Workers are forked
   from the loaded app; ``post_fork`` makes each drop the database connections it inherited.
+* **Threaded workers** (``worker_class = "gthread"``, :data:`threads` per worker, ``AMI_AUTH_GUNICORN_THREADS``,
+  default 256). A proxied stream (``/api/account-manager/accounts/<id>/proxy/…``, e.g. a streaming chat
+  completion) holds its request for as long as the vendor streams: with the sync worker class a worker serves
+  one request at a time, and two workers finished 12 of 200 concurrent streams while the sign-in page waited
+  behind them. gthread gives every request a thread, and idle keep-alive connections wait in the worker's
+  poller, not in a thread, so 2 workers of 256 threads hold 200 streams (however unevenly the kernel spreads
+  them between the two) with threads to spare for the pages. Async workers (gevent, eventlet) were not
+  chosen: they need the database driver, the Redis client and every blocking call patched, for a gain this
+  I/O pattern does not need. The outbound pool (``AMI_AUTH_OUTBOUND_POOL_SIZE``, default 512 per worker) is
+  kept above the threads, so a stream never waits for a connection another stream holds.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 logconfig_dict = gunicorn_logconfig(os.environ.get("AMI_AUTH_LOG_LEVEL", "INFO").upper())
 preload_app = True
+worker_class = "gthread"
+threads = int(os.environ.get("AMI_AUTH_GUNICORN_THREADS", "256"))
 
 
 def on_starting(server: Any) -> None:

@@ -29,7 +29,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypedDict, Unpack
 import httpx
 
 from app.errors import AppError
-from app.net_transport import GuardedTransport
+from app.net_transport import GuardedTransport, StreamHandle, track_streams
 from app.outbound import OutboundBlocked, OutboundGuard, Resolver, blocked_reason
 from app.settings import Settings
 
@@ -55,6 +56,8 @@ __all__ = [
     "RequestOptions",
     "Resolver",
     "Response",
+    "StreamHandle",
+    "Upstream",
     "blocked_reason",
     "close_client",
     "get_client",
@@ -192,6 +195,7 @@ class OutboundClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         resolver: Resolver | None = None,
+        pool_size: int = 100,
     ) -> None:
         if timeout <= 0 or not math.isfinite(timeout):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -202,7 +206,8 @@ class OutboundClient:
         self.retries = retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self._transport = GuardedTransport(self.guard)
+        self.pool_size = pool_size
+        self._transport = GuardedTransport(self.guard, max_connections=pool_size)
         self._client = httpx.Client(
             transport=self._transport,
             timeout=httpx.Timeout(timeout),
@@ -219,6 +224,7 @@ class OutboundClient:
             allow=settings.outbound_allow,
             timeout=settings.outbound_timeout,
             retries=settings.outbound_retries,
+            pool_size=settings.outbound_pool_size,
             **options,
         )
 
@@ -291,6 +297,58 @@ class OutboundClient:
                 request_auth = None
                 for name in caller_headers:
                     request.headers.pop(name, None)
+
+    def open_stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Iterable[tuple[str, str]],
+        params: Mapping[str, str],
+        content: Iterable[bytes] | bytes | None,
+        read_timeout: float,
+        pool_timeout: float,
+        handle: StreamHandle | None = None,
+    ) -> Upstream:
+        """Send one request and return as soon as the response headers are in, the body still unread.
+
+        For the credential-injecting proxy: exactly one attempt (a streamed body cannot be replayed, and a
+        repeated POST is a second billed call), redirects never followed (they would carry the credential to
+        wherever the ``Location`` points), ``read_timeout`` between any two reads (the first byte included),
+        ``pool_timeout`` for a free connection (``service_unavailable`` with ``Retry-After`` when the pool
+        stays full). ``handle`` lets another thread cut the connection (the caller went away).
+        """
+        try:
+            request = self._client.build_request(
+                method,
+                url,
+                headers=list(headers),
+                params=params or None,
+                content=content,
+                timeout=httpx.Timeout(self.timeout, read=read_timeout, write=read_timeout, pool=pool_timeout),
+            )
+        except httpx.InvalidURL:
+            raise AppError("invalid_config", "The upstream URL is not a valid http(s) URL.") from None
+        self._check_scheme(request.url)
+        try:
+            with track_streams(handle):
+                response = self._client.send(request, stream=True, follow_redirects=False)
+        except httpx.PoolTimeout:
+            raise AppError(
+                "service_unavailable",
+                "Every outbound connection is in use.",
+                "Try again in a few seconds.",
+                retry_after=5,
+            ) from None
+        except httpx.UnsupportedProtocol:
+            raise OutboundBlocked(
+                f"Outbound URL scheme not allowed: {request.url.scheme}", host=request.url.host
+            ) from None
+        except httpx.TransportError as exc:
+            log.debug("%s -> %s", _log_target(request), type(exc).__name__)
+            raise ProviderUnreachable(_where(request.url), _failure_reason(exc)) from exc
+        log.debug("%s -> %s (streamed)", _log_target(request), response.status_code)
+        return Upstream(response)
 
     def get(self, url: str, **options: Unpack[RequestOptions]) -> httpx.Response:
         return self.request("GET", url, **options)
@@ -366,6 +424,31 @@ class OutboundClient:
                 log.debug("%s -> %s, retry in %.2fs", _log_target(request), status, delay)
             time.sleep(delay)
             attempt += 1
+
+
+@dataclass
+class Upstream:
+    """A streamed upstream response: status, headers as received, and the body as it arrives."""
+
+    response: httpx.Response
+
+    @property
+    def status(self) -> int:
+        return self.response.status_code
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.response.headers.raw]
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as the server sends it (no decompression: the caller gets the upstream's encoding)."""
+        try:
+            yield from self.response.iter_raw()
+        except httpx.TransportError as exc:
+            raise ProviderUnreachable(_where(self.response.request.url), _failure_reason(exc)) from exc
+
+    def close(self) -> None:
+        self.response.close()
 
 
 # --- the app's instance -------------------------------------------------------------------------------

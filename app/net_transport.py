@@ -6,8 +6,13 @@ retry and error rules see one family of exceptions. Only :mod:`app.net` uses it.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import httpcore
@@ -15,7 +20,98 @@ import httpx
 
 from app.outbound import OutboundGuard, UnresolvedHost
 
-__all__ = ["GuardedBackend", "GuardedTransport"]
+__all__ = ["GuardedBackend", "GuardedTransport", "StreamHandle", "track_streams"]
+
+
+class StreamHandle:
+    """The connection the current thread's request is using, so another thread can cut it (:meth:`abort`).
+
+    A pooled connection makes no ``connect`` event when it is reused, so the handle is filled by every read
+    and write instead: whichever connection the request touches last is the one to cut.
+    """
+
+    def __init__(self) -> None:
+        self._stream: httpcore.NetworkStream | None = None
+        self._lock = threading.Lock()
+        self.aborted = False
+
+    def note(self, stream: httpcore.NetworkStream) -> None:
+        if self._stream is not stream:
+            with self._lock:
+                self._stream = stream
+                if self.aborted:
+                    _cut(stream)
+
+    def detach(self) -> None:
+        """Forget the connection (it goes back to the pool, where it may serve another request)."""
+        with self._lock:
+            self._stream = None
+            self.aborted = True
+
+    def abort(self) -> None:
+        """Shut the connection down both ways: a blocked read or write in the request's thread fails at once
+        (and the pool drops the connection), and the server sees the connection close."""
+        with self._lock:
+            self.aborted = True
+            if self._stream is not None:
+                _cut(self._stream)
+
+
+def _cut(stream: httpcore.NetworkStream) -> None:
+    sock = stream.get_extra_info("socket")
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Current(threading.local):
+    handle: StreamHandle | None = None
+
+
+_current = _Current()
+
+
+@contextmanager
+def track_streams(handle: StreamHandle | None = None) -> Iterator[StreamHandle]:
+    """Within this block, the connections this thread's requests use are noted on ``handle`` (a new one if
+    none is given), which it yields."""
+    handle = handle or StreamHandle()
+    previous, _current.handle = _current.handle, handle
+    try:
+        yield handle
+    finally:
+        _current.handle = previous
+
+
+class _TrackedStream(httpcore.NetworkStream):
+    """A network stream that tells the current thread's :class:`StreamHandle` (if any) that it is in use."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def _note(self) -> None:
+        handle = _current.handle
+        if handle is not None:
+            handle.note(self)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._note()
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._note()
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _TrackedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        return self._inner.get_extra_info(info)
 
 
 class GuardedBackend(httpcore.NetworkBackend):
@@ -42,7 +138,7 @@ class GuardedBackend(httpcore.NetworkBackend):
         for address in addresses:
             try:
                 # An address literal: the system resolver is not asked again, so this is what we vetted.
-                return self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
+                return _TrackedStream(self._backend.connect_tcp(address, port, timeout, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last_error = exc
         assert last_error is not None  # vetted_addresses never returns an empty tuple
@@ -112,11 +208,13 @@ class GuardedTransport(httpx.BaseTransport):
     network backend (encode/httpx#3749 adds one).
     """
 
-    def __init__(self, guard: OutboundGuard) -> None:
+    def __init__(self, guard: OutboundGuard, max_connections: int = 100) -> None:
+        # One connection per concurrent request: a proxied stream holds its connection for as long as it runs,
+        # so this is the ceiling on concurrent upstream streams per process (AMI_AUTH_OUTBOUND_POOL_SIZE).
         self._pool = httpcore.ConnectionPool(
             # trust_env here only means SSL_CERT_FILE/SSL_CERT_DIR, which private CAs need; no proxies.
             ssl_context=httpx.create_ssl_context(),
-            max_connections=100,
+            max_connections=max_connections,
             max_keepalive_connections=20,
             keepalive_expiry=5.0,
             network_backend=GuardedBackend(guard),

@@ -57,6 +57,11 @@ class Settings:
     outbound_allow: tuple[str, ...] = ()
     outbound_timeout: float = 10.0
     outbound_retries: int = 2
+    outbound_pool_size: int = 512
+    proxy_read_timeout: float = 120.0
+    proxy_pool_timeout: float = 5.0
+    proxy_max_request_bytes: int = 10 * 1024 * 1024
+    proxy_max_response_bytes: int = 100 * 1024 * 1024
     bootstrap_admin_email: str | None = None
     bootstrap_admin_password: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
@@ -396,6 +401,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         outbound_allow=tuple(_check_allow(PREFIX + "OUTBOUND_ALLOW", a) for a in _list(env, "OUTBOUND_ALLOW")),
         outbound_timeout=timeout,
         outbound_retries=_int(env, "OUTBOUND_RETRIES", 2, 0, 10),
+        outbound_pool_size=_int(env, "OUTBOUND_POOL_SIZE", 512, 10, 10000),
+        proxy_read_timeout=float(_int(env, "PROXY_READ_TIMEOUT", 120, 1, 3600)),
+        proxy_pool_timeout=float(_int(env, "PROXY_POOL_TIMEOUT", 5, 1, 60)),
+        proxy_max_request_bytes=_int(env, "PROXY_MAX_REQUEST_BYTES", 10 * 1024 * 1024, 0),
+        proxy_max_response_bytes=_int(env, "PROXY_MAX_RESPONSE_BYTES", 100 * 1024 * 1024, 0),
         bootstrap_admin_email=env.get(PREFIX + "BOOTSTRAP_ADMIN_EMAIL") or None,
         bootstrap_admin_password=env.get(PREFIX + "BOOTSTRAP_ADMIN_PASSWORD") or None,
         log_level=log_level,

@@ -17,11 +17,15 @@ from werkzeug.wrappers import Response
 from app import audit
 from app.api.registry import component, document
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response
+from app.api.token_api import check_limits, oauth_headers
 from app.connectors import accounts
+from app.connectors.bearer import OAUTH_MODES
 from app.connectors.headers import disclose
 from app.errors import AppError
 from app.extensions import db_session, get_cipher
+from app.models import ConnectedAccount
 from app.models.base import ID_MAX
+from app.providers.registry import entry as catalog_entry
 
 bp = api_blueprint("api_accounts", __name__)
 
@@ -50,16 +54,18 @@ ACCOUNT_ID_PARAM = {
 @api_auth("accounts:headers", cookies=False, audit_use=False)
 @document(
     operation_id="getAccountHeaders",
-    summary="Ready-to-send request headers for an API-key account",
+    summary="Ready-to-send request headers for an API-key or OAuth account",
     description=(
         "The headers (and query parameters) to add to a request made with this connected account, rendered "
         "from its provider's catalog entry: e.g. `Authorization: Bearer …` plus `OpenAI-Organization` for "
         "OpenAI, `x-api-key` + `anthropic-version` for Anthropic. **The response contains the credential**: "
         "every call is audited (`account.headers.disclosed`) and answered `Cache-Control: no-store`. "
         "Service tokens with the scope `accounts:headers` only: a session cookie, even an admin's, is 403. "
-        "409 `conflict` when the account cannot be used, the same answer as refresh and the dialogs give for "
-        "the same cause: its provider config is disabled, no secret is stored yet, or it is not an API-key "
-        "account."
+        "OAuth accounts (Google, GitHub, Entra ID, OpenID) get their current access token as a bearer header, "
+        "refreshed first when it expires within a minute (409 `consent_required` when the account must be "
+        "reconnected). 409 `conflict` when the account cannot be used, the same answer as refresh and the "
+        "dialogs give for the same cause: its provider config is disabled, no secret is stored yet, or it is an "
+        "SMTP account. Prefer the proxy (`…/proxy/{path}`), which never discloses the credential."
     ),
     response=ACCOUNT_HEADERS,
     path=ACCOUNT_ID_PARAM,
@@ -69,7 +75,21 @@ ACCOUNT_ID_PARAM = {
 def account_headers(account_id: int) -> Response:
     db = db_session()
     try:
-        result = disclose(db, get_cipher(), account_id, ctx=api_audit_ctx(), usable_modes=accounts.CONNECTABLE_MODES)
+        account = db.get(ConnectedAccount, account_id)
+        provider = catalog_entry(account.provider_config.provider_type) if account is not None else None
+        if account is not None and provider is not None and provider.auth_mode in OAUTH_MODES:
+            check_limits(account, provider)
+            result = oauth_headers(account, provider)
+            audit.record(
+                db, api_audit_ctx(), "account.headers.disclosed", target=f"connected_account:{account_id}",
+                details={"via": "api", **result.names()},
+            )  # fmt: skip
+        else:
+            if account is not None and provider is not None:
+                check_limits(account, provider)
+            result = disclose(
+                db, get_cipher(), account_id, ctx=api_audit_ctx(), usable_modes=accounts.CONNECTABLE_MODES
+            )
         db.commit()
     except AppError as exc:
         # The token's use is recorded even when nothing is disclosed (audit_use=False leaves it to us).

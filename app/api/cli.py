@@ -13,6 +13,7 @@ from app.api.compliance import build_report, report_json, report_text
 from app.errors import AppError
 from app.extensions import get_database, get_settings
 from app.models import utcnow
+from app.providers.registry import get_catalog
 
 tokens_cli = AppGroup("tokens", help="Service tokens for the JSON API.")
 compliance_cli = AppGroup("compliance", help="The compliance report.")
@@ -36,11 +37,40 @@ def _fail(exc: AppError) -> click.ClickException:
     help="Repeat for each scope.",
 )
 @click.option("--expires-days", type=click.IntRange(1, tokens.EXPIRES_DAYS_MAX), default=None, help="Default: never.")
-def tokens_create(name: str, scopes: tuple[str, ...], expires_days: int | None) -> None:
+@click.option(
+    "--account",
+    "account_ids",
+    multiple=True,
+    type=click.IntRange(1),
+    help="Only this connected account (repeat for more): limits the account scopes (proxy, token, headers).",
+)
+@click.option(
+    "--provider-type",
+    "provider_types",
+    multiple=True,
+    help="Only accounts of this provider type (repeat for more), e.g. openai.",
+)
+def tokens_create(
+    name: str,
+    scopes: tuple[str, ...],
+    expires_days: int | None,
+    account_ids: tuple[int, ...],
+    provider_types: tuple[str, ...],
+) -> None:
     """Create a token and print it once (only its hash is stored)."""
+    unknown = sorted(set(provider_types) - set(get_catalog().ids()))
+    if unknown:
+        raise click.BadParameter(f"unknown provider type {unknown[0]!r}", param_hint="--provider-type")
     db = get_database().session()
+    limits = (
+        tokens.AccountLimits(frozenset(account_ids), frozenset(provider_types))
+        if account_ids or provider_types
+        else None
+    )
     try:
-        issued = tokens.create_token(db, _CLI, name=name, scopes=scopes, created_by=None, expires_days=expires_days)
+        issued = tokens.create_token(
+            db, _CLI, name=name, scopes=scopes, created_by=None, expires_days=expires_days, limits=limits
+        )
         db.commit()
     except AppError as exc:
         db.rollback()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
@@ -27,6 +27,8 @@ Scope = Literal[
     "accounts:read",
     "accounts:write",
     "accounts:headers",
+    "accounts:proxy",
+    "accounts:token",
     "providers:read",
     "providers:write",
     "compliance:read",
@@ -43,6 +45,9 @@ SCOPES: Final[dict[Scope, str]] = {
     "accounts:read": "Read connected-account snapshots (never a secret).",
     "accounts:write": "Refresh, revoke and delete connected accounts.",
     "accounts:headers": "Get ready-to-send request headers for an account (contains its credential).",
+    "accounts:proxy": "Call a connected account's provider API through AMI Auth, which adds the credential "
+    "(the caller never sees it).",
+    "accounts:token": "Get an OAuth account's current access token (refreshed first when due).",
     "providers:read": "Read provider configurations (non-secret fields; which secrets are set, never their values).",
     "providers:write": "Create and change provider configurations (non-secret fields).",
     "compliance:read": "Read the compliance report.",
@@ -85,6 +90,38 @@ class PresentedToken:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    limits: AccountLimits | None = None
+
+
+@dataclass(frozen=True)
+class AccountLimits:
+    """The connected accounts a token may use (ids and/or provider types); a token without limits uses any."""
+
+    account_ids: frozenset[int] = frozenset()
+    provider_types: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> AccountLimits | None:
+        if not raw:
+            return None
+        return cls(
+            frozenset(int(i) for i in raw.get("account_ids") or ()),
+            frozenset(str(t) for t in raw.get("provider_types") or ()),
+        )
+
+    def to_json(self) -> dict[str, list[Any]]:
+        found: dict[str, list[Any]] = {}
+        if self.account_ids:
+            found["account_ids"] = sorted(self.account_ids)
+        if self.provider_types:
+            found["provider_types"] = sorted(self.provider_types)
+        return found
+
+    def allows(self, account_id: int, provider_type: str) -> bool:
+        """Both lists apply when both are given: the account must be listed and of a listed type."""
+        if self.account_ids and account_id not in self.account_ids:
+            return False
+        return not self.provider_types or provider_type in self.provider_types
 
 
 @dataclass(frozen=True)
@@ -151,6 +188,7 @@ def create_token(
     scopes: Sequence[str],
     created_by: int | None,
     expires_days: int | None = None,
+    limits: AccountLimits | None = None,
     now: datetime | None = None,
 ) -> IssuedToken:
     """Issue a token (the caller commits). Raises ``validation_failed`` naming the bad field."""
@@ -170,6 +208,7 @@ def create_token(
         created_by=created_by,
         created_at=now,
         expires_at=now + timedelta(days=expires_days) if expires_days else None,
+        account_limits=limits.to_json() or None if limits is not None else None,
     )
     db.add(record)
     db.flush()
@@ -183,6 +222,7 @@ def create_token(
             "prefix": record.prefix,
             "scopes": list(chosen),
             "expires_at": record.expires_at,
+            "account_limits": record.account_limits,
         },
     )
     return IssuedToken(record, raw)
@@ -211,7 +251,12 @@ def list_tokens(db: Session) -> list[ServiceToken]:
 
 
 _BY_HASH: Final = select(
-    ServiceToken.id, ServiceToken.scopes, ServiceToken.expires_at, ServiceToken.revoked_at, ServiceToken.last_used_at
+    ServiceToken.id,
+    ServiceToken.scopes,
+    ServiceToken.expires_at,
+    ServiceToken.revoked_at,
+    ServiceToken.last_used_at,
+    ServiceToken.account_limits,
 ).where(ServiceToken.token_hash == bindparam("token_hash"))
 
 
@@ -224,7 +269,14 @@ def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenChe
     row = db.connection().execute(_BY_HASH, {"token_hash": hash_token(raw)}).first()
     if row is None:
         return TokenCheck(None, "unknown")
-    record = PresentedToken(row.id, tuple(row.scopes or ()), row.expires_at, row.revoked_at, row.last_used_at)
+    record = PresentedToken(
+        row.id,
+        tuple(row.scopes or ()),
+        row.expires_at,
+        row.revoked_at,
+        row.last_used_at,
+        AccountLimits.from_json(row.account_limits),
+    )
     state = status(record, now)
     if state != "active":
         return TokenCheck(record, state)

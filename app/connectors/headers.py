@@ -72,6 +72,7 @@ __all__ = [
     "forget_account",
     "get_headers",
     "load_secrets",
+    "proxy_auth",
     "render_auth",
     "request_auth",
 ]
@@ -151,8 +152,15 @@ def _no_secret_error(provider: ProviderEntry, name: str) -> AppError:
     )
 
 
-def render_auth(provider: ProviderEntry, values: ValuesByScope, secrets: Mapping[str, Secret | None]) -> RequestAuth:
+def render_auth(
+    provider: ProviderEntry,
+    values: ValuesByScope,
+    secrets: Mapping[str, Secret | None],
+    token: Mapping[str, Any] | None = None,
+) -> RequestAuth:
     """Render the entry's headers and query parameters. Pure: no I/O, nothing cached.
+
+    ``token`` holds an OAuth account's ``access_token`` for the ``${token.…}`` references (bearer headers).
 
     A header whose secret is missing raises ``invalid_config`` on that field (sending a request with a
     blank credential would only earn a confusing 401); ``omit_if_empty`` headers are left out instead.
@@ -161,7 +169,7 @@ def render_auth(provider: ProviderEntry, values: ValuesByScope, secrets: Mapping
         "config": values.get("config", {}),
         "account": values.get("account", {}),
         "secret": secrets,
-        "token": {},
+        "token": token or {},
     }
     headers: dict[str, str] = {}
     for spec in provider.headers:
@@ -179,8 +187,8 @@ def render_auth(provider: ProviderEntry, values: ValuesByScope, secrets: Mapping
             user = render_template_string(spec.basic[0], **scopes)
             password = render_template_string(spec.basic[1], **scopes)
             # RFC 7617 §2: user-id and password joined by a colon, UTF-8, base64.
-            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            headers[name] = f"Basic {token}"
+            basic = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            headers[name] = f"Basic {basic}"
         else:
             assert spec.value is not None  # the schema requires value or basic
             headers[name] = render_template_string(spec.value, **scopes)
@@ -433,6 +441,14 @@ def disclose(
     if account is None:
         raise AppError("not_found", "There is no such connected account.")
     return request_auth(db, cipher, account, ctx=ctx, per_call_audit=True, now=now)
+
+
+def proxy_auth(db: Session, cipher: Cipher, account: ConnectedAccount, ctx: audit.AuditContext) -> RequestAuth:
+    """What the proxy adds to a request made with API-key ``account``: cached like :func:`request_auth`, with
+    ``last_used_at`` kept, but no audit event of its own (the proxy records one per call, with the outcome)."""
+    result = _resolve(db, cipher, account, None)
+    _note_use(db, account.id, account, ctx, True, None)
+    return result
 
 
 def get_headers(db: Session, cipher: Cipher, account: ConnectedAccount) -> dict[str, str]:

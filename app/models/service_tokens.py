@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -22,6 +23,9 @@ class ServiceToken(Base):
     # no low-entropy secret to brute-force, unlike a password.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[list[str]] = mapped_column(default=list)
+    # Which connected accounts the account scopes (accounts:proxy, accounts:token, accounts:headers) reach:
+    # {"account_ids": [...], "provider_types": [...]}, either key optional; null: every account.
+    account_limits: Mapped[dict[str, Any] | None]
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]

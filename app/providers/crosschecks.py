@@ -238,6 +238,13 @@ def _check_capabilities(entry: ProviderEntry) -> None:
         raise CatalogError(
             file, "$.config_fields", "SMTP entries need a config field host and an account field from_address"
         )
+    proxy = entry.proxy
+    if proxy is not None and entry.auth_mode not in (AuthMode.API_KEY, AuthMode.OAUTH2, AuthMode.OIDC):
+        raise CatalogError(file, "$.proxy", "only API-key and OAuth entries have a credential to proxy with")
+    if proxy is not None and proxy.base not in entry.endpoints:
+        raise CatalogError(file, "$.proxy.base", f"no endpoint named {proxy.base!r}")
+    if proxy is not None and any(".." in p or "//" in p for rule in proxy.allow for p in rule.patterns):
+        raise CatalogError(file, "$.proxy.allow", "a path pattern cannot hold '..' or '//'")
     logo = entry.capabilities.logo
     if logo is not None and not (STATIC_DIR / logo).is_file():
         raise CatalogError(file, "$.button.logo", f"no file static/{logo}")

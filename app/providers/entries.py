@@ -6,6 +6,7 @@ Everything here is immutable and free of I/O; the registry parses, checks and ca
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,41 @@ class OAuthSpec:
 
 
 @dataclass(frozen=True)
+class ProxyRule:
+    """Methods allowed on the paths matching any of ``patterns`` (``*``: within a segment, ``**``: any segments)."""
+
+    methods: frozenset[str]
+    patterns: tuple[str, ...]
+    compiled: tuple[re.Pattern[str], ...] = field(repr=False, compare=False)
+
+    def allows(self, method: str, path: str) -> bool:
+        return method in self.methods and any(p.fullmatch(path) for p in self.compiled)
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """What the credential-injecting proxy may forward for this type: the endpoint that is its upstream base
+    and the allowed (method, path) pairs. An entry without one cannot be proxied."""
+
+    base: str
+    allow: tuple[ProxyRule, ...]
+
+    def allows(self, method: str, path: str) -> bool:
+        # HEAD is what GET is without the body (RFC 9110 §9.3.2).
+        return any(rule.allows(method, path) or (method == "HEAD" and rule.allows("GET", path)) for rule in self.allow)
+
+    def methods_for(self, path: str) -> list[str]:
+        return sorted({m for rule in self.allow for m in rule.methods if any(p.fullmatch(path) for p in rule.compiled)})
+
+
+def path_pattern(glob: str) -> re.Pattern[str]:
+    """A catalog path pattern as a regular expression: ``**`` any characters, ``*`` any but ``/``."""
+    parts = re.split(r"(\*\*|\*)", glob)
+    body = "".join(".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part) for part in parts)
+    return re.compile(body)
+
+
+@dataclass(frozen=True)
 class Notes:
     """What people are told about a type beyond its fields: the steps to register the app at the provider
     (the OAuth setup page), a hint beside "Connect", what a token that never expires means, and what "Test
@@ -244,6 +280,7 @@ class ProviderEntry:
     order: int
     source: Path
     raw: Mapping[str, Any] = field(repr=False)
+    proxy: ProxySpec | None = None
 
     @property
     def type(self) -> AuthProviderType:

@@ -21,11 +21,14 @@ from app.providers.entries import (
     Notes,
     OAuthSpec,
     ProviderEntry,
+    ProxyRule,
+    ProxySpec,
     QuerySpec,
     RefreshSpec,
     RevokeSpec,
     VerifySpec,
     norm,
+    path_pattern,
 )
 from app.providers.loading import ROOT, CatalogError
 from app.providers.types import (
@@ -218,6 +221,20 @@ def _notes(raw: Any) -> Notes:
     )
 
 
+def _proxy(raw: Mapping[str, Any] | None) -> ProxySpec | None:
+    if raw is None:
+        return None
+    rules = tuple(
+        ProxyRule(
+            methods=frozenset(rule["methods"]),
+            patterns=tuple(rule["paths"]),
+            compiled=tuple(path_pattern(p) for p in rule["paths"]),
+        )
+        for rule in raw["allow"]
+    )
+    return ProxySpec(base=raw.get("base", "base"), allow=rules)
+
+
 def parse_entry(file: Path, data: Mapping[str, Any]) -> ProviderEntry:
     """A schema-valid mapping → a ProviderEntry (cross-checks are separate: see check_entry)."""
     fields: dict[Which, tuple[FieldSpec, ...]] = {}
@@ -271,4 +288,5 @@ def parse_entry(file: Path, data: Mapping[str, Any]) -> ProviderEntry:
         order=int(data.get("order", DEFAULT_ORDER)),
         source=file,
         raw=data,
+        proxy=_proxy(data.get("proxy")),
     )

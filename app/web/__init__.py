@@ -15,6 +15,8 @@ from app.api import (
     openapi,
     provider_configs_api,
     providers_api,
+    proxy_api,
+    token_api,
     users_api,
 )
 from app.api import dialogs as api_dialogs
@@ -81,6 +83,8 @@ def api_blueprints() -> list[Blueprint]:
         accounts_api.bp,
         api_accounts.bp,
         api_dialogs.bp,
+        proxy_api.bp,
+        token_api.bp,
         users_api.bp,
         idp_clients_api.bp,
         openapi.bp,

@@ -44,6 +44,7 @@ from app.auth.throttle import ip_bucket
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage
 from app.http.context import audit_ctx, client_ip
+from app.http.streaming import is_streamed
 from app.models.base import ID_MAX
 
 __all__ = [
@@ -373,6 +374,8 @@ def _takes_json() -> bool:
 
 
 def _check_body() -> None:
+    if is_streamed(current_app.view_functions.get(request.endpoint or "")):
+        return  # the proxy: the body is the upstream's to judge, and streams through unread
     raw = request.get_data(cache=True, parse_form_data=False)
     if not raw:
         return

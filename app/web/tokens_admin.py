@@ -15,6 +15,8 @@ from app.errors import AppError
 from app.extensions import db_session
 from app.http.context import audit_ctx, signed_in
 from app.models import User, utcnow
+from app.models.base import ID_MAX
+from app.providers.registry import get_catalog
 from app.web.common import admin_required, form_errors
 
 bp = Blueprint("tokens_admin", __name__, url_prefix="/admin/tokens")
@@ -40,6 +42,39 @@ class TokenForm(FlaskForm):  # type: ignore[misc]
         ],
         description="Leave empty for a token that does not expire.",
     )
+    account_ids = StringField(
+        "Only these accounts",
+        validators=[Length(max=500)],
+        description="Connected-account ids, comma-separated: the account scopes (proxy, token, headers) reach only "
+        "these. Leave empty for every account.",
+    )
+    provider_types = StringField(
+        "Only these provider types",
+        validators=[Length(max=500)],
+        description="Provider type ids, comma-separated (e.g. openai, anthropic). Leave empty for every type.",
+    )
+
+
+def _limits(form: TokenForm) -> tokens.AccountLimits | None:
+    """The account limits the form asks for; field errors on the form for what cannot be read."""
+    ids: set[int] = set()
+    for part in (form.account_ids.data or "").replace(" ", ",").split(","):
+        if not part:
+            continue
+        if not part.isascii() or not part.isdigit() or not 0 < int(part) <= ID_MAX:
+            form.account_ids.errors = [f"“{part[:20]}” is not an account id: use numbers, e.g. 12, 15."]
+            break
+        ids.add(int(part))
+    known = set(get_catalog().ids())
+    types = {part for part in (form.provider_types.data or "").replace(" ", ",").split(",") if part}
+    unknown = sorted(types - known)
+    if unknown:
+        form.provider_types.errors = [
+            f"Unknown provider type {unknown[0][:40]!r}; use e.g. {', '.join(sorted(known)[:4])}."
+        ]
+    if not ids and not types:
+        return None
+    return tokens.AccountLimits(frozenset(ids), frozenset(types))
 
 
 class RevokeForm(FlaskForm):  # type: ignore[misc]
@@ -79,6 +114,7 @@ def create() -> tuple[str, int]:
     # CSRF was checked before the view (CSRFProtect); what is left is the fields.
     form = TokenForm()
     form.validate()
+    limits = _limits(form)
     expires_days = form.expires_days.data if not form.expires_days.errors else None
     problems = tokens.request_problems(form.name.data or "", form.scopes.data or [], expires_days)
     # Show every problem at once: the logic's message where the field has none from the form yet.
@@ -95,6 +131,7 @@ def create() -> tuple[str, int]:
         scopes=form.scopes.data or [],
         created_by=who.user.id,
         expires_days=expires_days,
+        limits=limits,
     )
     db.commit()
     # Rendered in the POST's response (never stored, never redirected through a session): this page is

@@ -6,7 +6,7 @@ import base64
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +43,7 @@ from app.settings import Settings
 from app.vault import Secret, put_secret
 from tests.conftest import PASSWORD, TEST_KEY, UserFactory, make_settings, sign_in
 from tests.support.hostile import CONTROLS, DEEP_JSON, DEEPISH_JSON, HOSTILE_IDS, HOSTILE_SEGMENTS, HUGE, NUL, Tally
+from tests.support.stream_upstream import StreamUpstream, running_upstream
 
 
 @pytest.fixture
@@ -203,6 +204,8 @@ def test_real_responses_match_the_documented_schemas(
     anonymous = app.test_client()
     auth = {"Authorization": f"Bearer {raw}"}
     headers_path = "/api/account-manager/accounts/{account_id}/headers"
+    proxy_path = "/api/account-manager/accounts/{account_id}/proxy/{path}"
+    token_path = "/api/account-manager/accounts/{account_id}/token"
 
     calls: list[tuple[str, str, Callable[[], Any], int]] = [
         ("/api/auth/session", "get", lambda: client.get("/api/auth/session"), 200),
@@ -261,6 +264,21 @@ def test_real_responses_match_the_documented_schemas(
             ),
             403,
         ),
+        # The proxy and the token handout: what AMI Auth itself answers (the provider's answers pass through).
+        (proxy_path, "get", lambda: client.get(f"{accounts_path}/9999/proxy/v1/models", headers=auth), 404),
+        (proxy_path, "get", lambda: anonymous.get(f"{account_path}/proxy/v1/models"), 401),
+        (
+            proxy_path,
+            "get",
+            lambda: client.get(f"{account_path}/proxy/v1/models", headers={"Authorization": f"Bearer {narrow}"}),
+            403,
+        ),
+        (proxy_path, "post", lambda: client.post(f"{account_path}/proxy/v2/files", headers=auth), 403),
+        (proxy_path, "put", lambda: client.put(f"{account_path}/proxy/v1/models", headers=auth), 405),
+        (proxy_path, "patch", lambda: client.patch(f"{account_path}/proxy/v1/models", headers=auth), 405),
+        (proxy_path, "delete", lambda: client.delete(f"{account_path}/proxy/v1//models", headers=auth), 422),
+        (token_path, "post", lambda: client.post(f"{account_path}/token", headers=auth), 404),
+        (token_path, "post", lambda: anonymous.post(f"{account_path}/token"), 401),
         # Provider configs: non-secret fields only.
         (configs_path, "get", lambda: client.get(configs_path, headers=auth), 200),
         (configs_path, "get", lambda: client.get(f"{configs_path}?enabled=maybe", headers=auth), 422),
@@ -598,8 +616,20 @@ PER_TYPE_BODIES = frozenset(
 )
 
 
+@pytest.fixture
+def fuzz_upstream() -> Iterator[StreamUpstream]:
+    """The keyed account's provider API for the proxy operations: a local stand-in, never the real vendor."""
+    with running_upstream() as upstream:
+        yield upstream
+
+
 def test_fuzz_every_endpoint_from_the_document(
-    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, settings: Settings
+    app: Flask,
+    client: FlaskClient,
+    db: Session,
+    make_user: UserFactory,
+    settings: Settings,
+    fuzz_upstream: StreamUpstream,
 ) -> None:
     """schemathesis against the live WSGI app: no 5xx, documented statuses and shapes, no secret in a body."""
     make_user("root@example.com", role="admin")
@@ -617,10 +647,16 @@ def test_fuzz_every_endpoint_from_the_document(
     anthropic = ProviderConfig(provider_type="anthropic", name="Anthropic", enabled=True, config={})
     db.add(anthropic)
     db.flush()
-    keyed = ConnectedAccount(provider_config_id=anthropic.id, label="keyed", status="active")
+    keyed = ConnectedAccount(
+        provider_config_id=anthropic.id,
+        label="keyed",
+        status="active",
+        identifiers={"base_url": fuzz_upstream.url},
+    )
     db.add_all([keyed, ConnectedAccount(provider_config_id=anthropic.id, label="keyless", status="pending")])
     db.flush()
     api_key = "sk-ant-fuzz-" + "Q7x" * 14
+    fuzz_upstream.add_key(api_key)
     put_secret(db, get_cipher(app), "connected_account", keyed.id, "api_key", Secret(api_key), grace=None)
     db.commit()
     callers = [
@@ -652,6 +688,11 @@ def test_fuzz_every_endpoint_from_the_document(
         assert response.status_code < 500, f"{label} answered {response.status_code}: {response.text}"
         statuses.setdefault(case.operation.label, set()).add(response.status_code)
         body = response.text
+        if "ami-auth" in response.headers.get("Via", ""):
+            # The provider's own answer, passed through by the proxy (any status, its own shape): only AMI
+            # Auth's answers are held to the document. It must not carry the key the proxy added.
+            assert "/proxy/" in case.formatted_path and api_key not in body and raw not in body, label
+            return
         disclosed = case.operation.label == "GET /api/account-manager/accounts/{account_id}/headers"
         for secret in [*secrets, *([] if disclosed else [api_key])]:
             assert secret not in body, f"{label} leaked a secret"
@@ -728,6 +769,8 @@ def test_fuzz_every_endpoint_from_the_document(
     assert 201 in statuses["POST /api/account-manager/dialogs"]
     assert 201 in statuses["POST /api/account-manager/provider-configs"]
     assert 200 in statuses["GET /api/account-manager/provider-configs"]
+    proxy_get = "GET /api/account-manager/accounts/{account_id}/proxy/{path}"
+    assert statuses[proxy_get] >= {401, 403}, statuses[proxy_get]
 
 
 # --- hostile input the generator does not make ----------------------------------------------------------

@@ -32,15 +32,16 @@ from app.auth.passwords import breach_count
 from app.connectors.verify import connectivity_test, verify_account
 from app.errors import AppError
 from app.mailer import Mailer
-from app.net import OutboundClient, get_client
+from app.net import OutboundClient, Upstream, get_client
 from app.oauth import ProviderMetadata, TokenSet, discover, exchange_code, fetch_jwks, refresh
 from app.oauth.device import start_device_authorization
 from app.oauth.identity import fetch_identity
 from app.oauth.provider import OAuthProvider, provider_from_values, revoke_tokens
 from app.providers.entries import FieldSpec, ProviderEntry
 from app.providers.registry import get_catalog
-from app.providers.templating import references
+from app.providers.templating import references, render_template_string
 from app.providers.types import FIELD_SETS, FieldType, Which
+from app.providers.validation import effective_values
 from app.settings import Settings, with_overrides
 from app.vault import Secret
 from tests.conftest import make_settings
@@ -267,6 +268,28 @@ def _catalog_row(app: Flask, row: Row, trap: Listener) -> Outcome:
             outcome += _errors(verify_account(client, settings, row.entry, values, secrets).error)
         else:
             outcome += _oauth(client, row, values["config"], secrets, optional=not others_blank)
+        outcome += _proxied(client, row, values)
+    return outcome
+
+
+def _proxied(client: OutboundClient, row: Row, values: dict[Which, dict[str, Any]]) -> Outcome:
+    """The credential-injecting proxy's upstream call (app/api/proxy_api.py), to the entry's proxy base."""
+    assert row.entry is not None
+    spec = row.entry.proxy
+    outcome: Outcome = []
+    if spec is None:
+        return outcome
+    scopes = {which: effective_values(row.entry, which, values[which]) for which in FIELD_SETS}
+    base = render_template_string(row.entry.endpoints[spec.base], **scopes).rstrip("/")
+    if base:
+        opened = _attempt(
+            outcome,
+            lambda: client.open_stream(
+                "GET", f"{base}/v1/x", headers=[], params={}, content=None, read_timeout=1, pool_timeout=1
+            ),
+        )
+        if isinstance(opened, Upstream):
+            opened.close()
     return outcome
 
 

@@ -157,3 +157,40 @@ def test_cli_create_list_revoke(app: Flask, db: Session) -> None:
         ("service_token.create", "cli", f"service_token:{row.id}"),
         ("service_token.revoke", "cli", f"service_token:{row.id}"),
     ]
+
+
+def test_a_token_can_be_limited_to_some_accounts_and_provider_types(
+    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory
+) -> None:
+    _admin(client, make_user)
+    status, html = _create(client, name="x", scopes=["accounts:proxy"], account_ids="12, abc", provider_types="nope")
+    assert status == 422
+    assert re.search(r'id="account_ids-error"[^>]*>“abc” is not an account id', html)
+    assert re.search(r"id=\"provider_types-error\"[^>]*>Unknown provider type &#39;nope&#39;", html)
+    assert db.scalar(select(ServiceToken)) is None
+
+    status, html = _create(
+        client, name="CMS chat", scopes=["accounts:proxy"], account_ids="12, 15", provider_types="openai"
+    )
+    assert status == 200 and TOKEN_FIELD.search(html)
+    row = db.scalar(select(ServiceToken))
+    assert row is not None and row.account_limits == {"account_ids": [12, 15], "provider_types": ["openai"]}
+    assert "only accounts 12, 15 openai" in client.get("/admin/tokens/").get_data(as_text=True)
+
+    cli = app.test_cli_runner().invoke(
+        args=[
+            "tokens",
+            "create",
+            "CLI chat",
+            "--scope",
+            "accounts:token",
+            "--account",
+            "7",
+            "--provider-type",
+            "google",
+        ]
+    )
+    assert cli.exit_code == 0, cli.output
+    db.expire_all()
+    latest = db.scalars(select(ServiceToken).order_by(ServiceToken.id.desc())).first()
+    assert latest is not None and latest.account_limits == {"account_ids": [7], "provider_types": ["google"]}

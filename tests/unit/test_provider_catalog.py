@@ -72,6 +72,9 @@ def test_entries_have_what_their_auth_mode_needs() -> None:
         if provider.auth_mode == AuthMode.API_KEY:
             assert provider.headers and provider.verify is not None and provider.verify.kind == "http"
             assert provider.revoke is not None and not provider.revoke.supported and provider.revoke.hint
+        if provider.auth_mode in (AuthMode.OAUTH2, AuthMode.OIDC, AuthMode.API_KEY):
+            # Every built-in type with a credential can be used through the proxy, to its own base URL only.
+            assert provider.proxy is not None and provider.proxy.base in provider.endpoints, provider.id
     assert _entry("azure_ad").revoke is not None and not _entry("azure_ad").revoke.supported  # type: ignore[union-attr]
     github = _entry("github")
     assert github.revoke is not None and github.revoke.method == "DELETE" and github.revoke.auth == "basic"
@@ -165,6 +168,9 @@ def test_schema_violation_gives_the_json_path(catalog_copy: Path) -> None:
         ),
         ("smtp", lambda d: d["config_fields"][1]["enum"][0].update(implies={"prot": 1}), "implies.prot", "not another"),
         ("openai", lambda d: d["account_fields"][1].update(name="name"), ".name", "reserved"),
+        ("openai", lambda d: d["proxy"].update(base="nowhere"), "$.proxy.base", "no endpoint named 'nowhere'"),
+        ("openai", lambda d: d["proxy"]["allow"][0].update(paths=["/v1/../**"]), "$.proxy.allow", "'..'"),
+        ("smtp", lambda d: d.update(proxy={"allow": [{"methods": ["GET"], "paths": ["/**"]}]}), "$.proxy", "only"),
     ],
 )
 def test_cross_checks(catalog_copy: Path, name: str, change: Any, path: str, reason: str) -> None:
@@ -206,6 +212,26 @@ def test_create_app_stops_on_an_invalid_entry(
 
 
 # -------------------------------------------------------------------------------------------- templates
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/models", True),
+        ("POST", "/v1/chat/completions", True),
+        ("HEAD", "/v1/models", True),  # HEAD wherever GET is allowed (RFC 9110 §9.3.2)
+        ("PUT", "/v1/models", False),
+        ("GET", "/v2/models", False),
+        ("GET", "/v1", False),
+    ],
+)
+def test_proxy_rules_match_methods_and_glob_paths(method: str, path: str, allowed: bool) -> None:
+    spec = _entry("openai").proxy
+    assert spec is not None
+    assert spec.allows(method, path) is allowed
+    hf = _entry("huggingface").proxy
+    assert hf is not None and hf.allows("GET", "/api/models/org/name") and not hf.allows("GET", "/api/whoami-v2/x")
+    assert hf.methods_for("/api/whoami-v2") == ["GET"]
 
 
 def test_render_substitutes_and_refuses_unknown_references() -> None:

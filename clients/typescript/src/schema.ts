@@ -56,8 +56,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Ready-to-send request headers for an API-key account
-         * @description The headers (and query parameters) to add to a request made with this connected account, rendered from its provider's catalog entry: e.g. `Authorization: Bearer …` plus `OpenAI-Organization` for OpenAI, `x-api-key` + `anthropic-version` for Anthropic. **The response contains the credential**: every call is audited (`account.headers.disclosed`) and answered `Cache-Control: no-store`. Service tokens with the scope `accounts:headers` only: a session cookie, even an admin's, is 403. 409 `conflict` when the account cannot be used, the same answer as refresh and the dialogs give for the same cause: its provider config is disabled, no secret is stored yet, or it is not an API-key account.
+         * Ready-to-send request headers for an API-key or OAuth account
+         * @description The headers (and query parameters) to add to a request made with this connected account, rendered from its provider's catalog entry: e.g. `Authorization: Bearer …` plus `OpenAI-Organization` for OpenAI, `x-api-key` + `anthropic-version` for Anthropic. **The response contains the credential**: every call is audited (`account.headers.disclosed`) and answered `Cache-Control: no-store`. Service tokens with the scope `accounts:headers` only: a session cookie, even an admin's, is 403. OAuth accounts (Google, GitHub, Entra ID, OpenID) get their current access token as a bearer header, refreshed first when it expires within a minute (409 `consent_required` when the account must be reconnected). 409 `conflict` when the account cannot be used, the same answer as refresh and the dialogs give for the same cause: its provider config is disabled, no secret is stored yet, or it is an SMTP account. Prefer the proxy (`…/proxy/{path}`), which never discloses the credential.
          */
         get: operations["getAccountHeaders"];
         put?: never;
@@ -66,6 +66,42 @@ export interface paths {
         options?: never;
         head?: never;
         patch?: never;
+        trace?: never;
+    };
+    "/api/account-manager/accounts/{account_id}/proxy/{path}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Call the provider's API with GET through the account (credential added)
+         * @description Sends the request to the account's configured base URL with the credential added (API keys: the catalog's header templates; OAuth: its access token, refreshed first when due). Query string, body and headers are passed on, except hop-by-hop, credential and forwarding headers; the answer (any status, headers and body) comes back as the provider sent it, streamed, without Set-Cookie. Only the methods and paths the provider type's catalog entry allows are forwarded (403, or 405 for a wrong method). A provider's 401 marks an API-key account `invalid_credentials`; for OAuth it triggers one refresh (and `consent_required` if that fails). Service tokens with `accounts:proxy` only (limited to some accounts or provider types if the token is). Audited per call (`account.proxy`), never with a body or a secret.
+         */
+        get: operations["proxyGet"];
+        /**
+         * Call the provider's API with PUT through the account (credential added)
+         * @description Sends the request to the account's configured base URL with the credential added (API keys: the catalog's header templates; OAuth: its access token, refreshed first when due). Query string, body and headers are passed on, except hop-by-hop, credential and forwarding headers; the answer (any status, headers and body) comes back as the provider sent it, streamed, without Set-Cookie. Only the methods and paths the provider type's catalog entry allows are forwarded (403, or 405 for a wrong method). A provider's 401 marks an API-key account `invalid_credentials`; for OAuth it triggers one refresh (and `consent_required` if that fails). Service tokens with `accounts:proxy` only (limited to some accounts or provider types if the token is). Audited per call (`account.proxy`), never with a body or a secret.
+         */
+        put: operations["proxyPut"];
+        /**
+         * Call the provider's API with POST through the account (credential added)
+         * @description Sends the request to the account's configured base URL with the credential added (API keys: the catalog's header templates; OAuth: its access token, refreshed first when due). Query string, body and headers are passed on, except hop-by-hop, credential and forwarding headers; the answer (any status, headers and body) comes back as the provider sent it, streamed, without Set-Cookie. Only the methods and paths the provider type's catalog entry allows are forwarded (403, or 405 for a wrong method). A provider's 401 marks an API-key account `invalid_credentials`; for OAuth it triggers one refresh (and `consent_required` if that fails). Service tokens with `accounts:proxy` only (limited to some accounts or provider types if the token is). Audited per call (`account.proxy`), never with a body or a secret.
+         */
+        post: operations["proxyPost"];
+        /**
+         * Call the provider's API with DELETE through the account (credential added)
+         * @description Sends the request to the account's configured base URL with the credential added (API keys: the catalog's header templates; OAuth: its access token, refreshed first when due). Query string, body and headers are passed on, except hop-by-hop, credential and forwarding headers; the answer (any status, headers and body) comes back as the provider sent it, streamed, without Set-Cookie. Only the methods and paths the provider type's catalog entry allows are forwarded (403, or 405 for a wrong method). A provider's 401 marks an API-key account `invalid_credentials`; for OAuth it triggers one refresh (and `consent_required` if that fails). Service tokens with `accounts:proxy` only (limited to some accounts or provider types if the token is). Audited per call (`account.proxy`), never with a body or a secret.
+         */
+        delete: operations["proxyDelete"];
+        options?: never;
+        head?: never;
+        /**
+         * Call the provider's API with PATCH through the account (credential added)
+         * @description Sends the request to the account's configured base URL with the credential added (API keys: the catalog's header templates; OAuth: its access token, refreshed first when due). Query string, body and headers are passed on, except hop-by-hop, credential and forwarding headers; the answer (any status, headers and body) comes back as the provider sent it, streamed, without Set-Cookie. Only the methods and paths the provider type's catalog entry allows are forwarded (403, or 405 for a wrong method). A provider's 401 marks an API-key account `invalid_credentials`; for OAuth it triggers one refresh (and `consent_required` if that fails). Service tokens with `accounts:proxy` only (limited to some accounts or provider types if the token is). Audited per call (`account.proxy`), never with a body or a secret.
+         */
+        patch: operations["proxyPatch"];
         trace?: never;
     };
     "/api/account-manager/accounts/{account_id}/refresh": {
@@ -102,6 +138,26 @@ export interface paths {
          * @description Asks the provider to revoke the stored credential (OAuth: RFC 7009 or the provider's own request), then deletes it here — ciphertext included. The account stays: an API-key account then needs a new secret (`status: disabled`, `status_reason: no_secret`; open a replace_secret dialog), an OAuth account a reconnect by its user (`consent_required`). Providers without a revoke API (OpenAI, Anthropic, Hugging Face, Azure AD) answer `unsupported`: the credential is forgotten here and `hint` says how to revoke it by hand. When the provider cannot confirm, nothing changes: 502 `provider_unreachable`, 429 `rate_limited` or 422 `invalid_config`. Scope `accounts:write`.
          */
         post: operations["revokeAccount"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/account-manager/accounts/{account_id}/token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The current access token of an OAuth account
+         * @description For clients that must call the provider themselves; prefer the proxy, which never discloses it. The token is refreshed first when it expires within a minute. **The response contains the credential**: every call is audited (`account.token.disclosed`) and answered `Cache-Control: no-store`. Service tokens with the scope `accounts:token` only. 404 for an account that is not an OAuth account; 409 `consent_required` when it must be reconnected, `conflict` when its provider config is disabled.
+         */
+        post: operations["getAccountAccessToken"];
         delete?: never;
         options?: never;
         head?: never;
@@ -625,6 +681,15 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        AccountAccessToken: {
+            /** @description The credential: send it as `Authorization: Bearer …`. */
+            access_token: string;
+            /** @description As the provider issued it, usually Bearer. */
+            token_type: string;
+            expires_at: string | null;
+            /** @description Granted OAuth scopes. */
+            scopes: string[];
+        };
         AccountDeleteResult: {
             id: number;
             /** @constant */
@@ -2062,6 +2127,12 @@ export interface components {
                  */
                 role_mapping?: (string & unknown)[] | null;
                 /**
+                 * API base URL
+                 * @description Where the proxy sends connected accounts' API calls (with their access token); blank for none.
+                 * @example https://api.example.com
+                 */
+                api_base_url?: string | null;
+                /**
                  * Offer sign-in
                  * @description Show "Continue with …" on the sign-in page. Off keeps the provider for connecting accounts only.
                  * @default true
@@ -2273,6 +2344,12 @@ export interface components {
                  * @default https://accounts.google.com
                  */
                 issuer?: string;
+                /**
+                 * API URL
+                 * @description Where the proxy sends a connected account's API calls. Change only for a test stand-in.
+                 * @default https://www.googleapis.com
+                 */
+                api_url?: string;
             } & (unknown & unknown & unknown & unknown);
         };
         /** A new Hugging Face config */
@@ -2450,6 +2527,7 @@ export interface components {
                 name_claim?: string | null;
                 groups_claim?: string | null;
                 role_mapping?: string[] | null;
+                api_base_url?: string | null;
                 signin?: boolean | null;
                 button_label?: string | null;
                 trust_email?: boolean | null;
@@ -2546,6 +2624,7 @@ export interface components {
                 device_client_id?: string | null;
                 device_scopes?: string[] | null;
                 issuer?: string | null;
+                api_url?: string | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: {
@@ -2686,6 +2765,7 @@ export interface components {
             name_claim?: string | null;
             groups_claim?: string | null;
             role_mapping?: string[] | null;
+            api_base_url?: string | null;
             signin?: boolean | null;
             button_label?: string | null;
             trust_email?: boolean | null;
@@ -2720,6 +2800,7 @@ export interface components {
             device_client_id?: string | null;
             device_scopes?: string[] | null;
             issuer?: string | null;
+            api_url?: string | null;
         };
         /** Hugging Face config values to change */
         ProviderConfigPatchHuggingface: {
@@ -3138,13 +3219,14 @@ export interface components {
                     name_claim: components["schemas"]["FieldSchema"];
                     groups_claim: components["schemas"]["FieldSchema"];
                     role_mapping: components["schemas"]["FieldSchema"];
+                    api_base_url: components["schemas"]["FieldSchema"];
                     signin: components["schemas"]["FieldSchema"];
                     button_label: components["schemas"]["FieldSchema"];
                     trust_email: components["schemas"]["FieldSchema"];
                     jit: components["schemas"]["FieldSchema"];
                     allowed_domains: components["schemas"]["FieldSchema"];
                 };
-                required: ("endpoint_source" | "issuer" | "discovery_url" | "authorization_url" | "token_url" | "userinfo_url" | "jwks_uri" | "revocation_url" | "device_authorization_url" | "client_id" | "token_auth_method" | "client_secret" | "scopes" | "pkce" | "audience" | "device_flow" | "user_id_claim" | "email_claim" | "email_verified_claim" | "name_claim" | "groups_claim" | "role_mapping" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains")[];
+                required: ("endpoint_source" | "issuer" | "discovery_url" | "authorization_url" | "token_url" | "userinfo_url" | "jwks_uri" | "revocation_url" | "device_authorization_url" | "client_id" | "token_auth_method" | "client_secret" | "scopes" | "pkce" | "audience" | "device_flow" | "user_id_claim" | "email_claim" | "email_verified_claim" | "name_claim" | "groups_claim" | "role_mapping" | "api_base_url" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3297,8 +3379,9 @@ export interface components {
                     device_client_secret: components["schemas"]["FieldSchema"];
                     device_scopes: components["schemas"]["FieldSchema"];
                     issuer: components["schemas"]["FieldSchema"];
+                    api_url: components["schemas"]["FieldSchema"];
                 };
-                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "device_client_id" | "device_client_secret" | "device_scopes" | "issuer")[];
+                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "device_client_id" | "device_client_secret" | "device_scopes" | "issuer" | "api_url")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -4055,6 +4138,731 @@ export interface operations {
             };
         };
     };
+    proxyGet: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The connected account's id. */
+                account_id: number;
+                /** @description The path under the account's base URL, e.g. `v1/chat/completions`; the catalog says which are allowed. */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The provider's answer, passed through (any status). */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            405: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
+            409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            413: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `provider_unreachable`: the provider (not AMI Auth) failed: no answer, a timeout or a 5xx. Nothing was recorded against the account's credential; try again later. */
+            502: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    proxyPut: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The connected account's id. */
+                account_id: number;
+                /** @description The path under the account's base URL, e.g. `v1/chat/completions`; the catalog says which are allowed. */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The provider's answer, passed through (any status). */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            405: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
+            409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            413: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `provider_unreachable`: the provider (not AMI Auth) failed: no answer, a timeout or a 5xx. Nothing was recorded against the account's credential; try again later. */
+            502: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    proxyPost: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The connected account's id. */
+                account_id: number;
+                /** @description The path under the account's base URL, e.g. `v1/chat/completions`; the catalog says which are allowed. */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The provider's answer, passed through (any status). */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            405: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
+            409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            413: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `provider_unreachable`: the provider (not AMI Auth) failed: no answer, a timeout or a 5xx. Nothing was recorded against the account's credential; try again later. */
+            502: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    proxyDelete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The connected account's id. */
+                account_id: number;
+                /** @description The path under the account's base URL, e.g. `v1/chat/completions`; the catalog says which are allowed. */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The provider's answer, passed through (any status). */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            405: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
+            409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            413: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `provider_unreachable`: the provider (not AMI Auth) failed: no answer, a timeout or a 5xx. Nothing was recorded against the account's credential; try again later. */
+            502: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    proxyPatch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The connected account's id. */
+                account_id: number;
+                /** @description The path under the account's base URL, e.g. `v1/chat/completions`; the catalog says which are allowed. */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The provider's answer, passed through (any status). */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            405: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
+            409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description An error in the taxonomy shape. */
+            413: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `provider_unreachable`: the provider (not AMI Auth) failed: no answer, a timeout or a 5xx. Nothing was recorded against the account's credential; try again later. */
+            502: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     refreshAccount: {
         parameters: {
             query?: never;
@@ -4199,6 +5007,129 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AccountRevokeResult"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
+            409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `provider_unreachable`: the provider (not AMI Auth) failed: no answer, a timeout or a 5xx. Nothing was recorded against the account's credential; try again later. */
+            502: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getAccountAccessToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The connected account's id. */
+                account_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AccountAccessToken"];
                 };
             };
             /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */

@@ -1,0 +1,241 @@
+"""Proxy benchmark: the credential-injecting proxy against direct httpx calls to the same local upstream.
+
+    PYTHONPATH=. python bench/proxy.py [--seconds 8] [--concurrency 40] [--postgres postgresql+psycopg://user@host/db]
+
+The upstream is tests/support/stream_upstream.py (an OpenAI-shaped API that streams server-sent events) in a
+process of its own. The app runs under gunicorn as deployed (app/gunicorn_conf.py: 2 gthread workers), on a
+fresh database (SQLite, or a temporary PostgreSQL database with ``--postgres``, as production runs), with an
+OpenAI account whose base URL is the upstream and a token with ``accounts:proxy``.
+Measured in this run, each against its own baseline:
+
+1. **Throughput** (goal >= 0.8x): ``--concurrency`` callers each doing streaming chat completions (5 events
+   20 ms apart, about 100 ms a call, like a short model answer) for ``--seconds``, directly and through the proxy.
+2. **Added median latency** (goal <= 2 ms): one caller, ``GET /v1/models`` (a small JSON answer), one call at a
+   time: the proxy's median minus the direct median.
+3. **Added time to first streamed byte**: one caller, a streaming completion whose first event is sent at once:
+   the median time to the first ``data:`` line through the proxy minus the direct one.
+
+Every proxied call is a service-token check, a catalog check, the key from the per-process cache and one
+audit event (a hash-chained row and a commit) when it ends: the numbers include all of it. The load generator
+shares the machine's cores with gunicorn and the upstream, so absolute numbers are low on a small box; the
+ratios are what compare. Prints a table, asserts nothing, stops every process it started by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/proxy.py` from anywhere
+
+from app import create_app
+from app.api import tokens
+from app.audit import AuditContext
+from app.connectors import accounts
+from app.extensions import get_cipher, get_database
+from app.migrate import upgrade
+from app.providers import configs
+from app.providers.registry import entry
+from app.providers.validation import validate_submission
+from app.settings import load_settings, new_master_key
+from app.vault import put_secret
+from bench.gunicorn_server import gunicorn
+from bench.headers import temporary_database
+from tests.support.stream_upstream import running_upstream
+
+KEY = "sk-proj-bench-" + "p" * 40
+CHAT = {"model": "gpt-4o", "stream": True, "n_events": 5, "delay": 0.02}
+FIRST_BYTE = {"model": "gpt-4o", "stream": True, "n_events": 1, "delay": 0.0}
+
+
+def _serve_upstream(port_out: Queue[str], stop: EventType) -> None:
+    with running_upstream() as upstream:
+        upstream.add_key(KEY)
+        port_out.put(upstream.url)
+        stop.wait()
+
+
+def environment(database_url: str, instance: Path) -> dict[str, str]:
+    key = new_master_key("bench")
+    return {
+        "AMI_AUTH_ENV": "test",
+        "AMI_AUTH_INSTANCE_DIR": str(instance),
+        "AMI_AUTH_DATABASE_URL": database_url,
+        "AMI_AUTH_SECRET_KEY": "b" * 48,
+        "AMI_AUTH_MASTER_KEYS": f"{key.kid}:{base64.b64encode(key.key).decode()}",
+        "AMI_AUTH_MFA_REQUIRED_ROLES": "",
+        "AMI_AUTH_LOG_LEVEL": "WARNING",
+        "AMI_AUTH_SCHEDULER": "false",
+        "AMI_AUTH_OUTBOUND_ALLOW": "127.0.0.1",
+        # The API's per-caller limit (600/min by default) would measure the limiter, not the proxy.
+        "AMI_AUTH_API_RATE_PER_MINUTE": "100000000",
+    }
+
+
+def seed(env: dict[str, str], upstream_url: str) -> tuple[int, str]:
+    """An active OpenAI account on the upstream and a service token with ``accounts:proxy``."""
+    app = create_app(load_settings(env))
+    settings = app.extensions["ami_settings"]
+    ctx = AuditContext(actor="bench")
+    with app.app_context():
+        db = get_database(app).session()
+        provider = entry("openai")
+        clean, _ = validate_submission(provider, "config", {})
+        cfg = configs.create_config(db, get_cipher(app), settings, ctx, provider, "OpenAI", clean, enabled=True)
+        account_clean, _ = validate_submission(provider, "account", {"base_url": upstream_url}, secrets_set=["api_key"])
+        account = accounts.create_account(db, ctx, cfg, "bench", account_clean)
+        put_secret(db, get_cipher(app), "connected_account", account.id, "api_key", KEY, grace=None)
+        account.status = "active"
+        token = tokens.create_token(db, ctx, name="bench CMS", scopes=["accounts:proxy"], created_by=None).raw
+        db.commit()
+        account_id = account.id
+    get_database(app).engine.dispose()
+    return account_id, token
+
+
+def _stream_call(client: httpx.Client, url: str, headers: dict[str, str], body: dict[str, object]) -> int:
+    with client.stream("POST", url, json=body, headers=headers) as response:
+        lines = sum(1 for line in response.iter_lines() if line.startswith("data: "))
+    if response.status_code != 200:
+        raise RuntimeError(f"{url} answered {response.status_code}")
+    return lines
+
+
+def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> float:
+    done = [0] * concurrency
+    failures: list[str] = []
+    stop_at = time.monotonic() + seconds
+
+    def caller(i: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() < stop_at:
+                try:
+                    _stream_call(client, url, headers, CHAT)
+                    done[i] += 1
+                except (httpx.HTTPError, RuntimeError) as exc:
+                    failures.append(repr(exc))
+                    return
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} calls failed, e.g. {failures[0]}")
+    return sum(done) / (time.monotonic() - started)
+
+
+def median_ms(fn: Callable[[], object], count: int) -> float:
+    for _ in range(20):
+        fn()  # warm: connections, caches
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def first_byte_ms(client: httpx.Client, url: str, headers: dict[str, str]) -> float:
+    start = time.perf_counter()
+    first: float | None = None
+    with client.stream("POST", url, json=FIRST_BYTE, headers=headers) as response:
+        for line in response.iter_lines():
+            if first is None and line.startswith("data: "):
+                first = (time.perf_counter() - start) * 1000
+    if first is None:
+        raise RuntimeError("no event")
+    return first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=40)
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--postgres", default="", help="a PostgreSQL server URL; a temporary database is made on it")
+    args = parser.parse_args()
+
+    queue: Queue[str] = multiprocessing.Queue()
+    stop = multiprocessing.Event()
+    upstream = multiprocessing.Process(target=_serve_upstream, args=(queue, stop), daemon=True)
+    upstream.start()
+    try:
+        upstream_url = queue.get(timeout=20)
+        with (
+            tempfile.TemporaryDirectory(prefix="ami-bench-proxy-") as tmp,
+            temporary_database(args.postgres, Path(tmp)) as database_url,
+        ):
+            upgrade(database_url)
+            env = environment(database_url, Path(tmp))
+            account_id, token = seed(env, upstream_url)
+            with gunicorn("wsgi:app", env, workers=2, threads=256) as base:
+                proxy = f"{base}/api/account-manager/accounts/{account_id}/proxy"
+                auth = {"Authorization": f"Bearer {token}"}
+                key = {"Authorization": f"Bearer {KEY}"}
+                rows = run(upstream_url, proxy, key, auth, args)
+    finally:
+        stop.set()
+        upstream.join(timeout=10)
+        if upstream.is_alive():
+            upstream.kill()
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'direct':>10}  {'proxy':>10}  result")
+    for name, direct, proxied, result in rows:
+        print(f"{name:<{width}}  {direct:>10}  {proxied:>10}  {result}")
+
+
+def run(
+    upstream_url: str, proxy: str, key: dict[str, str], auth: dict[str, str], args: argparse.Namespace
+) -> list[tuple[str, str, str, str]]:
+    direct_chat, proxy_chat = f"{upstream_url}/v1/chat/completions", f"{proxy}/v1/chat/completions"
+    with httpx.Client(timeout=30) as client:
+        # Check both paths answer the same before measuring.
+        assert _stream_call(client, direct_chat, key, CHAT) == _stream_call(client, proxy_chat, auth, CHAT) == 6
+    direct_rps = throughput(direct_chat, key, args.concurrency, args.seconds)
+    proxy_rps = throughput(proxy_chat, auth, args.concurrency, args.seconds)
+    with httpx.Client(timeout=30) as client:
+        direct_ms = median_ms(
+            lambda: client.get(f"{upstream_url}/v1/models", headers=key).raise_for_status(), args.samples
+        )
+        proxy_ms = median_ms(lambda: client.get(f"{proxy}/v1/models", headers=auth).raise_for_status(), args.samples)
+        direct_ttfb = statistics.median(first_byte_ms(client, direct_chat, key) for _ in range(args.samples // 3))
+        proxy_ttfb = statistics.median(first_byte_ms(client, proxy_chat, auth) for _ in range(args.samples // 3))
+    return [
+        (
+            f"streaming completions/s ({args.concurrency} callers)",
+            f"{direct_rps:.1f}",
+            f"{proxy_rps:.1f}",
+            f"{proxy_rps / direct_rps:.2f}x direct · goal >= 0.8x",
+        ),
+        (
+            "GET /v1/models median ms (1 caller)",
+            f"{direct_ms:.2f}",
+            f"{proxy_ms:.2f}",
+            f"+{proxy_ms - direct_ms:.2f} ms added · goal <= 2 ms",
+        ),
+        (
+            "time to first streamed byte, median ms",
+            f"{direct_ttfb:.2f}",
+            f"{proxy_ttfb:.2f}",
+            f"+{proxy_ttfb - direct_ttfb:.2f} ms added",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    main()
