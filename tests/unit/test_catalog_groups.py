@@ -2,7 +2,9 @@
 
 - Every shipped entry's expanded fields (what the forms, the schema API and validation see) equal what main
   produced before the groups existed (tests/fixtures/catalog_fields_main.json, written from main's code; rewritten
-  once since, when the API issue added `role_mapping` to the OIDC entries and made the per-type JSON Schemas strict).
+  since only where a later issue changed a field on purpose: the API issue's `role_mapping` and strict per-type
+  JSON Schemas; the sign-in issue's `button_label`; the proxy's `api_url`/`api_base_url`; Google's device client,
+  Anthropic's region (its unused `workspace_id` dropped) and Hugging Face's `required_permissions`).
 - An include names a group that exists, an override a field of it; the JSON Schema checks both.
 - What each shipped type can do is derived from its auth mode or declared once, never from its id.
 - The OAuth protocol core imports no database, Flask or catalog; the catalog's hooks import no connector.
