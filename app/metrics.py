@@ -102,6 +102,15 @@ MAIL_SENDS: Final = counter(
 FAULTS: Final = counter(
     "faults", "Requests answered 503 because a service the app needs failed, by service.", "service"
 )
+OIDC_GRANTS: Final = counter(
+    "oidc_grants", "Tokens the OpenID Provider issued, by grant type (refreshes included).", "grant_type"
+)
+PROXY_CALLS: Final = counter(
+    "proxy_calls",
+    "Calls through the credential-injecting proxy, by upstream status class (2xx, 4xx, 5xx, none) and outcome.",
+    "status",
+    "outcome",
+)
 HTTP_REQUESTS: Final = counter(
     "http_requests", "HTTP requests by route template, method and status code.", "route", "method", "status"
 )
@@ -142,18 +151,26 @@ def _signin_method(details: Mapping[str, object]) -> str:
     return label(details.get("method"))
 
 
-def _signin(outcome: str) -> Callable[[Mapping[str, object]], None]:
-    return lambda details: SIGNINS.labels(method=_signin_method(details), outcome=outcome).inc()
+def _signin(outcome: str) -> Callable[[str, Mapping[str, object]], None]:
+    return lambda _outcome, details: SIGNINS.labels(method=_signin_method(details), outcome=outcome).inc()
+
+
+def _status_class(value: object) -> str:
+    return f"{value // 100}xx" if isinstance(value, int) and 100 <= value <= 599 else "none"
 
 
 # action -> what else it counts. A sign-in that stops at "second factor pending" is neither a success nor a
 # failure yet; its end (signin.success, or mfa.failure / signin.failure) is counted.
-_DERIVED: Final[dict[str, Callable[[Mapping[str, object]], None]]] = {
+_DERIVED: Final[dict[str, Callable[[str, Mapping[str, object]], None]]] = {
     "signin.success": _signin("success"),
     "signin.failure": _signin("failure"),
-    "account.locked": lambda details: LOCKOUTS.labels(layer=label(details.get("layer"))).inc(),
-    "mfa.failure": lambda details: MFA_FAILURES.labels(method=label(details.get("method"))).inc(),
+    "account.locked": lambda _outcome, details: LOCKOUTS.labels(layer=label(details.get("layer"))).inc(),
+    "mfa.failure": lambda _outcome, details: MFA_FAILURES.labels(method=label(details.get("method"))).inc(),
+    "account.proxy": lambda outcome, details: PROXY_CALLS.labels(
+        status=_status_class(details.get("status")), outcome=label(outcome)
+    ).inc(),
 }
+
 
 _PENDING: Final = "ami_metrics_pending"
 
@@ -169,7 +186,7 @@ def _count_committed(session: Session) -> None:
         AUDIT_EVENTS.labels(action=action, outcome=outcome).inc()
         derived = _DERIVED.get(action)
         if derived is not None:
-            derived(details)
+            derived(outcome, details)
 
 
 @event.listens_for(Session, "after_transaction_end")

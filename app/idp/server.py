@@ -31,7 +31,7 @@ from joserfc.jwk import KeySet
 from limits.storage import Storage
 from sqlalchemy.orm import Session
 
-from app import audit
+from app import audit, metrics
 from app.audit import AuditContext
 from app.errors import AppError
 from app.idp import clients, tokens
@@ -167,6 +167,7 @@ class Provider(AuthorizationServer):  # type: ignore[misc]
         else:
             issue = tokens.Issue(tokens.new_family())
         tokens.save_token(db, client.row, subject, token, issue)
+        metrics.OIDC_GRANTS.labels(grant_type=metrics.label(request.payload.grant_type)).inc()
         if request.refresh_token is None:
             # A sign-in's code exchange or a service's token: audited (refreshes are too many to be events).
             audit.record(

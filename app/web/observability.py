@@ -33,7 +33,7 @@ from typing import Final, get_args
 from flask import Blueprint, Flask, abort, g, request
 from werkzeug.wrappers import Response
 
-from app import metrics
+from app import audit, metrics
 from app.auth.throttle import Layer
 from app.extensions import get_settings
 from app.faults import Service
@@ -140,6 +140,8 @@ def _preset_series(app: Flask) -> None:
         refreshable = sorted(e.id for e in get_catalog() if e.capabilities.refresh != "none")
     metrics.preset(metrics.TOKEN_REFRESHES, provider_type=refreshable, outcome=get_args(Outcome))
     metrics.preset(metrics.MAIL_SENDS, transport=("smtp", "outbox"), outcome=("sent",))
+    metrics.preset(metrics.OIDC_GRANTS, grant_type=("authorization_code", "refresh_token", "client_credentials"))
+    metrics.preset(metrics.PROXY_CALLS, status=("2xx", "3xx", "4xx", "5xx", "none"), outcome=sorted(audit.OUTCOMES))
 
 
 def _metrics_allowed(settings: Settings) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 import pyotp
 import pytest
 from flask import Flask
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -255,12 +256,15 @@ def test_code_flow_with_pkce_consent_userinfo_refresh_rotation_and_introspection
     active = stack.rp.call("introspect", name=rp.name, token=tokens["access_token"])
     assert active["active"] is True and active["sub"] == str(user.id) and active["aud"] == AUDIENCE
 
+    grants = REGISTRY.get_sample_value("ami_auth_oidc_grants_total", {"grant_type": "refresh_token"}) or 0.0
     refreshed = stack.rp.call("refresh", name=rp.name, refresh_token=tokens["refresh_token"])
     assert refreshed["refresh_token"] != tokens["refresh_token"]  # rotated
     assert stack.rp.call("introspect", name=rp.name, token=tokens["refresh_token"])["active"] is False
     assert stack.rp.call("introspect", name=rp.name, token=refreshed["refresh_token"])["active"] is True
     again = stack.rp.call("refresh", name=rp.name, refresh_token=refreshed["refresh_token"])
     assert again["access_token"] != refreshed["access_token"]
+    # /metrics counts every grant, refreshes included (they are too many to audit one by one).
+    assert REGISTRY.get_sample_value("ami_auth_oidc_grants_total", {"grant_type": "refresh_token"}) == grants + 2
     assert len(events(stack, "oidc.grant.issue")) >= 1
     browser.close()
 

@@ -120,6 +120,19 @@ def test_an_audit_event_is_counted_when_its_transaction_commits(make_app: AppFac
     assert _value("ami_auth_audit_events_total", action="test.counted", outcome="success") == before + 2
 
 
+def test_proxy_calls_are_counted_by_upstream_status_class_and_outcome(make_app: AppFactory) -> None:
+    app = make_app()
+    ctx = audit.AuditContext(actor="service_token:1")
+    labels: list[tuple[str, audit.Outcome]] = [("2xx", "success"), ("5xx", "failure"), ("none", "failure")]
+    before = [_value("ami_auth_proxy_calls_total", status=s, outcome=o) for s, o in labels]
+    with Session(get_database(app).engine) as db:
+        for status, (_, outcome) in zip((200, 502, None), labels, strict=True):
+            audit.record(db, ctx, "account.proxy", outcome=outcome, details={"status": status, "method": "GET"})
+        db.commit()
+    after = [_value("ami_auth_proxy_calls_total", status=s, outcome=o) for s, o in labels]
+    assert after == [b + 1 for b in before]
+
+
 def test_sign_ins_are_counted_by_method_and_outcome(make_app: AppFactory) -> None:
     app = make_app()
     settings = app.extensions["ami_settings"]
