@@ -18,8 +18,9 @@ from typing import Final
 
 from flask import Flask
 
-from app.extensions import get_database
+from app.extensions import get_cipher, get_database
 from app.jobs.refresh import run_refresh
+from app.jobs.webhooks import deliver_due, delivery_client
 from app.oauth.runtime import runtime
 
 __all__ = ["INTERVAL", "RefreshScheduler", "ensure_started", "stop"]
@@ -56,7 +57,20 @@ class RefreshScheduler:
         return self._thread.is_alive()
 
     def run_once(self) -> None:
-        run_refresh(runtime(self.app), get_database(self.app).engine, workers=self.workers)
+        try:
+            run_refresh(runtime(self.app), get_database(self.app).engine, workers=self.workers)
+        finally:
+            # Webhook deliveries ride the same tick; a failed refresh run must not hold them back.
+            self._deliver_webhooks()
+
+    def _deliver_webhooks(self) -> None:
+        client = delivery_client(self.app.extensions["ami_settings"])
+        db = get_database(self.app).session()
+        try:
+            deliver_due(db, client, get_cipher(self.app))
+        finally:
+            db.close()
+            client.close()
 
     def _loop(self) -> None:
         # A random first delay spreads the workers of one deployment over the minute.

@@ -23,6 +23,7 @@ from app.models.service_tokens import ServiceToken
 from app.models.sessions import UserSession
 from app.models.tokens import LinkToken
 from app.models.users import ROLES, User
+from app.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "ROLES",
@@ -49,5 +50,9 @@ __all__ = [
     "User",
     "UserSession",
     "WebAuthnChallenge",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "utcnow",
 ]
