@@ -32,6 +32,8 @@ Scope = Literal[
     "compliance:read",
     "users:read",
     "users:write",
+    "webhooks:read",
+    "webhooks:write",
 ]
 
 # The fixed set, in the order the console shows them, with what each one allows.
@@ -47,6 +49,9 @@ SCOPES: Final[dict[Scope, str]] = {
     "users:read": "List and read users, their sign-in sessions and linked sign-in identities.",
     "users:write": "Create, invite, edit, disable, enable and unlock users; reset their MFA; end their sessions; "
     "unlink their sign-in identities.",
+    "webhooks:read": "List webhook endpoints and read their delivery log (never a signing secret).",
+    "webhooks:write": "Register, change and delete webhook endpoints, rotate their signing secrets (the new secret "
+    "is in the answer, once) and redeliver.",
 }
 
 TOKEN_PREFIX: Final = "amis_"

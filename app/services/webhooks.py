@@ -36,6 +36,7 @@ __all__ = [
     "create_endpoint",
     "delete_endpoint",
     "deliveries",
+    "delivery_view",
     "get_delivery",
     "get_endpoint",
     "list_endpoints",
@@ -263,6 +264,15 @@ def deliveries(db: Session, endpoint: WebhookEndpoint, *, limit: int = 50) -> li
         ).scalars():
             attempts[attempt.delivery_id].append(attempt)
     return [DeliveryView(d, e, attempts[d.id]) for d, e in rows]
+
+
+def delivery_view(db: Session, delivery: WebhookDelivery) -> DeliveryView:
+    event = db.get(WebhookEvent, delivery.event_id)
+    assert event is not None  # deliveries go with their event (ON DELETE CASCADE)
+    attempts = db.execute(
+        select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery.id).order_by(WebhookAttempt.id)
+    ).scalars()
+    return DeliveryView(delivery, event, list(attempts))
 
 
 def get_delivery(db: Session, endpoint: WebhookEndpoint, delivery_id: int) -> WebhookDelivery:

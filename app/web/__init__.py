@@ -7,7 +7,16 @@ from typing import Any
 from flask import Blueprint, Flask
 
 from app.api import accounts as api_accounts
-from app.api import accounts_api, auth_api, compliance_api, openapi, provider_configs_api, providers_api, users_api
+from app.api import (
+    accounts_api,
+    auth_api,
+    compliance_api,
+    openapi,
+    provider_configs_api,
+    providers_api,
+    users_api,
+    webhooks_api,
+)
 from app.api import dialogs as api_dialogs
 from app.auth.sessions import load_session
 from app.connectors.xoauth2 import eligible_accounts
@@ -65,6 +74,7 @@ def api_blueprints() -> list[Blueprint]:
         api_accounts.bp,
         api_dialogs.bp,
         users_api.bp,
+        webhooks_api.bp,
         openapi.bp,
     ]
 

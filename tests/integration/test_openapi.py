@@ -490,6 +490,7 @@ def test_real_responses_match_the_documented_schemas(
             lambda: client.delete(f"/api/users/{member.id}/sessions", headers=auth),
             200,
         ),
+        *_webhook_calls(client, auth),
     ]
     # (Before the calls below revoke that account's key, which clears its error.)
     report = client.get("/api/compliance/report").get_json()
@@ -517,6 +518,46 @@ class Caller:
     name: str
     headers: dict[str, str]
     cookies: dict[str, str]
+
+
+def _webhook_calls(client: FlaskClient, auth: dict[str, str]) -> list[tuple[str, str, Callable[[], Any], int]]:
+    """Register an endpoint for user.created, create a user (one pending delivery), read the log, redeliver."""
+    path = "/api/account-manager/webhooks"
+    made: dict[str, int] = {}
+
+    def create() -> Any:
+        response = client.post(path, json={"url": "http://127.0.0.1:9/hook", "events": ["user.created"]}, headers=auth)
+        made["id"] = response.get_json()["endpoint"]["id"]
+        client.post("/api/users", json={"email": "hooked@example.com", "role": "member"}, headers=auth)
+        return response
+
+    def first_delivery() -> int:
+        log = client.get(f"{path}/{made['id']}/deliveries", headers=auth).get_json()["deliveries"]
+        return int(log[0]["id"])
+
+    one = f"{path}/{{endpoint_id}}"
+    return [
+        (path, "post", create, 201),
+        (path, "post", lambda: client.post(path, json={"url": "http://10.0.0.1/", "events": []}, headers=auth), 422),
+        (path, "get", lambda: client.get(path, headers=auth), 200),
+        (one, "get", lambda: client.get(f"{path}/{made['id']}", headers=auth), 200),
+        (one, "get", lambda: client.get(f"{path}/9999", headers=auth), 404),
+        (one, "patch", lambda: client.patch(f"{path}/{made['id']}", json={"description": "CMS"}, headers=auth), 200),
+        (f"{one}/deliveries", "get", lambda: client.get(f"{path}/{made['id']}/deliveries", headers=auth), 200),
+        (
+            f"{one}/deliveries/{{delivery_id}}/redeliver",
+            "post",
+            lambda: client.post(f"{path}/{made['id']}/deliveries/{first_delivery()}/redeliver", headers=auth),
+            200,
+        ),
+        (
+            f"{one}/rotate-secret",
+            "post",
+            lambda: client.post(f"{path}/{made['id']}/rotate-secret", json={}, headers=auth),
+            200,
+        ),
+        (one, "delete", lambda: client.delete(f"{path}/{made['id']}", headers=auth), 204),
+    ]
 
 
 def _secrets(app: Flask, client: FlaskClient, raw_token: str, settings: Settings) -> list[str]:
