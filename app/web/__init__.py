@@ -41,6 +41,7 @@ from app.web import (
     throttle_admin,
     tokens_admin,
     users_admin,
+    webhooks_admin,
 )
 
 BLUEPRINTS = [
@@ -52,6 +53,7 @@ BLUEPRINTS = [
     users_admin.bp,
     mfa.bp,
     tokens_admin.bp,
+    webhooks_admin.bp,
     compliance.bp,
     providers_admin.bp,
     throttle_admin.bp,
@@ -89,6 +91,7 @@ ADMIN_NAV: list[tuple[str, str]] = [
     ("mfa.admin_security", "Security"),
     ("users_admin.outbox", "Outbox"),
     ("tokens_admin.index", "Service tokens"),
+    ("webhooks_admin.index", "Webhooks"),
     ("compliance.report", "Compliance"),
 ]
 
