@@ -1,4 +1,4 @@
-"""Signed webhooks: endpoints, the event outbox, deliveries and their attempt log
+"""Signed webhooks (endpoints, the event outbox, deliveries and their attempt log); end-user connect links
 
 Revision ID: 0014_webhooks
 Revises: 0013_api_idempotency
@@ -91,9 +91,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_attempts")),
     )
     op.create_index(op.f("ix_webhook_attempts_delivery_id"), "webhook_attempts", ["delivery_id"])
+    # A connect_account dialog link names the end user it is for.
+    with op.batch_alter_table("dialog_tokens") as batch:
+        batch.add_column(sa.Column("for_user_id", sa.Integer(), nullable=True))
+        batch.create_foreign_key(
+            op.f("fk_dialog_tokens_for_user_id_users"), "users", ["for_user_id"], ["id"], ondelete="CASCADE"
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("dialog_tokens") as batch:
+        batch.drop_constraint(op.f("fk_dialog_tokens_for_user_id_users"), type_="foreignkey")
+        batch.drop_column("for_user_id")
     op.drop_table("webhook_attempts")
     op.drop_table("webhook_deliveries")
     op.drop_table("webhook_events")

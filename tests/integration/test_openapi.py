@@ -491,6 +491,7 @@ def test_real_responses_match_the_documented_schemas(
             200,
         ),
         *_webhook_calls(client, auth),
+        *_connect_calls(client, auth, db, member.id, config.id),
     ]
     # (Before the calls below revoke that account's key, which clears its error.)
     report = client.get("/api/compliance/report").get_json()
@@ -518,6 +519,35 @@ class Caller:
     name: str
     headers: dict[str, str]
     cookies: dict[str, str]
+
+
+def _connect_calls(
+    client: FlaskClient, auth: dict[str, str], db: Session, user_id: int, closed_config_id: int
+) -> list[tuple[str, str, Callable[[], Any], int]]:
+    """End-user connect links: one on a config that allows it, one that does not, one for nobody."""
+    open_config = ProviderConfig(
+        provider_type="openai", name="OpenAI (end users)", enabled=True, config={"end_users_connect": True}
+    )
+    db.add(open_config)
+    db.commit()
+    path = "/api/account-manager/connect-links"
+    body = {"provider_config_id": open_config.id, "user_id": user_id, "return_to": "https://cms.example.com/me"}
+    return [
+        (path, "post", lambda: client.post(path, json=body, headers=auth), 201),
+        (
+            path,
+            "post",
+            lambda: client.post(path, json={**body, "provider_config_id": closed_config_id}, headers=auth),
+            409,
+        ),
+        (path, "post", lambda: client.post(path, json={**body, "user_id": 9999}, headers=auth), 404),
+        (
+            path,
+            "post",
+            lambda: client.post(path, json={**body, "return_to": "https://evil.example/"}, headers=auth),
+            422,
+        ),
+    ]
 
 
 def _webhook_calls(client: FlaskClient, auth: dict[str, str]) -> list[tuple[str, str, Callable[[], Any], int]]:
