@@ -108,6 +108,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/account-manager/connect-links": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A single-use URL where an end user connects their own account
+         * @description For a signed-in end user of the CMS (not only admins): the URL opens AMI Auth's secure page where that user — and only that user's own AMI Auth session — types their key (API-key and SMTP configs); the key is tested with the provider, stored encrypted, and the new account belongs to them. Then the browser goes back to `return_to` with `status=saved|cancelled&account=<id>`. Valid for 10 minutes and one use, like a dialog URL. The provider config must be enabled and have `end_users_connect: true` (409 `conflict` on `provider_config_id` otherwise); 404 for an unknown config or user, 409 for a disabled user. Audited (`dialog.issue` with the user). Scope `accounts:write`.
+         */
+        post: operations["createConnectLink"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/account-manager/dialogs": {
         parameters: {
             query?: never;
@@ -1317,6 +1337,13 @@ export interface components {
                 head_hash: string;
             };
         };
+        ConnectLinkRequest: {
+            /** @description An enabled API-key or SMTP provider config whose `end_users_connect` is true. */
+            provider_config_id: number;
+            /** @description The end user who connects their own account (and will own it). */
+            user_id: number;
+            return_to: components["schemas"]["DialogReturnTo"];
+        };
         CurrentSession: {
             user: components["schemas"]["User"];
             mfa: components["schemas"]["MfaSummary"];
@@ -1561,6 +1588,7 @@ export interface components {
              */
             config: {
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -1672,6 +1700,12 @@ export interface components {
                  * @default 90
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             };
         };
         /** A new Microsoft Entra ID (Azure AD) config */
@@ -1822,6 +1856,12 @@ export interface components {
                  * @default 90
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             } & (unknown & unknown);
         };
         /** A new OpenID Connect (any provider) config */
@@ -2165,6 +2205,12 @@ export interface components {
                  * @default 180
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             };
         };
         /** A new OpenAI config */
@@ -2192,6 +2238,12 @@ export interface components {
                  * @default 90
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             };
         };
         /** A new SMTP config */
@@ -2241,6 +2293,12 @@ export interface components {
                  * @default 180
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             } & unknown;
         };
         ProviderConfigGenericApiKey: {
@@ -2265,6 +2323,7 @@ export interface components {
                 query_param?: string | null;
                 verify_path?: string | null;
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -2440,6 +2499,7 @@ export interface components {
              */
             config: {
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -2473,6 +2533,7 @@ export interface components {
              */
             config: {
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -2493,6 +2554,7 @@ export interface components {
         /** Anthropic config values to change */
         ProviderConfigPatchAnthropic: {
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         /** Microsoft Entra ID (Azure AD) config values to change */
         ProviderConfigPatchAzureAd: {
@@ -2516,6 +2578,7 @@ export interface components {
             query_param?: string | null;
             verify_path?: string | null;
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         /** OpenID Connect (any provider) config values to change */
         ProviderConfigPatchGenericOidc: {
@@ -2572,10 +2635,12 @@ export interface components {
         /** Hugging Face config values to change */
         ProviderConfigPatchHuggingface: {
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         /** OpenAI config values to change */
         ProviderConfigPatchOpenai: {
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         /** SMTP config values to change */
         ProviderConfigPatchSmtp: {
@@ -2584,6 +2649,7 @@ export interface components {
             allow_insecure?: boolean | null;
             port?: number | null;
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         ProviderConfigSmtp: {
             id: number;
@@ -2606,6 +2672,7 @@ export interface components {
                 allow_insecure?: boolean | null;
                 port?: number | null;
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -2744,8 +2811,9 @@ export interface components {
                 type: "object";
                 properties: {
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: "rotation_days"[];
+                required: ("rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -2896,8 +2964,9 @@ export interface components {
                     query_param: components["schemas"]["FieldSchema"];
                     verify_path: components["schemas"]["FieldSchema"];
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: ("base_url" | "auth_type" | "header_name" | "query_param" | "verify_path" | "rotation_days")[];
+                required: ("base_url" | "auth_type" | "header_name" | "query_param" | "verify_path" | "rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3203,8 +3272,9 @@ export interface components {
                 type: "object";
                 properties: {
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: "rotation_days"[];
+                required: ("rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3280,8 +3350,9 @@ export interface components {
                 type: "object";
                 properties: {
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: "rotation_days"[];
+                required: ("rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3355,8 +3426,9 @@ export interface components {
                     allow_insecure: components["schemas"]["FieldSchema"];
                     port: components["schemas"]["FieldSchema"];
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: ("host" | "security" | "allow_insecure" | "port" | "rotation_days")[];
+                required: ("host" | "security" | "allow_insecure" | "port" | "rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -4180,6 +4252,120 @@ export interface operations {
             /** @description `provider_unreachable`: the provider (not AMI Auth) failed: no answer, a timeout or a 5xx. Nothing was recorded against the account's credential; try again later. */
             502: {
                 headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    createConnectLink: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ConnectLinkRequest"];
+            };
+        };
+        responses: {
+            /** @description Created: send the user to `url` (also in `Location`). */
+            201: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Dialog"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
+            409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
                     RateLimit: components["headers"]["RateLimit"];
                     "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
                     [name: string]: unknown;
