@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.models.accounts import ConnectedAccount
@@ -151,35 +151,39 @@ def _last_account_state(db: Session, subject: str) -> str | None:
     ).scalar()
 
 
-def emit(db: Session, event_type: str, subject: str, data: Mapping[str, Any]) -> WebhookEvent:
-    """Write one event and a pending delivery for every enabled endpoint subscribed to its type."""
+def emit(db: Session, event_type: str, subject: str, data: Mapping[str, Any]) -> str:
+    """Write one event and a pending delivery for every enabled endpoint subscribed to its type; returns the
+    event's id. Core INSERTs (as app.audit does): this runs inside every audited change that is an event."""
     if event_type not in EVENT_NAMES:
         raise ValueError(f"unknown webhook event type {event_type!r}")
     now = utcnow()
-    event = WebhookEvent(
-        public_id="msg_" + secrets.token_hex(16), type=event_type, subject=subject, data=dict(data), created_at=now
-    )
-    db.add(event)
-    db.flush()
+    public_id = "msg_" + secrets.token_hex(16)
+    event_id = db.execute(
+        insert(WebhookEvent)
+        .values(public_id=public_id, type=event_type, subject=subject, data=dict(data), created_at=now)
+        .returning(WebhookEvent.id)
+    ).scalar_one()
     endpoints = db.execute(select(WebhookEndpoint.id, WebhookEndpoint.events).where(WebhookEndpoint.enabled)).all()
-    for endpoint_id, wanted in endpoints:
-        if event_type in (wanted or []):
-            db.add(
-                WebhookDelivery(
-                    event_id=event.id,
-                    endpoint_id=endpoint_id,
-                    subject=subject,
-                    state="pending",
-                    next_attempt_at=now,
-                    started_at=now,
-                    created_at=now,
-                )
-            )
-    db.flush()
-    return event
+    rows = [
+        {
+            "event_id": event_id,
+            "endpoint_id": endpoint_id,
+            "subject": subject,
+            "state": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "started_at": now,
+            "created_at": now,
+        }
+        for endpoint_id, wanted in endpoints
+        if event_type in (wanted or [])
+    ]
+    if rows:
+        db.execute(insert(WebhookDelivery), rows)
+    return public_id
 
 
-def emit_for(db: Session, event_type: str, target: str, **extra: Any) -> WebhookEvent | None:
+def emit_for(db: Session, event_type: str, target: str, **extra: Any) -> str | None:
     """:func:`emit` with the data read from the row ``target`` (``connected_account:12``) names."""
     parsed = _subject(target)
     if parsed is None:
@@ -189,7 +193,7 @@ def emit_for(db: Session, event_type: str, target: str, **extra: Any) -> Webhook
     return emit(db, event_type, target, data)
 
 
-def emit_state(db: Session, event_type: str, target: str) -> WebhookEvent | None:
+def emit_state(db: Session, event_type: str, target: str) -> str | None:
     """An account state change, once: nothing when the account's last state event already says so (a job
     retrying a failing refresh, or the API's "refresh now" beside it, reports the failure once)."""
     if _last_account_state(db, target) == event_type:

@@ -52,6 +52,7 @@ __all__ = [
     "deliver_due",
     "delivery_client",
     "signature_header",
+    "signers",
 ]
 
 log = logging.getLogger("ami_auth.jobs.webhooks")
@@ -134,26 +135,34 @@ def _claim(db: Session, ids: list[int], owner: str, now: datetime) -> list[int]:
     return claimed
 
 
-def signature_header(
-    db: Session, cipher: Cipher, endpoint: WebhookEndpoint, msg_id: str, at: datetime, body: str
-) -> str:
-    """``webhook-signature``: the current secret's signature, and the previous secret's while the rotation
-    overlap lasts (space-separated, as the spec allows, so receivers holding either secret verify)."""
-    signatures: list[str] = []
+def signers(db: Session, cipher: Cipher, endpoint: WebhookEndpoint) -> tuple[Webhook, ...]:
+    """The endpoint's signers: the current secret's, and the previous secret's while the rotation overlap
+    lasts. Decrypted once per endpoint per run (:func:`deliver_due` keeps them for the run only)."""
     fields = [CURRENT_SECRET]
     if endpoint.previous_secret_until is not None and endpoint.previous_secret_until > utcnow():
         fields.append(PREVIOUS_SECRET)
+    found = []
     for name in fields:
         secret = get_secret(db, cipher, OWNER_TYPE, endpoint.id, name)
         if secret is not None:
-            signatures.append(Webhook(secret.reveal()).sign(msg_id, at, body))
-    if not signatures:
+            found.append(Webhook(secret.reveal()))
+    if not found:
         raise AppError("invalid_config", "This webhook endpoint has no signing secret.", "Rotate its secret.")
-    return " ".join(signatures)
+    return tuple(found)
+
+
+def signature_header(signing: tuple[Webhook, ...], msg_id: str, at: datetime, body: str) -> str:
+    """``webhook-signature``: one signature per secret, space-separated as the spec allows, so a receiver
+    holding either secret verifies."""
+    return " ".join(hook.sign(msg_id, at, body) for hook in signing)
 
 
 def _send(
-    db: Session, client: OutboundClient, cipher: Cipher, delivery: WebhookDelivery
+    db: Session,
+    client: OutboundClient,
+    cipher: Cipher,
+    delivery: WebhookDelivery,
+    cache: dict[int, tuple[Webhook, ...]],
 ) -> tuple[int | None, str | None, str | None]:
     """One HTTP try: (status, error, response excerpt)."""
     event = db.get(WebhookEvent, delivery.event_id)
@@ -164,7 +173,9 @@ def _send(
     # Signed with the wall clock, not the schedule's ``now``: receivers reject timestamps far from theirs.
     signed_at = utcnow()
     try:
-        signature = signature_header(db, cipher, endpoint, event.public_id, signed_at, body)
+        if endpoint.id not in cache:
+            cache[endpoint.id] = signers(db, cipher, endpoint)
+        signature = signature_header(cache[endpoint.id], event.public_id, signed_at, body)
     except SecretUnreadable as exc:
         return None, f"secret_unreadable: {exc.text}"[:300], None
     except AppError as exc:
@@ -240,6 +251,7 @@ def deliver_due(
     """Send every due delivery (at most ``limit`` tries); commits. ``now`` lets tests and the CLI move time."""
     owner = new_owner()
     report = DeliveryReport()
+    cache: dict[int, tuple[Webhook, ...]] = {}  # this run's signers, by endpoint (never kept beyond it)
     tries = 0
     while tries < limit:
         at = now or utcnow()
@@ -252,7 +264,7 @@ def deliver_due(
             if delivery is None:
                 continue
             started = time.monotonic()
-            result = _send(db, client, cipher, delivery)
+            result = _send(db, client, cipher, delivery, cache)
             duration = int((time.monotonic() - started) * 1000)
             _finish(db, delivery_id, owner, result, at, duration, report)
     return report

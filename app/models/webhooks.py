@@ -49,11 +49,15 @@ class WebhookEvent(Base):
 
 class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        # "Is an earlier event of this subject still pending for this endpoint?" — asked for every due delivery.
+        Index("ix_webhook_deliveries_line", "endpoint_id", "subject", "state", "event_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True)
-    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
     # Copied from the event so the "earlier delivery of the same subject still pending" check is one index.
     subject: Mapped[str] = mapped_column(String(80))
     # pending -> delivered | failed (retries exhausted); redeliver puts it back to pending.
