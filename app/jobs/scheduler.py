@@ -1,5 +1,5 @@
-"""The in-app scheduler: one daemon thread per serving process that runs the token refresh every minute
-(``AMI_AUTH_SCHEDULER_INTERVAL`` seconds).
+"""The in-app scheduler: one daemon thread per serving process that runs the token refresh, then the webhook
+deliveries (:mod:`app.jobs.webhooks`), every minute (``AMI_AUTH_SCHEDULER_INTERVAL`` seconds).
 
 It starts lazily on the first request a process serves (``ensure_started``, called from a
 ``before_app_request`` hook), so ``ami-auth`` CLI runs, migrations and gunicorn's master never start it,
