@@ -49,6 +49,7 @@ _URL: Final[JSONSchema] = {
     "type": "string",
     "minLength": 1,
     "maxLength": 2000,
+    "pattern": "^https?://[!-~]+$",
     "description": "http(s) URL that receives POSTs; its host must pass the outbound guard (no internal "
     "addresses unless AMI_AUTH_OUTBOUND_ALLOW lists them), checked now and on every delivery.",
 }
