@@ -259,3 +259,28 @@ def test_unknown_or_no_events_are_refused(app: Flask, db: Session, receiver: Web
         with pytest.raises(AppError) as caught:
             webhooks.create_endpoint(db, settings, cipher, AuditContext(actor="t"), url=receiver.url, events=events)
         assert "events" in caught.value.fields
+
+
+def test_refresh_failures_are_reported_once_and_recovery_only_after_a_failure(
+    app: Flask, db: Session, openai_standin: OpenAI
+) -> None:
+    """What the refresh job (app.oauth.renewal) and the API's "refresh now" call: one refresh_failed per run of
+    failures, and recovered only when the last state event was a failure."""
+    from app import webhook_events  # (test-local: the job's entry points, called as the job calls them)
+
+    account, _ = _openai_account(app, db, openai_standin)
+    target = f"connected_account:{account.id}"
+    assert webhook_events.emit_state(db, "account.recovered", target) is None  # nothing failed yet
+    first = webhook_events.emit_state(db, "account.refresh_failed", target)
+    assert first is not None
+    assert webhook_events.emit_state(db, "account.refresh_failed", target) is None  # the retry fails again
+    assert webhook_events.emit_state(db, "account.recovered", target) is not None
+    assert webhook_events.emit_state(db, "account.recovered", target) is None
+    db.commit()
+    types = [e.type for e in db.scalars(select(WebhookEvent).where(WebhookEvent.subject == target))]
+    assert types == [
+        "account.connected",
+        "account.secret_replaced",
+        "account.refresh_failed",
+        "account.recovered",
+    ]
