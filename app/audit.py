@@ -68,8 +68,7 @@ MAX_QUERY_LIMIT: Final = 500
 
 # The Secret type (app.vault.secret) and MasterKey print this mask instead of their value.
 _MASK: Final = "**********"
-# Key names whose values are credentials. Booleans and None say whether something exists, not what it
-# is ("password_changed": True), so they are kept.
+# Key names whose values are credentials (booleans and None, "password_changed": True, are kept).
 _SECRET_KEY: Final = re.compile(
     r"password|passphrase|secret|token|api_key|authorization|cookie|recovery_code|otp|totp_code|key$", re.IGNORECASE
 )
