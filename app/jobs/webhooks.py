@@ -33,6 +33,7 @@ from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks.webhooks import Webhook
 
+from app import audit
 from app.errors import AppError
 from app.models.base import utcnow
 from app.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -70,6 +71,7 @@ RETRY_DELAYS: Final[tuple[timedelta, ...]] = (
     timedelta(hours=10),
 )
 LEASE: Final = timedelta(seconds=120)
+SYSTEM: Final = audit.AuditContext(actor="system:webhooks")
 TIMEOUT: Final = 15.0
 _EXCERPT: Final = 500
 
@@ -252,6 +254,7 @@ def deliver_due(
     owner = new_owner()
     report = DeliveryReport()
     cache: dict[int, tuple[Webhook, ...]] = {}  # this run's signers, by endpoint (never kept beyond it)
+    signed: dict[int, int] = {}
     tries = 0
     while tries < limit:
         at = now or utcnow()
@@ -263,10 +266,24 @@ def deliver_due(
             delivery = db.get(WebhookDelivery, delivery_id)
             if delivery is None:
                 continue
+            endpoint_id = delivery.endpoint_id
             started = time.monotonic()
             result = _send(db, client, cipher, delivery, cache)
             duration = int((time.monotonic() - started) * 1000)
             _finish(db, delivery_id, owner, result, at, duration, report)
+            signed[endpoint_id] = signed.get(endpoint_id, 0) + 1
+    # Every read of a signing secret is audited: one event per endpoint per run (not per delivery, which would
+    # let a backlog flood the audit chain), naming how many tries it signed.
+    for endpoint_id in cache:
+        audit.record(
+            db,
+            SYSTEM,
+            "webhook_endpoint.secret_used",
+            target=f"webhook_endpoint:{endpoint_id}",
+            details={"tries": signed.get(endpoint_id, 0)},
+        )
+    if cache:
+        db.commit()
     return report
 
 

@@ -87,7 +87,13 @@ def test_register_deliver_read_the_log_and_redeliver_through_the_api(
     assert changed.status_code == 200 and changed.get_json()["enabled"] is False
     assert client.delete(f"{PATH}/{endpoint_id}", headers=rw).status_code == 204
     _error(client.get(f"{PATH}/{endpoint_id}", headers=rw), 404, "not_found")
-    events = db.scalars(select(AuditEvent).where(AuditEvent.action.like("webhook%"))).all()
+    used = db.scalars(select(AuditEvent).where(AuditEvent.action == "webhook_endpoint.secret_used")).all()
+    assert used and all(e.actor == "system:webhooks" and e.target == f"webhook_endpoint:{endpoint_id}" for e in used)
+    events = db.scalars(
+        select(AuditEvent).where(
+            AuditEvent.action.like("webhook%"), AuditEvent.action != "webhook_endpoint.secret_used"
+        )
+    ).all()
     assert [e.action for e in events] == [
         "webhook_endpoint.create",
         "webhook_delivery.redeliver",
