@@ -284,3 +284,12 @@ def test_refresh_failures_are_reported_once_and_recovery_only_after_a_failure(
         "account.refresh_failed",
         "account.recovered",
     ]
+
+
+def test_the_in_app_scheduler_sends_due_deliveries(app: Flask, db: Session, receiver: WebhookReceiver) -> None:
+    from app.jobs.scheduler import RefreshScheduler  # (test-local: only this test drives the scheduler's tick)
+
+    _register(app, db, receiver, ["provider_config.changed"])
+    make_config(db, get_cipher(app), app.extensions["ami_settings"], "openai", {})
+    RefreshScheduler(app).run_once()  # one tick, in this thread: the refresh, then the deliveries
+    assert [r.body["data"]["change"] for r in receiver.verified] == ["create", "enable"]
