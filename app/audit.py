@@ -47,7 +47,7 @@ from typing import Any, Final, Literal, TextIO, cast, get_args
 from sqlalchemy import Connection, Row, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
-from app import metrics
+from app import metrics, webhook_events
 from app.audit_details import canonical_json, sanitize_details
 from app.errors import AppError
 from app.models.audit import AuditEvent
@@ -234,6 +234,7 @@ def record(
     event.hash = _hash_of(event)
     event.id = connection.execute(_INSERT, {name: getattr(event, name) for name in _INSERTED}).scalar_one()
     metrics.count_audit_event(session, action, outcome, clean_details)  # counted if the caller commits
+    webhook_events.from_audit(session, action, event.target, outcome, clean_details)  # its outbox rows, same txn
     return event
 
 

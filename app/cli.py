@@ -26,6 +26,7 @@ from app.preflight import preflight
 from app.providers_cli import providers_cli
 from app.services import linked_identities
 from app.settings import SettingsError
+from app.webhooks_cli import webhooks_cli
 
 db_cli = AppGroup("db", help="Database migrations.")
 users_cli = AppGroup("users", help="Manage users.")
@@ -246,6 +247,7 @@ def app_commands() -> list[click.Command]:
         accounts_cli,
         jobs_cli,
         oidc_cli,
+        webhooks_cli,
         backup_command,
         restore_command,
     ]

@@ -11,7 +11,9 @@ admin to the URL it gets back — in an iframe, or as a full page. The link:
   may reload it, e.g. after a refused save), and is spent by "Save" or "Cancel": any use after that, or
   after it expired, is refused with an error page and no redirect.
 
-Opening still needs an admin session: the link alone grants nothing.
+Opening still needs an admin session: the link alone grants nothing. The end-user connect link
+(``connect_account``, :func:`issue_connect`) is the exception that proves it: it names one user, and only that
+user's own session may open it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.connectors import accounts
 from app.errors import AppError
-from app.models import ConnectedAccount, DialogToken, ProviderConfig, utcnow
+from app.models import ConnectedAccount, DialogToken, ProviderConfig, User, utcnow
 from app.models.dialogs import DialogKind, DialogOutcome
 from app.providers import configs
+from app.providers.validation import effective_values
 from app.settings import Settings
 
 KINDS: Final[tuple[DialogKind, ...]] = ("add_account", "replace_secret", "edit_provider_config")
@@ -41,12 +44,18 @@ TARGET_FIELD: Final[dict[DialogKind, str]] = {
     "add_account": "provider_config_id",
     "replace_secret": "account_id",
     "edit_provider_config": "provider_config_id",
+    "connect_account": "provider_config_id",
 }
 KIND_SCOPE: Final[dict[DialogKind, Literal["accounts:write", "providers:write"]]] = {
     "add_account": "accounts:write",
     "replace_secret": "accounts:write",
     "edit_provider_config": "providers:write",
+    "connect_account": "accounts:write",
 }
+# The end-user connect link (POST /api/account-manager/connect-links): an add_account dialog for one named user,
+# opened by that user's own session, on a provider config whose `end_users_connect` field is on.
+CONNECT: Final[DialogKind] = "connect_account"
+CONNECT_FIELD: Final = "end_users_connect"
 TTL: Final = timedelta(minutes=10)
 # Spent and expired links are deleted this long after they expire (kept a while for the error page).
 KEEP: Final = timedelta(days=1)
@@ -186,6 +195,53 @@ def _target(db: Session, kind: DialogKind, target_id: int) -> tuple[ProviderConf
     return cfg, None
 
 
+def _connect_target(db: Session, config_id: int, user_id: int) -> ProviderConfig:
+    """An enabled API-key or SMTP config that lets end users connect, and an active user to connect for."""
+    cfg, _ = _target(db, "add_account", config_id)
+    assert cfg is not None
+    provider = configs.entry_for(cfg)
+    if not effective_values(provider, "config", cfg.config or {}).get(CONNECT_FIELD):
+        raise AppError(
+            "conflict",
+            f"The provider config “{cfg.name}” does not let end users connect their own accounts.",
+            f"An admin turns on “Let end users connect their own accounts” ({CONNECT_FIELD}) in the config.",
+            fields={"provider_config_id": "End-user connect is off for this provider config."},
+        )
+    user = db.get(User, user_id)
+    if user is None:
+        raise AppError("not_found", f"There is no user with id {user_id}.", fields={"user_id": "No such user."})
+    if not user.is_active:
+        raise AppError("conflict", "This user is disabled.", fields={"user_id": "This user is disabled."})
+    return cfg
+
+
+def issue_connect(
+    db: Session,
+    settings: Settings,
+    ctx: audit.AuditContext,
+    *,
+    provider_config_id: int,
+    user_id: int,
+    return_to: str,
+    service_token_id: int | None = None,
+    now: datetime | None = None,
+) -> IssuedDialog:
+    """An end-user connect link (the caller commits): only ``user_id``'s own session can open it."""
+    _connect_target(db, provider_config_id, user_id)
+    issued = issue(
+        db,
+        settings,
+        ctx,
+        kind=CONNECT,
+        target_id=provider_config_id,
+        return_to=return_to,
+        service_token_id=service_token_id,
+        now=now,
+        for_user_id=user_id,
+    )
+    return issued
+
+
 def issue(
     db: Session,
     settings: Settings,
@@ -196,10 +252,11 @@ def issue(
     return_to: str,
     service_token_id: int | None = None,
     now: datetime | None = None,
+    for_user_id: int | None = None,
 ) -> IssuedDialog:
     """A new link (the caller commits). ``return_to`` must have passed :func:`check_return_to`."""
     now = now or utcnow()
-    cfg, account = _target(db, kind, target_id)
+    cfg, account = _target(db, "add_account" if kind == CONNECT else kind, target_id)
     db.execute(delete(DialogToken).where(DialogToken.expires_at < now - KEEP))
     raw = secrets.token_urlsafe(32)
     record = DialogToken(
@@ -210,6 +267,7 @@ def issue(
         return_to=return_to,
         issued_by=ctx.actor[:320],
         service_token_id=service_token_id,
+        for_user_id=for_user_id,
         created_at=now,
         expires_at=now + TTL,
     )
@@ -223,6 +281,7 @@ def issue(
         details={
             "kind": kind,
             TARGET_FIELD[kind]: target_id,
+            **({"user_id": for_user_id} if for_user_id is not None else {}),
             "return_origin": "{0.scheme}://{0.netloc}".format(urlsplit(return_to)),
             "expires_at": record.expires_at,
         },

@@ -135,3 +135,69 @@ def create_dialog() -> Response:
         db.rollback()
         raise
     return json_response({"url": issued.url, "expires_at": expires_at.isoformat()}, 201, location=issued.url)
+
+
+CONNECT_REQUEST = component(
+    "ConnectLinkRequest",
+    {
+        "type": "object",
+        "required": ["provider_config_id", "user_id", "return_to"],
+        "additionalProperties": False,
+        "properties": {
+            "provider_config_id": {
+                **_ID,
+                "description": "An enabled API-key or SMTP provider config whose `end_users_connect` is true.",
+            },
+            "user_id": {**_ID, "description": "The end user who connects their own account (and will own it)."},
+            "return_to": RETURN_TO,
+        },
+    },
+)
+
+
+@bp.post("/account-manager/connect-links")
+@api_auth("accounts:write")
+@document(
+    operation_id="createConnectLink",
+    summary="A single-use URL where an end user connects their own account",
+    description="For a signed-in end user of the CMS (not only admins): the URL opens AMI Auth's secure page "
+    "where that user — and only that user's own AMI Auth session — types their key (API-key and SMTP configs); "
+    "the key is tested with the provider, stored encrypted, and the new account belongs to them. Then the browser "
+    "goes back to `return_to` with `status=saved|cancelled&account=<id>`. Valid for 10 minutes and one use, like "
+    "a dialog URL. The provider config must be enabled and have `end_users_connect: true` (409 `conflict` on "
+    "`provider_config_id` otherwise); 404 for an unknown config or user, 409 for a disabled user. Audited "
+    "(`dialog.issue` with the user). Scope `accounts:write`.",
+    status=201,
+    response=DIALOG,
+    response_description="Created: send the user to `url` (also in `Location`).",
+    request=CONNECT_REQUEST,
+    errors=(404, 409, 422),
+    tags=("dialogs",),
+)
+def create_connect_link() -> Response:
+    # No Idempotency-Key, for the reason given at create_dialog.
+    data = bodies.json_object(
+        allowed=("provider_config_id", "user_id", "return_to"), required=("provider_config_id", "user_id", "return_to")
+    )
+    config_id = bodies.body_id(data, "provider_config_id")
+    user_id = bodies.body_id(data, "user_id")
+    settings = get_settings()
+    return_to = dialog_links.check_return_to(settings, data["return_to"])
+    caller = principal()
+    db = db_session()
+    try:
+        issued = dialog_links.issue_connect(
+            db,
+            settings,
+            api_audit_ctx(),
+            provider_config_id=config_id,
+            user_id=user_id,
+            return_to=return_to,
+            service_token_id=caller.token.id if caller.token is not None else None,
+        )
+        expires_at = issued.record.expires_at
+        db.commit()
+    except AppError:
+        db.rollback()
+        raise
+    return json_response({"url": issued.url, "expires_at": expires_at.isoformat()}, 201, location=issued.url)

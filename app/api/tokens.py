@@ -36,6 +36,8 @@ Scope = Literal[
     "users:write",
     "clients:read",
     "clients:write",
+    "webhooks:read",
+    "webhooks:write",
 ]
 
 # The fixed set, in the order the console shows them, with what each one allows.
@@ -56,6 +58,9 @@ SCOPES: Final[dict[Scope, str]] = {
     "unlink their sign-in identities.",
     "clients:read": "List and read the apps registered with the OpenID Provider (never a client secret).",
     "clients:write": "Register, change and delete OpenID Provider apps; a new client secret is handed out once.",
+    "webhooks:read": "List webhook endpoints and read their delivery log (never a signing secret).",
+    "webhooks:write": "Register, change and delete webhook endpoints, rotate their signing secrets (the new secret "
+    "is in the answer, once) and redeliver.",
 }
 
 TOKEN_PREFIX: Final = "amis_"

@@ -1,6 +1,6 @@
-"""The in-app scheduler: one daemon thread per serving process that runs the token refresh every minute
-(``AMI_AUTH_SCHEDULER_INTERVAL`` seconds), and every tenth run the check of accounts saved unverified
-(:mod:`app.jobs.unverified`).
+"""The in-app scheduler: one daemon thread per serving process that runs the token refresh, then the webhook
+deliveries (:mod:`app.jobs.webhooks`), every minute (``AMI_AUTH_SCHEDULER_INTERVAL`` seconds), and every tenth run
+the check of accounts saved unverified (:mod:`app.jobs.unverified`).
 
 It starts lazily on the first request a process serves (``ensure_started``, called from a
 ``before_app_request`` hook), so ``ami-auth`` CLI runs, migrations and gunicorn's master never start it,
@@ -19,9 +19,10 @@ from typing import Final
 
 from flask import Flask
 
-from app.extensions import get_database
+from app.extensions import get_cipher, get_database
 from app.jobs import unverified
 from app.jobs.refresh import run_refresh
+from app.jobs.webhooks import deliver_due, delivery_client
 from app.oauth.runtime import runtime
 
 __all__ = ["INTERVAL", "RefreshScheduler", "ensure_started", "stop"]
@@ -59,10 +60,23 @@ class RefreshScheduler:
         return self._thread.is_alive()
 
     def run_once(self) -> None:
-        run_refresh(runtime(self.app), get_database(self.app).engine, workers=self.workers)
+        try:
+            run_refresh(runtime(self.app), get_database(self.app).engine, workers=self.workers)
+        finally:
+            # Webhook deliveries ride the same tick; a failed refresh run must not hold them back.
+            self._deliver_webhooks()
         self.runs += 1
         if self.runs % unverified.EVERY_RUNS == 1:  # the first run, then every tenth
             unverified.run_verify_unverified(self.app)
+
+    def _deliver_webhooks(self) -> None:
+        client = delivery_client(self.app.extensions["ami_settings"])
+        db = get_database(self.app).session()
+        try:
+            deliver_due(db, client, get_cipher(self.app))
+        finally:
+            db.close()
+            client.close()
 
     def _loop(self) -> None:
         # A random first delay spreads the workers of one deployment over the minute.

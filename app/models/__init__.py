@@ -23,6 +23,7 @@ from app.models.service_tokens import ServiceToken
 from app.models.sessions import TrustedBrowser, UserSession
 from app.models.tokens import LinkToken
 from app.models.users import ROLES, User
+from app.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "ROLES",
@@ -50,5 +51,9 @@ __all__ = [
     "User",
     "UserSession",
     "WebAuthnChallenge",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "utcnow",
 ]

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, utcnow
 
-DialogKind = Literal["add_account", "replace_secret", "edit_provider_config"]
+DialogKind = Literal["add_account", "replace_secret", "edit_provider_config", "connect_account"]
 DialogOutcome = Literal["saved", "cancelled"]
 
 
@@ -30,6 +30,8 @@ class DialogToken(Base):
     # Where the dialog sends the browser back to; checked against AMI_AUTH_CMS_ORIGINS when issued and again
     # when used (the allow-list may have changed meanwhile).
     return_to: Mapped[str] = mapped_column(String(2000))
+    # connect_account: the end user the link is for; only their session can open it, and the account is theirs.
+    for_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     # Who asked for the link: the audit actor ("service_token:3" or an admin's email).
     issued_by: Mapped[str] = mapped_column(String(320), default="")
     # No foreign key: service tokens are revoked, never deleted, and the migration then needs only 0001.

@@ -23,7 +23,7 @@ from typing import Final, Literal, cast
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from app import audit, metrics
+from app import audit, metrics, webhook_events
 from app.errors import AppError
 from app.models import ConnectedAccount, ProviderConfig, StoredSecret, User, utcnow
 from app.oauth.connections import ACTIVE, CONSENT_REQUIRED, EXPIRED, OWNER, TOKEN_FIELD, load_tokens
@@ -112,6 +112,7 @@ def _record_failure(db: Session, account_id: int, owner: str, attempts: int, exc
         )
         .execution_options(synchronize_session=False)
     )
+    webhook_events.emit_state(db, "account.refresh_failed", f"connected_account:{account_id}")
     db.commit()
 
 
@@ -162,6 +163,8 @@ def _mark_terminal(
             outcome="failure",
             details={"code": exc.code},
         )
+    else:
+        webhook_events.emit_state(db, "account.refresh_failed", f"connected_account:{account_id}")
     db.commit()
     if first_time and status == CONSENT_REQUIRED:
         _notify_owner(db, rt, account_id)
@@ -254,6 +257,8 @@ def _store_refreshed(
     used_refresh_token: str | None,
     fresh: TokenSet,
     now: datetime,
+    *,
+    after_failures: bool = False,
 ) -> Outcome:
     """Write the new token set and release the lease in one transaction.
 
@@ -302,6 +307,9 @@ def _store_refreshed(
             )
         )
         conn.execute(_ADD_TOKENS, secret)
+    if after_failures:
+        # Only after failures: the hot path of a healthy account does not read the outbox.
+        webhook_events.emit_state(db, "account.recovered", f"connected_account:{account_id}")
     db.commit()
     return "refreshed"
 
@@ -427,7 +435,9 @@ def _refresh_claimed(
             return RefreshResult(outcome, error=exc)
         _record_failure(db, account_id, owner, item.attempts, exc, utcnow())
         return RefreshResult("retry_later", error=exc)
-    outcome = _store_refreshed(db, rt, account_id, owner, tokens.refresh_token, fresh, utcnow())
+    outcome = _store_refreshed(
+        db, rt, account_id, owner, tokens.refresh_token, fresh, utcnow(), after_failures=item.attempts > 0
+    )
     return RefreshResult(outcome, tokens=fresh if outcome == "refreshed" else None)
 
 

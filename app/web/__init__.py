@@ -18,6 +18,7 @@ from app.api import (
     proxy_api,
     token_api,
     users_api,
+    webhooks_api,
 )
 from app.api import dialogs as api_dialogs
 from app.auth.sessions import load_session
@@ -47,6 +48,7 @@ from app.web import (
     throttle_admin,
     tokens_admin,
     users_admin,
+    webhooks_admin,
 )
 
 BLUEPRINTS = [
@@ -60,6 +62,7 @@ BLUEPRINTS = [
     users_admin.bp,
     mfa.bp,
     tokens_admin.bp,
+    webhooks_admin.bp,
     compliance.bp,
     providers_admin.bp,
     throttle_admin.bp,
@@ -87,6 +90,7 @@ def api_blueprints() -> list[Blueprint]:
         token_api.bp,
         users_api.bp,
         idp_clients_api.bp,
+        webhooks_api.bp,
         openapi.bp,
     ]
 
@@ -102,6 +106,7 @@ ADMIN_NAV: list[tuple[str, str]] = [
     ("users_admin.outbox", "Outbox"),
     ("tokens_admin.index", "Service tokens"),
     ("idp_clients_admin.index", "Apps"),
+    ("webhooks_admin.index", "Webhooks"),
     ("compliance.report", "Compliance"),
 ]
 

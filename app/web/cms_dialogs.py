@@ -42,7 +42,10 @@ TITLES = {
     "add_account": "Add an account",
     "replace_secret": "Replace the secret",
     "edit_provider_config": "Set the provider's secrets",
+    "connect_account": "Connect your account",
 }
+# The kinds that create an account (the end-user connect link is an add_account dialog for one named user).
+ADDING = ("add_account", dialog_links.CONNECT)
 # The taxonomy code each status of the page below stands for (shown on the page as data-error-code).
 UNAVAILABLE_CODES: dict[int, ErrorCode] = {
     403: "permission_denied",
@@ -135,7 +138,16 @@ def _open() -> DialogToken | tuple[str, int]:
     if who is None:
         signin = url_for("auth.signin", next=url_for("dialogs.cms_dialog", dialog=_raw()))
         return render_template("dialogs/cms_signin.html", signin_url=signin, kind=record.kind), 401
-    if not who.is_admin:
+    if record.kind == dialog_links.CONNECT and who.user.id != record.for_user_id:
+        html = render_template(
+            "dialogs/cms_unavailable.html",
+            title="This link was made for another user.",
+            hint="Sign out of AMI Auth, sign in as the user the CMS sent here, then open the link again.",
+            problem="permission_denied",
+            code=UNAVAILABLE_CODES[403],
+        )
+        return html, 403
+    if record.kind != dialog_links.CONNECT and not who.is_admin:
         html = render_template(
             "dialogs/cms_unavailable.html",
             title="This dialog is for administrators.",
@@ -167,7 +179,7 @@ def _subject(db: Session, record: DialogToken) -> tuple[ProviderEntry, ProviderC
 
 def _form(record: DialogToken, provider: ProviderEntry, cfg: ProviderConfig, account: ConnectedAccount | None) -> Any:
     db = db_session()
-    if record.kind == "add_account":
+    if record.kind in ADDING:
         form_class = provider_form_class(provider, "account", base=DetailsBase, context=config_context(provider, cfg))
         return form_class(data=initial_data(provider, "account"))
     if record.kind == "replace_secret":
@@ -207,7 +219,7 @@ def _render(
         form=form,
         cancel_form=CancelForm(),
         secret_meta=meta,
-        editing=record.kind != "add_account" and any(m is not None for m in meta.values()),
+        editing=record.kind not in ADDING and any(m is not None for m in meta.values()),
         testable=record.kind != "edit_provider_config",
         result=result,
         blamed=field_labels(provider, result.error.fields) if result is not None and result.error else [],
@@ -234,12 +246,12 @@ def _save(record: DialogToken, provider: ProviderEntry, cfg: ProviderConfig, acc
     db = db_session()
     cipher, settings, ctx = get_cipher(), get_settings(), audit_ctx()
     client = get_client(current_app)
-    if record.kind == "add_account":
+    if record.kind in ADDING:
         who = signed_in()
         label = form.label.data if hasattr(form, "label") else None
-        created = dialog_saves.add_account(
-            db, cipher, client, settings, ctx, cfg, label, form.clean, user_id=who.user.id if who else None
-        )
+        # An end user's account is theirs; an admin's add_account dialog makes it the admin's, as before.
+        owner = record.for_user_id if record.kind == dialog_links.CONNECT else (who.user.id if who else None)
+        created = dialog_saves.add_account(db, cipher, client, settings, ctx, cfg, label, form.clean, user_id=owner)
         return created.id
     if record.kind == "replace_secret":
         accounts.save_secrets(db, cipher, client, settings, ctx, account, _typed(form))
@@ -307,7 +319,7 @@ def cms_dialog_test() -> tuple[str, int] | Response:
     form = _form(record, provider, cfg, account)
     if not form.validate():
         result = Verification.failed(_invalid(form))
-    elif record.kind == "add_account":
+    elif record.kind in ADDING:
         result = dialog_saves.verify_new_account(get_client(current_app), get_settings(), cfg, form.clean)
     else:
         assert account is not None

@@ -550,6 +550,8 @@ def test_real_responses_match_the_documented_schemas(
             lambda: client.delete(f"/api/users/{member.id}/sessions", headers=auth),
             200,
         ),
+        *_webhook_calls(client, auth),
+        *_connect_calls(client, auth, db, member.id, config.id),
     ]
     # (Before the calls below revoke that account's key, which clears its error.)
     report = client.get("/api/compliance/report").get_json()
@@ -579,6 +581,75 @@ class Caller:
     cookies: dict[str, str]
 
 
+def _connect_calls(
+    client: FlaskClient, auth: dict[str, str], db: Session, user_id: int, closed_config_id: int
+) -> list[tuple[str, str, Callable[[], Any], int]]:
+    """End-user connect links: one on a config that allows it, one that does not, one for nobody."""
+    open_config = ProviderConfig(
+        provider_type="openai", name="OpenAI (end users)", enabled=True, config={"end_users_connect": True}
+    )
+    db.add(open_config)
+    db.commit()
+    path = "/api/account-manager/connect-links"
+    body = {"provider_config_id": open_config.id, "user_id": user_id, "return_to": "https://cms.example.com/me"}
+    return [
+        (path, "post", lambda: client.post(path, json=body, headers=auth), 201),
+        (
+            path,
+            "post",
+            lambda: client.post(path, json={**body, "provider_config_id": closed_config_id}, headers=auth),
+            409,
+        ),
+        (path, "post", lambda: client.post(path, json={**body, "user_id": 9999}, headers=auth), 404),
+        (
+            path,
+            "post",
+            lambda: client.post(path, json={**body, "return_to": "https://evil.example/"}, headers=auth),
+            422,
+        ),
+    ]
+
+
+def _webhook_calls(client: FlaskClient, auth: dict[str, str]) -> list[tuple[str, str, Callable[[], Any], int]]:
+    """Register an endpoint for user.created, create a user (one pending delivery), read the log, redeliver."""
+    path = "/api/account-manager/webhooks"
+    made: dict[str, int] = {}
+
+    def create() -> Any:
+        response = client.post(path, json={"url": "http://127.0.0.1:9/hook", "events": ["user.created"]}, headers=auth)
+        made["id"] = response.get_json()["endpoint"]["id"]
+        client.post("/api/users", json={"email": "hooked@example.com", "role": "member"}, headers=auth)
+        return response
+
+    def first_delivery() -> int:
+        log = client.get(f"{path}/{made['id']}/deliveries", headers=auth).get_json()["deliveries"]
+        return int(log[0]["id"])
+
+    one = f"{path}/{{endpoint_id}}"
+    return [
+        (path, "post", create, 201),
+        (path, "post", lambda: client.post(path, json={"url": "http://10.0.0.1/", "events": []}, headers=auth), 422),
+        (path, "get", lambda: client.get(path, headers=auth), 200),
+        (one, "get", lambda: client.get(f"{path}/{made['id']}", headers=auth), 200),
+        (one, "get", lambda: client.get(f"{path}/9999", headers=auth), 404),
+        (one, "patch", lambda: client.patch(f"{path}/{made['id']}", json={"description": "CMS"}, headers=auth), 200),
+        (f"{one}/deliveries", "get", lambda: client.get(f"{path}/{made['id']}/deliveries", headers=auth), 200),
+        (
+            f"{one}/deliveries/{{delivery_id}}/redeliver",
+            "post",
+            lambda: client.post(f"{path}/{made['id']}/deliveries/{first_delivery()}/redeliver", headers=auth),
+            200,
+        ),
+        (
+            f"{one}/rotate-secret",
+            "post",
+            lambda: client.post(f"{path}/{made['id']}/rotate-secret", json={}, headers=auth),
+            200,
+        ),
+        (one, "delete", lambda: client.delete(f"{path}/{made['id']}", headers=auth), 204),
+    ]
+
+
 def _secrets(app: Flask, client: FlaskClient, raw_token: str, settings: Settings) -> list[str]:
     cookie = client.get_cookie("ami_session")
     assert cookie is not None
@@ -603,6 +674,9 @@ def _secrets(app: Flask, client: FlaskClient, raw_token: str, settings: Settings
 # address is acceptable is email-validator's call (no special-use domain, a real TLD); free-form `metadata` may
 # hold any JSON but no control character. Everything else is checked for them (no 5xx, documented statuses and
 # shapes, invalid data refused); tests/integration/test_users_api.py and test_provider_configs_api.py cover the rules.
+# A webhook URL is accepted only when its host resolves and the outbound guard lets every address through (no
+# internal address unless AMI_AUTH_OUTBOUND_ALLOW lists it): the network's answer, not a schema's
+# (tests/integration/test_webhooks*.py cover it).
 PER_TYPE_BODIES = frozenset(
     {
         "PATCH /api/account-manager/provider-configs/{config_id}",
@@ -612,6 +686,8 @@ PER_TYPE_BODIES = frozenset(
         # client_credentials, openid with authorization_code): tests/integration/test_idp_clients.py covers them.
         "POST /api/account-manager/oidc-clients",
         "PATCH /api/account-manager/oidc-clients/{client_id}",
+        "POST /api/account-manager/webhooks",
+        "PATCH /api/account-manager/webhooks/{endpoint_id}",
     }
 )
 
@@ -766,7 +842,11 @@ def test_fuzz_every_endpoint_from_the_document(
     assert statuses["DELETE /api/auth/sessions/{session_id}"] >= {401, 404}
     assert 200 in statuses["GET /api/account-manager/accounts"]
     assert 200 in statuses["DELETE /api/account-manager/accounts/{account_id}"]
-    assert 201 in statuses["POST /api/account-manager/dialogs"]
+    assert 201 in statuses["POST /api/account-manager/dialogs"]  # the known-good body's, at least
+    # Past the scopes and the body checks, to the target lookup at least: which ids the derandomized generator
+    # draws moves with the document.
+    assert statuses["POST /api/account-manager/connect-links"] & {201, 404, 409}
+    assert statuses["POST /api/account-manager/webhooks"] & {201, 422}
     assert 201 in statuses["POST /api/account-manager/provider-configs"]
     assert 200 in statuses["GET /api/account-manager/provider-configs"]
     proxy_get = "GET /api/account-manager/accounts/{account_id}/proxy/{path}"

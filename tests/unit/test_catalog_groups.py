@@ -50,7 +50,7 @@ def test_expanded_fields_equal_what_main_produced(entry_id: str) -> None:
 
 def test_the_groups_are_included_where_the_fields_were_repeated() -> None:
     groups = load_groups()
-    assert set(groups) == {"sign_in_policy", "device_flow", "rotation_reminder"}
+    assert set(groups) == {"sign_in_policy", "device_flow", "rotation_reminder", "end_user_connect"}
     included: dict[str, list[str]] = {}
     for file in sorted(registry.CATALOG_DIR.glob("*.yaml")):
         data = yaml.safe_load(file.read_text())
@@ -61,6 +61,8 @@ def test_the_groups_are_included_where_the_fields_were_repeated() -> None:
     assert {"azure_ad", "generic_oidc", "github", "google"} <= set(included["sign_in_policy"])
     assert {"azure_ad", "generic_oidc", "github"} <= set(included["device_flow"])
     assert {"anthropic", "generic_api_key", "huggingface", "openai", "smtp"} <= set(included["rotation_reminder"])
+    # Every type whose accounts are typed in (API key, SMTP) may let end users connect their own.
+    assert {"anthropic", "generic_api_key", "huggingface", "openai", "smtp"} <= set(included["end_user_connect"])
     # The rotation reminder's default is the entry's own policy, stated once.
     for entry_id in included["rotation_reminder"]:
         entry = get_catalog()[AuthProviderType(entry_id)]

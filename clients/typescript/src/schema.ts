@@ -164,6 +164,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/account-manager/connect-links": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A single-use URL where an end user connects their own account
+         * @description For a signed-in end user of the CMS (not only admins): the URL opens AMI Auth's secure page where that user — and only that user's own AMI Auth session — types their key (API-key and SMTP configs); the key is tested with the provider, stored encrypted, and the new account belongs to them. Then the browser goes back to `return_to` with `status=saved|cancelled&account=<id>`. Valid for 10 minutes and one use, like a dialog URL. The provider config must be enabled and have `end_users_connect: true` (409 `conflict` on `provider_config_id` otherwise); 404 for an unknown config or user, 409 for a disabled user. Audited (`dialog.issue` with the user). Scope `accounts:write`.
+         */
+        post: operations["createConnectLink"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/account-manager/dialogs": {
         parameters: {
             query?: never;
@@ -342,6 +362,118 @@ export interface paths {
         get: operations["getProviderSchemas"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/account-manager/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List webhook endpoints
+         * @description Every registered endpoint with the events it receives. Scope `webhooks:read`.
+         */
+        get: operations["listWebhookEndpoints"];
+        put?: never;
+        /**
+         * Register a webhook endpoint
+         * @description Registers a URL for the chosen events; deliveries are signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`). Audited. Scope `webhooks:write`. The answer carries `signing_secret` (Standard Webhooks `whsec_…`): store it in the receiver now; it is never shown again.
+         */
+        post: operations["createWebhookEndpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/account-manager/webhooks/{endpoint_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One webhook endpoint
+         * @description Its URL, events and state (never its secret). Scope `webhooks:read`.
+         */
+        get: operations["getWebhookEndpoint"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a webhook endpoint
+         * @description Deletes it with its secrets and delivery log; pending deliveries are dropped. Audited. Scope `webhooks:write`.
+         */
+        delete: operations["deleteWebhookEndpoint"];
+        options?: never;
+        head?: never;
+        /**
+         * Change a webhook endpoint
+         * @description Changes what is given: URL, events (replaces the list), description, enabled. A disabled endpoint gets no new deliveries and its pending ones wait. Audited. Scope `webhooks:write`.
+         */
+        patch: operations["updateWebhookEndpoint"];
+        trace?: never;
+    };
+    "/api/account-manager/webhooks/{endpoint_id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * An endpoint's delivery log
+         * @description The newest deliveries first, each with its event id and type, its state and every try with the receiver's status code (or why none came). Scope `webhooks:read`.
+         */
+        get: operations["listWebhookDeliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/account-manager/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a delivery again
+         * @description Queues the delivery again whatever its state, with the same event id and a fresh retry schedule; the delivery job sends it on its next run. Audited. Scope `webhooks:write`.
+         */
+        post: operations["redeliverWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/account-manager/webhooks/{endpoint_id}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate a webhook endpoint's signing secret
+         * @description Makes a new secret. During the overlap (default 24 h) every delivery carries two signatures, one per secret, so the receiver may switch at any moment within it. Audited. Scope `webhooks:write`. The answer carries `signing_secret` (Standard Webhooks `whsec_…`): store it in the receiver now; it is never shown again.
+         */
+        post: operations["rotateWebhookSecret"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1342,6 +1474,13 @@ export interface components {
                 head_hash: string;
             };
         };
+        ConnectLinkRequest: {
+            /** @description An enabled API-key or SMTP provider config whose `end_users_connect` is true. */
+            provider_config_id: number;
+            /** @description The end user who connects their own account (and will own it). */
+            user_id: number;
+            return_to: components["schemas"]["DialogReturnTo"];
+        };
         CurrentSession: {
             user: components["schemas"]["User"];
             mfa: components["schemas"]["MfaSummary"];
@@ -1717,6 +1856,7 @@ export interface components {
              */
             config: {
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -1829,6 +1969,12 @@ export interface components {
                  * @default 90
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             };
         };
         /** A new Microsoft Entra ID (Azure AD) config */
@@ -1985,6 +2131,12 @@ export interface components {
                  * @default 90
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             } & (unknown & unknown);
         };
         /** A new OpenID Connect (any provider) config */
@@ -2377,6 +2529,12 @@ export interface components {
                  * @default 180
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             };
         };
         /** A new OpenAI config */
@@ -2404,6 +2562,12 @@ export interface components {
                  * @default 90
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             };
         };
         /** A new SMTP config */
@@ -2453,6 +2617,12 @@ export interface components {
                  * @default 180
                  */
                 rotation_days?: number | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page to enter their own key; the account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             } & unknown;
         };
         ProviderConfigGenericApiKey: {
@@ -2477,6 +2647,7 @@ export interface components {
                 query_param?: string | null;
                 verify_path?: string | null;
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -2664,6 +2835,7 @@ export interface components {
              */
             config: {
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -2697,6 +2869,7 @@ export interface components {
              */
             config: {
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -2717,6 +2890,7 @@ export interface components {
         /** Anthropic config values to change */
         ProviderConfigPatchAnthropic: {
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         /** Microsoft Entra ID (Azure AD) config values to change */
         ProviderConfigPatchAzureAd: {
@@ -2741,6 +2915,7 @@ export interface components {
             query_param?: string | null;
             verify_path?: string | null;
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         /** OpenID Connect (any provider) config values to change */
         ProviderConfigPatchGenericOidc: {
@@ -2805,10 +2980,12 @@ export interface components {
         /** Hugging Face config values to change */
         ProviderConfigPatchHuggingface: {
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         /** OpenAI config values to change */
         ProviderConfigPatchOpenai: {
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         /** SMTP config values to change */
         ProviderConfigPatchSmtp: {
@@ -2817,6 +2994,7 @@ export interface components {
             allow_insecure?: boolean | null;
             port?: number | null;
             rotation_days?: number | null;
+            end_users_connect?: boolean | null;
         };
         ProviderConfigSmtp: {
             id: number;
@@ -2839,6 +3017,7 @@ export interface components {
                 allow_insecure?: boolean | null;
                 port?: number | null;
                 rotation_days?: number | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: Record<string, never>;
@@ -2977,8 +3156,9 @@ export interface components {
                 type: "object";
                 properties: {
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: "rotation_days"[];
+                required: ("rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3129,8 +3309,9 @@ export interface components {
                     query_param: components["schemas"]["FieldSchema"];
                     verify_path: components["schemas"]["FieldSchema"];
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: ("base_url" | "auth_type" | "header_name" | "query_param" | "verify_path" | "rotation_days")[];
+                required: ("base_url" | "auth_type" | "header_name" | "query_param" | "verify_path" | "rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3445,8 +3626,9 @@ export interface components {
                 type: "object";
                 properties: {
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: "rotation_days"[];
+                required: ("rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3523,8 +3705,9 @@ export interface components {
                 type: "object";
                 properties: {
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: "rotation_days"[];
+                required: ("rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3598,8 +3781,9 @@ export interface components {
                     allow_insecure: components["schemas"]["FieldSchema"];
                     port: components["schemas"]["FieldSchema"];
                     rotation_days: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: ("host" | "security" | "allow_insecure" | "port" | "rotation_days")[];
+                required: ("host" | "security" | "allow_insecure" | "port" | "rotation_days" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3670,6 +3854,74 @@ export interface components {
             email: string;
             name: string;
             roles: ("admin" | "member")[];
+        };
+        WebhookAttempt: {
+            /** Format: date-time */
+            at: string;
+            status: number | null;
+            error: string | null;
+            duration_ms: number;
+        };
+        WebhookDelivery: {
+            id: number;
+            /** @description The stable `webhook-id` of every try. */
+            event_id: string;
+            event_type: components["schemas"]["WebhookEventType"];
+            /** @description What it is about: `connected_account:12`, `user:3`… */
+            subject: string;
+            /** @enum {string} */
+            state: "pending" | "delivered" | "failed";
+            attempts: number;
+            next_attempt_at: string | null;
+            log: components["schemas"]["WebhookAttempt"][];
+        };
+        WebhookDeliveryList: {
+            deliveries: components["schemas"]["WebhookDelivery"][];
+        };
+        WebhookEndpoint: {
+            id: number;
+            url: string;
+            description: string;
+            events: components["schemas"]["WebhookEventType"][];
+            enabled: boolean;
+            previous_secret_until: string | null;
+            /** Format: date-time */
+            created_at: string;
+        };
+        WebhookEndpointCreate: {
+            /** @description http(s) URL that receives POSTs; its host must pass the outbound guard (no internal addresses unless AMI_AUTH_OUTBOUND_ALLOW lists them), checked now and on every delivery. */
+            url: string;
+            events: components["schemas"]["WebhookEventType"][];
+            description?: string;
+            /** @default true */
+            enabled?: boolean;
+        };
+        WebhookEndpointList: {
+            endpoints: components["schemas"]["WebhookEndpoint"][];
+        };
+        WebhookEndpointUpdate: {
+            /** @description http(s) URL that receives POSTs; its host must pass the outbound guard (no internal addresses unless AMI_AUTH_OUTBOUND_ALLOW lists them), checked now and on every delivery. */
+            url?: string;
+            events?: components["schemas"]["WebhookEventType"][];
+            description?: string;
+            enabled?: boolean;
+        };
+        WebhookEndpointWithSecret: {
+            endpoint: components["schemas"]["WebhookEndpoint"];
+            /** @description Shown once. */
+            signing_secret: string;
+        };
+        /**
+         * @description `account.connected`: A connected account was added or reconnected.; `account.consent_required`: The provider withdrew consent: the owner must reconnect.; `account.refresh_failed`: Refreshing the account's token failed (it will be retried).; `account.recovered`: A refresh succeeded again after failures.; `account.secret_replaced`: The account's key or password was set or replaced.; `account.deleted`: The account was disconnected or deleted.; `session.revoked`: One or all sign-in sessions of a user were ended.; `user.created`: A user was created (invite, sign-up, admin, CLI, first OAuth sign-in).; `user.disabled`: A user was disabled.; `provider_config.changed`: A provider config was created, changed, enabled, disabled or deleted.
+         * @enum {string}
+         */
+        WebhookEventType: "account.connected" | "account.consent_required" | "account.refresh_failed" | "account.recovered" | "account.secret_replaced" | "account.deleted" | "session.revoked" | "user.created" | "user.disabled" | "provider_config.changed";
+        WebhookSecretRotate: {
+            /**
+             * @description How long the old secret keeps signing too (a second signature); 0 stops it now.
+             * @default 24
+             */
+            overlap_hours?: number;
         };
     };
     responses: never;
@@ -5232,6 +5484,120 @@ export interface operations {
             };
         };
     };
+    createConnectLink: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ConnectLinkRequest"];
+            };
+        };
+        responses: {
+            /** @description Created: send the user to `url` (also in `Location`). */
+            201: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Dialog"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `conflict`: the item's state does not allow it (the same cause answers the same code on every endpoint), or a request with the same Idempotency-Key is still in progress. */
+            409: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     createDialog: {
         parameters: {
             query?: never;
@@ -6607,6 +6973,802 @@ export interface operations {
             };
             /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
             403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    listWebhookEndpoints: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointList"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    createWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointCreate"];
+            };
+        };
+        responses: {
+            /** @description Registered; `Location` is its URL. */
+            201: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointWithSecret"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook endpoint's id. */
+                endpoint_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    deleteWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook endpoint's id. */
+                endpoint_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    updateWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook endpoint's id. */
+                endpoint_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointUpdate"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    listWebhookDeliveries: {
+        parameters: {
+            query?: {
+                /** @description How many. */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                /** @description The webhook endpoint's id. */
+                endpoint_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryList"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    redeliverWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook endpoint's id. */
+                endpoint_id: number;
+                /** @description The delivery's id (from the delivery log). */
+                delivery_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `validation_failed`: `fields` names each bad parameter (an unknown or repeated query parameter too). */
+            422: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `rate_limited`: wait Retry-After seconds. */
+            429: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `service_unavailable`: the database or Redis is down, read-only or locked (a fault, not the request's); nothing was changed. Send the same request again after Retry-After seconds. */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Any other failure, in the taxonomy shape. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    rotateWebhookSecret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook endpoint's id. */
+                endpoint_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookSecretRotate"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointWithSecret"];
+                };
+            };
+            /** @description `not_authenticated`: no valid credential (no token or session, or an unknown, revoked or expired token). `WWW-Authenticate` carries the RFC 6750 challenge (`error="invalid_token"` for a token that is not valid). */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `permission_denied`: a valid credential that may not do this: the token or role lacks a scope (named in the message), the wrong kind of credential (a service token on a cookie-only endpoint, a session cookie on a token-only one), or a cookie call failed the CSRF / origin check. `mfa_required`: the signed-in user's role requires a second factor they have not enrolled yet. */
+            403: {
+                headers: {
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `not_found`. */
+            404: {
                 headers: {
                     RateLimit: components["headers"]["RateLimit"];
                     "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
