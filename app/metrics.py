@@ -111,6 +111,11 @@ PROXY_CALLS: Final = counter(
     "status",
     "outcome",
 )
+WEBHOOK_DELIVERIES: Final = counter(
+    "webhook_deliveries",
+    "Webhook delivery tries, by what became of the delivery (delivered, retrying, failed for good).",
+    "outcome",
+)
 HTTP_REQUESTS: Final = counter(
     "http_requests", "HTTP requests by route template, method and status code.", "route", "method", "status"
 )

@@ -33,7 +33,7 @@ from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks.webhooks import Webhook
 
-from app import audit
+from app import audit, metrics
 from app.errors import AppError
 from app.models.base import utcnow
 from app.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -235,16 +235,20 @@ def _finish(
         delivery.delivered_at = at
         delivery.next_attempt_at = None
         report.delivered += 1
+        outcome = "delivered"
     else:
         due = _next_attempt(at, delivery.attempts)
         if due is None:
             delivery.state = "failed"
             delivery.next_attempt_at = None
             report.failed += 1
+            outcome = "failed"
         else:
             delivery.next_attempt_at = due
             report.retrying += 1
+            outcome = "retrying"
     db.commit()
+    metrics.WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
 
 
 def deliver_due(

@@ -140,6 +140,7 @@ def _preset_series(app: Flask) -> None:
         refreshable = sorted(e.id for e in get_catalog() if e.capabilities.refresh != "none")
     metrics.preset(metrics.TOKEN_REFRESHES, provider_type=refreshable, outcome=get_args(Outcome))
     metrics.preset(metrics.MAIL_SENDS, transport=("smtp", "outbox"), outcome=("sent",))
+    metrics.preset(metrics.WEBHOOK_DELIVERIES, outcome=("delivered", "retrying", "failed"))
     metrics.preset(metrics.OIDC_GRANTS, grant_type=("authorization_code", "refresh_token", "client_credentials"))
     metrics.preset(metrics.PROXY_CALLS, status=("2xx", "3xx", "4xx", "5xx", "none"), outcome=sorted(audit.OUTCOMES))
 

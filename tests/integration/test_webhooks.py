@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -75,6 +76,9 @@ def _openai_account(app: Flask, db: Session, vendor: OpenAI, name: str = "OpenAI
     return account, key
 
 
+OUTCOMES = ("delivered", "retrying", "failed")
+
+
 def test_every_event_arrives_signed_and_in_order_per_account_after_the_receiver_was_down(
     app: Flask, db: Session, receiver: WebhookReceiver, sender: OutboundClient, openai_standin: OpenAI
 ) -> None:
@@ -87,7 +91,9 @@ def test_every_event_arrives_signed_and_in_order_per_account_after_the_receiver_
         delete_account(db, cipher, get_client(app), CTX, second, skip_revoke=True)
     db.commit()
     t0 = utcnow()
+    tries = {o: REGISTRY.get_sample_value("ami_auth_webhook_deliveries_total", {"outcome": o}) or 0.0 for o in OUTCOMES}
     report = deliver_due(db, sender, cipher, now=t0)
+    reports = [report]
     # One try per subject's head of line: later events of the same account wait behind the first.
     assert report.delivered == 0 and report.retrying >= 2
     assert set(report.statuses) == {None}
@@ -98,12 +104,21 @@ def test_every_event_arrives_signed_and_in_order_per_account_after_the_receiver_
     receiver.answer = 500
     receiver.start()
     report = deliver_due(db, sender, cipher, now=t0 + RETRY_DELAYS[0])
+    reports.append(report)
     assert report.delivered == 0 and 500 in report.statuses
 
     # Healthy again: everything that was queued arrives, each account's events in the order they happened.
     receiver.answer = 200
     report = deliver_due(db, sender, cipher, now=t0 + RETRY_DELAYS[0] + RETRY_DELAYS[1])
+    reports.append(report)
     assert report.failed == 0
+    # /metrics counts every try by what became of its delivery.
+    counted = {
+        o: (REGISTRY.get_sample_value("ami_auth_webhook_deliveries_total", {"outcome": o}) or 0.0) - tries[o]
+        for o in OUTCOMES
+    }
+    assert counted == {o: sum(getattr(r, o) for r in reports) for o in OUTCOMES}
+    assert counted["delivered"] > 0 and counted["retrying"] > 0
     db.expire_all()
     assert db.scalar(select(WebhookDelivery).where(WebhookDelivery.state != "delivered")) is None
     events = db.scalars(select(WebhookEvent).order_by(WebhookEvent.id)).all()
