@@ -1,4 +1,4 @@
-// The console's navigation folds behind a "Menu" button on narrow screens (static/css/app.css, under 1024 px).
+// The console's navigation folds behind a "Menu" button on narrow screens (static/css/app.css, under 1200 px).
 // Without this script the navigation simply stays open: the class that folds it is only set here.
 (function () {
   "use strict";

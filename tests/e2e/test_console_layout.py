@@ -29,6 +29,8 @@ PAGES = [
     ("Security", "Security", None),
     ("Outbox", "Outbox", None),
     ("Service tokens", "Service tokens", None),
+    ("Apps", "Apps", None),
+    ("Webhooks", "Webhooks", None),
     ("Compliance", "Compliance", None),
     ("My account", "My account", "account"),
 ]

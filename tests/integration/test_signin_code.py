@@ -82,7 +82,7 @@ def test_a_mailed_code_signs_in_once(client: FlaskClient, db: Session, make_user
     code = mailed_code(db, "cleo@example.com")
     assert last_mail(db, "cleo@example.com").subject == "Your sign-in code"
     status, location, _ = enter(client, f"{code[:3]} {code[3:]}")  # spaces as people copy it
-    assert (status, location) == (302, "/")
+    assert (status, location) == (302, "/account/")
     assert signed_in_as(client) == "cleo@example.com"
     events = db.scalars(select(AuditEvent).where(AuditEvent.action.like("signin%")).order_by(AuditEvent.id)).all()
     assert [(e.action, e.details) for e in events][-2:] == [
