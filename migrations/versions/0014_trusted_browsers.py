@@ -1,6 +1,6 @@
 """Trusted browsers: "trust this browser for N days" skips the second factor there (issue 14)
 
-Revision ID: 0016_trusted_browsers
+Revision ID: 0014_trusted_browsers
 Revises: 0013_api_idempotency
 Create Date: 2026-12-07 01:40:00
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 from app.models.base import UTCDateTime
 
-revision: str = "0016_trusted_browsers"
+revision: str = "0014_trusted_browsers"
 down_revision: str | Sequence[str] | None = "0013_api_idempotency"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -1,7 +1,7 @@
 """Signed webhooks (endpoints, the event outbox, deliveries and their attempt log); end-user connect links
 
-Revision ID: 0014_webhooks
-Revises: 0017_proxy_token_limits
+Revision ID: 0016_webhooks
+Revises: 0015_proxy_token_limits
 Create Date: 2026-12-07 01:30:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014_webhooks"
-down_revision: str | Sequence[str] | None = "0017_proxy_token_limits"
+revision: str = "0016_webhooks"
+down_revision: str | Sequence[str] | None = "0015_proxy_token_limits"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
