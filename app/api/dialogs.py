@@ -9,13 +9,23 @@ link are in ``app.api.dialog_links``; the pages in ``app.web.cms_dialogs``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
 from app.api import bodies, dialog_links
 from app.api.registry import DATETIME, JSONSchema, component, document, settings_component
-from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response, principal, require_scope
+from app.api.security import (
+    Principal,
+    api_audit_ctx,
+    api_auth,
+    api_blueprint,
+    json_response,
+    principal,
+    require_scope,
+)
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.models.base import ID_MAX
@@ -75,6 +85,19 @@ def _kind(data: dict[str, object]) -> DialogKind:
     raise AppError("validation_failed", fields={"kind": "Use one of: " + ", ".join(dialog_links.KINDS) + "."})
 
 
+def _link_answer(issue: Callable[[Session, int | None], dialog_links.IssuedDialog], caller: Principal) -> Response:
+    """Issue a one-time link (committed, or rolled back on a refusal) and answer 201 with its URL and expiry."""
+    db = db_session()
+    try:
+        issued = issue(db, caller.token.id if caller.token is not None else None)
+        expires_at = issued.record.expires_at
+        db.commit()
+    except AppError:
+        db.rollback()
+        raise
+    return json_response({"url": issued.url, "expires_at": expires_at.isoformat()}, 201, location=issued.url)
+
+
 @bp.post("/account-manager/dialogs")
 @api_auth(any_of=tuple(sorted(set(dialog_links.KIND_SCOPE.values()))))
 @document(
@@ -118,23 +141,18 @@ def create_dialog() -> Response:
     target_id = bodies.body_id(data, target_field)
     settings = get_settings()
     return_to = dialog_links.check_return_to(settings, data["return_to"])
-    db = db_session()
-    try:
-        issued = dialog_links.issue(
+    return _link_answer(
+        lambda db, token_id: dialog_links.issue(
             db,
             settings,
             api_audit_ctx(),
             kind=kind,
             target_id=target_id,
             return_to=return_to,
-            service_token_id=caller.token.id if caller.token is not None else None,
-        )
-        expires_at = issued.record.expires_at
-        db.commit()
-    except AppError:
-        db.rollback()
-        raise
-    return json_response({"url": issued.url, "expires_at": expires_at.isoformat()}, 201, location=issued.url)
+            service_token_id=token_id,
+        ),
+        caller,
+    )
 
 
 CONNECT_REQUEST = component(
@@ -184,20 +202,15 @@ def create_connect_link() -> Response:
     settings = get_settings()
     return_to = dialog_links.check_return_to(settings, data["return_to"])
     caller = principal()
-    db = db_session()
-    try:
-        issued = dialog_links.issue_connect(
+    return _link_answer(
+        lambda db, token_id: dialog_links.issue_connect(
             db,
             settings,
             api_audit_ctx(),
             provider_config_id=config_id,
             user_id=user_id,
             return_to=return_to,
-            service_token_id=caller.token.id if caller.token is not None else None,
-        )
-        expires_at = issued.record.expires_at
-        db.commit()
-    except AppError:
-        db.rollback()
-        raise
-    return json_response({"url": issued.url, "expires_at": expires_at.isoformat()}, 201, location=issued.url)
+            service_token_id=token_id,
+        ),
+        caller,
+    )

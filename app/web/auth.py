@@ -20,7 +20,7 @@ from app.net import get_client
 from app.settings import Settings
 from app.web.browser import browser_id
 from app.web.common import form_errors, landing, safe_next
-from app.web.signin import establish_session, needs_second_factor, start_second_factor
+from app.web.signin import establish_session, needs_second_factor, record_failed_signin, start_second_factor
 
 bp = Blueprint("auth", __name__)
 
@@ -83,16 +83,7 @@ def signin() -> str | Response:
                 # The account page's password form; app.web.account keeps every other page closed until then.
                 return redirect(url_for("account.index", _anchor="password"))
             return redirect(landing(check.user.is_admin, next_url))
-        lock = throttle.record_failure(storage, settings, email, ip, device=device, db=db, ctx=audit_ctx())
-        audit.record(
-            db,
-            audit_ctx(),
-            "signin.failure",
-            target=f"email:{email}",
-            outcome="failure",
-            details={"method": "password"},
-        )
-        db.commit()
+        lock = record_failed_signin(email, "password")
         if lock is not None:
             return _throttled(form, next_url, lock)
         form_errors(AppError("invalid_credentials", fields={"password": "Email or password is not right."}), form)

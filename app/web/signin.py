@@ -15,7 +15,7 @@ from flask_login import login_user
 from werkzeug.wrappers import Response
 
 from app import audit
-from app.auth import device_alerts, mfa, sessions, trusted_browsers
+from app.auth import device_alerts, mfa, sessions, throttle, trusted_browsers
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, user_agent
@@ -60,6 +60,18 @@ def establish_session(user: User, methods: list[str], *, mfa_verified: bool = Fa
 
 
 # --- Pending sign-in (first factor done, second factor to go) -------------------------------------------------
+
+
+def record_failed_signin(email: str, method: str) -> throttle.Throttled | None:
+    """A wrong first factor (password, mailed code): counted by the sign-in throttle and audited, committed.
+    Returns the lock when this failure crossed a limit."""
+    db, settings, storage = db_session(), get_settings(), get_limit_storage()
+    lock = throttle.record_failure(storage, settings, email, client_ip(), device=browser_id(), db=db, ctx=audit_ctx())
+    audit.record(
+        db, audit_ctx(), "signin.failure", target=f"email:{email}", outcome="failure", details={"method": method}
+    )
+    db.commit()
+    return lock
 
 
 def needs_second_factor(user: User) -> bool:

@@ -23,7 +23,7 @@ from app.http.context import audit_ctx, client_ip, signed_in
 from app.web.browser import browser_id
 from app.web.common import form_errors, keep_on_form, landing, safe_next
 from app.web.mail_flows import MAIL_FAILURES, mail_failed
-from app.web.signin import establish_session, needs_second_factor, start_second_factor
+from app.web.signin import establish_session, needs_second_factor, record_failed_signin, start_second_factor
 
 bp = Blueprint("signin_code", __name__)
 Page = str | Response | tuple[str, int]
@@ -113,16 +113,7 @@ def enter_code() -> Page:
                 throttle.record_success(storage, settings, email, ip, device=device)
                 establish_session(user, ["email_code"])  # commits the event with the session
                 return redirect(landing(user.is_admin, next_url))
-            throttled = throttle.record_failure(storage, settings, email, ip, device=device, db=db, ctx=audit_ctx())
-            audit.record(
-                db,
-                audit_ctx(),
-                "signin.failure",
-                target=f"email:{email}",
-                outcome="failure",
-                details={"method": "email_code"},
-            )
-            db.commit()
+            throttled = record_failed_signin(email, "email_code")
             if throttled is None:
                 form_errors(
                     AppError(
