@@ -4,7 +4,8 @@
   produced before the groups existed (tests/fixtures/catalog_fields_main.json, written from main's code; rewritten
   since only where a later issue changed a field on purpose: the API issue's `role_mapping` and strict per-type
   JSON Schemas; the sign-in issue's `button_label`; the proxy's `api_url`/`api_base_url`; Google's device client,
-  Anthropic's region (its unused `workspace_id` dropped) and Hugging Face's `required_permissions`).
+  Anthropic's region (its unused `workspace_id` dropped), Hugging Face's `required_permissions`; the webhooks
+  issue's `end_users_connect`).
 - An include names a group that exists, an override a field of it; the JSON Schema checks both.
 - What each shipped type can do is derived from its auth mode or declared once, never from its id.
 - The OAuth protocol core imports no database, Flask or catalog; the catalog's hooks import no connector.
@@ -125,7 +126,7 @@ def test_includes_and_overrides_are_checked(catalog_copy: Path, change: Any, pat
 CAPABILITIES = {
     # id: (sign-in, connect, refresh, revoke, verify, XOAUTH2, device flow)
     "ami_credentials": (False, "none", "none", "none", "none", False, False),
-    "google": (True, "oauth", "standard", "request", "discovery", True, False),
+    "google": (True, "oauth", "standard", "request", "discovery", True, True),  # device flow: its second client
     "github": (True, "oauth", "standard", "request", "http", False, True),
     "azure_ad": (True, "oauth", "standard", "unsupported", "discovery", True, True),
     "generic_oidc": (True, "oauth", "standard", "request", "discovery", True, True),
