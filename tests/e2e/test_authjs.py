@@ -29,7 +29,7 @@ from app.idp import clients
 from app.idp.delivery import stop_delivery
 from app.models import User
 from tests.conftest import PASSWORD, require_peer
-from tests.e2e.conftest import virtual_authenticator, watch_console
+from tests.e2e.conftest import virtual_authenticator, watch_console, without_passkey_autofill
 from tests.support.live import LiveServer, free_port
 from tests.support.mfa import enrol_totp
 
@@ -210,6 +210,7 @@ def test_password_and_totp_rp_logout_and_an_admin_revoke_reaching_authjs(
 
 def test_a_passkey_signs_in_to_authjs(live: LiveServer, cms: AuthJsApp, context: BrowserContext, page: Page) -> None:
     pia = _user(live, "pia@example.com")
+    without_passkey_autofill(page)  # the button's path; autofill signs the passkey's owner in by itself
     with virtual_authenticator(context, page):
         page.goto(f"{live.url}/signin")
         _password(page, pia.email)

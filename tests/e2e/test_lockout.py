@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from playwright.sync_api import Browser, Page, expect
 
@@ -26,7 +27,8 @@ def test_lock_after_repeated_failures_shows_the_retry_time(live: LiveServer, pag
         expect(page.locator("#password-error")).to_contain_text("Email or password is not right.")
         expect(page.locator("#throttle-notice")).to_have_count(0)
 
-    with page.expect_response(re.compile(r"/signin")) as fifth:
+    # The form's POST, not the passkey-autofill request the page makes as it loads.
+    with page.expect_response(lambda r: r.request.method == "POST" and urlsplit(r.url).path == "/signin") as fifth:
         _submit(page, "lou@example.com", "wrong password, surely")
     assert fifth.value.status == 429
     assert fifth.value.headers["retry-after"] in {str(s) for s in range(55, 61)}

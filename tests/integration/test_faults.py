@@ -389,7 +389,9 @@ def _poll(http: httpx.Client, status: int, within: float = 10.0) -> None:
 
 
 def test_reset_request_with_the_mail_server_down_says_no_link_went_out(tmp_path: Path, sqlite_url: str) -> None:
-    application = make_app(tmp_path, sqlite_url, AMI_AUTH_SMTP_URL=f"smtp://127.0.0.1:{free_port()}")
+    application = make_app(
+        tmp_path, sqlite_url, AMI_AUTH_SMTP_URL=f"smtp://127.0.0.1:{free_port()}", AMI_AUTH_OUTBOUND_TIMEOUT="1"
+    )
     try:
         add_user(application)
         client = application.test_client()

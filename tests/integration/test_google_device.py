@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
 
 from app.extensions import get_cipher, get_database
 from app.jobs.refresh import run_refresh
@@ -23,6 +24,7 @@ from app.models import ConnectedAccount
 from app.oauth.connections import load_tokens
 from app.oauth.runtime import runtime
 from app.settings import Settings
+from app.web.errors import UNAVAILABLE_MESSAGE
 from tests.conftest import UserFactory, make_settings, sign_in
 from tests.support.oauth_app import create_config, location, page_csrf
 from tests.support.vendors.google import Google
@@ -111,16 +113,38 @@ def test_google_device_flow_uses_the_tv_client_and_its_scopes_then_refreshes_wit
     assert after.refresh_token == tokens.refresh_token  # Google keeps it
 
 
+def _device_attempt(client: FlaskClient, config_id: int) -> TestResponse:
+    listing = client.get("/account/connections/").get_data(as_text=True)
+    return client.post(f"/account/connections/device/{config_id}", data={"csrf_token": page_csrf(listing)})
+
+
+def _refused_for_a_member(app: Flask, client: FlaskClient, config_id: int, make_user: UserFactory) -> str:
+    """A config problem, as a member meets it: "not available right now" with a reference (503), no detail."""
+    make_user()
+    sign_in(client, "member@example.com")
+    refused = _device_attempt(client, config_id)
+    text = unescape(refused.get_data(as_text=True))
+    assert refused.status_code == 503 and UNAVAILABLE_MESSAGE in text and refused.headers["Retry-After"]
+    return text
+
+
+def _try_as_admin(app: Flask, config_id: int, make_user: UserFactory) -> TestResponse:
+    make_user("root@example.com", role="admin")
+    admin = app.test_client()
+    sign_in(admin, "root@example.com")
+    return _device_attempt(admin, config_id)
+
+
 def test_google_refuses_the_device_flow_from_a_web_client_and_unlisted_scopes(
     app: Flask, client: FlaskClient, google_standin: Google, make_user: UserFactory
 ) -> None:
     google = google_standin
     # The Web client entered as the device client (a common mistake): Google's "Invalid client type."
     config_id = _config(app, google, device_flow=True, device_client_id=WEB_CLIENT, device_client_secret="GOCSPX-x")
-    make_user()
-    sign_in(client, "member@example.com")
-    listing = client.get("/account/connections/").get_data(as_text=True)
-    refused = client.post(f"/account/connections/device/{config_id}", data={"csrf_token": page_csrf(listing)})
+    # A member sees that it is not available and a reference; the admin who can fix the config sees Google's words.
+    text = _refused_for_a_member(app, client, config_id, make_user)
+    assert "Invalid client type" not in text
+    refused = _try_as_admin(app, config_id, make_user)
     text = refused.get_data(as_text=True)
     assert refused.status_code >= 400 and "Invalid client type" in text, text[-1500:]
     assert google.devices == {}
@@ -139,10 +163,8 @@ def test_google_device_flow_with_a_scope_google_does_not_allow(
         device_client_secret=tv.client_secret,
         device_scopes="openid https://www.googleapis.com/auth/gmail.readonly",
     )
-    make_user()
-    sign_in(client, "member@example.com")
-    listing = client.get("/account/connections/").get_data(as_text=True)
-    refused = client.post(f"/account/connections/device/{config_id}", data={"csrf_token": page_csrf(listing)})
+    assert "gmail.readonly" not in _refused_for_a_member(app, client, config_id, make_user)
+    refused = _try_as_admin(app, config_id, make_user)
     text = unescape(refused.get_data(as_text=True))
     assert refused.status_code == 422 and 'data-error-code="invalid_config"' in text
     assert "rejected the requested scopes" in text and "gmail.readonly" in text

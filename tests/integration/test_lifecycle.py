@@ -198,7 +198,8 @@ def test_reset_over_real_smtp(
 
 
 def test_reset_page_hides_mail_transport_details(app_with: AppFactory, db: Session, make_user: UserFactory) -> None:
-    app = app_with(AMI_AUTH_SMTP_URL="smtp://127.0.0.1:9")  # nothing listens on the discard port
+    # Nothing listens on the discard port; the one SMTP answer comes at the (short) deadline.
+    app = app_with(AMI_AUTH_SMTP_URL="smtp://127.0.0.1:9", AMI_AUTH_OUTBOUND_TIMEOUT="1")
     make_user("down@example.com")
     client = app.test_client()
     response = _post(client, "/reset", {"email": "down@example.com"})
@@ -390,7 +391,7 @@ def test_invite_while_smtp_is_down_is_recorded_as_not_sent_and_can_be_sent_again
     app_with: AppFactory, db: Session, make_user: UserFactory
 ) -> None:
     # Nothing listens on the port: the mail cannot go out.
-    down = app_with(AMI_AUTH_SMTP_URL=f"smtp://127.0.0.1:{free_port()}")
+    down = app_with(AMI_AUTH_SMTP_URL=f"smtp://127.0.0.1:{free_port()}", AMI_AUTH_OUTBOUND_TIMEOUT="1")
     admin = _admin_client(down, make_user)
     response = _post(admin, "/admin/users/new", {"email": "wait@example.com", "role": "member", "mode": "invite"})
     assert response.status_code == 302

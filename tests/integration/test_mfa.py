@@ -520,7 +520,7 @@ def test_passkey_second_factor_counter_and_user_verification(
     ok = post_json(
         client, "/signin/mfa/passkey/verify", {"credential": auth.assert_(options.json["publicKey"])}, "/signin/mfa"
     )
-    assert ok.status_code == 200 and ok.json == {"redirect": "/"}
+    assert ok.status_code == 200 and ok.json == {"redirect": "/account/"}
     record = live_session(db)
     assert record is not None and record.auth_methods == ["password", "webauthn"]
     client.post("/signout", data={"csrf_token": csrf_token(client, "/account/")})

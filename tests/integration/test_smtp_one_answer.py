@@ -45,7 +45,8 @@ ADMIN = "admin@example.com"
 CASES = ("closed port", "silent port", "SSH banner", "no such name", "guard refused")
 # What every case must read as, with the host:port the admin typed replaced by <server>.
 NO_SERVER = "No SMTP server answered at <server>."
-ON_HOST = (("config.host", f"Provider config · Server host: {NO_SERVER}"),)  # the dialogs' result panel
+# The dialogs' result panel: the host is set in the provider config, not on the dialog, and the summary says so.
+ON_HOST = (("config.host", f"Provider config · Server host (set in the provider\u2019s settings): {NO_SERVER}"),)
 # Words that would tell the cases apart; none may reach the caller.
 TELLTALES = ("refused", "loopback", "not allowed", "SSH", "timed out", "DNS", "resolve", "greeting", "127.0.0.3")
 

@@ -67,7 +67,7 @@ def test_a_trusted_browser_skips_the_second_factor_until_the_password_changes(
     client.post("/signout", data={"csrf_token": csrf_token(client, "/account/")})
 
     # The password alone signs in here now; the method says why.
-    assert sign_in(client, "tom@example.com").headers["Location"] == "/"
+    assert sign_in(client, "tom@example.com").headers["Location"] == "/account/"
     event = db.scalars(
         select(AuditEvent).where(AuditEvent.action == "signin.success").order_by(AuditEvent.id.desc())
     ).first()
