@@ -225,7 +225,7 @@ def current_session() -> Response:
 
 def _target_user_id(caller: Principal) -> int:
     raw = request.args.get("user_id")
-    if raw is None or raw == "":
+    if raw is None:  # an empty user_id= is a value that is not a user id (refused below), not "left out"
         if caller.user_id is None:
             raise AppError(
                 "validation_failed",

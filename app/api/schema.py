@@ -31,7 +31,7 @@ from app.api.registry import JSONSchema, settings_component
 from app.providers.entries import FieldSpec, ProviderEntry
 from app.providers.registry import Catalog, catalog_for
 from app.providers.types import FieldType, Which
-from app.providers.validation import DEFAULT_MAX_LENGTH, LIST_MAX_ITEMS, STRING_MAX_LENGTH
+from app.providers.validation import DEFAULT_MAX_LENGTH, LIST_MAX_ITEMS, STRING_MAX_LENGTH, URL_AUTHORITY
 from app.settings import Settings
 
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -45,16 +45,15 @@ ANNOTATIONS: Final = (
     "x-suggest",
     "x-field-order",
 )
-# What the server accepts as a URL (app.providers.validation): http(s), a host, no user name or password
-# before it, no white space or control character anywhere.
-URL_PATTERN: Final = (
-    r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@:\x00-\x1f\x7f][^\s/?#@\x00-\x1f\x7f]*(?:[/?#][^\s\x00-\x1f\x7f]*)?$"
-)
+# What the server accepts as a URL (app.providers.validation): http(s), an ASCII host and an optional port (the
+# same expression), no user name or password, no white space or control character anywhere.
+URL_PATTERN: Final = rf"^[Hh][Tt][Tt][Pp][Ss]?://{URL_AUTHORITY}(?:[/?#][^\s\x00-\x1f\x7f]*)?$"
 # One line of text without surrounding white space or control characters (the JSON API takes values as they
 # are meant: it trims nothing).
 LINE_PATTERN: Final = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
-# What every string value looks like in the JSON API, shown or not: not empty, nothing to trim.
-SHAPE_PATTERN: Final = r"^\S(?:[\s\S]*\S)?$"
+# What every string value looks like in the JSON API, shown or not: not empty, nothing to trim, and no control
+# character but tab, CR and LF (app.web.input_guard refuses any other at the door, in every JSON string).
+SHAPE_PATTERN: Final = r"^[^\s\x00-\x08\x0b\x0c\x0e-\x1f\x7f](?:[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
 TEXT_PATTERN: Final = r"^[^\s\x00-\x08\x0b\x0c\x0e-\x1f\x7f](?:[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
 _STRING_TYPES: Final = frozenset(
     {FieldType.STRING, FieldType.URL, FieldType.HOST, FieldType.EMAIL, FieldType.ENUM, FieldType.TEXT}

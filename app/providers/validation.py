@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
@@ -73,10 +73,28 @@ def _check_pattern(spec: FieldSpec, value: str) -> None:
         raise FieldError(_pattern_message(spec))
 
 
+# The authority of a URL the catalog takes: an ASCII host name or IPv4 address (an international name in its
+# xn-- form; no IPv6 literal, no user name), then an optional port from 0 to 65535. The JSON API's schema
+# (app.api.schema.URL_PATTERN) is built from the same expression, so the two agree on every value.
+URL_AUTHORITY: Final = (
+    r"[A-Za-z0-9._~%!$&'()*+,;=-]+"
+    r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+)
+_AUTHORITY: Final = re.compile(URL_AUTHORITY)
+
+
 def _url(value: str, *, exact: bool = False) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:  # "Invalid IPv6 URL" (an unbalanced "["), a name that NFKC turns into "/", "?", "#"…
+        raise FieldError("Enter an absolute http(s) URL, like https://api.example.com.") from None
+    if parts.scheme not in ("http", "https") or not host or " " in value:
         raise FieldError("Enter an absolute http(s) URL, like https://api.example.com.")
+    if "@" not in parts.netloc and _AUTHORITY.fullmatch(parts.netloc) is None:
+        raise FieldError(
+            "Use a host name or IPv4 address (an international name in its xn-- form) and a port up to 65535."
+        )
     if parts.username or parts.password:
         # Credentials in a URL end up in logs and Referer headers; they belong in secret fields.
         raise FieldError("Leave user names and passwords out of the URL; use the secret fields.")

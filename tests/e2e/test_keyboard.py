@@ -52,6 +52,9 @@ def contrast(a: str, b: str) -> float:
 
 
 def assert_focus_ring(page: Page, target: Locator) -> None:
+    # The console's ring (solid, in the accent colour), not the browser's default one: waited for, as a style
+    # recalculation after the focus moves may land a moment later on a loaded machine.
+    expect(target).to_have_css("outline-style", "solid")
     ring = target.evaluate(
         """el => {
           const s = getComputedStyle(el);

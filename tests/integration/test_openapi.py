@@ -729,8 +729,11 @@ def test_fuzz_every_endpoint_from_the_document(
         status="active",
         identifiers={"base_url": fuzz_upstream.url},
     )
-    db.add_all([keyed, ConnectedAccount(provider_config_id=anthropic.id, label="keyless", status="pending")])
+    # "spare" is deleted through the API after the fuzzing, whatever ids the generator drew (see below).
+    spare = ConnectedAccount(provider_config_id=anthropic.id, label="spare", status="pending")
+    db.add_all([keyed, ConnectedAccount(provider_config_id=anthropic.id, label="keyless", status="pending"), spare])
     db.flush()
+    spare_id = spare.id
     api_key = "sk-ant-fuzz-" + "Q7x" * 14
     fuzz_upstream.add_key(api_key)
     put_secret(db, get_cipher(app), "connected_account", keyed.id, "api_key", Secret(api_key), grace=None)
@@ -836,6 +839,13 @@ def test_fuzz_every_endpoint_from_the_document(
                     check(case, caller, response)
 
             run()
+
+    # Likewise a delete's success path, last: the spare account (already gone if the generator drew its id).
+    for operation in operations:
+        if operation.label == "DELETE /api/account-manager/accounts/{account_id}":
+            case = operation.Case(path_parameters={"account_id": spare_id})
+            for caller in callers:
+                check(case, caller, case.call(headers=dict(caller.headers), cookies=dict(caller.cookies)))
 
     print(f"OpenAPI fuzz (schemathesis): {sent} requests, 0 x 5xx")  # a 5xx fails the run above
     # The fuzzer reached the endpoints for real, not only their 401s.

@@ -5,7 +5,7 @@
   since only where a later issue changed a field on purpose: the API issue's `role_mapping` and strict per-type
   JSON Schemas; the sign-in issue's `button_label`; the proxy's `api_url`/`api_base_url`; Google's device client,
   Anthropic's region (its unused `workspace_id` dropped), Hugging Face's `required_permissions`; the webhooks
-  issue's `end_users_connect`).
+  issue's `end_users_connect`; the URL and string patterns narrowed to exactly what the server accepts).
 - An include names a group that exists, an override a field of it; the JSON Schema checks both.
 - What each shipped type can do is derived from its auth mode or declared once, never from its id.
 - The OAuth protocol core imports no database, Flask or catalog; the catalog's hooks import no connector.

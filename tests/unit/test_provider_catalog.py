@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from app.api.schema import URL_PATTERN
 from app.connectors import verify
 from app.providers import registry
 from app.providers.entries import ProviderEntry
@@ -304,6 +305,29 @@ def test_hidden_fields_are_not_validated_or_returned() -> None:
     assert set(errors) == {"header_name"}
     clean, errors = validate_submission(provider, "config", {**data, "auth_type": "header", "header_name": "X-Key"})
     assert errors == {} and clean["header_name"] == "X-Key"
+
+
+ABSOLUTE = "Enter an absolute http(s) URL, like https://api.example.com."
+AUTHORITY = "Use a host name or IPv4 address (an international name in its xn-- form) and a port up to 65535."
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://[api.example.com", ABSOLUTE),  # urlsplit: "Invalid IPv6 URL"
+        ("http://[::1", ABSOLUTE),
+        ("https://\uff03x", ABSOLUTE),  # a name that NFKC turns into "#"
+        ("https://api.example.com:99999", AUTHORITY),
+        ("https://h:x/", AUTHORITY),
+        ("https://[::1]/", AUTHORITY),
+    ],
+)
+def test_a_url_the_parser_refuses_is_a_field_error_not_a_crash(url: str, message: str) -> None:
+    # Found by the OpenAPI fuzzer: urlsplit raises ValueError on an unbalanced "[" or a bad port. The API schema's
+    # URL pattern refuses the same values (tests/integration/test_openapi.py fuzzes both).
+    _, errors = validate_submission(_entry("generic_api_key"), "config", {"base_url": url, "auth_type": "bearer"})
+    assert errors == {"base_url": message}
+    assert re.fullmatch(URL_PATTERN, url) is None
 
 
 def test_visibility_follows_booleans_lists_and_the_other_set() -> None:
