@@ -24,7 +24,6 @@ ratios are what compare. Prints a table, asserts nothing, stops every process it
 from __future__ import annotations
 
 import argparse
-import base64
 import multiprocessing
 import statistics
 import sys
@@ -49,9 +48,10 @@ from app.migrate import upgrade
 from app.providers import configs
 from app.providers.registry import entry
 from app.providers.validation import validate_submission
-from app.settings import load_settings, new_master_key
+from app.settings import load_settings
 from app.vault import put_secret
 from bench.gunicorn_server import gunicorn
+from bench.headers import environment as headers_environment
 from bench.headers import temporary_database
 from tests.support.stream_upstream import running_upstream
 
@@ -68,20 +68,8 @@ def _serve_upstream(port_out: Queue[str], stop: EventType) -> None:
 
 
 def environment(database_url: str, instance: Path) -> dict[str, str]:
-    key = new_master_key("bench")
-    return {
-        "AMI_AUTH_ENV": "test",
-        "AMI_AUTH_INSTANCE_DIR": str(instance),
-        "AMI_AUTH_DATABASE_URL": database_url,
-        "AMI_AUTH_SECRET_KEY": "b" * 48,
-        "AMI_AUTH_MASTER_KEYS": f"{key.kid}:{base64.b64encode(key.key).decode()}",
-        "AMI_AUTH_MFA_REQUIRED_ROLES": "",
-        "AMI_AUTH_LOG_LEVEL": "WARNING",
-        "AMI_AUTH_SCHEDULER": "false",
-        "AMI_AUTH_OUTBOUND_ALLOW": "127.0.0.1",
-        # The API's per-caller limit (600/min by default) would measure the limiter, not the proxy.
-        "AMI_AUTH_API_RATE_PER_MINUTE": "100000000",
-    }
+    """The headers bench's settings (no API rate limit, quiet logs), with the local upstream allowed."""
+    return {**headers_environment(database_url, instance), "AMI_AUTH_OUTBOUND_ALLOW": "127.0.0.1"}
 
 
 def seed(env: dict[str, str], upstream_url: str) -> tuple[int, str]:
