@@ -50,7 +50,7 @@ from app.web import admin_consent
 from app.web.browser import browser_id
 from app.web.common import admin_required, form_errors, landing, safe_next
 from app.web.errors import viewer_error
-from app.web.signin import establish_session, needs_second_factor, start_second_factor
+from app.web.signin import establish_session, needs_second_factor, record_failed_signin, start_second_factor
 
 bp = Blueprint("oauth", __name__)
 log = logging.getLogger("ami_auth.oauth")
@@ -375,16 +375,7 @@ def link() -> Response | tuple[str, int]:
                 safe_next(pending.get("next"), "/"),
                 {"provider_config": pending["config"], "outcome": "linked"},
             )
-        lock = throttle.record_failure(storage, settings, email, ip, device=device, db=db, ctx=audit_ctx())
-        audit.record(
-            db,
-            audit_ctx(),
-            "signin.failure",
-            target=f"email:{email}",
-            outcome="failure",
-            details={"method": "password", "purpose": "oauth_link"},
-        )
-        db.commit()
+        lock = record_failed_signin(email, "password", purpose="oauth_link")
         if lock is not None:
             return _link_throttled(form, pending, lock)
         form_errors(AppError("invalid_credentials", fields={"password": "Email or password is not right."}), form)

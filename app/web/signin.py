@@ -59,19 +59,24 @@ def establish_session(user: User, methods: list[str], *, mfa_verified: bool = Fa
         device_alerts.send_alert(db, settings, audit_ctx(), user, ip=ip, user_agent=user_agent(), when=utcnow())
 
 
-# --- Pending sign-in (first factor done, second factor to go) -------------------------------------------------
-
-
-def record_failed_signin(email: str, method: str) -> throttle.Throttled | None:
-    """A wrong first factor (password, mailed code): counted by the sign-in throttle and audited, committed.
-    Returns the lock when this failure crossed a limit."""
+def record_failed_signin(email: str, method: str, **details: str) -> throttle.Throttled | None:
+    """A wrong first factor (password, mailed code, the password that links a provider): counted by the sign-in
+    throttle and audited, committed. Returns the lock when this failure crossed a limit."""
     db, settings, storage = db_session(), get_settings(), get_limit_storage()
     lock = throttle.record_failure(storage, settings, email, client_ip(), device=browser_id(), db=db, ctx=audit_ctx())
     audit.record(
-        db, audit_ctx(), "signin.failure", target=f"email:{email}", outcome="failure", details={"method": method}
+        db,
+        audit_ctx(),
+        "signin.failure",
+        target=f"email:{email}",
+        outcome="failure",
+        details={"method": method, **details},
     )
     db.commit()
     return lock
+
+
+# --- Pending sign-in (first factor done, second factor to go) -------------------------------------------------
 
 
 def needs_second_factor(user: User) -> bool:
