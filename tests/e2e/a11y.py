@@ -51,6 +51,12 @@ _OVERFLOW = """() => {
   }
   return out;
 }"""
+# The address and the whole document (doctype included) at once, or null while a document is still loading.
+_SNAPSHOT = """() => document.readyState !== 'complete' ? null : [
+  location.href,
+  (document.doctype ? new XMLSerializer().serializeToString(document.doctype) : '')
+    + document.documentElement.outerHTML,
+]"""
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL | re.IGNORECASE)
 _STYLESHEET_LINK = re.compile(r"<link\b[^>]*/static/css/app\.css[^>]*>")
 _TOKENISH = re.compile(r"/(?:\d+|[A-Za-z0-9_-]{20,})(?=/|$)")
@@ -89,13 +95,17 @@ class PageAudit:
     def _on_load(self, page: Page) -> None:
         # This runs beside the test, which goes on meanwhile: only read the document here, check it later.
         try:
-            key = page_key(page.url)
-            if key in self.pending or all((key, w) in self.checked for w in WIDTHS):
+            if all((page_key(page.url), w) in self.checked for w in WIDTHS):
                 return
-            html = page.content()
+            # The address and the document in one read, from a document that has finished loading: read apart,
+            # the test (which goes on meanwhile) may have moved the page on between the two.
+            taken = page.evaluate(_SNAPSHOT)
         except PlaywrightError:
             return  # the test moved on (a redirect, a click): the page is taken on its next visit
-        if _OUR_STYLESHEET in html:
+        if taken is None:
+            return
+        key, html = page_key(taken[0]), taken[1]
+        if key not in self.pending and _OUR_STYLESHEET in html:
             self.pending[key] = html
 
     def flush(self, browser: Browser) -> list[str]:
