@@ -79,7 +79,8 @@ def keys_rotate(alg: str) -> None:
             click.echo(f"{rotation.alg}: retired {', '.join(rotation.retired)} (every token they signed had expired)")
 
 
-@keys_cli.command("retire")
+# A kid is a JWK thumbprint in base64url and may begin with "-": taken as the argument, not as an unknown option.
+@keys_cli.command("retire", context_settings={"ignore_unknown_options": True})
 @click.argument("kid")
 @click.option("--force", is_flag=True, help="Retire before the tokens it signed expire (a compromised key).")
 @with_appcontext
