@@ -201,6 +201,11 @@
   });
 
   function init() {
+    // The buttons come disabled: a click before this script has run would submit the form as a plain GET
+    // and reload the page without a ceremony (and without its query, so the sign-in's next step too).
+    document.querySelectorAll("form[data-webauthn] button[data-webauthn-ready]").forEach(function (button) {
+      button.disabled = false;
+    });
     var form = document.querySelector("form[data-webauthn-autofill]");
     if (form && document.querySelector('input[autocomplete~="webauthn"]')) {
       startAutofill(form);
