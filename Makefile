@@ -7,7 +7,7 @@ PORT ?= 5000
 # Tests run on every core, a file per worker (module-scoped peers such as the OpenID Provider start once).
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: run test lint typecheck unit peers ts-client bench install install-dev migrate clean
+.PHONY: run test lint typecheck unit peers ts-client bench install install-dev migrate messages clean
 
 # `make install` (and so `make run`) installs what the app needs to run; `make install-dev` adds the test and
 # lint tooling (pytest, Playwright, mypy, schemathesis…: the `dev` extra), which every test/lint target uses.
@@ -66,6 +66,14 @@ test: lint typecheck peers
 
 unit: install-dev
 	$(BIN)/python -m pytest tests/unit -q
+
+## make messages: extract every marked string (babel.cfg) into app/translations/messages.pot, merge it into each
+## shipped locale's messages.po (new strings come in untranslated, for a translator) and compile the .mo files.
+## tests/unit/test_translations.py fails while any shipped locale lacks a message or its .mo is stale.
+messages: install
+	$(BIN)/pybabel -q extract -F babel.cfg --no-wrap --sort-by-file --project "AMI Auth" -k lazy_gettext -k lazy_ngettext:1,2 -o app/translations/messages.pot .
+	$(BIN)/pybabel -q update --no-wrap --ignore-obsolete -i app/translations/messages.pot -d app/translations
+	$(BIN)/pybabel -q compile --statistics -d app/translations
 
 ## make bench: every benchmark; each prints ratios against a baseline measured in the same run
 bench: install-dev

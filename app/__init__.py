@@ -57,6 +57,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     csrf.init_app(app)
     init_input_guard(app)  # after CSRF (a refused form still had to come from this site), before any route
     login_manager.init_app(app)
+    from app.i18n import init_i18n
+
+    init_i18n(app)  # the locale per request: the user's language, else Accept-Language (app.i18n)
     init_security(app, settings)
     register_blueprints(app)
     register_error_handlers(app)

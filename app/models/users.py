@@ -27,6 +27,8 @@ class User(Base):
     password_changed_at: Mapped[datetime | None]
     must_change_password: Mapped[bool] = mapped_column(default=False)
     user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    # The language the user chose for pages and mails (a shipped locale, app.i18n); None: the browser's.
+    locale: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
