@@ -907,7 +907,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -958,7 +958,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1008,7 +1008,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1057,7 +1057,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1107,7 +1107,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1164,7 +1164,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1214,7 +1214,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1281,7 +1281,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1333,7 +1333,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1387,7 +1387,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1447,7 +1447,7 @@ export interface components {
                  */
                 status: "active" | "expiring" | "consent_required" | "error" | "disabled";
                 /** @enum {string} */
-                status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+                status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
                 last_error: {
                     code: string;
                     hint: string;
