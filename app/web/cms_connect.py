@@ -110,15 +110,16 @@ def finish(config_id: int, params: Mapping[str, str]) -> Response:
         raise
     except IntegrityError:
         db.rollback()
-        return _failed(record, config_id, who.record.id, AppError("conflict", "That account was just connected."))
+        return give_up(record, config_id, who.record.id, AppError("conflict", "That account was just connected."))
     except AppError as exc:
         db.rollback()
-        return _failed(record, config_id, who.record.id, exc)
+        return give_up(record, config_id, who.record.id, exc)
     return redirect(dialog_links.return_url(record, "saved"), code=303)
 
 
-def _failed(record: DialogToken, config_id: int, session_id: str, exc: AppError) -> Response:
-    """Nothing stored: record why, spend the link, and send the browser back with ``status=failed``."""
+def give_up(record: DialogToken, config_id: int, session_id: str, exc: AppError) -> Response:
+    """Nothing stored: record why, spend the link, and send the browser back with ``status=failed`` (also when
+    the authorization could not even start: the provider unreachable, the config disabled meanwhile)."""
     db = db_session()
     audit.record(
         db,

@@ -340,8 +340,14 @@ def cms_dialog_oauth() -> tuple[str, int] | Response:
     provider_entry, cfg, _ = _subject(db, record)
     if not _through_consent(record, provider_entry):
         raise AppError("not_found", "This dialog does not connect through the provider's consent screen.")
-    provider = load_provider(db, cfg.id)
-    return begin_authorization(provider, cms_connect.intent(record), want_refresh=provider.refreshable)
+    try:
+        provider = load_provider(db, cfg.id)
+        return begin_authorization(provider, cms_connect.intent(record), want_refresh=provider.refreshable)
+    except AppError as exc:
+        db.rollback()
+        who = signed_in()
+        assert who is not None  # _open let only the link's user in
+        return cms_connect.give_up(record, cfg.id, who.record.id, exc)
 
 
 def _keep_refusal_audit(record_id: int, kind: str, exc: AppError) -> None:

@@ -30,6 +30,7 @@ from app.models.webhooks import WebhookEvent
 from app.oauth.connections import load_tokens
 from app.settings import Settings
 from tests.conftest import UserFactory, make_settings, sign_in
+from tests.support.live import free_port
 from tests.support.oauth_app import create_config, follow_callback, generic_values, location
 from tests.support.op import OPClient, OpenIDProvider, op_login, running_op
 
@@ -269,3 +270,26 @@ def test_the_config_must_be_an_enabled_oauth_config_that_allows_it(
         headers=cms,
     )
     assert answer.status_code == 409 and "consent screen" in answer.get_json()["error"]["message"]
+
+
+def test_a_provider_that_cannot_be_reached_at_the_start_sends_the_user_back_with_failed(
+    app: Flask,
+    client: FlaskClient,
+    db: Session,
+    cms: dict[str, str],
+    users: tuple[User, User],
+    op: OpenIDProvider,
+) -> None:
+    member, _ = users
+    # An issuer nobody listens on: discovery fails when the authorization starts.
+    values = generic_values(f"http://127.0.0.1:{free_port()}", op.client, end_users_connect=True)
+    config_id = create_config(app, "generic_oidc", "Down ID", values)
+    link = _link(client, cms, config_id, member.id)
+    browser = _browser(app, MEMBER)
+    page = browser.get(link)
+    match = re.search(r'id="dialog-continue"[^>]*href="([^"]+)"', page.get_data(as_text=True))
+    assert match
+    query = _back(browser.get(html_lib.unescape(match.group(1))))
+    assert query["status"] == ["failed"] and query["error"] == ["provider_unreachable"]
+    assert _accounts(db) == []
+    _unavailable(browser.get(link), 410, "This dialog link has already been used.")
