@@ -373,7 +373,9 @@ def cms_dialog_test() -> tuple[str, int] | Response:
     record = opened
     db = db_session()
     provider, cfg, account = _subject(db, record)
-    if record.kind == "edit_provider_config" or _through_consent(record, provider):
+    if _through_consent(record, provider):
+        raise AppError("not_found", "This dialog connects through the provider's consent screen: nothing to test.")
+    if record.kind == "edit_provider_config":
         raise AppError("not_found", "This dialog has no connection test.")
     form = _form(record, provider, cfg, account)
     if not form.validate():

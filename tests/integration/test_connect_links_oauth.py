@@ -31,7 +31,7 @@ from app.oauth.connections import load_tokens
 from app.settings import Settings
 from tests.conftest import UserFactory, make_settings, sign_in
 from tests.support.live import free_port
-from tests.support.oauth_app import create_config, follow_callback, generic_values, location
+from tests.support.oauth_app import create_config, follow_callback, generic_values, location, page_csrf
 from tests.support.op import OPClient, OpenIDProvider, op_login, running_op
 
 PATH = "/api/account-manager/connect-links"
@@ -146,6 +146,10 @@ def test_a_member_connects_their_oauth_account_and_goes_back_to_the_cms(
     browser = _browser(app, MEMBER)
     callback = op_login(_continue(browser, link, op), "alice")
     assert callback.startswith(f"{BASE}/oauth/{config_id}/callback?")
+    # Nothing to type, so nothing to test: the dialog's test endpoint says so (and spends nothing).
+    csrf = page_csrf(browser.get(link).get_data(as_text=True))
+    tested = browser.post(link.replace("/dialogs/cms?", "/dialogs/cms/test?"), data={"csrf_token": csrf})
+    assert tested.status_code == 404 and "nothing to test" in tested.get_data(as_text=True)
     query = _back(follow_callback(browser, callback))
     # The same return parameters as the API-key path; the CMS's own query is kept.
     assert query["status"] == ["saved"] and query["tab"] == ["oauth"] and "error" not in query
