@@ -1,8 +1,8 @@
 """Connected-account snapshots for the CMS: what an account is and whether it works — never a secret.
 
 The stored ``ConnectedAccount.status`` is each feature's own word (API-key accounts: ``pending`` /
-``active`` / ``failing`` / ``unverified``; OAuth accounts: ``active`` / ``consent_required`` / ``expired``). The CMS gets
-one vocabulary, derived here, plus ``status_reason`` saying why:
+``active`` / ``failing`` / ``unverified``; OAuth accounts: ``active`` / ``consent_required`` / ``expired``).
+The CMS gets one vocabulary, derived here, plus ``status_reason`` saying why:
 
 =================  ==========================================================================================
 ``active``         usable (``ok``), or usable but saved while the vendor could not be reached, so the key has not

@@ -361,7 +361,7 @@ def test_the_purge_deletes_finished_old_events_and_keeps_pending_ones_and_accoun
 
     emit_state(db, "account.refresh_failed", f"connected_account:{account.id}")
     db.commit()
-    before = db.scalar(select(func.count()).select_from(WebhookEvent))
+    before = db.scalars(select(func.count()).select_from(WebhookEvent)).one()
     assert purge_finished(db, timedelta(days=30)) == 0  # nothing is old yet
     later = utcnow() + timedelta(days=31)
     purged = purge_finished(db, timedelta(days=30), now=later)
