@@ -24,7 +24,10 @@ ratios are what compare. Prints a table, asserts nothing, stops every process it
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import multiprocessing
+import pstats
 import statistics
 import sys
 import tempfile
@@ -156,6 +159,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=40)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--postgres", default="", help="a PostgreSQL server URL; a temporary database is made on it")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the table: N proxied GET /v1/models calls in this process (Flask's test client, the "
+        "upstream in its own process); prints CPU ms per call and the top of a cProfile of them",
+    )
     args = parser.parse_args()
 
     queue: Queue[str] = multiprocessing.Queue()
@@ -171,6 +182,9 @@ def main() -> None:
             upgrade(database_url)
             env = environment(database_url, Path(tmp))
             account_id, token = seed(env, upstream_url)
+            if args.profile:
+                profile(env, f"/api/account-manager/accounts/{account_id}/proxy/v1/models", token, args.profile)
+                return
             with gunicorn("wsgi:app", env, workers=2, threads=256) as base:
                 proxy = f"{base}/api/account-manager/accounts/{account_id}/proxy"
                 auth = {"Authorization": f"Bearer {token}"}
@@ -185,6 +199,32 @@ def main() -> None:
     print(f"{'measure':<{width}}  {'direct':>10}  {'proxy':>10}  result")
     for name, direct, proxied, result in rows:
         print(f"{name:<{width}}  {direct:>10}  {proxied:>10}  {result}")
+
+
+def profile(env: dict[str, str], path: str, token: str, count: int) -> None:
+    """CPU time per proxied call in one process (the app's share only: the upstream runs elsewhere)."""
+    app = create_app(load_settings(env))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def calls(n: int) -> None:
+        for _ in range(n):
+            response = client.get(path, headers=headers, buffered=True)  # closes the answer: its audit
+            if response.status_code != 200:
+                raise RuntimeError(f"the proxy answered {response.status_code}")
+
+    calls(50)  # warm: connections, caches
+    cpu, wall = time.process_time(), time.perf_counter()
+    calls(count)
+    cpu_ms = (time.process_time() - cpu) * 1000 / count
+    wall_ms = (time.perf_counter() - wall) * 1000 / count
+    profiler = cProfile.Profile()
+    profiler.runcall(calls, count)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
+    print(out.getvalue())
+    print(f"per proxied call: {cpu_ms:.3f} ms CPU, {wall_ms:.3f} ms wall ({count} calls, in process, no profiler)")
+    get_database(app).engine.dispose()
 
 
 def run(
