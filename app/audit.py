@@ -298,6 +298,9 @@ class AuditWriter:
         self._queue: deque[Pending] = deque()
         self._cond = threading.Condition()
         self._writing = False
+        # Kept from one batch to the next while events keep coming (a checkout from the pool costs a round trip
+        # for its liveness ping), given back when none is waiting. A broken one is dropped and the batch retried.
+        self._connection: Connection | None = None
 
     def write(self, pending: Pending) -> bool:
         """Append ``pending`` (alone or in a batch); return whether it was committed (a failure is logged)."""
@@ -315,6 +318,9 @@ class AuditWriter:
                 finally:
                     self._cond.acquire()
                     self._writing = False
+                    if not self._queue and self._connection is not None:
+                        self._connection.close()
+                        self._connection = None
                     for each in batch:
                         each.committed, each.done = committed, True
                     self._cond.notify_all()
@@ -325,6 +331,10 @@ class AuditWriter:
             try:
                 self._write(batch)
             except Exception:
+                if self._connection is not None:
+                    self._connection.invalidate()
+                    self._connection.close()
+                    self._connection = None
                 if attempt + 1 == BATCH_ATTEMPTS:
                     log.exception("audit: %d events could not be written", len(batch))
                     return False
@@ -334,7 +344,9 @@ class AuditWriter:
         return False
 
     def _write(self, batch: Sequence[Pending]) -> None:
-        with Session(self.engine) as session:
+        if self._connection is None:
+            self._connection = self.engine.connect()
+        with Session(bind=self._connection) as session:
             connection = _lock_chain(session)
             prev_hash = connection.execute(_LAST_HASH).scalar() or GENESIS_HASH
             rows = []

@@ -37,8 +37,10 @@ from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from typing import Any
 
 import httpx
+from sqlalchemy import Engine, event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/proxy.py` from anywhere
 
@@ -58,6 +60,7 @@ from bench.headers import environment as headers_environment
 from bench.headers import temporary_database
 from tests.support.stream_upstream import running_upstream
 
+_SORT = "cumulative"
 KEY = "sk-proj-bench-" + "p" * 40
 CHAT = {"model": "gpt-4o", "stream": True, "n_events": 5, "delay": 0.02}
 FIRST_BYTE = {"model": "gpt-4o", "stream": True, "n_events": 1, "delay": 0.0}
@@ -201,6 +204,37 @@ def main() -> None:
         print(f"{name:<{width}}  {direct:>10}  {proxied:>10}  {result}")
 
 
+class _RoundTrips:
+    """Counts what a call costs the database in round trips (a figure a busy machine does not blur): statements,
+    transaction starts and commits, and pool checkouts (each pings the server: ``pool_pre_ping``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.counts = {"statements": 0, "begins": 0, "commits": 0, "checkouts": 0}
+        self._hooks: list[tuple[Any, str, Callable[..., None]]] = [
+            (engine, "before_cursor_execute", self._count("statements")),
+            (engine, "begin", self._count("begins")),
+            (engine, "commit", self._count("commits")),
+            (engine.pool, "checkout", self._count("checkouts")),
+        ]
+        for target, name, hook in self._hooks:
+            event.listen(target, name, hook)
+
+    def _count(self, name: str) -> Callable[..., None]:
+        def hook(*_args: object, **_kwargs: object) -> None:
+            self.counts[name] += 1
+
+        return hook
+
+    def stop(self) -> None:
+        for target, name, hook in self._hooks:
+            event.remove(target, name, hook)
+
+    def summary(self, calls: int) -> str:
+        total = sum(self.counts.values()) / calls
+        return f"{total:.2f} (" + ", ".join(f"{n} {v / calls:.2f}" for n, v in self.counts.items()) + ")"
+
+
 def profile(env: dict[str, str], path: str, token: str, count: int) -> None:
     """CPU time per proxied call in one process (the app's share only: the upstream runs elsewhere)."""
     app = create_app(load_settings(env))
@@ -214,16 +248,19 @@ def profile(env: dict[str, str], path: str, token: str, count: int) -> None:
                 raise RuntimeError(f"the proxy answered {response.status_code}")
 
     calls(50)  # warm: connections, caches
+    trips = _RoundTrips(get_database(app).engine)
     cpu, wall = time.process_time(), time.perf_counter()
     calls(count)
     cpu_ms = (time.process_time() - cpu) * 1000 / count
     wall_ms = (time.perf_counter() - wall) * 1000 / count
+    trips.stop()
     profiler = cProfile.Profile()
     profiler.runcall(calls, count)
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
+    pstats.Stats(profiler, stream=out).sort_stats(_SORT).print_stats(45)
     print(out.getvalue())
     print(f"per proxied call: {cpu_ms:.3f} ms CPU, {wall_ms:.3f} ms wall ({count} calls, in process, no profiler)")
+    print(f"database round trips per proxied call: {trips.summary(count)}")
     get_database(app).engine.dispose()
 
 

@@ -165,7 +165,7 @@ def _proxy(account_id: int, path: str) -> Response:
         return exc
 
     try:
-        account, provider = rules.find_account(db, account_id)
+        account, provider = rules.proxied_account(db, account_id)
         check_limits(account, provider)
         # The app's 1 MiB body limit is for forms and JSON; a proxied body has its own.
         request.max_content_length = settings.proxy_max_request_bytes
