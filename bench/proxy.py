@@ -15,10 +15,18 @@ Measured in this run, each against its own baseline:
 3. **Added time to first streamed byte**: one caller, a streaming completion whose first event is sent at once:
    the median time to the first ``data:`` line through the proxy minus the direct one.
 
-Every proxied call is a service-token check, a catalog check, the key from the per-process cache and one
-audit event (a hash-chained row and a commit) when it ends: the numbers include all of it. The load generator
+Every proxied call is a service-token check (the token's row kept 1 s per process), a catalog check, the
+account's row (kept 1 s per process), the key from the per-process cache and one audit event (a hash-chained
+row, committed before the call's thread is free; concurrent calls share one transaction: ``app.audit.append``)
+when it ends: the numbers include all of it. The load generator
 shares the machine's cores with gunicorn and the upstream, so absolute numbers are low on a small box; the
 ratios are what compare. Prints a table, asserts nothing, stops every process it started by PID.
+
+``--profile N`` measures instead what one call costs the app: N proxied ``GET /v1/models`` in this process
+(Flask's test client; the upstream in its own process), printing CPU and wall milliseconds per call, the
+database round trips per call (statements, transaction starts, commits, pool checkouts: each checkout pings),
+and the top of a cProfile of the same calls. On a shared machine the round trips and the CPU time are the
+figures to compare; wall times move with the load.
 """
 
 from __future__ import annotations
