@@ -12,6 +12,10 @@ Run: python bench/oidc.py  (PostgreSQL at AMI_AUTH_BENCH_POSTGRES_URL, default
 postgresql+psycopg://postgres@127.0.0.1:5432/postgres; a database of its own is created and dropped). Asserts nothing;
 every process it starts is stopped by PID. The load comes from CLIENT_PROCESSES processes of threads, the servers run
 side by side and are loaded in alternating rounds (see bench/session.py for why).
+
+`python bench/oidc.py --profile [N]` instead runs N refresh grants in one process (Flask's test client, the same
+database setup): the CPU time and SQL statements per grant, then where the CPU time goes (cProfile) — a figure a
+loaded, shared machine disturbs less than requests per second.
 """
 
 from __future__ import annotations
@@ -225,6 +229,65 @@ with app.test_request_context():
 """
 
 
+PROFILE = """
+import base64, cProfile, io, pstats, sys, time
+from sqlalchemy import event
+from app import create_app
+from app.extensions import get_database
+
+grants, client_id, secret, refresh = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+app = create_app()
+basic = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+headers = {"Authorization": basic}
+web = app.test_client()
+statements = 0
+
+def count(*_args):
+    global statements
+    statements += 1
+
+def grant():
+    global refresh
+    answer = web.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": refresh}, headers=headers)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    refresh = answer.get_json()["refresh_token"]
+
+for _ in range(50):  # warm-up: keys loaded, caches filled, code paths imported
+    grant()
+event.listen(get_database(app).engine, "before_cursor_execute", count)
+began = time.process_time()
+for _ in range(grants):
+    grant()
+plain = time.process_time() - began
+per_grant = statements / grants
+profiler = cProfile.Profile(time.process_time)  # CPU time: waiting on PostgreSQL is not this process's cost
+profiler.enable()
+for _ in range(grants):
+    grant()
+profiler.disable()
+out = io.StringIO()
+stats = pstats.Stats(profiler, stream=out)
+stats.sort_stats("cumulative").print_stats(40)
+stats.sort_stats("tottime").print_stats(25)
+print(out.getvalue())
+print(f"{grants} refresh grants in one process: {plain / grants * 1000:.2f} ms CPU per grant (without the profiler), "
+      f"{per_grant:.1f} SQL statements per grant")
+"""
+
+
+def profile(grants: int) -> None:
+    """In-process: CPU time and SQL statements per refresh grant, and where the time goes."""
+    with tempfile.TemporaryDirectory() as tmp, database() as url:
+        env = prepare(tmp, url)
+        seeded = seed(env, 1)
+        subprocess.run(
+            [sys.executable, "-c", PROFILE, str(grants), seeded["client_id"], seeded["secret"], seeded["refresh"][0]],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            check=True,
+        )
+
+
 def seed(env: dict[str, str], chains: int) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", SEED, str(chains)],
@@ -347,4 +410,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--profile"]:
+        profile(int(sys.argv[2]) if len(sys.argv) > 2 else 500)
+    else:
+        main()
