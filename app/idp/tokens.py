@@ -26,7 +26,6 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from app import audit
 from app.audit import AuditContext
@@ -201,35 +200,44 @@ class RefreshClaim:
 def claim_refresh(
     db: Session, ctx: AuditContext, client: OidcClient, refresh_token: str, now: datetime | None = None
 ) -> RefreshClaim:
-    """Take a refresh token for rotation, once. A rotated one presented again revokes its family."""
+    """Take a refresh token for rotation, once. A rotated one presented again revokes its family.
+
+    One statement when it is usable: the claim (``UPDATE … WHERE unused AND unrevoked … RETURNING``) also reads the
+    row. Only a token it did not claim is looked up again, to tell an unknown one from a reused one.
+    """
     now = now or utcnow()
+    refresh_hash = hash_token(refresh_token)
     row = db.scalars(
-        select(OidcToken).where(OidcToken.refresh_hash == hash_token(refresh_token), OidcToken.client_id == client.id)
+        update(OidcToken)
+        .where(
+            OidcToken.refresh_hash == refresh_hash,
+            OidcToken.client_id == client.id,
+            OidcToken.refresh_used_at.is_(None),
+            OidcToken.revoked_at.is_(None),
+        )
+        .values(refresh_used_at=now)
+        .returning(OidcToken),
+        execution_options={"synchronize_session": False},
+    ).one_or_none()
+    if row is not None:
+        if row.refresh_expires_at is None or row.refresh_expires_at <= now:
+            return RefreshClaim("expired", row)
+        return RefreshClaim("ok", row)
+    row = db.scalars(
+        select(OidcToken).where(OidcToken.refresh_hash == refresh_hash, OidcToken.client_id == client.id)
     ).first()
     if row is None or (row.revoked_at is not None and row.refresh_used_at is None):
         return RefreshClaim("unknown")
-    claimed = db.execute(
-        update(OidcToken)
-        .where(OidcToken.id == row.id, OidcToken.refresh_used_at.is_(None), OidcToken.revoked_at.is_(None))
-        .values(refresh_used_at=now)
-        .execution_options(synchronize_session=False)
+    revoked = _revoke(db, OidcToken.family == row.family, "refresh_reused", now)
+    audit.record(
+        db,
+        ctx,
+        "oidc.refresh.reuse",
+        target=f"oidc_client:{client.client_id}",
+        outcome="denied",
+        details={"user": row.user_id, "family": row.family, "revoked": revoked},
     )
-    if getattr(claimed, "rowcount", 0) != 1:
-        revoked = _revoke(db, OidcToken.family == row.family, "refresh_reused", now)
-        audit.record(
-            db,
-            ctx,
-            "oidc.refresh.reuse",
-            target=f"oidc_client:{client.client_id}",
-            outcome="denied",
-            details={"user": row.user_id, "family": row.family, "revoked": revoked},
-        )
-        return RefreshClaim("reused", row, revoked)
-    if row.refresh_expires_at is None or row.refresh_expires_at <= now:
-        return RefreshClaim("expired", row)
-    # The UPDATE above wrote it: mirror it on the object without a second write at flush.
-    set_committed_value(row, "refresh_used_at", now)
-    return RefreshClaim("ok", row)
+    return RefreshClaim("reused", row, revoked)
 
 
 def _revoke(db: Session, where: Any, reason: str, now: datetime) -> int:
