@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy import bindparam, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -197,6 +197,20 @@ class RefreshClaim:
     revoked: int = 0
 
 
+# Built once (the token endpoint runs it on every refresh; building the expression costs more than running it).
+_CLAIM_REFRESH: Final = (
+    update(OidcToken)
+    .where(
+        OidcToken.refresh_hash == bindparam("b_refresh_hash"),
+        OidcToken.client_id == bindparam("b_client_id"),
+        OidcToken.refresh_used_at.is_(None),
+        OidcToken.revoked_at.is_(None),
+    )
+    .values(refresh_used_at=bindparam("b_now"))
+    .returning(OidcToken)
+)
+
+
 def claim_refresh(
     db: Session, ctx: AuditContext, client: OidcClient, refresh_token: str, now: datetime | None = None
 ) -> RefreshClaim:
@@ -207,18 +221,8 @@ def claim_refresh(
     """
     now = now or utcnow()
     refresh_hash = hash_token(refresh_token)
-    row = db.scalars(
-        update(OidcToken)
-        .where(
-            OidcToken.refresh_hash == refresh_hash,
-            OidcToken.client_id == client.id,
-            OidcToken.refresh_used_at.is_(None),
-            OidcToken.revoked_at.is_(None),
-        )
-        .values(refresh_used_at=now)
-        .returning(OidcToken),
-        execution_options={"synchronize_session": False},
-    ).one_or_none()
+    params = {"b_refresh_hash": refresh_hash, "b_client_id": client.id, "b_now": now}
+    row = db.scalars(_CLAIM_REFRESH, params, execution_options={"synchronize_session": False}).one_or_none()
     if row is not None:
         if row.refresh_expires_at is None or row.refresh_expires_at <= now:
             return RefreshClaim("expired", row)
