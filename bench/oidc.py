@@ -255,11 +255,13 @@ def grant():
 for _ in range(50):  # warm-up: keys loaded, caches filled, code paths imported
     grant()
 event.listen(get_database(app).engine, "before_cursor_execute", count)
-began = time.process_time()
-for _ in range(grants):
-    grant()
-plain = time.process_time() - began
-per_grant = statements / grants
+batches = []
+for _ in range(5):  # the least CPU of five batches: other processes on a shared machine only ever add to it
+    began = time.process_time()
+    for _ in range(grants // 5):
+        grant()
+    batches.append((time.process_time() - began) / (grants // 5))
+per_grant = statements / (grants // 5 * 5)
 profiler = cProfile.Profile(time.process_time)  # CPU time: waiting on PostgreSQL is not this process's cost
 profiler.enable()
 for _ in range(grants):
@@ -270,8 +272,8 @@ stats = pstats.Stats(profiler, stream=out)
 stats.sort_stats("cumulative").print_stats(40)
 stats.sort_stats("tottime").print_stats(25)
 print(out.getvalue())
-print(f"{grants} refresh grants in one process: {plain / grants * 1000:.2f} ms CPU per grant (without the profiler), "
-      f"{per_grant:.1f} SQL statements per grant")
+print(f"{grants} refresh grants in one process: {min(batches) * 1000:.2f} ms CPU per grant (least of 5 batches, "
+      f"median {sorted(batches)[2] * 1000:.2f}; without the profiler), {per_grant:.1f} SQL statements per grant")
 """
 
 
