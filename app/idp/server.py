@@ -225,7 +225,7 @@ class Provider(AuthorizationServer):  # type: ignore[misc]
             issue = tokens.Issue(cast(TokenRecord, request.refresh_token).row.family)
         else:
             issue = tokens.Issue(tokens.new_family())
-        tokens.save_token(db, client.row, subject, token, issue)
+        tokens.insert_token(db, client.row, subject, token, issue)
         metrics.OIDC_GRANTS.labels(grant_type=metrics.label(request.payload.grant_type)).inc()
         if request.refresh_token is None:
             # A sign-in's code exchange or a service's token: audited (refreshes are too many to be events).

@@ -22,9 +22,9 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
-from sqlalchemy import bindparam, delete, exists, or_, select, update
+from sqlalchemy import Table, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -35,6 +35,7 @@ from app.models import OidcAuthorizationCode, OidcClient, OidcSessionClient, Oid
 CODE_TTL: Final = timedelta(seconds=120)
 # Expired codes and tokens are kept a day (a reused one is still recognised as reuse), then purged.
 RETAIN: Final = timedelta(days=1)
+_TOKENS: Final = cast(Table, OidcToken.__table__)
 
 
 def hash_token(value: str) -> str:
@@ -156,6 +157,35 @@ class Issue:
     code_id: int | None = None
 
 
+def _token_values(
+    client: OidcClient, subject: Subject | None, token: dict[str, Any], issue: Issue, now: datetime
+) -> dict[str, Any]:
+    claims = jwt_claims(token["access_token"])
+    refresh = token.get("refresh_token")
+    audience = claims.get("aud", [])
+    return {
+        "client_id": client.id,
+        "user_id": subject.user.id if subject is not None else None,
+        "family": issue.family,
+        "code_id": issue.code_id,
+        "jti": claims["jti"],
+        "refresh_hash": hash_token(refresh) if refresh else None,
+        "scope": token.get("scope") or "",
+        "audience": [audience] if isinstance(audience, str) else list(audience),
+        "session_id": subject.session_id if subject else None,
+        "sid": subject.sid if subject else None,
+        "auth_time": subject.auth_time if subject else None,
+        "amr": list(subject.amr) if subject else [],
+        "acr": subject.acr if subject else None,
+        "issued_at": now,
+        "access_expires_at": _at(claims["exp"]),
+        "refresh_expires_at": now + timedelta(seconds=client.refresh_token_ttl) if refresh else None,
+        "refresh_used_at": None,
+        "revoked_at": None,
+        "revoked_reason": None,
+    }
+
+
 def save_token(
     db: Session,
     client: OidcClient,
@@ -164,30 +194,18 @@ def save_token(
     issue: Issue,
     now: datetime | None = None,
 ) -> OidcToken:
-    now = now or utcnow()
-    claims = jwt_claims(token["access_token"])
-    refresh = token.get("refresh_token")
-    audience = claims.get("aud", [])
-    row = OidcToken(
-        client_id=client.id,
-        user_id=subject.user.id if subject is not None else None,
-        family=issue.family,
-        code_id=issue.code_id,
-        jti=claims["jti"],
-        refresh_hash=hash_token(refresh) if refresh else None,
-        scope=token.get("scope") or "",
-        audience=[audience] if isinstance(audience, str) else list(audience),
-        session_id=subject.session_id if subject else None,
-        sid=subject.sid if subject else None,
-        auth_time=subject.auth_time if subject else None,
-        amr=list(subject.amr) if subject else [],
-        acr=subject.acr if subject else None,
-        issued_at=now,
-        access_expires_at=_at(claims["exp"]),
-        refresh_expires_at=now + timedelta(seconds=client.refresh_token_ttl) if refresh else None,
-    )
+    row = OidcToken(**_token_values(client, subject, token, issue, now or utcnow()))
     db.add(row)
     return row
+
+
+_INSERT_TOKEN: Final = insert(_TOKENS)  # Core: no ORM bookkeeping on the hot path
+
+
+def insert_token(db: Session, client: OidcClient, subject: Subject | None, token: dict[str, Any], issue: Issue) -> None:
+    """:func:`save_token` for the token endpoint: the row is written now, in one plain INSERT, with no object for the
+    session to track and flush at commit."""
+    db.execute(_INSERT_TOKEN, _token_values(client, subject, token, issue, utcnow()))
 
 
 @dataclass(frozen=True)
