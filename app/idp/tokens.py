@@ -213,6 +213,8 @@ class RefreshClaim:
     status: ClaimStatus
     token: OidcToken | None = None
     revoked: int = 0
+    # The token's user, active, when the claim read it in the same statement (PostgreSQL).
+    user: User | None = None
 
 
 # Built once (the token endpoint runs it on every refresh; building the expression costs more than running it).
@@ -229,22 +231,48 @@ _CLAIM_REFRESH: Final = (
 )
 
 
+_CLAIM_REFRESH_WITH_USER: Final = (
+    update(OidcToken)
+    .where(
+        OidcToken.refresh_hash == bindparam("b_refresh_hash"),
+        OidcToken.client_id == bindparam("b_client_id"),
+        OidcToken.refresh_used_at.is_(None),
+        OidcToken.revoked_at.is_(None),
+        User.id == OidcToken.user_id,
+        User.is_active.is_(True),
+    )
+    .values(refresh_used_at=bindparam("b_now"))
+    .returning(OidcToken, User)
+)
+_UNSYNCED: Final = {"synchronize_session": False}
+
+
+def _claimed(row: OidcToken, now: datetime, user: User | None) -> RefreshClaim:
+    if row.refresh_expires_at is None or row.refresh_expires_at <= now:
+        return RefreshClaim("expired", row)
+    return RefreshClaim("ok", row, user=user)
+
+
 def claim_refresh(
     db: Session, ctx: AuditContext, client: OidcClient, refresh_token: str, now: datetime | None = None
 ) -> RefreshClaim:
     """Take a refresh token for rotation, once. A rotated one presented again revokes its family.
 
     One statement when it is usable: the claim (``UPDATE … WHERE unused AND unrevoked … RETURNING``) also reads the
-    row. Only a token it did not claim is looked up again, to tell an unknown one from a reused one.
+    row — and on PostgreSQL its user, when active (``UPDATE … FROM users``; SQLite cannot return another table's
+    columns). A token that statement did not claim is claimed alone (its user is gone or disabled: the grant then
+    fails for want of a user, as before), else looked up again to tell an unknown one from a reused one.
     """
     now = now or utcnow()
     refresh_hash = hash_token(refresh_token)
     params = {"b_refresh_hash": refresh_hash, "b_client_id": client.id, "b_now": now}
-    row = db.scalars(_CLAIM_REFRESH, params, execution_options={"synchronize_session": False}).one_or_none()
+    if db.get_bind().dialect.name == "postgresql":
+        found = db.execute(_CLAIM_REFRESH_WITH_USER, params, execution_options=_UNSYNCED).one_or_none()
+        if found is not None:
+            return _claimed(found[0], now, found[1])
+    row = db.scalars(_CLAIM_REFRESH, params, execution_options=_UNSYNCED).one_or_none()
     if row is not None:
-        if row.refresh_expires_at is None or row.refresh_expires_at <= now:
-            return RefreshClaim("expired", row)
-        return RefreshClaim("ok", row)
+        return _claimed(row, now, None)
     row = db.scalars(
         select(OidcToken).where(OidcToken.refresh_hash == refresh_hash, OidcToken.client_id == client.id)
     ).first()
@@ -300,11 +328,13 @@ def find_by_refresh(db: Session, refresh_token: str) -> OidcToken | None:
     return db.scalars(select(OidcToken).where(OidcToken.refresh_hash == hash_token(refresh_token))).first()
 
 
-def subject_of_token(db: Session, row: OidcToken | OidcAuthorizationCode) -> Subject | None:
-    """The subject a code or token speaks for, or None when the user is gone or disabled."""
+def subject_of_token(db: Session, row: OidcToken | OidcAuthorizationCode, user: User | None = None) -> Subject | None:
+    """The subject a code or token speaks for, or None when the user is gone or disabled (``user``: its row, when
+    the caller read it already)."""
     if row.user_id is None:
         return None
-    user = db.get(User, row.user_id)
+    if user is None or user.id != row.user_id:
+        user = db.get(User, row.user_id)
     if user is None or not user.is_active:
         return None
     return Subject(

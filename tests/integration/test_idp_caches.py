@@ -1,7 +1,8 @@
 """What the token endpoint keeps per process, and how soon a change reaches it: a client's row (disabled, new
 secret — at once when changed in this process, within ``CLIENT_ROW_TTL`` seconds when changed by another) and the
-signing keys (a rotation by another process within the key ring's ``ttl``). SQLite and PostgreSQL; the clocks are
-the caches' own, moved by the test (no waiting)."""
+signing keys (a rotation by another process within the key ring's ``ttl``); and what its one-statement refresh claim
+does with a token whose user is disabled. SQLite and PostgreSQL; the clocks are the caches' own, moved by the test
+(no waiting)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from flask import Flask
 from flask.testing import FlaskClient
 from joserfc import jwt
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
@@ -20,7 +21,7 @@ from app.idp import clients, keys, tokens
 from app.idp.claims import Subject
 from app.idp.keys import KeyRing
 from app.idp.server import CLIENT_ROW_TTL, Client
-from app.models import OidcClient, User
+from app.models import OidcClient, OidcToken, User
 from app.web.idp import provider
 from tests.conftest import UserFactory
 
@@ -106,6 +107,25 @@ def test_a_client_changed_by_another_process_is_refused_within_the_ttl_and_at_on
     clients.delete_client(db, CTX, row)
     db.commit()
     assert _refresh(client, rp, new_secret).status_code == 401
+
+
+def test_a_disabled_users_refresh_token_gets_nothing_and_is_neither_spent_nor_revoked(
+    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory
+) -> None:
+    user = make_user("ann@example.com")
+    rp = _registered(app, db, user)
+    user = db.merge(user)
+    user.is_active = False
+    db.commit()
+    refused = _refresh(client, rp)
+    assert refused.status_code == 400 and "access_token" not in refused.get_json()
+    row = db.scalars(select(OidcToken).where(OidcToken.refresh_hash == tokens.hash_token(rp.refresh))).one()
+    db.refresh(row)
+    assert row.refresh_used_at is None and row.revoked_at is None
+    # Enabled again, the same refresh token works (it was not taken for a reuse).
+    user.is_active = True
+    db.commit()
+    assert _refresh(client, rp).status_code == 200
 
 
 def test_a_rotated_signing_key_signs_in_every_process_within_the_key_rings_ttl(app: Flask, db: Session) -> None:
