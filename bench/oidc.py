@@ -402,6 +402,12 @@ def main() -> None:
     refresh = totals["POST /oauth2/token refresh"]
     for name in ("POST /oauth2/token refresh", "GET /oauth2/userinfo", "POST /oauth2/introspect"):
         print(f"ratio {name} / bare Flask: {totals[name].rps / bare.rps:.2f}x (rps, same run)")
+    if refresh.per_cpu_second is not None and bare.per_cpu_second is not None:
+        # Server CPU per request against bare Flask's: steadier than requests per second on a loaded, shared machine.
+        print(
+            f"ratio of server CPU per request, POST /oauth2/token refresh / bare Flask: "
+            f"{bare.per_cpu_second / refresh.per_cpu_second:.1f}x (same run)"
+        )
     if refresh.per_cpu_second is not None:
         print(
             f"refresh grants per vCPU-second of server CPU: {refresh.per_cpu_second:.0f} "
