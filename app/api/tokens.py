@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.models import ServiceToken, utcnow
 
 Scope = Literal[
@@ -187,11 +188,13 @@ def request_problems(name: str, scopes: Iterable[str], expires_days: int | None)
     errors: dict[str, str] = {}
     name = " ".join(name.split())
     if not name:
-        errors["name"] = "Give the token a name that says who uses it, e.g. “CMS production”."
+        errors["name"] = _("Give the token a name that says who uses it, e.g. “CMS production”.")
     elif len(name) > NAME_MAX:
-        errors["name"] = f"Use at most {NAME_MAX} characters."
+        errors["name"] = _("Use at most %(limit)s characters.", limit=NAME_MAX)
     if expires_days is not None and not 1 <= expires_days <= EXPIRES_DAYS_MAX:
-        errors["expires_days"] = f"Use a number of days from 1 to {EXPIRES_DAYS_MAX}, or leave it empty for none."
+        errors["expires_days"] = _(
+            "Use a number of days from 1 to %(max)s, or leave it empty for none.", max=EXPIRES_DAYS_MAX
+        )
     try:
         check_scopes(scopes)
     except AppError as exc:
