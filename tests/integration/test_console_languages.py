@@ -10,6 +10,7 @@ notes) are part of it: the forms translate them when they render. A German admin
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +25,9 @@ from app.audit import AuditContext
 from app.errors import TAXONOMY
 from app.extensions import get_cipher, get_database, get_settings
 from app.idp import clients
+from app.models import ConnectedAccount, utcnow
+from app.oauth.connections import save_tokens
+from app.oauth.tokens import TokenSet
 from app.providers.registry import get_catalog
 from app.services import webhooks
 from app.settings import Settings
@@ -127,6 +131,23 @@ def _seed(app: Flask, make_user: UserFactory) -> dict[str, Any]:
             {"client_id": "123-console.apps.googleusercontent.com", "client_secret": "GOCSPX-x", "scopes": "openid"},
             name="Google (staff)",
         )
+        # The admin's own Google account on the connections page: connected, with a failed refresh to explain.
+        connected = ConnectedAccount(
+            provider_config_id=google.id,
+            user_id=admin.id,
+            label="ada@gmail.example",
+            subject="1234",
+            scopes=["openid", "email"],
+            expires_at=utcnow() + timedelta(hours=1),
+            rotated_at=utcnow(),
+            last_error_code="provider_unreachable",
+            last_error_at=utcnow(),
+            error_attempts=2,
+            next_attempt_at=utcnow() + timedelta(minutes=5),
+        )
+        db.add(connected)
+        db.flush()
+        save_tokens(db, cipher, connected.id, TokenSet("at", expires_at=connected.expires_at, refresh_token="rt"))
         tokens.create_token(db, CTX, name="CMS production", scopes=["accounts:read"], created_by=admin.id)
         endpoint = webhooks.create_endpoint(
             db, settings, cipher, CTX, url="http://127.0.0.1:9/hooks", events=["account.connected"]
@@ -146,6 +167,7 @@ def _seed(app: Flask, make_user: UserFactory) -> dict[str, Any]:
             "openai": openai.id,
             "google": google.id,
             "account": account.id,
+            "connected": connected.id,
             "endpoint": endpoint.endpoint.id,
             "client": app_client.client.client_id,
             "dialog": parse_qs(urlsplit(link.url).query)["dialog"][0],
@@ -219,6 +241,7 @@ def _pages(s: dict[str, Any]) -> list[str]:
         f"/admin/webhooks/{s['endpoint']}",
         "/admin/compliance/",
         "/account/connections/",
+        f"/account/connections/{s['connected']}/disconnect",
     ]
 
 
@@ -232,6 +255,9 @@ DATA = (
     "OpenAI prod",
     "Google (staff)",
     "CMS production",
+    "ada@gmail.example",
+    "provider_unreachable",
+    "google",
     "CMS",
     "production",
     "http://127.0.0.1:9/hooks",
@@ -270,17 +296,21 @@ def test_every_console_page_marks_its_words(
 ) -> None:
     seeded = _seed(pseudo, make_user)
     sign_in(client, ADMIN)
-    found = {}
+    found, pages = {}, {}
     for path in _pages(seeded):
         response = client.get(path, headers={"Accept-Language": "eo"})
         assert response.status_code == 200, path
         html = response.get_data(as_text=True)
-        Path("/tmp/icw/pages").mkdir(exist_ok=True)
         assert '<html lang="eo">' in html, path
         if words := _unmarked(html, seeded["client"]):
             found[path] = words
-
+        pages[path] = html
     assert found == {}
+    # The pages had their data in them: the connected account with its failed refresh, the API-key account.
+    connections = pages["/account/connections/"]
+    assert "ada@gmail.example" in connections
+    assert "⟦The last refresh failed; it is retried automatically.⟧" in connections
+    assert "OpenAI prod" in pages[f"/admin/accounts/{seeded['account']}"]
 
 
 def test_the_secure_dialogs_mark_their_words(
