@@ -89,8 +89,8 @@ UNAVAILABLE: dict[str, tuple[int, str, str]] = {
     ),
     "signed_out": (
         401,
-        "Your sign-in session ended before the provider answered.",
-        "Nothing was connected. Go back to the CMS and start connecting again: you get a new link.",
+        _l("Your sign-in session ended before the provider answered."),
+        _l("Nothing was connected. Go back to the CMS and start connecting again: you get a new link."),
     ),
 }
 
@@ -343,9 +343,9 @@ def cms_dialog_oauth() -> tuple[str, int] | Response:
         return opened
     record = opened
     db = db_session()
-    provider_entry, cfg, _ = _subject(db, record)
+    provider_entry, cfg, _account = _subject(db, record)
     if not _through_consent(record, provider_entry):
-        raise AppError("not_found", "This dialog does not connect through the provider's consent screen.")
+        raise AppError("not_found", _("This dialog does not connect through the provider's consent screen."))
     try:
         provider = load_provider(db, cfg.id)
         return begin_authorization(provider, cms_connect.intent(record), want_refresh=provider.refreshable)
@@ -380,7 +380,7 @@ def cms_dialog_test() -> tuple[str, int] | Response:
     db = db_session()
     provider, cfg, account = _subject(db, record)
     if _through_consent(record, provider):
-        raise AppError("not_found", "This dialog connects through the provider's consent screen: nothing to test.")
+        raise AppError("not_found", _("This dialog connects through the provider's consent screen: nothing to test."))
     if record.kind == "edit_provider_config":
         raise AppError("not_found", _("This dialog has no connection test."))
     form = _form(record, provider, cfg, account)

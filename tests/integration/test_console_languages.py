@@ -128,7 +128,12 @@ def _seed(app: Flask, make_user: UserFactory) -> dict[str, Any]:
             cipher,
             settings,
             "google",
-            {"client_id": "123-console.apps.googleusercontent.com", "client_secret": "GOCSPX-x", "scopes": "openid"},
+            {
+                "client_id": "123-console.apps.googleusercontent.com",
+                "client_secret": "GOCSPX-x",
+                "scopes": "openid",
+                "end_users_connect": True,
+            },
             name="Google (staff)",
         )
         # The admin's own Google account on the connections page: connected, with a failed refresh to explain.
@@ -160,6 +165,9 @@ def _seed(app: Flask, make_user: UserFactory) -> dict[str, Any]:
         link = dialog_links.issue(
             db, settings, CTX, kind="replace_secret", target_id=account.id, return_to=f"{CMS}/settings"
         )
+        connect = dialog_links.issue_connect(
+            db, settings, CTX, provider_config_id=google.id, user_id=admin.id, return_to=f"{CMS}/settings"
+        )
         db.commit()
         seeded = {
             "admin": admin.id,
@@ -171,6 +179,7 @@ def _seed(app: Flask, make_user: UserFactory) -> dict[str, Any]:
             "endpoint": endpoint.endpoint.id,
             "client": app_client.client.client_id,
             "dialog": parse_qs(urlsplit(link.url).query)["dialog"][0],
+            "connect": parse_qs(urlsplit(connect.url).query)["dialog"][0],
         }
     return seeded
 
@@ -326,10 +335,18 @@ def test_the_secure_dialogs_mark_their_words(
     sign_in(client, ADMIN)
     secret = client.get(f"/dialogs/accounts/{seeded['account']}/secret", headers=eo)
     cms = client.get(f"/dialogs/cms?dialog={seeded['dialog']}", headers=eo)
-    assert secret.status_code == 200 and cms.status_code == 200
+    oauth = client.get(f"/dialogs/cms?dialog={seeded['connect']}", headers=eo)
+    assert secret.status_code == 200 and cms.status_code == 200 and oauth.status_code == 200
+    assert "⟦Continue to Google⟧" in oauth.get_data(as_text=True)
     found = {
         name: words
-        for name, response in (("signin", signin), ("unknown", bogus), ("secret", secret), ("cms", cms))
+        for name, response in (
+            ("signin", signin),
+            ("unknown", bogus),
+            ("secret", secret),
+            ("cms", cms),
+            ("connect with Google", oauth),
+        )
         if (words := _unmarked(response.get_data(as_text=True), whole=True))
     }
     assert found == {}
