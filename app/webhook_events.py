@@ -37,6 +37,11 @@ from app.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 __all__ = ["AUDIT_EVENTS", "EVENT_TYPES", "emit", "emit_for", "emit_state", "from_audit", "last_states", "payload"]
 
 
+def N_(message: str) -> str:
+    """Marks an English text for the translators (``make messages``); pages translate it when they show it."""
+    return message
+
+
 @dataclass(frozen=True)
 class EventType:
     name: str
@@ -45,16 +50,16 @@ class EventType:
 
 # The closed list an endpoint may subscribe to (the console's checkboxes, the API's enum, the CLI's choices).
 EVENT_TYPES: Final[tuple[EventType, ...]] = (
-    EventType("account.connected", "A connected account was added or reconnected."),
-    EventType("account.consent_required", "The provider withdrew consent: the owner must reconnect."),
-    EventType("account.refresh_failed", "Refreshing the account's token failed (it will be retried)."),
-    EventType("account.recovered", "A refresh succeeded again after failures."),
-    EventType("account.secret_replaced", "The account's key or password was set or replaced."),
-    EventType("account.deleted", "The account was disconnected or deleted."),
-    EventType("session.revoked", "One or all sign-in sessions of a user were ended."),
-    EventType("user.created", "A user was created (invite, sign-up, admin, CLI, first OAuth sign-in)."),
-    EventType("user.disabled", "A user was disabled."),
-    EventType("provider_config.changed", "A provider config was created, changed, enabled, disabled or deleted."),
+    EventType("account.connected", N_("A connected account was added or reconnected.")),
+    EventType("account.consent_required", N_("The provider withdrew consent: the owner must reconnect.")),
+    EventType("account.refresh_failed", N_("Refreshing the account's token failed (it will be retried).")),
+    EventType("account.recovered", N_("A refresh succeeded again after failures.")),
+    EventType("account.secret_replaced", N_("The account's key or password was set or replaced.")),
+    EventType("account.deleted", N_("The account was disconnected or deleted.")),
+    EventType("session.revoked", N_("One or all sign-in sessions of a user were ended.")),
+    EventType("user.created", N_("A user was created (invite, sign-up, admin, CLI, first OAuth sign-in).")),
+    EventType("user.disabled", N_("A user was disabled.")),
+    EventType("provider_config.changed", N_("A provider config was created, changed, enabled, disabled or deleted.")),
 )
 EVENT_NAMES: Final[frozenset[str]] = frozenset(t.name for t in EVENT_TYPES)
 

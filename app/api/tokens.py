@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.models import ServiceToken, utcnow
 
 Scope = Literal[
@@ -48,27 +49,41 @@ Scope = Literal[
     "webhooks:write",
 ]
 
+
+def N_(message: str) -> str:
+    """Marks an English text for the translators (``make messages``); the console translates it when shown."""
+    return message
+
+
 # The fixed set, in the order the console shows them, with what each one allows.
 SCOPES: Final[dict[Scope, str]] = {
-    "sessions:read": "List any user's sign-in sessions.",
-    "sessions:write": "Revoke any user's sign-in sessions.",
-    "accounts:read": "Read connected-account snapshots (never a secret).",
-    "accounts:write": "Refresh, revoke and delete connected accounts.",
-    "accounts:headers": "Get ready-to-send request headers for an account (contains its credential).",
-    "accounts:proxy": "Call a connected account's provider API through AMI Auth, which adds the credential "
-    "(the caller never sees it).",
-    "accounts:token": "Get an OAuth account's current access token (refreshed first when due).",
-    "providers:read": "Read provider configurations (non-secret fields; which secrets are set, never their values).",
-    "providers:write": "Create and change provider configurations (non-secret fields).",
-    "compliance:read": "Read the compliance report.",
-    "users:read": "List and read users, their sign-in sessions and linked sign-in identities.",
-    "users:write": "Create, invite, edit, disable, enable and unlock users; reset their MFA; end their sessions; "
-    "unlink their sign-in identities.",
-    "clients:read": "List and read the apps registered with the OpenID Provider (never a client secret).",
-    "clients:write": "Register, change and delete OpenID Provider apps; a new client secret is handed out once.",
-    "webhooks:read": "List webhook endpoints and read their delivery log (never a signing secret).",
-    "webhooks:write": "Register, change and delete webhook endpoints, rotate their signing secrets (the new secret "
-    "is in the answer, once) and redeliver.",
+    "sessions:read": N_("List any user's sign-in sessions."),
+    "sessions:write": N_("Revoke any user's sign-in sessions."),
+    "accounts:read": N_("Read connected-account snapshots (never a secret)."),
+    "accounts:write": N_("Refresh, revoke and delete connected accounts."),
+    "accounts:headers": N_("Get ready-to-send request headers for an account (contains its credential)."),
+    "accounts:proxy": N_(
+        "Call a connected account's provider API through AMI Auth, which adds the credential "
+        "(the caller never sees it)."
+    ),
+    "accounts:token": N_("Get an OAuth account's current access token (refreshed first when due)."),
+    "providers:read": N_(
+        "Read provider configurations (non-secret fields; which secrets are set, never their values)."
+    ),
+    "providers:write": N_("Create and change provider configurations (non-secret fields)."),
+    "compliance:read": N_("Read the compliance report."),
+    "users:read": N_("List and read users, their sign-in sessions and linked sign-in identities."),
+    "users:write": N_(
+        "Create, invite, edit, disable, enable and unlock users; reset their MFA; end their sessions; "
+        "unlink their sign-in identities."
+    ),
+    "clients:read": N_("List and read the apps registered with the OpenID Provider (never a client secret)."),
+    "clients:write": N_("Register, change and delete OpenID Provider apps; a new client secret is handed out once."),
+    "webhooks:read": N_("List webhook endpoints and read their delivery log (never a signing secret)."),
+    "webhooks:write": N_(
+        "Register, change and delete webhook endpoints, rotate their signing secrets (the new secret "
+        "is in the answer, once) and redeliver."
+    ),
 }
 
 TOKEN_PREFIX: Final = "amis_"
@@ -184,11 +199,13 @@ def request_problems(name: str, scopes: Iterable[str], expires_days: int | None)
     errors: dict[str, str] = {}
     name = " ".join(name.split())
     if not name:
-        errors["name"] = "Give the token a name that says who uses it, e.g. “CMS production”."
+        errors["name"] = _("Give the token a name that says who uses it, e.g. “CMS production”.")
     elif len(name) > NAME_MAX:
-        errors["name"] = f"Use at most {NAME_MAX} characters."
+        errors["name"] = _("Use at most %(limit)s characters.", limit=NAME_MAX)
     if expires_days is not None and not 1 <= expires_days <= EXPIRES_DAYS_MAX:
-        errors["expires_days"] = f"Use a number of days from 1 to {EXPIRES_DAYS_MAX}, or leave it empty for none."
+        errors["expires_days"] = _(
+            "Use a number of days from 1 to %(max)s, or leave it empty for none.", max=EXPIRES_DAYS_MAX
+        )
     try:
         check_scopes(scopes)
     except AppError as exc:

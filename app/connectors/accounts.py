@@ -31,6 +31,7 @@ from app.connectors.removal import (
 )
 from app.connectors.verify import Verification, verify_account
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.models import ConnectedAccount, ProviderConfig, StoredSecret
 from app.models.base import ID_MAX, utcnow
 from app.net import OutboundClient
@@ -127,7 +128,7 @@ def list_accounts(db: Session) -> list[ConnectedAccount]:
 def get_account(db: Session, account_id: int) -> ConnectedAccount:
     account = db.get(ConnectedAccount, account_id) if 0 < account_id <= ID_MAX else None
     if account is None or entry_for(account).auth_mode not in CONNECTABLE_MODES:
-        raise AppError("not_found", "There is no such connected account.")
+        raise AppError("not_found", _("There is no such connected account."))
     return account
 
 
@@ -194,7 +195,7 @@ def _clean_label(provider: ProviderEntry, label: str | None, clean: Mapping[str,
     # An entry may declare its own `label` account field (generic API keys): that is the account's label.
     value = str(clean.get("label") or label or "").strip()
     if len(value) > LABEL_MAX:
-        raise AppError("validation_failed", fields={"label": f"Use at most {LABEL_MAX} characters."})
+        raise AppError("validation_failed", fields={"label": _("Use at most %(limit)s characters.", limit=LABEL_MAX)})
     return value or f"{provider.display_name} account"
 
 
@@ -210,13 +211,13 @@ def create_account(
     """A ``pending`` account from the non-secret fields of ``validate_submission`` output."""
     provider = configs.entry_for(cfg)
     if provider.auth_mode not in CONNECTABLE_MODES:
-        raise AppError("invalid_config", f"{provider.display_name} accounts are not added here.")
+        raise AppError("invalid_config", _("%(provider)s accounts are not added here.", provider=provider.display_name))
     if not cfg.enabled:
         raise AppError(
             "invalid_config",
-            f"The provider config “{cfg.name}” is disabled.",
-            "Enable it under Providers first.",
-            fields={"provider_config": "This provider config is disabled."},
+            _("The provider config “%(name)s” is disabled.", name=cfg.name),
+            _("Enable it under Providers first."),
+            fields={"provider_config": _("This provider config is disabled.")},
         )
     plain, _secrets = split_secrets(provider, "account", clean)
     account = ConnectedAccount(
@@ -389,7 +390,7 @@ def save_secrets(
     provider = entry_for(account)
     replacing = account.status != "pending"
     if replacing and not typed:
-        raise AppError("validation_failed", "Enter the new value to replace the stored one.")
+        raise AppError("validation_failed", _("Enter the new value to replace the stored one."))
     secrets = _trial_secrets(db, cipher, provider, account, typed)
     result = verify_account(client, settings, provider, account_values(provider, account), secrets)
     action = "account.secret.replace" if replacing else "account.secret.set"
@@ -431,7 +432,9 @@ def verify_stored(
     """ "Test now": verify the stored credentials and record the outcome on the account."""
     provider = entry_for(account)
     if account.status == "pending":
-        raise AppError("invalid_config", "This account has no secret yet.", "Enter it in the secret dialog first.")
+        raise AppError(
+            "invalid_config", _("This account has no secret yet."), _("Enter it in the secret dialog first.")
+        )
     secrets = load_secrets(db, cipher, provider, account.id)
     result = verify_account(client, settings, provider, account_values(provider, account), secrets)
     apply_verification(account, result)
@@ -445,8 +448,8 @@ def rollback_secrets(db: Session, ctx: audit.AuditContext, account: ConnectedAcc
     if rollback_until(db, account) is None or retired_at is None:
         raise AppError(
             "conflict",
-            "There is no earlier value to roll back to.",
-            "Replaced values are kept only for the grace period (AMI_AUTH_SECRET_GRACE_DAYS).",
+            _("There is no earlier value to roll back to."),
+            _("Replaced values are kept only for the grace period (AMI_AUTH_SECRET_GRACE_DAYS)."),
         )
     fields = sorted(
         db.scalars(

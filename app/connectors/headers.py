@@ -51,8 +51,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app import audit
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.models import ConnectedAccount, ProviderConfig
 from app.models.base import ID_MAX, utcnow
+from app.providers.catalog_messages import catalog_text
 from app.providers.entries import Condition, ProviderEntry
 from app.providers.registry import entry as catalog_entry
 from app.providers.templating import referenced_values_blank, references, render_template_string
@@ -140,15 +142,30 @@ def _missing_secret(provider: ProviderEntry, template: str, secrets: Mapping[str
 
 def _no_secret_error(provider: ProviderEntry, name: str) -> AppError:
     spec = provider.field("account", name) or provider.field("config", name)
-    label = spec.label if spec is not None else name
-    fallback = ""
+    label = catalog_text(spec.label) if spec is not None else name
     if spec is not None and spec.env_fallback:
-        fallback = f" (or {spec.env_fallback} in the server's environment)"
+        variable = spec.env_fallback
+        return AppError(
+            "invalid_config",
+            _("This account has no %(label)s stored.", label=label),
+            _(
+                "Enter the %(label)s (or %(variable)s in the server's environment) in the account's secret dialog.",
+                label=label,
+                variable=variable,
+            ),
+            fields={
+                name: _(
+                    "No %(label)s is stored (or %(variable)s in the server's environment).",
+                    label=label,
+                    variable=variable,
+                )
+            },
+        )
     return AppError(
         "invalid_config",
-        f"This account has no {label} stored.",
-        f"Enter the {label}{fallback} in the account's secret dialog.",
-        fields={name: f"No {label} is stored{fallback}."},
+        _("This account has no %(label)s stored.", label=label),
+        _("Enter the %(label)s in the account's secret dialog.", label=label),
+        fields={name: _("No %(label)s is stored.", label=label)},
     )
 
 
@@ -265,20 +282,20 @@ def _check_state(provider: ProviderEntry, config_enabled: bool, config_name: str
     if provider.auth_mode != AuthMode.API_KEY:
         raise AppError(
             "conflict",
-            f"{provider.display_name} accounts do not authenticate with request headers.",
-            "Headers are for API-key providers (OpenAI, Anthropic, Hugging Face, generic API keys).",
+            _("%(provider)s accounts do not authenticate with request headers.", provider=provider.display_name),
+            _("Headers are for API-key providers (OpenAI, Anthropic, Hugging Face, generic API keys)."),
         )
     if not config_enabled:
         raise AppError(
             "conflict",
-            f"The provider config “{config_name}” is disabled.",
-            "An admin can enable it again under Providers.",
+            _("The provider config “%(name)s” is disabled.", name=config_name),
+            _("An admin can enable it again under Providers."),
         )
     if status == "pending":
         raise AppError(
             "conflict",
-            "This account has no secret yet.",
-            "Enter its API key in the account's secret dialog first.",
+            _("This account has no secret yet."),
+            _("Enter its API key in the account's secret dialog first."),
         )
 
 
@@ -431,7 +448,7 @@ def disclose(
     )
     provider = catalog_entry(row.provider_type) if row is not None else None
     if row is None or provider is None or provider.auth_mode not in usable_modes:
-        raise AppError("not_found", "There is no such connected account.")
+        raise AppError("not_found", _("There is no such connected account."))
     _check_state(provider, row.enabled, row.name, row.status)
     key = (row.updated_at, row.rotated_at, row.provider_config_id, row.config_updated_at)
     hit = _cached(_state(db), account_id, key)
@@ -439,7 +456,7 @@ def disclose(
         return _used(db, account_id, None, hit, ctx, True, now)
     account = db.get(ConnectedAccount, account_id)
     if account is None:
-        raise AppError("not_found", "There is no such connected account.")
+        raise AppError("not_found", _("There is no such connected account."))
     return request_auth(db, cipher, account, ctx=ctx, per_call_audit=True, now=now)
 
 

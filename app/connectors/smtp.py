@@ -23,6 +23,7 @@ from app.connectors.headers import account_values, load_secrets
 from app.connectors.smtp_login import smtp_target
 from app.connectors.verify import Verification, verify_account
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.mailer import SmtpTarget
 from app.models import ConnectedAccount
 from app.models.base import utcnow
@@ -68,8 +69,8 @@ def reserve_send(engine: Engine, account_id: int, cap: int | None, now: datetime
         wait = _seconds_to_midnight(at)
         raise AppError(
             "rate_limited",
-            f"This SMTP account reached its daily send cap ({cap} mails).",
-            "Mail resumes at 00:00 UTC; raise the account's daily send cap if this is normal traffic.",
+            _("This SMTP account reached its daily send cap (%(cap)s mails).", cap=cap),
+            _("Mail resumes at 00:00 UTC; raise the account's daily send cap if this is normal traffic."),
             retry_after=wait,
         )
 
@@ -117,9 +118,9 @@ def system_mailer(db: Session, settings: Settings) -> SmtpTarget | None:
 def set_system_mailer(db: Session, ctx: audit.AuditContext, account: ConnectedAccount, on: bool) -> None:
     """Mark (or unmark) the account as the app's mailer; at most one account is marked."""
     if not is_smtp(account):
-        raise AppError("invalid_config", "Only an SMTP account can be the system mailer.")
+        raise AppError("invalid_config", _("Only an SMTP account can be the system mailer."))
     if on and account.status == "pending":
-        raise AppError("invalid_config", "Enter and verify the account's password first.")
+        raise AppError("invalid_config", _("Enter and verify the account's password first."))
     if on:
         db.execute(
             update(ConnectedAccount)

@@ -20,9 +20,11 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.mailer import SmtpTarget, build_message, smtp_send, smtp_verify
 from app.outbound import OutboundGuard
 from app.providers.types import Which
+from app.providers.validation import N_
 from app.providers.verify_context import VerifyContext
 from app.settings import Settings
 from app.vault.secret import Secret
@@ -30,7 +32,7 @@ from app.vault.secret import Secret
 # security (catalog) → the mailer's name for it
 SECURITY: dict[str, Literal["starttls", "tls", "none"]] = {"starttls": "starttls", "ssl": "tls", "none": "none"}
 
-XOAUTH2_UNAVAILABLE = "XOAUTH2 needs the AMI Auth app to read a connected account's access token."
+XOAUTH2_UNAVAILABLE = N_("XOAUTH2 needs the AMI Auth app to read a connected account's access token.")
 
 # (settings, oauth_account_id) → a current access token (app.connectors.xoauth2 registers it).
 TokenProvider = Callable[[Settings, int], str]
@@ -55,9 +57,9 @@ def smtp_target(
     if security == "none" and not config.get("allow_insecure"):
         raise AppError(
             "invalid_config",
-            "Security “none” sends the password and mail in clear text.",
-            "Use STARTTLS or SSL/TLS, or tick the provider config's explicit allow for clear text.",
-            fields={"config.allow_insecure": "Tick this to allow clear text, or choose STARTTLS or SSL/TLS."},
+            _("Security “none” sends the password and mail in clear text."),
+            _("Use STARTTLS or SSL/TLS, or tick the provider config's explicit allow for clear text."),
+            fields={"config.allow_insecure": _("Tick this to allow clear text, or choose STARTTLS or SSL/TLS.")},
         )
     mechanism = str(account.get("auth_mechanism") or "PLAIN")
     username = str(account.get("username") or "")
@@ -67,16 +69,16 @@ def smtp_target(
         if not isinstance(oauth_account, int):
             raise AppError(
                 "invalid_config",
-                "XOAUTH2 needs the connected account whose token it sends.",
-                "Enter the id of a connected Google, Microsoft or OpenID account.",
-                fields={"oauth_account_id": "Enter the id of a connected OAuth account."},
+                _("XOAUTH2 needs the connected account whose token it sends."),
+                _("Enter the id of a connected Google, Microsoft or OpenID account."),
+                fields={"oauth_account_id": _("Enter the id of a connected OAuth account.")},
             )
         if _token_provider is None:
             raise AppError(
                 "invalid_config",
-                XOAUTH2_UNAVAILABLE,
-                "Use PLAIN or LOGIN with an app password outside the app.",
-                fields={"auth_mechanism": "XOAUTH2 is not available here."},
+                _(XOAUTH2_UNAVAILABLE),
+                _("Use PLAIN or LOGIN with an app password outside the app."),
+                fields={"auth_mechanism": _("XOAUTH2 is not available here.")},
             )
         token = _token_provider(settings, oauth_account)
     password = secrets.get("password")
@@ -106,17 +108,17 @@ def blame(error: AppError, values: Mapping[Which, Mapping[str, Any]]) -> AppErro
     text = error.text.lower()
     if error.code == "invalid_credentials":
         name = "oauth_account_id" if mechanism == "XOAUTH2" else "password"
-        fields = {name: "The server did not accept this login."}
+        fields = {name: _("The server did not accept this login.")}
         if "requires a login" in text:
-            fields = {"username": "The server requires a login: add the user name and password."}
+            fields = {"username": _("The server requires a login: add the user name and password.")}
     elif error.code == "provider_unreachable":
         fields = {"config.host": error.text}
     elif "sender" in text:
-        fields = {"from_address": "The server refused this sender address."}
+        fields = {"from_address": _("The server refused this sender address.")}
     elif "auth " in text or "login method" in text:
-        fields = {"auth_mechanism": "The server does not offer this login method."}
+        fields = {"auth_mechanism": _("The server does not offer this login method.")}
     elif "authentication" in text:
-        fields = {"config.security": "The server offers no login on this connection: use STARTTLS or SSL/TLS."}
+        fields = {"config.security": _("The server offers no login on this connection: use STARTTLS or SSL/TLS.")}
     else:
         fields = {}
     return AppError(error.code, error.message, error.hint, fields=fields, retry_after=error.retry_after)
@@ -131,8 +133,8 @@ def verify_login(context: VerifyContext) -> dict[str, Any]:
             message = build_message(
                 target.from_address,
                 context.send_test_to,
-                "AMI Auth: SMTP test",
-                "This is a test mail from AMI Auth: the SMTP account works.",
+                _("AMI Auth: SMTP test"),
+                _("This is a test mail from AMI Auth: the SMTP account works."),
             )
             smtp_send(target, message)
     except AppError as exc:

@@ -29,9 +29,11 @@ from typing import Any, Final, Literal, assert_never
 from app.connectors.headers import RequestAuth, render_auth
 from app.connectors.smtp_login import blame, smtp_target, verify_login
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.mailer import smtp_verify
 from app.net import OutboundBlocked, OutboundClient, ProviderUnreachable, Response, retry_after
 from app.oauth.setup_check import test_connection
+from app.providers.catalog_messages import catalog_text
 from app.providers.config_test import ConnectionTest
 from app.providers.entries import ProviderEntry
 from app.providers.hooks import HOOKS
@@ -39,8 +41,6 @@ from app.providers.templating import pick, referenced_values_blank, references, 
 from app.providers.verify_context import ValuesByScope, VerifyContext
 from app.settings import Settings
 from app.vault import Secret
-
-PER_ACCOUNT = "nothing to test on the config alone"
 
 
 def connectivity_test(
@@ -56,18 +56,25 @@ def connectivity_test(
     kind = provider.capabilities.verify
     match kind:
         case "none":
-            return ConnectionTest("unavailable", f"nothing to test: {provider.display_name} are built in")
+            return ConnectionTest(
+                "unavailable", _("nothing to test: %(provider)s are built in", provider=provider.display_name)
+            )
         case "discovery":
             if client is None:
-                return ConnectionTest("unavailable", "the OIDC check needs the app's HTTP client")
+                return ConnectionTest("unavailable", _("the OIDC check needs the app's HTTP client"))
             return _oidc_config_test(client, provider, config, secrets)
         case "http" if provider.capabilities.oauth:
             return ConnectionTest(
                 "unavailable",
-                f"{provider.display_name} has nothing to fetch without a user: it is checked when an account connects",
+                _(
+                    "%(provider)s has nothing to fetch without a user: it is checked when an account connects",
+                    provider=provider.display_name,
+                ),
             )
         case "http":
-            return ConnectionTest("unavailable", f"{PER_ACCOUNT} (API keys are verified per connected account)")
+            return ConnectionTest(
+                "unavailable", _("nothing to test on the config alone (API keys are verified per connected account)")
+            )
         case "smtp":
             return _smtp_config_test(settings, config)
         case _:
@@ -97,7 +104,7 @@ def _oidc_config_test(
     learned = dict(report.findings)
     if report.notes:
         learned["notes"] = " ".join(report.notes)
-    return ConnectionTest("ok", "Discovery and the signing keys were fetched.", learned=learned)
+    return ConnectionTest("ok", _("Discovery and the signing keys were fetched."), learned=learned)
 
 
 def _smtp_config_test(settings: Settings, config: Mapping[str, Any]) -> ConnectionTest:
@@ -107,7 +114,9 @@ def _smtp_config_test(settings: Settings, config: Mapping[str, Any]) -> Connecti
         smtp_verify(smtp_target(values, {}, settings))
     except AppError as exc:
         return _failed(blame(exc, values))
-    return ConnectionTest("ok", "The server answered EHLO, TLS and NOOP; each account's login is checked separately.")
+    return ConnectionTest(
+        "ok", _("The server answered EHLO, TLS and NOOP; each account's login is checked separately.")
+    )
 
 
 # ------------------------------------------------------------------------------------ account verification
@@ -184,9 +193,9 @@ def _label(provider: ProviderEntry, key: str) -> str:
     _scope, dot, name = key.partition(".")
     if dot:
         spec = provider.field("config", name)
-        return f"Provider config · {spec.label if spec else name}"
+        return str(_("Provider config · %(field)s", field=catalog_text(spec.label) if spec else name))
     spec = provider.field("account", key)
-    return spec.label if spec is not None else key
+    return catalog_text(spec.label) if spec is not None else key
 
 
 def field_labels(provider: ProviderEntry, fields: Mapping[str, str]) -> list[tuple[str, str, str]]:
@@ -231,7 +240,7 @@ def _status_error(
     status = response.status_code
     body = _json_body(response)
     code = _vendor_code(body)
-    said = f" ({provider.display_name} said: {code})" if code else ""
+    said = " " + _("(%(provider)s said: %(code)s)", provider=provider.display_name, code=code) if code else ""
     credentials = credential_fields(provider, values)
     base = base_field(provider)
     name = provider.display_name
@@ -240,50 +249,90 @@ def _status_error(
         if target is not None and provider.field("account", target) is not None:
             return AppError(
                 "invalid_credentials",
-                f"{name} refused the request because of {_label(provider, target)}{said}.",
-                "Check that value, or leave it blank.",
-                fields={target: f"{name} did not accept this value for this key{said}."},
+                _(
+                    "%(provider)s refused the request because of %(field)s%(said)s.",
+                    provider=name,
+                    field=_label(provider, target),
+                    said=said,
+                ),
+                _("Check that value, or leave it blank."),
+                fields={
+                    target: _("%(provider)s did not accept this value for this key%(said)s.", provider=name, said=said)
+                },
             )
         return AppError(
             "invalid_credentials",
-            f"{name} did not accept the credentials (HTTP 401){said}.",
-            "Check the value; it may have been revoked, mistyped or belong to another account.",
-            fields={f: f"{name} did not accept this value (HTTP 401){said}." for f in credentials},
+            _("%(provider)s did not accept the credentials (HTTP 401)%(said)s.", provider=name, said=said),
+            _("Check the value; it may have been revoked, mistyped or belong to another account."),
+            fields={
+                f: _("%(provider)s did not accept this value (HTTP 401)%(said)s.", provider=name, said=said)
+                for f in credentials
+            },
         )
     if status == 403:
         return AppError(
             "permission_denied",
-            f"{name} accepted the credentials but refused access (HTTP 403){said}.",
-            "Give the key the permissions this use needs, or use another key.",
-            fields={f: f"This key may not use {method} {path} (HTTP 403){said}." for f in credentials},
+            _("%(provider)s accepted the credentials but refused access (HTTP 403)%(said)s.", provider=name, said=said),
+            _("Give the key the permissions this use needs, or use another key."),
+            fields={
+                f: _(
+                    "This key may not use %(method)s %(path)s (HTTP 403)%(said)s.", method=method, path=path, said=said
+                )
+                for f in credentials
+            },
         )
     if status == 429:
         wait = wait_seconds(response)
-        after = f" Try again in {wait} seconds." if wait is not None else " Try again later."
+        after = _("Try again in %(wait)s seconds.", wait=wait) if wait is not None else _("Try again later.")
         return AppError(
             "rate_limited",
-            f"{name} is rate limiting these credentials (HTTP 429){said}.",
-            "The value was not checked." + after,
+            _("%(provider)s is rate limiting these credentials (HTTP 429)%(said)s.", provider=name, said=said),
+            _("The value was not checked.") + " " + after,
             retry_after=wait,
         )
     if status in (404, 405, 410):
-        fields = {base: f"{name} answered {status} for {method} {path}: is this the right URL?"} if base else {}
+        answered = _(
+            "%(provider)s answered %(status)s for %(method)s %(path)s: is this the right URL?",
+            provider=name,
+            status=status,
+            method=method,
+            path=path,
+        )
+        fields = {base: answered} if base else {}
         return AppError(
             "invalid_config",
-            f"{name} has no {method} {path} at this address (HTTP {status}).",
-            "Check the base URL: it should be the API's root, without a path.",
+            _(
+                "%(provider)s has no %(method)s %(path)s at this address (HTTP %(status)s).",
+                provider=name,
+                method=method,
+                path=path,
+                status=status,
+            ),
+            _("Check the base URL: it should be the API's root, without a path."),
             fields=fields,
         )
     if status >= 500:
         return AppError(
             "provider_unreachable",
-            f"{name} answered with a server error (HTTP {status}){said}.",
-            "The provider has a problem; try again later.",
+            _(
+                "%(provider)s answered with a server error (HTTP %(status)s)%(said)s.",
+                provider=name,
+                status=status,
+                said=said,
+            ),
+            _("The provider has a problem; try again later."),
         )
     return AppError(
         "invalid_config",
-        f"{name} answered {method} {path} with an unexpected HTTP {status}{said}.",
-        "Check the account's settings against the provider's documentation.",
+        _(
+            "%(provider)s answered %(method)s %(path)s with an unexpected HTTP %(status)s%(said)s.",
+            provider=name,
+            method=method,
+            path=path,
+            status=status,
+            said=said,
+        ),
+        _("Check the account's settings against the provider's documentation."),
     )
 
 
@@ -297,7 +346,7 @@ def _unreachable(provider: ProviderEntry, exc: AppError) -> AppError:
         return AppError(
             "provider_unreachable",
             message,
-            "Check the address and that this server may connect to it, then try again.",
+            _("Check the address and that this server may connect to it, then try again."),
             fields={base: message} if base else {},
         )
     return AppError("invalid_config", exc.text, exc.help, fields={base: exc.text} if base else {})
@@ -314,7 +363,7 @@ def _http_verify(
     assert spec is not None
     scopes = _scopes(values, secrets)
     if spec.skip_if_empty and referenced_values_blank(spec.path, **scopes):
-        return Verification("skipped", "No verification request is configured, so the value was saved untested.")
+        return Verification("skipped", _("No verification request is configured, so the value was saved untested."))
     try:
         auth: RequestAuth = render_auth(provider, values, secrets)
     except AppError as exc:
@@ -323,8 +372,10 @@ def _http_verify(
     path = render_template_string(spec.path, **scopes)
     where = base_field(provider, spec.base)
     if not base:
-        fields = {where: "Set the base URL."} if where else {}
-        return Verification.failed(AppError("invalid_config", "There is no base URL to verify against.", fields=fields))
+        fields = {where: _("Set the base URL.")} if where else {}
+        return Verification.failed(
+            AppError("invalid_config", _("There is no base URL to verify against."), fields=fields)
+        )
     try:
         response = client.request(spec.method, base + path, headers=auth.headers, params=auth.query or None)
     except AppError as exc:
@@ -344,7 +395,13 @@ def _http_verify(
                 learned = hook(provider, dataclasses.replace(context, kept=learned))
     except AppError as exc:
         return Verification.failed(exc)
-    return Verification("ok", f"{provider.display_name} accepted the credentials ({spec.method} {path}).", learned)
+    accepted = _(
+        "%(provider)s accepted the credentials (%(method)s %(path)s).",
+        provider=provider.display_name,
+        method=spec.method,
+        path=path,
+    )
+    return Verification("ok", accepted, learned)
 
 
 def verify_account(
@@ -362,17 +419,20 @@ def verify_account(
     kind = provider.capabilities.verify
     match kind:
         case "none":
-            return Verification("skipped", f"{provider.display_name} has no verification step.")
+            return Verification("skipped", _("%(provider)s has no verification step.", provider=provider.display_name))
         case "http":
             return _http_verify(client, settings, provider, values, secrets)
         case "smtp":
             context = VerifyContext(values, secrets, settings, send_test_to=send_test_to, before_send=before_send)
             try:
-                return Verification("ok", f"{provider.display_name} accepted the credentials.", verify_login(context))
+                accepted = _("%(provider)s accepted the credentials.", provider=provider.display_name)
+                return Verification("ok", accepted, verify_login(context))
             except AppError as exc:
                 return Verification.failed(exc)
         case "discovery":
             # An OAuth account is checked when it connects (its tokens, its ID token), not by a stored secret.
-            return Verification("skipped", f"{provider.display_name} accounts cannot be verified yet.")
+            return Verification(
+                "skipped", _("%(provider)s accounts cannot be verified yet.", provider=provider.display_name)
+            )
         case _:
             assert_never(kind)

@@ -35,6 +35,7 @@ from app import audit
 from app.connectors.smtp_login import set_xoauth2_token_provider
 from app.errors import AppError, ErrorCode
 from app.extensions import get_database
+from app.i18n import gettext as _
 from app.models import ConnectedAccount, ProviderConfig, User, utcnow
 from app.oauth.connections import ACTIVE, load_tokens
 from app.oauth.renewal import refresh_access_token
@@ -82,24 +83,28 @@ def access_token(rt: OAuthRuntime, engine: Engine, account_id: int) -> str:
         if account is None:
             raise _field_error(
                 "invalid_config",
-                f"There is no admin's connected Google, Microsoft or OpenID account with id {account_id}.",
-                "Connect the mailbox's account under Connections, then enter the id shown on its card.",
-                "Enter the id of a connected Google, Microsoft or OpenID account.",
+                _("There is no admin's connected Google, Microsoft or OpenID account with id %(id)s.", id=account_id),
+                _("Connect the mailbox's account under Connections, then enter the id shown on its card."),
+                _("Enter the id of a connected Google, Microsoft or OpenID account."),
             )
         if account.status != ACTIVE:
             raise _field_error(
                 "consent_required",
-                f"The connected account “{account.label}” needs to be reconnected ({account.status}).",
-                "Its owner reconnects it under Connections; mail through this account stops until then.",
-                "This OAuth account must be reconnected.",
+                _(
+                    "The connected account “%(label)s” needs to be reconnected (%(status)s).",
+                    label=account.label,
+                    status=account.status,
+                ),
+                _("Its owner reconnects it under Connections; mail through this account stops until then."),
+                _("This OAuth account must be reconnected."),
             )
         tokens = load_tokens(db, rt.cipher, account.id)
         if tokens is None:
             raise _field_error(
                 "invalid_config",
-                f"The connected account “{account.label}” holds no token.",
-                "Reconnect it under Connections.",
-                "This OAuth account holds no token.",
+                _("The connected account “%(label)s” holds no token.", label=account.label),
+                _("Reconnect it under Connections."),
+                _("This OAuth account holds no token."),
             )
         if tokens.expires_at is not None and tokens.expires_at <= utcnow() + MARGIN:
             try:
@@ -127,9 +132,9 @@ def smtp_access_token(settings: Settings, account_id: int) -> str:
     if app is None:
         raise _field_error(
             "invalid_config",
-            "XOAUTH2 tokens are only available inside the AMI Auth app.",
-            "Send mail through the app, its CLI or its jobs.",
-            "XOAUTH2 is not available here.",
+            _("XOAUTH2 tokens are only available inside the AMI Auth app."),
+            _("Send mail through the app, its CLI or its jobs."),
+            _("XOAUTH2 is not available here."),
         )
     return access_token(runtime(app), get_database(app).engine, account_id)
 

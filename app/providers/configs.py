@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.models import AuditEvent, ConnectedAccount, ProviderConfig
+from app.providers.catalog_messages import catalog_text
 from app.providers.entries import ProviderEntry
 from app.providers.registry import entry as catalog_entry
 from app.providers.validation import labels, missing_fields, split_secrets
@@ -53,7 +55,7 @@ def list_configs(db: Session) -> list[ProviderConfig]:
 def get_config(db: Session, config_id: int) -> ProviderConfig:
     cfg = db.get(ProviderConfig, config_id)
     if cfg is None:
-        raise AppError("not_found", "There is no such provider config.")
+        raise AppError("not_found", _("There is no such provider config."))
     return cfg
 
 
@@ -64,7 +66,7 @@ def find_config(db: Session, ref: str) -> ProviderConfig:
         return get_config(db, int(ref))
     cfg = find_by_name(db, ref)
     if cfg is None:
-        raise AppError("not_found", f"There is no provider config with id or name {ref!r}.")
+        raise AppError("not_found", _("There is no provider config with id or name %(ref)s.", ref=repr(ref)))
     return cfg
 
 
@@ -76,13 +78,13 @@ def clean_name(db: Session, name: str | None, *, current_id: int | None = None) 
     """The config's name: required, at most 200 characters, unique regardless of case (apply matches by it)."""
     value = (name or "").strip()
     if not value:
-        raise AppError("validation_failed", fields={"name": "This field is required."})
+        raise AppError("validation_failed", fields={"name": _("This field is required.")})
     if len(value) > NAME_MAX:
-        raise AppError("validation_failed", fields={"name": f"Use at most {NAME_MAX} characters."})
+        raise AppError("validation_failed", fields={"name": _("Use at most %(limit)s characters.", limit=NAME_MAX)})
     other = find_by_name(db, value)
     if other is not None and other.id != current_id:
         raise AppError(
-            "conflict", "That name is taken.", fields={"name": "Another provider config already has this name."}
+            "conflict", _("That name is taken."), fields={"name": _("Another provider config already has this name.")}
         )
     return value
 
@@ -175,7 +177,7 @@ def update_config(
         missing = missing_fields(provider, "config", plain, secrets_set(db, provider, cfg))
         if missing:
             # The form already requires these; this guards a catalog change that added a required field.
-            raise AppError("invalid_config", "An enabled provider config must stay complete.", fields=missing)
+            raise AppError("invalid_config", _("An enabled provider config must stay complete."), fields=missing)
     audit.record(
         db,
         ctx,
@@ -212,8 +214,8 @@ def set_enabled(db: Session, ctx: audit.AuditContext, cfg: ProviderConfig, enabl
             )
             raise AppError(
                 "invalid_config",
-                "This provider config cannot be enabled until its required settings are set and valid.",
-                "Missing or invalid: " + ", ".join(names) + ".",
+                _("This provider config cannot be enabled until its required settings are set and valid."),
+                _("Missing or invalid: %(fields)s.", fields=", ".join(catalog_text(n) for n in names)),
                 fields=missing,
             )
     if cfg.enabled == enabled:
@@ -244,8 +246,8 @@ def delete_config(db: Session, ctx: audit.AuditContext, cfg: ProviderConfig) -> 
     if accounts:
         raise AppError(
             "conflict",
-            f"{accounts} connected account(s) use this provider config.",
-            "Disconnect or delete those accounts first, or disable the config instead.",
+            _("%(count)s connected account(s) use this provider config.", count=accounts),
+            _("Disconnect or delete those accounts first, or disable the config instead."),
         )
     deleted = delete_secrets(db, OWNER, cfg.id)
     audit.record(

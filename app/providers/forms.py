@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from flask_wtf import FlaskForm
@@ -18,6 +18,7 @@ from markupsafe import Markup
 from wtforms import BooleanField, Field, PasswordField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.widgets import EmailInput, NumberInput, URLInput, html_params
 
+from app.i18n import gettext, lazy_gettext
 from app.providers.entries import FieldSpec, ProviderEntry, norm
 from app.providers.types import FieldType, Which
 from app.providers.validation import (
@@ -130,19 +131,25 @@ class ProviderForm(FlaskForm):  # type: ignore[misc]
             if spec.visible_when is not None:
                 same_set = {t.field: list(t.values) for t in spec.visible_when.terms if t.scope == self.which}
                 condition = json.dumps(same_set, separators=(",", ":")) if same_set else None
-            items.append(SchemaField(spec, self._fields[spec.name], shown[spec.name], condition))
+            items.append(SchemaField(_translated(spec), self._fields[spec.name], shown[spec.name], condition))
         return items
 
     def typed_secret_labels(self) -> list[str]:
         """Secret fields that had a value in this (failed) submission: the page asks to type them again."""
         posted = self.submitted() if self.is_submitted() else {}
-        return [spec.label for spec in self.specs if spec.secret and str(posted.get(spec.name) or "").strip()]
+        return [gettext(spec.label) for spec in self.specs if spec.secret and str(posted.get(spec.name) or "").strip()]
+
+
+def _translated(spec: FieldSpec) -> FieldSpec:
+    """The spec as this request's reader sees it: the catalog's label and help in their language."""
+    return replace(spec, label=gettext(spec.label), help=gettext(spec.help) if spec.help else "")
 
 
 def _render_kw(spec: FieldSpec) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if spec.placeholder:
-        kw["placeholder"] = spec.placeholder
+        # A phrase is translated (the catalog extraction takes those); a sample value stays as it is.
+        kw["placeholder"] = lazy_gettext(spec.placeholder) if " " in spec.placeholder.strip() else spec.placeholder
     if spec.required:
         kw["aria-required"] = "true"
     if spec.secret:
@@ -154,7 +161,13 @@ def _render_kw(spec: FieldSpec) -> dict[str, Any]:
 
 
 def _wtforms_field(spec: FieldSpec) -> Field:
-    kw: dict[str, Any] = {"label": spec.label, "description": spec.help, "render_kw": _render_kw(spec)}
+    # The catalog's English text is the msgid (app/providers/catalog_messages.py extracts it); lazy, so the
+    # words follow the locale of the request that renders the form.
+    kw: dict[str, Any] = {
+        "label": lazy_gettext(spec.label),
+        "description": lazy_gettext(spec.help) if spec.help else "",
+        "render_kw": _render_kw(spec),
+    }
     kind = spec.type
     if spec.secret:
         if kind in (FieldType.TEXT, FieldType.JSON):
@@ -163,7 +176,7 @@ def _wtforms_field(spec: FieldSpec) -> Field:
     if kind == FieldType.BOOLEAN:
         return BooleanField(**kw)
     if kind == FieldType.ENUM:
-        choices = [SelectChoice(o.value, o.label) for o in spec.enum]
+        choices = [SelectChoice(o.value, lazy_gettext(o.label)) for o in spec.enum]
         if not spec.required or spec.default is None:
             choices.insert(0, SelectChoice("", "—"))
         # The catalog check (validate_submission) reports a bad choice on the field; WTForms' own check

@@ -17,17 +17,25 @@ from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
+from app.i18n import gettext
+from app.i18n import gettext as _
 from app.providers.entries import FieldSpec, ProviderEntry, norm
 from app.providers.hooks import HOOKS
 from app.providers.types import FieldType, Which
 from app.vault import Secret
 
+
+def N_(message: str) -> str:
+    """Marks an English text for the translators; it is translated where it is used (``gettext``)."""
+    return message
+
+
 DEFAULT_MAX_LENGTH = {FieldType.TEXT: 20000, FieldType.JSON: 20000}
 STRING_MAX_LENGTH = 2000
 LIST_MAX_ITEMS = 100
-REQUIRED = "This field is required."
+REQUIRED = N_("This field is required.")
 # A required boolean is an acknowledgement (SMTP without TLS): it must be on, in a form, a file or JSON.
-MUST_BE_ON = "This must be turned on (ticked) to continue."
+MUST_BE_ON = N_("This must be turned on (ticked) to continue.")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LIST_SPLIT = re.compile(r"[\s,]+")
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
@@ -49,23 +57,23 @@ def _text(spec: FieldSpec, raw: object) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise FieldError("Enter text here.")
+        raise FieldError(_("Enter text here."))
     text = str(raw).strip()
     if text == "":
         return None
     limit = spec.max_length or DEFAULT_MAX_LENGTH.get(spec.type, STRING_MAX_LENGTH)
     if len(text) > limit:
-        raise FieldError(f"Use at most {limit} characters.")
+        raise FieldError(_("Use at most %(limit)s characters.", limit=limit))
     allowed_newlines = spec.type in (FieldType.TEXT, FieldType.JSON)
     if _CONTROL.search(text) or (not allowed_newlines and ("\n" in text or "\r" in text)):
-        raise FieldError("Remove line breaks and control characters.")
+        raise FieldError(_("Remove line breaks and control characters."))
     return text
 
 
 def _pattern_message(spec: FieldSpec) -> str:
     if spec.example is not None and not spec.secret:
-        return f"This does not look right; expected something like {spec.example}."
-    return "This does not have the expected format."
+        return str(_("This does not look right; expected something like %(example)s.", example=spec.example))
+    return str(_("This does not have the expected format."))
 
 
 def _check_pattern(spec: FieldSpec, value: str) -> None:
@@ -88,16 +96,16 @@ def _url(value: str, *, exact: bool = False) -> str:
         parts = urlsplit(value)
         host = parts.hostname
     except ValueError:  # "Invalid IPv6 URL" (an unbalanced "["), a name that NFKC turns into "/", "?", "#"…
-        raise FieldError("Enter an absolute http(s) URL, like https://api.example.com.") from None
+        raise FieldError(_("Enter an absolute http(s) URL, like https://api.example.com.")) from None
     if parts.scheme not in ("http", "https") or not host or " " in value:
-        raise FieldError("Enter an absolute http(s) URL, like https://api.example.com.")
+        raise FieldError(_("Enter an absolute http(s) URL, like https://api.example.com."))
     if "@" not in parts.netloc and _AUTHORITY.fullmatch(parts.netloc) is None:
         raise FieldError(
-            "Use a host name or IPv4 address (an international name in its xn-- form) and a port up to 65535."
+            _("Use a host name or IPv4 address (an international name in its xn-- form) and a port up to 65535.")
         )
     if parts.username or parts.password:
         # Credentials in a URL end up in logs and Referer headers; they belong in secret fields.
-        raise FieldError("Leave user names and passwords out of the URL; use the secret fields.")
+        raise FieldError(_("Leave user names and passwords out of the URL; use the secret fields."))
     if exact:
         return value
     # Templates append paths ("${account.base_url}/v1/models"): a trailing slash would double it.
@@ -108,7 +116,7 @@ def _integer(spec: FieldSpec, raw: object) -> int | None:
     if raw is None:
         return None
     if isinstance(raw, bool):
-        raise FieldError("Enter a whole number.")
+        raise FieldError(_("Enter a whole number."))
     if isinstance(raw, int):
         value = raw
     elif isinstance(raw, str):
@@ -116,17 +124,17 @@ def _integer(spec: FieldSpec, raw: object) -> int | None:
         if text == "":
             return None
         if _INTEGER.fullmatch(text) is None:
-            raise FieldError("Enter a whole number.")
+            raise FieldError(_("Enter a whole number."))
         value = int(text)
     else:
-        raise FieldError("Enter a whole number.")
+        raise FieldError(_("Enter a whole number."))
     low, high = spec.min, spec.max
     if (low is not None and value < low) or (high is not None and value > high):
         if low is not None and high is not None:
-            raise FieldError(f"Use a number from {low} to {high}.")
+            raise FieldError(_("Use a number from %(low)s to %(high)s.", low=low, high=high))
         if low is not None:
-            raise FieldError(f"Use a number of at least {low}.")
-        raise FieldError(f"Use a number of at most {high}.")
+            raise FieldError(_("Use a number of at least %(low)s.", low=low))
+        raise FieldError(_("Use a number of at most %(high)s.", high=high))
     return value
 
 
@@ -139,7 +147,7 @@ def _boolean(raw: object) -> bool | None:
             return True
         if lowered in _FALSE:
             return False
-    raise FieldError("Choose yes or no.")
+    raise FieldError(_("Choose yes or no."))
 
 
 def _string_list(spec: FieldSpec, raw: object) -> list[str] | None:
@@ -149,21 +157,22 @@ def _string_list(spec: FieldSpec, raw: object) -> list[str] | None:
         items = [item for item in _LIST_SPLIT.split(raw) if item]
     elif isinstance(raw, list | tuple):
         if not all(isinstance(item, str) for item in raw):
-            raise FieldError("Give a list of words.")
+            raise FieldError(_("Give a list of words."))
         items = [item.strip() for item in raw if item.strip()]
     else:
-        raise FieldError("Give a list of words.")
+        raise FieldError(_("Give a list of words."))
     unique = list(dict.fromkeys(items))
     if not unique:
         return None
     if len(unique) > LIST_MAX_ITEMS:
-        raise FieldError(f"Use at most {LIST_MAX_ITEMS} entries.")
+        raise FieldError(_("Use at most %(count)s entries.", count=LIST_MAX_ITEMS))
     for item in unique:
         if len(item) > STRING_MAX_LENGTH or _CONTROL.search(item):
-            raise FieldError("Remove control characters and very long entries.")
+            raise FieldError(_("Remove control characters and very long entries."))
         if spec.pattern is not None and re.fullmatch(spec.pattern, item) is None:
-            shown = "" if spec.secret else f" {item[:80]!r}"
-            raise FieldError(f"The entry{shown} does not have the expected format.")
+            if spec.secret:
+                raise FieldError(_("The entry does not have the expected format."))
+            raise FieldError(_("The entry %(entry)s does not have the expected format.", entry=repr(item[:80])))
     return unique
 
 
@@ -177,11 +186,18 @@ def _json(spec: FieldSpec, raw: object) -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise FieldError(f"Enter valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from None
+            raise FieldError(
+                _(
+                    "Enter valid JSON (%(problem)s at line %(line)s, column %(column)s).",
+                    problem=exc.msg,
+                    line=exc.lineno,
+                    column=exc.colno,
+                )
+            ) from None
     try:
         json.dumps(raw)
     except (TypeError, ValueError):
-        raise FieldError("Enter valid JSON.") from None
+        raise FieldError(_("Enter valid JSON.")) from None
     return raw
 
 
@@ -205,9 +221,9 @@ def coerce(spec: FieldSpec, raw: object) -> Any:
         try:
             text = validate_email(text, check_deliverability=False).normalized
         except EmailNotValidError:
-            raise FieldError("Enter an email address like name@example.com.") from None
+            raise FieldError(_("Enter an email address like name@example.com.")) from None
     elif kind == FieldType.ENUM and text not in spec.enum_values:
-        raise FieldError("Choose one of: " + ", ".join(o.label for o in spec.enum) + ".")
+        raise FieldError(_("Choose one of: %(options)s.", options=", ".join(gettext(o.label) for o in spec.enum)))
     _check_pattern(spec, text)
     return text
 
@@ -292,14 +308,14 @@ def validate_submission(
     known = {spec.name for spec in specs}
     for name in data:
         if name not in known:
-            errors[name] = "This is not a field of this provider type."
+            errors[name] = _("This is not a field of this provider type.")
     values: dict[str, Any] = {}
     skipped: set[str] = set()
     for spec in specs:
         if spec.admin_only and not as_admin:
             skipped.add(spec.name)
             if spec.name in data:
-                errors[spec.name] = "Only an administrator can set this."
+                errors[spec.name] = _("Only an administrator can set this.")
             continue
         if spec.name not in data:
             values[spec.name] = None if spec.secret else _copy(spec.default)
@@ -324,10 +340,10 @@ def validate_submission(
             if value is not None:
                 clean[spec.name] = Secret(value if isinstance(value, str) else json.dumps(value))
             elif spec.required and spec.name not in secrets_set:
-                errors[spec.name] = REQUIRED
+                errors[spec.name] = gettext(REQUIRED)
             continue
         if spec.required and (value is None or (spec.type == FieldType.BOOLEAN and value is False)):
-            errors[spec.name] = MUST_BE_ON if spec.type == FieldType.BOOLEAN else REQUIRED
+            errors[spec.name] = gettext(MUST_BE_ON if spec.type == FieldType.BOOLEAN else REQUIRED)
             continue
         clean[spec.name] = value
     for name in entry.hooks:

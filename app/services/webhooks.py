@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.jobs.webhooks import CURRENT_SECRET, OWNER_TYPE, PREVIOUS_SECRET
 from app.models.base import ID_MAX, utcnow
 from app.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -75,24 +76,24 @@ def check_url(settings: Settings, url: str) -> str:
     """An http(s) URL whose host the outbound guard lets through now (checked again on every delivery)."""
     url = url.strip()
     if not url:
-        raise _invalid("url", "Enter the URL that receives the events.")
+        raise _invalid("url", _("Enter the URL that receives the events."))
     if len(url) > _URL_MAX:
-        raise _invalid("url", f"Use at most {_URL_MAX} characters.")
+        raise _invalid("url", _("Use at most %(limit)s characters.", limit=_URL_MAX))
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise _invalid("url", "Enter a URL such as https://cms.example.com/hooks/ami-auth.") from None
+        raise _invalid("url", _("Enter a URL such as https://cms.example.com/hooks/ami-auth.")) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _invalid("url", "Enter an http(s) URL such as https://cms.example.com/hooks/ami-auth.")
+        raise _invalid("url", _("Enter an http(s) URL such as https://cms.example.com/hooks/ami-auth."))
     if parts.username or parts.password:
-        raise _invalid("url", "Leave credentials out of the URL: deliveries are signed instead.")
+        raise _invalid("url", _("Leave credentials out of the URL: deliveries are signed instead."))
     try:
         OutboundGuard.from_settings(settings).vetted_addresses(parts.hostname, port)
     except OutboundBlocked as exc:
         raise _invalid("url", f"{exc.text} {exc.help}") from None
     except (UnresolvedHost, UnicodeError, ValueError):
-        raise _invalid("url", f"The host {parts.hostname} has no address: check the spelling.") from None
+        raise _invalid("url", _("The host %(host)s has no address: check the spelling.", host=parts.hostname)) from None
     return url
 
 
@@ -100,9 +101,9 @@ def _events(events: Iterable[str]) -> list[str]:
     chosen = list(dict.fromkeys(events))
     unknown = [e for e in chosen if e not in EVENT_NAMES]
     if unknown:
-        raise _invalid("events", f"Unknown event type(s): {', '.join(sorted(unknown))}.")
+        raise _invalid("events", _("Unknown event type(s): %(types)s.", types=", ".join(sorted(unknown))))
     if not chosen:
-        raise _invalid("events", "Choose at least one event.")
+        raise _invalid("events", _("Choose at least one event."))
     order = [t.name for t in EVENT_TYPES]
     return sorted(chosen, key=order.index)
 
@@ -110,7 +111,7 @@ def _events(events: Iterable[str]) -> list[str]:
 def _description(text: str) -> str:
     text = text.strip()
     if len(text) > _DESCRIPTION_MAX:
-        raise _invalid("description", f"Use at most {_DESCRIPTION_MAX} characters.")
+        raise _invalid("description", _("Use at most %(limit)s characters.", limit=_DESCRIPTION_MAX))
     return text
 
 
@@ -121,7 +122,7 @@ def list_endpoints(db: Session) -> Sequence[WebhookEndpoint]:
 def get_endpoint(db: Session, endpoint_id: int) -> WebhookEndpoint:
     endpoint = db.get(WebhookEndpoint, endpoint_id) if 0 < endpoint_id <= ID_MAX else None
     if endpoint is None:
-        raise AppError("not_found", "There is no such webhook endpoint.", "List the endpoints to see their ids.")
+        raise AppError("not_found", _("There is no such webhook endpoint."), _("List the endpoints to see their ids."))
     return endpoint
 
 
@@ -217,7 +218,7 @@ def rotate_secret(
     """A new current secret; the old one keeps signing too (a second signature) for ``overlap``, so the
     receiver can switch to the new secret at any time within it. ``overlap=0`` drops the old one now."""
     if overlap < timedelta(0) or overlap > MAX_OVERLAP:
-        raise _invalid("overlap", "Choose an overlap between 0 and 7 days.")
+        raise _invalid("overlap", _("Choose an overlap between 0 and 7 days."))
     now = now or utcnow()
     old = get_secret(db, cipher, OWNER_TYPE, endpoint.id, CURRENT_SECRET)
     if old is not None and overlap > timedelta(0):
@@ -278,7 +279,7 @@ def delivery_view(db: Session, delivery: WebhookDelivery) -> DeliveryView:
 def get_delivery(db: Session, endpoint: WebhookEndpoint, delivery_id: int) -> WebhookDelivery:
     found = db.get(WebhookDelivery, delivery_id) if 0 < delivery_id <= ID_MAX else None
     if found is None or found.endpoint_id != endpoint.id:
-        raise AppError("not_found", "There is no such delivery for this endpoint.", "Reload the delivery log.")
+        raise AppError("not_found", _("There is no such delivery for this endpoint."), _("Reload the delivery log."))
     return found
 
 

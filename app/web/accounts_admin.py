@@ -17,9 +17,11 @@ from app.connectors.verify import Verification, field_labels
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
 from app.models import ConnectedAccount
 from app.net import get_client
 from app.providers import configs
+from app.providers.catalog_messages import catalog_text
 from app.providers.forms import ProviderForm, initial_data
 from app.web.account_forms import ActionForm, details_form_class, has_own_label
 from app.web.common import admin_required, form_errors
@@ -91,8 +93,8 @@ def create(config_id: int) -> tuple[str, int] | Response:
     if provider.auth_mode not in accounts.CONNECTABLE_MODES or not cfg.enabled:
         raise AppError(
             "invalid_config",
-            f"“{cfg.name}” cannot take accounts here.",
-            "Pick an enabled API-key or SMTP provider config.",
+            _("“%(name)s” cannot take accounts here.", name=cfg.name),
+            _("Pick an enabled API-key or SMTP provider config."),
         )
     secret_names = [spec.name for spec in provider.secret_fields("account")]
     form = details_form_class(provider, cfg)(data=initial_data(provider, "account"), secrets_set=secret_names)
@@ -161,7 +163,7 @@ def edit(account_id: int) -> tuple[str, int] | Response:
             return _render_details(
                 provider, form, cfg, account, exc.http_status, error=exc, blamed=_blamed(provider, exc)
             )
-        flash("Saved and verified." if result is not None and result.status == "ok" else "Saved.", "success")
+        flash(_("Saved and verified.") if result is not None and result.status == "ok" else _("Saved."), "success")
         return redirect(url_for("accounts_admin.detail", account_id=account.id))
     return _render_details(provider, form, cfg, account, 422 if form.is_submitted() else 200)
 
@@ -172,7 +174,7 @@ def _blamed(provider: Any, exc: AppError) -> list[tuple[str, str, str]]:
 
 def _require_post_form() -> None:
     if not ActionForm().validate_on_submit():
-        raise AppError("validation_failed", "The form expired or did not come from this site.", status=400)
+        raise AppError("validation_failed", _("The form expired or did not come from this site."), status=400)
 
 
 @bp.post("/<int:account_id>/test")
@@ -186,7 +188,7 @@ def test(account_id: int) -> Response:
     )
     db.commit()
     if result.error is not None:
-        flash(f"Test failed: {result.error.text} {result.error.help}", "error")
+        flash(_("Test failed: %(text)s %(help)s", text=result.error.text, help=result.error.help), "error")
     else:
         flash(result.message, "success")
     return redirect(url_for("accounts_admin.detail", account_id=account.id))
@@ -200,8 +202,9 @@ def rollback(account_id: int) -> Response:
     account = accounts.get_account(db, account_id)
     fields = accounts.rollback_secrets(db, audit_ctx(), account)
     db.commit()
-    labels = [spec.label for spec in accounts.entry_for(account).secret_fields("account") if spec.name in fields]
-    flash(f"Rolled back: the previous {', '.join(labels)} is in use again.", "success")
+    secret_fields = accounts.entry_for(account).secret_fields("account")
+    labels = [catalog_text(spec.label) for spec in secret_fields if spec.name in fields]
+    flash(_("Rolled back: the previous %(fields)s is in use again.", fields=", ".join(labels)), "success")
     return redirect(url_for("accounts_admin.detail", account_id=account.id))
 
 
@@ -227,11 +230,11 @@ def delete(account_id: int) -> tuple[str, int] | Response:
             error = exc
         else:
             note = (
-                " The provider confirmed the revocation."
+                " " + _("The provider confirmed the revocation.")
                 if result.revoked
-                else (f" {result.hint}" if result.hint else "")
+                else (f" {catalog_text(result.hint)}" if result.hint else "")
             )
-            flash(f"Deleted “{label}” and its stored secrets.{note}", "success")
+            flash(_("Deleted “%(label)s” and its stored secrets.", label=label) + note, "success")
             return redirect(url_for("accounts_admin.index"))
     html = render_template("admin/accounts_delete.html", account=account, provider=provider, form=form, error=error)
     return html, error.http_status if error is not None else 200
@@ -247,9 +250,12 @@ def system_mailer(account_id: int) -> Response:
     smtp.set_system_mailer(db, audit_ctx(), account, on)
     db.commit()
     if on:
-        flash(f"“{account.label}” now sends the app's own mail (password resets, invites, notices).", "success")
+        flash(
+            _("“%(label)s” now sends the app's own mail (password resets, invites, notices).", label=account.label),
+            "success",
+        )
     else:
-        flash(f"“{account.label}” no longer sends the app's own mail.", "success")
+        flash(_("“%(label)s” no longer sends the app's own mail.", label=account.label), "success")
     return redirect(url_for("accounts_admin.detail", account_id=account.id))
 
 
@@ -267,7 +273,7 @@ def test_mail(account_id: int) -> Response:
     )
     db.commit()
     if result.error is not None:
-        flash(f"Test mail not sent: {result.error.text} {result.error.help}", "error")
+        flash(_("Test mail not sent: %(text)s %(help)s", text=result.error.text, help=result.error.help), "error")
     else:
-        flash(f"Test mail sent to {who.user.email}.", "success")
+        flash(_("Test mail sent to %(email)s.", email=who.user.email), "success")
     return redirect(url_for("accounts_admin.detail", account_id=account.id))

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from app import audit
 from app.extensions import db_session
+from app.i18n import gettext as _
 from app.models import AuditEvent, ConnectedAccount, ProviderConfig, User
 from app.web.common import admin_required
 
@@ -38,7 +39,7 @@ def _date_arg(name: str) -> tuple[datetime | None, str | None]:
     try:
         return datetime.fromisoformat(raw).replace(tzinfo=UTC), None
     except ValueError:
-        return None, "Use a date like 2026-11-25."
+        return None, _("Use a date like %(example)s.", example="2026-11-25")
 
 
 @bp.get("/audit")

@@ -25,6 +25,7 @@ from app import audit
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
 from app.models import ProviderConfig
 from app.oauth.runtime import redirect_uri
 from app.providers import configs
@@ -58,10 +59,10 @@ def consent_url(cfg: ProviderConfig) -> str | None:
 @admin_required
 def start(config_id: int) -> Response:
     if not ConsentForm().validate_on_submit():
-        raise AppError("validation_failed", "The form expired or did not come from this site.", status=400)
+        raise AppError("validation_failed", _("The form expired or did not come from this site."), status=400)
     url = consent_url(configs.get_config(db_session(), config_id))
     if url is None:
-        raise AppError("not_found", "This provider config has no admin consent.")
+        raise AppError("not_found", _("This provider config has no admin consent."))
     state = secrets.token_urlsafe(32)
     session[SESSION_KEY] = {"state": state, "config": config_id, "exp": time.time() + MAX_AGE}
     return redirect(f"{url}&{urlencode({'state': state})}")
@@ -82,7 +83,7 @@ def finish(config_id: int, params: Mapping[str, str]) -> Response:
     session.pop(SESSION_KEY, None)
     who = signed_in()
     if who is None or not who.is_admin:
-        raise AppError("permission_denied", "Only an admin can complete an admin consent.")
+        raise AppError("permission_denied", _("Only an admin can complete an admin consent."))
     granted = params.get("admin_consent", "").lower() == "true" and not params.get("error")
     tenant = (params.get("tenant") or "")[:100]
     db = db_session()
@@ -96,8 +97,11 @@ def finish(config_id: int, params: Mapping[str, str]) -> Response:
     )
     db.commit()
     if granted:
-        flash(f"Admin consent granted for tenant {tenant}: its users are no longer asked one by one.", "success")
+        flash(
+            _("Admin consent granted for tenant %(tenant)s: its users are no longer asked one by one.", tenant=tenant),
+            "success",
+        )
     else:
-        why = (params.get("error_description") or params.get("error") or "no reason given")[:_SHOWN_MAX]
-        flash(f"Admin consent was not granted: {why}", "error")
+        why = (params.get("error_description") or params.get("error") or _("no reason given"))[:_SHOWN_MAX]
+        flash(_("Admin consent was not granted: %(why)s", why=why), "error")
     return redirect(url_for("oauth.admin_setup", config_id=config_id))

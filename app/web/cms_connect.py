@@ -31,6 +31,7 @@ from app.api import dialog_links
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
 from app.models import DialogToken, ProviderConfig
 from app.oauth import complete_authorization, take_pending
 from app.oauth.connections import store_connection
@@ -85,7 +86,7 @@ def finish(config_id: int, params: Mapping[str, str]) -> Response:
     try:
         cfg = db.get(ProviderConfig, config_id)
         if cfg is None or cfg.id != record.provider_config_id or not cfg.enabled:
-            raise AppError("not_found", "This provider config is no longer available.")
+            raise AppError("not_found", _("This provider config is no longer available."))
         try:
             provider = build_provider(db, services, cfg)
         except SecretUnreadable as exc:
@@ -110,7 +111,7 @@ def finish(config_id: int, params: Mapping[str, str]) -> Response:
         raise
     except IntegrityError:
         db.rollback()
-        return give_up(record, config_id, who.record.id, AppError("conflict", "That account was just connected."))
+        return give_up(record, config_id, who.record.id, AppError("conflict", _("That account was just connected.")))
     except AppError as exc:
         db.rollback()
         return give_up(record, config_id, who.record.id, exc)

@@ -31,6 +31,8 @@ from app.connectors.verify import Verification, field_labels
 from app.errors import AppError, ErrorCode
 from app.extensions import db_session, get_cipher, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext as _l
 from app.models import ConnectedAccount, DialogToken, ProviderConfig
 from app.net import get_client
 from app.providers import configs
@@ -45,10 +47,10 @@ from app.web.dialogs import bp, learned_items
 from app.web.oauth import begin_authorization, load_provider
 
 TITLES = {
-    "add_account": "Add an account",
-    "replace_secret": "Replace the secret",
-    "edit_provider_config": "Set the provider's secrets",
-    "connect_account": "Connect your account",
+    "add_account": _l("Add an account"),
+    "replace_secret": _l("Replace the secret"),
+    "edit_provider_config": _l("Set the provider's secrets"),
+    "connect_account": _l("Connect your account"),
 }
 # The kinds that create an account (the end-user connect link is an add_account dialog for one named user).
 ADDING = ("add_account", dialog_links.CONNECT)
@@ -61,32 +63,34 @@ UNAVAILABLE_CODES: dict[int, ErrorCode] = {
     410: "token_expired",
 }
 UNAVAILABLE: dict[str, tuple[int, str, str]] = {
-    "unknown": (404, "This dialog link is not valid.", "Open the dialog again from the CMS to get a new link."),
+    "unknown": (404, _l("This dialog link is not valid."), _l("Open the dialog again from the CMS to get a new link.")),
     "expired": (
         410,
-        "This dialog link has expired.",
-        "Links are valid for 10 minutes. Open the dialog again from the CMS to get a new one.",
+        _l("This dialog link has expired."),
+        _l("Links are valid for 10 minutes. Open the dialog again from the CMS to get a new one."),
     ),
     "used": (
         410,
-        "This dialog link has already been used.",
-        "Each link works once. Open the dialog again from the CMS to get a new one.",
+        _l("This dialog link has already been used."),
+        _l("Each link works once. Open the dialog again from the CMS to get a new one."),
     ),
     "elsewhere": (
         409,
-        "This dialog is already open in another browser session.",
-        "Finish it there, or open the dialog again from the CMS to get a new link.",
+        _l("This dialog is already open in another browser session."),
+        _l("Finish it there, or open the dialog again from the CMS to get a new link."),
     ),
     "return_to": (
         403,
-        "This dialog cannot return to the page that opened it.",
-        "That page's address is no longer in AMI_AUTH_CMS_ORIGINS. Ask an administrator, then open the dialog "
-        "again from the CMS.",
+        _l("This dialog cannot return to the page that opened it."),
+        _l(
+            "That page's address is no longer in AMI_AUTH_CMS_ORIGINS. Ask an administrator, then open the dialog "
+            "again from the CMS."
+        ),
     ),
     "signed_out": (
         401,
-        "Your sign-in session ended before the provider answered.",
-        "Nothing was connected. Go back to the CMS and start connecting again: you get a new link.",
+        _l("Your sign-in session ended before the provider answered."),
+        _l("Nothing was connected. Go back to the CMS and start connecting again: you get a new link."),
     ),
 }
 
@@ -159,8 +163,8 @@ def _open() -> DialogToken | tuple[str, int]:
     if record.kind == dialog_links.CONNECT and who.user.id != record.for_user_id:
         html = render_template(
             "dialogs/cms_unavailable.html",
-            title="This link was made for another user.",
-            hint="Sign out of AMI Auth, sign in as the user the CMS sent here, then open the link again.",
+            title=_("This link was made for another user."),
+            hint=_("Sign out of AMI Auth, sign in as the user the CMS sent here, then open the link again."),
             problem="permission_denied",
             code=UNAVAILABLE_CODES[403],
         )
@@ -168,8 +172,8 @@ def _open() -> DialogToken | tuple[str, int]:
     if record.kind != dialog_links.CONNECT and not who.is_admin:
         html = render_template(
             "dialogs/cms_unavailable.html",
-            title="This dialog is for administrators.",
-            hint="Sign in to AMI Auth with an administrator account, then open the dialog again from the CMS.",
+            title=_("This dialog is for administrators."),
+            hint=_("Sign in to AMI Auth with an administrator account, then open the dialog again from the CMS."),
             problem="permission_denied",
             code=UNAVAILABLE_CODES[403],
         )
@@ -187,11 +191,11 @@ def _subject(db: Session, record: DialogToken) -> tuple[ProviderEntry, ProviderC
     if record.kind == "replace_secret":
         account = db.get(ConnectedAccount, record.account_id)
         if account is None:
-            raise AppError("not_found", "The account of this dialog no longer exists.")
+            raise AppError("not_found", _("The account of this dialog no longer exists."))
         return accounts.entry_for(account), account.provider_config, account
     cfg = db.get(ProviderConfig, record.provider_config_id)
     if cfg is None:
-        raise AppError("not_found", "The provider config of this dialog no longer exists.")
+        raise AppError("not_found", _("The provider config of this dialog no longer exists."))
     return configs.entry_for(cfg), cfg, None
 
 
@@ -254,7 +258,9 @@ def _typed(form: Any) -> dict[str, Secret]:
 
 def _invalid(form: Any) -> AppError:
     if "csrf_token" in form.errors:
-        return AppError("validation_failed", "The form expired or did not come from this site.", "Reload the dialog.")
+        return AppError(
+            "validation_failed", _("The form expired or did not come from this site."), _("Reload the dialog.")
+        )
     fields = {name: errors[0] for name, errors in form.errors.items() if errors}
     return AppError("validation_failed", form.form_errors[0] if form.form_errors else None, fields=fields)
 
@@ -337,9 +343,9 @@ def cms_dialog_oauth() -> tuple[str, int] | Response:
         return opened
     record = opened
     db = db_session()
-    provider_entry, cfg, _ = _subject(db, record)
+    provider_entry, cfg, _account = _subject(db, record)
     if not _through_consent(record, provider_entry):
-        raise AppError("not_found", "This dialog does not connect through the provider's consent screen.")
+        raise AppError("not_found", _("This dialog does not connect through the provider's consent screen."))
     try:
         provider = load_provider(db, cfg.id)
         return begin_authorization(provider, cms_connect.intent(record), want_refresh=provider.refreshable)
@@ -374,9 +380,9 @@ def cms_dialog_test() -> tuple[str, int] | Response:
     db = db_session()
     provider, cfg, account = _subject(db, record)
     if _through_consent(record, provider):
-        raise AppError("not_found", "This dialog connects through the provider's consent screen: nothing to test.")
+        raise AppError("not_found", _("This dialog connects through the provider's consent screen: nothing to test."))
     if record.kind == "edit_provider_config":
-        raise AppError("not_found", "This dialog has no connection test.")
+        raise AppError("not_found", _("This dialog has no connection test."))
     form = _form(record, provider, cfg, account)
     if not form.validate():
         result = Verification.failed(_invalid(form))
@@ -409,7 +415,7 @@ def cms_dialog_cancel() -> tuple[str, int] | Response:
         return opened
     record = opened
     if not CancelForm().validate_on_submit():
-        raise AppError("validation_failed", "The form expired or did not come from this site.", status=400)
+        raise AppError("validation_failed", _("The form expired or did not come from this site."), status=400)
     who = signed_in()
     assert who is not None
     db = db_session()

@@ -26,6 +26,7 @@ from wtforms import HiddenField
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
 from app.models import ConnectedAccount, ProviderConfig
 from app.oauth import DeviceAuthorization, poll_once, start_device_authorization
 from app.oauth.connections import (
@@ -68,7 +69,7 @@ def _user_id() -> int:
 
 def _check_form(form: FlaskForm) -> None:
     if not form.validate_on_submit():
-        raise AppError("validation_failed", "The form expired or did not come from this site.", status=400)
+        raise AppError("validation_failed", _("The form expired or did not come from this site."), status=400)
 
 
 def _oauth_configs() -> list[ProviderConfig]:
@@ -162,10 +163,16 @@ def refresh_now(account_id: int) -> Response:
     except AppError as exc:
         db.rollback()
         shown, reference = viewer_error(exc)
-        flash(f"Could not refresh: {shown.text.rstrip('.')}. {shown.help}{_ref(reference)}", "error")
+        flash(
+            _("Could not refresh: %(error)s.", error=shown.text.rstrip(".")) + f" {shown.help}{_ref(reference)}",
+            "error",
+        )
     else:
-        when = tokens.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC") if tokens.expires_at else "no expiry"
-        flash(f"Refreshed {account.label}: the new access token is valid until {when}.", "success")
+        when = tokens.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC") if tokens.expires_at else _("no expiry")
+        flash(
+            _("Refreshed %(label)s: the new access token is valid until %(when)s.", label=account.label, when=when),
+            "success",
+        )
     return redirect(url_for("connections.index") + f"#account-{account_id}")
 
 
@@ -198,16 +205,23 @@ def disconnect(account_id: int) -> Response | tuple[str, int]:
         return _disconnect_page(account, result.error, 502 if result.error.code == "provider_unreachable" else 409)
     if result.outcome == "unsupported":
         when = result.access_token_expires_at
-        until = f"until {when.strftime('%Y-%m-%d %H:%M UTC')}" if when else "until it expires"
+        until = _("until %(at)s", at=when.strftime("%Y-%m-%d %H:%M UTC")) if when else _("until it expires")
         flash(
-            f"Removed {label} here. This provider cannot revoke tokens: the access token it issued stays valid "
-            f"{until}, and then stops working on its own.",
+            _(
+                "Removed %(label)s here. This provider cannot revoke tokens: the access token it issued stays valid "
+                "%(until)s, and then stops working on its own.",
+                label=label,
+                until=until,
+            ),
             "warning",
         )
     elif result.outcome == "not_revoked":
-        flash(f"Removed {label} here only; the provider could not be asked to revoke its tokens.", "warning")
+        flash(
+            _("Removed %(label)s here only; the provider could not be asked to revoke its tokens.", label=label),
+            "warning",
+        )
     else:
-        flash(f"Disconnected {label} and revoked its access at the provider.", "success")
+        flash(_("Disconnected %(label)s and revoked its access at the provider.", label=label), "success")
     return redirect(url_for("connections.index"))
 
 
@@ -248,7 +262,7 @@ def device_start(config_id: int) -> Response:
     # The device flow's own client where the config has one (Google's "TVs and Limited Input devices").
     provider = load_provider(db_session(), config_id).for_device()
     if not provider.device_flow:
-        raise AppError("not_found", "Connecting with a code is not turned on for this provider.")
+        raise AppError("not_found", _("Connecting with a code is not turned on for this provider."))
     device = start_device_authorization(
         rt().client,
         provider.metadata,
@@ -273,9 +287,9 @@ def _device_for(config_id: int) -> tuple[DeviceAuthorization, dict[str, Any]] | 
 def device(config_id: int) -> Response | str:
     found = _device_for(config_id)
     if found is None:
-        flash("Start connecting with a code first.", "warning")
+        flash(_("Start connecting with a code first."), "warning")
         return redirect(url_for("connections.index"))
-    device, _ = found
+    device = found[0]
     provider = load_provider(db_session(), config_id)
     link = device.verification_uri_complete or device.verification_uri
     return render_template(
@@ -301,7 +315,7 @@ def _status(config_id: int, status: str, interval: float = 0.0, message: str = "
 
 
 def _ref(reference: str | None) -> str:
-    return f" (reference {reference})" if reference else ""
+    return " " + _("(reference %(reference)s)", reference=reference) if reference else ""
 
 
 def _failed(config_id: int, exc: AppError) -> str:
@@ -317,7 +331,7 @@ def device_poll(config_id: int) -> Response | str:
     _check_form(ActionForm())
     found = _device_for(config_id)
     if found is None:
-        return _status(config_id, "gone", message="This code is no longer active. Start again.")
+        return _status(config_id, "gone", message=_("This code is no longer active. Start again."))
     device, entry = found
     interval = _interval(device)
     # RFC 8628 §3.5: never poll the provider faster than the interval, however often the page asks.
@@ -340,9 +354,9 @@ def device_poll(config_id: int) -> Response | str:
     except AppError as exc:
         _store_device(config_id, None)
         if exc.code == "token_expired":
-            return _status(config_id, "expired", message="The code expired before it was approved.", code=exc.code)
+            return _status(config_id, "expired", message=_("The code expired before it was approved."), code=exc.code)
         if exc.code == "consent_required":
-            return _status(config_id, "denied", message="The request was denied at the provider.", code=exc.code)
+            return _status(config_id, "denied", message=_("The request was denied at the provider."), code=exc.code)
         if exc.code in ("provider_unreachable", "rate_limited"):
             # Keep polling: a provider hiccup is not the user's answer.
             _store_device(config_id, entry)
@@ -362,8 +376,10 @@ def device_poll(config_id: int) -> Response | str:
         _store_device(config_id, None)
         return _failed(config_id, exc)
     _store_device(config_id, None)
-    flash(f"Connected {provider.display_name} account {account.label}.", "success")
-    response = Response(_status(config_id, "approved", message=f"Connected {account.label}."))
+    flash(
+        _("Connected %(provider)s account %(label)s.", provider=provider.display_name, label=account.label), "success"
+    )
+    response = Response(_status(config_id, "approved", message=_("Connected %(label)s.", label=account.label)))
     # htmx follows this header with a full page load of the list.
     response.headers["HX-Redirect"] = url_for("connections.index") + f"#account-{account.id}"
     return response

@@ -28,6 +28,8 @@ from app.connectors.verify import Verification, field_labels
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext as _l
 from app.models import ConnectedAccount
 from app.net import get_client
 from app.providers.entries import ProviderEntry
@@ -38,13 +40,13 @@ from app.web.common import admin_required, field_ids, form_errors, safe_next
 bp = Blueprint("dialogs", __name__, url_prefix="/dialogs")
 
 LEARNED_LABELS = {
-    "user_name": "User",
-    "display_name": "Name",
-    "account_type": "Account type",
-    "orgs": "Organizations",
-    "token_role": "Token role",
-    "token_name": "Token name",
-    "rate_limit": "Rate limit",
+    "user_name": _l("User"),
+    "display_name": _l("Name"),
+    "account_type": _l("Account type"),
+    "orgs": _l("Organizations"),
+    "token_role": _l("Token role"),
+    "token_name": _l("Token name"),
+    "rate_limit": _l("Rate limit"),
 }
 
 
@@ -66,12 +68,13 @@ def learned_items(learned: dict[str, Any]) -> list[tuple[str, str]]:
     items = []
     for key, value in learned.items():
         if isinstance(value, list):
-            text = ", ".join(str(v) for v in value) or "none"
+            text = ", ".join(str(v) for v in value) or _("none")
         elif isinstance(value, dict):
             text = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items())
         else:
             text = str(value)
-        items.append((LEARNED_LABELS.get(key, key.replace("_", " ").capitalize()), text))
+        label = LEARNED_LABELS.get(key)
+        items.append((str(label) if label is not None else key.replace("_", " ").capitalize(), text))
     return items
 
 
@@ -85,7 +88,9 @@ def _form(provider: ProviderEntry, account: ConnectedAccount, access: DialogAcce
 def _validation_error(form: SecretBase) -> AppError:
     fields = {name: errors[0] for name, errors in form.errors.items() if errors and name != "csrf_token"}
     if "csrf_token" in form.errors:
-        return AppError("validation_failed", "The form expired or did not come from this site.", "Reload the dialog.")
+        return AppError(
+            "validation_failed", _("The form expired or did not come from this site."), _("Reload the dialog.")
+        )
     message = form.form_errors[0] if form.form_errors else None
     return AppError("validation_failed", message, fields=fields)
 
@@ -169,15 +174,20 @@ def account_secret(account_id: int) -> tuple[str, int] | Response:
         return _render(account, provider, form, access, Verification.failed(exc), exc.http_status)
     if result.error is not None:  # saved unverified: the vendor could not be reached
         flash(
-            f"Saved unverified: {provider.display_name} could not be reached, so the secret was stored without a "
-            "check. It is verified automatically when the provider answers again, or with “Test now”.",
+            _(
+                "Saved unverified: %(provider)s could not be reached, so the secret was stored without a check. "
+                "It is verified automatically when the provider answers again, or with “Test now”.",
+                provider=provider.display_name,
+            ),
             "warning",
         )
     elif replacing:
         days = get_settings().secret_grace_days
-        flash(f"Replaced and verified. The previous value can be rolled back for {days} days.", "success")
+        flash(
+            _("Replaced and verified. The previous value can be rolled back for %(days)s days.", days=days), "success"
+        )
     else:
-        flash("Saved. " + result.message, "success")
+        flash(_("Saved.") + " " + result.message, "success")
     return redirect(access.return_to)
 
 

@@ -19,6 +19,8 @@ from wtforms.widgets import CheckboxInput, ListWidget
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext as _l
 from app.idp import clients
 from app.idp.keys import ALGORITHMS
 from app.models import OidcClient
@@ -35,37 +37,43 @@ class MultiCheckboxField(SelectMultipleField):  # type: ignore[misc]
 
 
 class ClientForm(FlaskForm):  # type: ignore[misc]
-    name = StringField("Name", description="What users see on the consent page, e.g. “CMS”.")
+    name = StringField(_l("Name"), description=_l("What users see on the consent page, e.g. “CMS”."))
     client_type = SelectField(
-        "Client type",
+        _l("Client type"),
         choices=[
-            SelectChoice("confidential", "Confidential (a server that keeps a secret)"),
-            SelectChoice("public", "Public (no secret)"),
+            SelectChoice("confidential", _l("Confidential (a server that keeps a secret)")),
+            SelectChoice("public", _l("Public (no secret)")),
         ],
     )
     auth_method = SelectField(
-        "Client authentication",
+        _l("Client authentication"),
         choices=[SelectChoice(m, m) for m in clients.CONFIDENTIAL_METHODS],
-        description="For confidential clients. private_key_jwt needs the client's JWKS URI.",
+        description=_l("For confidential clients. private_key_jwt needs the client's JWKS URI."),
     )
-    redirect_uris = TextAreaField("Redirect URIs", description="One per line; matched exactly.")
-    post_logout_redirect_uris = TextAreaField("Post-logout redirect URIs", description="One per line; optional.")
+    redirect_uris = TextAreaField(_l("Redirect URIs"), description=_l("One per line; matched exactly."))
+    post_logout_redirect_uris = TextAreaField(
+        _l("Post-logout redirect URIs"), description=_l("One per line; optional.")
+    )
     backchannel_logout_uri = StringField(
-        "Back-channel logout URI", description="Where AMI Auth posts a logout token when a session ends; optional."
+        _l("Back-channel logout URI"),
+        description=_l("Where AMI Auth posts a logout token when a session ends; optional."),
     )
-    jwks_uri = StringField("JWKS URI", description="For private_key_jwt: where the client publishes its public keys.")
-    grant_types = MultiCheckboxField("Grant types", choices=[SelectChoice(g, g) for g in clients.GRANT_TYPES])
-    scopes = StringField("Allowed scopes", description="Separated by spaces, e.g. “openid profile email”.")
+    jwks_uri = StringField(
+        _l("JWKS URI"), description=_l("For private_key_jwt: where the client publishes its public keys.")
+    )
+    grant_types = MultiCheckboxField(_l("Grant types"), choices=[SelectChoice(g, g) for g in clients.GRANT_TYPES])
+    scopes = StringField(_l("Allowed scopes"), description=_l("Separated by spaces, e.g. “openid profile email”."))
     audiences = TextAreaField(
-        "Audiences", description="One per line: the APIs its access tokens are for (aud). Empty: the client itself."
+        _l("Audiences"),
+        description=_l("One per line: the APIs its access tokens are for (aud). Empty: the client itself."),
     )
-    require_pkce = BooleanField("Require PKCE (S256)", description="Always on for public clients.")
-    first_party = BooleanField("First-party app (no consent page)")
-    id_token_alg = SelectField("Signing algorithm", choices=[SelectChoice(a, a) for a in ALGORITHMS])
-    access_token_ttl = StringField("Access token lifetime (seconds)")
-    refresh_token_ttl = StringField("Refresh token lifetime (seconds)")
-    id_token_ttl = StringField("ID token lifetime (seconds)")
-    enabled = BooleanField("Enabled")
+    require_pkce = BooleanField(_l("Require PKCE (S256)"), description=_l("Always on for public clients."))
+    first_party = BooleanField(_l("First-party app (no consent page)"))
+    id_token_alg = SelectField(_l("Signing algorithm"), choices=[SelectChoice(a, a) for a in ALGORITHMS])
+    access_token_ttl = StringField(_l("Access token lifetime (seconds)"))
+    refresh_token_ttl = StringField(_l("Refresh token lifetime (seconds)"))
+    id_token_ttl = StringField(_l("ID token lifetime (seconds)"))
+    enabled = BooleanField(_l("Enabled"))
 
 
 class ActionForm(FlaskForm):  # type: ignore[misc]
@@ -115,7 +123,7 @@ def _secret_page(row: OidcClient, secret: str, created: bool) -> tuple[str, int]
 def _load(client_id: str) -> OidcClient:
     row = clients.find_client(db_session(), client_id)
     if row is None:
-        raise AppError("not_found", "There is no such client.", "Go back to the list of clients.")
+        raise AppError("not_found", _("There is no such client."), _("Go back to the list of clients."))
     return row
 
 
@@ -150,7 +158,7 @@ def create() -> tuple[str, int] | Response:
         return _render_form(form, None, exc.http_status)
     if saved.secret:
         return _secret_page(saved.client, saved.secret, created=True)
-    flash(f"Registered “{saved.client.name}”.", "success")
+    flash(_("Registered “%(name)s”.", name=saved.client.name), "success")
     return redirect(url_for("idp_clients_admin.edit", client_id=saved.client.client_id))
 
 
@@ -173,13 +181,13 @@ def edit(client_id: str) -> tuple[str, int] | Response:
         return _render_form(form, _load(client_id), exc.http_status)
     if saved.secret:
         return _secret_page(saved.client, saved.secret, created=False)
-    flash("Saved." if saved.changes else "Nothing changed.", "success")
+    flash(_("Saved.") if saved.changes else _("Nothing changed."), "success")
     return redirect(url_for("idp_clients_admin.edit", client_id=client_id))
 
 
 def _checked_action() -> None:
     if not ActionForm().validate_on_submit():
-        raise AppError("validation_failed", "The form expired.", "Reload the page and try again.", status=400)
+        raise AppError("validation_failed", _("The form expired."), _("Reload the page and try again."), status=400)
 
 
 @bp.post("/<client_id>/rotate")
@@ -203,5 +211,5 @@ def delete(client_id: str) -> Response:
     db = db_session()
     clients.delete_client(db, audit_ctx(), row)
     db.commit()
-    flash(f"Deleted “{name}” and every token issued to it.", "success")
+    flash(_("Deleted “%(name)s” and every token issued to it.", name=name), "success")
     return redirect(url_for("idp_clients_admin.index"))

@@ -19,10 +19,13 @@ from app.connectors.verify import connectivity_test
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext as _l
 from app.models import ProviderConfig
 from app.net import get_client
 from app.oauth.runtime import redirect_uri
 from app.providers import configs
+from app.providers.catalog_messages import catalog_text
 from app.providers.config_test import ConnectionTest
 from app.providers.entries import ProviderEntry
 from app.providers.forms import ProviderForm, initial_data, provider_form_class
@@ -33,15 +36,17 @@ from app.vault import Secret, SecretUnreadable
 from app.web.common import admin_required, form_errors
 
 bp = Blueprint("providers_admin", __name__, url_prefix="/admin/providers")
+# Catalog texts (labels, help, descriptions, notes) in the reader's language: `{{ provider.description | translated }}`.
+bp.add_app_template_filter(catalog_text, "translated")
 
 
 class ConfigForm(ProviderForm):
     """The console's own field on top of the catalog's config fields."""
 
     name = StringField(
-        "Name",
-        validators=[DataRequired("This field is required."), Length(max=configs.NAME_MAX)],
-        description="How admins and the CLI refer to this configuration, e.g. “Google (staff)”.",
+        _l("Name"),
+        validators=[DataRequired(_l("This field is required.")), Length(max=configs.NAME_MAX)],
+        description=_l("How admins and the CLI refer to this configuration, e.g. “Google (staff)”."),
         render_kw={"autocomplete": "off", "maxlength": configs.NAME_MAX},
     )
 
@@ -180,12 +185,15 @@ def create(provider_type: str) -> tuple[str, int] | Response:
             db.rollback()
             form_errors(exc, form)
             return _render_form(provider, form, None, exc.http_status if exc.fields else 422)
-        flash(f"Saved “{cfg.name}”. It stays disabled until you enable it.", "success")
+        flash(_("Saved “%(name)s”. It stays disabled until you enable it.", name=cfg.name), "success")
         shown = request.form.get("expected_id", "")
         if provider.capabilities.oauth and shown.isdigit() and int(shown) != cfg.id:
             flash(
-                f"Its redirect URI is {redirect_uri(get_settings(), cfg.id)} — not the one the form showed "
-                "(another provider was saved first). Register this one.",
+                _(
+                    "Its redirect URI is %(uri)s — not the one the form showed (another provider was saved first). "
+                    "Register this one.",
+                    uri=redirect_uri(get_settings(), cfg.id),
+                ),
                 "warning",
             )
         return redirect(url_for("providers_admin.edit", config_id=cfg.id))
@@ -215,7 +223,7 @@ def edit(config_id: int) -> tuple[str, int] | Response:
             db.rollback()
             form_errors(exc, form)
             return _render_form(provider, form, cfg, exc.http_status if exc.fields else 422)
-        flash("Saved." if changes else "Nothing changed.", "success")
+        flash(_("Saved.") if changes else _("Nothing changed."), "success")
         return redirect(url_for("providers_admin.edit", config_id=cfg.id))
     return _render_form(provider, form, cfg, 422 if form.is_submitted() else 200)
 
@@ -223,7 +231,7 @@ def edit(config_id: int) -> tuple[str, int] | Response:
 def _set_enabled(config_id: int, enabled: bool) -> tuple[str, int] | Response:
     form = ActionForm()
     if not form.validate_on_submit():
-        raise AppError("validation_failed", "The form expired or did not come from this site.", status=400)
+        raise AppError("validation_failed", _("The form expired or did not come from this site."), status=400)
     db = db_session()
     cfg = configs.get_config(db, config_id)
     provider = configs.entry_for(cfg)
@@ -240,12 +248,18 @@ def _set_enabled(config_id: int, enabled: bool) -> tuple[str, int] | Response:
         form_errors(exc, edit_form)
         return _render_form(provider, edit_form, cfg, exc.http_status, enable_error=exc)
     if changed:
-        flash(f"“{cfg.name}” is now {'enabled' if enabled else 'disabled'}.", "success")
+        if enabled:
+            flash(_("“%(name)s” is now enabled.", name=cfg.name), "success")
+        else:
+            flash(_("“%(name)s” is now disabled.", name=cfg.name), "success")
         last = configs.last_test(db, cfg) if enabled else None
         if last is not None and last.outcome == "failure":
             flash(
-                f"Its last connection test failed ({last.code or 'error'}): sign-ins through it may fail. "
-                "Test it again, or disable it until it works.",
+                _(
+                    "Its last connection test failed (%(code)s): sign-ins through it may fail. "
+                    "Test it again, or disable it until it works.",
+                    code=last.code or _("error"),
+                ),
                 "warning",
             )
     return redirect(url_for("providers_admin.edit", config_id=cfg.id))
@@ -280,7 +294,7 @@ def delete(config_id: int) -> tuple[str, int] | Response:
             db.rollback()
             error = exc
         else:
-            flash(f"Deleted “{name}” and its stored secrets.", "success")
+            flash(_("Deleted “%(name)s” and its stored secrets.", name=name), "success")
             return redirect(url_for("providers_admin.index"))
     html = render_template(
         "admin/providers_delete.html",

@@ -9,6 +9,7 @@ from app.auth import throttle
 from app.errors import AppError
 from app.extensions import db_session, get_limit_storage
 from app.http.context import audit_ctx
+from app.i18n import gettext as _
 from app.models import User
 from app.web.common import admin_required, safe_next
 
@@ -33,8 +34,13 @@ def unlock(user_id: int) -> Response:
     db = db_session()
     user = db.get(User, user_id)
     if user is None:
-        raise AppError("not_found", "No such user.")
+        raise AppError("not_found", _("No such user."))
     was_locked = throttle.unlock_account(get_limit_storage(), user.email, db=db, ctx=audit_ctx())
     db.commit()
-    flash(f"{user.email} is unlocked." if was_locked else f"{user.email} was not locked.", "success")
+    flash(
+        _("%(email)s is unlocked.", email=user.email)
+        if was_locked
+        else _("%(email)s was not locked.", email=user.email),
+        "success",
+    )
     return redirect(safe_next(request.form.get("next"), url_for("admin.index")))

@@ -14,6 +14,8 @@ from app.api import tokens
 from app.errors import AppError
 from app.extensions import db_session
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext as _l
 from app.models import User, utcnow
 from app.models.base import ID_MAX
 from app.providers.registry import get_catalog
@@ -29,29 +31,35 @@ class MultiCheckboxField(SelectMultipleField):  # type: ignore[misc]
 
 class TokenForm(FlaskForm):  # type: ignore[misc]
     name = StringField(
-        "Name",
+        _l("Name"),
         validators=[Length(max=tokens.NAME_MAX)],
-        description="Who uses it, e.g. “CMS production”.",
+        description=_l("Who uses it, e.g. “CMS production”."),
     )
-    scopes = MultiCheckboxField("Scopes", choices=list(tokens.SCOPES))
+    scopes = MultiCheckboxField(_l("Scopes"), choices=list(tokens.SCOPES))
     expires_days = IntegerField(
-        "Expires after (days)",
+        _l("Expires after (days)"),
         validators=[
             Optional(),
-            NumberRange(1, tokens.EXPIRES_DAYS_MAX, f"Use a number of days from 1 to {tokens.EXPIRES_DAYS_MAX}."),
+            NumberRange(
+                1,
+                tokens.EXPIRES_DAYS_MAX,
+                _l("Use a number of days from 1 to %(max)s.", max=tokens.EXPIRES_DAYS_MAX),
+            ),
         ],
-        description="Leave empty for a token that does not expire.",
+        description=_l("Leave empty for a token that does not expire."),
     )
     account_ids = StringField(
-        "Only these accounts",
+        _l("Only these accounts"),
         validators=[Length(max=500)],
-        description="Connected-account ids, comma-separated: the account scopes (proxy, token, headers) reach only "
-        "these. Leave empty for every account.",
+        description=_l(
+            "Connected-account ids, comma-separated: the account scopes (proxy, token, headers) reach only "
+            "these. Leave empty for every account."
+        ),
     )
     provider_types = StringField(
-        "Only these provider types",
+        _l("Only these provider types"),
         validators=[Length(max=500)],
-        description="Provider type ids, comma-separated (e.g. openai, anthropic). Leave empty for every type.",
+        description=_l("Provider type ids, comma-separated (e.g. openai, anthropic). Leave empty for every type."),
     )
 
 
@@ -62,7 +70,7 @@ def _limits(form: TokenForm) -> tokens.AccountLimits | None:
         if not part:
             continue
         if not part.isascii() or not part.isdigit() or not 0 < int(part) <= ID_MAX:
-            form.account_ids.errors = [f"“{part[:20]}” is not an account id: use numbers, e.g. 12, 15."]
+            form.account_ids.errors = [_("“%(part)s” is not an account id: use numbers, e.g. 12, 15.", part=part[:20])]
             break
         ids.add(int(part))
     known = set(get_catalog().ids())
@@ -70,7 +78,11 @@ def _limits(form: TokenForm) -> tokens.AccountLimits | None:
     unknown = sorted(types - known)
     if unknown:
         form.provider_types.errors = [
-            f"Unknown provider type {unknown[0][:40]!r}; use e.g. {', '.join(sorted(known)[:4])}."
+            _(
+                "Unknown provider type %(type)s; use e.g. %(known)s.",
+                type=repr(unknown[0][:40]),
+                known=", ".join(sorted(known)[:4]),
+            )
         ]
     if not ids and not types:
         return None
@@ -96,7 +108,7 @@ def _render_list(form: TokenForm, status: int = 200) -> tuple[str, int]:
             rows=[(t, tokens.status(t, now), creators.get(t.created_by or 0, "")) for t in rows],
             form=form,
             revoke_form=RevokeForm(),
-            scope_help=tokens.SCOPES,
+            scope_help={scope: _(text) for scope, text in tokens.SCOPES.items()},
         ),
         status,
     )
@@ -144,9 +156,16 @@ def create() -> tuple[str, int]:
 def revoke(token_id: int) -> Response:
     form = RevokeForm()
     if not form.validate_on_submit():
-        raise AppError("validation_failed", "The form expired.", "Reload the page and try again.", status=400)
+        raise AppError("validation_failed", _("The form expired."), _("Reload the page and try again."), status=400)
     db = db_session()
     record = tokens.revoke_token(db, audit_ctx(), token_id)
     db.commit()
-    flash(f"Revoked the token “{record.name}” ({record.prefix}…). Calls with it now get 401.", "success")
+    flash(
+        _(
+            "Revoked the token “%(name)s” (%(prefix)s…). Calls with it now get 401.",
+            name=record.name,
+            prefix=record.prefix,
+        ),
+        "success",
+    )
     return redirect(url_for("tokens_admin.index"))

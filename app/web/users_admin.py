@@ -17,6 +17,8 @@ from app.auth.devices import device_summary
 from app.errors import AppError
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext as _l
 from app.idp import consents
 from app.models import MailOutbox, User
 from app.services import linked_identities
@@ -24,25 +26,28 @@ from app.web.common import admin_required, form_errors, keep_on_form
 
 bp = Blueprint("users_admin", __name__, url_prefix="/admin")
 
-ROLE_CHOICES = [SelectChoice("member", "Member"), SelectChoice("admin", "Admin")]
-MODE_CHOICES = [SelectChoice("invite", "Send an invitation by mail"), SelectChoice("password", "Set a password now")]
+ROLE_CHOICES = [SelectChoice("member", _l("Member")), SelectChoice("admin", _l("Admin"))]
+MODE_CHOICES = [
+    SelectChoice("invite", _l("Send an invitation by mail")),
+    SelectChoice("password", _l("Set a password now")),
+]
 OUTBOX_LIMIT = 50
 
 
 class CreateUserForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
-    display_name = StringField("Name", validators=[Length(max=200)])
-    role = SelectField("Role", choices=ROLE_CHOICES, default="member")
-    metadata = TextAreaField("Metadata (JSON object, optional)", render_kw={"rows": 4, "spellcheck": "false"})
-    mode = RadioField("How they get in", choices=MODE_CHOICES, default="invite")
-    password = PasswordField("Password", validators=[Length(max=256)])
-    temporary = BooleanField("Ask them to choose a new password at first sign-in", default=True)
+    email = EmailField(_l("Email"), validators=[DataRequired(), Length(max=320)])
+    display_name = StringField(_l("Name"), validators=[Length(max=200)])
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES, default="member")
+    metadata = TextAreaField(_l("Metadata (JSON object, optional)"), render_kw={"rows": 4, "spellcheck": "false"})
+    mode = RadioField(_l("How they get in"), choices=MODE_CHOICES, default="invite")
+    password = PasswordField(_l("Password"), validators=[Length(max=256)])
+    temporary = BooleanField(_l("Ask them to choose a new password at first sign-in"), default=True)
 
 
 class EditUserForm(FlaskForm):  # type: ignore[misc]
-    display_name = StringField("Name", validators=[Length(max=200)])
-    role = SelectField("Role", choices=ROLE_CHOICES)
-    metadata = TextAreaField("Metadata (JSON object)", render_kw={"rows": 6, "spellcheck": "false"})
+    display_name = StringField(_l("Name"), validators=[Length(max=200)])
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES)
+    metadata = TextAreaField(_l("Metadata (JSON object)"), render_kw={"rows": 6, "spellcheck": "false"})
 
 
 def _actor() -> User:
@@ -96,14 +101,18 @@ def create_user() -> Response | tuple[str, int]:
             user = created.user
             if created.mail_error is not None:
                 flash(
-                    f"{user.email} was created, but the invitation could not be sent: "
-                    f"{created.mail_error.text} Fix the mailer, then use “Send invitation again”.",
+                    _(
+                        "%(email)s was created, but the invitation could not be sent: %(error)s Fix the mailer, "
+                        "then use “Send invitation again”.",
+                        email=user.email,
+                        error=created.mail_error.text,
+                    ),
                     "warning",
                 )
             elif form.mode.data == "invite":
-                flash(f"Invitation sent to {user.email}. The link works for 7 days.", "success")
+                flash(_("Invitation sent to %(email)s. The link works for 7 days.", email=user.email), "success")
             else:
-                flash(f"{user.email} was created with the password you typed.", "success")
+                flash(_("%(email)s was created with the password you typed.", email=user.email), "success")
             return redirect(url_for("users_admin.user_detail", user_id=user.id))
     elif form.is_submitted() and not form.csrf_token.errors:
         # The form's own checks failed (a blank email…): add the service's, so every problem shows at once.
@@ -187,7 +196,7 @@ def edit_user(user_id: int) -> Response | tuple[str, int]:
             db.rollback()
             form_errors(exc, form)
             return _detail(user, form, exc.http_status, None if exc.fields else exc)
-        flash("Saved." if changed else "Nothing changed.", "success")
+        flash(_("Saved.") if changed else _("Nothing changed."), "success")
         return redirect(url_for("users_admin.user_detail", user_id=user.id))
     return _detail(user, form, 422)
 
@@ -198,10 +207,10 @@ def _mail_action(user_id: int, action: str) -> Response:
     try:
         if action == "reset":
             user_admin.send_reset_link(db, get_settings(), audit_ctx(), user)
-            flash(f"A password reset link was sent to {user.email}. It works for 1 hour.", "success")
+            flash(_("A password reset link was sent to %(email)s. It works for 1 hour.", email=user.email), "success")
         else:
             lifecycle.send_invite(db, get_settings(), audit_ctx(), user, inviter=_actor().email)
-            flash(f"Invitation sent to {user.email}. The link works for 7 days.", "success")
+            flash(_("Invitation sent to %(email)s. The link works for 7 days.", email=user.email), "success")
     except AppError as exc:
         db.rollback()
         flash(f"{exc.text} {exc.help}", "error")
@@ -230,7 +239,7 @@ def disable_user(user_id: int) -> Response | tuple[str, int]:
     except AppError as exc:
         db.rollback()
         return _detail(user, status=exc.http_status, error=exc)
-    flash(f"{user.email} is disabled; {ended} session(s) were signed out.", "success")
+    flash(_("%(email)s is disabled; %(ended)s session(s) were signed out.", email=user.email, ended=ended), "success")
     return redirect(url_for("users_admin.user_detail", user_id=user_id))
 
 
@@ -240,7 +249,7 @@ def enable_user(user_id: int) -> Response:
     db = db_session()
     user = user_admin.get_user(db, user_id)
     user_admin.set_active(db, audit_ctx(), _actor(), user, True)
-    flash(f"{user.email} is enabled and can sign in again.", "success")
+    flash(_("%(email)s is enabled and can sign in again.", email=user.email), "success")
     return redirect(url_for("users_admin.user_detail", user_id=user_id))
 
 
@@ -256,7 +265,7 @@ def delete_user(user_id: int) -> str | Response | tuple[str, int]:
         except AppError as exc:
             db.rollback()
             return _detail(user, status=exc.http_status, error=exc)
-        flash(f"{email} was deleted.", "success")
+        flash(_("%(email)s was deleted.", email=email), "success")
         return redirect(url_for("users_admin.users"))
     return render_template("admin/user_delete.html", user=user)
 
@@ -273,7 +282,15 @@ def unlink_identity(user_id: int, identity_id: int) -> Response | tuple[str, int
     except AppError as exc:
         db.rollback()
         return _detail(user, status=exc.http_status, error=exc)
-    flash(f"The {identity.provider_name} identity {identity.email or ''} no longer signs {user.email} in.", "success")
+    flash(
+        _(
+            "The %(provider)s identity %(identity)s no longer signs %(email)s in.",
+            provider=identity.provider_name,
+            identity=identity.email or "",
+            email=user.email,
+        ),
+        "success",
+    )
     return redirect(url_for("users_admin.user_detail", user_id=user_id, _anchor="identities"))
 
 
@@ -283,7 +300,7 @@ def revoke_session(user_id: int, public_id: str) -> Response:
     db = db_session()
     user = user_admin.get_user(db, user_id)
     user_admin.revoke_session(db, audit_ctx(), user, public_id[:32])
-    flash("The session was signed out.", "success")
+    flash(_("The session was signed out."), "success")
     return redirect(url_for("users_admin.user_detail", user_id=user_id))
 
 
@@ -293,7 +310,7 @@ def untrust_browser(user_id: int, public_id: str) -> Response:
     db = db_session()
     user = user_admin.get_user(db, user_id)
     trusted_browsers.revoke(db, audit_ctx(), user.id, public_id, by="admin")
-    flash(f"That browser no longer skips the second factor of {user.email}.", "success")
+    flash(_("That browser no longer skips the second factor of %(email)s.", email=user.email), "success")
     return redirect(url_for("users_admin.user_detail", user_id=user_id))
 
 
@@ -303,7 +320,7 @@ def revoke_all_sessions(user_id: int) -> Response:
     db = db_session()
     user = user_admin.get_user(db, user_id)
     ended = user_admin.revoke_all_sessions(db, audit_ctx(), user)
-    flash(f"Signed out {ended} session(s).", "success")
+    flash(_("Signed out %(ended)s session(s).", ended=ended), "success")
     return redirect(url_for("users_admin.user_detail", user_id=user_id))
 
 
@@ -327,5 +344,5 @@ def revoke_app(user_id: int, client_id: str) -> Response:
         db.rollback()
         flash(f"{exc.text} {exc.help}", "error")
     else:
-        flash(f"That app no longer has access to {user.email}'s account.", "success")
+        flash(_("That app no longer has access to %(email)s's account.", email=user.email), "success")
     return redirect(url_for("users_admin.user_detail", user_id=user.id, _anchor="apps"))

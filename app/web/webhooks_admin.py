@@ -15,12 +15,13 @@ from wtforms.widgets import CheckboxInput, ListWidget
 from app.errors import AppError
 from app.extensions import db_session, get_cipher, get_settings
 from app.http.context import audit_ctx
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext as _l
 from app.services import webhooks
 from app.web.common import admin_required, form_errors
 from app.webhook_events import EVENT_TYPES
 
 bp = Blueprint("webhooks_admin", __name__, url_prefix="/admin/webhooks")
-EVENT_HELP = {t.name: t.description for t in EVENT_TYPES}
 
 
 class MultiCheckboxField(SelectMultipleField):  # type: ignore[misc]
@@ -29,18 +30,20 @@ class MultiCheckboxField(SelectMultipleField):  # type: ignore[misc]
 
 
 class EndpointForm(FlaskForm):  # type: ignore[misc]
-    url = StringField("URL", description="Where AMI Auth POSTs the signed events, e.g. https://cms.example.com/hooks.")
-    description = StringField("Description", description="What receives them (optional).")
-    events = MultiCheckboxField("Events", choices=[t.name for t in EVENT_TYPES])
-    enabled = BooleanField("Enabled", default=True)
+    url = StringField(
+        _l("URL"), description=_l("Where AMI Auth POSTs the signed events, e.g. https://cms.example.com/hooks.")
+    )
+    description = StringField(_l("Description"), description=_l("What receives them (optional)."))
+    events = MultiCheckboxField(_l("Events"), choices=[t.name for t in EVENT_TYPES])
+    enabled = BooleanField(_l("Enabled"), default=True)
 
 
 class RotateForm(FlaskForm):  # type: ignore[misc]
     overlap_hours = IntegerField(
-        "Overlap (hours)",
+        _l("Overlap (hours)"),
         default=24,
-        validators=[Optional(), NumberRange(0, 168, "Use a number of hours from 0 to 168.")],
-        description="How long the old secret keeps signing too, so the receiver can switch without missing one.",
+        validators=[Optional(), NumberRange(0, 168, _l("Use a number of hours from 0 to 168."))],
+        description=_l("How long the old secret keeps signing too, so the receiver can switch without missing one."),
     )
 
 
@@ -49,16 +52,19 @@ class ActionForm(FlaskForm):  # type: ignore[misc]
 
 
 def _expired() -> AppError:
-    return AppError("validation_failed", "The form expired.", "Reload the page and try again.", status=400)
+    return AppError("validation_failed", _("The form expired."), _("Reload the page and try again."), status=400)
+
+
+def _event_help() -> dict[str, str]:
+    """What each event means, in the reader's language (app/webhook_events.py holds the English)."""
+    return {t.name: _(t.description) for t in EVENT_TYPES}
 
 
 def _render_list(form: EndpointForm, status: int = 200) -> tuple[str, int]:
     db = db_session()
     rows = [(e, webhooks.pending_count(db, e)) for e in webhooks.list_endpoints(db)]
     return (
-        render_template(
-            "admin/webhooks.html", rows=rows, form=form, event_help={t.name: t.description for t in EVENT_TYPES}
-        ),
+        render_template("admin/webhooks.html", rows=rows, form=form, event_help=_event_help()),
         status,
     )
 
@@ -119,7 +125,7 @@ def _render_detail(endpoint_id: int, form: EndpointForm, rotate_form: RotateForm
             rotate_form=rotate_form,
             action_form=ActionForm(),
             views=webhooks.deliveries(db, endpoint, limit=100),
-            event_help=EVENT_HELP,
+            event_help=_event_help(),
         ),
         status,
     )
@@ -150,7 +156,7 @@ def update(endpoint_id: int) -> Response | tuple[str, int]:
             raise
         form_errors(exc, form)
         return _render_detail(endpoint_id, form, RotateForm(), 422)
-    flash("Saved." if changed else "Nothing changed.", "success")
+    flash(_("Saved.") if changed else _("Nothing changed."), "success")
     return redirect(url_for("webhooks_admin.detail", endpoint_id=endpoint_id))
 
 
@@ -177,7 +183,7 @@ def redeliver(endpoint_id: int, delivery_id: int) -> Response:
     delivery = webhooks.get_delivery(db, webhooks.get_endpoint(db, endpoint_id), delivery_id)
     webhooks.redeliver(db, audit_ctx(), delivery)
     db.commit()
-    flash(f"Delivery {delivery_id} is queued again; the delivery job sends it on its next run.", "success")
+    flash(_("Delivery %(id)s is queued again; the delivery job sends it on its next run.", id=delivery_id), "success")
     return redirect(url_for("webhooks_admin.detail", endpoint_id=endpoint_id))
 
 
@@ -189,5 +195,5 @@ def delete(endpoint_id: int) -> Response:
     db = db_session()
     webhooks.delete_endpoint(db, audit_ctx(), webhooks.get_endpoint(db, endpoint_id))
     db.commit()
-    flash("Endpoint deleted, with its secrets and delivery log.", "success")
+    flash(_("Endpoint deleted, with its secrets and delivery log."), "success")
     return redirect(url_for("webhooks_admin.index"))

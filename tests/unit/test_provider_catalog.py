@@ -447,9 +447,11 @@ def test_connectivity_stub_answers_for_every_type_and_is_honest(tmp_path: Path) 
 
 def _form_app() -> Any:
     from flask import Flask
+    from flask_babel import Babel
 
     app = Flask(__name__)
     app.config.update(SECRET_KEY="k" * 32, WTF_CSRF_ENABLED=False)
+    Babel(app)  # the forms translate the catalog's words (English here: no locale selector, no user)
     return app
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.errors import AppError
+from app.i18n import gettext as _
 from app.providers.entries import ProviderEntry
 from app.providers.verify_context import VerifyContext, rate_limit_info
 
@@ -84,18 +85,35 @@ def _shortfalls(body: Mapping[str, Any], role: str | None, context: VerifyContex
     problems: dict[str, str] = {}
     shown = {"fineGrained": "fine-grained"}.get(role or "", role or "unknown")
     if not _role_ok(role, required, grained):
-        detail = "has no repo.write permission" if role == "fineGrained" else f"role is {shown}"
-        problems["api_token"] = f"The token's {detail}; this account requires {required}."
+        if role == "fineGrained":
+            problems["api_token"] = _(
+                "The token has no repo.write permission; this account requires %(required)s.", required=required
+            )
+        else:
+            problems["api_token"] = _(
+                "The token's role is %(role)s; this account requires %(required)s.", role=shown, required=required
+            )
     repo_perm = "repo.write" if required == "write" else "repo.content.read"
     org = context.account("organization")
     targets = [t for t in (org,) if t]
     if org:
         if org not in orgs:
-            problems["organization"] = f"{user or 'The token'} is not a member of {org}."
+            problems["organization"] = (
+                _("%(user)s is not a member of %(org)s.", user=user, org=org)
+                if user
+                else _("The token is not a member of %(org)s.", org=org)
+            )
         elif role == "fineGrained" and required == "write" and repo_perm not in _on(grained, org):
-            problems["organization"] = f"The token has no {repo_perm} permission on {org}."
+            problems["organization"] = _(
+                "The token has no %(permission)s permission on %(target)s.", permission=repo_perm, target=org
+            )
         elif role == "write" and required == "write" and orgs[org] not in _ORG_WRITERS:
-            problems["organization"] = f"{user}'s role in {org} is {orgs[org]}; writing needs admin or write."
+            problems["organization"] = _(
+                "%(user)s's role in %(org)s is %(role)s; writing needs admin or write.",
+                user=user,
+                org=org,
+                role=orgs[org],
+            )
     for name in ("default_repo", "space"):
         repo = context.account(name)
         if not repo:
@@ -103,9 +121,15 @@ def _shortfalls(body: Mapping[str, Any], role: str | None, context: VerifyContex
         targets.append(repo)
         owner = repo.split("/", 1)[0]
         if role == "fineGrained" and repo_perm not in _on(grained, repo):
-            problems[name] = f"The token has no {repo_perm} permission on {repo}."
+            problems[name] = _(
+                "The token has no %(permission)s permission on %(target)s.", permission=repo_perm, target=repo
+            )
         elif role == "write" and required == "write" and owner != user and orgs.get(owner) not in _ORG_WRITERS:
-            problems[name] = f"{user or 'The token'} cannot write to {owner}'s repositories."
+            problems[name] = (
+                _("%(user)s cannot write to %(owner)s's repositories.", user=user, owner=owner)
+                if user
+                else _("The token cannot write to %(owner)s's repositories.", owner=owner)
+            )
     wanted = [str(p) for p in context.account("required_permissions") or []]
     if role == "fineGrained":
         held = set().union(*(_on(grained, t) for t in targets)) if targets else _everywhere(grained)
@@ -113,8 +137,18 @@ def _shortfalls(body: Mapping[str, Any], role: str | None, context: VerifyContex
     else:
         missing = [p for p in wanted if role != "write" and not p.endswith(".read")]
     if missing:
-        where = f" on {', '.join(targets)}" if targets and role == "fineGrained" else ""
-        problems["required_permissions"] = f"The {shown} token lacks {', '.join(missing)}{where}."
+        lacks = ", ".join(missing)
+        if targets and role == "fineGrained":
+            problems["required_permissions"] = _(
+                "The %(kind)s token lacks %(permissions)s on %(targets)s.",
+                kind=shown,
+                permissions=lacks,
+                targets=", ".join(targets),
+            )
+        else:
+            problems["required_permissions"] = _(
+                "The %(kind)s token lacks %(permissions)s.", kind=shown, permissions=lacks
+            )
     return problems
 
 
@@ -133,9 +167,13 @@ def after_verify(entry: ProviderEntry, context: VerifyContext) -> dict[str, Any]
         required = str(context.account("required_role") or "read")
         raise AppError(
             "permission_denied",
-            "This token is not enough for this account: " + " ".join(problems.values()),
-            f"Create a {required} token, or a fine-grained one with the permissions needed on the organization "
-            f"and repositories named here, at {TOKENS_URL} — or change what the account asks for.",
+            _("This token is not enough for this account: %(problems)s", problems=" ".join(problems.values())),
+            _(
+                "Create a %(required)s token, or a fine-grained one with the permissions needed on the organization "
+                "and repositories named here, at %(url)s — or change what the account asks for.",
+                required=required,
+                url=TOKENS_URL,
+            ),
             fields=problems,
         )
     if role == "fineGrained":
