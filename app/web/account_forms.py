@@ -16,6 +16,7 @@ from wtforms import HiddenField, StringField
 from wtforms.validators import Length
 
 from app.connectors.accounts import LABEL_MAX
+from app.i18n import lazy_gettext
 from app.models import ConnectedAccount, ProviderConfig
 from app.providers.entries import ProviderEntry
 from app.providers.forms import ProviderForm, provider_form_class
@@ -28,9 +29,9 @@ class ActionForm(FlaskForm):  # type: ignore[misc]
 
 class DetailsBase(ProviderForm):
     label = StringField(
-        "Label",
+        lazy_gettext("Label"),
         validators=[Length(max=LABEL_MAX)],
-        description="A name for people, e.g. “OpenAI (production)”. Blank uses the provider's name.",
+        description=lazy_gettext("A name for people, e.g. “OpenAI (production)”. Blank uses the provider's name."),
         render_kw={"autocomplete": "off", "maxlength": LABEL_MAX},
     )
 

@@ -34,7 +34,7 @@ from wtforms import HiddenField
 from app import audit
 from app.auth import sessions
 from app.auth.throttle import ip_bucket
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.extensions import csrf, db_session, get_cipher, get_database, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
 from app.idp import client_throttle, consents, tokens
@@ -128,8 +128,8 @@ def _serializer() -> URLSafeTimedSerializer:
 def _load_resume(raw: str | None) -> Resume:
     expired = AppError(
         "token_expired",
-        "This sign-in request has expired.",
-        "Go back to the app and start signing in again.",
+        N_("This sign-in request has expired."),
+        N_("Go back to the app and start signing in again."),
         status=400,
     )
     if not raw or len(raw) > 8000:
@@ -365,7 +365,7 @@ def decide() -> Response:
     resumed = _load_resume(form.r.data)
     decision = request.form.get("decision")
     if decision not in {"allow", "deny", "reauthenticate"}:
-        raise AppError("validation_failed", fields={"decision": "Choose allow or deny."})
+        raise AppError("validation_failed", fields={"decision": N_("Choose allow or deny.")})
     return _authorize(resumed.params, resumed, decision)
 
 

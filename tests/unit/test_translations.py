@@ -43,7 +43,12 @@ def test_a_shipped_locale_has_every_message(locale: str, tmp_path: Path) -> None
 def test_a_shipped_locale_is_compiled_from_its_catalog(locale: str) -> None:
     folder = TRANSLATIONS / locale / "LC_MESSAGES"
     with (folder / "messages.po").open("rb") as f:
-        po = {m.id: m.string for m in read_po(f) if m.id and m.string and not m.fuzzy}
+        po = {_key(m.id): _key(m.string) for m in read_po(f) if m.id and m.string and not m.fuzzy}
     with (folder / "messages.mo").open("rb") as f:
-        mo = {m.id: m.string for m in read_mo(f) if m.id}
+        mo = {_key(m.id): _key(m.string) for m in read_mo(f) if m.id}
     assert mo == po, f"{locale}: messages.mo is not compiled from messages.po (make messages)"
+
+
+def _key(value: str | tuple[str, ...] | list[str]) -> str | tuple[str, ...]:
+    """A plural message's id and forms come as a list from a .po and a tuple from a .mo: compare them alike."""
+    return value if isinstance(value, str) else tuple(value)
