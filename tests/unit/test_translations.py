@@ -49,6 +49,6 @@ def test_a_shipped_locale_is_compiled_from_its_catalog(locale: str) -> None:
     assert mo == po, f"{locale}: messages.mo is not compiled from messages.po (make messages)"
 
 
-def _key(value: str | tuple[str, ...] | list[str]) -> str | tuple[str, ...]:
+def _key(value: str | tuple[str, ...] | list[str] | None) -> str | tuple[str, ...] | None:
     """A plural message's id and forms come as a list from a .po and a tuple from a .mo: compare them alike."""
-    return value if isinstance(value, str) else tuple(value)
+    return tuple(value) if isinstance(value, tuple | list) else value
