@@ -21,6 +21,7 @@ from app.models import AuditEvent, User
 from tests.conftest import PASSWORD, UserFactory, csrf_token, dispose_app, make_settings, sign_in
 from tests.support.i18n import PSEUDO_LOCALE, pseudo_translations, unmarked_text, use_pseudo_locale
 from tests.support.mailbox import last_mail
+from tests.support.mfa import enrol_totp
 
 PSEUDO = {"Accept-Language": PSEUDO_LOCALE}
 GERMAN = {"Accept-Language": "de-DE,de;q=0.9,en;q=0.5"}
@@ -47,12 +48,13 @@ def pseudo_app(tmp_path: Path, sqlite_url: str, pseudo_catalog: Path) -> Iterato
     dispose_app(application)
 
 
-def _user(app: Flask, email: str = EMAIL, locale: str | None = None) -> None:
+def _user(app: Flask, email: str = EMAIL, locale: str | None = None) -> User:
     with app.app_context():
         session = get_database(app).session()
         user = users.create_user(session, get_settings(), email=email, password=PASSWORD, verified=True)
         user.locale = locale
         session.commit()
+        return user
 
 
 def _page(client: FlaskClient, path: str, status: int = 200) -> str:
@@ -80,6 +82,45 @@ def test_every_word_of_an_account_page_is_marked_for_translation(pseudo_app: Fla
     sign_in(client, EMAIL)
     html = _page(client, path)
     assert unmarked_text(html, allowed=DATA) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "form", "shows"),
+    [
+        ("/reset", {"email": EMAIL}, "reset-sent"),
+        ("/signin/unlock", {"email": EMAIL}, "unlock-sent"),
+        ("/signin/code", {"email": EMAIL}, "code-enter"),
+        ("/signup", {"email": "new@example.com", "password": "a long enough passphrase 9"}, "signup-sent"),
+    ],
+)
+def test_the_pages_after_a_mail_went_out_are_marked(
+    pseudo_app: Flask, path: str, form: dict[str, str], shows: str
+) -> None:
+    _user(pseudo_app)
+    client = pseudo_app.test_client()
+    token = csrf_token(client, path)
+    response = client.post(path, data={**form, "csrf_token": token}, headers=PSEUDO, follow_redirects=True)
+    html = response.get_data(as_text=True)
+    assert f'data-page="{shows}"' in html
+    assert unmarked_text(html, allowed=(*DATA, "new@example.com")) == []
+
+
+def test_the_second_step_and_the_authenticator_set_up_are_marked(pseudo_app: Flask) -> None:
+    user = _user(pseudo_app)
+    enrol_totp(pseudo_app, get_settings(pseudo_app), user)
+    client = pseudo_app.test_client()
+    sign_in(client, EMAIL)
+    assert unmarked_text(_page(client, "/signin/mfa"), allowed=DATA) == []
+    other = _user(pseudo_app, "sam@example.com")
+    assert other.email == "sam@example.com"
+    second = pseudo_app.test_client()
+    sign_in(second, "sam@example.com")
+    token = csrf_token(second, "/account/mfa")
+    second.post("/account/mfa/totp", data={"csrf_token": token}, headers=PSEUDO)
+    setup = _page(second, "/account/mfa/totp")
+    secret = re.search(r'id="totp-secret">([^<]+)<', setup)
+    assert secret is not None
+    assert unmarked_text(setup, allowed=(*DATA, "sam@example.com", secret.group(1))) == []
 
 
 def test_an_error_page_and_a_refused_form_are_marked_too(pseudo_app: Flask) -> None:
