@@ -43,6 +43,9 @@ class Text(str):
         text.msgid, text.values = msgid, values
         return text
 
+    def __getnewargs__(self) -> tuple[str, dict[str, Any]]:  # type: ignore[override]
+        return self.msgid, self.values  # copy and pickle rebuild it from its id and values
+
 
 def N_(message: str, **values: Any) -> str:  # babel extracts N_("…"): translated when shown
     """Mark ``message`` for translation (``make messages`` extracts it) without translating it yet: the domain
