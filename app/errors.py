@@ -39,7 +39,7 @@ class Text(str):
     values: dict[str, Any]
 
     def __new__(cls, msgid: str, values: dict[str, Any]) -> Text:
-        text = super().__new__(cls, msgid % values)
+        text = super().__new__(cls, msgid % values if values else msgid)
         text.msgid, text.values = msgid, values
         return text
 
@@ -50,17 +50,24 @@ class Text(str):
 def N_(message: str, **values: Any) -> str:  # babel extracts N_("…"): translated when shown
     """Mark ``message`` for translation (``make messages`` extracts it) without translating it yet: the domain
     raises errors with no request around (CLI, jobs); :func:`translated` reads it in the viewer's language.
-    Values stay out of the message id: ``N_("Use at most %(n)s characters.", n=200)``."""
-    return Text(message, values) if values else message
+    Values stay out of the message id: ``N_("Use at most %(n)s characters.", n=200)``; a value that is marked
+    text itself is translated with it, any other value (a name, an address) is shown as it is."""
+    return Text(message, values)
 
 
 def translated(text: str) -> str:
     """``text`` in the current request's language (app.i18n) when an app is there; as written otherwise."""
     if not has_app_context():
         return text
-    if isinstance(text, Text):  # a value may be marked text itself ("Try again in %(wait)s.", "2 minutes")
-        values = {name: translated(value) if isinstance(value, str) else value for name, value in text.values.items()}
-        return str(gettext(text.msgid)) % values
+    if isinstance(text, Text):
+        message = str(gettext(text.msgid))
+        if not text.values:
+            return message
+        # A value may be marked text itself ("Try again in %(wait)s." with "2 minutes"); data stays as it is.
+        values = {name: translated(value) if isinstance(value, Text) else value for name, value in text.values.items()}
+        return message % values
+    # Unmarked text (a provider's own error description, an exception's message) reads as it was written,
+    # unless it is one of our messages word for word.
     return str(gettext(text))
 
 
