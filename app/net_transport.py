@@ -211,11 +211,14 @@ class GuardedTransport(httpx.BaseTransport):
     def __init__(self, guard: OutboundGuard, max_connections: int = 100) -> None:
         # One connection per concurrent request: a proxied stream holds its connection for as long as it runs,
         # so this is the ceiling on concurrent upstream streams per process (AMI_AUTH_OUTBOUND_POOL_SIZE).
+        # Every connection may stay open between calls (closed after keepalive_expiry idle): with httpx's
+        # default of 20 kept, 40 concurrent proxied streams opened (and vetted) a new connection for half
+        # their calls.
         self._pool = httpcore.ConnectionPool(
             # trust_env here only means SSL_CERT_FILE/SSL_CERT_DIR, which private CAs need; no proxies.
             ssl_context=httpx.create_ssl_context(),
             max_connections=max_connections,
-            max_keepalive_connections=20,
+            max_keepalive_connections=max_connections,
             keepalive_expiry=5.0,
             network_backend=GuardedBackend(guard),
         )

@@ -110,6 +110,8 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     scheduler_interval: float = 60.0
+    # Webhook events whose deliveries are all finished (delivered or given up) are deleted after this many days.
+    webhook_retention_days: int = 30
 
     @property
     def is_production(self) -> bool:
@@ -387,6 +389,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         except ValueError:
             raise SettingsError(PREFIX + "METRICS_ALLOW", f"{entry!r} is not an IP address or CIDR range") from None
     scheduler_interval = _float(env, "SCHEDULER_INTERVAL", 60.0)
+    webhook_retention_days = _int(env, "WEBHOOK_RETENTION_DAYS", 30, minimum=1)
     assert scheduler_interval is not None
     return Settings(
         env=mode,  # type: ignore[arg-type]
@@ -443,6 +446,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_token=metrics_token,
         metrics_allow=tuple(metrics_allow),
         scheduler_interval=scheduler_interval,
+        webhook_retention_days=webhook_retention_days,
     )
 
 

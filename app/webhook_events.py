@@ -14,7 +14,8 @@ Ids and states only, read from the row it is about (an account's status and erro
 ``active`` flag). Never a secret, never an audit detail (those are the audit log's business).
 
 An event row is kept even when no endpoint wants it: it is the history that tells "recovered" from a
-plain refresh, and it lets an endpoint registered later see what it missed in the log.
+plain refresh, and it lets an endpoint registered later see what it missed in the log. The purge of old
+events (app.jobs.webhooks) keeps each account's latest state event for the first reason.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import insert, select
+from sqlalchemy import Select, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.models.accounts import ConnectedAccount
@@ -33,7 +34,7 @@ from app.models.providers import ProviderConfig
 from app.models.users import User
 from app.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
-__all__ = ["AUDIT_EVENTS", "EVENT_TYPES", "emit", "emit_for", "emit_state", "from_audit", "payload"]
+__all__ = ["AUDIT_EVENTS", "EVENT_TYPES", "emit", "emit_for", "emit_state", "from_audit", "last_states", "payload"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,16 @@ def _last_account_state(db: Session, subject: str) -> str | None:
         .order_by(WebhookEvent.id.desc())
         .limit(1)
     ).scalar()
+
+
+def last_states() -> Select[int]:
+    """The ids of each account's latest state event: what :func:`emit_state` compares with, which a purge of
+    old events must keep (app.jobs.webhooks.purge_finished)."""
+    return (
+        select(func.max(WebhookEvent.id))
+        .where(WebhookEvent.type.in_(_ACCOUNT_STATE_EVENTS))
+        .group_by(WebhookEvent.subject)
+    )
 
 
 def emit(db: Session, event_type: str, subject: str, data: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ from flask.cli import AppGroup, with_appcontext
 from app.audit import AuditContext
 from app.errors import AppError
 from app.extensions import get_cipher, get_database, get_settings
-from app.jobs.webhooks import deliver_due, delivery_client
+from app.jobs.webhooks import deliver_due, delivery_client, purge_finished
 from app.services import webhooks
 from app.webhook_events import EVENT_TYPES
 
@@ -195,3 +195,22 @@ def deliver_command(limit: int) -> None:
     finally:
         client.close()
     click.echo(f"webhooks: {report.summary()}")
+
+
+@webhooks_cli.command("purge")
+@click.option(
+    "--older-than-days",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Age in days (default: AMI_AUTH_WEBHOOK_RETENTION_DAYS).",
+)
+@with_appcontext
+def purge_command(older_than_days: int | None) -> None:
+    """Delete finished events (every delivery delivered or given up) and their delivery log; pending ones stay."""
+    days = older_than_days or get_settings().webhook_retention_days
+    db = get_database().session()
+    try:
+        count = purge_finished(db, timedelta(days=days))
+    finally:
+        db.close()
+    click.echo(f"webhooks: {count} finished event(s) older than {days} day(s) deleted")

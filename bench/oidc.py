@@ -12,6 +12,10 @@ Run: python bench/oidc.py  (PostgreSQL at AMI_AUTH_BENCH_POSTGRES_URL, default
 postgresql+psycopg://postgres@127.0.0.1:5432/postgres; a database of its own is created and dropped). Asserts nothing;
 every process it starts is stopped by PID. The load comes from CLIENT_PROCESSES processes of threads, the servers run
 side by side and are loaded in alternating rounds (see bench/session.py for why).
+
+`python bench/oidc.py --profile [N]` instead runs N refresh grants in one process (Flask's test client, the same
+database setup): the CPU time and SQL statements per grant, then where the CPU time goes (cProfile) — a figure a
+loaded, shared machine disturbs less than requests per second.
 """
 
 from __future__ import annotations
@@ -225,6 +229,67 @@ with app.test_request_context():
 """
 
 
+PROFILE = """
+import base64, cProfile, io, pstats, sys, time
+from sqlalchemy import event
+from app import create_app
+from app.extensions import get_database
+
+grants, client_id, secret, refresh = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+app = create_app()
+basic = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+headers = {"Authorization": basic}
+web = app.test_client()
+statements = 0
+
+def count(*_args):
+    global statements
+    statements += 1
+
+def grant():
+    global refresh
+    answer = web.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": refresh}, headers=headers)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    refresh = answer.get_json()["refresh_token"]
+
+for _ in range(50):  # warm-up: keys loaded, caches filled, code paths imported
+    grant()
+event.listen(get_database(app).engine, "before_cursor_execute", count)
+batches = []
+for _ in range(5):  # the least CPU of five batches: other processes on a shared machine only ever add to it
+    began = time.process_time()
+    for _ in range(grants // 5):
+        grant()
+    batches.append((time.process_time() - began) / (grants // 5))
+per_grant = statements / (grants // 5 * 5)
+profiler = cProfile.Profile(time.process_time)  # CPU time: waiting on PostgreSQL is not this process's cost
+profiler.enable()
+for _ in range(grants):
+    grant()
+profiler.disable()
+out = io.StringIO()
+stats = pstats.Stats(profiler, stream=out)
+stats.sort_stats("cumulative").print_stats(40)
+stats.sort_stats("tottime").print_stats(25)
+print(out.getvalue())
+print(f"{grants} refresh grants in one process: {min(batches) * 1000:.2f} ms CPU per grant (least of 5 batches, "
+      f"median {sorted(batches)[2] * 1000:.2f}; without the profiler), {per_grant:.1f} SQL statements per grant")
+"""
+
+
+def profile(grants: int) -> None:
+    """In-process: CPU time and SQL statements per refresh grant, and where the time goes."""
+    with tempfile.TemporaryDirectory() as tmp, database() as url:
+        env = prepare(tmp, url)
+        seeded = seed(env, 1)
+        subprocess.run(
+            [sys.executable, "-c", PROFILE, str(grants), seeded["client_id"], seeded["secret"], seeded["refresh"][0]],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            check=True,
+        )
+
+
 def seed(env: dict[str, str], chains: int) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", SEED, str(chains)],
@@ -337,6 +402,12 @@ def main() -> None:
     refresh = totals["POST /oauth2/token refresh"]
     for name in ("POST /oauth2/token refresh", "GET /oauth2/userinfo", "POST /oauth2/introspect"):
         print(f"ratio {name} / bare Flask: {totals[name].rps / bare.rps:.2f}x (rps, same run)")
+    if refresh.per_cpu_second is not None and bare.per_cpu_second is not None:
+        # Server CPU per request against bare Flask's: steadier than requests per second on a loaded, shared machine.
+        print(
+            f"ratio of server CPU per request, POST /oauth2/token refresh / bare Flask: "
+            f"{bare.per_cpu_second / refresh.per_cpu_second:.1f}x (same run)"
+        )
     if refresh.per_cpu_second is not None:
         print(
             f"refresh grants per vCPU-second of server CPU: {refresh.per_cpu_second:.0f} "
@@ -347,4 +418,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--profile"]:
+        profile(int(sys.argv[2]) if len(sys.argv) > 2 else 500)
+    else:
+        main()

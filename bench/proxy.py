@@ -15,16 +15,27 @@ Measured in this run, each against its own baseline:
 3. **Added time to first streamed byte**: one caller, a streaming completion whose first event is sent at once:
    the median time to the first ``data:`` line through the proxy minus the direct one.
 
-Every proxied call is a service-token check, a catalog check, the key from the per-process cache and one
-audit event (a hash-chained row and a commit) when it ends: the numbers include all of it. The load generator
+Every proxied call is a service-token check (the token's row kept 1 s per process), a catalog check, the
+account's row (kept 1 s per process), the key from the per-process cache and one audit event (a hash-chained
+row, committed before the call's thread is free; concurrent calls share one transaction: ``app.audit.append``)
+when it ends: the numbers include all of it. The load generator
 shares the machine's cores with gunicorn and the upstream, so absolute numbers are low on a small box; the
 ratios are what compare. Prints a table, asserts nothing, stops every process it started by PID.
+
+``--profile N`` measures instead what one call costs the app: N proxied ``GET /v1/models`` in this process
+(Flask's test client; the upstream in its own process), printing CPU and wall milliseconds per call, the
+database round trips per call (statements, transaction starts, commits, pool checkouts: each checkout pings),
+and the top of a cProfile of the same calls. On a shared machine the round trips and the CPU time are the
+figures to compare; wall times move with the load.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import multiprocessing
+import pstats
 import statistics
 import sys
 import tempfile
@@ -34,8 +45,10 @@ from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from typing import Any
 
 import httpx
+from sqlalchemy import Engine, event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/proxy.py` from anywhere
 
@@ -55,6 +68,7 @@ from bench.headers import environment as headers_environment
 from bench.headers import temporary_database
 from tests.support.stream_upstream import running_upstream
 
+_SORT = "cumulative"
 KEY = "sk-proj-bench-" + "p" * 40
 CHAT = {"model": "gpt-4o", "stream": True, "n_events": 5, "delay": 0.02}
 FIRST_BYTE = {"model": "gpt-4o", "stream": True, "n_events": 1, "delay": 0.0}
@@ -156,6 +170,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=40)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--postgres", default="", help="a PostgreSQL server URL; a temporary database is made on it")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the table: N proxied GET /v1/models calls in this process (Flask's test client, the "
+        "upstream in its own process); prints CPU ms per call and the top of a cProfile of them",
+    )
     args = parser.parse_args()
 
     queue: Queue[str] = multiprocessing.Queue()
@@ -171,6 +193,9 @@ def main() -> None:
             upgrade(database_url)
             env = environment(database_url, Path(tmp))
             account_id, token = seed(env, upstream_url)
+            if args.profile:
+                profile(env, f"/api/account-manager/accounts/{account_id}/proxy/v1/models", token, args.profile)
+                return
             with gunicorn("wsgi:app", env, workers=2, threads=256) as base:
                 proxy = f"{base}/api/account-manager/accounts/{account_id}/proxy"
                 auth = {"Authorization": f"Bearer {token}"}
@@ -185,6 +210,66 @@ def main() -> None:
     print(f"{'measure':<{width}}  {'direct':>10}  {'proxy':>10}  result")
     for name, direct, proxied, result in rows:
         print(f"{name:<{width}}  {direct:>10}  {proxied:>10}  {result}")
+
+
+class _RoundTrips:
+    """Counts what a call costs the database in round trips (a figure a busy machine does not blur): statements,
+    transaction starts and commits, and pool checkouts (each pings the server: ``pool_pre_ping``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.counts = {"statements": 0, "begins": 0, "commits": 0, "checkouts": 0}
+        self._hooks: list[tuple[Any, str, Callable[..., None]]] = [
+            (engine, "before_cursor_execute", self._count("statements")),
+            (engine, "begin", self._count("begins")),
+            (engine, "commit", self._count("commits")),
+            (engine.pool, "checkout", self._count("checkouts")),
+        ]
+        for target, name, hook in self._hooks:
+            event.listen(target, name, hook)
+
+    def _count(self, name: str) -> Callable[..., None]:
+        def hook(*_args: object, **_kwargs: object) -> None:
+            self.counts[name] += 1
+
+        return hook
+
+    def stop(self) -> None:
+        for target, name, hook in self._hooks:
+            event.remove(target, name, hook)
+
+    def summary(self, calls: int) -> str:
+        total = sum(self.counts.values()) / calls
+        return f"{total:.2f} (" + ", ".join(f"{n} {v / calls:.2f}" for n, v in self.counts.items()) + ")"
+
+
+def profile(env: dict[str, str], path: str, token: str, count: int) -> None:
+    """CPU time per proxied call in one process (the app's share only: the upstream runs elsewhere)."""
+    app = create_app(load_settings(env))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def calls(n: int) -> None:
+        for _ in range(n):
+            response = client.get(path, headers=headers, buffered=True)  # closes the answer: its audit
+            if response.status_code != 200:
+                raise RuntimeError(f"the proxy answered {response.status_code}")
+
+    calls(50)  # warm: connections, caches
+    trips = _RoundTrips(get_database(app).engine)
+    cpu, wall = time.process_time(), time.perf_counter()
+    calls(count)
+    cpu_ms = (time.process_time() - cpu) * 1000 / count
+    wall_ms = (time.perf_counter() - wall) * 1000 / count
+    trips.stop()
+    profiler = cProfile.Profile()
+    profiler.runcall(calls, count)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats(_SORT).print_stats(45)
+    print(out.getvalue())
+    print(f"per proxied call: {cpu_ms:.3f} ms CPU, {wall_ms:.3f} ms wall ({count} calls, in process, no profiler)")
+    print(f"database round trips per proxied call: {trips.summary(count)}")
+    get_database(app).engine.dispose()
 
 
 def run(

@@ -1,11 +1,12 @@
 """Connected-account snapshots for the CMS: what an account is and whether it works — never a secret.
 
 The stored ``ConnectedAccount.status`` is each feature's own word (API-key accounts: ``pending`` /
-``active`` / ``failing``; OAuth accounts: ``active`` / ``consent_required`` / ``expired``). The CMS gets
-one vocabulary, derived here, plus ``status_reason`` saying why:
+``active`` / ``failing`` / ``unverified``; OAuth accounts: ``active`` / ``consent_required`` / ``expired``).
+The CMS gets one vocabulary, derived here, plus ``status_reason`` saying why:
 
 =================  ==========================================================================================
-``active``         usable (``ok``)
+``active``         usable (``ok``), or usable but saved while the vendor could not be reached, so the key has not
+                   been checked yet; the verification job retries it (``unverified``)
 ``expiring``       usable, and the access token expires within AMI_AUTH_TOKEN_REFRESH_MARGIN_MINUTES (or
                    already has, with no failed refresh yet): the refresh job is on it (``refresh_due``)
 ``consent_required`` only the user can fix it by reconnecting: the provider refused the refresh token
@@ -39,6 +40,7 @@ Status = Literal["active", "expiring", "consent_required", "error", "disabled"]
 STATUSES: Final[tuple[Status, ...]] = ("active", "expiring", "consent_required", "error", "disabled")
 Reason = Literal[
     "ok",
+    "unverified",
     "refresh_due",
     "consent_required",
     "token_expired",
@@ -50,6 +52,7 @@ Reason = Literal[
 ]
 REASONS: Final[tuple[Reason, ...]] = (
     "ok",
+    "unverified",
     "refresh_due",
     "consent_required",
     "token_expired",
@@ -63,10 +66,11 @@ REASONS: Final[tuple[Reason, ...]] = (
 # The stored statuses (see the module docstring) and what they are to the CMS.
 NO_SECRET: Final = "pending"
 FAILING: Final = "failing"
+UNVERIFIED: Final = "unverified"
 ACTIVE: Final = "active"
 CONSENT_REQUIRED: Final = "consent_required"
 EXPIRED: Final = "expired"
-KNOWN: Final = (NO_SECRET, FAILING, ACTIVE, CONSENT_REQUIRED, EXPIRED)
+KNOWN: Final = (NO_SECRET, FAILING, UNVERIFIED, ACTIVE, CONSENT_REQUIRED, EXPIRED)
 
 PAGE_MAX: Final = 100
 PAGE_DEFAULT: Final = 50
@@ -85,6 +89,8 @@ def derive_status(account: ConnectedAccount, now: datetime, margin: timedelta) -
         return "consent_required", "token_expired"
     if raw == FAILING:
         return "error", "verification_failed"
+    if raw == UNVERIFIED:
+        return "active", "unverified"
     if raw != ACTIVE:
         return "error", "unknown"
     expires_at = account.expires_at
@@ -112,7 +118,7 @@ def status_filter(status: Status, now: datetime, margin: timedelta) -> ColumnEle
         )
     if status == "expiring":
         return and_(enabled, ca.status == ACTIVE, due, not_(refresh_failing))
-    return and_(enabled, ca.status == ACTIVE, not_(due))
+    return and_(enabled, or_(ca.status == UNVERIFIED, and_(ca.status == ACTIVE, not_(due))))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,13 @@ admin to the URL it gets back — in an iframe, or as a full page. The link:
 Opening still needs an admin session: the link alone grants nothing. The end-user connect link
 (``connect_account``, :func:`issue_connect`) is the exception that proves it: it names one user, and only that
 user's own session may open it.
+
+On an OAuth provider config the connect link sends that user through the provider's consent screen (the flow
+Account → Connections uses). The pending authorization in the browser session names the link (never its token),
+and the callback takes it only while the link is still unused and unexpired, and only in the session that
+opened it (:func:`find_for_callback`): the account goes to the link's user, whoever the provider says signed in
+there. A refused or failed consent spends the link with the outcome ``failed`` and returns ``status=failed``
+with the taxonomy code in ``error``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.connectors import accounts
-from app.errors import AppError
+from app.errors import AppError, ErrorCode
 from app.models import ConnectedAccount, DialogToken, ProviderConfig, User, utcnow
 from app.models.dialogs import DialogKind, DialogOutcome
 from app.providers import configs
@@ -63,7 +70,7 @@ PATH: Final = "/dialogs/cms"
 RETURN_TO_MAX: Final = 2000
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 
-Problem = Literal["unknown", "expired", "used", "elsewhere", "return_to"]
+Problem = Literal["unknown", "expired", "used", "elsewhere", "return_to", "signed_out"]
 
 
 class DialogUnavailable(Exception):
@@ -126,11 +133,14 @@ def check_return_to(settings: Settings, raw: object) -> str:
     return raw
 
 
-def return_url(record: DialogToken, outcome: DialogOutcome) -> str:
-    """``return_to`` with ``status`` and the account (or provider config) the dialog was about."""
+def return_url(record: DialogToken, outcome: DialogOutcome, error: ErrorCode | None = None) -> str:
+    """``return_to`` with ``status`` and the account (or provider config) the dialog was about; for a ``failed``
+    OAuth connect, ``error`` with the taxonomy code (e.g. ``consent_required`` when the user said no)."""
     parts = urlsplit(record.return_to)
     params = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _RETURN_KEYS]
     params.append(("status", outcome))
+    if error is not None:
+        params.append(("error", error))
     if record.kind == "edit_provider_config" and record.provider_config_id is not None:
         params.append(("provider_config", str(record.provider_config_id)))
     else:
@@ -140,7 +150,7 @@ def return_url(record: DialogToken, outcome: DialogOutcome) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", urlencode(params), ""))
 
 
-_RETURN_KEYS: Final = frozenset({"status", "account", "provider_config"})
+_RETURN_KEYS: Final = frozenset({"status", "account", "provider_config", "error"})
 
 
 def _target(db: Session, kind: DialogKind, target_id: int) -> tuple[ProviderConfig | None, ConnectedAccount | None]:
@@ -169,7 +179,16 @@ def _target(db: Session, kind: DialogKind, target_id: int) -> tuple[ProviderConf
     if cfg is None:
         raise AppError("not_found", f"There is no provider config with id {target_id}.")
     provider = configs.entry_for(cfg)
-    if kind == "add_account":
+    if kind == CONNECT and provider.capabilities.oauth:
+        # The end user goes through the provider's consent screen (see the module's docstring).
+        if not cfg.enabled:
+            raise AppError(
+                "conflict",
+                f"The provider config “{cfg.name}” is disabled.",
+                "Enable it first (PATCH …/provider-configs/{id} with enabled: true).",
+                fields={"provider_config_id": "This provider config is disabled."},
+            )
+    elif kind in ("add_account", CONNECT):
         if provider.auth_mode not in accounts.CONNECTABLE_MODES:
             raise AppError(
                 "conflict",
@@ -196,8 +215,8 @@ def _target(db: Session, kind: DialogKind, target_id: int) -> tuple[ProviderConf
 
 
 def _connect_target(db: Session, config_id: int, user_id: int) -> ProviderConfig:
-    """An enabled API-key or SMTP config that lets end users connect, and an active user to connect for."""
-    cfg, _ = _target(db, "add_account", config_id)
+    """An enabled API-key, SMTP or OAuth config that lets end users connect, and an active user to connect for."""
+    cfg, _ = _target(db, CONNECT, config_id)
     assert cfg is not None
     provider = configs.entry_for(cfg)
     if not effective_values(provider, "config", cfg.config or {}).get(CONNECT_FIELD):
@@ -256,7 +275,7 @@ def issue(
 ) -> IssuedDialog:
     """A new link (the caller commits). ``return_to`` must have passed :func:`check_return_to`."""
     now = now or utcnow()
-    cfg, account = _target(db, "add_account" if kind == CONNECT else kind, target_id)
+    cfg, account = _target(db, kind, target_id)
     db.execute(delete(DialogToken).where(DialogToken.expires_at < now - KEEP))
     raw = secrets.token_urlsafe(32)
     record = DialogToken(
@@ -293,12 +312,32 @@ def find(
     db: Session, settings: Settings, raw: str, *, session_id: str | None, now: datetime | None = None
 ) -> DialogToken:
     """The link's record if it can be used by this browser session (``None``: nobody signed in yet)."""
-    now = now or utcnow()
     if not _TOKEN.fullmatch(raw or ""):
         raise DialogUnavailable("unknown")
     record = db.scalar(select(DialogToken).where(DialogToken.token_hash == hash_token(raw)))
     if record is None:
         raise DialogUnavailable("unknown")
+    return _usable(settings, record, session_id=session_id, now=now or utcnow())
+
+
+def find_for_callback(
+    db: Session, settings: Settings, record_id: object, *, session_id: str | None, now: datetime | None = None
+) -> DialogToken:
+    """The connect link an OAuth callback belongs to (its id came from this browser's pending authorization),
+    if it is still usable and was opened by this very session: ``signed_out`` without one, ``elsewhere`` when
+    another session opened it (e.g. someone else signed in on this browser meanwhile)."""
+    record = db.get(DialogToken, record_id) if isinstance(record_id, int) else None
+    if record is None or record.kind != CONNECT:
+        raise DialogUnavailable("unknown")
+    _usable(settings, record, session_id=session_id, now=now or utcnow())
+    if session_id is None:
+        raise DialogUnavailable("signed_out", record)
+    if record.opened_session != session_id:
+        raise DialogUnavailable("elsewhere", record)
+    return record
+
+
+def _usable(settings: Settings, record: DialogToken, *, session_id: str | None, now: datetime) -> DialogToken:
     if record.used_at is not None:
         raise DialogUnavailable("used", record)
     if record.expires_at <= now:

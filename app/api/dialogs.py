@@ -164,7 +164,7 @@ CONNECT_REQUEST = component(
         "properties": {
             "provider_config_id": {
                 **_ID,
-                "description": "An enabled API-key or SMTP provider config whose `end_users_connect` is true.",
+                "description": "An enabled API-key, SMTP or OAuth provider config whose `end_users_connect` is true.",
             },
             "user_id": {**_ID, "description": "The end user who connects their own account (and will own it)."},
             "return_to": RETURN_TO,
@@ -179,12 +179,17 @@ CONNECT_REQUEST = component(
     operation_id="createConnectLink",
     summary="A single-use URL where an end user connects their own account",
     description="For a signed-in end user of the CMS (not only admins): the URL opens AMI Auth's secure page "
-    "where that user — and only that user's own AMI Auth session — types their key (API-key and SMTP configs); "
-    "the key is tested with the provider, stored encrypted, and the new account belongs to them. Then the browser "
-    "goes back to `return_to` with `status=saved|cancelled&account=<id>`. Valid for 10 minutes and one use, like "
-    "a dialog URL. The provider config must be enabled and have `end_users_connect: true` (409 `conflict` on "
-    "`provider_config_id` otherwise); 404 for an unknown config or user, 409 for a disabled user. Audited "
-    "(`dialog.issue` with the user). Scope `accounts:write`.",
+    "where that user — and only that user's own AMI Auth session (the page offers sign-in; another user's session "
+    "is refused) — types their key (API-key and SMTP configs; tested with the provider first) or goes through the "
+    "provider's consent screen (OAuth configs: Google, GitHub, Entra ID, OpenID Connect; the same authorization "
+    "as Account → Connections, which must finish in the session that opened the link). The key or token set is "
+    "stored encrypted and the new account belongs to that user (webhook `account.connected`). Then the browser "
+    "goes back to `return_to` with `status=saved&account=<id>`, `status=cancelled`, or — OAuth only, when the "
+    "user denied consent or the provider failed — `status=failed&error=<code>` (e.g. `consent_required`), nothing "
+    "stored. Valid for 10 minutes (the provider's answer included) and one use, like a dialog URL. The provider "
+    "config must be enabled and have `end_users_connect: true` (409 `conflict` on `provider_config_id` "
+    "otherwise); 404 for an unknown config or user, 409 for a disabled user. Audited (`dialog.issue` with the "
+    "user). Scope `accounts:write`.",
     status=201,
     response=DIALOG,
     response_description="Created: send the user to `url` (also in `Location`).",

@@ -13,7 +13,9 @@ module moves the bytes, both ways, without holding a body in memory:
   upstream connection is cut; a request whose caller left while it waited for a worker thread is not sent.
 
 Every call is audited once (``account.proxy``: the token, the account, method, path without the query,
-status, bytes each way, milliseconds; never a header value or a body), when it ends.
+status, bytes each way, milliseconds; never a header value or a body), when it ends. A call the upstream answered
+writes its event once the caller has the whole answer, with :func:`app.audit.append` (batched with the events
+other threads are writing at that moment: one chain lock per batch, not per call).
 """
 
 from __future__ import annotations
@@ -76,6 +78,20 @@ def _raw_path(account_id: int, path: str) -> str:
     return "/" + path
 
 
+def _details(
+    method: str, path: str, status: int | None, sent: int, received: int, started: float, **extra: object
+) -> dict[str, object]:
+    return {
+        "method": method,
+        "path": path[:200],
+        "status": status,
+        "bytes_in": sent,
+        "bytes_out": received,
+        "ms": round((time.monotonic() - started) * 1000),
+        **extra,
+    }
+
+
 def _audit(
     db: Session,
     ctx: audit.AuditContext,
@@ -96,15 +112,7 @@ def _audit(
         "account.proxy",
         target=f"connected_account:{account_id}",
         outcome=outcome,
-        details={
-            "method": method,
-            "path": path[:200],
-            "status": status,
-            "bytes_in": sent,
-            "bytes_out": received,
-            "ms": round((time.monotonic() - started) * 1000),
-            **extra,
-        },
+        details=_details(method, path, status, sent, received, started, **extra),
     )
     db.commit()
 
@@ -157,7 +165,7 @@ def _proxy(account_id: int, path: str) -> Response:
         return exc
 
     try:
-        account, provider = rules.find_account(db, account_id)
+        account, provider = rules.proxied_account(db, account_id)
         check_limits(account, provider)
         # The app's 1 MiB body limit is for forms and JSON; a proxied body has its own.
         request.max_content_length = settings.proxy_max_request_bytes
@@ -252,7 +260,8 @@ class _Relay:
     unauthorized: str | None
     received: int = 0
     ended: str = "caller_gone"
-    _closed: bool = False
+    _released: bool = False
+    _recorded: bool = False
 
     def __post_init__(self) -> None:
         if self.method == "HEAD":
@@ -273,25 +282,34 @@ class _Relay:
         finally:
             self.close()
 
-    def close(self) -> None:
-        if self._closed:
+    def _release(self) -> None:
+        if self._released:
             return
-        self._closed = True
+        self._released = True
         if self.caller is not None:
             departure.unwatch(self.caller)
         self.handle.detach()
         self.upstream.close()
+
+    def close(self) -> None:
+        """Once the body ends (or the server closes an answer it never iterated): the event, in a transaction
+        of its own (:func:`app.audit.append`; the request's scoped session is gone by now)."""
+        self._release()
+        if self._recorded:
+            return
+        self._recorded = True
         extra: dict[str, object] = {"ended": self.ended}
         if self.unauthorized is not None:
             extra["unauthorized"] = self.unauthorized
         status = self.upstream.status
-        # The request's scoped session is gone by now (the body streams after the view returned).
-        with Session(get_database(self.app).engine) as db:
-            _audit(
-                db, self.ctx, self.account_id, method=self.method, path=self.path, status=status, sent=self.sent,
-                received=self.received, started=self.started,
-                outcome="success" if status < 400 and self.ended == "complete" else "failure", **extra,
-            )  # fmt: skip
+        audit.append(
+            get_database(self.app).engine,
+            self.ctx,
+            "account.proxy",
+            target=f"connected_account:{self.account_id}",
+            outcome="success" if status < 400 and self.ended == "complete" else "failure",
+            details=_details(self.method, self.path, status, self.sent, self.received, self.started, **extra),
+        )
 
 
 def _route(method: str, operation_id: str, summary: str) -> None:

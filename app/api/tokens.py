@@ -3,18 +3,26 @@
 A token is ``amis_`` followed by 43 URL-safe characters (32 random bytes). Only its SHA-256 is stored;
 the fixed ``amis_`` prefix lets secret scanners recognise a leaked token. Every create and revoke is
 audited here; every use is audited by the API layer (``app.api.security``) with the token's id.
+
+A presented token's row is kept in memory for :data:`CACHE_SECONDS` per process (keyed by database and token
+hash; only tokens that exist), so a busy caller does not cost a query per call. Scopes, limits and expiry are
+read from the kept row and checked on every call. A token revoked through :func:`revoke_token` is refused at
+once by the process that revoked it and within :data:`CACHE_SECONDS` by every other process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Engine, bindparam, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -72,6 +80,9 @@ EXPIRES_DAYS_MAX: Final = 3650
 TOUCH_INTERVAL: Final = timedelta(seconds=60)
 # The compliance report lists live tokens not used for this long.
 UNUSED_AFTER: Final = timedelta(days=90)
+# How long a process trusts a token row it read (a revocation elsewhere takes at most this long to reach it).
+CACHE_SECONDS: Final = 1.0
+_CACHE_MAX: Final = 10_000
 
 Status = Literal["active", "expired", "revoked"]
 Problem = Literal["unknown", "expired", "revoked"]
@@ -241,6 +252,9 @@ def revoke_token(db: Session, ctx: audit.AuditContext, token_id: int, *, now: da
     already = record.revoked_at is not None
     if not already:
         record.revoked_at = now or utcnow()
+    # Now, and again once the caller commits: a use in between would keep the unrevoked row again.
+    forget(record.id)
+    event.listen(db, "after_commit", lambda _session: forget(token_id), once=True)
     audit.record(
         db,
         ctx,
@@ -265,23 +279,53 @@ _BY_HASH: Final = select(
 ).where(ServiceToken.token_hash == bindparam("token_hash"))
 
 
+# (engine, token hash) -> (monotonic time read, the row as read)
+_cache: dict[tuple[Engine, str], tuple[float, PresentedToken]] = {}
+_cache_lock = threading.Lock()
+
+
+def forget(token_id: int | None = None) -> None:
+    """Drop this process's copy of a token's row (``None``: of every token), so its next use reads the row."""
+    with _cache_lock:
+        if token_id is None:
+            _cache.clear()
+            return
+        for key in [key for key, (_, record) in _cache.items() if record.id == token_id]:
+            del _cache[key]
+
+
+def _engine(db: Session) -> Engine:
+    bind = db.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
 def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenCheck:
-    """Look a presented token up by its hash. Never raises; the caller audits and answers."""
+    """Look a presented token up by its hash (or this process's copy of the row, at most :data:`CACHE_SECONDS`
+    old). Never raises; the caller audits and answers."""
     now = now or utcnow()
     # The shape check saves a query for obvious garbage; a well-formed guess still costs one indexed lookup.
     if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
         return TokenCheck(None, "unknown")
-    row = db.connection().execute(_BY_HASH, {"token_hash": hash_token(raw)}).first()
-    if row is None:
-        return TokenCheck(None, "unknown")
-    record = PresentedToken(
-        row.id,
-        tuple(row.scopes or ()),
-        row.expires_at,
-        row.revoked_at,
-        row.last_used_at,
-        AccountLimits.from_json(row.account_limits),
-    )
+    key = (_engine(db), hash_token(raw))
+    kept = _cache.get(key)
+    if kept is not None and time.monotonic() - kept[0] < CACHE_SECONDS:
+        record = kept[1]
+    else:
+        row = db.connection().execute(_BY_HASH, {"token_hash": key[1]}).first()
+        if row is None:
+            return TokenCheck(None, "unknown")
+        record = PresentedToken(
+            row.id,
+            tuple(row.scopes or ()),
+            row.expires_at,
+            row.revoked_at,
+            row.last_used_at,
+            AccountLimits.from_json(row.account_limits),
+        )
+        with _cache_lock:
+            if len(_cache) >= _CACHE_MAX:
+                _cache.clear()
+            _cache[key] = (time.monotonic(), record)
     state = status(record, now)
     if state != "active":
         return TokenCheck(record, state)
@@ -305,6 +349,12 @@ def touch(db: Session, record: PresentedToken, now: datetime | None = None) -> b
         )
         .values(last_used_at=now)
     )
+    # This process's copy of the row says so too, or every call would try the UPDATE until the copy expires.
+    used = dataclasses.replace(record, last_used_at=now)
+    with _cache_lock:
+        for key, (read_at, kept) in list(_cache.items()):
+            if kept.id == record.id:
+                _cache[key] = (read_at, used)
     return bool(result.rowcount)
 
 

@@ -22,6 +22,12 @@ decides everything about that request except moving its bytes:
   once a minute per account and process, so a busy account is not a row write per call).
 * **A 401.** API keys: the account is marked ``failing`` with ``invalid_credentials``, as a failed
   verification marks it. OAuth: see :func:`app.connectors.bearer.note_unauthorized`.
+* **The account row** (API keys) is kept per process for :data:`ACCOUNT_CACHE_SECONDS` (:func:`proxied_account`),
+  so a busy account is not a database round trip per call. Any change to an account or a provider config made
+  through the ORM in this process (a replaced key, a new status, a deletion, a disabled config, a bulk UPDATE or
+  DELETE of either table) drops every kept row at once, again when its transaction commits; a change made by
+  another process is seen within :data:`ACCOUNT_CACHE_SECONDS`. OAuth accounts are read on every call (their
+  refresh writes the row).
 """
 
 from __future__ import annotations
@@ -34,14 +40,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, event, update
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from app import audit
 from app.connectors.bearer import OAUTH_MODES, current_token, database_key, note_unauthorized
 from app.connectors.headers import RequestAuth, account_values, proxy_auth, render_auth
 from app.errors import AppError
-from app.models import ConnectedAccount, utcnow
+from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.models.base import ID_MAX
 from app.oauth.runtime import OAuthRuntime
 from app.providers.entries import ProviderEntry, ProxySpec
@@ -57,6 +63,7 @@ __all__ = [
     "clean_path",
     "note_response",
     "prepare",
+    "proxied_account",
     "response_headers",
 ]
 
@@ -190,6 +197,73 @@ def find_account(db: Session, account_id: int) -> tuple[ConnectedAccount, Provid
     if account is None or provider is None or provider.auth_mode not in (AuthMode.API_KEY, *OAUTH_MODES):
         raise AppError("not_found", "There is no such connected account.", "List accounts for ids.")
     return account, provider
+
+
+ACCOUNT_CACHE_SECONDS: Final = 1.0
+_ACCOUNT_CACHE_MAX: Final = 10_000
+_WATCHED: Final = (ConnectedAccount, ProviderConfig)
+# (engine, account id) -> (monotonic time read, the detached account with its config loaded, its catalog entry)
+_kept: dict[tuple[Engine, int], tuple[float, ConnectedAccount, ProviderEntry]] = {}
+_kept_lock = threading.Lock()
+
+
+def forget_accounts() -> None:
+    """Drop every account row this process keeps for the proxy (the next call of each reads its row)."""
+    with _kept_lock:
+        _kept.clear()
+
+
+def _engine(db: Session) -> Engine:
+    bind = db.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def proxied_account(db: Session, account_id: int) -> tuple[ConnectedAccount, ProviderEntry]:
+    """:func:`find_account` for the proxy: an API-key account's row comes from this process's copy when it is
+    younger than :data:`ACCOUNT_CACHE_SECONDS` (see the module docstring). The copy is detached from every
+    session and only read (its ``last_used_at`` aside)."""
+    key = (_engine(db), account_id)
+    kept = _kept.get(key)
+    if kept is not None and time.monotonic() - kept[0] < ACCOUNT_CACHE_SECONDS:
+        return kept[1], kept[2]
+    read_at = time.monotonic()
+    account, provider = find_account(db, account_id)
+    if provider.auth_mode == AuthMode.API_KEY:
+        # Out of the request's session, so its commit does not expire what other threads will read.
+        config = account.provider_config
+        db.expunge(account)
+        db.expunge(config)
+        with _kept_lock:
+            if len(_kept) >= _ACCOUNT_CACHE_MAX:
+                _kept.clear()
+            _kept[key] = (read_at, account, provider)
+    return account, provider
+
+
+@event.listens_for(Session, "after_flush")
+def _flushed(session: Session, _flush: UOWTransaction) -> None:
+    if any(isinstance(obj, _WATCHED) for obj in (*session.dirty, *session.deleted, *session.new)):
+        _changed(session)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _bulk(state: ORMExecuteState) -> None:
+    if (state.is_update or state.is_delete) and any(mapper.class_ in _WATCHED for mapper in state.all_mappers):
+        _changed(state.session)
+
+
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    if session.info.pop(_CHANGED, False):
+        forget_accounts()
+
+
+_CHANGED: Final = "ami_proxy_accounts_changed"
+
+
+def _changed(session: Session) -> None:
+    forget_accounts()
+    session.info[_CHANGED] = True
 
 
 def prepare(

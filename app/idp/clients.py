@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, UOWTransaction
 
 from app import audit
 from app.audit import AuditContext
@@ -347,6 +348,41 @@ def get_client(db: Session, ref: str) -> OidcClient:
             "not_found", f"There is no client with id or name {ref!r}.", "List them: `ami-auth oidc clients list`."
         )
     return client
+
+
+# --- what caches of client rows compare against --------------------------------------------------------------
+
+# Bumped whenever a flush in this process changes or deletes a client, and again when that transaction ends: a
+# per-process cache of client rows (app.idp.server) re-reads a row cached under an older generation. Every change to a
+# client goes through the ORM objects of this module and app.idp.clients_apply; another process's change reaches
+# such a cache when its entry expires.
+_generations = itertools.count(1)
+_generation = 0
+_CHANGED: Final = "ami_oidc_clients_changed"
+
+
+def generation() -> int:
+    return _generation
+
+
+def _bump() -> None:
+    global _generation
+    _generation = next(_generations)  # itertools.count is atomic under the GIL: no lock needed
+
+
+@event.listens_for(Session, "after_flush")
+def _note_client_changes(session: Session, _flush: UOWTransaction) -> None:
+    if any(isinstance(obj, OidcClient) for obj in (*session.dirty, *session.deleted)):
+        session.info[_CHANGED] = True
+        _bump()
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_soft_rollback")
+def _end_client_changes(session: Session, *_args: Any) -> None:
+    # Again at the end: a row read (and cached) between the flush and the commit held the old values.
+    if session.info.pop(_CHANGED, False):
+        _bump()
 
 
 # --- changes -------------------------------------------------------------------------------------------------

@@ -151,10 +151,16 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         client: Client = self.request.client
         db = self.provider.db()
         claim = tokens.claim_refresh(db, self.provider.ctx(client), client.row, refresh_token)
-        return TokenRecord(claim.token, client, "refresh_token") if _usable(claim.status) and claim.token else None
+        if not _usable(claim.status) or claim.token is None:
+            return None
+        record = TokenRecord(claim.token, client, "refresh_token")
+        if claim.user is not None:
+            record.subject = tokens.subject_of_token(db, claim.token, claim.user)
+        return record
 
     def authenticate_user(self, refresh_token: TokenRecord) -> Subject | None:
-        return tokens.subject_of_token(self.provider.db(), refresh_token.row)
+        # Read with the claim when the database could (PostgreSQL), else now.
+        return refresh_token.subject or tokens.subject_of_token(self.provider.db(), refresh_token.row)
 
     def revoke_old_credential(self, refresh_token: TokenRecord) -> None:
         """Marked used when it was claimed: presenting it again is reuse (and revokes the family)."""

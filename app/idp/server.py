@@ -29,7 +29,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from limits.storage import Storage
-from sqlalchemy.orm import Session
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from app import audit, metrics
 from app.audit import AuditContext
@@ -55,6 +56,11 @@ from app.net import OutboundClient
 __all__ = ["KEEP_ON_ERROR", "Client", "Provider", "Wiring"]
 
 CLIENT_JWKS_TTL: Final = 60.0
+# How long a worker answers from its copy of a client's row (see ClientCache): the longest another process's change
+# to a client — disabled, secret rotated, scopes narrowed — takes to apply here. A change made in this process
+# applies at once.
+CLIENT_ROW_TTL: Final = 2.0
+CLIENT_CACHE_SIZE: Final = 1000
 ID_TOKEN_CLAIMS: Final = ("iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "at_hash")
 
 
@@ -95,6 +101,58 @@ class Wiring:
     http: Callable[[], OutboundClient]
 
 
+def _detached_copy(row: OidcClient) -> OidcClient:
+    """A copy in no session (the request's own row stays its own): never flushed, never expired by a commit."""
+    copy = OidcClient(
+        **{
+            attr.key: list(value) if isinstance(value := getattr(row, attr.key), list) else value
+            for attr in inspect(OidcClient).column_attrs
+        }
+    )
+    make_transient_to_detached(copy)
+    return copy
+
+
+@dataclass(frozen=True)
+class _Cached:
+    row: OidcClient
+    generation: int
+    read_at: float
+
+
+class ClientCache:
+    """The client rows one process authenticates clients with, so a token request does not read its client again.
+
+    A copy of the row is kept (detached: the OIDC models have no relationships to lazy-load, and nothing writes
+    through these copies) for at most :attr:`ttl` seconds, and dropped as soon as this process flushes
+    a change to any client (:func:`app.idp.clients.generation`). Unknown client ids are not cached. So a client
+    disabled, deleted or given a new secret elsewhere (another worker, the CLI) is refused by every worker within
+    ``ttl`` seconds, and at once in the process that changed it. Codes, refresh tokens and their revocation are
+    never cached: rotation, reuse detection and sessions ending still act on the next request.
+    """
+
+    def __init__(self, ttl: float = CLIENT_ROW_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._rows: dict[str, _Cached] = {}
+
+    def find(self, db: Session, client_id: str) -> OidcClient | None:
+        now, generation = self.clock(), clients.generation()
+        cached = self._rows.get(client_id)
+        if cached is not None and cached.generation == generation and now - cached.read_at < self.ttl:
+            return cached.row
+        row = clients.find_client(db, client_id)
+        if row is None:
+            self._rows.pop(client_id, None)
+            return None
+        if not db.is_modified(row):
+            if len(self._rows) >= CLIENT_CACHE_SIZE:
+                self._rows.clear()
+            # The generation read before the SELECT: a change committed meanwhile makes this entry stale, not wrong.
+            self._rows[client_id] = _Cached(_detached_copy(row), generation, now)
+        return row
+
+
 class Provider(AuthorizationServer):  # type: ignore[misc]
     def __init__(self, app: Flask, issuer: str, keyring: KeyRing, wiring: Wiring) -> None:
         super().__init__()
@@ -103,6 +161,7 @@ class Provider(AuthorizationServer):  # type: ignore[misc]
         self.wiring = wiring
         self._client_keys: dict[str, tuple[float, KeySet]] = {}
         self._client_keys_lock = threading.Lock()
+        self.clients = ClientCache()
         self.init_app(app, query_client=self._find_client, save_token=self._store_token)
         self.register_token_generator("default", TokenGenerator(self))
         self.register_client_auth_method("private_key_jwt", PrivateKeyJwt(self))
@@ -152,7 +211,7 @@ class Provider(AuthorizationServer):  # type: ignore[misc]
     def _find_client(self, client_id: str) -> Client | None:
         if not isinstance(client_id, str) or len(client_id) > 64:
             return None
-        row = clients.find_client(self.db(), client_id)
+        row = self.clients.find(self.db(), client_id)
         return Client(row) if row is not None and row.enabled else None
 
     def _store_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
@@ -166,7 +225,7 @@ class Provider(AuthorizationServer):  # type: ignore[misc]
             issue = tokens.Issue(cast(TokenRecord, request.refresh_token).row.family)
         else:
             issue = tokens.Issue(tokens.new_family())
-        tokens.save_token(db, client.row, subject, token, issue)
+        tokens.insert_token(db, client.row, subject, token, issue)
         metrics.OIDC_GRANTS.labels(grant_type=metrics.label(request.payload.grant_type)).inc()
         if request.refresh_token is None:
             # A sign-in's code exchange or a service's token: audited (refreshes are too many to be events).

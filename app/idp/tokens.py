@@ -22,11 +22,10 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
-from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy import Table, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from app import audit
 from app.audit import AuditContext
@@ -36,6 +35,7 @@ from app.models import OidcAuthorizationCode, OidcClient, OidcSessionClient, Oid
 CODE_TTL: Final = timedelta(seconds=120)
 # Expired codes and tokens are kept a day (a reused one is still recognised as reuse), then purged.
 RETAIN: Final = timedelta(days=1)
+_TOKENS: Final = cast(Table, OidcToken.__table__)
 
 
 def hash_token(value: str) -> str:
@@ -157,6 +157,35 @@ class Issue:
     code_id: int | None = None
 
 
+def _token_values(
+    client: OidcClient, subject: Subject | None, token: dict[str, Any], issue: Issue, now: datetime
+) -> dict[str, Any]:
+    claims = jwt_claims(token["access_token"])
+    refresh = token.get("refresh_token")
+    audience = claims.get("aud", [])
+    return {
+        "client_id": client.id,
+        "user_id": subject.user.id if subject is not None else None,
+        "family": issue.family,
+        "code_id": issue.code_id,
+        "jti": claims["jti"],
+        "refresh_hash": hash_token(refresh) if refresh else None,
+        "scope": token.get("scope") or "",
+        "audience": [audience] if isinstance(audience, str) else list(audience),
+        "session_id": subject.session_id if subject else None,
+        "sid": subject.sid if subject else None,
+        "auth_time": subject.auth_time if subject else None,
+        "amr": list(subject.amr) if subject else [],
+        "acr": subject.acr if subject else None,
+        "issued_at": now,
+        "access_expires_at": _at(claims["exp"]),
+        "refresh_expires_at": now + timedelta(seconds=client.refresh_token_ttl) if refresh else None,
+        "refresh_used_at": None,
+        "revoked_at": None,
+        "revoked_reason": None,
+    }
+
+
 def save_token(
     db: Session,
     client: OidcClient,
@@ -165,30 +194,18 @@ def save_token(
     issue: Issue,
     now: datetime | None = None,
 ) -> OidcToken:
-    now = now or utcnow()
-    claims = jwt_claims(token["access_token"])
-    refresh = token.get("refresh_token")
-    audience = claims.get("aud", [])
-    row = OidcToken(
-        client_id=client.id,
-        user_id=subject.user.id if subject is not None else None,
-        family=issue.family,
-        code_id=issue.code_id,
-        jti=claims["jti"],
-        refresh_hash=hash_token(refresh) if refresh else None,
-        scope=token.get("scope") or "",
-        audience=[audience] if isinstance(audience, str) else list(audience),
-        session_id=subject.session_id if subject else None,
-        sid=subject.sid if subject else None,
-        auth_time=subject.auth_time if subject else None,
-        amr=list(subject.amr) if subject else [],
-        acr=subject.acr if subject else None,
-        issued_at=now,
-        access_expires_at=_at(claims["exp"]),
-        refresh_expires_at=now + timedelta(seconds=client.refresh_token_ttl) if refresh else None,
-    )
+    row = OidcToken(**_token_values(client, subject, token, issue, now or utcnow()))
     db.add(row)
     return row
+
+
+_INSERT_TOKEN: Final = insert(_TOKENS)  # Core: no ORM bookkeeping on the hot path
+
+
+def insert_token(db: Session, client: OidcClient, subject: Subject | None, token: dict[str, Any], issue: Issue) -> None:
+    """:func:`save_token` for the token endpoint: the row is written now, in one plain INSERT, with no object for the
+    session to track and flush at commit."""
+    db.execute(_INSERT_TOKEN, _token_values(client, subject, token, issue, utcnow()))
 
 
 @dataclass(frozen=True)
@@ -196,40 +213,81 @@ class RefreshClaim:
     status: ClaimStatus
     token: OidcToken | None = None
     revoked: int = 0
+    # The token's user, active, when the claim read it in the same statement (PostgreSQL).
+    user: User | None = None
+
+
+# Built once (the token endpoint runs it on every refresh; building the expression costs more than running it).
+_CLAIM_REFRESH: Final = (
+    update(OidcToken)
+    .where(
+        OidcToken.refresh_hash == bindparam("b_refresh_hash"),
+        OidcToken.client_id == bindparam("b_client_id"),
+        OidcToken.refresh_used_at.is_(None),
+        OidcToken.revoked_at.is_(None),
+    )
+    .values(refresh_used_at=bindparam("b_now"))
+    .returning(OidcToken)
+)
+
+
+_CLAIM_REFRESH_WITH_USER: Final = (
+    update(OidcToken)
+    .where(
+        OidcToken.refresh_hash == bindparam("b_refresh_hash"),
+        OidcToken.client_id == bindparam("b_client_id"),
+        OidcToken.refresh_used_at.is_(None),
+        OidcToken.revoked_at.is_(None),
+        User.id == OidcToken.user_id,
+        User.is_active.is_(True),
+    )
+    .values(refresh_used_at=bindparam("b_now"))
+    .returning(OidcToken, User)
+)
+_UNSYNCED: Final = {"synchronize_session": False}
+
+
+def _claimed(row: OidcToken, now: datetime, user: User | None) -> RefreshClaim:
+    if row.refresh_expires_at is None or row.refresh_expires_at <= now:
+        return RefreshClaim("expired", row)
+    return RefreshClaim("ok", row, user=user)
 
 
 def claim_refresh(
     db: Session, ctx: AuditContext, client: OidcClient, refresh_token: str, now: datetime | None = None
 ) -> RefreshClaim:
-    """Take a refresh token for rotation, once. A rotated one presented again revokes its family."""
+    """Take a refresh token for rotation, once. A rotated one presented again revokes its family.
+
+    One statement when it is usable: the claim (``UPDATE … WHERE unused AND unrevoked … RETURNING``) also reads the
+    row — and on PostgreSQL its user, when active (``UPDATE … FROM users``; SQLite cannot return another table's
+    columns). A token that statement did not claim is claimed alone (its user is gone or disabled: the grant then
+    fails for want of a user, as before), else looked up again to tell an unknown one from a reused one.
+    """
     now = now or utcnow()
+    refresh_hash = hash_token(refresh_token)
+    params = {"b_refresh_hash": refresh_hash, "b_client_id": client.id, "b_now": now}
+    if db.get_bind().dialect.name == "postgresql":
+        found = db.execute(_CLAIM_REFRESH_WITH_USER, params, execution_options=_UNSYNCED).one_or_none()
+        if found is not None:
+            return _claimed(found[0], now, found[1])
+    row = db.scalars(_CLAIM_REFRESH, params, execution_options=_UNSYNCED).one_or_none()
+    if row is not None:
+        return _claimed(row, now, None)
     row = db.scalars(
-        select(OidcToken).where(OidcToken.refresh_hash == hash_token(refresh_token), OidcToken.client_id == client.id)
+        select(OidcToken).where(OidcToken.refresh_hash == refresh_hash, OidcToken.client_id == client.id)
     ).first()
     if row is None or (row.revoked_at is not None and row.refresh_used_at is None):
         return RefreshClaim("unknown")
-    claimed = db.execute(
-        update(OidcToken)
-        .where(OidcToken.id == row.id, OidcToken.refresh_used_at.is_(None), OidcToken.revoked_at.is_(None))
-        .values(refresh_used_at=now)
-        .execution_options(synchronize_session=False)
+    revoked = _revoke(db, OidcToken.family == row.family, "refresh_reused", now)
+    audit.record(
+        db,
+        ctx,
+        "oidc.refresh.reuse",
+        target=f"oidc_client:{client.client_id}",
+        outcome="denied",
+        details={"user": row.user_id, "family": row.family, "revoked": revoked},
     )
-    if getattr(claimed, "rowcount", 0) != 1:
-        revoked = _revoke(db, OidcToken.family == row.family, "refresh_reused", now)
-        audit.record(
-            db,
-            ctx,
-            "oidc.refresh.reuse",
-            target=f"oidc_client:{client.client_id}",
-            outcome="denied",
-            details={"user": row.user_id, "family": row.family, "revoked": revoked},
-        )
-        return RefreshClaim("reused", row, revoked)
-    if row.refresh_expires_at is None or row.refresh_expires_at <= now:
-        return RefreshClaim("expired", row)
-    # The UPDATE above wrote it: mirror it on the object without a second write at flush.
-    set_committed_value(row, "refresh_used_at", now)
-    return RefreshClaim("ok", row)
+    return RefreshClaim("reused", row, revoked)
 
 
 def _revoke(db: Session, where: Any, reason: str, now: datetime) -> int:
@@ -270,11 +328,13 @@ def find_by_refresh(db: Session, refresh_token: str) -> OidcToken | None:
     return db.scalars(select(OidcToken).where(OidcToken.refresh_hash == hash_token(refresh_token))).first()
 
 
-def subject_of_token(db: Session, row: OidcToken | OidcAuthorizationCode) -> Subject | None:
-    """The subject a code or token speaks for, or None when the user is gone or disabled."""
+def subject_of_token(db: Session, row: OidcToken | OidcAuthorizationCode, user: User | None = None) -> Subject | None:
+    """The subject a code or token speaks for, or None when the user is gone or disabled (``user``: its row, when
+    the caller read it already)."""
     if row.user_id is None:
         return None
-    user = db.get(User, row.user_id)
+    if user is None or user.id != row.user_id:
+        user = db.get(User, row.user_id)
     if user is None or not user.is_active:
         return None
     return Subject(

@@ -1,6 +1,6 @@
 """The in-app scheduler: one daemon thread per serving process that runs the token refresh, then the webhook
 deliveries (:mod:`app.jobs.webhooks`), every minute (``AMI_AUTH_SCHEDULER_INTERVAL`` seconds), and every tenth run
-the check of accounts saved unverified (:mod:`app.jobs.unverified`).
+the check of accounts saved unverified (:mod:`app.jobs.unverified`) and the purge of finished webhook events.
 
 It starts lazily on the first request a process serves (``ensure_started``, called from a
 ``before_app_request`` hook), so ``ami-auth`` CLI runs, migrations and gunicorn's master never start it,
@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import threading
+from datetime import timedelta
 from typing import Final
 
 from flask import Flask
@@ -22,7 +23,7 @@ from flask import Flask
 from app.extensions import get_cipher, get_database
 from app.jobs import unverified
 from app.jobs.refresh import run_refresh
-from app.jobs.webhooks import deliver_due, delivery_client
+from app.jobs.webhooks import deliver_due, delivery_client, purge_finished
 from app.oauth.runtime import runtime
 
 __all__ = ["INTERVAL", "RefreshScheduler", "ensure_started", "stop"]
@@ -68,6 +69,7 @@ class RefreshScheduler:
         self.runs += 1
         if self.runs % unverified.EVERY_RUNS == 1:  # the first run, then every tenth
             unverified.run_verify_unverified(self.app)
+            self._purge_webhook_events()
 
     def _deliver_webhooks(self) -> None:
         client = delivery_client(self.app.extensions["ami_settings"])
@@ -77,6 +79,14 @@ class RefreshScheduler:
         finally:
             db.close()
             client.close()
+
+    def _purge_webhook_events(self) -> None:
+        days = self.app.extensions["ami_settings"].webhook_retention_days
+        db = get_database(self.app).session()
+        try:
+            purge_finished(db, timedelta(days=days))
+        finally:
+            db.close()
 
     def _loop(self) -> None:
         # A random first delay spreads the workers of one deployment over the minute.

@@ -13,6 +13,14 @@ no longer hold the line; a redeliver puts one back in it.
 failed try: the last retry is about 27.6 hours after the first try, then the delivery is ``failed``.
 A 3xx counts as a failure (redirects are not followed: the body is signed for this URL only).
 
+**410 Gone** is the receiver saying the endpoint no longer exists (as Stripe and Svix read it): the endpoint is
+disabled at once (audited as ``webhook_endpoint.disabled``), the delivery is ``failed`` and the endpoint's other
+deliveries wait, pending, until an admin enables it again.
+
+**Purge.** Events whose deliveries have all finished are deleted, with their deliveries and attempt log, once
+older than ``AMI_AUTH_WEBHOOK_RETENTION_DAYS`` (:func:`purge_finished`; the scheduler runs it every tenth run),
+except each account's latest state event, which "recovered" is told from.
+
 **Claiming.** A due delivery is leased by a compare-and-set UPDATE (``lease_until`` free or past), so any
 number of runs (CLI, scheduler threads, hosts) send each try once.
 
@@ -29,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks.webhooks import Webhook
 
@@ -42,7 +50,7 @@ from app.oauth.leases import new_owner
 from app.settings import Settings
 from app.vault.cipher import Cipher, SecretUnreadable
 from app.vault.store import get_secret
-from app.webhook_events import payload
+from app.webhook_events import last_states, payload
 
 __all__ = [
     "CURRENT_SECRET",
@@ -52,6 +60,7 @@ __all__ = [
     "DeliveryReport",
     "deliver_due",
     "delivery_client",
+    "purge_finished",
     "signature_header",
     "signers",
 ]
@@ -71,6 +80,7 @@ RETRY_DELAYS: Final[tuple[timedelta, ...]] = (
     timedelta(hours=10),
 )
 LEASE: Final = timedelta(seconds=120)
+GONE: Final = 410
 SYSTEM: Final = audit.AuditContext(actor="system:webhooks")
 TIMEOUT: Final = 15.0
 _EXCERPT: Final = 500
@@ -82,9 +92,13 @@ class DeliveryReport:
     retrying: int = 0
     failed: int = 0
     statuses: list[int | None] = field(default_factory=list)
+    disabled: set[int] = field(default_factory=set)  # endpoints that answered 410 Gone in this run
 
     def summary(self) -> str:
-        return f"{self.delivered} delivered, {self.retrying} to retry, {self.failed} gave up"
+        text = f"{self.delivered} delivered, {self.retrying} to retry, {self.failed} gave up"
+        if self.disabled:
+            text += f", {len(self.disabled)} endpoint(s) disabled (410 Gone)"
+        return text
 
 
 def _next_attempt(last_try: datetime, attempts: int) -> datetime | None:
@@ -236,6 +250,13 @@ def _finish(
         delivery.next_attempt_at = None
         report.delivered += 1
         outcome = "delivered"
+    elif status == GONE:
+        _disable_gone(db, delivery)
+        delivery.state = "failed"
+        delivery.next_attempt_at = None
+        report.failed += 1
+        report.disabled.add(delivery.endpoint_id)
+        outcome = "failed"
     else:
         due = _next_attempt(at, delivery.attempts)
         if due is None:
@@ -249,6 +270,57 @@ def _finish(
             outcome = "retrying"
     db.commit()
     metrics.WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
+
+
+def _disable_gone(db: Session, delivery: WebhookDelivery) -> None:
+    endpoint = db.get(WebhookEndpoint, delivery.endpoint_id)
+    if endpoint is None or not endpoint.enabled:
+        return
+    endpoint.enabled = False
+    audit.record(
+        db,
+        SYSTEM,
+        "webhook_endpoint.disabled",
+        target=f"webhook_endpoint:{endpoint.id}",
+        details={"reason": "410 Gone", "delivery_id": delivery.id},
+    )
+    log.warning("webhook endpoint %s answered 410 Gone: disabled", endpoint.id)
+
+
+def _release(db: Session, delivery_id: int, owner: str) -> None:
+    """Give a claimed delivery back untried (its endpoint was disabled during this run)."""
+    d = WebhookDelivery
+    db.execute(
+        update(d)
+        .where(d.id == delivery_id, d.lease_owner == owner)
+        .values(lease_owner=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    db.commit()
+
+
+def purge_finished(db: Session, older_than: timedelta, *, now: datetime | None = None) -> int:
+    """Delete events older than ``older_than`` none of whose deliveries is still pending, with their deliveries
+    and attempt log, but each account's latest state event (the history ``account.recovered`` is told from);
+    commits and audits the count. Returns how many events went."""
+    cutoff = (now or utcnow()) - older_than
+    pending = exists().where(WebhookDelivery.event_id == WebhookEvent.id, WebhookDelivery.state == "pending")
+    old = select(WebhookEvent.id).where(
+        WebhookEvent.created_at < cutoff, ~pending, WebhookEvent.id.not_in(last_states().scalar_subquery())
+    )
+    ids = list(db.execute(old).scalars())
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        deliveries = select(WebhookDelivery.id).where(WebhookDelivery.event_id.in_(chunk))
+        db.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(deliveries)))
+        db.execute(delete(WebhookDelivery).where(WebhookDelivery.event_id.in_(chunk)))
+        db.execute(delete(WebhookEvent).where(WebhookEvent.id.in_(chunk)))
+    if ids:
+        audit.record(
+            db, SYSTEM, "webhook_events.purged", details={"events": len(ids), "older_than_days": older_than.days}
+        )
+    db.commit()
+    return len(ids)
 
 
 def deliver_due(
@@ -271,6 +343,9 @@ def deliver_due(
             if delivery is None:
                 continue
             endpoint_id = delivery.endpoint_id
+            if endpoint_id in report.disabled:  # answered 410 Gone earlier in this run
+                _release(db, delivery_id, owner)
+                continue
             started = time.monotonic()
             result = _send(db, client, cipher, delivery, cache)
             duration = int((time.monotonic() - started) * 1000)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.models.base import Base, utcnow
 
 DialogKind = Literal["add_account", "replace_secret", "edit_provider_config", "connect_account"]
-DialogOutcome = Literal["saved", "cancelled"]
+DialogOutcome = Literal["saved", "cancelled", "failed"]
 
 
 class DialogToken(Base):
@@ -42,7 +42,7 @@ class DialogToken(Base):
     opened_at: Mapped[datetime | None]
     opened_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     opened_session: Mapped[str | None] = mapped_column(String(64))
-    # Set once, by "Save" or "Cancel": the link is spent.
+    # Set once, by "Save" or "Cancel" (or an OAuth connect link's callback, "failed" included): the link is spent.
     used_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(20))
     # The account the dialog saved (a new one for add_account); a plain number, the account may go later.

@@ -32,6 +32,7 @@ __all__ = [
     "AuthorizationRequest",
     "PendingAuthorization",
     "complete_authorization",
+    "peek_pending",
     "remember_pending",
     "start_authorization",
     "take_pending",
@@ -193,6 +194,14 @@ def remember_pending(store: MutableMapping[str, Any], pending: PendingAuthorizat
         del entries[oldest]
     # A new dict object, so session backends that track assignment see the change.
     store[PENDING_SESSION_KEY] = entries
+
+
+def peek_pending(store: Mapping[str, Any], state: str | None) -> PendingAuthorization | None:
+    """The pending authorization for ``state`` without taking it (``None``: none), so the glue can tell which
+    flow a callback belongs to before the flow itself takes and checks it with :func:`take_pending`."""
+    current = store.get(PENDING_SESSION_KEY)
+    data = current.get(state) if isinstance(current, dict) and state else None
+    return PendingAuthorization.from_dict(data) if isinstance(data, dict) else None
 
 
 def take_pending(

@@ -8,6 +8,10 @@ needs an admin session. In an iframe on *another site* the browser does not send
 ``target="_top"``: their answer is a redirect to ``return_to?status=…`` that replaces the CMS page itself,
 not the iframe — without a line of script (a cross-origin frame may navigate the top window only on a
 user's click, which these buttons are). "Test connection" stays inside the frame (htmx).
+
+An end-user connect link on an OAuth config shows no form: "Continue to <provider>" (a link, ``target="_top"``:
+the provider's consent screen must not be framed, and CSP ``form-action`` admits no provider) leads to
+``/dialogs/cms/oauth``, which starts the authorization; its answer is finished by :mod:`app.web.cms_connect`.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from app.providers.entries import ProviderEntry
 from app.providers.forms import ProviderForm, initial_data, provider_form_class
 from app.providers.validation import effective_values, visibility
 from app.vault import Secret
+from app.web import cms_connect
 from app.web.account_forms import DetailsBase, config_context, secret_form_class
 from app.web.common import field_ids, form_errors
 from app.web.dialogs import bp, learned_items
+from app.web.oauth import begin_authorization, load_provider
 
 TITLES = {
     "add_account": "Add an account",
@@ -48,6 +54,7 @@ TITLES = {
 ADDING = ("add_account", dialog_links.CONNECT)
 # The taxonomy code each status of the page below stands for (shown on the page as data-error-code).
 UNAVAILABLE_CODES: dict[int, ErrorCode] = {
+    401: "not_authenticated",
     403: "permission_denied",
     404: "not_found",
     409: "conflict",
@@ -75,6 +82,11 @@ UNAVAILABLE: dict[str, tuple[int, str, str]] = {
         "This dialog cannot return to the page that opened it.",
         "That page's address is no longer in AMI_AUTH_CMS_ORIGINS. Ask an administrator, then open the dialog "
         "again from the CMS.",
+    ),
+    "signed_out": (
+        401,
+        "Your sign-in session ended before the provider answered.",
+        "Nothing was connected. Go back to the CMS and start connecting again: you get a new link.",
     ),
 }
 
@@ -125,6 +137,12 @@ def _unavailable(problem: str, record: DialogToken | None = None) -> tuple[str, 
         "dialogs/cms_unavailable.html", title=title, hint=hint, problem=problem, code=UNAVAILABLE_CODES[status]
     )
     return html, status
+
+
+@bp.app_errorhandler(DialogUnavailable)
+def _unavailable_anywhere(exc: DialogUnavailable) -> tuple[str, int]:
+    """A link refused outside these views (the OAuth callback of a connect link): the same page, no redirect."""
+    return _unavailable(exc.problem, exc.record)
 
 
 def _open() -> DialogToken | tuple[str, int]:
@@ -268,6 +286,8 @@ def cms_dialog() -> tuple[str, int] | Response:
     record = opened
     db = db_session()
     provider, cfg, account = _subject(db, record)
+    if _through_consent(record, provider):
+        return _oauth_page(record, provider, cfg)
     form = _form(record, provider, cfg, account)
     if not form.is_submitted():
         return _render(record, provider, cfg, account, form)
@@ -289,6 +309,45 @@ def cms_dialog() -> tuple[str, int] | Response:
         form_errors(exc, form)
         return _render(record, provider, cfg, account, form, Verification.failed(exc), exc.http_status)
     return redirect(dialog_links.return_url(record, "saved"), code=303)
+
+
+def _through_consent(record: DialogToken, provider: ProviderEntry) -> bool:
+    """An end-user connect link on an OAuth config: the user goes through the provider's consent screen."""
+    return record.kind == dialog_links.CONNECT and provider.capabilities.oauth
+
+
+def _oauth_page(record: DialogToken, provider: ProviderEntry, cfg: ProviderConfig) -> tuple[str, int]:
+    html = render_template(
+        "dialogs/cms_connect_oauth.html",
+        record=record,
+        raw=_raw(),
+        title=TITLES[record.kind],
+        provider=provider,
+        cfg=cfg,
+        cancel_form=CancelForm(),
+    )
+    return html, 200
+
+
+@bp.get("/cms/oauth")
+def cms_dialog_oauth() -> tuple[str, int] | Response:
+    """ "Continue to <provider>": the authorization Account → Connections starts, bound to this link."""
+    opened = _open()
+    if not isinstance(opened, DialogToken):
+        return opened
+    record = opened
+    db = db_session()
+    provider_entry, cfg, _ = _subject(db, record)
+    if not _through_consent(record, provider_entry):
+        raise AppError("not_found", "This dialog does not connect through the provider's consent screen.")
+    try:
+        provider = load_provider(db, cfg.id)
+        return begin_authorization(provider, cms_connect.intent(record), want_refresh=provider.refreshable)
+    except AppError as exc:
+        db.rollback()
+        who = signed_in()
+        assert who is not None  # _open let only the link's user in
+        return cms_connect.give_up(record, cfg.id, who.record.id, exc)
 
 
 def _keep_refusal_audit(record_id: int, kind: str, exc: AppError) -> None:
@@ -314,6 +373,8 @@ def cms_dialog_test() -> tuple[str, int] | Response:
     record = opened
     db = db_session()
     provider, cfg, account = _subject(db, record)
+    if _through_consent(record, provider):
+        raise AppError("not_found", "This dialog connects through the provider's consent screen: nothing to test.")
     if record.kind == "edit_provider_config":
         raise AppError("not_found", "This dialog has no connection test.")
     form = _form(record, provider, cfg, account)

@@ -48,7 +48,7 @@ from app.oauth.setup_check import test_connection
 from app.providers import configs
 from app.providers.registry import get_catalog
 from app.vault import SecretUnreadable
-from app.web import admin_consent
+from app.web import admin_consent, cms_connect
 from app.web.browser import browser_id
 from app.web.common import admin_required, form_errors, landing, safe_next
 from app.web.errors import viewer_error
@@ -232,6 +232,8 @@ def callback(config_id: int) -> Response | tuple[str, int]:
     params = {k: v for k, v in request.args.items()}
     if admin_consent.answers(config_id, params):
         return admin_consent.finish(config_id, params)
+    if cms_connect.answers(config_id, params):
+        return cms_connect.finish(config_id, params)
     db = db_session()
     purpose: Purpose = "signin"
     back, back_label = url_for("auth.signin"), _("Back to sign in")

@@ -2,7 +2,11 @@
 link for that user (service token, ``POST /api/account-manager/connect-links``) and sends the browser there;
 signed out, the page offers sign-in, which comes back to it; the member types the key (verified against the
 Anthropic stand-in), saves, and lands on the CMS page with ``status=saved&account=<id>``. The account is the
-member's; another user's session cannot open the link; a webhook receiver verifying signatures hears of it."""
+member's; another user's session cannot open the link; a webhook receiver verifying signatures hears of it.
+
+The same for an OpenID Connect account: the link's page sends the member through the real OP's own login and
+consent pages (tests/peers/op.mjs) and back to the CMS; the OP starts inside the test, once the live server's
+port (and so the callback URL) is known."""
 
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ from tests.conftest import PASSWORD, make_settings
 from tests.e2e.conftest import assert_no_console_errors
 from tests.support.accounts import make_config
 from tests.support.live import LiveServer, free_port
+from tests.support.oauth_app import create_config, generic_values
+from tests.support.op import OPClient, running_op
 from tests.support.vendors.anthropic import Anthropic
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -178,3 +184,61 @@ def test_a_member_connects_their_own_key_in_the_secure_page_and_returns_to_the_c
     connected = [r.body for r in receiver.verified if r.body["type"] == "account.connected"]
     assert [c["data"]["account_id"] for c in connected] == [account_id]
     assert connected[0]["data"]["user_id"] == member_id
+
+
+def test_a_member_connects_their_own_oauth_account_through_the_providers_consent_and_returns_to_the_cms(
+    page: Page,
+    live: LiveServer,
+    cms_port: int,
+    cms_page: list[str],
+    receiver: WebhookReceiver,
+) -> None:
+    app = live.app
+    client = OPClient("ami-auth", "op-secret", redirect_uri=f"{live.url}/oauth/1/callback")
+    with running_op(clients=[client]) as op:
+        values = generic_values(op.issuer, client, scopes="openid email profile", end_users_connect=True)
+        config_id = create_config(app, "generic_oidc", "Corp ID", values)
+        assert config_id == 1
+        with Session(get_database(app).engine, expire_on_commit=False) as db:
+            settings = get_settings(app)
+            member = users.create_user(db, settings, email=MEMBER, password=PASSWORD, role="member", verified=True)
+            ctx = AuditContext(actor="t")
+            token = tokens.create_token(db, ctx, name="CMS", scopes=["accounts:write"], created_by=None).raw
+            made = webhooks.create_endpoint(
+                db, settings, get_cipher(app), ctx, url=receiver.url, events=["account.connected"]
+            )
+            receiver.secrets = [made.value]
+            db.commit()
+        return_to = f"http://localhost:{cms_port}/me/connections"
+        url = _connect_link(live, token, config_id, member.id, return_to)
+
+        page.goto(url)
+        page.get_by_role("link", name="Sign in and open the dialog").click()
+        _sign_in(page, MEMBER)
+        expect(page.get_by_role("heading", name="Connect your account")).to_be_visible()
+        expect(page.get_by_text("You: the account will be yours.")).to_be_visible()
+        page.get_by_role("link", name="Continue to OpenID Connect (any provider)").click()
+        # The OP's own pages: sign in, then consent.
+        expect(page).to_have_url(re.compile(re.escape(op.issuer) + "/interaction/"))
+        page.locator('input[name="login"]').fill("alice")
+        page.locator('input[name="password"]').fill("any")
+        page.locator('button[type="submit"]').click()
+        page.locator('button[type="submit"]', has_text="Continue").click()
+        page.wait_for_url(re.compile(rf"^http://localhost:{cms_port}/me/connections\?status=saved&account=\d+$"))
+        expect(page.get_by_role("heading", name="Back in the CMS")).to_be_visible()
+        account_id = int(page.url.rsplit("=", 1)[1])
+        assert_no_console_errors(page)
+
+    with Session(get_database(app).engine) as db:
+        account = db.scalars(select(ConnectedAccount).where(ConnectedAccount.id == account_id)).one()
+        assert (account.user_id, account.subject, account.status) == (member.id, "alice", "active")
+        delivery = delivery_client(get_settings(app))
+        try:
+            deliver_due(db, delivery, get_cipher(app))
+        finally:
+            delivery.close()
+    connected = [r.body for r in receiver.verified if r.body["type"] == "account.connected"]
+    assert [(c["data"]["account_id"], c["data"]["user_id"]) for c in connected] == [(account_id, member.id)]
+    # The link is spent: opening it again shows the error page, not the CMS.
+    page.goto(url)
+    expect(page.get_by_role("heading", name="This dialog link has already been used.")).to_be_visible()

@@ -180,6 +180,7 @@ def _states(db: Session) -> dict[str, tuple[str, str]]:
         "ran-out": (on, {"status": "expired"}, ("consent_required", "token_expired")),
         "key": (keys, {"status": "active"}, ("active", "ok")),
         "no-key": (keys, {"status": "pending"}, ("disabled", "no_secret")),
+        "unchecked-key": (keys, {"status": "unverified"}, ("active", "unverified")),
         "bad-key": (
             keys,
             {"status": "failing", "last_error_code": "invalid_credentials"},
@@ -236,10 +237,10 @@ def test_filters_and_keyset_paging(
             break
     assert pages == 3 and sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
     by_type = client.get(f"{PATH}?provider_type=openai&limit=100", headers=rw).get_json()["accounts"]
-    assert sorted(s["label"] for s in by_type) == ["bad-key", "config-off", "key", "no-key", "odd"]
+    assert sorted(s["label"] for s in by_type) == ["bad-key", "config-off", "key", "no-key", "odd", "unchecked-key"]
     keys_id = db.scalars(select(ProviderConfig.id).where(ProviderConfig.name == "Keys")).one()
     by_config = client.get(f"{PATH}?provider_config_id={keys_id}&limit=100", headers=rw).get_json()["accounts"]
-    assert sorted(s["label"] for s in by_config) == ["bad-key", "key", "no-key", "odd"]
+    assert sorted(s["label"] for s in by_config) == ["bad-key", "key", "no-key", "odd", "unchecked-key"]
     by_user = client.get(f"{PATH}?user_id={owner.id}", headers=rw).get_json()["accounts"]
     assert sorted(s["label"] for s in by_user) == ["key", "no-key"]
     combined = client.get(f"{PATH}?user_id={owner.id}&status=disabled", headers=rw).get_json()["accounts"]

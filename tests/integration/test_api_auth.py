@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -210,6 +211,28 @@ def test_revoked_and_expired_tokens_get_401_and_are_audited_with_their_id(
     ]
 
 
+def test_a_token_revoked_while_in_use_is_refused_at_once_here_and_within_the_cache_time_elsewhere(
+    client: FlaskClient, db: Session, issue: Issue
+) -> None:
+    here, elsewhere = issue("compliance:read", name="here"), issue("compliance:read", name="elsewhere")
+    for raw in (here, elsewhere):  # both rows are now kept by this process
+        assert client.get("/api/compliance/report", headers=bearer(raw)).status_code == 200
+
+    tokens.revoke_token(db, AuditContext(actor="test"), token_id(db, here))
+    db.commit()
+    error = assert_error(client.get("/api/compliance/report", headers=bearer(here)), 401, "not_authenticated")
+    assert "revoked" in error["message"]
+
+    # Another process (a worker or host that does not share this one's memory) revokes the other token.
+    other = db.get(ServiceToken, token_id(db, elsewhere))
+    assert other is not None
+    other.revoked_at = utcnow()
+    db.commit()
+    time.sleep(tokens.CACHE_SECONDS)
+    error = assert_error(client.get("/api/compliance/report", headers=bearer(elsewhere)), 401, "not_authenticated")
+    assert "revoked" in error["message"]
+
+
 @pytest.mark.parametrize(
     "header",
     ["Bearer amis_not-a-real-token-at-all", "Bearer ", "Basic dXNlcjpwYXNz", "amis_bare", "Bearer " + "x" * 500],
@@ -248,6 +271,7 @@ def test_successful_use_is_audited_and_last_used_is_written_at_most_once_a_minut
     # Pretend the last write was two minutes ago: the next use writes again.
     first.last_used_at = stamp - timedelta(minutes=2)
     db.commit()
+    tokens.forget(tid)  # the app keeps a token's row up to tokens.CACHE_SECONDS; this edit went around the app
     client.get(f"/api/auth/sessions?user_id={user.id}", headers=bearer(raw))
     db.expire_all()
     again = db.get(ServiceToken, tid)

@@ -17,7 +17,11 @@ from app.audit_details import REDACTED
 from app.extensions import Database, make_database
 from app.models.audit import AuditEvent
 from tests.conftest import PostgresDatabase, postgres_admin_url
-from tests.support.audit_chain import assert_second_writer_waits_for_the_first, assert_threads_keep_one_chain
+from tests.support.audit_chain import (
+    assert_batched_writers_keep_one_chain,
+    assert_second_writer_waits_for_the_first,
+    assert_threads_keep_one_chain,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -47,6 +51,10 @@ def test_eight_threads_recording_at_once_keep_one_chain(database: Database) -> N
 
 def test_a_second_writer_waits_for_the_first_to_commit(database: Database) -> None:
     assert_second_writer_waits_for_the_first(database)
+
+
+def test_batched_appends_from_two_processes_keep_one_chain(pg_url: str) -> None:
+    assert_batched_writers_keep_one_chain(pg_url, 4)
 
 
 def test_stored_values_hash_the_same_after_the_round_trip(database: Database) -> None:

@@ -20,14 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.api import tokens
 from app.audit import AuditContext
 from app.connectors import accounts
+from app.connectors import proxy as rules
 from app.extensions import get_cipher, get_settings
-from app.models import AuditEvent, ConnectedAccount
+from app.models import AuditEvent, ConnectedAccount, ProviderConfig
 from app.net import OutboundClient, Upstream, get_client
 from app.settings import Settings
 from app.vault import Secret
@@ -226,6 +227,47 @@ def test_a_refused_key_marks_the_account_as_the_verification_does(
     db.expire_all()
     marked = db.get(ConnectedAccount, account.id)
     assert marked is not None and marked.status == "failing" and marked.last_error_code == "invalid_credentials"
+
+
+def test_a_replaced_key_and_a_deleted_account_are_seen_by_the_next_call(
+    app: Flask,
+    live: LiveServer,
+    db: Session,
+    account: ConnectedAccount,
+    upstream: StreamUpstream,
+    proxy_headers: dict[str, str],
+) -> None:
+    assert httpx.get(_url(live, account, "v1/models"), headers=proxy_headers).status_code == 200  # the row is kept
+    new_key = upstream.add_key("sk-proj-" + "n" * 40)
+    with app.app_context():
+        accounts.save_secrets(
+            db, get_cipher(app), get_client(app), get_settings(app), CTX, account, {"api_key": Secret(new_key)}
+        )
+    db.commit()
+    assert httpx.get(_url(live, account, "v1/models"), headers=proxy_headers).status_code == 200
+    assert upstream.hits("/v1/models")[-1].headers["authorization"] == f"Bearer {new_key}"
+
+    delete = httpx.delete(
+        f"http://127.0.0.1:{live.port}/api/account-manager/accounts/{account.id}?force=true",
+        headers=_token(db, "accounts:write"),
+    )
+    assert delete.status_code == 200
+    gone = httpx.get(_url(live, account, "v1/models"), headers=proxy_headers)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+
+
+def test_a_config_disabled_by_another_process_is_refused_within_the_cache_time(
+    live: LiveServer, db: Session, account: ConnectedAccount, proxy_headers: dict[str, str]
+) -> None:
+    assert httpx.get(_url(live, account, "v1/models"), headers=proxy_headers).status_code == 200  # the row is kept
+    # Another worker or host disables its config (a plain UPDATE on a connection of its own: this process hears
+    # nothing of it, so its copy of the row is believed until it is rules.ACCOUNT_CACHE_SECONDS old).
+    with db.get_bind().engine.begin() as other:
+        config = ProviderConfig.id == account.provider_config_id
+        other.execute(update(ProviderConfig).where(config).values(enabled=False))
+    time.sleep(rules.ACCOUNT_CACHE_SECONDS)
+    refused = httpx.get(_url(live, account, "v1/models"), headers=proxy_headers)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict"
 
 
 @pytest.mark.parametrize(

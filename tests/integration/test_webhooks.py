@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
@@ -308,3 +308,88 @@ def test_the_in_app_scheduler_sends_due_deliveries(app: Flask, db: Session, rece
     make_config(db, get_cipher(app), app.extensions["ami_settings"], "openai", {})
     RefreshScheduler(app).run_once()  # one tick, in this thread: the refresh, then the deliveries
     assert [r.body["data"]["change"] for r in receiver.verified] == ["create", "enable"]
+
+
+def test_an_endpoint_that_answers_410_gone_is_disabled_and_its_other_deliveries_wait(
+    app: Flask, db: Session, receiver: WebhookReceiver, sender: OutboundClient
+) -> None:
+    cipher = get_cipher(app)
+    made = _register(app, db, receiver, ["provider_config.changed"])
+    receiver.answer = 410
+    cfg = make_config(db, cipher, app.extensions["ami_settings"], "openai", {})
+    other = make_config(db, cipher, app.extensions["ami_settings"], "anthropic", {}, name="Anthropic")
+    db.commit()
+    report = deliver_due(db, sender, cipher)
+    assert report.disabled == {made.endpoint.id}
+    assert "1 endpoint(s) disabled (410 Gone)" in report.summary()
+    db.expire_all()
+    endpoint = webhooks.get_endpoint(db, made.endpoint.id)
+    assert endpoint.enabled is False
+    deliveries = db.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)).all()
+    # One try got the 410; the rest were never sent and wait for the endpoint to be enabled again.
+    assert [(d.state, d.attempts) for d in deliveries].count(("failed", 1)) == 1
+    assert all(d.state == "pending" and d.attempts == 0 and d.lease_owner is None for d in deliveries[1:])
+    disabled = db.scalars(select(AuditEvent).where(AuditEvent.action == "webhook_endpoint.disabled")).all()
+    assert [(e.actor, e.target, e.details["reason"]) for e in disabled] == [
+        ("system:webhooks", f"webhook_endpoint:{endpoint.id}", "410 Gone")
+    ]
+    # The receiver is back: an admin enables the endpoint and the waiting events arrive, in order per config.
+    receiver.answer = 200
+    webhooks.update_endpoint(db, app.extensions["ami_settings"], CTX, endpoint, enabled=True)
+    db.commit()
+    deliver_due(db, sender, cipher)
+    deliver_due(db, sender, cipher)
+    got = [(r.body["data"]["provider_config_id"], r.body["data"]["change"]) for r in receiver.verified]
+    assert [c for i, c in got if i == cfg.id] == ["enable"]  # "create" got the 410 and gave up
+    assert [c for i, c in got if i == other.id] == ["create", "enable"]
+
+
+def test_the_purge_deletes_finished_old_events_and_keeps_pending_ones_and_account_history(
+    app: Flask, db: Session, receiver: WebhookReceiver, sender: OutboundClient
+) -> None:
+    from app.jobs.webhooks import purge_finished  # (test-local: only this test purges)
+
+    cipher = get_cipher(app)
+    _register(app, db, receiver, ["provider_config.changed"])
+    make_config(db, cipher, app.extensions["ami_settings"], "openai", {})
+    deliver_due(db, sender, cipher)  # delivered: finished
+    receiver.answer = 503
+    make_config(db, cipher, app.extensions["ami_settings"], "anthropic", {}, name="Anthropic")
+    deliver_due(db, sender, cipher)  # still pending, to retry
+    account = make_account(db, make_config(db, cipher, app.extensions["ami_settings"], "openai", {}, name="O2"), {})
+    from app.webhook_events import emit_state  # (test-local)
+
+    emit_state(db, "account.refresh_failed", f"connected_account:{account.id}")
+    db.commit()
+    before = db.scalars(select(func.count()).select_from(WebhookEvent)).one()
+    assert purge_finished(db, timedelta(days=30)) == 0  # nothing is old yet
+    later = utcnow() + timedelta(days=31)
+    purged = purge_finished(db, timedelta(days=30), now=later)
+    db.expire_all()
+    left = db.scalars(select(WebhookEvent)).all()
+    assert purged == before - len(left) and purged > 0
+    # Kept: every event with a pending delivery, and the account's last state (what "recovered" is told from).
+    pending = db.scalars(select(WebhookDelivery).where(WebhookDelivery.state == "pending")).all()
+    assert {d.event_id for d in pending} <= {e.id for e in left}
+    assert [e.type for e in left if e.subject == f"connected_account:{account.id}"] == ["account.refresh_failed"]
+    assert (
+        db.scalar(
+            select(func.count())
+            .select_from(WebhookAttempt)
+            .where(~WebhookAttempt.delivery_id.in_(select(WebhookDelivery.id)))
+        )
+        == 0
+    )
+    emit_state(db, "account.recovered", f"connected_account:{account.id}")  # still told from the kept history
+    db.commit()
+    assert db.scalars(select(WebhookEvent.type).order_by(WebhookEvent.id.desc())).first() == "account.recovered"
+    purged_audit = db.scalars(select(AuditEvent).where(AuditEvent.action == "webhook_events.purged")).all()
+    assert [e.details["events"] for e in purged_audit] == [purged]
+
+
+def test_the_purge_command_says_how_many_events_went(app: Flask, db: Session) -> None:
+    result = app.test_cli_runner().invoke(args=["webhooks", "purge", "--older-than-days", "7"])
+    assert result.exit_code == 0, result.output
+    assert "webhooks: 0 finished event(s) older than 7 day(s) deleted" in result.output
+    refused = app.test_cli_runner().invoke(args=["webhooks", "purge", "--older-than-days", "0"])
+    assert refused.exit_code == 2

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.audit import AuditContext, record, verify
-from app.extensions import Database
+from app.audit import AuditContext, append, record, verify
+from app.extensions import Database, make_database
 from app.models.audit import AuditEvent
 
 PER_THREAD = 50
@@ -69,3 +69,45 @@ def assert_second_writer_waits_for_the_first(database: Database) -> None:
     assert prev_hash_b == [hash_a]
     with Session(database.engine) as session:
         assert verify(session).ok
+
+
+def assert_batched_writers_keep_one_chain(url: str, threads: int) -> None:
+    """Two processes' worth of writers (an engine each, as two workers or hosts have) append at once with
+    :func:`append` (group commit), alongside a thread that records one event per transaction: every event is
+    in one unbroken chain."""
+    databases = [make_database(url), make_database(url)]
+    start = threading.Barrier(threads * 2 + 1)
+    committed: list[bool] = []
+
+    def appender(database: Database, n: int) -> None:
+        start.wait()
+        for i in range(PER_THREAD):
+            ok = append(database.engine, AuditContext(actor=f"appender{n}"), "test.batched", details={"i": i})
+            committed.append(ok)
+
+    def recorder() -> None:
+        start.wait()
+        with Session(databases[0].engine) as session:
+            for i in range(PER_THREAD):
+                record(session, AuditContext(actor="recorder"), "test.single", details={"i": i})
+                session.commit()
+
+    try:
+        with ThreadPoolExecutor(threads * 2 + 1) as pool:
+            futures = [pool.submit(appender, databases[n % 2], n) for n in range(threads * 2)]
+            futures.append(pool.submit(recorder))
+            for future in futures:
+                future.result()
+        assert committed == [True] * (threads * 2 * PER_THREAD)
+        with Session(databases[0].engine) as session:
+            result = verify(session, batch=64)
+            assert result.ok, result.problem
+            rows = session.execute(select(AuditEvent.actor, AuditEvent.details)).all()
+        assert sorted((actor, d["i"]) for actor, d in rows) == sorted(
+            [(f"appender{n}", i) for n in range(threads * 2) for i in range(PER_THREAD)]
+            + [("recorder", i) for i in range(PER_THREAD)]
+        )
+    finally:
+        for database in databases:
+            database.remove()
+            database.engine.dispose()

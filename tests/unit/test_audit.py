@@ -33,7 +33,11 @@ from app.extensions import Database, get_database, init_database, make_database
 from app.migrate import upgrade
 from app.models.audit import AuditEvent
 from app.settings import load_settings
-from tests.support.audit_chain import assert_second_writer_waits_for_the_first, assert_threads_keep_one_chain
+from tests.support.audit_chain import (
+    assert_batched_writers_keep_one_chain,
+    assert_second_writer_waits_for_the_first,
+    assert_threads_keep_one_chain,
+)
 
 ALICE = AuditContext(actor="alice@example.com", actor_id=7, ip="127.0.0.1", user_agent="pytest")
 
@@ -383,6 +387,10 @@ def test_four_threads_recording_at_once_keep_one_chain(database: Database) -> No
 
 def test_a_second_writer_waits_for_the_first_to_commit(database: Database) -> None:
     assert_second_writer_waits_for_the_first(database)
+
+
+def test_batched_appends_from_two_processes_keep_one_chain(db_url: str) -> None:
+    assert_batched_writers_keep_one_chain(db_url, 3)
 
 
 # --- query -----------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
   since only where a later issue changed a field on purpose: the API issue's `role_mapping` and strict per-type
   JSON Schemas; the sign-in issue's `button_label`; the proxy's `api_url`/`api_base_url`; Google's device client,
   Anthropic's region (its unused `workspace_id` dropped), Hugging Face's `required_permissions`; the webhooks
-  issue's `end_users_connect`; the URL and string patterns narrowed to exactly what the server accepts).
+  issue's `end_users_connect`, and the OAuth types' since end users connect through the consent screen too; the URL
+  and string patterns narrowed to exactly what the server accepts).
 - An include names a group that exists, an override a field of it; the JSON Schema checks both.
 - What each shipped type can do is derived from its auth mode or declared once, never from its id.
 - The OAuth protocol core imports no database, Flask or catalog; the catalog's hooks import no connector.
@@ -62,8 +63,10 @@ def test_the_groups_are_included_where_the_fields_were_repeated() -> None:
     assert {"azure_ad", "generic_oidc", "github", "google"} <= set(included["sign_in_policy"])
     assert {"azure_ad", "generic_oidc", "github"} <= set(included["device_flow"])
     assert {"anthropic", "generic_api_key", "huggingface", "openai", "smtp"} <= set(included["rotation_reminder"])
-    # Every type whose accounts are typed in (API key, SMTP) may let end users connect their own.
+    # Every type whose accounts are typed in (API key, SMTP) or connected through consent (OAuth) may let end users
+    # connect their own.
     assert {"anthropic", "generic_api_key", "huggingface", "openai", "smtp"} <= set(included["end_user_connect"])
+    assert {"azure_ad", "generic_oidc", "github", "google"} <= set(included["end_user_connect"])
     # The rotation reminder's default is the entry's own policy, stated once.
     for entry_id in included["rotation_reminder"]:
         entry = get_catalog()[AuthProviderType(entry_id)]

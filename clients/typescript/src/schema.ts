@@ -175,7 +175,7 @@ export interface paths {
         put?: never;
         /**
          * A single-use URL where an end user connects their own account
-         * @description For a signed-in end user of the CMS (not only admins): the URL opens AMI Auth's secure page where that user — and only that user's own AMI Auth session — types their key (API-key and SMTP configs); the key is tested with the provider, stored encrypted, and the new account belongs to them. Then the browser goes back to `return_to` with `status=saved|cancelled&account=<id>`. Valid for 10 minutes and one use, like a dialog URL. The provider config must be enabled and have `end_users_connect: true` (409 `conflict` on `provider_config_id` otherwise); 404 for an unknown config or user, 409 for a disabled user. Audited (`dialog.issue` with the user). Scope `accounts:write`.
+         * @description For a signed-in end user of the CMS (not only admins): the URL opens AMI Auth's secure page where that user — and only that user's own AMI Auth session (the page offers sign-in; another user's session is refused) — types their key (API-key and SMTP configs; tested with the provider first) or goes through the provider's consent screen (OAuth configs: Google, GitHub, Entra ID, OpenID Connect; the same authorization as Account → Connections, which must finish in the session that opened the link). The key or token set is stored encrypted and the new account belongs to that user (webhook `account.connected`). Then the browser goes back to `return_to` with `status=saved&account=<id>`, `status=cancelled`, or — OAuth only, when the user denied consent or the provider failed — `status=failed&error=<code>` (e.g. `consent_required`), nothing stored. Valid for 10 minutes (the provider's answer included) and one use, like a dialog URL. The provider config must be enabled and have `end_users_connect: true` (409 `conflict` on `provider_config_id` otherwise); 404 for an unknown config or user, 409 for a disabled user. Audited (`dialog.issue` with the user). Scope `accounts:write`.
          */
         post: operations["createConnectLink"];
         delete?: never;
@@ -907,7 +907,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -958,7 +958,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1008,7 +1008,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1057,7 +1057,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1107,7 +1107,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1164,7 +1164,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1214,7 +1214,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1281,7 +1281,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1333,7 +1333,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1387,7 +1387,7 @@ export interface components {
              */
             status: "active" | "expiring" | "consent_required" | "error" | "disabled";
             /** @enum {string} */
-            status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+            status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
             expires_at: string | null;
             last_used_at: string | null;
             last_verified_at: string | null;
@@ -1447,7 +1447,7 @@ export interface components {
                  */
                 status: "active" | "expiring" | "consent_required" | "error" | "disabled";
                 /** @enum {string} */
-                status_reason: "ok" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
+                status_reason: "ok" | "unverified" | "refresh_due" | "consent_required" | "token_expired" | "verification_failed" | "refresh_failing" | "config_disabled" | "no_secret" | "unknown";
                 last_error: {
                     code: string;
                     hint: string;
@@ -1475,7 +1475,7 @@ export interface components {
             };
         };
         ConnectLinkRequest: {
-            /** @description An enabled API-key or SMTP provider config whose `end_users_connect` is true. */
+            /** @description An enabled API-key, SMTP or OAuth provider config whose `end_users_connect` is true. */
             provider_config_id: number;
             /** @description The end user who connects their own account (and will own it). */
             user_id: number;
@@ -1898,6 +1898,7 @@ export interface components {
                 device_flow?: boolean | null;
                 authority?: string | null;
                 graph_url?: string | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: {
@@ -2075,6 +2076,12 @@ export interface components {
                  * @default https://graph.microsoft.com
                  */
                 graph_url?: string;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page, which takes them through the provider's consent screen; the connected account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             } & (unknown & unknown);
         };
         /** A new Generic API key config */
@@ -2311,6 +2318,12 @@ export interface components {
                  * @description For new users created on first sign-in. Blank allows any domain.
                  */
                 allowed_domains?: string[] | null;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page, which takes them through the provider's consent screen; the connected account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             } & (unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown);
         };
         /** A new GitHub config */
@@ -2392,6 +2405,12 @@ export interface components {
                  * @default https://api.github.com
                  */
                 api_url?: string;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page, which takes them through the provider's consent screen; the connected account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             } & (unknown & unknown);
         };
         /** A new Google config */
@@ -2502,6 +2521,12 @@ export interface components {
                  * @default https://www.googleapis.com
                  */
                 api_url?: string;
+                /**
+                 * Let end users connect their own accounts
+                 * @description The CMS may send a signed-in user to AMI Auth's secure page, which takes them through the provider's consent screen; the connected account is theirs.
+                 * @default false
+                 */
+                end_users_connect?: boolean | null;
             } & (unknown & unknown & unknown & unknown);
         };
         /** A new Hugging Face config */
@@ -2704,6 +2729,7 @@ export interface components {
                 trust_email?: boolean | null;
                 jit?: boolean | null;
                 allowed_domains?: string[] | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: {
@@ -2748,6 +2774,7 @@ export interface components {
                 device_flow?: boolean | null;
                 web_url?: string | null;
                 api_url?: string | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: {
@@ -2796,6 +2823,7 @@ export interface components {
                 device_scopes?: string[] | null;
                 issuer?: string | null;
                 api_url?: string | null;
+                end_users_connect?: boolean | null;
             };
             /** @description One entry per secret field of the type: whether a value is stored, and when it last changed. Never the value. */
             secrets: {
@@ -2906,6 +2934,7 @@ export interface components {
             device_flow?: boolean | null;
             authority?: string | null;
             graph_url?: string | null;
+            end_users_connect?: boolean | null;
         };
         /** Generic API key config values to change */
         ProviderConfigPatchGenericApiKey: {
@@ -2946,6 +2975,7 @@ export interface components {
             trust_email?: boolean | null;
             jit?: boolean | null;
             allowed_domains?: string[] | null;
+            end_users_connect?: boolean | null;
         };
         /** GitHub config values to change */
         ProviderConfigPatchGithub: {
@@ -2959,6 +2989,7 @@ export interface components {
             device_flow?: boolean | null;
             web_url?: string | null;
             api_url?: string | null;
+            end_users_connect?: boolean | null;
         };
         /** Google config values to change */
         ProviderConfigPatchGoogle: {
@@ -2976,6 +3007,7 @@ export interface components {
             device_scopes?: string[] | null;
             issuer?: string | null;
             api_url?: string | null;
+            end_users_connect?: boolean | null;
         };
         /** Hugging Face config values to change */
         ProviderConfigPatchHuggingface: {
@@ -3239,8 +3271,9 @@ export interface components {
                     device_flow: components["schemas"]["FieldSchema"];
                     authority: components["schemas"]["FieldSchema"];
                     graph_url: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: ("tenant" | "client_id" | "client_secret" | "scopes" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "role_mapping" | "device_flow" | "authority" | "graph_url")[];
+                required: ("tenant" | "client_id" | "client_secret" | "scopes" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "role_mapping" | "device_flow" | "authority" | "graph_url" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3406,8 +3439,9 @@ export interface components {
                     trust_email: components["schemas"]["FieldSchema"];
                     jit: components["schemas"]["FieldSchema"];
                     allowed_domains: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: ("endpoint_source" | "issuer" | "discovery_url" | "authorization_url" | "token_url" | "userinfo_url" | "jwks_uri" | "revocation_url" | "device_authorization_url" | "client_id" | "token_auth_method" | "client_secret" | "scopes" | "pkce" | "audience" | "device_flow" | "user_id_claim" | "email_claim" | "email_verified_claim" | "name_claim" | "groups_claim" | "role_mapping" | "api_base_url" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains")[];
+                required: ("endpoint_source" | "issuer" | "discovery_url" | "authorization_url" | "token_url" | "userinfo_url" | "jwks_uri" | "revocation_url" | "device_authorization_url" | "client_id" | "token_auth_method" | "client_secret" | "scopes" | "pkce" | "audience" | "device_flow" | "user_id_claim" | "email_claim" | "email_verified_claim" | "name_claim" | "groups_claim" | "role_mapping" | "api_base_url" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3481,8 +3515,9 @@ export interface components {
                     device_flow: components["schemas"]["FieldSchema"];
                     web_url: components["schemas"]["FieldSchema"];
                     api_url: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: ("client_id" | "client_secret" | "scopes" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "web_url" | "api_url")[];
+                required: ("client_id" | "client_secret" | "scopes" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "web_url" | "api_url" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];
@@ -3561,8 +3596,9 @@ export interface components {
                     device_scopes: components["schemas"]["FieldSchema"];
                     issuer: components["schemas"]["FieldSchema"];
                     api_url: components["schemas"]["FieldSchema"];
+                    end_users_connect: components["schemas"]["FieldSchema"];
                 };
-                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "device_client_id" | "device_client_secret" | "device_scopes" | "issuer" | "api_url")[];
+                required: ("client_id" | "client_secret" | "hosted_domain" | "scopes" | "access_type" | "signin" | "button_label" | "trust_email" | "jit" | "allowed_domains" | "device_flow" | "device_client_id" | "device_client_secret" | "device_scopes" | "issuer" | "api_url" | "end_users_connect")[];
                 /** @constant */
                 additionalProperties: false;
                 "x-field-order": string[];

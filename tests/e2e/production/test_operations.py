@@ -203,6 +203,8 @@ def test_journeys_leave_no_secret_in_any_log_line(
     admin_page.get_by_role("button", name="Test connection").click()
     expect(admin_page.locator("#test-result .test-result")).to_have_attribute("data-code", "ok")
     admin_page.get_by_role("button", name="Save").click()
+    # The dialog's heading names the account too: wait for the saved account's page, not the heading alone.
+    expect(admin_page.get_by_text("Saved.")).to_be_visible()
     expect(admin_page.get_by_role("heading", name="OpenAI ops scan")).to_be_visible()
 
     # 3. A service token, used: the CMS reads the account's headers (the one endpoint that discloses the key).
