@@ -123,6 +123,21 @@ def test_the_second_step_and_the_authenticator_set_up_are_marked(pseudo_app: Fla
     assert unmarked_text(setup, allowed=(*DATA, "sam@example.com", secret.group(1))) == []
 
 
+def test_the_openid_provider_pages_are_marked(pseudo_app: Flask) -> None:
+    _user(pseudo_app)
+    client = pseudo_app.test_client()
+    refused = _page(client, "/oauth2/authorize?client_id=nobody&response_type=code", status=400)
+    assert "⟦This sign-in request cannot be used⟧" in refused
+    # The protocol library's own description of the error is data here (it stays as the library wrote it).
+    description = re.search(r'<p class="lead">([^<]*)</p>', refused)
+    assert description is not None
+    assert unmarked_text(refused, allowed=(*DATA, description.group(1), "invalid_client", "invalid_request")) == []
+    sign_in(client, EMAIL)
+    logout = _page(client, "/oauth2/logout")
+    assert "⟦An app asks to sign you out.⟧" in logout
+    assert unmarked_text(logout, allowed=DATA) == []
+
+
 def test_an_error_page_and_a_refused_form_are_marked_too(pseudo_app: Flask) -> None:
     client = pseudo_app.test_client()
     missing = _page(client, "/no-such-page", status=404)
