@@ -12,7 +12,7 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from app.auth import email_change, lifecycle, sessions, throttle, trusted_browsers
 from app.auth.devices import device_summary
-from app.errors import N_, AppError
+from app.errors import N_, AppError, translated
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
 from app.i18n import force_locale, language_name, lazy_gettext, shipped_locales
@@ -105,7 +105,7 @@ def _page(
     html = render_template(
         "account/index.html",
         user=who.user,
-        sessions=[(s, device_summary(s.user_agent)) for s in paged.rows],
+        sessions=[(s, translated(device_summary(s.user_agent))) for s in paged.rows],
         session_page=paged,
         current_session=who.record.id,
         profile_form=profile_form,
@@ -113,7 +113,7 @@ def _page(
         email_form=email_form or EmailChangeForm(formdata=None),
         language_form=language_form or LanguageForm(formdata=None, locale=who.user.locale or ""),
         identities=linked_identities.list_identities(db, who.user.id),
-        trusted=[(t, device_summary(t.user_agent)) for t in trusted_browsers.live(db, who.user.id)],
+        trusted=[(t, translated(device_summary(t.user_agent))) for t in trusted_browsers.live(db, who.user.id)],
         apps=consents.authorized_apps(db, who.user.id),
     )
     return html, status

@@ -179,10 +179,12 @@ def test_a_user_who_chose_german_reads_german_whatever_the_browser_says(
     app: Flask, client: FlaskClient, make_user: UserFactory
 ) -> None:
     _user(app, locale="de")
+    client.environ_base["HTTP_USER_AGENT"] = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
     sign_in(client, EMAIL)
     html = client.get("/account/", headers=ENGLISH).get_data(as_text=True)
     assert '<html lang="de">' in html
     assert "<h1>Mein Konto</h1>" in html
+    assert "Firefox unter Linux" in html  # the session list's device, in German too
     assert '<option selected value="de">Deutsch</option>' in html
 
 
