@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from flask import has_app_context
+from flask_babel import gettext
+
 ErrorCode = Literal[
     "not_authenticated",
     "invalid_config",
@@ -29,6 +32,45 @@ ErrorCode = Literal[
 ]
 
 
+class Text(str):
+    """English text that keeps its message id and values, so it can be shown in the reader's language."""
+
+    msgid: str
+    values: dict[str, Any]
+
+    def __new__(cls, msgid: str, values: dict[str, Any]) -> Text:
+        text = super().__new__(cls, msgid % values if values else msgid)
+        text.msgid, text.values = msgid, values
+        return text
+
+    def __getnewargs__(self) -> tuple[str, dict[str, Any]]:  # type: ignore[override]
+        return self.msgid, self.values  # copy and pickle rebuild it from its id and values
+
+
+def N_(message: str, **values: Any) -> str:  # babel extracts N_("…"): translated when shown
+    """Mark ``message`` for translation (``make messages`` extracts it) without translating it yet: the domain
+    raises errors with no request around (CLI, jobs); :func:`translated` reads it in the viewer's language.
+    Values stay out of the message id: ``N_("Use at most %(n)s characters.", n=200)``; a value that is marked
+    text itself is translated with it, any other value (a name, an address) is shown as it is."""
+    return Text(message, values)
+
+
+def translated(text: str) -> str:
+    """``text`` in the current request's language (app.i18n) when an app is there; as written otherwise."""
+    if not has_app_context():
+        return text
+    if isinstance(text, Text):
+        message = str(gettext(text.msgid))
+        if not text.values:
+            return message
+        # A value may be marked text itself ("Try again in %(wait)s." with "2 minutes"); data stays as it is.
+        values = {name: translated(value) if isinstance(value, Text) else value for name, value in text.values.items()}
+        return message % values
+    # Unmarked text (a provider's own error description, an exception's message) reads as it was written,
+    # unless it is one of our messages word for word.
+    return str(gettext(text))
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     status: int
@@ -37,47 +79,49 @@ class ErrorKind:
 
 
 TAXONOMY: dict[ErrorCode, ErrorKind] = {
-    "not_authenticated": ErrorKind(401, "You are not signed in.", "Sign in, or send a valid service token."),
+    "not_authenticated": ErrorKind(401, N_("You are not signed in."), N_("Sign in, or send a valid service token.")),
     "invalid_config": ErrorKind(
-        422, "The configuration is incomplete or invalid.", "Check the highlighted settings and save again."
+        422, N_("The configuration is incomplete or invalid."), N_("Check the highlighted settings and save again.")
     ),
     "invalid_credentials": ErrorKind(
-        401, "The credentials were not accepted.", "Check the value and try again; it may have been revoked."
+        401, N_("The credentials were not accepted."), N_("Check the value and try again; it may have been revoked.")
     ),
-    "token_expired": ErrorKind(401, "The token has expired.", "Refresh it, or start again to get a new one."),
+    "token_expired": ErrorKind(401, N_("The token has expired."), N_("Refresh it, or start again to get a new one.")),
     "consent_required": ErrorKind(
-        409, "The provider needs the user's consent again.", "Reconnect the account to grant access again."
+        409, N_("The provider needs the user's consent again."), N_("Reconnect the account to grant access again.")
     ),
-    "rate_limited": ErrorKind(429, "Too many attempts.", "Wait a moment and try again."),
+    "rate_limited": ErrorKind(429, N_("Too many attempts."), N_("Wait a moment and try again.")),
     "provider_unreachable": ErrorKind(
-        502, "The provider could not be reached.", "Check the URL and network access, then try again."
+        502, N_("The provider could not be reached."), N_("Check the URL and network access, then try again.")
     ),
-    "permission_denied": ErrorKind(403, "You do not have permission to do that.", "Ask an administrator for access."),
-    "not_found": ErrorKind(404, "Not found.", "Check the address; the item may have been deleted."),
+    "permission_denied": ErrorKind(
+        403, N_("You do not have permission to do that."), N_("Ask an administrator for access.")
+    ),
+    "not_found": ErrorKind(404, N_("Not found."), N_("Check the address; the item may have been deleted.")),
     "method_not_allowed": ErrorKind(
-        405, "This method is not allowed here.", "Use one of the methods listed in the Allow header."
+        405, N_("This method is not allowed here."), N_("Use one of the methods listed in the Allow header.")
     ),
-    "conflict": ErrorKind(409, "That conflicts with existing data.", "Reload the page and try again."),
+    "conflict": ErrorKind(409, N_("That conflicts with existing data."), N_("Reload the page and try again.")),
     "secret_unreadable": ErrorKind(
         500,
-        "A stored secret could not be decrypted.",
-        "The master key that encrypted it may be missing; check AMI_AUTH_MASTER_KEYS, or replace the secret.",
+        N_("A stored secret could not be decrypted."),
+        N_("The master key that encrypted it may be missing; check AMI_AUTH_MASTER_KEYS, or replace the secret."),
     ),
     "mfa_required": ErrorKind(
         401,
-        "A second factor is required.",
-        "Complete sign-in with your authenticator, passkey or recovery code.",
+        N_("A second factor is required."),
+        N_("Complete sign-in with your authenticator, passkey or recovery code."),
     ),
-    "validation_failed": ErrorKind(422, "Some values are not valid.", "Correct the highlighted fields."),
+    "validation_failed": ErrorKind(422, N_("Some values are not valid."), N_("Correct the highlighted fields.")),
     "service_unavailable": ErrorKind(
         503,
-        "The service is temporarily unavailable.",
-        "Nothing was changed. Try again in a minute; if it keeps happening, tell an administrator.",
+        N_("The service is temporarily unavailable."),
+        N_("Nothing was changed. Try again in a minute; if it keeps happening, tell an administrator."),
     ),
     "internal_error": ErrorKind(
         500,
-        "Something went wrong on our side.",
-        "Try again; if it persists, give the reference to an administrator.",
+        N_("Something went wrong on our side."),
+        N_("Try again; if it persists, give the reference to an administrator."),
     ),
 }
 
@@ -106,18 +150,23 @@ class AppError(Exception):
 
     @property
     def text(self) -> str:
-        return self.message or self.kind.message
+        return translated(self.message or self.kind.message)
 
     @property
     def help(self) -> str:
-        return self.hint or self.kind.hint
+        return translated(self.hint or self.kind.hint)
+
+    @property
+    def field_texts(self) -> dict[str, str]:
+        """``fields`` in the reader's language."""
+        return {name: translated(message) for name, message in self.fields.items()}
 
     def to_dict(self, reference: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "code": self.code,
             "message": self.text,
             "hint": self.help,
-            "fields": dict(self.fields),
+            "fields": self.field_texts,
         }
         if self.retry_after is not None:
             body["retry_after"] = self.retry_after

@@ -50,7 +50,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy.orm import Session
 
 from app import metrics
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import MailOutbox
 from app.outbound import OutboundBlocked, OutboundGuard
 from app.settings import Settings
@@ -111,16 +111,16 @@ def parse_smtp_url(
     security = URL_SCHEMES.get(parts.scheme)
     hint = "Use smtp+starttls://user:password@host:587 or smtps://user:password@host:465 in AMI_AUTH_SMTP_URL."
     if security is None:
-        raise AppError("invalid_config", "The mail URL has an unknown scheme.", hint)
+        raise AppError("invalid_config", N_("The mail URL has an unknown scheme."), hint)
     try:
         port = parts.port or DEFAULT_PORTS[security]
     except ValueError:
-        raise AppError("invalid_config", "The mail URL has an invalid port.", hint) from None
+        raise AppError("invalid_config", N_("The mail URL has an invalid port."), hint) from None
     host = parts.hostname or ""
     if not host:
-        raise AppError("invalid_config", "The mail URL has no host.", hint)
+        raise AppError("invalid_config", N_("The mail URL has no host."), hint)
     if security == "none" and host not in LOOPBACK:
-        raise AppError("invalid_config", "Plain smtp:// is only allowed to a relay on 127.0.0.1.", hint)
+        raise AppError("invalid_config", N_("Plain smtp:// is only allowed to a relay on 127.0.0.1."), hint)
     return SmtpTarget(
         host=host,
         port=port,
@@ -151,15 +151,20 @@ def _login(client: smtplib.SMTP, target: SmtpTarget) -> None:
     if not client.has_extn("auth"):
         raise AppError(
             "invalid_config",
-            f"{target.host} does not offer authentication on this connection.",
-            "Use STARTTLS or implicit TLS (most servers only offer AUTH over TLS), or remove the username.",
+            N_("%(host)s does not offer authentication on this connection.", host=target.host),
+            N_("Use STARTTLS or implicit TLS (most servers only offer AUTH over TLS), or remove the username."),
         )
     offered = client.esmtp_features.get("auth", "").upper().split()
     if target.mechanism is not None and target.mechanism not in offered:
         raise AppError(
             "invalid_config",
-            f"{target.host} does not offer AUTH {target.mechanism} ({' '.join(offered) or 'none'}).",
-            "Choose a login method the server offers.",
+            N_(
+                "%(host)s does not offer AUTH %(mechanism)s (%(none)s).",
+                host=target.host,
+                mechanism=target.mechanism,
+                none=" ".join(offered) or "none",
+            ),
+            N_("Choose a login method the server offers."),
         )
     if target.mechanism == "XOAUTH2":
         # https://developers.google.com/gmail/imap/xoauth2-protocol; after a failure the server sends a
@@ -176,8 +181,8 @@ def _login(client: smtplib.SMTP, target: SmtpTarget) -> None:
             return
     raise AppError(
         "invalid_config",
-        f"{target.host} offers no supported login method ({' '.join(offered) or 'none'}).",
-        "The server must offer AUTH PLAIN or LOGIN.",
+        N_("%(host)s offers no supported login method (%(none)s).", host=target.host, none=" ".join(offered) or "none"),
+        N_("The server must offer AUTH PLAIN or LOGIN."),
     )
 
 
@@ -295,8 +300,8 @@ def _session(target: SmtpTarget) -> Iterator[smtplib.SMTP]:
             if not client.has_extn("starttls"):
                 raise AppError(
                     "provider_unreachable",
-                    f"The mail server at {where} does not offer STARTTLS.",
-                    "Use the submission port (587) of a server that supports STARTTLS, or smtps:// on port 465.",
+                    N_("The mail server at %(where)s does not offer STARTTLS.", where=where),
+                    N_("Use the submission port (587) of a server that supports STARTTLS, or smtps:// on port 465."),
                 )
             client.starttls(context=tls_context(target))
             client.ehlo()  # RFC 3207 §4.2: forget what was learned before TLS and ask again
@@ -308,56 +313,69 @@ def _session(target: SmtpTarget) -> Iterator[smtplib.SMTP]:
     except smtplib.SMTPAuthenticationError as exc:
         raise AppError(
             "invalid_credentials",
-            f"The mail server refused the login ({_server_said(exc)}).",
-            "Check the SMTP username and password; some providers need an app password.",
+            N_("The mail server refused the login (%(exc)s).", exc=_server_said(exc)),
+            N_("Check the SMTP username and password; some providers need an app password."),
         ) from None
     except smtplib.SMTPSenderRefused as exc:
         raise AppError(
             "invalid_config",
-            f"The mail server refused the sender address ({_server_said(exc)}).",
-            "Use a from address this account may send as (AMI_AUTH_MAIL_FROM or the account's from address).",
+            N_("The mail server refused the sender address (%(exc)s).", exc=_server_said(exc)),
+            N_("Use a from address this account may send as (AMI_AUTH_MAIL_FROM or the account's from address)."),
         ) from None
     except smtplib.SMTPRecipientsRefused as exc:
         codes = ", ".join(f"{code} {msg.decode('utf-8', 'replace')}"[:120] for code, msg in exc.recipients.values())
         raise AppError(
             "validation_failed",
-            f"The mail server refused the recipient ({codes}).",
-            "Check the email address.",
+            N_("The mail server refused the recipient (%(codes)s).", codes=codes),
+            N_("Check the email address."),
         ) from None
     except smtplib.SMTPResponseException as exc:
         if exc.smtp_code == 530:
             # RFC 4954 §6: 530 = authentication required.
             raise AppError(
                 "invalid_credentials",
-                f"The mail server requires a login ({_server_said(exc)}).",
-                "Add the SMTP username and password.",
+                N_("The mail server requires a login (%(exc)s).", exc=_server_said(exc)),
+                N_("Add the SMTP username and password."),
             ) from None
         raise AppError(
             "provider_unreachable",
-            f"The mail server at {where} answered {_server_said(exc)}.",
+            N_("The mail server at %(where)s answered %(exc)s.", where=where, exc=_server_said(exc)),
             "Try again later; if it persists, check the server's logs." if exc.smtp_code < 500 else None,
         ) from None
     except ssl.SSLCertVerificationError as exc:
         raise AppError(
             "provider_unreachable",
-            f"The mail server at {where} presented a certificate we cannot trust ({exc.verify_message}).",
-            "The certificate must be valid for the host name; for a private CA set AMI_AUTH_SMTP_CA_FILE.",
+            N_(
+                "The mail server at %(where)s presented a certificate we cannot trust (%(verify_message)s).",
+                where=where,
+                verify_message=exc.verify_message,
+            ),
+            N_("The certificate must be valid for the host name; for a private CA set AMI_AUTH_SMTP_CA_FILE."),
         ) from None
     except ssl.SSLError as exc:
         raise AppError(
             "provider_unreachable",
-            f"TLS with the mail server at {where} failed ({exc.reason or type(exc).__name__}).",
-            "Check the security setting for this port: smtps:// (implicit TLS) on 465, smtp+starttls:// on 587.",
+            N_(
+                "TLS with the mail server at %(where)s failed (%(__name__)s).",
+                where=where,
+                __name__=exc.reason or type(exc).__name__,
+            ),
+            N_("Check the security setting for this port: smtps:// (implicit TLS) on 465, smtp+starttls:// on 587."),
         ) from None
     except smtplib.SMTPNotSupportedError:
         raise AppError(
-            "provider_unreachable", f"The mail server at {where} does not support a required extension."
+            "provider_unreachable",
+            N_("The mail server at %(where)s does not support a required extension.", where=where),
         ) from None
     except (smtplib.SMTPException, OSError) as exc:
         raise AppError(
             "provider_unreachable",
-            f"The connection to the mail server at {where} failed ({type(exc).__name__}).",
-            "Try again; if it persists, check the server's logs.",
+            N_(
+                "The connection to the mail server at %(where)s failed (%(__name__)s).",
+                where=where,
+                __name__=type(exc).__name__,
+            ),
+            N_("Try again; if it persists, check the server's logs."),
         ) from None
     finally:
         with suppress(smtplib.SMTPException, OSError):
@@ -370,7 +388,7 @@ def smtp_verify(target: SmtpTarget) -> None:
     with _session(target) as client:
         code, _reply = client.noop()
         if code != 250:
-            raise AppError("provider_unreachable", f"The mail server answered NOOP with {code}.")
+            raise AppError("provider_unreachable", N_("The mail server answered NOOP with %(code)s.", code=code))
 
 
 def smtp_send(target: SmtpTarget, message: EmailMessage) -> None:
@@ -443,9 +461,11 @@ class Mailer:
             return "outbox"
         raise AppError(
             "invalid_config",
-            "No mailer is configured, so this mail cannot be sent.",
-            "Set AMI_AUTH_SMTP_URL (smtp+starttls://user:password@host:587), "
-            "or mark an SMTP account as the system mailer.",
+            N_("No mailer is configured, so this mail cannot be sent."),
+            N_(
+                "Set AMI_AUTH_SMTP_URL (smtp+starttls://user:password@host:587), "
+                "or mark an SMTP account as the system mailer."
+            ),
         )
 
     def send(self, to: str, subject: str, text: str, html: str | None = None) -> None:

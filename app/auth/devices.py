@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 import secrets
 
+from app.errors import N_
+
 # token_urlsafe(32): 43 characters of the URL-safe base64 alphabet.
 _DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -51,15 +53,16 @@ _SYSTEMS: tuple[tuple[str, str], ...] = (
 
 
 def device_summary(user_agent: str) -> str:
-    """'Chrome on Linux', 'Safari on iPhone', 'curl', or 'Unknown device'."""
+    """'Chrome on Linux', 'Safari on iPhone', 'curl', or 'Unknown device': English (the audit log records it), marked
+    so that a page shows it in its reader's language (:func:`app.errors.translated`)."""
     ua = user_agent.strip()
     if not ua:
-        return "Unknown device"
+        return N_("Unknown device")
     browser = next((name for pattern, name in _BROWSERS if re.search(pattern, ua)), None)
     system = next((name for pattern, name in _SYSTEMS if re.search(pattern, ua)), None)
     if browser and system:
-        return f"{browser} on {system}"
+        return N_("%(browser)s on %(system)s", browser=browser, system=system)
     if browser or system:
-        return browser or f"Browser on {system}"
+        return browser or N_("Browser on %(system)s", system=system)
     first = ua.split(" ", 1)[0].split("/", 1)[0]
-    return first[:40] or "Unknown device"
+    return first[:40] or N_("Unknown device")

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.audit import AuditContext
 from app.auth import mail_tokens, mails, passwords, sessions, users
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import LinkToken, User, utcnow
 from app.models.tokens import TokenPurpose
 from app.settings import Settings
@@ -47,15 +47,15 @@ def request_change(
     if user.password_hash is None:
         raise AppError(
             "validation_failed",
-            fields={"password": "Your account has no password yet. Set one with a reset link first."},
+            fields={"password": N_("Your account has no password yet. Set one with a reset link first.")},
         )
     if not passwords.verify_password(settings, user.password_hash, password):
         audit.record(db, ctx, "email_change.requested", target=f"user:{user.id}", outcome="failure")
         db.commit()
-        raise AppError("invalid_credentials", fields={"password": "This is not your current password."})
+        raise AppError("invalid_credentials", fields={"password": N_("This is not your current password.")})
     address = users.validate_email(new_email)
     if address == user.email:
-        raise AppError("validation_failed", fields={"new_email": "This is already your address."})
+        raise AppError("validation_failed", fields={"new_email": N_("This is already your address.")})
     mails.check_mail_allowed(db, settings, ctx, purpose="email_change", to=address)
     taken = users.get_by_email(db, address) is not None
     if taken:
@@ -92,7 +92,7 @@ def pending_change(db: Session, raw: str) -> tuple[User, str]:
     token = mail_tokens.find_token(db, "email_change", raw)
     user = _valid(db, token)
     if user is None or token is None:
-        raise AppError("token_expired", "This email change link is no longer valid.", EXPIRED_HINT, status=410)
+        raise AppError("token_expired", N_("This email change link is no longer valid."), EXPIRED_HINT, status=410)
     return user, token.email
 
 
@@ -104,12 +104,15 @@ def confirm_change(
     user = _valid(db, token)
     if user is None or token is None:
         db.rollback()
-        raise AppError("token_expired", "This email change link is no longer valid.", EXPIRED_HINT, status=410)
+        raise AppError("token_expired", N_("This email change link is no longer valid."), EXPIRED_HINT, status=410)
     new = token.email
     if users.get_by_email(db, new) is not None:
         db.rollback()
         raise AppError(
-            "conflict", "Another account has this address now.", "Ask for a change to another address.", status=409
+            "conflict",
+            N_("Another account has this address now."),
+            N_("Ask for a change to another address."),
+            status=409,
         )
     old = user.email
     for purpose in VOIDED_ON_CHANGE:

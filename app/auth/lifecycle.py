@@ -8,6 +8,7 @@ use and expire (app.auth.mail_tokens); a password change voids every outstanding
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from limits.storage import Storage
@@ -16,13 +17,13 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.audit import AuditContext
 from app.auth import mail_tokens, mails, passwords, sessions, throttle, trusted_browsers, users
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import LinkToken, User, utcnow
 from app.settings import Settings
 
 
 def _expired(what: str, hint: str) -> AppError:
-    return AppError("token_expired", f"This {what} link is no longer valid.", hint, status=410)
+    return AppError("token_expired", N_("This %(what)s link is no longer valid.", what=what), hint, status=410)
 
 
 RESET_EXPIRED_HINT = "Links work once and for 1 hour. Ask for a new one on the “Forgot password?” page."
@@ -55,7 +56,7 @@ def _set_password(db: Session, user: User, password_hash: str) -> None:
 def send_verification(db: Session, settings: Settings, ctx: AuditContext, user: User) -> None:
     """Mail a 24-hour confirmation link (an earlier unused one stops working)."""
     if user.email_verified_at is not None:
-        raise AppError("conflict", "This email address is already verified.", "Nothing to do.")
+        raise AppError("conflict", N_("This email address is already verified."), N_("Nothing to do."))
     mails.check_mail_allowed(db, settings, ctx, purpose="verify", to=user.email)
     raw = mail_tokens.issue_token(db, "verify", user_id=user.id, email=user.email)
     audit.record(db, ctx, "email.verification_sent", target=f"user:{user.id}")
@@ -183,9 +184,9 @@ def _require_invites(settings: Settings) -> None:
     if not invites_allowed(settings):
         raise AppError(
             "invalid_config",
-            "Invitations are off (AMI_AUTH_SIGNUP=closed).",
-            "Create the user with a password instead, or set AMI_AUTH_SIGNUP=invite.",
-            fields={"mode": "Invitations are off on this server; set a password instead."},
+            N_("Invitations are off (AMI_AUTH_SIGNUP=closed)."),
+            N_("Create the user with a password instead, or set AMI_AUTH_SIGNUP=invite."),
+            fields={"mode": N_("Invitations are off on this server; set a password instead.")},
         )
 
 
@@ -193,9 +194,11 @@ def send_invite(db: Session, settings: Settings, ctx: AuditContext, user: User, 
     """Mail a 7-day link where the user sets their password (an earlier invite stops working)."""
     _require_invites(settings)
     if user.password_hash is not None:
-        raise AppError("conflict", "This user has already set a password.", "Send a password reset link instead.")
+        raise AppError(
+            "conflict", N_("This user has already set a password."), N_("Send a password reset link instead.")
+        )
     if not user.is_active:
-        raise AppError("conflict", "This user is disabled.", "Enable the user first.")
+        raise AppError("conflict", N_("This user is disabled."), N_("Enable the user first."))
     mails.check_mail_allowed(db, settings, ctx, purpose="invite", to=user.email)
     raw = mail_tokens.issue_token(db, "invite", user_id=user.id, email=user.email)
     db.commit()  # the link exists before the mail that carries it
@@ -259,7 +262,9 @@ def signup(db: Session, settings: Settings, ctx: AuditContext, *, email: str, di
     addresses have accounts (the password is hashed on both paths for the same reason).
     """
     if not signup_open(settings):
-        raise AppError("not_found", "Sign-up is not open on this server.", "Ask an administrator for an invitation.")
+        raise AppError(
+            "not_found", N_("Sign-up is not open on this server."), N_("Ask an administrator for an invitation.")
+        )
     address = users.validate_email(email)
     problem = passwords.policy_problem(settings, password, address)
     if problem:
@@ -349,10 +354,10 @@ def change_password(
     if not passwords.verify_password(settings, user.password_hash, current):
         audit.record(db, ctx, "password.change", target=f"user:{user.id}", outcome="failure")
         db.commit()
-        raise AppError("invalid_credentials", fields={"current_password": "This is not your current password."})
+        raise AppError("invalid_credentials", fields={"current_password": N_("This is not your current password.")})
     if current == new:
         raise AppError(
-            "validation_failed", fields={"new_password": "Choose a password different from the current one."}
+            "validation_failed", fields={"new_password": N_("Choose a password different from the current one.")}
         )
     new_hash = _check_new_password(settings, user, new, field="new_password")
     _set_password(db, user, new_hash)
@@ -365,7 +370,7 @@ def change_password(
 def update_profile(db: Session, ctx: AuditContext, user: User, *, display_name: str) -> None:
     name = display_name.strip()
     if len(name) > 200:
-        raise AppError("validation_failed", fields={"display_name": "Use at most 200 characters."})
+        raise AppError("validation_failed", fields={"display_name": N_("Use at most 200 characters.")})
     if name == user.display_name:
         return
     user.display_name = name
@@ -373,10 +378,22 @@ def update_profile(db: Session, ctx: AuditContext, user: User, *, display_name: 
     db.commit()
 
 
+def update_locale(db: Session, ctx: AuditContext, user: User, *, locale: str, shipped: Sequence[str]) -> None:
+    """The language the user reads pages and mails in: one of ``shipped``, or "" for the browser's (None)."""
+    chosen = locale.strip() or None
+    if chosen is not None and chosen not in shipped:
+        raise AppError("validation_failed", fields={"locale": N_("Choose one of the languages in the list.")})
+    if chosen == user.locale:
+        return
+    user.locale = chosen
+    audit.record(db, ctx, "user.update", target=f"user:{user.id}", details={"fields": ["locale"], "by": "self"})
+    db.commit()
+
+
 def revoke_own_session(db: Session, ctx: AuditContext, user: User, public_id: str) -> None:
     record = sessions.find_live_session(db, user.id, public_id)
     if record is None:
-        raise AppError("not_found", "That session has already ended.", "Reload the page to see your sessions.")
+        raise AppError("not_found", N_("That session has already ended."), N_("Reload the page to see your sessions."))
     sessions.revoke_session(db, record)
     audit.record(db, ctx, "session.revoked", target=f"user:{user.id}", details={"session": public_id, "by": "self"})
     db.commit()

@@ -1,7 +1,9 @@
 """The app's own mails: rendering from templates/mail/* and sending through the one Mailer.
 
 Rendering uses a plain Jinja2 environment (not Flask's), so the CLI and jobs can send mail too; links
-are absolute, built from AMI_AUTH_BASE_URL.
+are absolute, built from AMI_AUTH_BASE_URL. A mail goes out in its recipient's language: the user's chosen
+locale when there is one (``locale=``, else ``user.locale`` of the context), else the current request's
+(app.i18n); outside an app (no catalogs to read) it stays English.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flask import current_app, has_app_context
+from flask_babel import get_translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
 from app.auth import throttle
+from app.i18n import DEFAULT_LOCALE, force_locale, get_locale, shipped_locales
 from app.mailer import Mailer
 from app.settings import Settings
 
@@ -40,21 +44,27 @@ MailKind = Literal[
     "new_device",
 ]
 
+
+def N_(message: str) -> str:  # babel extracts N_("…"): marked now, translated when rendered
+    return message
+
+
+# Marked here, translated when a mail is rendered: in its recipient's language (render, force_locale).
 SUBJECTS: dict[MailKind, str] = {
-    "verify": "Confirm your email address",
-    "reset": "Reset your password",
-    "reset_unknown": "Password reset requested",
-    "reset_disabled": "Password reset requested",
-    "invite": "You are invited to {product}",
-    "signup_existing": "You already have an account",
-    "unlock": "Unlock your account",
-    "unlock_unknown": "Account unlock requested",
-    "signin_code": "Your sign-in code",
-    "signin_code_unknown": "Sign-in code requested",
-    "email_change": "Confirm your new email address",
-    "email_change_taken": "Email change requested",
-    "email_changed": "Your email address was changed",
-    "new_device": "New sign-in to your account",
+    "verify": N_("Confirm your email address"),
+    "reset": N_("Reset your password"),
+    "reset_unknown": N_("Password reset requested"),
+    "reset_disabled": N_("Password reset requested"),
+    "invite": N_("You are invited to %(product)s"),
+    "signup_existing": N_("You already have an account"),
+    "unlock": N_("Unlock your account"),
+    "unlock_unknown": N_("Account unlock requested"),
+    "signin_code": N_("Your sign-in code"),
+    "signin_code_unknown": N_("Sign-in code requested"),
+    "email_change": N_("Confirm your new email address"),
+    "email_change_taken": N_("Email change requested"),
+    "email_changed": N_("Your email address was changed"),
+    "new_device": N_("New sign-in to your account"),
 }
 
 
@@ -65,32 +75,70 @@ class RenderedMail:
     html: str
 
 
+def _gettext(message: str) -> str:
+    return str(get_translations().ugettext(message)) if has_app_context() else message
+
+
+def _ngettext(singular: str, plural: str, n: int) -> str:
+    if has_app_context():
+        return str(get_translations().ungettext(singular, plural, n))
+    return singular if n == 1 else plural
+
+
+def _current_locale() -> str:
+    return str((get_locale() if has_app_context() else None) or DEFAULT_LOCALE)
+
+
 @lru_cache(maxsize=1)
 def _environment() -> Environment:
-    return Environment(
+    env = Environment(
         loader=FileSystemLoader(str(TEMPLATES)),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
     )
+    # The pages' conventions (app.i18n): newstyle gettext escapes values, {% trans %} is trimmed.
+    env.install_gettext_callables(_gettext, _ngettext, newstyle=True)  # type: ignore[attr-defined]
+    env.policies["ext.i18n.trimmed"] = True
+    env.globals["current_locale"] = _current_locale
+    return env
 
 
-def render(kind: MailKind, settings: Settings, **context: Any) -> RenderedMail:
+def recipient_locale(locale: str | None) -> str | None:
+    """The locale to force for a mail: the recipient's choice when this deployment ships it, else None (the
+    current request's language stays)."""
+    if locale and has_app_context() and locale in shipped_locales():
+        return locale
+    return None
+
+
+def render(kind: MailKind, settings: Settings, *, locale: str | None = None, **context: Any) -> RenderedMail:
+    """Subject, text and HTML of one mail, in ``locale`` (else the ``user``'s chosen one, else the request's)."""
+    chosen = recipient_locale(locale or getattr(context.get("user"), "locale", None))
+    if chosen is None:
+        return _render(kind, settings, context)
+    with force_locale(chosen):
+        return _render(kind, settings, context)
+
+
+def _render(kind: MailKind, settings: Settings, context: dict[str, Any]) -> RenderedMail:
     env = _environment()
     accent = settings.brand_accent or DEFAULT_ACCENT
+    subject = _gettext(SUBJECTS[kind]) % {"product": settings.brand_name}
     values = {
         "product": settings.brand_name,
         "base_url": settings.base_url,
-        "subject": SUBJECTS[kind].replace("{product}", settings.brand_name),
+        "subject": subject,
         "accent": accent,
         "accent_ink": ink_for(accent),
         "logo_url": link(settings, "/brand/logo") if settings.brand_logo is not None else None,
         **context,
     }
     return RenderedMail(
-        subject=SUBJECTS[kind].replace("{product}", settings.brand_name),
+        subject=subject,
         text=env.get_template(f"mail/{kind}.txt").render(values),
         html=env.get_template(f"mail/{kind}.html").render(values),
     )

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
 from app.auth import throttle, trusted_browsers
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import ROLES, Credential, MfaPolicy, User, utcnow
 from app.models.credentials import FACTOR_KINDS
 from app.settings import Settings
@@ -198,8 +198,8 @@ def check_removal(db: Session, settings: Settings, user: User, credential: Crede
     if not remaining and role_requires_mfa(db, settings, user.role):
         raise AppError(
             "conflict",
-            "This is your last second factor, and your role requires one.",
-            "Add another authenticator app or passkey first, then remove this one.",
+            N_("This is your last second factor, and your role requires one."),
+            N_("Add another authenticator app or passkey first, then remove this one."),
         )
 
 

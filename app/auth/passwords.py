@@ -20,7 +20,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.net import OutboundClient
 from app.settings import Settings
 
@@ -106,19 +106,22 @@ def policy_problem(
     check when ``AMI_AUTH_PWNED_RANGE_URL`` is set; without one a short-lived client is used.
     """
     if len(password) < settings.password_min_length:
-        return f"Use at least {settings.password_min_length} characters."
+        return N_("Use at least %(num)s characters.", num=settings.password_min_length)
     if len(password) > MAX_PASSWORD_LENGTH:
-        return f"Use at most {MAX_PASSWORD_LENGTH} characters."
+        return N_("Use at most %(num)s characters.", num=MAX_PASSWORD_LENGTH)
     if is_common(password):
-        return "This password is one of the most common passwords. Choose one that is harder to guess."
+        return N_("This password is one of the most common passwords. Choose one that is harder to guess.")
     local = email.split("@", 1)[0].strip().lower()
     if len(local) >= 3 and local in password.lower():
         # Say what the rule is: the name part of the address (3+ characters), not the whole address.
-        return f"The password contains “{local}”, the part of the email address before the @. Choose one without it."
+        return N_(
+            "The password contains “%(part)s”, the part of the email address before the @. Choose one without it.",
+            part=local,
+        )
     if settings.pwned_range_url:
         count = breach_count(settings, password, client=client)
         if count:
-            return (
+            return N_(
                 "This password has appeared in a data breach, so attackers try it. Choose a different one "
                 "(it has not been shared with anyone: only the first 5 characters of its SHA-1 were sent)."
             )

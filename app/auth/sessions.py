@@ -37,6 +37,7 @@ class SessionUser:
     display_name: str
     role: str
     must_change_password: bool
+    locale: str | None = None  # the language the user chose (app.i18n); None: the browser's
 
     @property
     def is_admin(self) -> bool:
@@ -78,6 +79,7 @@ _LOAD = (
         _U.role,
         _U.is_active,
         _U.must_change_password,
+        _U.locale,
         *state_columns(_S.user_id),
         policy_column(_U.role),
     )
@@ -138,7 +140,7 @@ def load_session(db: Session, settings: Settings, raw: str, now: datetime | None
     if row is None:
         return None
     (public_id, created, last_seen, expires, revoked, verified) = row[:6]
-    (user_id, email, name, role, active, must_change, totp, passkeys, recovery_remaining, policy) = row[6:]
+    (user_id, email, name, role, active, must_change, locale, totp, passkeys, recovery_remaining, policy) = row[6:]
     if revoked is not None or not active:
         return None
     if now >= expires or now >= min(last_seen + timedelta(minutes=settings.session_idle_minutes), expires):
@@ -155,7 +157,14 @@ def load_session(db: Session, settings: Settings, raw: str, now: datetime | None
         last_seen_at=last_seen,
         expires_at=expires,
         mfa_verified=verified,
-        user=SessionUser(id=user_id, email=email, display_name=name, role=role, must_change_password=must_change),
+        user=SessionUser(
+            id=user_id,
+            email=email,
+            display_name=name,
+            role=role,
+            must_change_password=must_change,
+            locale=locale,
+        ),
         mfa=MfaState(
             totp=totp,
             passkeys=passkeys,
@@ -182,6 +191,7 @@ def live_view(db: Session, record: UserSession) -> LiveSession:
             display_name=user.display_name,
             role=user.role,
             must_change_password=user.must_change_password,
+            locale=user.locale,
         ),
         mfa=state(db, user.id),
     )

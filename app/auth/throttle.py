@@ -46,7 +46,7 @@ from limits.storage import Storage
 from limits.strategies import MovingWindowRateLimiter
 
 from app import audit
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ _PAIR = RateLimitItemPerHour(PAIR_FAILURES_PER_HOUR, namespace=f"{_NS}-signin-pa
 _MAIL_RECIPIENT = RateLimitItemPerMinute(MAIL_PER_RECIPIENT_PER_15_MINUTES, 15, namespace=f"{_NS}-mail-to")
 _MAIL_IP = RateLimitItemPerHour(MAIL_PER_IP_PER_HOUR, namespace=f"{_NS}-mail-ip")
 
-ACCOUNT_LOCKED = "Too many failed sign-ins for this account."
+ACCOUNT_LOCKED = N_("Too many failed sign-ins for this account.")
 
 
 class Throttled(AppError):
@@ -109,7 +109,10 @@ class Throttled(AppError):
 
     def __init__(self, layer: Layer, retry_after: int, message: str, source: Source | None = None) -> None:
         super().__init__(
-            "rate_limited", message=message, hint=f"Try again in {describe_wait(retry_after)}.", retry_after=retry_after
+            "rate_limited",
+            message=message,
+            hint=N_("Try again in %(wait)s.", wait=describe_wait(retry_after)),
+            retry_after=retry_after,
         )
         self.layer = layer
         self.source = source
@@ -148,12 +151,12 @@ class _Count:
 def describe_wait(seconds: int) -> str:
     """ "1 minute", "2 minutes", "45 seconds", "1 hour": rounded up, so the user never comes back too early."""
     if seconds < 60:
-        return f"{seconds} second{'s' if seconds != 1 else ''}"
+        return N_("%(num)s second", num=seconds) if seconds == 1 else N_("%(num)s seconds", num=seconds)
     minutes = math.ceil(seconds / 60)
     if minutes < 60:
-        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+        return N_("%(num)s minute", num=minutes) if minutes == 1 else N_("%(num)s minutes", num=minutes)
     hours = math.ceil(minutes / 60)
-    return f"{hours} hour{'s' if hours != 1 else ''}"
+    return N_("%(num)s hour", num=hours) if hours == 1 else N_("%(num)s hours", num=hours)
 
 
 def _seconds_until(timestamp: float, now: float | None = None) -> int:
@@ -287,7 +290,7 @@ def check_signin(storage: Storage, settings: Settings, *, email: str, ip: str, d
         raise Throttled(
             "ip",
             _window_wait(limiter, ip_item, client),
-            "Too many sign-in attempts from your network.",
+            N_("Too many sign-in attempts from your network."),
         )
     count = _count(storage, email, ip, device)
     if storage.get(count.lock_key) > 0:
@@ -298,7 +301,7 @@ def check_signin(storage: Storage, settings: Settings, *, email: str, ip: str, d
         raise Throttled(
             "ip_account",
             _window_wait(limiter, _PAIR, client, account),
-            "Too many failed sign-ins for this account from your network.",
+            N_("Too many failed sign-ins for this account from your network."),
             count.source,
         )
 
@@ -334,7 +337,7 @@ def record_failure(
     if limiter.hit(_PAIR, client, account) and not limiter.test(_PAIR, client, account) and started is None:
         wait = _window_wait(limiter, _PAIR, client, account)
         started = Throttled(
-            "ip_account", wait, "Too many failed sign-ins for this account from your network.", count.source
+            "ip_account", wait, N_("Too many failed sign-ins for this account from your network."), count.source
         )
         _audit_lock(db, ctx, email, "ip_account", count.source, wait, failures)
     return started
@@ -431,11 +434,11 @@ def check_mail_send(storage: Storage, settings: Settings, *, email: str, ip: str
         raise Throttled(
             "mail_recipient",
             _window_wait(limiter, _MAIL_RECIPIENT, recipient),
-            "Too many emails were sent to this address.",
+            N_("Too many emails were sent to this address."),
         )
     if count_ip and not limiter.test(_MAIL_IP, client):
         raise Throttled(
-            "mail_ip", _window_wait(limiter, _MAIL_IP, client), "Too many emails were requested from your network."
+            "mail_ip", _window_wait(limiter, _MAIL_IP, client), N_("Too many emails were requested from your network.")
         )
     limiter.hit(_MAIL_RECIPIENT, recipient)
     if count_ip:

@@ -18,7 +18,7 @@ import qrcode.image.svg
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import Credential, User, utcnow
 from app.settings import Settings
 from app.vault import Cipher, Secret, delete_secrets, get_secret, put_secret
@@ -135,8 +135,8 @@ def start_enrolment(db: Session, settings: Settings, user: User) -> Enrolment:
     if confirmed(db, user.id) is not None:
         raise AppError(
             "conflict",
-            "An authenticator app is already set up.",
-            "Remove it first if you want to move to a new app.",
+            N_("An authenticator app is already set up."),
+            N_("Remove it first if you want to move to a new app."),
         )
     existing = pending_enrolment(db, settings, user)
     if existing is not None:
@@ -156,15 +156,17 @@ def confirm_enrolment(
     now = now or utcnow()
     enrolment = pending_enrolment(db, settings, user)
     if enrolment is None:
-        raise AppError("conflict", "There is no authenticator set-up in progress.", "Start the set-up again.")
+        raise AppError("conflict", N_("There is no authenticator set-up in progress."), N_("Start the set-up again."))
     code = normalize_code(raw_code)
     if code is None:
-        raise AppError("validation_failed", fields={"code": f"Enter the {DIGITS}-digit code from your app."})
+        raise AppError(
+            "validation_failed", fields={"code": N_("Enter the %(digits)s-digit code from your app.", digits=DIGITS)}
+        )
     step = matching_step(enrolment.secret.reveal(), code, now)
     if step is None:
         raise AppError(
             "invalid_credentials",
-            fields={"code": "That code is not right. Check the app's clock and enter the current code."},
+            fields={"code": N_("That code is not right. Check the app's clock and enter the current code.")},
         )
     credential = enrolment.credential
     credential.confirmed_at = now

@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import TrustedBrowser, utcnow
 from app.settings import Settings
 
@@ -80,7 +80,7 @@ def revoke(db: Session, ctx: audit.AuditContext, user_id: int, public_id: str, *
     )
     if not getattr(result, "rowcount", 0):
         db.rollback()
-        raise AppError("not_found", "That browser is no longer trusted.", "Reload the page to see the list.")
+        raise AppError("not_found", N_("That browser is no longer trusted."), N_("Reload the page to see the list."))
     audit.record(db, ctx, "browser.untrusted", target=f"user:{user_id}", details={"browser": public_id, "by": by})
     db.commit()
 

@@ -17,15 +17,15 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.audit import AuditContext
 from app.auth import lifecycle, mail_tokens, mfa, sessions, throttle, users
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import ROLES, User
 from app.models.tokens import TokenPurpose
 from app.settings import Settings
 
 MAX_METADATA_CHARS = 16_000
 PAGE_SIZE = 25
-_ASK_ANOTHER = "Ask another admin to do it."
-_PROMOTE_FIRST = "Make another user an admin first."
+_ASK_ANOTHER = N_("Ask another admin to do it.")
+_PROMOTE_FIRST = N_("Make another user an admin first.")
 # Links that would let a disabled user act on the account; voided when it is disabled.
 _LINK_PURPOSES: tuple[TokenPurpose, ...] = ("reset", "invite", "verify", "unlock")
 
@@ -36,16 +36,30 @@ def parse_metadata(raw: str) -> dict[str, Any]:
     if not text:
         return {}
     if len(text) > MAX_METADATA_CHARS:
-        raise AppError("validation_failed", fields={"metadata": f"Keep it under {MAX_METADATA_CHARS} characters."})
+        raise AppError(
+            "validation_failed",
+            fields={
+                "metadata": N_(
+                    "Keep it under %(max_metadata_chars)s characters.", max_metadata_chars=MAX_METADATA_CHARS
+                )
+            },
+        )
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AppError(
             "validation_failed",
-            fields={"metadata": f"Not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."},
+            fields={
+                "metadata": N_(
+                    "Not valid JSON: %(msg)s at line %(lineno)s, column %(colno)s.",
+                    msg=exc.msg,
+                    lineno=exc.lineno,
+                    colno=exc.colno,
+                )
+            },
         ) from None
     if not isinstance(value, dict):
-        raise AppError("validation_failed", fields={"metadata": 'Use a JSON object, like {"team": "sales"}.'})
+        raise AppError("validation_failed", fields={"metadata": N_('Use a JSON object, like {"team": "sales"}.')})
     return value
 
 
@@ -55,7 +69,7 @@ def format_metadata(value: dict[str, Any]) -> str:
 
 def _check_role(role: str) -> None:
     if role not in ROLES:
-        raise AppError("validation_failed", fields={"role": "Choose admin or member."})
+        raise AppError("validation_failed", fields={"role": N_("Choose admin or member.")})
 
 
 def active_admin_count(db: Session) -> int:
@@ -124,7 +138,7 @@ def list_users_after(db: Session, *, query: str = "", after: int | None = None, 
 def get_user(db: Session, user_id: int) -> User:
     user = db.get(User, user_id)
     if user is None:
-        raise AppError("not_found", "No such user.", "It may have been deleted.")
+        raise AppError("not_found", N_("No such user."), N_("It may have been deleted."))
     return user
 
 
@@ -163,7 +177,7 @@ def create_problems(
     except AppError as exc:
         problems.update(exc.fields)
     if mode != "invite" and not password:
-        problems["password"] = "Type a password, or send an invitation."
+        problems["password"] = N_("Type a password, or send an invitation.")
     if problems or full:
         users.check_new_user(
             db,
@@ -232,12 +246,12 @@ def update_user(
     meta = parse_metadata(metadata)
     name = display_name.strip()
     if len(name) > 200:
-        raise AppError("validation_failed", fields={"display_name": "Use at most 200 characters."})
+        raise AppError("validation_failed", fields={"display_name": N_("Use at most 200 characters.")})
     if role != user.role and user.is_admin:
         if actor is not None and user.id == actor.id:
-            raise _denied(db, ctx, "user.update", user, "You cannot remove your own admin role.", _ASK_ANOTHER)
+            raise _denied(db, ctx, "user.update", user, N_("You cannot remove your own admin role."), _ASK_ANOTHER)
         if _is_last_admin(db, user):
-            raise _denied(db, ctx, "user.update", user, "This is the last active admin.", _PROMOTE_FIRST)
+            raise _denied(db, ctx, "user.update", user, N_("This is the last active admin."), _PROMOTE_FIRST)
     changes: dict[str, Any] = {}
     if name != user.display_name:
         user.display_name = name
@@ -268,9 +282,9 @@ def set_active(db: Session, ctx: AuditContext, actor: User | None, user: User, a
     ended = 0
     if not active:
         if actor is not None and user.id == actor.id:
-            raise _denied(db, ctx, action, user, "You cannot disable your own account.", _ASK_ANOTHER)
+            raise _denied(db, ctx, action, user, N_("You cannot disable your own account."), _ASK_ANOTHER)
         if _is_last_admin(db, user):
-            raise _denied(db, ctx, action, user, "This is the last active admin.", _PROMOTE_FIRST)
+            raise _denied(db, ctx, action, user, N_("This is the last active admin."), _PROMOTE_FIRST)
         ended = sessions.revoke_user_sessions(db, user.id)
         for purpose in _LINK_PURPOSES:
             mail_tokens.invalidate_tokens(db, purpose, user_id=user.id)
@@ -283,9 +297,9 @@ def set_active(db: Session, ctx: AuditContext, actor: User | None, user: User, a
 def delete_user(db: Session, ctx: AuditContext, actor: User, user: User) -> None:
     """Delete a user; their sessions, links and connected accounts go with them (ON DELETE CASCADE)."""
     if user.id == actor.id:
-        raise _denied(db, ctx, "user.delete", user, "You cannot delete your own account.", _ASK_ANOTHER)
+        raise _denied(db, ctx, "user.delete", user, N_("You cannot delete your own account."), _ASK_ANOTHER)
     if _is_last_admin(db, user):
-        raise _denied(db, ctx, "user.delete", user, "This is the last active admin.", _PROMOTE_FIRST)
+        raise _denied(db, ctx, "user.delete", user, N_("This is the last active admin."), _PROMOTE_FIRST)
     user_id, email = user.id, user.email
     sessions.revoke_user_sessions(db, user_id)
     db.delete(user)
@@ -296,14 +310,16 @@ def delete_user(db: Session, ctx: AuditContext, actor: User, user: User) -> None
 def send_reset_link(db: Session, settings: Settings, ctx: AuditContext, user: User) -> None:
     """An admin sends a user the same reset mail the user could ask for themselves."""
     if not user.is_active:
-        raise AppError("conflict", "This user is disabled.", "Enable the user first.")
+        raise AppError("conflict", N_("This user is disabled."), N_("Enable the user first."))
     lifecycle.request_password_reset(db, settings, ctx, user.email)
 
 
 def revoke_session(db: Session, ctx: AuditContext, user: User, public_id: str) -> None:
     record = sessions.find_live_session(db, user.id, public_id)
     if record is None:
-        raise AppError("not_found", "That session has already ended.", "Reload the page to see the live sessions.")
+        raise AppError(
+            "not_found", N_("That session has already ended."), N_("Reload the page to see the live sessions.")
+        )
     sessions.revoke_session(db, record)
     audit.record(db, ctx, "session.revoked", target=f"user:{user.id}", details={"session": public_id, "by": "admin"})
     db.commit()

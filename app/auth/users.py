@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import passwords
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import User, utcnow
 from app.settings import Settings
 
@@ -98,16 +98,16 @@ def check_new_user(
     except AppError as exc:
         fields.update(exc.fields or {"email": exc.text})
     if role not in ("admin", "member"):
-        fields["role"] = "Choose admin or member."
+        fields["role"] = N_("Choose admin or member.")
     taken = normalized is not None and get_by_email(db, normalized) is not None
     if taken:
-        fields["email"] = "Already in use."
+        fields["email"] = N_("Already in use.")
     if password is not None:
         problem = passwords.policy_problem(settings, password, normalized or email)
         if problem:
             fields["password"] = problem
     if taken and len(fields) == 1:
-        raise AppError("conflict", "A user with that email already exists.", fields=fields)
+        raise AppError("conflict", N_("A user with that email already exists."), fields=fields)
     if fields:
         raise AppError("validation_failed", fields=fields)
     assert normalized is not None

@@ -36,7 +36,7 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import Credential, User, WebAuthnChallenge, utcnow
 from app.models.credentials import ChallengePurpose
 from app.settings import Settings
@@ -100,8 +100,8 @@ def consume_challenge(
     """The stored challenge for ``handle``, deleted in the same step (a replayed response finds nothing)."""
     expired = AppError(
         "token_expired",
-        "The passkey request expired or was already used.",
-        "Try again; the browser will ask for your passkey once more.",
+        N_("The passkey request expired or was already used."),
+        N_("Try again; the browser will ask for your passkey once more."),
     )
     if not handle:
         raise expired
@@ -156,7 +156,9 @@ def user_handle(db: Session, user_id: int) -> bytes:
 def check_name(raw: str | None) -> str:
     name = " ".join((raw or "").split())
     if len(name) > NAME_MAX:
-        raise AppError("validation_failed", fields={"name": f"Use at most {NAME_MAX} characters."})
+        raise AppError(
+            "validation_failed", fields={"name": N_("Use at most %(name_max)s characters.", name_max=NAME_MAX)}
+        )
     return name
 
 
@@ -202,12 +204,12 @@ def finish_registration(
     except WebAuthnException as exc:
         raise AppError(
             "invalid_credentials",
-            "The passkey could not be registered.",
-            "Try again with the same or another authenticator.",
+            N_("The passkey could not be registered."),
+            N_("Try again with the same or another authenticator."),
             fields={"credential": str(exc)[:200]},
         ) from None
     if db.scalar(select(Credential.id).where(Credential.credential_id == verified.credential_id)) is not None:
-        raise AppError("conflict", "That passkey is already registered.", "Use another authenticator.")
+        raise AppError("conflict", N_("That passkey is already registered."), N_("Use another authenticator."))
     count = len(passkeys(db, user.id))
     now = utcnow()
     transports = [t.value for t in (parsed.response.transports or [])]
@@ -271,8 +273,8 @@ def finish_authentication(
     stored = consume_challenge(db, handle, purpose, user.id if user else None)
     refused = AppError(
         "invalid_credentials",
-        "That passkey was not accepted.",
-        "Use a passkey registered to this account, or choose another way to sign in.",
+        N_("That passkey was not accepted."),
+        N_("Use a passkey registered to this account, or choose another way to sign in."),
     )
     try:
         parsed = parse_authentication_credential_json(response)
@@ -312,7 +314,7 @@ def finish_authentication(
         .execution_options(synchronize_session=False)
     )
     if getattr(result, "rowcount", 0) != 1:
-        raise AppError(refused.code, refused.message, refused.hint, fields={"credential": "sign count went back"})
+        raise AppError(refused.code, refused.message, refused.hint, fields={"credential": N_("sign count went back")})
     db.refresh(credential)
     return Assertion(credential, verified.user_verified)
 
@@ -321,7 +323,7 @@ def rename(db: Session, user: User, credential_id: int, name: str | None) -> Cre
     credential = get_passkey(db, user, credential_id)
     clean = check_name(name)
     if not clean:
-        raise AppError("validation_failed", fields={"name": "Enter a name."})
+        raise AppError("validation_failed", fields={"name": N_("Enter a name.")})
     credential.name = clean
     db.flush()
     return credential
@@ -330,5 +332,5 @@ def rename(db: Session, user: User, credential_id: int, name: str | None) -> Cre
 def get_passkey(db: Session, user: User, credential_id: int) -> Credential:
     credential = db.get(Credential, credential_id)
     if credential is None or credential.user_id != user.id or credential.kind != "webauthn":
-        raise AppError("not_found", "That passkey does not exist.", "It may have been removed already.")
+        raise AppError("not_found", N_("That passkey does not exist."), N_("It may have been removed already."))
     return credential

@@ -70,6 +70,11 @@ class SignedIn(UserMixin):  # type: ignore[misc]
     def is_admin(self) -> bool:
         return self.live.user.is_admin
 
+    @property
+    def locale(self) -> str | None:
+        """The language this user chose for pages and mails (app.i18n reads it); None: the browser's."""
+        return self.live.user.locale
+
 
 def signed_in() -> SignedIn | None:
     # One trip through the current_user proxy (every guard calls this; anonymous users are not SignedIn).

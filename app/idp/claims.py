@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from authlib.oauth2.rfc6749 import scope_to_list
 
+from app.errors import N_
 from app.models import User
 
 # acr values (OpenID Connect Core §2): a session signed in with one factor, or with two (or a passkey with user
@@ -39,10 +40,11 @@ SCOPE_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
     "profile": ("name", "preferred_username", "updated_at"),
     "email": ("email", "email_verified"),
 }
+# Shown on the consent page, translated there (templates/idp/consent.html).
 SCOPE_DESCRIPTIONS: Final[dict[str, str]] = {
-    "openid": "Sign you in with your AMI account (your account id)",
-    "profile": "Your name",
-    "email": "Your email address and whether it is verified",
+    "openid": N_("Sign you in with your AMI account (your account id)"),
+    "profile": N_("Your name"),
+    "email": N_("Your email address and whether it is verified"),
 }
 
 

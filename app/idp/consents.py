@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.audit import AuditContext
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.idp import tokens
 from app.models import OidcClient, OidcConsent, utcnow
 
@@ -104,7 +104,7 @@ def revoke(db: Session, ctx: AuditContext, user_id: int, client_id: str) -> int:
     client = db.scalars(select(OidcClient).where(OidcClient.client_id == client_id)).first()
     consent = find(db, user_id, client) if client is not None else None
     if client is None or consent is None or consent.revoked_at is not None:
-        raise AppError("not_found", "That app has no access to this account.", "Reload the page.")
+        raise AppError("not_found", N_("That app has no access to this account."), N_("Reload the page."))
     now = utcnow()
     consent.revoked_at = now
     revoked = tokens.revoke_for_user_client(db, user_id, client.id, "consent_revoked", now)

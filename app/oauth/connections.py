@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.oauth.identity import ProviderIdentity
 from app.oauth.provider import DEVICE_CLIENT_MARK, OAuthProvider, revoke_tokens
@@ -79,7 +79,7 @@ def account_for_user(db: Session, account_id: int, user_id: int) -> ConnectedAcc
     """The user's own account, or ``not_found`` (never reveal that someone else's exists)."""
     account = db.get(ConnectedAccount, account_id)
     if account is None or account.user_id != user_id:
-        raise AppError("not_found", "There is no such connected account.")
+        raise AppError("not_found", N_("There is no such connected account."))
     return account
 
 
@@ -110,13 +110,18 @@ def store_connection(
     if reconnect_id is not None:
         account = account_for_user(db, reconnect_id, user_id)
         if account.provider_config_id != provider.config_id:
-            raise AppError("not_found", "There is no such connected account.")
+            raise AppError("not_found", N_("There is no such connected account."))
         if account.subject is not None and account.subject != identity.subject:
             raise AppError(
                 "conflict",
-                f"You signed in as a different {provider.entry.display_name} account ({_label(identity)}) "
-                f"than the one you are reconnecting ({account.label}).",
-                "Reconnect with the same account, or connect the other one as a new account.",
+                N_(
+                    "You signed in as a different %(display_name)s account (%(identity)s) than the one you are "
+                    "reconnecting (%(label)s).",
+                    display_name=provider.entry.display_name,
+                    identity=_label(identity),
+                    label=account.label,
+                ),
+                N_("Reconnect with the same account, or connect the other one as a new account."),
             )
     else:
         account = db.scalars(
@@ -130,7 +135,7 @@ def store_connection(
     if account is None:
         config = db.get(ProviderConfig, provider.config_id)
         if config is None:
-            raise AppError("not_found", "There is no such provider config.")
+            raise AppError("not_found", N_("There is no such provider config."))
         account = ConnectedAccount(provider_config_id=provider.config_id, user_id=user_id, created_at=now)
         db.add(account)
     data: dict[str, Any] = dict(identity.provider_data)

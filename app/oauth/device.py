@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 
 from authlib.common.urls import add_params_to_qs
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.net import OutboundClient
 from app.oauth.discovery import ProviderMetadata
 from app.oauth.id_token import IdTokenPolicy, KeySource
@@ -99,7 +99,7 @@ def _positive(value: Any) -> float | None:
 def _text(body: Mapping[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value:
-        raise AppError("provider_unreachable", f"The device authorization response has no {name}")
+        raise AppError("provider_unreachable", N_("The device authorization response has no %(name)s", name=name))
     return value
 
 
@@ -121,7 +121,7 @@ def start_device_authorization(
     url = metadata.device_authorization_endpoint
     if url is None:
         raise AppError(
-            "invalid_config", "The provider does not offer the device flow", "Turn the device flow off for it"
+            "invalid_config", N_("The provider does not offer the device flow"), N_("Turn the device flow off for it")
         )
     params: list[tuple[str, str]] = [("scope", " ".join(dict.fromkeys(scopes)))] if scopes else []
     params.extend((extra_params or {}).items())
@@ -137,7 +137,7 @@ def start_device_authorization(
         raise endpoint_error(response, data if isinstance(data, dict) else None, grant="device_code")
     expires_in = _positive(data.get("expires_in"))
     if expires_in is None:
-        raise AppError("provider_unreachable", "The device authorization response has no expires_in")
+        raise AppError("provider_unreachable", N_("The device authorization response has no expires_in"))
     if interval is None:
         interval = _positive(data.get("interval")) or DEFAULT_INTERVAL
     complete = data.get("verification_uri_complete")
@@ -174,7 +174,7 @@ def poll_once(
     """
     current = now or datetime.now(UTC)
     if current >= device.expires_at:
-        raise AppError("token_expired", "The device code expired before it was approved", "Start again")
+        raise AppError("token_expired", N_("The device code expired before it was approved"), N_("Start again"))
     body = token_request(
         client,
         metadata,

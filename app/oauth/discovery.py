@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.net import OutboundClient, Response, retry_after
 
 __all__ = [
@@ -97,22 +97,24 @@ class ProviderMetadata:
         """
         if not isinstance(document, dict):
             raise AppError(
-                "invalid_config", "The discovery document is not a JSON object", "Check the issuer or discovery URL"
+                "invalid_config",
+                N_("The discovery document is not a JSON object"),
+                N_("Check the issuer or discovery URL"),
             )
         issuer = document.get("issuer")
         if issuer != expected_issuer:
             raise AppError(
                 "invalid_config",
                 f"The discovery document names issuer {str(issuer)[:200]!r}, not {expected_issuer!r}",
-                "Set the issuer exactly as the provider publishes it (scheme, host, port, path, trailing slash)",
-                fields={"issuer": "Does not match the provider's issuer"},
+                N_("Set the issuer exactly as the provider publishes it (scheme, host, port, path, trailing slash)"),
+                fields={"issuer": N_("Does not match the provider's issuer")},
             )
         for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             if not _http_url(document.get(name)):
                 raise AppError(
                     "invalid_config",
-                    f"The discovery document has no valid {name}",
-                    "The provider's discovery document is incomplete; configure the endpoints manually",
+                    N_("The discovery document has no valid %(name)s", name=name),
+                    N_("The provider's discovery document is incomplete; configure the endpoints manually"),
                 )
         optional: dict[str, str | None] = {}
         for name in (
@@ -128,8 +130,8 @@ class ProviderMetadata:
         if not [a for a in algs if a != "none"]:
             raise AppError(
                 "invalid_config",
-                "The provider signs ID tokens only with 'none'",
-                "Unsigned ID tokens are never accepted; configure the provider to sign them",
+                N_("The provider signs ID tokens only with 'none'"),
+                N_("Unsigned ID tokens are never accepted; configure the provider to sign them"),
             )
         return cls(
             issuer=issuer,
@@ -164,7 +166,9 @@ def _fetch_json(client: OutboundClient, url: str, what: str) -> Any:
         return response.json()
     except ValueError:
         raise AppError(
-            "invalid_config", f"The {what} is not valid JSON", f"Check the {what} URL: {_where(url)}"
+            "invalid_config",
+            N_("The %(what)s is not valid JSON", what=what),
+            N_("Check the %(what)s URL: %(url)s", what=what, url=_where(url)),
         ) from None
 
 
@@ -181,19 +185,19 @@ def _raise_for_status(response: Response, what: str) -> None:
     if status == 429:
         raise AppError(
             "rate_limited",
-            f"The provider rate-limited the {what} request",
+            N_("The provider rate-limited the %(what)s request", what=what),
             retry_after=round(wait) if wait is not None else None,
         )
     if status >= 500:
         raise AppError(
             "provider_unreachable",
-            f"The provider answered the {what} request with HTTP {status}",
+            N_("The provider answered the %(what)s request with HTTP %(status)s", what=what, status=status),
             retry_after=round(wait) if wait is not None else None,
         )
     raise AppError(
         "invalid_config",
-        f"The {what} request was answered with HTTP {status}",
-        f"Check the {what} URL: {_where(str(response.request.url))}",
+        N_("The %(what)s request was answered with HTTP %(status)s", what=what, status=status),
+        N_("Check the %(what)s URL: %(url)s", what=what, url=_where(str(response.request.url))),
     )
 
 
@@ -207,8 +211,8 @@ def discover(client: OutboundClient, issuer: str, *, discovery_url: str | None =
         if TENANT_PLACEHOLDER in issuer:
             raise AppError(
                 "invalid_config",
-                "A templated issuer needs an explicit discovery URL",
-                "Give the discovery URL of the tenant-independent endpoint",
+                N_("A templated issuer needs an explicit discovery URL"),
+                N_("Give the discovery URL of the tenant-independent endpoint"),
             )
         discovery_url = discovery_url_for(issuer)
     return ProviderMetadata.from_document(_fetch_json(client, discovery_url, "discovery document"), issuer)
@@ -219,13 +223,19 @@ def fetch_jwks(client: OutboundClient, jwks_uri: str) -> KeySet:
     document = _fetch_json(client, jwks_uri, "JWKS")
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list):
-        raise AppError("invalid_config", "The JWKS has no 'keys' array", f"Check the JWKS URL: {_where(jwks_uri)}")
+        raise AppError(
+            "invalid_config",
+            N_("The JWKS has no 'keys' array"),
+            N_("Check the JWKS URL: %(jwks_uri)s", jwks_uri=_where(jwks_uri)),
+        )
     signing = [k for k in keys if isinstance(k, dict) and k.get("use", "sig") == "sig"]
     try:
         return KeySet.import_key_set({"keys": signing})
     except (JoseError, ValueError, TypeError):
         raise AppError(
-            "invalid_config", "The JWKS holds no usable signing key", f"Check the JWKS URL: {_where(jwks_uri)}"
+            "invalid_config",
+            N_("The JWKS holds no usable signing key"),
+            N_("Check the JWKS URL: %(jwks_uri)s", jwks_uri=_where(jwks_uri)),
         ) from None
 
 
@@ -302,7 +312,7 @@ class DiscoveryCache:
             raise AppError(
                 "validation_failed",
                 f"The token is signed with a key the provider does not publish (kid {str(kid)[:64]!r})",
-                "Sign in again; if it keeps failing, the provider's keys may be misconfigured",
+                N_("Sign in again; if it keeps failing, the provider's keys may be misconfigured"),
             )
         return found
 

@@ -20,7 +20,7 @@ from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.net import OutboundClient
 from app.oauth.discovery import TENANT_PLACEHOLDER, ProviderMetadata
 from app.oauth.id_token import IdTokenPolicy, KeySource
@@ -134,8 +134,8 @@ def start_authorization(
     if clash:
         raise AppError(
             "invalid_config",
-            f"Extra authorization parameters may not set {', '.join(sorted(clash))}",
-            "Remove them from the provider configuration",
+            N_("Extra authorization parameters may not set %(clash)s", clash=", ".join(sorted(clash))),
+            N_("Remove them from the provider configuration"),
         )
     requested = list(dict.fromkeys(scopes))
     params: dict[str, str] = {}
@@ -154,8 +154,8 @@ def start_authorization(
             # RFC 9700 §2.1.1: never fall back to `plain`; the admin can switch PKCE off instead.
             raise AppError(
                 "invalid_config",
-                "The provider does not support PKCE with S256",
-                "Turn PKCE off for this provider if it cannot do S256",
+                N_("The provider does not support PKCE with S256"),
+                N_("Turn PKCE off for this provider if it cannot do S256"),
             )
         verifier = generate_token(VERIFIER_LENGTH)
         params["code_challenge"] = create_s256_code_challenge(verifier)
@@ -221,10 +221,10 @@ def take_pending(
     data = entries.pop(state, None) if state else None
     store[PENDING_SESSION_KEY] = entries
     if not isinstance(data, dict):
-        raise AppError("validation_failed", "The sign-in response does not belong to this browser session", HINT)
+        raise AppError("validation_failed", N_("The sign-in response does not belong to this browser session"), HINT)
     pending = PendingAuthorization.from_dict(data)
     if (time.time() if now is None else now) - pending.created_at > max_age:
-        raise AppError("validation_failed", "The sign-in took too long", HINT)
+        raise AppError("validation_failed", N_("The sign-in took too long"), HINT)
     return pending
 
 
@@ -233,11 +233,11 @@ def _check_callback_issuer(metadata: ProviderMetadata, params: Mapping[str, str]
     iss = params.get("iss")
     if iss is None:
         if metadata.authorization_response_iss_parameter_supported:
-            raise AppError("validation_failed", "The provider's response lacks its issuer (iss)", HINT)
+            raise AppError("validation_failed", N_("The provider's response lacks its issuer (iss)"), HINT)
         return
     expected = metadata.issuer
     if expected is None:
-        raise AppError("validation_failed", "The response names an issuer, but this provider has none", HINT)
+        raise AppError("validation_failed", N_("The response names an issuer, but this provider has none"), HINT)
     if metadata.issuer_is_template:
         prefix, _, suffix = expected.partition(TENANT_PLACEHOLDER)
         tenant = iss[len(prefix) : len(iss) - len(suffix)] if len(iss) > len(prefix) + len(suffix) else ""
@@ -245,7 +245,9 @@ def _check_callback_issuer(metadata: ProviderMetadata, params: Mapping[str, str]
     else:
         ok = hmac.compare_digest(iss.encode(), expected.encode())
     if not ok:
-        raise AppError("validation_failed", "The response comes from a different issuer than the request went to", HINT)
+        raise AppError(
+            "validation_failed", N_("The response comes from a different issuer than the request went to"), HINT
+        )
 
 
 def _authorization_error(params: Mapping[str, str]) -> AppError:
@@ -253,13 +255,20 @@ def _authorization_error(params: Mapping[str, str]) -> AppError:
     description = "".join(ch for ch in params.get("error_description", "") if " " <= ch <= "~")[:200]
     detail = f": {description}" if description else ""
     if error in _CONSENT_ERRORS:
-        return AppError("consent_required", f"The provider did not grant access ({error}){detail}", HINT)
+        return AppError(
+            "consent_required",
+            N_("The provider did not grant access (%(error)s)%(detail)s", error=error, detail=detail),
+            HINT,
+        )
     if error in _PROVIDER_ERRORS:
-        return AppError("provider_unreachable", f"The provider could not complete the sign-in ({error}){detail}")
+        return AppError(
+            "provider_unreachable",
+            N_("The provider could not complete the sign-in (%(error)s)%(detail)s", error=error, detail=detail),
+        )
     return AppError(
         "invalid_config",
-        f"The provider refused the request ({error[:60]}){detail}",
-        "Check the provider configuration (client ID, redirect URI, scopes)",
+        N_("The provider refused the request (%(error)s)%(detail)s", error=error[:60], detail=detail),
+        N_("Check the provider configuration (client ID, redirect URI, scopes)"),
     )
 
 
@@ -284,15 +293,15 @@ def complete_authorization(
     """
     state = params.get("state")
     if not state or not hmac.compare_digest(state.encode(), pending.state.encode()):
-        raise AppError("validation_failed", "The sign-in response does not match the request (state)", HINT)
+        raise AppError("validation_failed", N_("The sign-in response does not match the request (state)"), HINT)
     if pending.issuer != metadata.issuer:
-        raise AppError("validation_failed", "The sign-in was started with a different provider", HINT)
+        raise AppError("validation_failed", N_("The sign-in was started with a different provider"), HINT)
     _check_callback_issuer(metadata, params)
     if "error" in params:
         raise _authorization_error(params)
     code = params.get("code")
     if not code:
-        raise AppError("validation_failed", "The provider's response has no authorization code", HINT)
+        raise AppError("validation_failed", N_("The provider's response has no authorization code"), HINT)
 
     tokens = exchange_code(
         client,
@@ -308,8 +317,8 @@ def complete_authorization(
     if "openid" not in pending.scopes:
         return tokens
     if tokens.id_token is None:
-        raise AppError("validation_failed", "The provider returned no ID token", HINT)
+        raise AppError("validation_failed", N_("The provider returned no ID token"), HINT)
     if keys is None:
-        raise AppError("invalid_config", "No key source to check the ID token with", "Configure the JWKS URI")
+        raise AppError("invalid_config", N_("No key source to check the ID token with"), N_("Configure the JWKS URI"))
     claims = id_token_claims(tokens, metadata, credentials, keys=keys, policy=policy, nonce=pending.nonce, now=now)
     return replace(tokens, id_claims=claims)

@@ -17,7 +17,7 @@ from joserfc import jws, jwt
 from joserfc.errors import ExpiredTokenError, InvalidClaimError, JoseError, MissingClaimError
 from joserfc.jwk import Key, OctKey
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.oauth.discovery import TENANT_PLACEHOLDER, ProviderMetadata
 
 __all__ = ["DEFAULT_LEEWAY", "IdTokenPolicy", "KeySource", "validate_id_token"]
@@ -57,8 +57,8 @@ def _expected_issuer(metadata: ProviderMetadata, claims: dict[str, Any], policy:
     if issuer is None:
         raise AppError(
             "invalid_config",
-            "The provider has no issuer, so its ID tokens cannot be checked",
-            "Set the provider's issuer (or its discovery URL)",
+            N_("The provider has no issuer, so its ID tokens cannot be checked"),
+            N_("Set the provider's issuer (or its discovery URL)"),
         )
     if not metadata.issuer_is_template:
         return issuer
@@ -110,10 +110,10 @@ def validate_id_token(
             key = OctKey.import_key(client_secret)
         except ValueError:
             # joserfc refuses a secret that parses as a public key: exactly the confusion we guard against.
-            raise AppError("invalid_config", "The client secret cannot be an HMAC key", HINT) from None
+            raise AppError("invalid_config", N_("The client secret cannot be an HMAC key"), HINT) from None
     else:
         if metadata.jwks_uri is None:
-            raise AppError("invalid_config", "The provider has no JWKS URI", "Set the provider's JWKS URI")
+            raise AppError("invalid_config", N_("The provider has no JWKS URI"), N_("Set the provider's JWKS URI"))
         kid = header.get("kid")
         key = keys.signing_key(metadata.jwks_uri, kid if isinstance(kid, str) else None)
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.auth import users
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import OAuthIdentity, User, utcnow
 from app.oauth.identity import ProviderIdentity
 from app.oauth.provider import OAuthProvider
@@ -58,7 +58,7 @@ def find_identity(db: Session, config_id: int, subject: str) -> OAuthIdentity | 
 
 def _usable(user: User | None) -> User:
     if user is None or not user.is_active:
-        raise AppError("permission_denied", "This account is disabled.", "Ask an administrator to enable it.")
+        raise AppError("permission_denied", N_("This account is disabled."), N_("Ask an administrator to enable it."))
     return user
 
 
@@ -79,7 +79,7 @@ def _new_identity(db: Session, user: User, provider: OAuthProvider, identity: Pr
         db.flush()
     except IntegrityError:
         # Another sign-in linked this subject a moment ago (unique config + subject); the caller rolls back.
-        raise AppError("conflict", "This provider account was just linked.", "Sign in again.") from None
+        raise AppError("conflict", N_("This provider account was just linked."), N_("Sign in again.")) from None
     return row
 
 
@@ -184,9 +184,11 @@ def link_identity(
         if existing.user_id != user.id:
             raise AppError(
                 "conflict",
-                "This provider account is already linked to another AMI account.",
-                "Sign in with that account, or ask an administrator to unlink it: in the admin console, Users, "
-                "that account, Linked sign-in identities, Unlink.",
+                N_("This provider account is already linked to another AMI account."),
+                N_(
+                    "Sign in with that account, or ask an administrator to unlink it: in the admin console, Users, "
+                    "that account, Linked sign-in identities, Unlink."
+                ),
             )
         return existing
     row = OAuthIdentity(
@@ -196,7 +198,7 @@ def link_identity(
     try:
         db.flush()
     except IntegrityError:
-        raise AppError("conflict", "This provider account was just linked.", "Sign in again.") from None
+        raise AppError("conflict", N_("This provider account was just linked."), N_("Sign in again.")) from None
     audit.record(
         db,
         ctx,

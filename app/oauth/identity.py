@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.net import OutboundClient, Response, retry_after
 from app.oauth.provider import OAuthProvider
 from app.oauth.tokens import TokenSet, fetch_userinfo
@@ -62,21 +62,30 @@ def _api_error(response: Response, what: str) -> AppError:
     status = response.status_code
     wait = retry_after(response)
     if status == 401:
-        return AppError("token_expired", f"The provider did not accept the access token ({what})", "Reconnect")
+        return AppError(
+            "token_expired", N_("The provider did not accept the access token (%(what)s)", what=what), N_("Reconnect")
+        )
     if status == 429 or (status == 403 and response.headers.get("x-ratelimit-remaining") == "0"):
         return AppError(
-            "rate_limited", f"The provider rate-limited {what}", retry_after=round(wait) if wait is not None else None
+            "rate_limited",
+            N_("The provider rate-limited %(what)s", what=what),
+            retry_after=round(wait) if wait is not None else None,
         )
     if status >= 500:
-        return AppError("provider_unreachable", f"The provider failed to answer {what} (HTTP {status})")
+        return AppError(
+            "provider_unreachable",
+            N_("The provider failed to answer %(what)s (HTTP %(status)s)", what=what, status=status),
+        )
     if status in (403, 404):
         # GitHub hides endpoints a token has no scope for behind a 404.
         return AppError(
             "consent_required",
-            f"The token may not read {what} (HTTP {status})",
-            "Add the scope it needs to the provider configuration and reconnect",
+            N_("The token may not read %(what)s (HTTP %(status)s)", what=what, status=status),
+            N_("Add the scope it needs to the provider configuration and reconnect"),
         )
-    return AppError("provider_unreachable", f"Unexpected answer from {what} (HTTP {status})")
+    return AppError(
+        "provider_unreachable", N_("Unexpected answer from %(what)s (HTTP %(status)s)", what=what, status=status)
+    )
 
 
 def api_fetcher(client: OutboundClient, provider: OAuthProvider, tokens: TokenSet) -> Callable[[str], Any]:
@@ -87,7 +96,14 @@ def api_fetcher(client: OutboundClient, provider: OAuthProvider, tokens: TokenSe
     def fetch(name: str) -> Any:
         url = provider.endpoints.get(name)
         if not url:
-            raise AppError("invalid_config", f"The {entry.display_name} catalog entry has no {name} endpoint")
+            raise AppError(
+                "invalid_config",
+                N_(
+                    "The %(display_name)s catalog entry has no %(name)s endpoint",
+                    display_name=entry.display_name,
+                    name=name,
+                ),
+            )
         headers: dict[str, str] = {"Accept": "application/json"}
         for header in entry.headers:
             if header.value is None or header.when is not None:
@@ -100,7 +116,7 @@ def api_fetcher(client: OutboundClient, provider: OAuthProvider, tokens: TokenSe
         try:
             return response.json()
         except ValueError:
-            raise AppError("provider_unreachable", f"The answer from {what} is not JSON") from None
+            raise AppError("provider_unreachable", N_("The answer from %(what)s is not JSON", what=what)) from None
 
     return fetch
 
@@ -135,7 +151,7 @@ def fetch_identity(client: OutboundClient, provider: OAuthProvider, tokens: Toke
         raise AppError(
             "invalid_config",
             f"The provider's answer has no {provider.claims.user_id!r} claim to identify the user",
-            "Check the user ID claim in the provider configuration",
+            N_("Check the user ID claim in the provider configuration"),
         )
     email = data.get("email") if "email" in data else _claim(claims, provider.claims.email)
     verified = (

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.net import OutboundClient
 from app.oauth.discovery import ProviderMetadata
 from app.oauth.id_token import IdTokenPolicy, KeySource
@@ -221,7 +221,9 @@ def render(entry: ProviderEntry, template: str, values: Mapping[str, Any]) -> st
     try:
         return render_template_string(template, **template_scopes(entry, config=values)).strip()
     except TemplateError as exc:
-        raise AppError("invalid_config", f"The catalog entry for {entry.id} is inconsistent: {exc}") from None
+        raise AppError(
+            "invalid_config", N_("The catalog entry for %(id)s is inconsistent: %(exc)s", id=entry.id, exc=exc)
+        ) from None
 
 
 def _render_map(entry: ProviderEntry, templates: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, str]:
@@ -239,9 +241,9 @@ def _issuer_from_discovery_url(url: str) -> str:
             return f"{parts.scheme}://{parts.netloc}{parts.path[len(suffix) :]}"
     raise AppError(
         "invalid_config",
-        "The discovery URL does not end in /.well-known/openid-configuration",
-        "Give the provider's OpenID Connect discovery URL",
-        fields={"discovery_url": "Use the URL ending in /.well-known/openid-configuration."},
+        N_("The discovery URL does not end in /.well-known/openid-configuration"),
+        N_("Give the provider's OpenID Connect discovery URL"),
+        fields={"discovery_url": N_("Use the URL ending in /.well-known/openid-configuration.")},
     )
 
 
@@ -270,7 +272,9 @@ def _metadata(
     if _discovers(entry, values):
         url = endpoints.get("discovery") or ""
         if not issuer and not url:
-            raise AppError("invalid_config", "The issuer is not set", fields={"issuer": "This field is required."})
+            raise AppError(
+                "invalid_config", N_("The issuer is not set"), fields={"issuer": N_("This field is required.")}
+            )
         # OIDC Discovery §4: the document lives under the issuer unless an explicit URL is given.
         metadata = discover_with(issuer or _issuer_from_discovery_url(url), url or None)
         if metadata.device_authorization_endpoint is None and endpoints.get("device_authorization"):
@@ -278,7 +282,11 @@ def _metadata(
         return metadata
     for name, label in (("authorization", "authorization_url"), ("token", "token_url")):
         if not endpoints.get(name):
-            raise AppError("invalid_config", f"The {label} is not set", fields={label: "This field is required."})
+            raise AppError(
+                "invalid_config",
+                N_("The %(label)s is not set", label=label),
+                fields={label: N_("This field is required.")},
+            )
     return ProviderMetadata(
         authorization_endpoint=endpoints["authorization"],
         token_endpoint=endpoints["token"],
@@ -325,7 +333,9 @@ def provider_from_values(
     :func:`~app.oauth.discover` for "Test connection"); ``keys`` checks ID-token signatures.
     """
     if not entry.capabilities.oauth or entry.oauth is None:
-        raise AppError("invalid_config", f"{entry.display_name} is not an OAuth provider")
+        raise AppError(
+            "invalid_config", N_("%(display_name)s is not an OAuth provider", display_name=entry.display_name)
+        )
     values = effective_values(entry, "config", stored)
     endpoints = {k: v for k, v in _render_map(entry, entry.endpoints, values).items() if v}
     metadata = _metadata(entry, values, endpoints, discover_with)
@@ -337,13 +347,15 @@ def provider_from_values(
     if auth_method != "none" and secret is None:
         raise AppError(
             "invalid_config",
-            "The client secret is not set",
-            "Set the client secret in the provider configuration",
-            fields={"client_secret": "This field is required."},
+            N_("The client secret is not set"),
+            N_("Set the client secret in the provider configuration"),
+            fields={"client_secret": N_("This field is required.")},
         )
     client_id = str(values.get("client_id") or "")
     if not client_id:
-        raise AppError("invalid_config", "The client ID is not set", fields={"client_id": "This field is required."})
+        raise AppError(
+            "invalid_config", N_("The client ID is not set"), fields={"client_id": N_("This field is required.")}
+        )
     credentials = ClientCredentials(
         client_id, secret.reveal() if secret is not None and auth_method != "none" else None, auth_method
     )
@@ -354,9 +366,9 @@ def provider_from_values(
     if "openid" in scopes and not checks_id_token:
         raise AppError(
             "invalid_config",
-            "The scopes ask for an ID token (openid), but the provider's issuer or JWKS URI is not known",
-            "Set the issuer and the JWKS URI, or remove openid from the scopes",
-            fields={"jwks_uri": "Needed to check ID tokens."},
+            N_("The scopes ask for an ID token (openid), but the provider's issuer or JWKS URI is not known"),
+            N_("Set the issuer and the JWKS URI, or remove openid from the scopes"),
+            fields={"jwks_uri": N_("Needed to check ID tokens.")},
         )
     hosted_domain = render(entry, entry.oauth.hosted_domain, values) if entry.oauth.hosted_domain else ""
     device_credentials, device_scopes = _device_client(entry, values, secrets, auth_method)
@@ -397,9 +409,9 @@ def _device_client(
     if method != "none" and secret is None:
         raise AppError(
             "invalid_config",
-            "The device flow's client secret is not set",
-            "Set it in the provider configuration, or turn the device flow off",
-            fields={spec.client_secret: "This field is required."},
+            N_("The device flow's client secret is not set"),
+            N_("Set it in the provider configuration, or turn the device flow off"),
+            fields={spec.client_secret: N_("This field is required.")},
         )
     scopes = tuple(str(s) for s in values.get(spec.scopes) or ()) if spec.scopes else ()
     revealed = secret.reveal() if secret is not None and method != "none" else None
@@ -416,7 +428,7 @@ def revoke_tokens(client: OutboundClient, provider: OAuthProvider, tokens: Token
     if not request.url:
         raise AppError(
             "invalid_config",
-            f"{provider.entry.display_name} has no endpoint to revoke tokens",
+            N_("%(display_name)s has no endpoint to revoke tokens", display_name=provider.entry.display_name),
             provider.revoke_hint or "Tokens expire on their own; the account is removed here only",
         )
     return revoke(client, request)

@@ -24,7 +24,7 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app import audit, metrics, webhook_events
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import ConnectedAccount, ProviderConfig, StoredSecret, User, utcnow
 from app.oauth.connections import ACTIVE, CONSENT_REQUIRED, EXPIRED, OWNER, TOKEN_FIELD, load_tokens
 from app.oauth.leases import claim_one, lock_row, new_owner, release
@@ -75,7 +75,7 @@ class ProviderCache:
             try:
                 cfg = db.get(ProviderConfig, config_id)
                 if cfg is None:
-                    raise AppError("not_found", "The provider config was deleted.")
+                    raise AppError("not_found", N_("The provider config was deleted."))
                 found = build_provider(db, self.rt, cfg)
             except SecretUnreadable as exc:
                 found = AppError("secret_unreadable", exc.text)
@@ -415,8 +415,8 @@ def _refresh_claimed(
             return RefreshResult("skipped")
         error = AppError(
             "token_expired",
-            "The access token expired and the provider gave no refresh token",
-            "Reconnect the account to get a new token",
+            N_("The access token expired and the provider gave no refresh token"),
+            N_("Reconnect the account to get a new token"),
         )
         return RefreshResult(_mark_terminal(db, rt, account_id, owner, None, EXPIRED, error, now), error=error)
     try:
@@ -451,7 +451,10 @@ def refresh_access_token(db: Session, account: ConnectedAccount, rt: OAuthRuntim
     owner = new_owner()
     if not claim_one(db, account.id, owner, utcnow()):
         raise AppError(
-            "conflict", "This account is being refreshed right now.", "Reload the page in a moment.", retry_after=5
+            "conflict",
+            N_("This account is being refreshed right now."),
+            N_("Reload the page in a moment."),
+            retry_after=5,
         )
     try:
         claimed = load_claimed(db, rt, [account.id], owner)
@@ -468,5 +471,5 @@ def refresh_access_token(db: Session, account: ConnectedAccount, rt: OAuthRuntim
         raise result.error
     current = load_tokens(db, rt.cipher, account.id)
     if current is None:
-        raise AppError("not_found", "The account was removed meanwhile.")
+        raise AppError("not_found", N_("The account was removed meanwhile."))
     return current  # another worker refreshed it a moment ago

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlencode
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.net import OutboundClient, retry_after
 from app.oauth.tokens import ClientCredentials
 
@@ -53,8 +53,8 @@ def revoke(client: OutboundClient, request: RevocationRequest) -> RevokeResult:
     if not request.url:
         raise AppError(
             "invalid_config",
-            "The provider has no revocation endpoint",
-            "Tokens expire on their own; remove the account locally",
+            N_("The provider has no revocation endpoint"),
+            N_("Tokens expire on their own; remove the account locally"),
         )
     body = {k: v for k, v in request.body.items() if v}
     headers: dict[str, str] = {"Accept": "application/json", **request.headers}
@@ -87,15 +87,17 @@ def revoke(client: OutboundClient, request: RevocationRequest) -> RevokeResult:
     wait = retry_after(response)
     seconds = round(wait) if wait is not None else None
     if status == 429:
-        raise AppError("rate_limited", "The provider rate-limited the revocation", retry_after=seconds)
+        raise AppError("rate_limited", N_("The provider rate-limited the revocation"), retry_after=seconds)
     if status >= 500:
         raise AppError(
-            "provider_unreachable", f"The provider failed to revoke the token (HTTP {status})", retry_after=seconds
+            "provider_unreachable",
+            N_("The provider failed to revoke the token (HTTP %(status)s)", status=status),
+            retry_after=seconds,
         )
     if status == 401:
         raise AppError(
             "invalid_config",
-            "The provider rejected the client credentials when revoking",
-            "Check the client ID and secret in the provider configuration",
+            N_("The provider rejected the client credentials when revoking"),
+            N_("Check the client ID and secret in the provider configuration"),
         )
-    raise AppError("provider_unreachable", f"The provider refused the revocation (HTTP {status})")
+    raise AppError("provider_unreachable", N_("The provider refused the revocation (HTTP %(status)s)", status=status))

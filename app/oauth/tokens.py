@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, quote
 from authlib.oauth2.auth import ClientAuth
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.net import OutboundClient, Response, retry_after
 from app.oauth.discovery import ProviderMetadata
 from app.oauth.id_token import IdTokenPolicy, KeySource, validate_id_token
@@ -128,7 +128,7 @@ class TokenSet:
         """
         access_token = body.get("access_token")
         if not isinstance(access_token, str) or not access_token:
-            raise AppError("provider_unreachable", "The token response has no access_token")
+            raise AppError("provider_unreachable", N_("The token response has no access_token"))
         token_type = body.get("token_type")
         if not isinstance(token_type, str) or not token_type:
             token_type = "Bearer"
@@ -217,42 +217,64 @@ def endpoint_error(response: Response, body: Mapping[str, Any] | None, *, grant:
     error = body.get("error") if body else None
     detail = _describe(body) if body else ""
     if status == 429 or error == "slow_down":
-        return AppError("rate_limited", "The provider is rate-limiting requests", retry_after=_retry_after(response))
+        return AppError(
+            "rate_limited", N_("The provider is rate-limiting requests"), retry_after=_retry_after(response)
+        )
     if status >= 500 or error in ("server_error", "temporarily_unavailable"):
         return AppError(
             "provider_unreachable",
-            f"The provider failed to answer (HTTP {status}{', ' + str(error) if error else ''})",
+            N_(
+                "The provider failed to answer (HTTP %(status)s%(else_)s)",
+                status=status,
+                else_=", " + str(error) if error else "",
+            ),
             retry_after=_retry_after(response),
         )
     if error in ("invalid_grant", "bad_verification_code", "bad_refresh_token"):
         if grant == "refresh_token":
             return AppError(
                 "consent_required",
-                f"The provider no longer accepts the refresh token{detail}",
-                "Reconnect the account to grant access again",
+                N_("The provider no longer accepts the refresh token%(detail)s", detail=detail),
+                N_("Reconnect the account to grant access again"),
             )
         what = "device code" if grant == "device_code" else "authorization code"
-        return AppError("token_expired", f"The {what} is invalid, expired or already used{detail}", "Start again")
+        return AppError(
+            "token_expired",
+            N_("The %(what)s is invalid, expired or already used%(detail)s", what=what, detail=detail),
+            N_("Start again"),
+        )
     if error == "expired_token":
-        return AppError("token_expired", "The device code expired before it was approved", "Start again")
+        return AppError("token_expired", N_("The device code expired before it was approved"), N_("Start again"))
     if error == "access_denied":
-        return AppError("consent_required", f"Access was denied{detail}", "Start again and approve the request")
+        return AppError(
+            "consent_required",
+            N_("Access was denied%(detail)s", detail=detail),
+            N_("Start again and approve the request"),
+        )
     if error in ("invalid_client", "unauthorized_client", "incorrect_client_credentials") or status == 401:
         return AppError(
             "invalid_config",
-            f"The provider rejected the client credentials{detail}",
-            "Check the client ID, client secret and authentication method in the provider configuration",
+            N_("The provider rejected the client credentials%(detail)s", detail=detail),
+            N_("Check the client ID, client secret and authentication method in the provider configuration"),
         )
     if error == "invalid_scope":
         return AppError(
-            "invalid_config", f"The provider rejected the requested scopes{detail}", "Check the configured scopes"
+            "invalid_config",
+            N_("The provider rejected the requested scopes%(detail)s", detail=detail),
+            N_("Check the configured scopes"),
         )
     if error is None and body is None:
-        return AppError("provider_unreachable", f"The provider sent an unexpected response (HTTP {status})")
+        return AppError(
+            "provider_unreachable", N_("The provider sent an unexpected response (HTTP %(status)s)", status=status)
+        )
     return AppError(
         "invalid_config",
-        f"The provider refused the request ({str(error)[:60] if error else 'HTTP ' + str(status)}){detail}",
-        "Check the provider configuration",
+        N_(
+            "The provider refused the request (%(status)s)%(detail)s",
+            status=str(error)[:60] if error else "HTTP " + str(status),
+            detail=detail,
+        ),
+        N_("Check the provider configuration"),
     )
 
 
@@ -359,7 +381,9 @@ def refresh(
     ``iss``, ``sub``, ``aud``); otherwise the previous ID token and claims are kept.
     """
     if not tokens.refresh_token:
-        raise AppError("consent_required", "There is no refresh token", "Reconnect the account to grant access again")
+        raise AppError(
+            "consent_required", N_("There is no refresh token"), N_("Reconnect the account to grant access again")
+        )
     body = token_request(
         client,
         metadata,
@@ -376,9 +400,11 @@ def refresh(
             # OIDC Core §12.2: a refreshed ID token's sub must be the original one.
             raise AppError(
                 "validation_failed",
-                "The provider answered the refresh with an ID token for a different user than this account's",
-                "The tokens were not changed. Reconnect the account; if it keeps happening, the provider "
-                "configuration may point at another provider",
+                N_("The provider answered the refresh with an ID token for a different user than this account's"),
+                N_(
+                    "The tokens were not changed. Reconnect the account; if it keeps happening, the provider "
+                    "configuration may point at another provider"
+                ),
             )
         return replace(fresh, id_claims=claims)
     return replace(fresh, id_token=tokens.id_token, id_claims=tokens.id_claims)
@@ -397,14 +423,14 @@ def fetch_userinfo(
     """
     url = metadata.userinfo_endpoint
     if url is None:
-        raise AppError("invalid_config", "The provider has no userinfo endpoint", "Configure the userinfo URL")
+        raise AppError("invalid_config", N_("The provider has no userinfo endpoint"), N_("Configure the userinfo URL"))
     response = client.get(url, headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"})
     status = response.status_code
     if status == 401:
-        raise AppError("token_expired", "The provider did not accept the access token", "Refresh or reconnect")
+        raise AppError("token_expired", N_("The provider did not accept the access token"), N_("Refresh or reconnect"))
     if status == 403:
         raise AppError(
-            "consent_required", "The access token lacks the scope for user information", "Reconnect the account"
+            "consent_required", N_("The access token lacks the scope for user information"), N_("Reconnect the account")
         )
     if status != 200:
         raise endpoint_error(response, _parse_body(response), grant=None)
@@ -412,19 +438,21 @@ def fetch_userinfo(
     if content_type == "application/jwt":
         raise AppError(
             "invalid_config",
-            "The provider signs userinfo responses, which is not supported",
-            "Configure the provider to answer userinfo as JSON",
+            N_("The provider signs userinfo responses, which is not supported"),
+            N_("Configure the provider to answer userinfo as JSON"),
         )
     data = _parse_body(response)
     if data is None:
-        raise AppError("provider_unreachable", "The userinfo response is not a JSON object")
+        raise AppError("provider_unreachable", N_("The userinfo response is not a JSON object"))
     if expected_subject is not None and data.get("sub") != expected_subject:
         # OIDC Core §5.3.4: the userinfo sub must equal the ID token's, or the answer must not be used.
         raise AppError(
             "validation_failed",
-            "The provider's user information is about a different user than the one who signed in",
-            "Nothing was changed. Sign in again; if it keeps happening, the provider configuration's userinfo "
-            "URL may point at another provider",
+            N_("The provider's user information is about a different user than the one who signed in"),
+            N_(
+                "Nothing was changed. Sign in again; if it keeps happening, the provider configuration's userinfo "
+                "URL may point at another provider"
+            ),
         )
     return data
 

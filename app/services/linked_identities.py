@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import Credential, OAuthIdentity, ProviderConfig, User
 from app.providers.registry import entry as catalog_entry
 from app.providers.validation import effective_values
@@ -104,7 +104,7 @@ def unlink(db: Session, ctx: audit.AuditContext, user: User, identity_id: int, *
     """Unlink one of ``user``'s identities (audited); ``conflict`` when it is their last way to sign in."""
     found = next((i for i in list_identities(db, user.id) if i.id == identity_id), None)
     if found is None:
-        raise AppError("not_found", "There is no such linked identity for this user.", "Reload the list.")
+        raise AppError("not_found", N_("There is no such linked identity for this user."), N_("Reload the list."))
     if not other_ways_to_sign_in(db, user, identity_id):
         audit.record(
             db,
@@ -117,9 +117,13 @@ def unlink(db: Session, ctx: audit.AuditContext, user: User, identity_id: int, *
         db.commit()
         raise AppError(
             "conflict",
-            f"This {found.provider_name} identity is the only way {user.email} can sign in.",
-            "Set a password first (a password reset link does it) or link another provider, then unlink this one.",
-            fields={"identity_id": "The last way to sign in cannot be unlinked."},
+            N_(
+                "This %(provider_name)s identity is the only way %(email)s can sign in.",
+                provider_name=found.provider_name,
+                email=user.email,
+            ),
+            N_("Set a password first (a password reset link does it) or link another provider, then unlink this one."),
+            fields={"identity_id": N_("The last way to sign in cannot be unlinked.")},
         )
     row = db.get(OAuthIdentity, identity_id)
     assert row is not None

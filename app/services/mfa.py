@@ -18,7 +18,7 @@ from app import audit
 from app.audit import AuditContext
 from app.auth import mfa, recovery_codes, sessions, throttle, totp
 from app.auth import webauthn as passkeys
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import ROLES, Credential, User, UserSession
 from app.settings import Settings
 
@@ -65,7 +65,7 @@ def use_passkey(
     owner = user if user is not None else db.get(User, assertion.credential.user_id)
     if owner is None or not owner.is_active:
         db.rollback()
-        raise AppError("invalid_credentials", "That account is disabled.", "Ask an administrator.")
+        raise AppError("invalid_credentials", N_("That account is disabled."), N_("Ask an administrator."))
     details: dict[str, Any] = {"credential": assertion.credential.id, "name": assertion.credential.name}
     if user is None:
         details["passwordless"] = True
@@ -187,8 +187,8 @@ def generate_recovery_codes(db: Session, settings: Settings, ctx: AuditContext, 
     if not mfa.has_factor(db, user.id):
         raise AppError(
             "conflict",
-            "Recovery codes need a second factor first.",
-            "Add an authenticator app or a passkey, then generate recovery codes.",
+            N_("Recovery codes need a second factor first."),
+            N_("Add an authenticator app or a passkey, then generate recovery codes."),
         )
     had = recovery_codes.remaining(db, user.id)
     codes = recovery_codes.generate(db, settings, user)

@@ -7,14 +7,16 @@ import logging
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
-from wtforms import EmailField, PasswordField, StringField
+from wtforms import EmailField, PasswordField, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from app.auth import email_change, lifecycle, sessions, throttle, trusted_browsers
 from app.auth.devices import device_summary
-from app.errors import AppError
+from app.errors import N_, AppError, translated
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
+from app.i18n import force_locale, language_name, lazy_gettext, shipped_locales
+from app.i18n import gettext as _
 from app.idp import consents
 from app.services import linked_identities
 from app.web.browser import browser_id
@@ -31,25 +33,40 @@ MUST_CHANGE_ALLOWED_PREFIXES = ("flows.", "web.")
 
 
 class ProfileForm(FlaskForm):  # type: ignore[misc]
-    display_name = StringField("Name", validators=[Length(max=200)])
+    display_name = StringField(lazy_gettext("Name"), validators=[Length(max=200)])
+
+
+class LanguageForm(FlaskForm):  # type: ignore[misc]
+    # The service checks the value against the shipped locales (a field error, not WTForms' "Not a valid choice").
+    locale = SelectField(lazy_gettext("Language"), validate_choice=False)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # Each language in its own name ("Deutsch", "Français"): whoever cannot read the page can still find theirs.
+        self.locale.choices = [("", _("Browser default")), *((code, language_name(code)) for code in shipped_locales())]
 
 
 class PasswordForm(FlaskForm):  # type: ignore[misc]
-    current_password = PasswordField("Current password", validators=[DataRequired(), Length(max=256)])
-    new_password = PasswordField("New password", validators=[DataRequired(), Length(max=256)])
+    current_password = PasswordField(lazy_gettext("Current password"), validators=[DataRequired(), Length(max=256)])
+    new_password = PasswordField(lazy_gettext("New password"), validators=[DataRequired(), Length(max=256)])
     confirm = PasswordField(
-        "Repeat new password", validators=[DataRequired(), EqualTo("new_password", "The passwords differ.")]
+        lazy_gettext("Repeat new password"),
+        validators=[DataRequired(), EqualTo("new_password", lazy_gettext("The passwords differ."))],
     )
 
 
 class EmailChangeForm(FlaskForm):  # type: ignore[misc]
-    new_email = EmailField("New email address", validators=[DataRequired(), Length(max=320)])
+    new_email = EmailField(lazy_gettext("New email address"), validators=[DataRequired(), Length(max=320)])
     # Not "password": the page's password section already has that id.
-    email_password = PasswordField("Your password", validators=[DataRequired(), Length(max=256)])
+    email_password = PasswordField(lazy_gettext("Your password"), validators=[DataRequired(), Length(max=256)])
 
 
 class ConfirmForm(FlaskForm):  # type: ignore[misc]
     """CSRF only: the email change is confirmed by POST, so link scanners that prefetch GETs change nothing."""
+
+
+def _others_signed_out(ended: int) -> str:
+    return " " + _("%(num)s other session(s) were signed out.", num=ended) if ended else ""
 
 
 def _who() -> SignedIn:
@@ -68,7 +85,9 @@ def _require_password_change() -> Response | None:
     if endpoint in MUST_CHANGE_ALLOWED or endpoint.startswith(MUST_CHANGE_ALLOWED_PREFIXES):
         return None
     if request.path.startswith("/api/"):
-        raise AppError("permission_denied", "Change your password first.", "Sign in to the web page and change it.")
+        raise AppError(
+            "permission_denied", N_("Change your password first."), N_("Sign in to the web page and change it.")
+        )
     return redirect(url_for("account.index", _anchor="password"))
 
 
@@ -77,6 +96,7 @@ def _page(
     password_form: PasswordForm | None = None,
     status: int = 200,
     email_form: EmailChangeForm | None = None,
+    language_form: LanguageForm | None = None,
 ) -> tuple[str, int]:
     who = _who()
     db = db_session()
@@ -85,14 +105,15 @@ def _page(
     html = render_template(
         "account/index.html",
         user=who.user,
-        sessions=[(s, device_summary(s.user_agent)) for s in paged.rows],
+        sessions=[(s, translated(device_summary(s.user_agent))) for s in paged.rows],
         session_page=paged,
         current_session=who.record.id,
         profile_form=profile_form,
         password_form=password_form or PasswordForm(formdata=None),
         email_form=email_form or EmailChangeForm(formdata=None),
+        language_form=language_form or LanguageForm(formdata=None, locale=who.user.locale or ""),
         identities=linked_identities.list_identities(db, who.user.id),
-        trusted=[(t, device_summary(t.user_agent)) for t in trusted_browsers.live(db, who.user.id)],
+        trusted=[(t, translated(device_summary(t.user_agent))) for t in trusted_browsers.live(db, who.user.id)],
         apps=consents.authorized_apps(db, who.user.id),
     )
     return html, status
@@ -116,9 +137,31 @@ def profile() -> Response | tuple[str, int]:
             db_session().rollback()
             form_errors(exc, form)
         else:
-            flash("Your name was saved.", "success")
+            flash(_("Your name was saved."), "success")
             return redirect(url_for("account.index"))
     return _page(profile_form=form, status=422)
+
+
+@bp.post("/language")
+@login_required
+def language() -> Response | tuple[str, int]:
+    """The language of pages and mails: a shipped locale, or the browser's (Accept-Language)."""
+    form = LanguageForm()
+    if form.validate_on_submit():
+        who = _who()
+        shipped = shipped_locales()
+        try:
+            lifecycle.update_locale(db_session(), audit_ctx(), who.user, locale=form.locale.data or "", shipped=shipped)
+        except AppError as exc:
+            db_session().rollback()
+            form_errors(exc, form)
+        else:
+            # Said in the language just chosen: this request's locale was picked before the change.
+            chosen = who.user.locale or request.accept_languages.best_match(shipped, default=shipped[0])
+            with force_locale(chosen):
+                flash(_("Your language was saved."), "success")
+            return redirect(url_for("account.index", _anchor="language"))
+    return _page(language_form=form, status=422)
 
 
 @bp.post("/password")
@@ -159,8 +202,8 @@ def change_password() -> Response | tuple[str, int]:
             status, retry_after = error.http_status, error.retry_after
         else:
             throttle.record_success(storage, settings, who.user.email, ip, device=device)
-            others = f" {result.sessions_ended} other session(s) were signed out." if result.sessions_ended else ""
-            flash("Your password was changed." + others, "success")
+            others = _others_signed_out(result.sessions_ended)
+            flash(_("Your password was changed.") + others, "success")
             return redirect(url_for("account.index"))
     html, status = _page(password_form=form, status=status)
     response = Response(html, status=status, mimetype="text/html")
@@ -180,12 +223,13 @@ def resend_verification() -> Response:
         db.rollback()
         if exc.code in MAIL_FAILURES:
             raise mail_failed(
-                exc, "We could not send the mail right now, so no new confirmation link went out."
+                exc, N_("We could not send the mail right now, so no new confirmation link went out.")
             ) from None
         log.warning("verification mail for user %s failed: %s", who.user.id, exc)
-        flash(f"The mail could not be sent: {exc.text} {exc.help}", "error")
+        reason = f"{exc.text} {exc.help}"
+        flash(_("The mail could not be sent: %(reason)s", reason=reason), "error")
     else:
-        flash(f"We sent a confirmation link to {who.user.email}. It works for 24 hours.", "success")
+        flash(_("We sent a confirmation link to %(email)s. It works for 24 hours.", email=who.user.email), "success")
     return redirect(url_for("account.index"))
 
 
@@ -202,7 +246,7 @@ def unlink_identity(identity_id: int) -> Response:
         db.rollback()
         flash(f"{exc.text} {exc.help}", "error")
     else:
-        flash(f"Your {identity.provider_name} account no longer signs you in here.", "success")
+        flash(_("Your %(provider)s account no longer signs you in here.", provider=identity.provider_name), "success")
     return redirect(url_for("account.index", _anchor="identities"))
 
 
@@ -211,7 +255,7 @@ def unlink_identity(identity_id: int) -> Response:
 def revoke_session(public_id: str) -> Response:
     who = _who()
     lifecycle.revoke_own_session(db_session(), audit_ctx(), who.user, public_id[:32])
-    flash("That session was signed out.", "success")
+    flash(_("That session was signed out."), "success")
     return redirect(url_for("account.index"))
 
 
@@ -220,7 +264,7 @@ def revoke_session(public_id: str) -> Response:
 def revoke_other_sessions() -> Response:
     who = _who()
     ended = lifecycle.revoke_other_sessions(db_session(), audit_ctx(), who.user, who.record.id)
-    flash(f"Signed out {ended} other session(s).", "success")
+    flash(_("Signed out %(num)s other session(s).", num=ended), "success")
     return redirect(url_for("account.index"))
 
 
@@ -243,7 +287,7 @@ def request_email_change() -> Response | tuple[str, int]:
         except AppError as exc:
             db.rollback()
             if exc.code in MAIL_FAILURES and not exc.fields:  # the transport's; a wrong password blames a field
-                raise mail_failed(exc, "We could not send the mail right now, so nothing was changed.") from None
+                raise mail_failed(exc, N_("We could not send the mail right now, so nothing was changed.")) from None
             error = exc
             if exc.code == "invalid_credentials":
                 lock = throttle.record_failure(
@@ -259,7 +303,13 @@ def request_email_change() -> Response | tuple[str, int]:
                 raise
             status, retry_after = error.http_status, error.retry_after
         else:
-            flash(f"We sent a link to {address}. Your address changes when you follow it (within 1 hour).", "success")
+            flash(
+                _(
+                    "We sent a link to %(address)s. Your address changes when you follow it (within 1 hour).",
+                    address=address,
+                ),
+                "success",
+            )
             return redirect(url_for("account.index", _anchor="email"))
     html, status = _page(email_form=form, status=status)
     response = Response(html, status=status, mimetype="text/html")
@@ -287,8 +337,8 @@ def confirm_email_change(token: str) -> Response | tuple[str, int]:
         keep = who.record.id if who is not None and who.user.id == user.id else None
         where = f"{device_summary(request.headers.get('User-Agent', ''))}, {client_ip()}"
         changed = email_change.confirm_change(db, get_settings(), audit_ctx(), token, keep_session=keep, where=where)
-        others = f" {changed.sessions_ended} other session(s) were signed out." if changed.sessions_ended else ""
-        flash(f"Your email address is now {changed.new}.{others}", "success")
+        others = _others_signed_out(changed.sessions_ended)
+        flash(_("Your email address is now %(address)s.", address=changed.new) + others, "success")
         return redirect(safe_next(url_for("account.index") if keep else url_for("auth.signin")))
     return render_template("account/email_confirm.html", form=form, user=user, new_address=new_address), 200
 
@@ -299,7 +349,7 @@ def untrust_browser(public_id: str) -> Response:
     """Stop skipping the second factor in one browser (the next sign-in there asks for it again)."""
     who = _who()
     trusted_browsers.revoke(db_session(), audit_ctx(), who.user.id, public_id, by="self")
-    flash("That browser is no longer trusted: it asks for your second factor again.", "success")
+    flash(_("That browser is no longer trusted: it asks for your second factor again."), "success")
     return redirect(url_for("account.index", _anchor="trusted-heading"))
 
 
@@ -315,5 +365,5 @@ def revoke_app(client_id: str) -> Response:
         db.rollback()
         flash(f"{exc.text} {exc.help}", "error")
     else:
-        flash("That app no longer has access to your account.", "success")
+        flash(_("That app no longer has access to your account."), "success")
     return redirect(url_for("account.index", _anchor="apps"))

@@ -12,9 +12,10 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from app import audit
 from app.auth import mail_tokens, passwords, sessions, throttle, users
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import audit_ctx, client_ip, signed_in
+from app.i18n import lazy_gettext
 from app.models import User
 from app.net import get_client
 from app.settings import Settings
@@ -28,16 +29,17 @@ BREACHED_NOTICE = "Your password has appeared in a data breach, so attackers may
 
 
 class SignInForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+    email = EmailField(lazy_gettext("Email"), validators=[DataRequired(), Length(max=320)])
+    password = PasswordField(lazy_gettext("Password"), validators=[DataRequired(), Length(max=256)])
 
 
 class SetupForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
-    display_name = StringField("Your name", validators=[Length(max=200)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+    email = EmailField(lazy_gettext("Email"), validators=[DataRequired(), Length(max=320)])
+    display_name = StringField(lazy_gettext("Your name"), validators=[Length(max=200)])
+    password = PasswordField(lazy_gettext("Password"), validators=[DataRequired(), Length(max=256)])
     confirm = PasswordField(
-        "Repeat password", validators=[DataRequired(), EqualTo("password", "The passwords differ.")]
+        lazy_gettext("Repeat password"),
+        validators=[DataRequired(), EqualTo("password", lazy_gettext("The passwords differ."))],
     )
 
 
@@ -86,7 +88,7 @@ def signin() -> str | Response:
         lock = record_failed_signin(email, "password")
         if lock is not None:
             return _throttled(form, next_url, lock)
-        form_errors(AppError("invalid_credentials", fields={"password": "Email or password is not right."}), form)
+        form_errors(AppError("invalid_credentials", fields={"password": N_("Email or password is not right.")}), form)
     status = 401 if form.is_submitted() and form.errors else 200
     return render_template("auth/signin.html", form=form, next=next_url), status  # type: ignore[return-value]
 
@@ -134,15 +136,15 @@ def setup(token: str) -> str | Response:
     if mail_tokens.find_token(db, "setup", token) is None or users.admin_count(db) > 0:
         raise AppError(
             "token_expired",
-            "This setup link is no longer valid.",
-            "Run `ami-auth bootstrap` to print a new link, or sign in if an admin exists.",
+            N_("This setup link is no longer valid."),
+            N_("Run `ami-auth bootstrap` to print a new link, or sign in if an admin exists."),
             status=410,
         )
     form = SetupForm()
     if form.validate_on_submit():
         try:
             if mail_tokens.consume_token(db, "setup", token) is None:
-                raise AppError("token_expired", "This setup link was just used.", status=410)
+                raise AppError("token_expired", N_("This setup link was just used."), status=410)
             user = users.create_user(
                 db,
                 settings,

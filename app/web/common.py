@@ -12,7 +12,7 @@ from flask import redirect, request, url_for
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.http.context import signed_in
 
 P = ParamSpec("P")
@@ -79,7 +79,7 @@ def admin_required(view: Callable[P, R]) -> Callable[P, R | Response]:
                 raise AppError("not_authenticated")
             return _to_signin()
         if not who.is_admin:
-            raise AppError("permission_denied", "This page is for administrators.")
+            raise AppError("permission_denied", N_("This page is for administrators."))
         return view(*args, **kwargs)
 
     return wrapper
@@ -95,7 +95,7 @@ def keep_on_form(db: Session, exc: AppError, form: Any) -> None:
 
 def form_errors(exc: AppError, form: Any) -> None:
     """Put an AppError's per-field messages on the matching WTForms fields (the rest go to the form)."""
-    for name, message in exc.fields.items():
+    for name, message in exc.field_texts.items():
         field = getattr(form, name, None)
         if field is not None and hasattr(field, "errors"):
             field.errors = [*list(field.errors), message]

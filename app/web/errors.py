@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 from werkzeug.wrappers import Response
 
 from app import faults, metrics
-from app.errors import AppError, ErrorCode
+from app.errors import N_, AppError, ErrorCode
 from app.extensions import login_manager
 from app.http.context import signed_in
 from app.http.csrf import log_refusal, refusal_reason
@@ -39,8 +39,8 @@ HTTP_CODES: dict[int, ErrorCode] = {
 # Failures whose text is for whoever runs the service (a provider's settings, outbound rules, DNS, a key that
 # cannot be read): an end user or member gets "not available right now" and a reference instead.
 DIAGNOSTIC_CODES: Final = frozenset({"invalid_config", "provider_unreachable", "secret_unreadable"})
-UNAVAILABLE_MESSAGE: Final = "This is not available right now."
-UNAVAILABLE_HINT: Final = (
+UNAVAILABLE_MESSAGE: Final = N_("This is not available right now.")
+UNAVAILABLE_HINT: Final = N_(
     "Try again later, or sign in another way. If it keeps happening, tell an administrator and quote the reference."
 )
 
@@ -125,8 +125,8 @@ def register_error_handlers(app: Flask) -> None:
         return render_app_error(
             AppError(
                 "validation_failed",
-                "The form expired or did not come from this site.",
-                "Reload the page and submit it again.",
+                N_("The form expired or did not come from this site."),
+                N_("Reload the page and submit it again."),
                 status=400,
             )
         )

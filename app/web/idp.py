@@ -34,7 +34,7 @@ from wtforms import HiddenField
 from app import audit
 from app.auth import sessions
 from app.auth.throttle import ip_bucket
-from app.errors import AppError
+from app.errors import N_, AppError, translated
 from app.extensions import csrf, db_session, get_cipher, get_database, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, signed_in
 from app.idp import client_throttle, consents, tokens
@@ -53,7 +53,7 @@ RESUME_SALT: Final = "ami-auth/idp/resume"
 RESUME_SECONDS: Final = 3600
 # Discovery and JWKS: relying parties may cache them this long; a rotated-in key was published as "next" earlier.
 METADATA_MAX_AGE: Final = 300
-SIGN_OUT_REFUSED: Final = "This sign-out request cannot be used"
+SIGN_OUT_REFUSED: Final = N_("This sign-out request cannot be used")
 
 
 def init_app(app: Flask) -> Provider:
@@ -128,8 +128,8 @@ def _serializer() -> URLSafeTimedSerializer:
 def _load_resume(raw: str | None) -> Resume:
     expired = AppError(
         "token_expired",
-        "This sign-in request has expired.",
-        "Go back to the app and start signing in again.",
+        N_("This sign-in request has expired."),
+        N_("Go back to the app and start signing in again."),
         status=400,
     )
     if not raw or len(raw) > 8000:
@@ -196,7 +196,7 @@ def _error_response(error: OAuth2Error) -> Response:
         location = response.headers["Location"]
         response.headers["Location"] = _with_iss(location)
         return _to_client(response)
-    message = error.description or "The app sent an authorization request this server cannot accept."
+    message = error.description or N_("The app sent an authorization request this server cannot accept.")
     return _request_error(error.error, message)
 
 
@@ -206,9 +206,10 @@ def _with_iss(location: str) -> str:
 
 
 def _request_error(
-    code: str, description: str, status: int = 400, title: str = "This sign-in request cannot be used"
+    code: str, description: str, status: int = 400, title: str = N_("This sign-in request cannot be used")
 ) -> Response:
-    html = render_template("idp/error.html", code=code, description=description, title=title)
+    # The protocol library's own descriptions stay as it wrote them (English); ours are read in the user's language.
+    html = render_template("idp/error.html", code=code, description=translated(description), title=translated(title))
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -365,7 +366,7 @@ def decide() -> Response:
     resumed = _load_resume(form.r.data)
     decision = request.form.get("decision")
     if decision not in {"allow", "deny", "reauthenticate"}:
-        raise AppError("validation_failed", fields={"decision": "Choose allow or deny."})
+        raise AppError("validation_failed", fields={"decision": N_("Choose allow or deny.")})
     return _authorize(resumed.params, resumed, decision)
 
 
@@ -450,13 +451,13 @@ def end_session() -> Response:
         req = server.validate_endpoint_request("end_session")
     except OAuth2Error as error:
         return _request_error(
-            error.error, error.description or "The logout request is not valid.", title=SIGN_OUT_REFUSED
+            error.error, error.description or N_("The logout request is not valid."), title=SIGN_OUT_REFUSED
         )
     asked_uri = req.request.payload.data.get("post_logout_redirect_uri")
     if asked_uri and req.redirect_uri is None:
         return _request_error(
             "invalid_request",
-            "The address to return to after signing out is not registered for this app, so you are not sent there.",
+            N_("The address to return to after signing out is not registered for this app, so you are not sent there."),
             title=SIGN_OUT_REFUSED,
         )
     who = signed_in()

@@ -41,7 +41,7 @@ from wtforms.fields.core import UnboundField
 
 from app import audit
 from app.auth.throttle import ip_bucket
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.extensions import db_session, get_limit_storage
 from app.http.context import audit_ctx, client_ip
 from app.http.streaming import is_streamed
@@ -78,11 +78,11 @@ _AUDIT_LIMIT: Final = RateLimitItemPerMinute(REFUSALS_AUDITED_PER_MINUTE, namesp
 
 # What the user is told, per reason: the field's message; the page's title and hint are built from it.
 FIELD_MESSAGES: Final[dict[str, str]] = {
-    "control_character": "Remove control characters (such as NUL or ESC) from this value.",
-    "invalid_utf8": "This value is not UTF-8 text; type it again or paste it as plain text.",
-    "file_part": "This field takes text, not a file.",
-    "repeated": "Send this field once.",
-    "json_duplicate_key": "This key appears more than once in its object; send it once.",
+    "control_character": N_("Remove control characters (such as NUL or ESC) from this value."),
+    "invalid_utf8": N_("This value is not UTF-8 text; type it again or paste it as plain text."),
+    "file_part": N_("This field takes text, not a file."),
+    "repeated": N_("Send this field once."),
+    "json_duplicate_key": N_("This key appears more than once in its object; send it once."),
 }
 
 
@@ -146,23 +146,29 @@ def _shown(name: str) -> str:
 
 # How the user sends the thing again, per place the field was in.
 _AGAIN: Final[dict[str, str]] = {
-    "form": "send the form again",
-    "address": "open the link again",
-    "request": "send the request again",
+    "form": N_("send the form again"),
+    "address": N_("open the link again"),
+    "request": N_("send the request again"),
 }
 
 
 def _field_refusal(reason: str, field: str, where: str = "form") -> Refused:
     name = _shown(field)
     messages = {
-        "control_character": (f"“{name}” holds a control character.", "Remove control characters (such as NUL)"),
-        "invalid_utf8": (f"“{name}” is not UTF-8 text.", "Type the value again or paste it as plain text"),
-        "file_part": (f"“{name}” was sent as a file.", "Type the value into the field"),
-        "repeated": (f"“{name}” was sent more than once.", "Send each field once"),
-        "json_duplicate_key": (f"The JSON repeats the key “{name}”.", "Send each key once"),
+        "control_character": (
+            N_("“%(name)s” holds a control character.", name=name),
+            N_("Remove control characters (such as NUL)"),
+        ),
+        "invalid_utf8": (
+            N_("“%(name)s” is not UTF-8 text.", name=name),
+            N_("Type the value again or paste it as plain text"),
+        ),
+        "file_part": (N_("“%(name)s” was sent as a file.", name=name), N_("Type the value into the field")),
+        "repeated": (N_("“%(name)s” was sent more than once.", name=name), N_("Send each field once")),
+        "json_duplicate_key": (N_("The JSON repeats the key “%(name)s”.", name=name), N_("Send each key once")),
     }
     message, hint = messages[reason]
-    return Refused(reason, 422, message, f"{hint}, then {_AGAIN[where]}.", name)
+    return Refused(reason, 422, message, N_("%(fix)s, then %(again)s.", fix=hint, again=_AGAIN[where]), name)
 
 
 # --- the checks ------------------------------------------------------------------------------------------
@@ -218,7 +224,10 @@ def _check_urlencoded(raw: bytes, where: str) -> None:
 def _check_multipart(raw: bytes) -> None:
     boundary = parse_options_header(request.content_type or "")[1].get("boundary", "")
     unreadable = Refused(
-        "malformed", 400, "The form could not be read.", "Send it again from the page; a browser sends it whole."
+        "malformed",
+        400,
+        N_("The form could not be read."),
+        N_("Send it again from the page; a browser sends it whole."),
     )
     if not boundary:
         raise unreadable
@@ -252,8 +261,8 @@ def _too_deep() -> Refused:
     return Refused(
         "json_nesting",
         422,
-        f"The JSON nests deeper than {JSON_MAX_DEPTH} levels.",
-        "No request here needs more; send the body as documented.",
+        N_("The JSON nests deeper than %(json_max_depth)s levels.", json_max_depth=JSON_MAX_DEPTH),
+        N_("No request here needs more; send the body as documented."),
     )
 
 
@@ -266,8 +275,8 @@ def _check_json_value(value: Any, path: str, depth: int) -> None:
                 raise Refused(
                     "control_character",
                     422,
-                    "The JSON body holds a control character.",
-                    "Remove control characters (such as NUL), then send the request again.",
+                    N_("The JSON body holds a control character."),
+                    N_("Remove control characters (such as NUL), then send the request again."),
                 )
             raise _field_refusal("control_character", path, "request")
     elif isinstance(value, dict):
@@ -308,13 +317,13 @@ def _check_json(raw: bytes) -> None:
         raise Refused(
             "too_large",
             413,
-            f"The JSON body is larger than {JSON_MAX_BYTES // 1024} KiB.",
-            "Send a smaller body; no request here needs more.",
+            N_("The JSON body is larger than %(json_max_bytes)s KiB.", json_max_bytes=JSON_MAX_BYTES // 1024),
+            N_("Send a smaller body; no request here needs more."),
         )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise Refused("invalid_utf8", 422, "The JSON body is not UTF-8.", "Encode the body as UTF-8.") from None
+        raise Refused("invalid_utf8", 422, N_("The JSON body is not UTF-8."), N_("Encode the body as UTF-8.")) from None
     try:
         # The C scanner recurses once per level: a body nested near the interpreter's recursion limit raises
         # RecursionError here (cleanly, the scanner checks); shallower ones reach the depth walk below.
@@ -327,13 +336,21 @@ def _check_json(raw: bytes) -> None:
         raise Refused(
             "json_syntax",
             422,
-            f"The request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
-            'Send Content-Type: application/json and a body like {"name": …}.',
+            N_(
+                "The request body is not valid JSON: %(msg)s at line %(lineno)s, column %(colno)s.",
+                msg=exc.msg,
+                lineno=exc.lineno,
+                colno=exc.colno,
+            ),
+            N_('Send Content-Type: application/json and a body like {"name": …}.'),
         ) from None
     except ValueError:
         # NaN/Infinity, or an integer longer than Python converts (sys.get_int_max_str_digits).
         raise Refused(
-            "json_number", 422, "The JSON holds a number that cannot be used.", "Use finite numbers of sensible size."
+            "json_number",
+            422,
+            N_("The JSON holds a number that cannot be used."),
+            N_("Use finite numbers of sensible size."),
         ) from None
     _check_json_value(value, "", 0)
 
@@ -353,16 +370,26 @@ def _check_address() -> None:
         blamed = next(
             (k for k, v in args.items() if isinstance(v, str) and ("\ufffd" in v or _ANY_CONTROL.search(v))), None
         )
-        what = "is not UTF-8" if problem == "invalid_utf8" else "holds a control character"
-        raise Refused(problem, 400, f"The address {what}.", "Check the link; it may have been cut or altered.", blamed)
+        message = (
+            N_("The address is not UTF-8.")
+            if problem == "invalid_utf8"
+            else N_("The address holds a control character.")
+        )
+        raise Refused(
+            problem,
+            400,
+            message,
+            N_("Check the link; it may have been cut or altered."),
+            blamed,
+        )
     _check_urlencoded(request.query_string, "address")
     for name, value in request.headers.items():
         if _HEADER_CONTROL.search(value):
             raise Refused(
                 "control_character",
                 400,
-                f"The request header {_shown(name)} holds a control character.",
-                "Send header values without control characters (RFC 9110 section 5.5).",
+                N_("The request header %(name)s holds a control character.", name=_shown(name)),
+                N_("Send header values without control characters (RFC 9110 section 5.5)."),
             )
 
 
@@ -382,7 +409,7 @@ def _check_body() -> None:
     mimetype = request.mimetype
     if _takes_json():
         if mimetype != "application/json" and not mimetype.endswith("+json"):
-            raise Refused("content_type", 415, "The body must be JSON.", "Send Content-Type: application/json.")
+            raise Refused("content_type", 415, N_("The body must be JSON."), N_("Send Content-Type: application/json."))
         _check_json(raw)
     elif mimetype == "application/x-www-form-urlencoded":
         _check_urlencoded(raw, "form")
@@ -392,8 +419,8 @@ def _check_body() -> None:
         raise Refused(
             "content_type",
             415,
-            f"This address takes a form, not {mimetype[:80] or 'a body without a content type'}.",
-            "Submit the form from its page (application/x-www-form-urlencoded or multipart/form-data).",
+            N_("This address takes a form, not %(type)s.", type=mimetype[:80] or "a body without a content type"),
+            N_("Submit the form from its page (application/x-www-form-urlencoded or multipart/form-data)."),
         )
 
 

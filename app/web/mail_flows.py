@@ -17,9 +17,11 @@ from wtforms.validators import DataRequired, EqualTo, Length
 from app import faults
 from app.audit import AuditContext
 from app.auth import lifecycle
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import audit_ctx
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext
 from app.settings import Settings
 from app.web.browser import remember_browser
 from app.web.common import keep_on_form
@@ -33,27 +35,29 @@ MAIL_FAILURES = frozenset({"provider_unreachable", "invalid_credentials", "inval
 
 
 class EmailForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
+    email = EmailField(lazy_gettext("Email"), validators=[DataRequired(), Length(max=320)])
 
 
 class NewPasswordForm(FlaskForm):  # type: ignore[misc]
-    password = PasswordField("New password", validators=[DataRequired(), Length(max=256)])
+    password = PasswordField(lazy_gettext("New password"), validators=[DataRequired(), Length(max=256)])
     confirm = PasswordField(
-        "Repeat new password", validators=[DataRequired(), EqualTo("password", "The passwords differ.")]
+        lazy_gettext("Repeat new password"),
+        validators=[DataRequired(), EqualTo("password", lazy_gettext("The passwords differ."))],
     )
 
 
 class InviteForm(FlaskForm):  # type: ignore[misc]
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+    password = PasswordField(lazy_gettext("Password"), validators=[DataRequired(), Length(max=256)])
     confirm = PasswordField(
-        "Repeat password", validators=[DataRequired(), EqualTo("password", "The passwords differ.")]
+        lazy_gettext("Repeat password"),
+        validators=[DataRequired(), EqualTo("password", lazy_gettext("The passwords differ."))],
     )
 
 
 class SignupForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
-    display_name = StringField("Your name", validators=[Length(max=200)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+    email = EmailField(lazy_gettext("Email"), validators=[DataRequired(), Length(max=320)])
+    display_name = StringField(lazy_gettext("Your name"), validators=[Length(max=200)])
+    password = PasswordField(lazy_gettext("Password"), validators=[DataRequired(), Length(max=256)])
 
 
 class ConfirmForm(FlaskForm):  # type: ignore[misc]
@@ -88,7 +92,7 @@ def _mail_request(send: Callable[[Session, Settings, AuditContext, str], None], 
                 db.rollback()
                 # The link was stored before sending (mail never describes a rolled-back change); unsent, it
                 # just expires. Asking again issues a new one.
-                raise mail_failed(exc, "We could not send the mail right now, so no reset link went out.") from None
+                raise mail_failed(exc, N_("We could not send the mail right now, so no reset link went out.")) from None
             keep_on_form(db, exc, form)
         else:
             return render_template(sent, email=form.email.data.strip())
@@ -111,7 +115,7 @@ def reset_password(token: str) -> Page:
         except AppError as exc:
             keep_on_form(db, exc, form)
         else:
-            flash("Your password was changed and every session was signed out. Sign in with the new one.", "success")
+            flash(_("Your password was changed and every session was signed out. Sign in with the new one."), "success")
             return redirect(url_for("auth.signin"))
     return render_template("auth/reset_password.html", form=form, email=user.email), _status(form)
 
@@ -127,7 +131,7 @@ def invite(token: str) -> Page:
         except AppError as exc:
             keep_on_form(db, exc, form)
         else:
-            flash("Your password is set. Sign in to continue.", "success")
+            flash(_("Your password is set. Sign in to continue."), "success")
             return redirect(url_for("auth.signin"))
     return render_template("auth/invite.html", form=form, user=user), _status(form)
 
@@ -149,8 +153,8 @@ def signup() -> Page:
     if not lifecycle.signup_open(settings):
         raise AppError(
             "not_found",
-            "Sign-up is not open on this server.",
-            "Accounts are created by an administrator; ask one for an invitation.",
+            N_("Sign-up is not open on this server."),
+            N_("Accounts are created by an administrator; ask one for an invitation."),
         )
     form = SignupForm()
     if form.validate_on_submit():
@@ -193,6 +197,8 @@ def unlock(token: str) -> str | Response:
     if form.validate_on_submit():
         unlocked = lifecycle.unlock_with_link(db, get_limit_storage(), audit_ctx(), token)
         remember_browser(unlocked.email, network=False)
-        flash("Your account is unlocked, and this browser is remembered for it. Sign in with your password.", "success")
+        flash(
+            _("Your account is unlocked, and this browser is remembered for it. Sign in with your password."), "success"
+        )
         return redirect(url_for("auth.signin"))
     return render_template("auth/unlock.html", form=form, email=user.email)

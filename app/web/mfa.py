@@ -18,9 +18,11 @@ from wtforms.validators import DataRequired, Length
 
 from app.auth import mfa
 from app.auth import webauthn as passkeys
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import audit_ctx, client_ip, signed_in
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext, ngettext
 from app.models import User
 from app.models.credentials import ChallengePurpose
 from app.services import mfa as mfa_flows
@@ -33,18 +35,22 @@ bp = Blueprint("mfa", __name__)
 
 
 class CodeForm(FlaskForm):  # type: ignore[misc]
-    code = StringField("Authentication code", validators=[DataRequired("Enter the code."), Length(max=40)])
-    trust_browser = BooleanField("Trust this browser")
+    code = StringField(
+        lazy_gettext("Authentication code"), validators=[DataRequired(lazy_gettext("Enter the code.")), Length(max=40)]
+    )
+    trust_browser = BooleanField(lazy_gettext("Trust this browser"))
 
 
 class RecoveryCodeForm(FlaskForm):  # type: ignore[misc]
-    recovery_code = StringField("Recovery code", validators=[DataRequired("Enter a recovery code."), Length(max=40)])
+    recovery_code = StringField(
+        lazy_gettext("Recovery code"), validators=[DataRequired(lazy_gettext("Enter a recovery code.")), Length(max=40)]
+    )
 
 
 def json_body() -> dict[str, Any]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise AppError("validation_failed", "Send a JSON object.", status=400)
+        raise AppError("validation_failed", N_("Send a JSON object."), status=400)
     return body
 
 
@@ -86,8 +92,8 @@ def _refuse_if_exhausted(user: User) -> None:
     session.pop(PENDING_KEY, None)
     raise AppError(
         "rate_limited",
-        "Too many wrong attempts at the second step.",
-        "Wait a few minutes, then sign in with your password again.",
+        N_("Too many wrong attempts at the second step."),
+        N_("Wait a few minutes, then sign in with your password again."),
         retry_after=retry_after,
     )
 
@@ -114,7 +120,7 @@ def signin_step() -> str | Response | tuple[str, int]:
         return redirect(url_for("web.home"))
     found = pending()
     if found is None:
-        flash("Your sign-in timed out. Sign in again.", "warning")
+        flash(_("Your sign-in timed out. Sign in again."), "warning")
         return redirect(url_for("auth.signin"))
     user, _data = found
     return _render_signin_step(user, CodeForm(), RecoveryCodeForm(formdata=None))
@@ -137,7 +143,7 @@ def signin_totp() -> Response | tuple[str, int]:
         _second_factor_failed(user, "totp")
         form.code.data = ""  # a rejected code is not shown back
         form_errors(
-            AppError("invalid_credentials", fields={"code": "That code is not right, or was already used."}), form
+            AppError("invalid_credentials", fields={"code": N_("That code is not right, or was already used.")}), form
         )
     return _render_signin_step(user, form, RecoveryCodeForm(formdata=None), 401 if form.is_submitted() else 200)
 
@@ -155,7 +161,11 @@ def signin_recovery() -> Response | tuple[str, int]:
             target = finish_second_step(user, [*data["methods"], "recovery_code"], data["next"])
             if left <= 2:  # after the new session exists: starting it clears the Flask session, flashes too
                 flash(
-                    f"You have {left} recovery code{'s' if left != 1 else ''} left. Generate new ones soon.",
+                    ngettext(
+                        "You have %(num)s recovery code left. Generate new ones soon.",
+                        "You have %(num)s recovery codes left. Generate new ones soon.",
+                        left,
+                    ),
                     "warning",
                 )
             return redirect(target)
@@ -163,7 +173,9 @@ def signin_recovery() -> Response | tuple[str, int]:
         _second_factor_failed(user, "recovery_code")
         form.recovery_code.data = ""
         form_errors(
-            AppError("invalid_credentials", fields={"recovery_code": "That recovery code is not right or was used."}),
+            AppError(
+                "invalid_credentials", fields={"recovery_code": N_("That recovery code is not right or was used.")}
+            ),
             form,
         )
     return _render_signin_step(user, CodeForm(formdata=None), form, 401 if form.is_submitted() else 200)
@@ -291,8 +303,8 @@ def enforce() -> Response | None:
     if wants_json():
         raise AppError(
             "mfa_required",
-            "Your role requires a second factor.",
-            "Add an authenticator app or a passkey on your account's MFA page first.",
+            N_("Your role requires a second factor."),
+            N_("Add an authenticator app or a passkey on your account's MFA page first."),
             status=403,
         )
     if request.blueprint == "idp" and request.method == "GET":

@@ -15,9 +15,11 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from app.auth import mfa, recovery_codes, totp
 from app.auth import webauthn as passkeys
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext
 from app.models import ROLES, Credential, User, utcnow
 from app.services import mfa as mfa_flows
 from app.web.common import admin_required, form_errors, login_required, safe_next
@@ -32,19 +34,23 @@ class NameForm(FlaskForm):  # type: ignore[misc]
     class Meta:
         csrf = False
 
-    name = StringField("Passkey name", validators=[DataRequired("Enter a name."), Length(max=passkeys.NAME_MAX)])
+    name = StringField(
+        lazy_gettext("Passkey name"),
+        validators=[DataRequired(lazy_gettext("Enter a name.")), Length(max=passkeys.NAME_MAX)],
+    )
 
 
 class NewPasskeyForm(NameForm):
     """The name of a passkey being added: optional (a blank one gets the authenticator's own description), so
     the field must not be ``required`` in the HTML either."""
 
-    name = StringField("Passkey name", validators=[Optional(), Length(max=passkeys.NAME_MAX)])
+    name = StringField(lazy_gettext("Passkey name"), validators=[Optional(), Length(max=passkeys.NAME_MAX)])
 
 
 def _policy_form(values: dict[str, bool]) -> FlaskForm:
     fields: dict[str, Any] = {
-        role: BooleanField(f"Require a second factor for {role}s", default=values[role]) for role in ROLES
+        role: BooleanField(lazy_gettext("Require a second factor for %(role)ss", role=role), default=values[role])
+        for role in ROLES
     }
     form_class = type("PolicyForm", (FlaskForm,), fields)
     form: FlaskForm = form_class()
@@ -70,7 +76,7 @@ def _render_account(
             form = NameForm(formdata=None, prefix=f"p{credential.id}")
             form.name.data = credential.name
             forms[credential.id] = form
-        forms[credential.id].name.label.text = f"New name for {credential.name}"
+        forms[credential.id].name.label.text = _("New name for %(name)s", name=credential.name)
     html = render_template(
         "account/mfa.html",
         user=user,
@@ -149,7 +155,7 @@ def totp_confirm() -> tuple[str, int] | Response:
             return _render_totp_enrol(form, exc.http_status)
         _mark_session_verified("totp")
         db.commit()
-        flash("Authenticator app added. You will be asked for a code when you sign in.", "success")
+        flash(_("Authenticator app added. You will be asked for a code when you sign in."), "success")
         return redirect(url_for("mfa.account"))
     return _render_totp_enrol(form, 422)
 
@@ -171,7 +177,7 @@ def _remove(credential: Credential) -> Response | tuple[str, int]:
         db.commit()  # the refusal is audited
         return _render_account(error=exc, status=exc.http_status)
     db.commit()
-    flash(f"Removed {name or 'the factor'}.", "success")
+    flash(_("Removed %(name)s.", name=name) if name else _("Removed the factor."), "success")
     return redirect(url_for("mfa.account"))
 
 
@@ -180,7 +186,7 @@ def _remove(credential: Credential) -> Response | tuple[str, int]:
 def totp_remove() -> Response | tuple[str, int]:
     credential = totp.confirmed(db_session(), _current_user().id)
     if credential is None:
-        raise AppError("not_found", "No authenticator app is set up.", "Reload the page.")
+        raise AppError("not_found", N_("No authenticator app is set up."), N_("Reload the page."))
     return _remove(credential)
 
 
@@ -213,7 +219,7 @@ def passkey_register_verify() -> Response:
         raise
     _mark_session_verified("webauthn")
     db.commit()
-    flash(f"Passkey “{credential.name}” added.", "success")
+    flash(_("Passkey “%(name)s” added.", name=credential.name), "success")
     return jsonify(redirect=url_for("mfa.account"))
 
 
@@ -232,7 +238,7 @@ def passkey_rename(credential_id: int) -> Response | tuple[str, int]:
             form_errors(exc, form)
         else:
             db.commit()
-            flash(f"Renamed to “{credential.name}”.", "success")
+            flash(_("Renamed to “%(name)s”.", name=credential.name), "success")
             return redirect(url_for("mfa.account"))
     return _render_account(rename_forms={credential_id: form}, status=422)
 
@@ -276,7 +282,7 @@ def admin_security() -> str | Response:
         wanted: dict[str, bool] = {role: bool(getattr(form, role).data) for role in ROLES}
         mfa_flows.set_policy(db, settings, audit_ctx(), wanted, actor_id=who.user.id)
         db.commit()
-        flash("Security policy saved.", "success")
+        flash(_("Security policy saved."), "success")
         return redirect(url_for("mfa.admin_security"))
     return render_template(
         "mfa/admin_security.html",
@@ -293,10 +299,16 @@ def admin_reset(user_id: int) -> Response:
     db = db_session()
     target = db.get(User, user_id)
     if target is None:
-        raise AppError("not_found", "That user does not exist.")
+        raise AppError("not_found", N_("That user does not exist."))
     mfa_flows.reset(db, audit_ctx(), target)
     db.commit()
-    flash(f"Removed every second factor of {target.email}. They will be asked to set one up if required.", "success")
+    flash(
+        _(
+            "Removed every second factor of %(email)s. They will be asked to set one up if required.",
+            email=target.email,
+        ),
+        "success",
+    )
     return redirect(safe_next(request.form.get("next"), url_for("mfa.admin_security")))
 
 

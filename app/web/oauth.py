@@ -31,9 +31,11 @@ from wtforms.validators import DataRequired, Length
 
 from app import audit, faults
 from app.auth import role_mapping, throttle, users
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import audit_ctx, client_ip, signed_in
+from app.i18n import gettext as _
+from app.i18n import lazy_gettext
 from app.jobs.scheduler import ensure_started
 from app.models import ProviderConfig, User
 from app.oauth import complete_authorization, remember_pending, start_authorization, take_pending
@@ -76,7 +78,7 @@ def is_oauth_type(provider_type: str) -> bool:
 def enabled_oauth_config(db: Session, config_id: int) -> ProviderConfig:
     cfg = db.get(ProviderConfig, config_id)
     if cfg is None or not cfg.enabled or not is_oauth_type(cfg.provider_type):
-        raise AppError("not_found", "This sign-in option is not available.", "Go back and choose another.")
+        raise AppError("not_found", N_("This sign-in option is not available."), N_("Go back and choose another."))
     return cfg
 
 
@@ -183,7 +185,7 @@ def finish_signin(user_id: int, methods: list[str], next_url: str, details: dict
     db = db_session()
     user = db.get(User, user_id)
     if user is None or not user.is_active:
-        raise AppError("permission_denied", "This account is disabled.", "Ask an administrator to enable it.")
+        raise AppError("permission_denied", N_("This account is disabled."), N_("Ask an administrator to enable it."))
     if needs_second_factor(user):
         return start_second_factor(user, methods, next_url)
     if "password" in methods:  # the link page checked the password under the throttle: the sign-in is complete
@@ -219,10 +221,10 @@ def login(config_id: int) -> Response | tuple[str, int]:
     try:
         provider = load_provider(db, config_id)
         if not provider.signin_enabled:
-            raise AppError("not_found", "This sign-in option is not available.", "Go back and choose another.")
+            raise AppError("not_found", N_("This sign-in option is not available."), N_("Go back and choose another."))
         return begin_authorization(provider, {"purpose": "signin", "next": next_url}, want_refresh=False)
     except AppError as exc:
-        return _error_page(exc, back=url_for("auth.signin"), back_label="Back to sign in")
+        return _error_page(exc, back=url_for("auth.signin"), back_label=_("Back to sign in"))
 
 
 @bp.get("/oauth/<int:config_id>/callback")
@@ -234,7 +236,7 @@ def callback(config_id: int) -> Response | tuple[str, int]:
         return cms_connect.finish(config_id, params)
     db = db_session()
     purpose: Purpose = "signin"
-    back, back_label = url_for("auth.signin"), "Back to sign in"
+    back, back_label = url_for("auth.signin"), _("Back to sign in")
     try:
         pending = take_pending(session, params.get("state"))
         try:
@@ -242,10 +244,10 @@ def callback(config_id: int) -> Response | tuple[str, int]:
         except ValueError:
             intent = {}
         if not isinstance(intent, dict) or intent.get("config") != config_id:
-            raise AppError("validation_failed", "The response belongs to another provider.", "Start again.")
+            raise AppError("validation_failed", N_("The response belongs to another provider."), N_("Start again."))
         purpose = str(intent.get("purpose", "signin"))
         if purpose == "connect":
-            back, back_label = url_for("connections.index"), "Back to connections"
+            back, back_label = url_for("connections.index"), _("Back to connections")
         provider = load_provider(db, config_id)
         services = rt()
         tokens = complete_authorization(
@@ -262,7 +264,7 @@ def callback(config_id: int) -> Response | tuple[str, int]:
         if purpose == "connect":
             who = signed_in()
             if who is None or who.user.id != intent.get("user"):
-                raise AppError("not_authenticated", "Sign in again, then connect the account.")
+                raise AppError("not_authenticated", N_("Sign in again, then connect the account."))
             reconnect = intent.get("account")
             account = store_connection(
                 db,
@@ -275,7 +277,10 @@ def callback(config_id: int) -> Response | tuple[str, int]:
                 reconnect_id=reconnect if isinstance(reconnect, int) else None,
             )
             db.commit()
-            flash(f"Connected {provider.display_name} account {account.label}.", "success")
+            flash(
+                _("Connected %(provider)s account %(account)s.", provider=provider.display_name, account=account.label),
+                "success",
+            )
             return redirect(url_for("connections.index") + f"#account-{account.id}")
         next_url = safe_next(str(intent.get("next") or ""), url_for("web.home"))
         result = resolve_signin(db, get_settings(), audit_ctx(), provider, identity)
@@ -309,7 +314,9 @@ def callback(config_id: int) -> Response | tuple[str, int]:
     except IntegrityError:
         db.rollback()
         return _error_page(
-            AppError("conflict", "That account was just linked.", "Start again."), back=back, back_label=back_label
+            AppError("conflict", N_("That account was just linked."), N_("Start again.")),
+            back=back,
+            back_label=back_label,
         )
     except AppError as exc:
         db.rollback()
@@ -329,8 +336,8 @@ def callback(config_id: int) -> Response | tuple[str, int]:
 
 
 class LinkForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField("Your AMI Auth email", validators=[DataRequired(), Length(max=320)])
-    password = PasswordField("Your AMI Auth password", validators=[DataRequired(), Length(max=256)])
+    email = EmailField(lazy_gettext("Your AMI Auth email"), validators=[DataRequired(), Length(max=320)])
+    password = PasswordField(lazy_gettext("Your AMI Auth password"), validators=[DataRequired(), Length(max=256)])
 
 
 def _pending_link() -> dict[str, Any]:
@@ -338,7 +345,7 @@ def _pending_link() -> dict[str, Any]:
     if not isinstance(data, dict) or float(data.get("exp") or 0) < time.time():
         session.pop(LINK_KEY, None)
         raise AppError(
-            "token_expired", "There is no sign-in waiting to be linked.", "Start the sign-in again.", status=410
+            "token_expired", N_("There is no sign-in waiting to be linked."), N_("Start the sign-in again."), status=410
         )
     return data
 
@@ -348,7 +355,7 @@ def link() -> Response | tuple[str, int]:
     try:
         pending = _pending_link()
     except AppError as exc:
-        return _error_page(exc, back=url_for("auth.signin"), back_label="Back to sign in")
+        return _error_page(exc, back=url_for("auth.signin"), back_label=_("Back to sign in"))
     form = LinkForm(data={"email": pending.get("email") or ""} if request.method == "GET" else None)
     if form.validate_on_submit():
         db = db_session()
@@ -368,8 +375,8 @@ def link() -> Response | tuple[str, int]:
                 db.commit()
             except (AppError, IntegrityError) as exc:
                 db.rollback()
-                error = exc if isinstance(exc, AppError) else AppError("conflict", "That account was just linked.")
-                return _error_page(error, back=url_for("auth.signin"), back_label="Back to sign in")
+                error = exc if isinstance(exc, AppError) else AppError("conflict", N_("That account was just linked."))
+                return _error_page(error, back=url_for("auth.signin"), back_label=_("Back to sign in"))
             session.pop(LINK_KEY, None)
             return finish_signin(
                 check.user.id,
@@ -380,7 +387,7 @@ def link() -> Response | tuple[str, int]:
         lock = record_failed_signin(email, "password", purpose="oauth_link")
         if lock is not None:
             return _link_throttled(form, pending, lock)
-        form_errors(AppError("invalid_credentials", fields={"password": "Email or password is not right."}), form)
+        form_errors(AppError("invalid_credentials", fields={"password": N_("Email or password is not right.")}), form)
     status = 401 if form.is_submitted() and form.errors else 200
     return render_template("oauth/link.html", form=form, pending=pending), status
 
@@ -405,7 +412,7 @@ def _setup_page(config_id: int, report: Any = None, status: int = 200) -> tuple[
     db = db_session()
     cfg = configs.get_config(db, config_id)
     if not is_oauth_type(cfg.provider_type):
-        raise AppError("not_found", "This provider config does not use OAuth.")
+        raise AppError("not_found", N_("This provider config does not use OAuth."))
     html = render_template(
         "oauth/admin_setup.html",
         cfg=cfg,
@@ -430,7 +437,7 @@ def admin_setup(config_id: int) -> tuple[str, int]:
 def admin_test(config_id: int) -> tuple[str, int]:
     form = TestForm()
     if not form.validate_on_submit():
-        raise AppError("validation_failed", "The form expired or did not come from this site.", status=400)
+        raise AppError("validation_failed", N_("The form expired or did not come from this site."), status=400)
     db = db_session()
     cfg = configs.get_config(db, config_id)
     entry = configs.entry_for(cfg)

@@ -16,7 +16,7 @@ from werkzeug.wrappers import Response
 
 from app import audit
 from app.auth import device_alerts, mfa, sessions, throttle, trusted_browsers
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import SignedIn, audit_ctx, client_ip, user_agent
 from app.models import User, utcnow
@@ -123,8 +123,8 @@ def require_pending() -> tuple[User, dict[str, Any]]:
     if found is None:
         raise AppError(
             "token_expired",
-            "Your sign-in timed out.",
-            "Sign in with your password again; the second step must follow within five minutes.",
+            N_("Your sign-in timed out."),
+            N_("Sign in with your password again; the second step must follow within five minutes."),
             status=401,
         )
     return found

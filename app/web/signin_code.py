@@ -17,9 +17,10 @@ from wtforms.validators import DataRequired, Length
 
 from app import audit
 from app.auth import email_codes, throttle, users
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import audit_ctx, client_ip, signed_in
+from app.i18n import lazy_gettext
 from app.web.browser import browser_id
 from app.web.common import form_errors, keep_on_form, landing, safe_next
 from app.web.mail_flows import MAIL_FAILURES, mail_failed
@@ -33,16 +34,18 @@ WRONG_CODE = "This code is not right or has expired. Check the latest mail, or a
 
 
 class CodeRequestForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField("Email", validators=[DataRequired(), Length(max=320)])
+    email = EmailField(lazy_gettext("Email"), validators=[DataRequired(), Length(max=320)])
 
 
 class CodeForm(FlaskForm):  # type: ignore[misc]
-    code = StringField("Sign-in code", validators=[DataRequired(), Length(max=20)])
+    code = StringField(lazy_gettext("Sign-in code"), validators=[DataRequired(), Length(max=20)])
 
 
 def _enabled() -> None:
     if not get_settings().email_code_signin:
-        raise AppError("not_found", "Sign-in by email code is not turned on here.", "Sign in with your password.")
+        raise AppError(
+            "not_found", N_("Sign-in by email code is not turned on here."), N_("Sign in with your password.")
+        )
 
 
 @bp.app_context_processor
@@ -66,7 +69,7 @@ def request_code() -> Page:
         except AppError as exc:
             if exc.code in MAIL_FAILURES:
                 db.rollback()
-                raise mail_failed(exc, "We could not send the mail right now, so no code went out.") from None
+                raise mail_failed(exc, N_("We could not send the mail right now, so no code went out.")) from None
             keep_on_form(db, exc, form)
         else:
             session[CODE_KEY] = {"email": users.normalize_email(form.email.data), "exp": time.time() + 15 * 60}

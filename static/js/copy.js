@@ -3,6 +3,11 @@
 (function () {
   "use strict";
 
+  // The words come translated from the page: data-msg-* on the button, else on <body> (templates/base.html).
+  function message(button, key, fallback) {
+    return button.getAttribute("data-msg-" + key) || document.body.getAttribute("data-msg-" + key) || fallback;
+  }
+
   function say(button, text) {
     var status = button.parentNode.querySelector("[data-copy-status]");
     if (!status) {
@@ -44,16 +49,16 @@
     }
     if (!navigator.clipboard || !window.isSecureContext) {
       selectText(source);
-      say(button, "Selected: press Ctrl+C (⌘C) to copy.");
+      say(button, message(button, "copy-select", "Selected: press Ctrl+C (⌘C) to copy."));
       return;
     }
     navigator.clipboard.writeText(text).then(
       function () {
-        say(button, "Copied.");
+        say(button, message(button, "copied", "Copied."));
       },
       function () {
         selectText(source);
-        say(button, "Selected: press Ctrl+C (⌘C) to copy.");
+        say(button, message(button, "copy-select", "Selected: press Ctrl+C (⌘C) to copy."));
       }
     );
   });

@@ -24,13 +24,24 @@
     );
   }
 
+  // The words come translated from the page: data-msg-* on the form's [data-webauthn-error] box
+  // (templates/macros/forms.html, webauthn_messages); English when a page has none.
+  function text(form, key, fallback, values) {
+    var box = form && form.querySelector("[data-webauthn-error]");
+    var message = (box && box.getAttribute("data-msg-" + key)) || fallback;
+    Object.keys(values || {}).forEach(function (name) {
+      message = message.split("{" + name + "}").join(values[name]);
+    });
+    return message;
+  }
+
   // Errors from the server come in the app's taxonomy: {"error": {"code", "message", "hint", "fields"}}.
   function ServerError(body) {
     var error = (body && body.error) || {};
     this.name = "ServerError";
     this.code = error.code || "internal_error";
     this.fields = error.fields || {};
-    this.message = [error.message, error.hint].filter(Boolean).join(" ") || "Something went wrong. Try again.";
+    this.message = [error.message, error.hint].filter(Boolean).join(" ");
   }
 
   async function postJSON(url, payload) {
@@ -56,24 +67,35 @@
     return body;
   }
 
-  function browserMessage(err) {
+  function browserMessage(form, err) {
     if (err && err.name === "NotAllowedError") {
-      return "The passkey prompt was cancelled or timed out. Try again when you are ready.";
+      return text(form, "cancelled", "The passkey prompt was cancelled or timed out. Try again when you are ready.");
     }
     if (err && err.name === "InvalidStateError") {
-      return "This authenticator is already registered to your account.";
+      return text(form, "registered", "This authenticator is already registered to your account.");
     }
     if (err && err.name === "SecurityError") {
       // WebAuthn's relying party id must be a domain name: on an IP address every ceremony fails.
       if (/^[0-9.]+$/.test(location.hostname) || location.hostname.indexOf(":") !== -1 ||
           location.hostname.charAt(0) === "[") {
         var local = location.protocol + "//localhost" + (location.port ? ":" + location.port : "");
-        return "Passkeys need a domain name, and this page is open at an IP address (" + location.hostname +
-          "). Open the site at " + local + " instead, with AMI_AUTH_BASE_URL set to that address.";
+        return text(
+          form,
+          "ip-address",
+          "Passkeys need a domain name, and this page is open at an IP address ({host}). Open the site at {url} " +
+            "instead, with AMI_AUTH_BASE_URL set to that address.",
+          { host: location.hostname, url: local }
+        );
       }
-      return "Passkeys cannot be used from this address. Open the site at its configured URL (AMI_AUTH_BASE_URL).";
+      return text(
+        form,
+        "address",
+        "Passkeys cannot be used from this address. Open the site at its configured URL (AMI_AUTH_BASE_URL)."
+      );
     }
-    return "The passkey could not be used (" + ((err && err.name) || "error") + "). Try again.";
+    return text(form, "unusable", "The passkey could not be used ({reason}). Try again.", {
+      reason: (err && err.name) || "error"
+    });
   }
 
   function setError(form, message) {
@@ -120,7 +142,7 @@
         return;
       }
       if (err instanceof ServerError) {
-        setError(form, err.message);
+        setError(form, err.message || text(form, "failed", "Something went wrong. Try again."));
       }
       // Anything else (the list dismissed, no passkey chosen) leaves the page as it is: the password and the
       // passkey button still work.
@@ -150,7 +172,7 @@
     var button = form.querySelector("button[type=submit]");
     setError(form, "");
     if (!supported()) {
-      setError(form, "This browser does not support passkeys. Update it, or use another way to sign in.");
+      setError(form, text(form, "unsupported", "This browser does not support passkeys. Update it, or use another way to sign in."));
       return;
     }
     if (button) {
@@ -170,7 +192,7 @@
           });
         }
       } catch (err) {
-        setError(form, browserMessage(err));
+        setError(form, browserMessage(form, err));
         return;
       }
       var result = await postJSON(
@@ -180,9 +202,9 @@
       window.location.assign(result.redirect);
     } catch (err) {
       if (err instanceof ServerError) {
-        setError(form, (err.fields && err.fields.name) || err.message);
+        setError(form, (err.fields && err.fields.name) || err.message || text(form, "failed", "Something went wrong. Try again."));
       } else {
-        setError(form, "The server could not be reached. Check your connection and try again.");
+        setError(form, text(form, "offline", "The server could not be reached. Check your connection and try again."));
       }
     } finally {
       if (button) {

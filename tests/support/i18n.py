@@ -61,25 +61,39 @@ class _Text(HTMLParser):
 
     SPOKEN = frozenset({"title", "placeholder", "aria-label", "alt"})
 
+    # Inline markup inside a sentence (a translated message may hold <strong>, <a> or <code>) does not split it.
+    INLINE = frozenset({"a", "strong", "em", "b", "i", "code", "span", "time", "abbr", "small", "kbd"})
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self._skip = 0
+        self._open = False  # the last part is text that inline markup may continue
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in {"script", "style"}:
             self._skip += 1
+        if tag not in self.INLINE:
+            self._open = False
         for name, value in attrs:
             if value and (name in self.SPOKEN or (name == "value" and ("type", "submit") in attrs)):
                 self.parts.append(value)
+                self._open = False
 
     def handle_endtag(self, tag: str) -> None:
         if tag in {"script", "style"} and self._skip:
             self._skip -= 1
+        if tag not in self.INLINE:
+            self._open = False
 
     def handle_data(self, data: str) -> None:
-        if not self._skip:
+        if self._skip:
+            return
+        if self._open and self.parts:
+            self.parts[-1] += data
+        else:
             self.parts.append(data)
+        self._open = True
 
 
 _MARKED = re.compile(f"{OPEN}[^{OPEN}{CLOSE}]*{CLOSE}")
