@@ -16,6 +16,7 @@ from flask_login import current_user
 
 __all__ = [
     "DEFAULT_LOCALE",
+    "N_",
     "TRANSLATIONS",
     "force_locale",
     "get_locale",
@@ -30,6 +31,13 @@ __all__ = [
 
 TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 DEFAULT_LOCALE = "en"
+
+
+def N_(message: str) -> str:  # babel extracts N_("…")
+    """Mark an English text for the translators (``make messages``) where it is defined, a module constant or
+    catalog-like table, and translate it with ``gettext`` where it is shown (a page, a mail in its recipient's
+    language). Errors use ``app.errors.N_``, which also carries the message's values."""
+    return message
 
 
 def init_i18n(app: Flask) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Final
 from sqlalchemy import Select, func, insert, select
 from sqlalchemy.orm import Session
 
+from app.i18n import N_
 from app.models.accounts import ConnectedAccount
 from app.models.base import utcnow
 from app.models.providers import ProviderConfig
@@ -35,11 +36,6 @@ from app.models.users import User
 from app.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = ["AUDIT_EVENTS", "EVENT_TYPES", "emit", "emit_for", "emit_state", "from_audit", "last_states", "payload"]
-
-
-def N_(message: str) -> str:
-    """Marks an English text for the translators (``make messages``); pages translate it when they show it."""
-    return message
 
 
 @dataclass(frozen=True)

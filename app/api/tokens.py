@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.errors import AppError
+from app.i18n import N_
 from app.i18n import gettext as _
 from app.models import ServiceToken, utcnow
 
@@ -48,11 +49,6 @@ Scope = Literal[
     "webhooks:read",
     "webhooks:write",
 ]
-
-
-def N_(message: str) -> str:
-    """Marks an English text for the translators (``make messages``); the console translates it when shown."""
-    return message
 
 
 # The fixed set, in the order the console shows them, with what each one allows.

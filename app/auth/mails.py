@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
 from app.auth import throttle
-from app.i18n import DEFAULT_LOCALE, force_locale, get_locale, shipped_locales
+from app.i18n import DEFAULT_LOCALE, N_, force_locale, get_locale, shipped_locales
 from app.mailer import Mailer
 from app.settings import Settings
 
@@ -43,10 +43,6 @@ MailKind = Literal[
     "email_changed",
     "new_device",
 ]
-
-
-def N_(message: str) -> str:  # babel extracts N_("…"): marked now, translated when rendered
-    return message
 
 
 # Marked here, translated when a mail is rendered: in its recipient's language (render, force_locale).

@@ -20,11 +20,11 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from app.errors import AppError
+from app.i18n import N_
 from app.i18n import gettext as _
 from app.mailer import SmtpTarget, build_message, smtp_send, smtp_verify
 from app.outbound import OutboundGuard
 from app.providers.types import Which
-from app.providers.validation import N_
 from app.providers.verify_context import VerifyContext
 from app.settings import Settings
 from app.vault.secret import Secret

@@ -17,18 +17,12 @@ from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
-from app.i18n import gettext
+from app.i18n import N_, gettext
 from app.i18n import gettext as _
 from app.providers.entries import FieldSpec, ProviderEntry, norm
 from app.providers.hooks import HOOKS
 from app.providers.types import FieldType, Which
 from app.vault import Secret
-
-
-def N_(message: str) -> str:
-    """Marks an English text for the translators; it is translated where it is used (``gettext``)."""
-    return message
-
 
 DEFAULT_MAX_LENGTH = {FieldType.TEXT: 20000, FieldType.JSON: 20000}
 STRING_MAX_LENGTH = 2000
