@@ -105,7 +105,7 @@ def blame(error: AppError, values: Mapping[Which, Mapping[str, Any]]) -> AppErro
     if error.fields:
         return error
     mechanism = values.get("account", {}).get("auth_mechanism")
-    text = error.text.lower()
+    text = str(error.message or "").lower()  # the English message: error.text is in the reader's language
     if error.code == "invalid_credentials":
         name = "oauth_account_id" if mechanism == "XOAUTH2" else "password"
         fields = {name: _("The server did not accept this login.")}
