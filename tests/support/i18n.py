@@ -76,7 +76,7 @@ class _Text(HTMLParser):
         if tag not in self.INLINE:
             self._open = False
         for name, value in attrs:
-            if value and (name in self.SPOKEN or (name == "value" and ("type", "submit") in attrs)):
+            if value and (name in self.SPOKEN or (tag == "input" and name == "value" and ("type", "submit") in attrs)):
                 self.parts.append(value)
                 self._open = False
 
