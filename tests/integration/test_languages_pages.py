@@ -21,7 +21,7 @@ from app.models import AuditEvent, User
 from tests.conftest import PASSWORD, UserFactory, csrf_token, dispose_app, make_settings, sign_in
 from tests.support.i18n import PSEUDO_LOCALE, pseudo_translations, unmarked_text, use_pseudo_locale
 from tests.support.mailbox import last_mail
-from tests.support.mfa import enrol_totp
+from tests.support.mfa import enrol_totp, sign_in_with_totp
 
 PSEUDO = {"Accept-Language": PSEUDO_LOCALE}
 GERMAN = {"Accept-Language": "de-DE,de;q=0.9,en;q=0.5"}
@@ -259,3 +259,43 @@ def test_a_mail_to_an_address_without_an_account_follows_the_requesters_language
     mail = last_mail(db, "nobody@example.com")
     assert mail.subject == "Zurücksetzen des Passworts angefordert"
     assert "für diese Adresse gibt es kein Konto" in mail.text
+
+
+def test_the_consent_page_and_the_recovery_codes_page_are_marked(pseudo_app: Flask) -> None:
+    from urllib.parse import urlencode  # (test-local: only this test builds an authorization request)
+
+    from app.audit import AuditContext
+    from app.idp import clients
+
+    user = _user(pseudo_app)
+    secret = enrol_totp(pseudo_app, get_settings(pseudo_app), user)  # recovery codes come with a second factor
+    with pseudo_app.app_context():
+        db = get_database(pseudo_app).session()
+        callback = "https://blog.example.com/callback"
+        rp = clients.create_client(db, AuditContext(actor="test"), {"name": "Blog", "redirect_uris": [callback]})
+        client_id = rp.client.client_id
+        db.commit()
+        db.close()
+    client = pseudo_app.test_client()
+    sign_in_with_totp(client, EMAIL, secret)
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": callback,
+            "scope": "openid email profile",
+            "state": "s1",
+            "code_challenge": "c" * 43,
+            "code_challenge_method": "S256",
+        }
+    )
+    consent = client.get(f"/oauth2/authorize?{query}", headers=PSEUDO, follow_redirects=True).get_data(as_text=True)
+    assert "Blog" in consent and 'name="csrf_token"' in consent  # a third-party app: the user is asked
+    assert unmarked_text(consent, allowed=(*DATA, "Blog", "blog.example.com", callback)) == []
+
+    token = csrf_token(client, "/account/mfa")
+    codes_page = client.post("/account/mfa/recovery-codes", data={"csrf_token": token}, headers=PSEUDO)
+    html = codes_page.get_data(as_text=True)
+    codes = re.findall(r"\b[a-z0-9]{5}-[a-z0-9]{5}\b", html)
+    assert codes_page.status_code == 200 and codes
+    assert unmarked_text(html, allowed=(*DATA, *codes)) == []
