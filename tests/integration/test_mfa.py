@@ -679,3 +679,28 @@ def test_cli_reset_lets_a_locked_out_admin_back_in(
     assert db.scalars(select(Credential)).all() == []
     event = db.scalar(select(AuditEvent).where(AuditEvent.action == "mfa.reset"))
     assert event is not None and event.actor == "cli"
+
+
+def test_a_user_with_an_app_and_a_passkey_can_trust_the_browser_from_the_passkey_too(
+    app: Flask, client: FlaskClient, make_user: UserFactory, settings: Settings
+) -> None:
+    user = make_user("tia@example.com")
+    sign_in(client, "tia@example.com")
+    auth = SoftAuthenticator(rp_id="localhost", origin=BASE_URL)
+    assert register_passkey(client, auth).status_code == 200
+    enrol_totp(app, settings, user)
+    client.post("/signout", data={"csrf_token": csrf_token(client, "/account/")})
+
+    pending_signin(client, "tia@example.com")
+    page = client.get("/signin/mfa").get_data(as_text=True)
+    code_form, passkey_form = page.split("Use a passkey or security key", 1)
+    # Each way to finish offers the box: the app's code form and the passkey's (it was the code form's only).
+    assert 'name="trust_browser"' in code_form and 'id="trust_browser_passkey"' in passkey_form
+    options = post_json(client, "/signin/mfa/passkey/options", {}, "/signin/mfa")
+    assert options.json is not None
+    body = {"credential": auth.assert_(options.json["publicKey"]), "trust_browser": True}
+    assert post_json(client, "/signin/mfa/passkey/verify", body, "/signin/mfa").status_code == 200
+    client.post("/signout", data={"csrf_token": csrf_token(client, "/account/")})
+
+    again = sign_in(client, "tia@example.com")  # the password alone, in the browser trusted from the passkey
+    assert again.status_code == 302 and again.headers["Location"] == "/account/"
