@@ -98,7 +98,7 @@ def validate_id_token(
     if not isinstance(alg, str) or alg == "none":
         raise _fail("The ID token is not signed")
     if alg not in metadata.id_token_signing_alg_values_supported:
-        raise _fail(f"The ID token is signed with {alg[:20]}, which the provider does not use")
+        raise _fail(N_("The ID token is signed with %(alg)s, which the provider does not use", alg=alg[:20]))
 
     key: Key
     if alg in HMAC_ALGS:
@@ -140,9 +140,9 @@ def validate_id_token(
     except ExpiredTokenError:
         raise _fail("The ID token has expired") from None
     except MissingClaimError as exc:
-        raise _fail(f"The ID token lacks the {exc.claim[:40]} claim") from None
+        raise _fail(N_("The ID token lacks the %(claim)s claim", claim=exc.claim[:40])) from None
     except InvalidClaimError as exc:
-        raise _fail(f"The ID token's {exc.claim[:40]} claim is not valid") from None
+        raise _fail(N_("The ID token's %(claim)s claim is not valid", claim=exc.claim[:40])) from None
     except JoseError:
         raise _fail("The ID token's claims are not valid") from None
 
