@@ -406,3 +406,16 @@ def test_a_german_admin_reads_the_apps_form_errors_in_german(
     assert "Nehmen Sie openid auf: Apps, die Personen anmelden, benötigen es." in html
     english = _refused_app(client, {})
     assert "&#39;ftp://cms.example.com/cb&#39; must be an absolute https:// address." in english
+
+
+def test_a_german_admin_reads_a_members_sessions_devices_in_german(
+    app: Flask, client: FlaskClient, make_user: UserFactory, db: Session
+) -> None:
+    make_user(ADMIN, role="admin")
+    member = make_user(MEMBER)
+    browser = app.test_client()
+    browser.environ_base["HTTP_USER_AGENT"] = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
+    assert sign_in(browser, MEMBER).status_code == 302
+    sign_in(client, ADMIN)
+    html = client.get(f"/admin/users/{member.id}", headers={"Accept-Language": "de-DE,de;q=0.9"}).get_data(as_text=True)
+    assert "Firefox unter Linux" in html and "Firefox on Linux" not in html
