@@ -20,7 +20,7 @@ from app import audit
 from app.audit import AuditContext
 from app.auth import mails, throttle
 from app.auth.devices import device_summary
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import User, UserSession
 from app.settings import Settings
 
@@ -50,7 +50,7 @@ def send_alert(
             settings,
             user=user,
             device=device_summary(user_agent),
-            ip=ip or "unknown address",
+            ip=ip or N_("unknown address"),
             when=when,
             sessions_link=mails.link(settings, "/account/#sessions-heading"),
         )

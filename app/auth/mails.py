@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import AuditContext
 from app.auth import throttle
+from app.errors import translated
 from app.i18n import DEFAULT_LOCALE, N_, force_locale, get_locale, shipped_locales
 from app.mailer import Mailer
 from app.settings import Settings
@@ -100,6 +101,8 @@ def _environment() -> Environment:
     env.install_gettext_callables(_gettext, _ngettext, newstyle=True)  # type: ignore[attr-defined]
     env.policies["ext.i18n.trimmed"] = True
     env.globals["current_locale"] = _current_locale
+    # A value marked with its words (app.errors.N_: a device summary, "unknown address") in the mail's language.
+    env.filters["translated"] = translated
     return env
 
 

@@ -174,7 +174,7 @@ def role_requires_mfa(db: Session, settings: Settings, role: str) -> bool:
 def set_policy(db: Session, role: str, required: bool, *, actor_id: int | None) -> bool:
     """Store an admin's choice for a role; returns whether it changed anything."""
     if role not in ROLES:
-        raise AppError("validation_failed", fields={"role": f"Unknown role {role!r}."})
+        raise AppError("validation_failed", fields={"role": N_("Unknown role %(role)s.", role=repr(role))})
     row = db.get(MfaPolicy, role)
     if row is None:
         db.add(MfaPolicy(role=role, required=required, updated_at=utcnow(), updated_by=actor_id))

@@ -37,6 +37,7 @@ from webauthn.helpers.structs import (
 )
 
 from app.errors import N_, AppError
+from app.i18n import gettext
 from app.models import Credential, User, WebAuthnChallenge, utcnow
 from app.models.credentials import ChallengePurpose
 from app.settings import Settings
@@ -216,7 +217,7 @@ def finish_registration(
     credential = Credential(
         user_id=user.id,
         kind="webauthn",
-        name=clean_name or f"Passkey {count + 1}",
+        name=clean_name or gettext("Passkey %(number)s", number=count + 1),  # a name to change, in their language
         credential_id=verified.credential_id,
         public_key=verified.credential_public_key,
         sign_count=verified.sign_count,

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, UOWTransaction
 
 from app import audit
 from app.audit import AuditContext
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.idp.claims import STANDARD_SCOPES
 from app.idp.keys import ALGORITHMS, DEFAULT_ALG, MAX_TOKEN_LIFETIME
 from app.models import OidcClient
@@ -130,7 +130,7 @@ def _text(values: Mapping[str, Any], name: str, default: str | None) -> str | No
     if raw is None:
         return None
     if not isinstance(raw, str):
-        raise _fail(name, "Enter text.")
+        raise _fail(name, N_("Enter text."))
     return raw.strip() or None
 
 
@@ -144,12 +144,12 @@ def _list(values: Mapping[str, Any], name: str, default: tuple[str, ...]) -> tup
     result: list[str] = []
     for item in items:
         if not isinstance(item, str):
-            raise _fail(name, "Enter a list of text values.")
+            raise _fail(name, N_("Enter a list of text values."))
         value = item.strip()
         if value and value not in result:
             result.append(value)
     if len(result) > LIST_MAX:
-        raise _fail(name, f"Enter at most {LIST_MAX} values.")
+        raise _fail(name, N_("Enter at most %(count)s values.", count=LIST_MAX))
     return tuple(result)
 
 
@@ -161,7 +161,7 @@ def _bool(values: Mapping[str, Any], name: str, default: bool) -> bool:
         return raw
     if isinstance(raw, str) and raw.strip().lower() in {"true", "yes", "on", "1", "false", "no", "off", "0"}:
         return raw.strip().lower() in {"true", "yes", "on", "1"}
-    raise _fail(name, "Enter true or false.")
+    raise _fail(name, N_("Enter true or false."))
 
 
 def _int(values: Mapping[str, Any], name: str, default: int, bounds: tuple[int, int]) -> int:
@@ -169,14 +169,14 @@ def _int(values: Mapping[str, Any], name: str, default: int, bounds: tuple[int, 
         return default
     raw = values[name]
     if isinstance(raw, bool) or not isinstance(raw, int | str):
-        raise _fail(name, "Enter a whole number of seconds.")
+        raise _fail(name, N_("Enter a whole number of seconds."))
     try:
         value = int(raw)
     except ValueError:
-        raise _fail(name, "Enter a whole number of seconds.") from None
+        raise _fail(name, N_("Enter a whole number of seconds.")) from None
     low, high = bounds
     if not low <= value <= high:
-        raise _fail(name, f"Enter between {low} and {high} seconds.")
+        raise _fail(name, N_("Enter between %(low)s and %(high)s seconds.", low=low, high=high))
     return value
 
 
@@ -184,7 +184,7 @@ def _choice(values: Mapping[str, Any], name: str, default: str, choices: Iterabl
     value = _text(values, name, default) or default
     allowed = tuple(choices)
     if value not in allowed:
-        raise _fail(name, f"Choose one of: {', '.join(allowed)}.")
+        raise _fail(name, N_("Choose one of: %(options)s.", options=", ".join(allowed)))
     return value
 
 
@@ -200,21 +200,21 @@ def _is_loopback(host: str) -> bool:
 def check_uri(name: str, uri: str, *, production: bool) -> str:
     """An absolute http(s) URI without a fragment (RFC 6749 §3.1.2); http only on a loopback host in production."""
     if len(uri) > URI_MAX:
-        raise _fail(name, f"Use at most {URI_MAX} characters per address.")
+        raise _fail(name, N_("Use at most %(limit)s characters per address.", limit=URI_MAX))
     try:
         parts = urlsplit(uri)
         host = parts.hostname or ""
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise _fail(name, f"{uri!r} is not a valid address.") from None
+        raise _fail(name, N_("%(uri)s is not a valid address.", uri=repr(uri))) from None
     if parts.scheme not in ("https", "http") or not host:
-        raise _fail(name, f"{uri!r} must be an absolute https:// address.")
+        raise _fail(name, N_("%(uri)s must be an absolute https:// address.", uri=repr(uri)))
     if parts.fragment or "#" in uri:
-        raise _fail(name, f"{uri!r} must not have a #fragment.")
+        raise _fail(name, N_("%(uri)s must not have a #fragment.", uri=repr(uri)))
     if parts.username or parts.password:
-        raise _fail(name, f"{uri!r} must not hold a user name or password.")
+        raise _fail(name, N_("%(uri)s must not hold a user name or password.", uri=repr(uri)))
     if parts.scheme == "http" and production and not _is_loopback(host):
-        raise _fail(name, f"{uri!r} must use https (http is for 127.0.0.1 and localhost only).")
+        raise _fail(name, N_("%(uri)s must use https (http is for 127.0.0.1 and localhost only).", uri=repr(uri)))
     return uri
 
 
@@ -224,13 +224,13 @@ def clean(
     """Validate a registration (all fields, or the changed ones over ``current``); the first bad field raises."""
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise _fail(unknown[0], f"Unknown setting {unknown[0]!r}.")
+        raise _fail(unknown[0], N_("Unknown setting %(name)s.", name=repr(unknown[0])))
     base = current or ClientSettings(name="")
     name = _text(values, "name", base.name) or ""
     if not name:
-        raise _fail("name", "This field is required.")
+        raise _fail("name", N_("This field is required."))
     if len(name) > NAME_MAX:
-        raise _fail("name", f"Use at most {NAME_MAX} characters.")
+        raise _fail("name", N_("Use at most %(limit)s characters.", limit=NAME_MAX))
     client_type = _choice(values, "client_type", base.client_type, CLIENT_TYPES)
     default_method = "none" if client_type == "public" else base.auth_method
     if default_method == "none" and client_type == "confidential":
@@ -241,18 +241,27 @@ def clean(
     grant_types = _list(values, "grant_types", base.grant_types)
     for grant in grant_types:
         if grant not in GRANT_TYPES:
-            raise _fail("grant_types", f"{grant!r} is not supported; choose from {', '.join(GRANT_TYPES)}.")
+            raise _fail(
+                "grant_types",
+                N_(
+                    "%(grant)s is not supported; choose from %(options)s.",
+                    grant=repr(grant),
+                    options=", ".join(GRANT_TYPES),
+                ),
+            )
     if not grant_types:
-        raise _fail("grant_types", "Choose at least one grant type.")
+        raise _fail("grant_types", N_("Choose at least one grant type."))
     if "client_credentials" in grant_types and client_type == "public":
-        raise _fail("grant_types", "client_credentials is for confidential clients (a public client has no secret).")
+        raise _fail(
+            "grant_types", N_("client_credentials is for confidential clients (a public client has no secret).")
+        )
     if "refresh_token" in grant_types and "authorization_code" not in grant_types:
-        raise _fail("grant_types", "refresh_token needs authorization_code (refresh tokens come with codes).")
+        raise _fail("grant_types", N_("refresh_token needs authorization_code (refresh tokens come with codes)."))
     redirect_uris = tuple(
         check_uri("redirect_uris", u, production=production) for u in _list(values, "redirect_uris", base.redirect_uris)
     )
     if "authorization_code" in grant_types and not redirect_uris:
-        raise _fail("redirect_uris", "Enter at least one redirect URI (where the app receives the code).")
+        raise _fail("redirect_uris", N_("Enter at least one redirect URI (where the app receives the code)."))
     post_logout = tuple(
         check_uri("post_logout_redirect_uris", u, production=production)
         for u in _list(values, "post_logout_redirect_uris", base.post_logout_redirect_uris)
@@ -264,21 +273,24 @@ def clean(
     if jwks_uri is not None:
         check_uri("jwks_uri", jwks_uri, production=production)
     if auth_method == "private_key_jwt" and jwks_uri is None:
-        raise _fail("jwks_uri", "private_key_jwt needs the address of the client's public keys (JWKS).")
+        raise _fail("jwks_uri", N_("private_key_jwt needs the address of the client's public keys (JWKS)."))
     scopes = _list(values, "scopes", base.scopes)
     for scope in scopes:
         if not _SCOPE_TOKEN.fullmatch(scope):
-            raise _fail("scopes", f"{scope!r} is not a valid scope (printable characters, no quotes or spaces).")
+            raise _fail(
+                "scopes",
+                N_("%(scope)s is not a valid scope (printable characters, no quotes or spaces).", scope=repr(scope)),
+            )
     if "authorization_code" in grant_types and "openid" not in scopes:
-        raise _fail("scopes", "Include openid: apps that sign people in need it.")
+        raise _fail("scopes", N_("Include openid: apps that sign people in need it."))
     audiences = _list(values, "audiences", base.audiences)
     for audience in audiences:
         if len(audience) > AUDIENCE_MAX:
-            raise _fail("audiences", f"Use at most {AUDIENCE_MAX} characters per audience.")
+            raise _fail("audiences", N_("Use at most %(limit)s characters per audience.", limit=AUDIENCE_MAX))
     require_pkce = _bool(values, "require_pkce", base.require_pkce)
     if client_type == "public" and not require_pkce:
         # OAuth 2.0 Security BCP (RFC 9700 §2.1.1): a public client's code is only safe with PKCE.
-        raise _fail("require_pkce", "Public clients must use PKCE.")
+        raise _fail("require_pkce", N_("Public clients must use PKCE."))
     return ClientSettings(
         name=name,
         client_type=client_type,
@@ -345,7 +357,9 @@ def get_client(db: Session, ref: str) -> OidcClient:
     client = find_client(db, ref) or db.scalars(select(OidcClient).where(OidcClient.name == ref)).first()
     if client is None:
         raise AppError(
-            "not_found", f"There is no client with id or name {ref!r}.", "List them: `ami-auth oidc clients list`."
+            "not_found",
+            N_("There is no client with id or name %(ref)s.", ref=repr(ref)),
+            N_("List them: `ami-auth oidc clients list`."),
         )
     return client
 
@@ -449,7 +463,10 @@ def update_client(
 
 def rotate_secret(db: Session, ctx: AuditContext, client: OidcClient) -> Saved:
     if client.auth_method not in SECRET_METHODS:
-        raise _fail("auth_method", f"This client authenticates with {client.auth_method}: it has no secret.")
+        raise _fail(
+            "auth_method",
+            N_("This client authenticates with %(method)s: it has no secret.", method=client.auth_method),
+        )
     secret = new_secret()
     client.secret_hash = hash_secret(secret)
     audit.record(db, ctx, "oidc.client.secret_rotate", target=f"oidc_client:{client.client_id}")

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.audit import AuditContext
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.models import OidcSigningKey, utcnow
 from app.vault import Cipher, get_secret, put_secret
 
@@ -64,7 +64,9 @@ def _generate(alg: str) -> Key:
     elif alg == "RS256":
         key = RSAKey.generate_key(RSA_BITS, parameters=params, private=True)
     else:
-        raise AppError("validation_failed", fields={"alg": f"Use one of {', '.join(ALGORITHMS)}."})
+        raise AppError(
+            "validation_failed", fields={"alg": N_("Use one of %(options)s.", options=", ".join(ALGORITHMS))}
+        )
     # RFC 7638 thumbprint as the key id: stable, and derived from the public key alone.
     key.ensure_kid()
     return key
@@ -135,7 +137,9 @@ def rotate(
 ) -> Rotation:
     """next → current, current → previous, a new next; previous keys whose tokens have all expired are retired."""
     if alg not in ALGORITHMS:
-        raise AppError("validation_failed", fields={"alg": f"Use one of {', '.join(ALGORITHMS)}."})
+        raise AppError(
+            "validation_failed", fields={"alg": N_("Use one of %(options)s.", options=", ".join(ALGORITHMS))}
+        )
     now = now or utcnow()
     ensure_keys(db, cipher, ctx, now)
     current = _in_state(db, alg, "current")
@@ -170,22 +174,29 @@ def retire(
     needs ``force`` (a key believed compromised); the current and next keys are rotated out first."""
     row = db.scalars(select(OidcSigningKey).where(OidcSigningKey.kid == kid)).first()
     if row is None:
-        raise AppError("not_found", f"There is no signing key {kid!r}.", "List them with `ami-auth oidc keys list`.")
+        raise AppError(
+            "not_found",
+            N_("There is no signing key %(kid)s.", kid=repr(kid)),
+            N_("List them with `ami-auth oidc keys list`."),
+        )
     if row.state == "retired":
         return row
     if row.state in ("current", "next"):
         raise AppError(
             "conflict",
-            f"Key {kid} is the {row.state} key.",
-            f"Run `ami-auth oidc keys rotate --alg {row.alg}` first (twice for the next key), then retire it.",
+            N_("Key %(kid)s is the %(state)s key.", kid=kid, state=row.state),
+            N_(
+                "Run `ami-auth oidc keys rotate --alg %(alg)s` first (twice for the next key), then retire it.",
+                alg=row.alg,
+            ),
         )
     now = now or utcnow()
     until = verifies_until(row)
     if until is not None and until > now and not force:
         raise AppError(
             "conflict",
-            f"Tokens signed by {kid} may be valid until {until:%Y-%m-%d %H:%M} UTC.",
-            "Wait until then, or pass --force if the key is compromised (those tokens stop verifying).",
+            N_("Tokens signed by %(kid)s may be valid until %(until)s UTC.", kid=kid, until=f"{until:%Y-%m-%d %H:%M}"),
+            N_("Wait until then, or pass --force if the key is compromised (those tokens stop verifying)."),
         )
     row.state, row.retired_at = "retired", now
     audit.record(db, ctx, "oidc.key.retire", target=f"oidc_key:{kid}", details={"alg": row.alg, "forced": force})
@@ -206,10 +217,12 @@ def load_private(db: Session, cipher: Cipher, ctx: AuditContext, kid: str) -> Ke
     """Decrypt a signing key from the vault (audited)."""
     row = db.scalars(select(OidcSigningKey).where(OidcSigningKey.kid == kid)).first()
     if row is None or row.state == "retired":
-        raise AppError("not_found", f"There is no usable signing key {kid!r}.")
+        raise AppError("not_found", N_("There is no usable signing key %(kid)s.", kid=repr(kid)))
     pem = get_secret(db, cipher, VAULT_OWNER, row.id, VAULT_FIELD)
     if pem is None:
-        raise AppError("secret_unreadable", f"The private half of signing key {kid} is missing from the vault.")
+        raise AppError(
+            "secret_unreadable", N_("The private half of signing key %(kid)s is missing from the vault.", kid=kid)
+        )
     audit.record(db, ctx, "oidc.key.load", target=f"oidc_key:{kid}", details={"alg": row.alg})
     key = _import(row.alg, pem.reveal())
     key.ensure_kid()

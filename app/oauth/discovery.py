@@ -105,7 +105,11 @@ class ProviderMetadata:
         if issuer != expected_issuer:
             raise AppError(
                 "invalid_config",
-                f"The discovery document names issuer {str(issuer)[:200]!r}, not {expected_issuer!r}",
+                N_(
+                    "The discovery document names issuer %(found)s, not %(expected)s",
+                    found=repr(str(issuer)[:200]),
+                    expected=repr(expected_issuer),
+                ),
                 N_("Set the issuer exactly as the provider publishes it (scheme, host, port, path, trailing slash)"),
                 fields={"issuer": N_("Does not match the provider's issuer")},
             )
@@ -311,7 +315,10 @@ class DiscoveryCache:
         if found is None:
             raise AppError(
                 "validation_failed",
-                f"The token is signed with a key the provider does not publish (kid {str(kid)[:64]!r})",
+                N_(
+                    "The token is signed with a key the provider does not publish (kid %(kid)s)",
+                    kid=repr(str(kid)[:64]),
+                ),
                 N_("Sign in again; if it keeps failing, the provider's keys may be misconfigured"),
             )
         return found

@@ -66,9 +66,9 @@ def _expected_issuer(metadata: ProviderMetadata, claims: dict[str, Any], policy:
     # token's own `tid` fills it in; the result must then equal the token's `iss` exactly.
     tenant = claims.get("tid")
     if not isinstance(tenant, str) or not tenant or "/" in tenant:
-        raise _fail("The ID token has no tenant (tid) claim")
+        raise _fail(N_("The ID token has no tenant (tid) claim"))
     if policy.allowed_tenants and tenant not in policy.allowed_tenants:
-        raise _fail("The ID token comes from a tenant that is not allowed")
+        raise _fail(N_("The ID token comes from a tenant that is not allowed"))
     return issuer.replace(TENANT_PLACEHOLDER, tenant)
 
 
@@ -93,19 +93,19 @@ def validate_id_token(
     try:
         header = jws.extract_compact(id_token.encode("ascii")).protected
     except (JoseError, ValueError, UnicodeError):
-        raise _fail("The ID token is not a signed JWT") from None
+        raise _fail(N_("The ID token is not a signed JWT")) from None
     alg = header.get("alg")
     if not isinstance(alg, str) or alg == "none":
-        raise _fail("The ID token is not signed")
+        raise _fail(N_("The ID token is not signed"))
     if alg not in metadata.id_token_signing_alg_values_supported:
-        raise _fail(f"The ID token is signed with {alg[:20]}, which the provider does not use")
+        raise _fail(N_("The ID token is signed with %(alg)s, which the provider does not use", alg=alg[:20]))
 
     key: Key
     if alg in HMAC_ALGS:
         # A shared-secret signature can only be checked with the client secret; using a public key from
         # the JWKS as an HMAC secret is the classic algorithm-confusion forgery.
         if not client_secret:
-            raise _fail("The ID token is signed with a shared secret, but this client has none")
+            raise _fail(N_("The ID token is signed with a shared secret, but this client has none"))
         try:
             key = OctKey.import_key(client_secret)
         except ValueError:
@@ -120,7 +120,7 @@ def validate_id_token(
     try:
         token = jwt.decode(id_token, key, algorithms=[alg])
     except JoseError:
-        raise _fail("The ID token's signature does not verify") from None
+        raise _fail(N_("The ID token's signature does not verify")) from None
 
     claims = dict(token.claims)
     expected_issuer = _expected_issuer(metadata, claims, policy)
@@ -138,16 +138,16 @@ def validate_id_token(
     try:
         validator.validate(now=int(when), leeway=policy.leeway)
     except ExpiredTokenError:
-        raise _fail("The ID token has expired") from None
+        raise _fail(N_("The ID token has expired")) from None
     except MissingClaimError as exc:
-        raise _fail(f"The ID token lacks the {exc.claim[:40]} claim") from None
+        raise _fail(N_("The ID token lacks the %(claim)s claim", claim=exc.claim[:40])) from None
     except InvalidClaimError as exc:
-        raise _fail(f"The ID token's {exc.claim[:40]} claim is not valid") from None
+        raise _fail(N_("The ID token's %(claim)s claim is not valid", claim=exc.claim[:40])) from None
     except JoseError:
-        raise _fail("The ID token's claims are not valid") from None
+        raise _fail(N_("The ID token's claims are not valid")) from None
 
     if policy.hosted_domain is not None:
         hd = claims.get("hd")
         if not isinstance(hd, str) or hd.lower() != policy.hosted_domain.lower():
-            raise _fail("The account is not in the allowed hosted domain")
+            raise _fail(N_("The account is not in the allowed hosted domain"))
     return claims

@@ -110,22 +110,30 @@ def resolve_signin(
             )
             return SigninResult("linked", user)
         why = (
-            f"{name} does not confirm that {identity.email} is verified."
+            N_("%(name)s does not confirm that %(email)s is verified.", name=name, email=identity.email)
             if identity.email_verified is not True
-            else "This provider is not trusted to link accounts by email."
+            else N_("This provider is not trusted to link accounts by email.")
         )
         return _link_required(db, ctx, provider, identity, why)
 
     if not provider.jit:
-        return _link_required(db, ctx, provider, identity, "No AMI Auth account uses this address.")
+        return _link_required(db, ctx, provider, identity, N_("No AMI Auth account uses this address."))
     if identity.email is None or identity.email_verified is not True:
         return _link_required(
-            db, ctx, provider, identity, f"{name} did not confirm a verified email address, so no account was created."
+            db,
+            ctx,
+            provider,
+            identity,
+            N_("%(name)s did not confirm a verified email address, so no account was created.", name=name),
         )
     allowed = provider.allowed_domains
     if allowed and _domain(identity.email) not in allowed:
         return _link_required(
-            db, ctx, provider, identity, f"Accounts for {_domain(identity.email)} cannot be created here."
+            db,
+            ctx,
+            provider,
+            identity,
+            N_("Accounts for %(domain)s cannot be created here.", domain=_domain(identity.email)),
         )
     try:
         # Any syntactically valid address: a directory's `.local` or `.internal` names included.
@@ -137,8 +145,13 @@ def resolve_signin(
             ctx,
             provider,
             identity,
-            f"{name} gave the address “{identity.email[:320]}”, which is not a valid email address ({why}), so "
-            "no account was created.",
+            N_(
+                "%(name)s gave the address “%(email)s”, which is not a valid email address (%(why)s), so no account "
+                "was created.",
+                name=name,
+                email=identity.email[:320],
+                why=why,
+            ),
         )
     user = users.create_user(
         db,

@@ -150,7 +150,10 @@ def fetch_identity(client: OutboundClient, provider: OAuthProvider, tokens: Toke
     if raw_subject is None or isinstance(raw_subject, dict | list) or str(raw_subject) == "":
         raise AppError(
             "invalid_config",
-            f"The provider's answer has no {provider.claims.user_id!r} claim to identify the user",
+            N_(
+                "The provider's answer has no %(claim)s claim to identify the user",
+                claim=repr(provider.claims.user_id),
+            ),
             N_("Check the user ID claim in the provider configuration"),
         )
     email = data.get("email") if "email" in data else _claim(claims, provider.claims.email)

@@ -341,7 +341,9 @@ def provider_from_values(
     metadata = _metadata(entry, values, endpoints, discover_with)
     method = render(entry, entry.oauth.token_auth, values) or "client_secret_basic"
     if method not in ("client_secret_basic", "client_secret_post", "none"):
-        raise AppError("invalid_config", f"Unsupported token endpoint authentication {method!r}")
+        raise AppError(
+            "invalid_config", N_("Unsupported token endpoint authentication %(method)s", method=repr(method))
+        )
     auth_method: AuthMethod = method  # type: ignore[assignment]
     secret = secrets.get("client_secret")
     if auth_method != "none" and secret is None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from joserfc.jwk import KeySet
 
-from app.errors import AppError
+from app.errors import N_, AppError
 from app.net import OutboundClient
 from app.oauth.discovery import ProviderMetadata, discover, fetch_jwks
 from app.oauth.provider import provider_from_values
@@ -57,26 +57,30 @@ def test_connection(
     except AppError as exc:
         return ConnectionReport(ok=False, error=exc)
     m = provider.metadata
+    # Labels and words are marked here and translated where the setup page shows them; values are data.
     findings: list[tuple[str, str]] = []
     if "metadata" in fetched:
-        findings.append(("Discovery", "found"))
-    findings.append(("Issuer", m.issuer or "none (plain OAuth 2.0: no ID tokens)"))
-    findings.append(("Authorization endpoint", m.authorization_endpoint))
-    findings.append(("Token endpoint", m.token_endpoint))
-    findings.append(("Userinfo endpoint", m.userinfo_endpoint or "none"))
+        findings.append((N_("Discovery"), N_("found")))
+    findings.append((N_("Issuer"), m.issuer or N_("none (plain OAuth 2.0: no ID tokens)")))
+    findings.append((N_("Authorization endpoint"), m.authorization_endpoint))
+    findings.append((N_("Token endpoint"), m.token_endpoint))
+    findings.append((N_("Userinfo endpoint"), m.userinfo_endpoint or N_("none")))
     if m.jwks_uri is not None:
         kids = [str(k.kid) for k in keys] if keys is not None else []
-        findings.append(("JWKS", f"{m.jwks_uri} — {len(kids)} signing key(s): {', '.join(kids) or '—'}"))
+        jwks = N_(
+            "%(uri)s — %(count)s signing key(s): %(kids)s", uri=m.jwks_uri, count=len(kids), kids=", ".join(kids) or "—"
+        )
+        findings.append(("JWKS", jwks))
     if provider.id_token:
-        findings.append(("ID-token algorithms", ", ".join(m.id_token_signing_alg_values_supported)))
+        findings.append((N_("ID-token algorithms"), ", ".join(m.id_token_signing_alg_values_supported)))
     if provider.pkce:
         methods = m.code_challenge_methods_supported
-        findings.append(("PKCE S256", "supported" if not methods or "S256" in methods else "NOT listed"))
-    findings.append(("Revocation", provider.revocation_url() or "none — tokens expire on their own"))
-    findings.append(("Device flow", m.device_authorization_endpoint or "not offered"))
+        findings.append(("PKCE S256", N_("supported") if not methods or "S256" in methods else N_("NOT listed")))
+    findings.append((N_("Revocation"), provider.revocation_url() or N_("none — tokens expire on their own")))
+    findings.append((N_("Device flow"), m.device_authorization_endpoint or N_("not offered")))
     notes: list[str] = []
     if m.issuer_is_template:
-        notes.append("Multi-tenant: each ID token's issuer is checked against its own tenant (tid).")
+        notes.append(N_("Multi-tenant: each ID token's issuer is checked against its own tenant (tid)."))
     notes.extend(entry.notes.connection_test)
     if entry.notes.tokens:
         notes.append(entry.notes.tokens)

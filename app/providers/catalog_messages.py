@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import yaml
 
-from app.i18n import gettext
+from app.errors import translated
 
 __all__ = ["TEXT_KEYS", "TEXT_LIST_KEYS", "catalog_text", "extract_catalog"]
 
@@ -66,5 +66,6 @@ def extract_catalog(
 
 
 def catalog_text(text: str | None) -> str:
-    """A catalog text in the reader's language (the ``translated`` template filter); blank stays blank."""
-    return gettext(text) if text else ""
+    """A catalog text in the reader's language (the ``translated`` template filter); blank stays blank. A text
+    marked with its values (``app.errors.N_``) is translated with them."""
+    return translated(text) if text else ""

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from app.i18n import gettext
+from app.providers.catalog_messages import catalog_text
 from app.providers.types import (
     AuthMode,
     AuthProviderType,
@@ -24,6 +26,8 @@ from app.providers.types import (
 )
 
 Scalar = str | bool | int
+# The sign-in button when a catalog entry declares none: shown as "Continue with %(name)s" (Capabilities.button).
+DEFAULT_BUTTON = "Continue with {name}"
 
 
 def norm(value: object) -> str:
@@ -253,7 +257,10 @@ class Capabilities:
         return self.connect == "oauth"
 
     def button(self, name: str) -> str:
-        return self.button_label.replace("{name}", name)
+        """The sign-in button's label in the reader's language, with the provider config's name in it."""
+        if self.button_label == DEFAULT_BUTTON:
+            return str(gettext("Continue with %(name)s", name=name))
+        return catalog_text(self.button_label).replace("{name}", name)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, assert_never, cast
 
 from app.providers.entries import (
+    DEFAULT_BUTTON,
     Capabilities,
     Condition,
     ConditionTerm,
@@ -43,7 +44,6 @@ from app.providers.types import (
 )
 
 DEFAULT_ORDER = 1000
-DEFAULT_BUTTON = "Continue with {name}"
 
 
 def condition(file: Path, raw: Mapping[str, Any], own: Which | None, path: str) -> Condition:

@@ -335,7 +335,8 @@ def confirm_email_change(token: str) -> Response | tuple[str, int]:
     if form.validate_on_submit():
         who = signed_in()
         keep = who.record.id if who is not None and who.user.id == user.id else None
-        where = f"{device_summary(request.headers.get('User-Agent', ''))}, {client_ip()}"
+        device = device_summary(request.headers.get("User-Agent", ""))
+        where = N_("%(device)s, %(address)s", device=device, address=client_ip())  # in the mail's language
         changed = email_change.confirm_change(db, get_settings(), audit_ctx(), token, keep_session=keep, where=where)
         others = _others_signed_out(changed.sessions_ended)
         flash(_("Your email address is now %(address)s.", address=changed.new) + others, "success")

@@ -31,7 +31,7 @@ from wtforms.validators import DataRequired, Length
 
 from app import audit, faults
 from app.auth import role_mapping, throttle, users
-from app.errors import N_, AppError
+from app.errors import N_, AppError, translated
 from app.extensions import db_session, get_limit_storage, get_settings
 from app.http.context import audit_ctx, client_ip, signed_in
 from app.i18n import gettext as _
@@ -292,7 +292,7 @@ def callback(config_id: int) -> Response | tuple[str, int]:
                 "email": identity.email,
                 "name": identity.name,
                 "provider": provider.display_name,
-                "reason": result.reason,
+                "reason": translated(result.reason),  # the session keeps text: in this browser's language
                 "next": next_url,
                 "exp": time.time() + LINK_MAX_AGE,
             }

@@ -14,7 +14,7 @@ from wtforms.validators import DataRequired, Length
 
 from app.auth import lifecycle, sessions, trusted_browsers, user_admin
 from app.auth.devices import device_summary
-from app.errors import AppError
+from app.errors import AppError, translated
 from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
 from app.i18n import gettext as _
@@ -156,13 +156,13 @@ def _detail(
     context: dict[str, Any] = {
         "user": user,
         "form": form,
-        "sessions": [(s, device_summary(s.user_agent)) for s in paged.rows],
+        "sessions": [(s, translated(device_summary(s.user_agent))) for s in paged.rows],
         "session_page": paged,
         "is_self": who is not None and who.user.id == user.id,
         "current_session": who.record.id if who is not None else None,
         "invites_allowed": lifecycle.invites_allowed(settings),
         "identities": linked_identities.list_identities(db, user.id),
-        "trusted": [(t, device_summary(t.user_agent)) for t in trusted_browsers.live(db, user.id)],
+        "trusted": [(t, translated(device_summary(t.user_agent))) for t in trusted_browsers.live(db, user.id)],
         "apps": consents.authorized_apps(db, user.id),
         "error": error,
     }

@@ -195,6 +195,7 @@ def _pages(s: dict[str, Any]) -> list[str]:
         "/admin/providers/new/smtp",
         f"/admin/providers/{s['openai']}",
         f"/admin/providers/{s['google']}",
+        f"/admin/providers/{s['google']}/oauth",
         f"/admin/providers/{s['openai']}/delete",
         "/admin/accounts/",
         "/admin/accounts/new",
@@ -348,3 +349,73 @@ def test_a_german_admin_sees_the_console_and_the_catalog_in_german(
     assert "Endbenutzer ihre eigenen Konten verbinden lassen" in form
     english = client.get("/admin/providers/new/openai").get_data(as_text=True)
     assert "API keys for the OpenAI platform" in english
+
+
+# A registration the Apps form refuses: an ftp:// redirect URI (the rules of app.idp.clients blame that field).
+REFUSED_APP = {
+    "name": "CMS",
+    "client_type": "confidential",
+    "auth_method": "client_secret_basic",
+    "redirect_uris": "ftp://cms.example.com/cb",
+    "grant_types": ["authorization_code", "refresh_token"],
+    "scopes": "openid profile",
+    "require_pkce": "y",
+    "id_token_alg": "ES256",
+    "access_token_ttl": "600",
+    "refresh_token_ttl": "2592000",
+    "id_token_ttl": "3600",
+    "enabled": "y",
+}
+
+
+def _refused_app(client: FlaskClient, headers: dict[str, str], **changed: str) -> str:
+    page = client.get("/admin/clients/new", headers=headers).get_data(as_text=True)
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert token is not None
+    response = client.post(
+        "/admin/clients/new", data={**REFUSED_APP, **changed, "csrf_token": token.group(1)}, headers=headers
+    )
+    assert response.status_code == 422
+    return response.get_data(as_text=True)
+
+
+def test_a_refused_apps_form_is_marked(pseudo: Flask, client: FlaskClient, make_user: UserFactory, db: Session) -> None:
+    """The field errors of app.idp.clients on the console's Apps form: a bad redirect URI, a TTL out of range."""
+    make_user(ADMIN, role="admin")
+    sign_in(client, ADMIN)
+    eo = {"Accept-Language": "eo"}
+    html = _refused_app(client, eo)
+    assert (
+        'data-field="redirect_uris">⟦&#39;ftp://cms.example.com/cb&#39; must be an absolute https:// address.⟧' in html
+    )
+    assert _unmarked(html, "ftp://cms.example.com/cb") == []
+    html = _refused_app(client, eo, redirect_uris="https://cms.example.com/cb", access_token_ttl="5")
+    assert 'data-field="access_token_ttl">⟦Enter between 60 and ' in html
+    assert _unmarked(html) == []
+
+
+def test_a_german_admin_reads_the_apps_form_errors_in_german(
+    client: FlaskClient, make_user: UserFactory, db: Session
+) -> None:
+    make_user(ADMIN, role="admin")
+    sign_in(client, ADMIN)
+    de = {"Accept-Language": "de-DE,de;q=0.9,en;q=0.5"}
+    html = _refused_app(client, de)
+    assert "&#39;ftp://cms.example.com/cb&#39; muss eine absolute https://-Adresse sein." in html
+    html = _refused_app(client, de, redirect_uris="https://cms.example.com/cb", scopes="profile")
+    assert "Nehmen Sie openid auf: Apps, die Personen anmelden, benötigen es." in html
+    english = _refused_app(client, {})
+    assert "&#39;ftp://cms.example.com/cb&#39; must be an absolute https:// address." in english
+
+
+def test_a_german_admin_reads_a_members_sessions_devices_in_german(
+    app: Flask, client: FlaskClient, make_user: UserFactory, db: Session
+) -> None:
+    make_user(ADMIN, role="admin")
+    member = make_user(MEMBER)
+    browser = app.test_client()
+    browser.environ_base["HTTP_USER_AGENT"] = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
+    assert sign_in(browser, MEMBER).status_code == 302
+    sign_in(client, ADMIN)
+    html = client.get(f"/admin/users/{member.id}", headers={"Accept-Language": "de-DE,de;q=0.9"}).get_data(as_text=True)
+    assert "Firefox unter Linux" in html and "Firefox on Linux" not in html

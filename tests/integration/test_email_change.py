@@ -4,7 +4,7 @@ proves itself by a link, the old one is told, and what was sent to the old addre
 from __future__ import annotations
 
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.models import AuditEvent, User
@@ -71,6 +71,21 @@ def test_the_address_changes_only_through_the_link_and_the_old_one_is_told(
     fresh = client.application.test_client()
     assert sign_in(fresh, "old@example.com").status_code == 401
     assert sign_in(fresh, "new@example.com").status_code == 302
+
+
+def test_the_notice_to_a_german_user_names_the_browser_in_german(
+    client: FlaskClient, db: Session, make_user: UserFactory
+) -> None:
+    user = make_user("alt@example.com")
+    db.execute(update(User).where(User.id == user.id).values(locale="de"))
+    db.commit()
+    client.environ_base["HTTP_USER_AGENT"] = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
+    sign_in(client, "alt@example.com")
+    assert ask_change(client, "neu@example.com")[0] == 302
+    assert confirm(client, link_path(last_mail(db, "neu@example.com").text, "/account/email/"))[0] == 302
+    notice = last_mail(db, "alt@example.com")
+    assert "(Firefox unter Linux, 127.0.0.1)" in notice.text
+    assert notice.html is not None and "(Firefox unter Linux, 127.0.0.1)" in notice.html
 
 
 def test_a_wrong_password_changes_nothing_and_counts_as_a_failed_sign_in(

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app import create_app
 from app.auth import users
-from app.extensions import get_database, get_settings
+from app.extensions import get_cipher, get_database, get_settings
 from app.models import AuditEvent, User
 from tests.conftest import PASSWORD, UserFactory, csrf_token, dispose_app, make_settings, sign_in
 from tests.support.i18n import PSEUDO_LOCALE, pseudo_translations, unmarked_text, use_pseudo_locale
@@ -299,3 +299,36 @@ def test_the_consent_page_and_the_recovery_codes_page_are_marked(pseudo_app: Fla
     codes = re.findall(r"\b[a-z0-9]{5}-[a-z0-9]{5}\b", html)
     assert codes_page.status_code == 200 and codes
     assert unmarked_text(html, allowed=(*DATA, *codes)) == []
+
+
+def _google(app: Flask, name: str, **values: str) -> None:
+    """A Google config offered for sign-in (the catalog's default: a "Continue with …" button)."""
+    from tests.support.accounts import make_config  # (test-local: only these tests need a provider config)
+
+    with app.app_context():
+        db = get_database(app).session()
+        make_config(
+            db,
+            get_cipher(app),
+            get_settings(app),
+            "google",
+            {"client_id": "123-signin.apps.googleusercontent.com", "client_secret": "GOCSPX-x", **values},
+            name=name,
+        )
+        db.close()
+
+
+def test_the_sign_in_buttons_default_label_is_translated_and_an_admins_label_is_not(pseudo_app: Flask) -> None:
+    _google(pseudo_app, "Google")
+    _google(pseudo_app, "Staff Google", button_label="Sign in with Acme SSO")
+    html = _page(pseudo_app.test_client(), "/signin")
+    assert "⟦Continue with Google⟧" in html
+    assert "Sign in with Acme SSO" in html and "⟦Sign in with Acme SSO⟧" not in html  # as the admin typed it
+    assert unmarked_text(html, allowed=(*DATA, "Google", "Sign in with Acme SSO")) == []
+
+
+def test_a_german_browser_reads_the_sign_in_buttons_default_label_in_german(app: Flask, client: FlaskClient) -> None:
+    _google(app, "Google")
+    html = client.get("/signin", headers=GERMAN).get_data(as_text=True)
+    assert "Weiter mit Google" in html and "Continue with Google" not in html
+    assert "Continue with Google" in client.get("/signin", headers=ENGLISH).get_data(as_text=True)

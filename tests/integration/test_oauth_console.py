@@ -61,6 +61,22 @@ def test_setup_page_shows_the_redirect_uri_and_test_connection_reads_discovery_a
     assert f"{op.issuer}/device/auth" in html and "ID-token algorithms" in html
 
 
+def test_a_german_admin_reads_the_setup_notes_and_the_test_findings_in_german(
+    app: Flask, client: FlaskClient, op: OpenIDProvider, make_user: UserFactory, db: Session
+) -> None:
+    config_id = create_config(app, "generic_oidc", "Corp ID", generic_values(op.issuer, op.client))
+    _admin(client, make_user)
+    client.environ_base["HTTP_ACCEPT_LANGUAGE"] = "de-DE,de;q=0.9"
+    page = client.get(f"/admin/providers/{config_id}/oauth").get_data(as_text=True)
+    assert "Registrieren Sie bei Ihrem Anbieter einen vertraulichen Client" in page  # the catalog's setup notes
+    assert "Fügen Sie <code>offline_access</code> zu den Scopes hinzu" in page  # with their markup
+    done = client.post(f"/admin/providers/{config_id}/test-oauth", data={"csrf_token": page_csrf(page)})
+    html = done.get_data(as_text=True)
+    assert done.status_code == 200 and 'data-ok="true"' in html
+    assert "<dt>Token-Endpunkt</dt>" in html and "<dt>ID-Token-Algorithmen</dt>" in html
+    assert f"{op.issuer}/jwks — 1 Signaturschlüssel: " in html and "<dd>unterstützt</dd>" in html
+
+
 def test_test_connection_reports_a_wrong_issuer(
     app: Flask, client: FlaskClient, op: OpenIDProvider, make_user: UserFactory, db: Session
 ) -> None:

@@ -155,6 +155,17 @@ def test_jit_creates_users_only_in_allowed_domains(
     assert db.scalars(select(User).where(User.email == "dave@other.example")).first() is None
 
 
+def test_the_reason_to_link_is_in_the_browsers_language(
+    app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider
+) -> None:
+    config_id = _config(app, op, jit=True, allowed_domains="corp.example")
+    client.environ_base["HTTP_ACCEPT_LANGUAGE"] = "de-DE,de;q=0.9"
+    refused = _sign_in(client, config_id, "dave")
+    assert location(refused) == "/oauth/link"
+    page = client.get("/oauth/link").get_data(as_text=True)
+    assert "Konten für other.example können hier nicht erstellt werden." in page
+
+
 def test_without_jit_an_unknown_person_can_only_link(
     app: Flask, client: FlaskClient, db: Session, op: OpenIDProvider, make_user: UserFactory
 ) -> None:

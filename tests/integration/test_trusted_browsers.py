@@ -13,13 +13,14 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.models import AuditEvent, TrustedBrowser, utcnow
+from app.models import AuditEvent, TrustedBrowser, User, utcnow
 from app.settings import Settings
 from tests.conftest import PASSWORD, UserFactory, csrf_token, sign_in
 from tests.support.mailbox import outbox
 from tests.support.mfa import enrol_totp
 
 NEW_PASSWORD = "another long passphrase 77"
+FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
 
 
 def alerts(db: Session, email: str) -> list[str]:
@@ -53,6 +54,24 @@ def test_a_new_browser_is_announced_a_known_one_is_not(
     assert "/account/#sessions-heading" in text
     actions = db.scalars(select(AuditEvent.action).where(AuditEvent.action == "signin.new_device_alert")).all()
     assert actions == ["signin.new_device_alert"]
+
+
+def test_the_alert_names_the_browser_in_the_recipients_language(
+    db: Session, make_user: UserFactory, app: Flask
+) -> None:
+    """The session list says "Firefox unter Linux" to a German user; so does the mail about that session, whatever
+    language the browser that signed in asks for."""
+    user = make_user("lea@example.com")
+    db.execute(update(User).where(User.id == user.id).values(locale="de"))
+    db.commit()
+    assert sign_in(app.test_client(), "lea@example.com").status_code == 302
+    stranger = app.test_client()
+    stranger.environ_base["HTTP_USER_AGENT"] = FIREFOX_LINUX
+    stranger.environ_base["HTTP_ACCEPT_LANGUAGE"] = "en-US,en;q=0.9"
+    assert sign_in(stranger, "lea@example.com").status_code == 302
+    [mail] = [m for m in outbox(db, "lea@example.com") if m.subject == "Neue Anmeldung bei Ihrem Konto"]
+    assert "Firefox unter Linux" in mail.text and "Firefox on Linux" not in mail.text
+    assert mail.html is not None and "<td>Firefox unter Linux</td>" in mail.html
 
 
 def test_a_trusted_browser_skips_the_second_factor_until_the_password_changes(
