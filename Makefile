@@ -72,7 +72,7 @@ unit: install-dev
 ## tests/unit/test_translations.py fails while any shipped locale lacks a message or its .mo is stale.
 messages: install
 	$(BIN)/pybabel -q extract -F babel.cfg --no-wrap --sort-by-file --add-location=file --omit-header --project "AMI Auth" -k lazy_gettext -k lazy_ngettext:1,2 -o app/translations/messages.pot .
-	$(BIN)/pybabel -q update --no-wrap --ignore-obsolete -i app/translations/messages.pot -d app/translations
+	$(BIN)/pybabel -q update --no-wrap --ignore-obsolete --ignore-pot-creation-date -i app/translations/messages.pot -d app/translations
 	$(BIN)/pybabel -q compile --statistics -d app/translations
 
 ## make bench: every benchmark; each prints ratios against a baseline measured in the same run
