@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Frame, FrameLocator, Page, Playwright, sync_playwright
 
 from app import create_app
 from app.settings import Settings
@@ -232,3 +232,14 @@ def docs_screenshot() -> DocsScreenshots:
 def assert_no_console_errors(page: Page) -> None:
     errors: list[Any] = getattr(page, "console_errors", [])
     assert not errors, f"browser console errors: {errors}"
+
+
+def press_test_connection(where: Page | Frame | FrameLocator) -> None:
+    """Click a secure dialog's "Test connection" once htmx has run: before that (deferred scripts on a page just
+    opened) the button is the no-JavaScript path, a plain submit answered by a whole page whose secret fields come
+    back empty, as they always do; a Save right after it then has no secret to send (seen once in CI)."""
+    button = where.get_by_role("button", name="Test connection")
+    frame = button.element_handle().owner_frame()  # the page's or the iframe's document, once the button is in it
+    assert frame is not None
+    frame.wait_for_function("() => document.readyState !== 'loading' && !!window.htmx")
+    button.click()

@@ -25,7 +25,7 @@ from app.models import User
 from app.oauth.connections import load_tokens
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
-from tests.e2e.conftest import assert_no_console_errors
+from tests.e2e.conftest import assert_no_console_errors, press_test_connection
 from tests.support.accounts import make_config
 from tests.support.live import LiveServer
 from tests.support.op import OPClient, OpenIDProvider, running_op
@@ -159,11 +159,11 @@ def test_admin_adds_tests_saves_replaces_and_deletes_an_openai_account(
     assert "/dialogs/accounts/" in page.url and "sk-" not in page.url
 
     key_input.fill(wrong)
-    page.get_by_role("button", name="Test connection").click()
+    press_test_connection(page)
     assert _result(page) == "invalid_credentials"
     expect(page.locator('#test-result li[data-field="api_key"]')).to_contain_text("did not accept")
     key_input.fill(good)
-    page.get_by_role("button", name="Test connection").click()
+    press_test_connection(page)
     expect(page.locator("#test-result .test-result")).to_have_attribute("data-code", "ok")
     expect(page.locator("#test-result")).to_contain_text("Connection works")
     assert _client_storage(page) == [0, 0]
@@ -223,11 +223,11 @@ def test_admin_adds_tests_saves_replaces_and_deletes_an_smtp_account(
     password = page.get_by_label("Password")
     expect(password).to_have_attribute("type", "password")
     password.fill(wrong)
-    page.get_by_role("button", name="Test connection").click()
+    press_test_connection(page)
     assert _result(page) == "invalid_credentials"
     expect(page.locator('#test-result li[data-field="password"]')).to_be_visible()
     password.fill(SMTP_PASSWORD)
-    page.get_by_role("button", name="Test connection").click()
+    press_test_connection(page)
     expect(page.locator("#test-result .test-result")).to_have_attribute("data-code", "ok")
     expect(page.locator("#test-result")).to_contain_text(f"{smtp_server.host}:{smtp_server.port}")
     page.get_by_role("button", name="Save").click()
@@ -292,7 +292,7 @@ def test_admin_sets_up_an_smtp_account_that_logs_in_with_xoauth2(
 
         # No password to type: the test logs in with the account's token (refreshed at the OP first).
         expect(page.get_by_label("Password")).to_have_count(0)
-        page.get_by_role("button", name="Test connection").click()
+        press_test_connection(page)
         expect(page.locator("#test-result .test-result")).to_have_attribute("data-code", "ok")
         expect(page.locator("#test-result")).to_contain_text(f"XOAUTH2 as {MAILBOX}")
         page.get_by_role("button", name="Save").click()

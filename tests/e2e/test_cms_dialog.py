@@ -31,7 +31,7 @@ from app.auth import users
 from app.extensions import get_database, get_settings
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
-from tests.e2e.conftest import assert_no_console_errors
+from tests.e2e.conftest import assert_no_console_errors, press_test_connection
 from tests.support.cms_standin import CmsStandin, cms_credentials
 from tests.support.live import LiveServer, free_port
 from tests.support.vendors.anthropic import Anthropic
@@ -101,7 +101,7 @@ def test_the_cms_frames_the_dialog_the_admin_adds_an_anthropic_key_and_the_cms_l
     key = anthropic_standin.add_key()
     _fill_anthropic(frame, key, anthropic_standin.url)
     # Test connection stays in the frame.
-    frame.get_by_role("button", name="Test connection").click()
+    press_test_connection(frame)
     expect(frame.locator('.test-result[data-code="ok"]')).to_be_visible()
     assert page.url == f"http://localhost:{cms_port}/"
     # Save leaves the frame: the CMS page itself navigates to return_to with the outcome.

@@ -16,7 +16,7 @@ from app.auth import users
 from app.extensions import get_cipher, get_database, get_settings
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
-from tests.e2e.conftest import assert_no_console_errors
+from tests.e2e.conftest import assert_no_console_errors, press_test_connection
 from tests.support.accounts import make_config
 from tests.support.live import LiveServer, free_port
 from tests.support.vendors.openai import OpenAI
@@ -80,7 +80,7 @@ def test_a_passing_test_clears_the_field_error_of_a_failed_save(
     assert _dangling_links(page) == []
 
     page.get_by_label("API key").fill(good)
-    page.get_by_role("button", name="Test connection").click()
+    press_test_connection(page)
     expect(page.locator("#test-result")).to_contain_text("Connection works")
     expect(field.locator("p.error")).to_have_count(0)
     expect(page.locator(".field.has-error")).to_have_count(0)
@@ -92,7 +92,7 @@ def test_the_failure_summary_links_only_to_fields_on_the_page(live: LiveServer, 
     _admin_with_openai_config(live.app, page, live.url)
     _open_dialog(page, live.url, f"http://127.0.0.1:{free_port()}")  # nothing listens there
     page.get_by_label("API key").fill("sk-proj-any-key-at-all-0000000000")
-    page.get_by_role("button", name="Test connection").click()
+    press_test_connection(page)
     blamed = page.locator('#test-result li[data-field="base_url"]')
     expect(blamed).to_contain_text("Base URL (set in the account\u2019s settings)")
     expect(blamed.locator("a")).to_have_count(0)

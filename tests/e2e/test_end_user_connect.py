@@ -31,7 +31,7 @@ from app.models import ConnectedAccount
 from app.services import webhooks
 from app.settings import Settings
 from tests.conftest import PASSWORD, make_settings
-from tests.e2e.conftest import assert_no_console_errors
+from tests.e2e.conftest import assert_no_console_errors, press_test_connection
 from tests.support.accounts import make_config
 from tests.support.live import LiveServer, free_port
 from tests.support.oauth_app import create_config, generic_values
@@ -164,7 +164,7 @@ def test_a_member_connects_their_own_key_in_the_secure_page_and_returns_to_the_c
     page.locator("#api_key").fill(key)
     page.locator("summary", has_text="Advanced").click()
     page.locator("#base_url").fill(anthropic_standin.url)
-    page.get_by_role("button", name="Test connection").click()
+    press_test_connection(page)
     expect(page.locator('.test-result[data-code="ok"]')).to_be_visible()
     page.get_by_role("button", name="Save", exact=True).click()
     page.wait_for_url(re.compile(rf"^http://localhost:{cms_port}/me/keys\?status=saved&account=\d+$"))

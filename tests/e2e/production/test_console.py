@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.e2e.conftest import press_test_connection
 from tests.e2e.production.conftest import ProdUsers
 from tests.support.cms_standin import CmsStandin, cms_credentials
 from tests.support.live import free_port
@@ -51,7 +52,7 @@ def test_an_oidc_provider_is_configured_tested_and_signs_a_member_in(
     client = OPClient("ami-prod", "op secret for production", redirect_uri=redirect_uri)
     accounts = {"oidc-member": {"email": OIDC_MEMBER, "email_verified": True, "name": "Olga"}}
     with running_op(clients=[client], port=op_port, accounts=accounts):
-        page.get_by_role("button", name="Test connection").click()
+        press_test_connection(page)
         expect(page.locator("#test-result")).to_have_attribute("data-ok", "true")
         expect(page.locator("#test-result")).to_contain_text("The provider answered.")
         expect(page.locator(".oauth-findings")).to_contain_text(issuer)
@@ -98,7 +99,7 @@ def test_the_cms_frames_the_dialog_and_the_admin_adds_an_openai_key(
     assert cms.dialog_answers[-1] == 201
     key = openai_standin.add_key()
     _fill_openai(page, True, key, openai_standin.url, "GPT (CMS)")
-    frame.get_by_role("button", name="Test connection").click()
+    press_test_connection(frame)
     expect(frame.locator('.test-result[data-code="ok"]')).to_be_visible()
     frame.get_by_role("button", name="Save", exact=True).click()
     page.wait_for_url(re.compile(rf"^{re.escape(cms_url)}/\?from=dialog&status=saved&account=\d+$"))
