@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from app.errors import N_, AppError
 from app.net import OutboundClient, Response, retry_after
+from app.oauth.flow import PendingAuthorization, complete_authorization
 from app.oauth.provider import OAuthProvider
 from app.oauth.tokens import TokenSet, fetch_userinfo
 from app.providers.hooks import HOOKS
@@ -21,7 +22,7 @@ from app.providers.registry import render_template_string, template_scopes
 from app.providers.templating import pick
 from app.providers.types import AuthMode
 
-__all__ = ["ProviderIdentity", "api_fetcher", "fetch_identity"]
+__all__ = ["ProviderIdentity", "api_fetcher", "fetch_identity", "finish_authorization"]
 
 
 @dataclass(frozen=True)
@@ -195,3 +196,22 @@ _NOT_KEPT: Final = frozenset(
         "jti",
     }
 )
+
+
+def finish_authorization(
+    client: OutboundClient, provider: OAuthProvider, pending: PendingAuthorization, params: Mapping[str, str]
+) -> tuple[TokenSet, ProviderIdentity]:
+    """The provider's answer to an authorization this app started: checked and exchanged
+    (:func:`app.oauth.flow.complete_authorization` with the provider's metadata, credentials, keys and policy),
+    then the identity behind the tokens. Sign-in, connecting an account and a CMS connect link all end here."""
+    tokens = complete_authorization(
+        client,
+        provider.metadata,
+        provider.credentials,
+        pending,
+        params,
+        keys=provider.keys,
+        policy=provider.policy,
+        default_expires_in=provider.default_expires_in,
+    )
+    return tokens, fetch_identity(client, provider, tokens)

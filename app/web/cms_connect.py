@@ -33,10 +33,10 @@ from app.extensions import db_session, get_settings
 from app.http.context import audit_ctx, signed_in
 from app.i18n import gettext as _
 from app.models import DialogToken, ProviderConfig
-from app.oauth import complete_authorization, take_pending
+from app.oauth import take_pending
 from app.oauth.connections import store_connection
 from app.oauth.flow import peek_pending
-from app.oauth.identity import fetch_identity
+from app.oauth.identity import finish_authorization
 from app.oauth.runtime import build_provider, runtime
 from app.vault import SecretUnreadable
 
@@ -91,17 +91,7 @@ def finish(config_id: int, params: Mapping[str, str]) -> Response:
             provider = build_provider(db, services, cfg)
         except SecretUnreadable as exc:
             raise AppError("secret_unreadable", exc.text) from None
-        tokens = complete_authorization(
-            services.client,
-            provider.metadata,
-            provider.credentials,
-            pending,
-            params,
-            keys=provider.keys,
-            policy=provider.policy,
-            default_expires_in=provider.default_expires_in,
-        )
-        identity = fetch_identity(services.client, provider, tokens)
+        tokens, identity = finish_authorization(services.client, provider, pending, params)
         # The account is the link's user's, never whoever the browser's session or the provider names.
         account = store_connection(db, services.cipher, audit_ctx(), provider, record.for_user_id, tokens, identity)
         dialog_links.finish(db, audit_ctx(), record, session_id=who.record.id, outcome="saved", account_id=account.id)

@@ -38,10 +38,10 @@ from app.i18n import gettext as _
 from app.i18n import lazy_gettext
 from app.jobs.scheduler import ensure_started
 from app.models import ProviderConfig, User
-from app.oauth import complete_authorization, remember_pending, start_authorization, take_pending
+from app.oauth import remember_pending, start_authorization, take_pending
 from app.oauth.connections import store_connection
 from app.oauth.identities import link_identity, resolve_signin
-from app.oauth.identity import fetch_identity
+from app.oauth.identity import finish_authorization
 from app.oauth.provider import OAuthProvider
 from app.oauth.runtime import OAuthRuntime, build_provider, redirect_uri, runtime
 from app.oauth.setup_check import test_connection
@@ -250,17 +250,7 @@ def callback(config_id: int) -> Response | tuple[str, int]:
             back, back_label = url_for("connections.index"), _("Back to connections")
         provider = load_provider(db, config_id)
         services = rt()
-        tokens = complete_authorization(
-            services.client,
-            provider.metadata,
-            provider.credentials,
-            pending,
-            params,
-            keys=provider.keys,
-            policy=provider.policy,
-            default_expires_in=provider.default_expires_in,
-        )
-        identity = fetch_identity(services.client, provider, tokens)
+        tokens, identity = finish_authorization(services.client, provider, pending, params)
         if purpose == "connect":
             who = signed_in()
             if who is None or who.user.id != intent.get("user"):
