@@ -1,5 +1,5 @@
-"""The OpenID Provider's hot endpoints on PostgreSQL under gunicorn (2 sync workers), against a bare Flask JSON
-endpoint served the same way, in the same run:
+"""The OpenID Provider's hot endpoints on PostgreSQL under gunicorn (2 gthread workers of one thread), against a
+bare Flask JSON endpoint served the same way, in the same run:
 
 - POST /oauth2/token, grant_type=refresh_token (client_secret_basic; each client thread rotates its own refresh
   token, as an app does): refresh grants per second, and per vCPU — requests per second of server CPU (user +
@@ -388,8 +388,8 @@ def main() -> None:
 
     print(
         f"{CONCURRENCY} concurrent clients ({CLIENT_PROCESSES} processes), {ROUNDS} alternating rounds of "
-        f"{ROUND_SECONDS:.0f} s each, gunicorn 2 sync workers, PostgreSQL; machine: {os.cpu_count()} vCPU shared "
-        "with the load generator"
+        f"{ROUND_SECONDS:.0f} s each, gunicorn 2 gthread workers of one thread, PostgreSQL; "
+        f"machine: {os.cpu_count()} vCPU shared with the load generator"
     )
     print(f"{'endpoint':30} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>7} {'req per server CPU-s':>21}")
     for name, t in totals.items():
