@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from flask import Flask
@@ -15,8 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import create_app
+from app.audit import AuditContext
 from app.auth import users
 from app.extensions import get_cipher, get_database, get_settings
+from app.idp import clients
 from app.models import AuditEvent, User
 from tests.conftest import PASSWORD, UserFactory, csrf_token, dispose_app, make_settings, sign_in
 from tests.support.i18n import PSEUDO_LOCALE, pseudo_translations, unmarked_text, use_pseudo_locale
@@ -262,11 +265,6 @@ def test_a_mail_to_an_address_without_an_account_follows_the_requesters_language
 
 
 def test_the_consent_page_and_the_recovery_codes_page_are_marked(pseudo_app: Flask) -> None:
-    from urllib.parse import urlencode  # (test-local: only this test builds an authorization request)
-
-    from app.audit import AuditContext
-    from app.idp import clients
-
     user = _user(pseudo_app)
     secret = enrol_totp(pseudo_app, get_settings(pseudo_app), user)  # recovery codes come with a second factor
     with pseudo_app.app_context():

@@ -22,7 +22,7 @@ from app.connectors import accounts
 from app.connectors.removal import delete_account
 from app.errors import AppError
 from app.extensions import get_cipher
-from app.jobs.webhooks import RETRY_DELAYS, deliver_due, delivery_client
+from app.jobs.webhooks import RETRY_DELAYS, deliver_due, delivery_client, purge_finished
 from app.models import AuditEvent, ConnectedAccount, User
 from app.models.base import utcnow
 from app.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEvent
@@ -30,7 +30,7 @@ from app.net import OutboundClient, get_client
 from app.providers import configs
 from app.services import webhooks
 from app.vault import Secret
-from app.webhook_events import EVENT_TYPES
+from app.webhook_events import EVENT_TYPES, emit_state
 from tests.conftest import UserFactory
 from tests.support.accounts import CTX, make_account, make_config
 from tests.support.vendors.openai import OpenAI
@@ -347,8 +347,6 @@ def test_an_endpoint_that_answers_410_gone_is_disabled_and_its_other_deliveries_
 def test_the_purge_deletes_finished_old_events_and_keeps_pending_ones_and_account_history(
     app: Flask, db: Session, receiver: WebhookReceiver, sender: OutboundClient
 ) -> None:
-    from app.jobs.webhooks import purge_finished  # (test-local: only this test purges)
-
     cipher = get_cipher(app)
     _register(app, db, receiver, ["provider_config.changed"])
     make_config(db, cipher, app.extensions["ami_settings"], "openai", {})
@@ -357,8 +355,6 @@ def test_the_purge_deletes_finished_old_events_and_keeps_pending_ones_and_accoun
     make_config(db, cipher, app.extensions["ami_settings"], "anthropic", {}, name="Anthropic")
     deliver_due(db, sender, cipher)  # still pending, to retry
     account = make_account(db, make_config(db, cipher, app.extensions["ami_settings"], "openai", {}, name="O2"), {})
-    from app.webhook_events import emit_state  # (test-local)
-
     emit_state(db, "account.refresh_failed", f"connected_account:{account.id}")
     db.commit()
     before = db.scalars(select(func.count()).select_from(WebhookEvent)).one()
