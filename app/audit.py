@@ -35,7 +35,7 @@ Either way the chain lock is held until the caller commits: record events late i
 commit promptly.
 
 An event that describes nothing else in a transaction (the proxy's one event per call) can go through
-:func:`append` instead, which commits it in a transaction of its own together with whatever events other
+:func:`app.audit_batch.append` instead, which commits it in a transaction of its own together with whatever events other
 threads of the process are appending at that moment (group commit: one chain lock, one read of the last hash,
 one multi-row INSERT, one commit per batch), so a hundred concurrent calls cost the chain one lock instead of a
 hundred. The chain stays right across workers and hosts: a batch is a transaction like any other, taken under
@@ -47,17 +47,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import threading
-import time
-import weakref
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO, cast, get_args
 
-from sqlalchemy import Connection, Engine, Row, Table, func, insert, select, text
+from sqlalchemy import Connection, Row, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from app import metrics, webhook_events
@@ -65,8 +60,6 @@ from app.audit_details import canonical_json, sanitize_details
 from app.errors import AppError
 from app.models.audit import AuditEvent
 from app.models.base import utcnow
-
-log = logging.getLogger(__name__)
 
 Outcome = Literal["success", "failure", "denied", "untested"]  # untested: a check that could check nothing
 OUTCOMES: Final[frozenset[str]] = frozenset(get_args(Outcome))
@@ -172,7 +165,7 @@ def _hash_of(event: AuditEvent | Row[Any]) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def _lock_chain(session: Session) -> Connection:
+def lock_chain(session: Session) -> Connection:
     """Hold the chain's write lock until the caller's transaction ends (see the module docstring); returns
     the session's connection (statements on it skip the ORM's per-execute bookkeeping)."""
     connection = session.connection()
@@ -197,12 +190,12 @@ def _lock_chain(session: Session) -> Connection:
 
 
 _TABLE: Final = cast(Table, AuditEvent.__table__)
-_INSERTED: Final = tuple(c.name for c in _TABLE.columns if c.name != "id")
-_LAST_HASH: Final = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+INSERTED: Final = tuple(c.name for c in _TABLE.columns if c.name != "id")
+LAST_HASH: Final = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
 _SQLITE_LOCK: Final = text("UPDATE audit_events SET id = id WHERE 1 = 0")
 # Built once: the parameters travel with execute(), so every record() reuses one compiled statement.
 _INSERT: Final = insert(_TABLE).returning(_TABLE.c.id)
-_INSERT_MANY: Final = insert(_TABLE)  # with a list of rows: one multi-row INSERT (SQLAlchemy's insertmanyvalues)
+INSERT_MANY: Final = insert(_TABLE)  # with a list of rows: one multi-row INSERT (SQLAlchemy's insertmanyvalues)
 
 
 def _clip(value: str, limit: int) -> str:
@@ -226,16 +219,16 @@ def record(
     transaction chains onto it. The returned object is not attached to ``session``: it is a record of
     what was written, and the table is append-only.
     """
-    event = _new_event(ctx, action, target, outcome, details)
-    connection = _lock_chain(session)
+    event = new_event(ctx, action, target, outcome, details)
+    connection = lock_chain(session)
     # Taken under the lock, so timestamps follow chain order as far as the clock allows.
-    _chain(event, connection.execute(_LAST_HASH).scalar() or GENESIS_HASH)
-    event.id = connection.execute(_INSERT, {name: getattr(event, name) for name in _INSERTED}).scalar_one()
-    _after_insert(session, event)
+    link(event, connection.execute(LAST_HASH).scalar() or GENESIS_HASH)
+    event.id = connection.execute(_INSERT, {name: getattr(event, name) for name in INSERTED}).scalar_one()
+    after_insert(session, event)
     return event
 
 
-def _new_event(
+def new_event(
     ctx: AuditContext, action: str, target: str, outcome: Outcome, details: Mapping[str, object] | None
 ) -> AuditEvent:
     """The event's own fields, checked and clipped (its place in the chain comes later, under the lock)."""
@@ -255,7 +248,7 @@ def _new_event(
     )
 
 
-def _chain(event: AuditEvent, prev_hash: str) -> str:
+def link(event: AuditEvent, prev_hash: str) -> str:
     """Stamp ``event`` (under the chain lock) and link it after ``prev_hash``; return its hash."""
     event.at = utcnow()
     event.prev_hash = prev_hash
@@ -263,128 +256,9 @@ def _chain(event: AuditEvent, prev_hash: str) -> str:
     return event.hash
 
 
-def _after_insert(session: Session, event: AuditEvent) -> None:
+def after_insert(session: Session, event: AuditEvent) -> None:
     metrics.count_audit_event(session, event.action, event.outcome, event.details)  # counted if the caller commits
     webhook_events.from_audit(session, event.action, event.target, event.outcome, event.details)  # same txn
-
-
-# --- the batching writer -------------------------------------------------------------------------
-
-
-class Pending:
-    """An event handed to :func:`append`; :attr:`committed` once it is in the chain."""
-
-    __slots__ = ("committed", "done", "event")
-
-    def __init__(self, event: AuditEvent) -> None:
-        self.event = event
-        self.committed = False
-        self.done = False
-
-
-BATCH_MAX: Final = 500
-# A batch that fails (the database restarting) is tried again this many times, a little later each time.
-BATCH_ATTEMPTS: Final = 3
-
-
-class AuditWriter:
-    """Group commit for one database's chain in one process: the first caller to arrive writes its event and
-    every event that queued up meanwhile, as one transaction; the others wait for it and then (if theirs is
-    still queued) one of them writes the next batch. A lone caller writes at once, on its own thread (no
-    hand-off to another thread: on a busy machine a thread that must be woken can wait milliseconds for a core)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._queue: deque[Pending] = deque()
-        self._cond = threading.Condition()
-        self._writing = False
-        # Kept from one batch to the next while events keep coming (a checkout from the pool costs a round trip
-        # for its liveness ping), given back when none is waiting. A broken one is dropped and the batch retried.
-        self._connection: Connection | None = None
-
-    def write(self, pending: Pending) -> bool:
-        """Append ``pending`` (alone or in a batch); return whether it was committed (a failure is logged)."""
-        with self._cond:
-            self._queue.append(pending)
-            while not pending.done:
-                if self._writing:
-                    self._cond.wait()
-                    continue
-                self._writing = True
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), BATCH_MAX))]
-                self._cond.release()
-                try:
-                    committed = self._write_with_retries(batch)
-                finally:
-                    self._cond.acquire()
-                    self._writing = False
-                    if not self._queue and self._connection is not None:
-                        self._connection.close()
-                        self._connection = None
-                    for each in batch:
-                        each.committed, each.done = committed, True
-                    self._cond.notify_all()
-        return pending.committed
-
-    def _write_with_retries(self, batch: Sequence[Pending]) -> bool:
-        for attempt in range(BATCH_ATTEMPTS):
-            try:
-                self._write(batch)
-            except Exception:
-                if self._connection is not None:
-                    self._connection.invalidate()
-                    self._connection.close()
-                    self._connection = None
-                if attempt + 1 == BATCH_ATTEMPTS:
-                    log.exception("audit: %d events could not be written", len(batch))
-                    return False
-                time.sleep(0.05 * 2**attempt)
-            else:
-                return True
-        return False
-
-    def _write(self, batch: Sequence[Pending]) -> None:
-        if self._connection is None:
-            self._connection = self.engine.connect()
-        with Session(bind=self._connection) as session:
-            connection = _lock_chain(session)
-            prev_hash = connection.execute(_LAST_HASH).scalar() or GENESIS_HASH
-            rows = []
-            for pending in batch:
-                prev_hash = _chain(pending.event, prev_hash)
-                rows.append({name: getattr(pending.event, name) for name in _INSERTED})
-            connection.execute(_INSERT_MANY, rows)
-            for pending in batch:
-                _after_insert(session, pending.event)
-            session.commit()
-
-
-# Weak: a disposed engine (tests, a reconfigured app) takes its writer with it.
-_writers: weakref.WeakKeyDictionary[Engine, AuditWriter] = weakref.WeakKeyDictionary()
-_writers_lock = threading.Lock()
-
-
-def _writer(engine: Engine) -> AuditWriter:
-    found = _writers.get(engine)
-    if found is None:
-        with _writers_lock:
-            found = _writers.setdefault(engine, AuditWriter(engine))
-    return found
-
-
-def append(
-    engine: Engine,
-    ctx: AuditContext,
-    action: str,
-    *,
-    target: str = "",
-    outcome: Outcome = "success",
-    details: Mapping[str, object] | None = None,
-) -> bool:
-    """Append one event in a transaction of its own, batched with whatever other threads of this process are
-    appending to the same database at the moment (group commit); return once it is committed (``True``) or
-    has failed (``False``, logged). Checks its arguments first, as :func:`record` does (a ``ValueError``)."""
-    return _writer(engine).write(Pending(_new_event(ctx, action, target, outcome, details)))
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ Measured in this run, each against its own baseline:
 
 Every proxied call is a service-token check (the token's row kept 1 s per process), a catalog check, the
 account's row (kept 1 s per process), the key from the per-process cache and one audit event (a hash-chained
-row, committed before the call's thread is free; concurrent calls share one transaction: ``app.audit.append``)
+row, committed before the call's thread is free; concurrent calls share one transaction: ``app.audit_batch.append``)
 when it ends: the numbers include all of it. The load generator
 shares the machine's cores with gunicorn and the upstream, so absolute numbers are low on a small box; the
 ratios are what compare. Prints a table, asserts nothing, stops every process it started by PID.

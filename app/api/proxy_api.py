@@ -14,7 +14,7 @@ module moves the bytes, both ways, without holding a body in memory:
 
 Every call is audited once (``account.proxy``: the token, the account, method, path without the query,
 status, bytes each way, milliseconds; never a header value or a body), when it ends. A call the upstream answered
-writes its event once the caller has the whole answer, with :func:`app.audit.append` (batched with the events
+writes its event once the caller has the whole answer, with :func:`app.audit_batch.append` (batched with the events
 other threads are writing at that moment: one chain lock per batch, not per call).
 """
 
@@ -29,7 +29,7 @@ from flask import Flask, current_app, request
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from app import audit
+from app import audit, audit_batch
 from app.api.registry import document
 from app.api.security import api_audit_ctx, api_auth, api_blueprint
 from app.api.token_api import check_limits
@@ -293,7 +293,7 @@ class _Relay:
 
     def close(self) -> None:
         """Once the body ends (or the server closes an answer it never iterated): the event, in a transaction
-        of its own (:func:`app.audit.append`; the request's scoped session is gone by now)."""
+        of its own (:func:`app.audit_batch.append`; the request's scoped session is gone by now)."""
         self._release()
         if self._recorded:
             return
@@ -302,7 +302,7 @@ class _Relay:
         if self.unauthorized is not None:
             extra["unauthorized"] = self.unauthorized
         status = self.upstream.status
-        audit.append(
+        audit_batch.append(
             get_database(self.app).engine,
             self.ctx,
             "account.proxy",

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.audit import AuditContext, append, record, verify
+from app.audit import AuditContext, record, verify
+from app.audit_batch import append
 from app.extensions import Database, make_database
 from app.models.audit import AuditEvent
 
