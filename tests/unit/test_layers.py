@@ -39,3 +39,13 @@ def test_every_top_level_module_of_app_is_in_a_layer() -> None:
 def test_the_layers_name_only_modules_that_exist() -> None:
     stale = _listed() - _top_level()
     assert not stale, f"these layers name modules that no longer exist: {sorted(stale)}"
+
+
+def test_no_module_of_app_is_over_500_lines() -> None:
+    """A module that grows past 500 lines carries several jobs: split it (issue 11's rule)."""
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in (ROOT / "app").rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > 500
+    }
+    assert long == {}
