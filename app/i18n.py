@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from babel import Locale
 from flask import Flask, current_app, has_request_context, request
 from flask_babel import Babel, force_locale, get_babel, get_locale, gettext, lazy_gettext, ngettext
 from flask_login import current_user
@@ -61,8 +62,6 @@ def shipped_locales() -> list[str]:
 
 def language_name(code: str) -> str:
     """A locale's name in its own language ("Deutsch", "français"), for the language picker."""
-    from babel import Locale
-
     name = Locale.parse(code).get_display_name(code) or code
     return name[:1].upper() + name[1:]
 
