@@ -8,9 +8,9 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.e2e.conftest import virtual_authenticator, without_passkey_autofill
+from tests.e2e.conftest import virtual_authenticator, watch_console, without_passkey_autofill
 from tests.e2e.production.conftest import FirstAdmin, ProdUsers, sign_in, sign_out
 from tests.support.prod_stack import ProductionStack
 from tests.support.smtp import body_text
@@ -107,3 +107,31 @@ def test_a_member_resets_the_password_through_the_mail(
     sign_in(prod_page, prod, user.email, NEW_PASSWORD)
     expect(prod_page.get_by_role("heading", name="My account")).to_be_visible()
     sign_out(prod_page)
+
+
+def test_a_german_browser_signs_in_in_german_and_a_member_who_picks_french_reads_french(
+    prod: ProductionStack, prod_browser: Browser, prod_users: ProdUsers
+) -> None:
+    """Languages over HTTPS behind nginx, with gunicorn's two workers and PostgreSQL (issue 14)."""
+    user = prod_users.create("sprachen-member@example.com")
+    context = prod_browser.new_context(locale="de-DE")
+    try:
+        page = context.new_page()
+        errors = watch_console(page)
+        page.goto(prod.url + "/signin")
+        expect(page.locator("html")).to_have_attribute("lang", "de")
+        expect(page.get_by_role("heading", name="Anmelden", level=1)).to_be_visible()
+        page.get_by_label("E-Mail").fill(user.email)
+        page.get_by_label("Passwort").fill(user.password)
+        page.get_by_role("button", name="Anmelden", exact=True).click()
+        expect(page.get_by_role("heading", name="Mein Konto")).to_be_visible()
+        # The member's own choice wins over the browser's, on every worker (it is stored, not in the session).
+        page.get_by_role("combobox", name="Sprache").select_option("fr")
+        page.get_by_role("button", name="Sprache speichern").click()
+        expect(page.get_by_role("heading", name="Mon compte")).to_be_visible()
+        for _ in range(4):  # two workers: each answers in French
+            page.goto(prod.url + "/account/")
+            expect(page.locator("html")).to_have_attribute("lang", "fr")
+        assert errors == []
+    finally:
+        context.close()
