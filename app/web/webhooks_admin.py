@@ -18,7 +18,7 @@ from app.http.context import audit_ctx
 from app.i18n import gettext as _
 from app.i18n import lazy_gettext as _l
 from app.services import webhooks
-from app.web.common import admin_required, form_errors
+from app.web.common import admin_required, keep_on_form
 from app.webhook_events import EVENT_TYPES
 
 bp = Blueprint("webhooks_admin", __name__, url_prefix="/admin/webhooks")
@@ -94,10 +94,7 @@ def create() -> tuple[str, int]:
         )
         db.commit()
     except AppError as exc:
-        db.rollback()
-        if not exc.fields:
-            raise
-        form_errors(exc, form)
+        keep_on_form(db, exc, form)
         return _render_list(form, 422)
     # Rendered in the POST's answer, never stored or redirected: the only place the secret appears.
     return render_template("admin/webhooks_secret.html", endpoint=made.endpoint, secret=made.value, created=True), 200
@@ -151,10 +148,7 @@ def update(endpoint_id: int) -> Response | tuple[str, int]:
         )
         db.commit()
     except AppError as exc:
-        db.rollback()
-        if not exc.fields:
-            raise
-        form_errors(exc, form)
+        keep_on_form(db, exc, form)
         return _render_detail(endpoint_id, form, RotateForm(), 422)
     flash(_("Saved.") if changed else _("Nothing changed."), "success")
     return redirect(url_for("webhooks_admin.detail", endpoint_id=endpoint_id))
