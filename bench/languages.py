@@ -7,7 +7,6 @@ compiled .mo (loaded once per process), so the ratio should stay near 1x. Assert
 
 from __future__ import annotations
 
-import base64
 import re
 import statistics
 import sys
@@ -24,6 +23,7 @@ from app.auth import users
 from app.extensions import get_database
 from app.migrate import upgrade
 from app.settings import load_settings
+from bench.headers import environment
 
 ROUNDS = 80
 PASSWORD = "bench passphrase 12345"
@@ -41,18 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         upgrade(url)
-        settings = load_settings(
-            {
-                "AMI_AUTH_ENV": "test",
-                "AMI_AUTH_INSTANCE_DIR": tmp,
-                "AMI_AUTH_DATABASE_URL": url,
-                "AMI_AUTH_SECRET_KEY": "s" * 48,
-                "AMI_AUTH_MASTER_KEYS": "b1:" + base64.b64encode(b"k" * 32).decode(),
-                "AMI_AUTH_SCHEDULER": "false",
-                "AMI_AUTH_MFA_REQUIRED_ROLES": "",
-                "AMI_AUTH_LOG_LEVEL": "WARNING",
-            }
-        )
+        settings = load_settings(environment(url, Path(tmp)))  # the benches' test settings (bench/headers.py)
         app = create_app(settings)
         with app.app_context():
             db = get_database(app).session()
