@@ -79,7 +79,7 @@ _USER_AGENT_MAX: Final = 400
 # pg_advisory_xact_lock key shared by every process writing the chain. Advisory keys are one global
 # namespace per database, so it is a spelled-out random-looking constant rather than a small number
 # another feature might pick. (First 8 bytes of SHA-256("ami_auth.audit_chain"), as a signed int64.)
-_PG_CHAIN_LOCK_KEY: Final = int.from_bytes(hashlib.sha256(b"ami_auth.audit_chain").digest()[:8], "big", signed=True)
+PG_CHAIN_LOCK_KEY: Final = int.from_bytes(hashlib.sha256(b"ami_auth.audit_chain").digest()[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,15 @@ def _hash_of(event: AuditEvent | Row[Any]) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
+def check_isolation(isolation: str) -> None:
+    """Refuse to write the chain under REPEATABLE READ (PostgreSQL's ``transaction_isolation`` setting)."""
+    if isolation == "repeatable read":
+        raise RuntimeError(
+            "audit.record needs READ COMMITTED or SERIALIZABLE: under REPEATABLE READ the snapshot "
+            "can predate the chain lock and the chain would fork"
+        )
+
+
 def lock_chain(session: Session) -> Connection:
     """Hold the chain's write lock until the caller's transaction ends (see the module docstring); returns
     the session's connection (statements on it skip the ORM's per-execute bookkeeping)."""
@@ -173,13 +182,9 @@ def lock_chain(session: Session) -> Connection:
     if dialect == "postgresql":
         isolation = connection.execute(
             text("SELECT pg_advisory_xact_lock(:key), current_setting('transaction_isolation')"),
-            {"key": _PG_CHAIN_LOCK_KEY},
+            {"key": PG_CHAIN_LOCK_KEY},
         ).one()[1]
-        if isolation == "repeatable read":
-            raise RuntimeError(
-                "audit.record needs READ COMMITTED or SERIALIZABLE: under REPEATABLE READ the snapshot "
-                "can predate the chain lock and the chain would fork"
-            )
+        check_isolation(isolation)
     elif dialect == "sqlite":
         # Matches no rows, but it is DML, so pysqlite emits BEGIN, and SQLite takes the database's
         # write lock before running it; the read of the last hash below then sees the final state.

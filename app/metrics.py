@@ -185,13 +185,18 @@ def count_audit_event(session: Session, action: str, outcome: str, details: Mapp
     session.info.setdefault(_PENDING, []).append((action, outcome, details))
 
 
+def count_committed_event(action: str, outcome: str, details: Mapping[str, object]) -> None:
+    """Count an audit event that is committed (written outside a Session: ``app.audit_batch``)."""
+    AUDIT_EVENTS.labels(action=action, outcome=outcome).inc()
+    derived = _DERIVED.get(action)
+    if derived is not None:
+        derived(outcome, details)
+
+
 @event.listens_for(Session, "after_commit")
 def _count_committed(session: Session) -> None:
     for action, outcome, details in session.info.pop(_PENDING, ()):
-        AUDIT_EVENTS.labels(action=action, outcome=outcome).inc()
-        derived = _DERIVED.get(action)
-        if derived is not None:
-            derived(outcome, details)
+        count_committed_event(action, outcome, details)
 
 
 @event.listens_for(Session, "after_transaction_end")

@@ -215,6 +215,11 @@ def emit_state(db: Session, event_type: str, target: str) -> str | None:
     return emit_for(db, event_type, target)
 
 
+def emits_for(action: str) -> bool:
+    """Whether an audited ``action`` can emit a webhook event (:func:`from_audit` then needs the session)."""
+    return action == _REFRESH_ACTION or action in AUDIT_EVENTS
+
+
 def from_audit(db: Session, action: str, target: str, outcome: str, details: Mapping[str, Any]) -> None:
     """Called by app.audit.record for every audited action; most are not webhook events."""
     if action == _REFRESH_ACTION:

@@ -6,13 +6,16 @@ Runs only when ``AMI_AUTH_TEST_POSTGRES_URL`` names a server we may create datab
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select, text
+from prometheus_client import REGISTRY
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from app.audit import AuditContext, record, verify
+from app.audit_batch import append
 from app.audit_details import REDACTED
 from app.extensions import Database, make_database
 from app.models.audit import AuditEvent
@@ -89,3 +92,77 @@ def test_repeatable_read_is_refused(database: Database) -> None:
     repeatable = database.engine.execution_options(isolation_level="REPEATABLE READ")
     with Session(repeatable) as session, pytest.raises(RuntimeError, match="REPEATABLE READ"):
         record(session, AuditContext(), "test.snapshot")
+
+
+def _proxy_calls(outcome: str) -> float:
+    labels = {"action": "account.proxy", "outcome": outcome}
+    return REGISTRY.get_sample_value("ami_auth_audit_events_total", labels) or 0.0
+
+
+def _connections_to(database: Database, expected: int) -> int:
+    """Server connections to this test's database, once they are ``expected`` (a closed one takes a moment to
+    leave pg_stat_activity) or after 5 s."""
+    admin = create_engine(postgres_admin_url())
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            with admin.connect() as conn:
+                count = conn.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
+                    {"name": database.engine.url.database},
+                ).scalar_one()
+            if count == expected or time.monotonic() > deadline:
+                return int(count)
+            time.sleep(0.05)
+    finally:
+        admin.dispose()
+
+
+def test_appended_values_hash_the_same_after_the_round_trip_and_are_counted(database: Database) -> None:
+    """The batch writer's own PostgreSQL path (pipelined, psycopg's parameters): what it stores verifies, after
+    one event written the ORM way, and each committed event is counted in /metrics."""
+    with Session(database.engine) as session:
+        record(session, AuditContext(actor="admin"), "provider.updated", target="provider:github")
+        session.commit()
+    before = _proxy_calls("success")
+    ctx = AuditContext(actor="service_token:1", ip="::1", user_agent="Mozilla/5.0 ✓")
+    details = {"method": "POST", "path": "/v1/chat/é", "status": 200, "ratio": 0.1, "token": "sk-should-not-stay"}
+    assert append(database.engine, ctx, "account.proxy", target="connected_account:7", details=details)
+    assert append(database.engine, ctx, "account.proxy", target="connected_account:7", details={"status": 201})
+    assert _proxy_calls("success") - before == 2
+    with Session(database.engine) as session:
+        result = verify(session)
+        assert result.ok, result.problem
+        assert result.checked == 3
+        stored = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+    assert [(e.actor, e.action, e.target, e.ip, e.user_agent) for e in stored[1:]] == [
+        ("service_token:1", "account.proxy", "connected_account:7", "::1", "Mozilla/5.0 ✓")
+    ] * 2
+    assert stored[1].details == {**details, "token": REDACTED}
+    assert stored[1].at <= stored[2].at
+
+
+def test_the_batch_writer_replaces_a_connection_the_server_closed(database: Database) -> None:
+    """Its connection is kept between batches; when the server ends it (a restart, an idle timeout), the next
+    batch takes a new one and the event is written once."""
+    assert append(database.engine, AuditContext(actor="a"), "account.proxy", details={"i": 1})
+    with database.engine.connect() as conn:
+        ended = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert ended >= 1
+    assert append(database.engine, AuditContext(actor="a"), "account.proxy", details={"i": 2})
+    with Session(database.engine) as session:
+        assert verify(session).ok
+        assert [d["i"] for d in session.scalars(select(AuditEvent.details).order_by(AuditEvent.id))] == [1, 2]
+
+
+def test_disposing_the_engine_closes_the_batch_writers_connection(pg_url: str) -> None:
+    database = make_database(pg_url)
+    assert append(database.engine, AuditContext(actor="a"), "account.proxy")
+    assert _connections_to(database, 1) == 1  # the writer's, kept
+    database.engine.dispose()
+    assert _connections_to(database, 0) == 0
