@@ -332,7 +332,10 @@ class OutboundClient:
         self._check_scheme(request.url)
         try:
             with track_streams(handle):
-                response = self._client.send(request, stream=True, follow_redirects=False)
+                # The transport itself, not Client.send: one attempt, no redirects, no auth flow and no cookies
+                # (the client keeps none) leave nothing for its layers to do but cost a proxied call.
+                response = self._transport.handle_request(request)
+                response.request = request
         except httpx.PoolTimeout:
             raise AppError(
                 "service_unavailable",
@@ -442,8 +445,13 @@ class Upstream:
 
     def chunks(self) -> Iterator[bytes]:
         """The body as the server sends it (no decompression: the caller gets the upstream's encoding)."""
+        stream = self.response.stream
+        assert isinstance(stream, httpx.SyncByteStream)
         try:
-            yield from self.response.iter_raw()
+            # The transport's stream itself (Response.iter_raw adds only bookkeeping a relay has no use for).
+            for chunk in stream:
+                if chunk:
+                    yield chunk
         except httpx.TransportError as exc:
             raise ProviderUnreachable(_where(self.response.request.url), _failure_reason(exc)) from exc
 

@@ -5,9 +5,10 @@ the fixed ``amis_`` prefix lets secret scanners recognise a leaked token. Every 
 audited here; every use is audited by the API layer (``app.api.security``) with the token's id.
 
 A presented token's row is kept in memory for :data:`CACHE_SECONDS` per process (keyed by database and token
-hash; only tokens that exist), so a busy caller does not cost a query per call. Scopes, limits and expiry are
-read from the kept row and checked on every call. A token revoked through :func:`revoke_token` is refused at
-once by the process that revoked it and within :data:`CACHE_SECONDS` by every other process.
+hash; only tokens that exist; :class:`app.kept.Kept`: when it is due, one thread reads it again while the others
+use the copy), so a busy caller does not cost a query per call. Scopes, limits and expiry are read from the kept
+row and checked on every call. A token revoked through :func:`revoke_token` is refused at once by the process that
+revoked it and within :data:`CACHE_SECONDS` (twice that while a re-read is under way) by every other process.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
-import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +28,7 @@ from app import audit
 from app.errors import AppError
 from app.i18n import N_
 from app.i18n import gettext as _
+from app.kept import Kept
 from app.models import ServiceToken, utcnow
 
 Scope = Literal[
@@ -292,19 +292,13 @@ _BY_HASH: Final = select(
 ).where(ServiceToken.token_hash == bindparam("token_hash"))
 
 
-# (engine, token hash) -> (monotonic time read, the row as read)
-_cache: dict[tuple[Engine, str], tuple[float, PresentedToken]] = {}
-_cache_lock = threading.Lock()
+# (engine, token hash) -> the row as read (only tokens that exist)
+_cache: Kept[tuple[Engine, str], PresentedToken | None] = Kept(CACHE_SECONDS, _CACHE_MAX)
 
 
 def forget(token_id: int | None = None) -> None:
     """Drop this process's copy of a token's row (``None``: of every token), so its next use reads the row."""
-    with _cache_lock:
-        if token_id is None:
-            _cache.clear()
-            return
-        for key in [key for key, (_, record) in _cache.items() if record.id == token_id]:
-            del _cache[key]
+    _cache.clear(None if token_id is None else lambda record: record is not None and record.id == token_id)
 
 
 def _engine(db: Session) -> Engine:
@@ -313,21 +307,18 @@ def _engine(db: Session) -> Engine:
 
 
 def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenCheck:
-    """Look a presented token up by its hash (or this process's copy of the row, at most :data:`CACHE_SECONDS`
-    old). Never raises; the caller audits and answers."""
+    """Look a presented token up by its hash (or this process's copy of the row, see the module docstring).
+    Never raises; the caller audits and answers."""
     now = now or utcnow()
     # The shape check saves a query for obvious garbage; a well-formed guess still costs one indexed lookup.
     if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
         return TokenCheck(None, "unknown")
-    key = (_engine(db), hash_token(raw))
-    kept = _cache.get(key)
-    if kept is not None and time.monotonic() - kept[0] < CACHE_SECONDS:
-        record = kept[1]
-    else:
-        row = db.connection().execute(_BY_HASH, {"token_hash": key[1]}).first()
+
+    def read() -> tuple[PresentedToken | None, bool]:
+        row = db.connection().execute(_BY_HASH, {"token_hash": token_hash}).first()
         if row is None:
-            return TokenCheck(None, "unknown")
-        record = PresentedToken(
+            return None, False
+        found = PresentedToken(
             row.id,
             tuple(row.scopes or ()),
             row.expires_at,
@@ -335,10 +326,12 @@ def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenChe
             row.last_used_at,
             AccountLimits.from_json(row.account_limits),
         )
-        with _cache_lock:
-            if len(_cache) >= _CACHE_MAX:
-                _cache.clear()
-            _cache[key] = (time.monotonic(), record)
+        return found, True
+
+    token_hash = hash_token(raw)
+    record = _cache.get((_engine(db), token_hash), read)
+    if record is None:
+        return TokenCheck(None, "unknown")
     state = status(record, now)
     if state != "active":
         return TokenCheck(record, state)
@@ -364,10 +357,7 @@ def touch(db: Session, record: PresentedToken, now: datetime | None = None) -> b
     )
     # This process's copy of the row says so too, or every call would try the UPDATE until the copy expires.
     used = dataclasses.replace(record, last_used_at=now)
-    with _cache_lock:
-        for key, (read_at, kept) in list(_cache.items()):
-            if kept.id == record.id:
-                _cache[key] = (read_at, used)
+    _cache.replace(lambda kept: used if kept is not None and kept.id == record.id else kept)
     return bool(result.rowcount)
 
 

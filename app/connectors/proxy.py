@@ -23,7 +23,8 @@ decides everything about that request except moving its bytes:
 * **A 401.** API keys: the account is marked ``failing`` with ``invalid_credentials``, as a failed
   verification marks it. OAuth: see :func:`app.connectors.bearer.note_unauthorized`.
 * **The account row** (API keys) is kept per process for :data:`ACCOUNT_CACHE_SECONDS` (:func:`proxied_account`),
-  so a busy account is not a database round trip per call. Any change to an account or a provider config made
+  so a busy account is not a database round trip per call (when it is due, one thread reads it again while the
+  others use the copy: :class:`app.kept.Kept`). Any change to an account or a provider config made
   through the ORM in this process (a replaced key, a new status, a deletion, a disabled config, a bulk UPDATE or
   DELETE of either table) drops every kept row at once, again when its transaction commits; a change made by
   another process is seen within :data:`ACCOUNT_CACHE_SECONDS`. OAuth accounts are read on every call (their
@@ -47,6 +48,7 @@ from app import audit
 from app.connectors.bearer import OAUTH_MODES, current_token, database_key, note_unauthorized
 from app.connectors.headers import RequestAuth, account_values, proxy_auth, render_auth
 from app.errors import AppError
+from app.kept import Kept
 from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.models.base import ID_MAX
 from app.oauth.runtime import OAuthRuntime
@@ -202,15 +204,14 @@ def find_account(db: Session, account_id: int) -> tuple[ConnectedAccount, Provid
 ACCOUNT_CACHE_SECONDS: Final = 1.0
 _ACCOUNT_CACHE_MAX: Final = 10_000
 _WATCHED: Final = (ConnectedAccount, ProviderConfig)
-# (engine, account id) -> (monotonic time read, the detached account with its config loaded, its catalog entry)
-_kept: dict[tuple[Engine, int], tuple[float, ConnectedAccount, ProviderEntry]] = {}
-_kept_lock = threading.Lock()
+# (engine, account id) -> the detached account with its config loaded, and its catalog entry
+_Account = tuple[ConnectedAccount, ProviderEntry]
+_kept: Kept[tuple[Engine, int], _Account] = Kept(ACCOUNT_CACHE_SECONDS, _ACCOUNT_CACHE_MAX)
 
 
 def forget_accounts() -> None:
     """Drop every account row this process keeps for the proxy (the next call of each reads its row)."""
-    with _kept_lock:
-        _kept.clear()
+    _kept.clear()
 
 
 def _engine(db: Session) -> Engine:
@@ -219,25 +220,21 @@ def _engine(db: Session) -> Engine:
 
 
 def proxied_account(db: Session, account_id: int) -> tuple[ConnectedAccount, ProviderEntry]:
-    """:func:`find_account` for the proxy: an API-key account's row comes from this process's copy when it is
+    """:func:`find_account` for the proxy: an API-key account's row comes from this process's copy while it is
     younger than :data:`ACCOUNT_CACHE_SECONDS` (see the module docstring). The copy is detached from every
     session and only read (its ``last_used_at`` aside)."""
-    key = (_engine(db), account_id)
-    kept = _kept.get(key)
-    if kept is not None and time.monotonic() - kept[0] < ACCOUNT_CACHE_SECONDS:
-        return kept[1], kept[2]
-    read_at = time.monotonic()
-    account, provider = find_account(db, account_id)
-    if provider.auth_mode == AuthMode.API_KEY:
+
+    def read() -> tuple[_Account, bool]:
+        account, provider = find_account(db, account_id)
+        if provider.auth_mode != AuthMode.API_KEY:
+            return (account, provider), False
         # Out of the request's session, so its commit does not expire what other threads will read.
         config = account.provider_config
         db.expunge(account)
         db.expunge(config)
-        with _kept_lock:
-            if len(_kept) >= _ACCOUNT_CACHE_MAX:
-                _kept.clear()
-            _kept[key] = (read_at, account, provider)
-    return account, provider
+        return (account, provider), True
+
+    return _kept.get((_engine(db), account_id), read)
 
 
 @event.listens_for(Session, "after_flush")

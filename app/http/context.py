@@ -3,7 +3,7 @@ the audit context built from them. Both faces read these (:mod:`app.web`, :mod:`
 
 from __future__ import annotations
 
-from flask import request
+from flask import g, request
 from flask_login import UserMixin, current_user
 
 from app.audit import AuditContext
@@ -77,6 +77,10 @@ class SignedIn(UserMixin):  # type: ignore[misc]
 
 
 def signed_in() -> SignedIn | None:
+    # A request without cookies (a service token's) has no session, unless this request signed someone in:
+    # Flask-Login is not asked to find one (it would hash the client's address and agent to protect it).
+    if not request.cookies and g.get("_login_user") is None:
+        return None
     # One trip through the current_user proxy (every guard calls this; anonymous users are not SignedIn).
     value = current_user._get_current_object()
     return value if isinstance(value, SignedIn) else None

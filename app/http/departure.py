@@ -7,7 +7,10 @@ caller's socket is watched: when the caller closes it (the socket reads as end-o
 at once (the proxy cuts the upstream connection).
 
 One thread per process watches every registered socket with the platform's selector (epoll on Linux),
-however many requests wait; registering and unregistering are cheap. It only peeks (``MSG_PEEK``): the
+however many requests wait; registering and unregistering are cheap. With epoll, a socket registered while
+the thread waits is watched at once (the kernel's interest list is shared), so the thread is not woken to
+pick it up: a request does not hand the GIL to it twice per call. Other selectors (poll, select) copy the
+list when they start waiting, so there the thread is woken through a pipe. It only peeks (``MSG_PEEK``): the
 request's own reads are untouched. A socket with unread bytes (a pipelined next request) is not a departure;
 it is dropped from the watch rather than polled in a loop.
 
@@ -57,6 +60,8 @@ class _Watcher:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        # epoll_wait reports sockets added while it waits; the others need a wake-up to see them.
+        self._wake_on_watch = not isinstance(self._selector, getattr(selectors, "EpollSelector", ()))
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -70,7 +75,8 @@ class _Watcher:
             except (KeyError, ValueError, OSError):
                 return  # already watched, or already closed
             self._ensure_thread()
-        os.write(self._wake_w, b"x")
+        if self._wake_on_watch:
+            os.write(self._wake_w, b"x")
 
     def unwatch(self, sock: socket.socket) -> None:
         with self._lock, contextlib.suppress(KeyError, ValueError, OSError):
