@@ -8,10 +8,19 @@ On PostgreSQL a batch is two round trips to the server, not six: the writer keep
 as long as its engine lives (no liveness ping per batch; a broken one is replaced and the batch retried), and sends
 its statements in pipeline mode (psycopg's, libpq's): the lock and the read of the last hash in one flush, the
 INSERT and the COMMIT in the next. A batch with an event that can emit a webhook (none of the proxy's) goes the
-ORM way, since the webhook row is written in the same transaction by :func:`app.webhook_events.from_audit`."""
+ORM way, since the webhook row is written in the same transaction by :func:`app.webhook_events.from_audit`.
+
+:func:`append` with ``wait=False`` hands the event to the process's writer thread instead and returns at once: the
+proxy's event, written once the caller has its whole answer, so that neither the caller's next request on the
+connection nor the worker's thread waits for the database. Events are committed in order, in batches, within a
+round trip or two; a full queue (:data:`QUEUE_MAX`: the database is slow or down) makes it wait, so the backlog
+stays bounded. What is queued is written before the process ends (:func:`drain`: gunicorn's ``worker_exit`` and
+``atexit``); only a process killed outright (``SIGKILL``, a crash of the interpreter) loses what it had queued,
+at most the calls of the last moments, each of which its caller has already been answered."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -43,7 +52,7 @@ from app.audit import (
 from app.models.audit import AuditEvent
 from app.models.base import UTCDateTime
 
-__all__ = ["BATCH_ATTEMPTS", "BATCH_MAX", "AuditWriter", "Pending", "append"]
+__all__ = ["BATCH_ATTEMPTS", "BATCH_MAX", "QUEUE_MAX", "AuditWriter", "Pending", "append", "drain", "flush"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,8 @@ class Pending:
 BATCH_MAX: Final = 500
 # A batch that fails (the database restarting) is tried again this many times, a little later each time.
 BATCH_ATTEMPTS: Final = 3
+# Events handed to the writer thread and not yet written, per database and process, before append waits for room.
+QUEUE_MAX: Final = 5_000
 
 # PostgreSQL's statements, sent by psycopg itself (pipeline mode); the ORM's versions are in app.audit.
 _PG_LOCK: Final = "SELECT pg_advisory_xact_lock(%s), current_setting('transaction_isolation')"
@@ -89,6 +100,8 @@ class AuditWriter:
         # forked worker, the parent's is left alone and a new one taken.
         self._raw: PoolProxiedConnection | None = None
         self._raw_pid = 0
+        self._thread: threading.Thread | None = None
+        self._thread_pid = 0
         self._pg_insert = ""
         if self._dialect.name == "postgresql":
             # One row's INSERT in the driver's own parameter style (executemany sends it once per row, pipelined).
@@ -103,21 +116,69 @@ class AuditWriter:
                 if self._writing:
                     self._cond.wait()
                     continue
-                self._writing = True
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), BATCH_MAX))]
-                self._cond.release()
-                try:
-                    committed = self._write_with_retries(batch)
-                finally:
-                    self._cond.acquire()
-                    self._writing = False
-                    if not self._queue and self._connection is not None:  # SQLite only
-                        self._connection.close()
-                        self._connection = None
-                    for each in batch:
-                        each.committed, each.done = committed, True
-                    self._cond.notify_all()
+                self._write_next_batch()
         return pending.committed
+
+    def submit(self, pending: Pending) -> None:
+        """Queue ``pending`` for the writer thread and return (waiting only while :data:`QUEUE_MAX` are queued)."""
+        with self._cond:
+            if self._thread_pid not in (0, os.getpid()):
+                # A forked child: what its parent had queued is the parent's to write, and the parent's thread
+                # (and any batch it was writing) did not come along.
+                self._queue.clear()
+                self._writing = False
+                self._thread = None
+            while len(self._queue) >= QUEUE_MAX:
+                self._cond.wait()
+            self._queue.append(pending)
+            if not self._thread_alive():
+                self._thread = threading.Thread(target=self._run, name="ami-audit-writer", daemon=True)
+                self._thread_pid = os.getpid()
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event queued so far is written (or has failed); ``False`` if ``timeout`` ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._writing:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                if not self._writing and not self._thread_alive():
+                    # Nothing else will write them (the thread is gone: a fork, an interpreter ending).
+                    self._write_next_batch()
+                    continue
+                self._cond.wait(left)
+        return True
+
+    def _thread_alive(self) -> bool:
+        return self._thread is not None and self._thread_pid == os.getpid() and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue or self._writing:
+                    self._cond.wait()
+                self._write_next_batch()
+
+    def _write_next_batch(self) -> None:
+        """With the condition held and no batch being written: write the next batch (the condition is released
+        meanwhile), then wake everyone waiting for theirs."""
+        self._writing = True
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), BATCH_MAX))]
+        self._cond.release()
+        try:
+            committed = self._write_with_retries(batch)
+        finally:
+            self._cond.acquire()
+            self._writing = False
+            if not self._queue and self._connection is not None:  # SQLite only
+                self._connection.close()
+                self._connection = None
+            for each in batch:
+                each.committed, each.done = committed, True
+            self._cond.notify_all()
 
     def _write_with_retries(self, batch: Sequence[Pending]) -> bool:
         for attempt in range(BATCH_ATTEMPTS):
@@ -223,8 +284,33 @@ def append(
     target: str = "",
     outcome: Outcome = "success",
     details: Mapping[str, object] | None = None,
+    wait: bool = True,
 ) -> bool:
     """Append one event in a transaction of its own, batched with whatever other threads of this process are
     appending to the same database at the moment (group commit); return once it is committed (``True``) or
-    has failed (``False``, logged). Checks its arguments first, as :func:`record` does (a ``ValueError``)."""
-    return _writer(engine).write(Pending(new_event(ctx, action, target, outcome, details)))
+    has failed (``False``, logged). Checks its arguments first, as :func:`record` does (a ``ValueError``).
+
+    ``wait=False`` hands the event to the process's writer thread and returns ``True`` at once (see the module
+    docstring); it is committed in order with the events queued before it."""
+    pending = Pending(new_event(ctx, action, target, outcome, details))
+    if not wait:
+        _writer(engine).submit(pending)
+        return True
+    return _writer(engine).write(pending)
+
+
+def flush(engine: Engine, timeout: float | None = None) -> bool:
+    """Wait until the events this process handed to ``engine``'s writer thread so far are written."""
+    found = _writers.get(engine)
+    return found.flush(timeout) if found is not None else True
+
+
+def drain(timeout: float = 10.0) -> None:
+    """Write what every writer of this process has queued (at exit), waiting at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for writer in list(_writers.values()):
+        if not writer.flush(max(0.0, deadline - time.monotonic())):
+            log.error("audit: events still queued at exit were not written")
+
+
+atexit.register(drain)

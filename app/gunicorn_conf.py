@@ -30,6 +30,8 @@ What it adds to the command line of docs/deployment.md (the production-shaped te
   chosen: they need the database driver, the Redis client and every blocking call patched, for a gain this
   I/O pattern does not need. The outbound pool (``AMI_AUTH_OUTBOUND_POOL_SIZE``, default 512 per worker) is
   kept above the threads, so a stream never waits for a connection another stream holds.
+* **Audit events written before a worker exits** (``worker_exit``): a proxied call's event is handed to the
+  worker's audit writer thread (``app.audit_batch.append(..., wait=False)``); what it still has queued is written first.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ def post_fork(server: Any, worker: Any) -> None:
     # bench/'s bare Flask baseline runs under this same configuration, and has no database.
     if "ami_db" in getattr(app, "extensions", {}):
         get_database(app).engine.dispose(close=False)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    # What the worker's audit writer thread still has queued (app.audit_batch.append(..., wait=False)) is written
+    # first.
+    from app.audit_batch import drain  # not at the top: it imports prometheus_client (see above)
+
+    drain()
 
 
 def child_exit(server: Any, worker: Any) -> None:

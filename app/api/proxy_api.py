@@ -14,8 +14,10 @@ module moves the bytes, both ways, without holding a body in memory:
 
 Every call is audited once (``account.proxy``: the token, the account, method, path without the query,
 status, bytes each way, milliseconds; never a header value or a body), when it ends. A call the upstream answered
-writes its event once the caller has the whole answer, with :func:`app.audit_batch.append` (batched with the events
-other threads are writing at that moment: one chain lock per batch, not per call).
+hands its event to the process's audit writer once the caller has the whole answer
+(:func:`app.audit_batch.append` with ``wait=False``: batched with the other calls' events, one chain lock per
+batch, committed within a round trip or two, and written before the worker exits), so the thread is free for the
+caller's next request at once.
 """
 
 from __future__ import annotations
@@ -292,8 +294,9 @@ class _Relay:
         self.upstream.close()
 
     def close(self) -> None:
-        """Once the body ends (or the server closes an answer it never iterated): the event, in a transaction
-        of its own (:func:`app.audit_batch.append`; the request's scoped session is gone by now)."""
+        """Once the body ends (or the server closes an answer it never iterated): the event, handed to the
+        process's audit writer (:func:`app.audit_batch.append` with ``wait=False``: committed in a transaction of
+        its own, in order, without this thread waiting for it; the request's scoped session is gone by now)."""
         self._release()
         if self._recorded:
             return
@@ -309,6 +312,7 @@ class _Relay:
             target=f"connected_account:{self.account_id}",
             outcome="success" if status < 400 and self.ended == "complete" else "failure",
             details=_details(self.method, self.path, status, self.sent, self.received, self.started, **extra),
+            wait=False,
         )
 
 

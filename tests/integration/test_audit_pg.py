@@ -6,16 +6,18 @@ Runs only when ``AMI_AUTH_TEST_POSTGRES_URL`` names a server we may create datab
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Connection, create_engine, select, text
 from sqlalchemy.orm import Session
 
-from app.audit import AuditContext, record, verify
-from app.audit_batch import append
+from app import audit_batch
+from app.audit import PG_CHAIN_LOCK_KEY, AuditContext, new_event, record, verify
+from app.audit_batch import Pending, append, drain, flush
 from app.audit_details import REDACTED
 from app.extensions import Database, make_database
 from app.models.audit import AuditEvent
@@ -166,3 +168,66 @@ def test_disposing_the_engine_closes_the_batch_writers_connection(pg_url: str) -
     assert _connections_to(database, 1) == 1  # the writer's, kept
     database.engine.dispose()
     assert _connections_to(database, 0) == 0
+
+
+def test_events_appended_without_waiting_are_written_in_order_by_the_writer_thread(database: Database) -> None:
+    """The proxy's way (wait=False): append returns at once; the writer thread commits the events in the order
+    they came, as one chain that verifies, and counts them."""
+    before = _proxy_calls("success")
+    ctx = AuditContext(actor="service_token:1")
+    for i in range(50):
+        append(database.engine, ctx, "account.proxy", target="connected_account:7", details={"i": i}, wait=False)
+    assert flush(database.engine, timeout=10)
+    assert _proxy_calls("success") - before == 50
+    with Session(database.engine) as session:
+        assert verify(session).ok
+        assert [d["i"] for d in session.scalars(select(AuditEvent.details).order_by(AuditEvent.id))] == list(range(50))
+
+
+def test_a_full_queue_makes_append_wait_for_the_database(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the database holds the writer back (here: another session holds the chain lock), at most QUEUE_MAX
+    events wait in memory; the next append waits for room rather than growing the backlog, and nothing is lost."""
+    monkeypatch.setattr(audit_batch, "QUEUE_MAX", 2)
+    ctx = AuditContext(actor="service_token:1")
+    with database.engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_CHAIN_LOCK_KEY})
+        append(database.engine, ctx, "account.proxy", details={"i": 0}, wait=False)  # the writer takes it, then waits
+        deadline = time.monotonic() + 5
+        while _lock_waiters(holder) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        append(database.engine, ctx, "account.proxy", details={"i": 1}, wait=False)
+        append(database.engine, ctx, "account.proxy", details={"i": 2}, wait=False)  # the queue is full now
+        third = threading.Thread(
+            target=append, args=(database.engine, ctx, "account.proxy"), kwargs={"details": {"i": 3}, "wait": False}
+        )
+        third.start()
+        third.join(0.5)
+        assert third.is_alive(), "append went on with a full queue"
+        holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_CHAIN_LOCK_KEY})
+        holder.commit()
+    third.join(10)
+    assert not third.is_alive()
+    assert flush(database.engine, timeout=10)
+    with Session(database.engine) as session:
+        assert verify(session).ok
+        assert [d["i"] for d in session.scalars(select(AuditEvent.details).order_by(AuditEvent.id))] == [0, 1, 2, 3]
+
+
+def _lock_waiters(conn: Connection) -> int:
+    return int(
+        conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).scalar_one()
+    )
+
+
+def test_drain_writes_what_is_queued_when_the_writer_thread_is_gone(database: Database) -> None:
+    """At exit (gunicorn's worker_exit, atexit) the queue is written even if no thread is left to write it."""
+    writer = audit_batch._writer(database.engine)
+    writer.submit(Pending(new_event(AuditContext(actor="a"), "account.proxy", "", "success", {"i": 1})))
+    assert flush(database.engine, timeout=10)
+    thread = writer._thread
+    assert thread is not None
+    writer._thread = None  # as after the interpreter stopped it
+    writer._queue.append(Pending(new_event(AuditContext(actor="a"), "account.proxy", "", "success", {"i": 2})))
+    drain(timeout=10)
+    with Session(database.engine) as session:
+        assert [d["i"] for d in session.scalars(select(AuditEvent.details).order_by(AuditEvent.id))] == [1, 2]

@@ -14,9 +14,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import audit_batch
 from app.api import tokens
 from app.audit import AuditContext
-from app.extensions import get_cipher
+from app.extensions import get_cipher, get_database
 from app.models import AuditEvent, ConnectedAccount, utcnow
 from app.oauth.connections import load_tokens, save_tokens
 from app.settings import Settings
@@ -105,6 +106,7 @@ def test_the_proxy_sends_an_oauth_account_s_access_token_and_refreshes_it_first_
     db.expire_all()
     account = db.get(ConnectedAccount, account_id)
     assert account is not None and account.status == "active"
+    assert audit_batch.flush(get_database(app).engine, timeout=10)  # the calls' events are written by a thread
     events = db.scalars(select(AuditEvent).where(AuditEvent.action == "account.proxy")).all()
     assert [e.details["status"] for e in events] == [200, 401] and events[1].details["unauthorized"] == "refreshed"
 

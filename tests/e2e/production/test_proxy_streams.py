@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.api import tokens
-from app.audit import AuditContext
+from app.audit import PG_CHAIN_LOCK_KEY, AuditContext
 from app.connectors import accounts
 from app.extensions import get_cipher, get_database, get_settings
 from app.models import AuditEvent
@@ -171,3 +171,28 @@ def test_a_request_whose_caller_already_left_is_not_sent(prod: ProductionStack, 
     # The caller is gone before a worker thread took the request up.
     assert _wait_for_stage(prod, proxied, "queued"), "the refusal to send is audited"
     assert [s for s in proxied.upstream.hits("/v1/slow") if s.query.get("id") == "queued"] == []
+
+
+def test_a_worker_stopping_writes_the_audit_events_it_still_had_queued(prod: ProductionStack, proxied: Proxied) -> None:
+    """The proxy hands its events to a writer thread (answers do not wait for the database). Here the database holds
+    that thread back (the test holds the audit chain's lock) while 12 calls are answered and the host is stopped
+    gracefully, as a deploy does: the workers write the queued events before they exit."""
+    engine = get_database(prod.app).engine
+    before = len(_proxy_events(prod, proxied.account_id))
+    with engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_CHAIN_LOCK_KEY})
+        with httpx.Client(timeout=10) as client:
+            for _ in range(12):
+                assert (
+                    client.get(prod.gunicorn.url + proxied.path("v1/models"), headers=proxied.headers).status_code
+                    == 200
+                )
+        assert len(_proxy_events(prod, proxied.account_id)) == before, "the writer was held back"
+        restart = threading.Thread(target=prod.gunicorn.restart)
+        restart.start()
+        time.sleep(1.5)  # the master has told its workers to stop; they wait on the lock with their queues
+        holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_CHAIN_LOCK_KEY})
+        holder.commit()
+    restart.join(60)
+    assert not restart.is_alive() and prod.gunicorn.running
+    assert len(_proxy_events(prod, proxied.account_id)) - before == 12
