@@ -52,7 +52,17 @@ from app.audit import (
 from app.models.audit import AuditEvent
 from app.models.base import UTCDateTime
 
-__all__ = ["BATCH_ATTEMPTS", "BATCH_MAX", "QUEUE_MAX", "AuditWriter", "Pending", "append", "drain", "flush"]
+__all__ = [
+    "BATCH_ATTEMPTS",
+    "BATCH_MAX",
+    "IDLE_SECONDS",
+    "QUEUE_MAX",
+    "AuditWriter",
+    "Pending",
+    "append",
+    "drain",
+    "flush",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,8 @@ class Pending:
 BATCH_MAX: Final = 500
 # A batch that fails (the database restarting) is tried again this many times, a little later each time.
 BATCH_ATTEMPTS: Final = 3
+# A writer thread with nothing to write for this long ends.
+IDLE_SECONDS: Final = 30.0
 # Events handed to the writer thread and not yet written, per database and process, before append waits for room.
 QUEUE_MAX: Final = 5_000
 
@@ -156,10 +168,17 @@ class AuditWriter:
         return self._thread is not None and self._thread_pid == os.getpid() and self._thread.is_alive()
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
+        with self._cond:
+            while True:
+                idle_since = time.monotonic()
                 while not self._queue or self._writing:
-                    self._cond.wait()
+                    self._cond.wait(IDLE_SECONDS)
+                    if not self._queue and time.monotonic() - idle_since >= IDLE_SECONDS:
+                        # Nothing to write for a while: end (the next event starts a thread again), so an idle
+                        # process holds no thread, and a writer whose engine is gone is not kept alive by one.
+                        if self._thread is threading.current_thread():
+                            self._thread = None
+                        return
                 self._write_next_batch()
 
     def _write_next_batch(self) -> None:

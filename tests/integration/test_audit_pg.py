@@ -231,3 +231,22 @@ def test_drain_writes_what_is_queued_when_the_writer_thread_is_gone(database: Da
     drain(timeout=10)
     with Session(database.engine) as session:
         assert [d["i"] for d in session.scalars(select(AuditEvent.details).order_by(AuditEvent.id))] == [1, 2]
+
+
+def test_an_idle_writer_thread_ends_and_the_next_event_starts_one(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_batch, "IDLE_SECONDS", 0.2)
+    ctx = AuditContext(actor="service_token:1")
+    append(database.engine, ctx, "account.proxy", details={"i": 1}, wait=False)
+    assert flush(database.engine, timeout=10)
+    writer = audit_batch._writer(database.engine)
+    first = writer._thread
+    assert first is not None
+    first.join(5)
+    assert not first.is_alive() and writer._thread is None
+    append(database.engine, ctx, "account.proxy", details={"i": 2}, wait=False)
+    assert flush(database.engine, timeout=10)
+    with Session(database.engine) as session:
+        assert verify(session).ok
+        assert [d["i"] for d in session.scalars(select(AuditEvent.details).order_by(AuditEvent.id))] == [1, 2]
