@@ -24,11 +24,11 @@ decides everything about that request except moving its bytes:
   verification marks it. OAuth: see :func:`app.connectors.bearer.note_unauthorized`.
 * **The account row** (API keys) is kept per process for :data:`ACCOUNT_CACHE_SECONDS` (:func:`proxied_account`),
   so a busy account is not a database round trip per call (when it is due, one thread reads it again while the
-  others use the copy: :class:`app.kept.Kept`). Any change to an account or a provider config made
-  through the ORM in this process (a replaced key, a new status, a deletion, a disabled config, a bulk UPDATE or
-  DELETE of either table) drops every kept row at once, again when its transaction commits; a change made by
-  another process is seen within :data:`ACCOUNT_CACHE_SECONDS`. OAuth accounts are read on every call (their
-  refresh writes the row).
+  others use the copy: :class:`app.kept.Kept`). Any change to an account or a provider config made through the
+  ORM in this process (a replaced key, a new status, a deletion, a disabled config, a bulk UPDATE or DELETE of
+  either table) drops every kept row at once, again when its transaction commits; a change made by another
+  process is seen within :data:`ACCOUNT_CACHE_SECONDS` (twice that while a re-read is under way). OAuth accounts
+  are read on every call (their refresh writes the row).
 """
 
 from __future__ import annotations
