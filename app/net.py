@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 # at DEBUG (Set-Cookie, tokens). Our own debug line below is the sanctioned record of outbound traffic.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
+logging.getLogger("httpcore2").setLevel(logging.WARNING)  # app.net_transport's pool
 
 SCHEMES: Final = frozenset({"http", "https"})
 # RFC 9110 §9.2.2: a client may repeat these automatically; the server's state ends up the same.

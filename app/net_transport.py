@@ -2,6 +2,13 @@
 :class:`app.outbound.OutboundGuard` vetted (resolved once, every address checked, then connected to as an
 address literal, so DNS rebinding has no window), with httpcore's errors mapped onto httpx's so the client's
 retry and error rules see one family of exceptions. Only :mod:`app.net` uses it.
+
+The pool is ``httpcore2``'s (Pydantic's maintained continuation of httpcore, the same public API), not httpcore
+1.0's: httpcore 1.0 re-scans every pooled connection against every other on each request and each release
+(O(n²): ``len([... for connection in self._connections])`` per idle connection, encode/httpcore#1035, open since
+2025). With the connections a busy worker keeps open to one vendor that was most of a proxied call's cost: a
+lone ``GET`` over a pool holding 40 idle connections took 1.1 ms instead of 0.6, over 200 took 12 ms.
+httpcore2's pass is linear (pydantic/httpx2#974, #1075, #1076): 0.67 and 1.06 ms.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
-import httpcore
+import httpcore2
 import httpx
 
 from app.outbound import OutboundGuard, UnresolvedHost
@@ -31,11 +38,11 @@ class StreamHandle:
     """
 
     def __init__(self) -> None:
-        self._stream: httpcore.NetworkStream | None = None
+        self._stream: httpcore2.NetworkStream | None = None
         self._lock = threading.Lock()
         self.aborted = False
 
-    def note(self, stream: httpcore.NetworkStream) -> None:
+    def note(self, stream: httpcore2.NetworkStream) -> None:
         if self._stream is not stream:
             with self._lock:
                 self._stream = stream
@@ -57,7 +64,7 @@ class StreamHandle:
                 _cut(self._stream)
 
 
-def _cut(stream: httpcore.NetworkStream) -> None:
+def _cut(stream: httpcore2.NetworkStream) -> None:
     sock = stream.get_extra_info("socket")
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):  # already closed
@@ -83,10 +90,10 @@ def track_streams(handle: StreamHandle | None = None) -> Iterator[StreamHandle]:
         _current.handle = previous
 
 
-class _TrackedStream(httpcore.NetworkStream):
+class _TrackedStream(httpcore2.NetworkStream):
     """A network stream that tells the current thread's :class:`StreamHandle` (if any) that it is in use."""
 
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
+    def __init__(self, inner: httpcore2.NetworkStream) -> None:
         self._inner = inner
 
     def _note(self) -> None:
@@ -107,19 +114,19 @@ class _TrackedStream(httpcore.NetworkStream):
 
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
+    ) -> httpcore2.NetworkStream:
         return _TrackedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> object:
         return self._inner.get_extra_info(info)
 
 
-class GuardedBackend(httpcore.NetworkBackend):
+class GuardedBackend(httpcore2.NetworkBackend):
     """httpcore's sync backend, but every TCP connection goes to an address the guard vetted."""
 
     def __init__(self, guard: OutboundGuard) -> None:
         self._guard = guard
-        self._backend = httpcore.SyncBackend()
+        self._backend = httpcore2.SyncBackend()
 
     def connect_tcp(
         self,
@@ -127,19 +134,19 @@ class GuardedBackend(httpcore.NetworkBackend):
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.NetworkStream:
         try:
             addresses = self._guard.vetted_addresses(host, port)
         except UnresolvedHost as exc:
             # A DNS failure counts as a connection failure (retried, then ProviderUnreachable).
-            raise httpcore.ConnectError(str(exc)) from exc
-        last_error: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+            raise httpcore2.ConnectError(str(exc)) from exc
+        last_error: httpcore2.ConnectError | httpcore2.ConnectTimeout | None = None
         for address in addresses:
             try:
                 # An address literal: the system resolver is not asked again, so this is what we vetted.
                 return _TrackedStream(self._backend.connect_tcp(address, port, timeout, local_address, socket_options))
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
                 last_error = exc
         assert last_error is not None  # vetted_addresses never returns an empty tuple
         raise last_error
@@ -148,9 +155,9 @@ class GuardedBackend(httpcore.NetworkBackend):
         self,
         path: str,
         timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        raise httpcore.UnsupportedProtocol("Unix sockets are not an outbound destination")
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.NetworkStream:
+        raise httpcore2.UnsupportedProtocol("Unix sockets are not an outbound destination")
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
@@ -158,20 +165,20 @@ class GuardedBackend(httpcore.NetworkBackend):
 
 # Most specific first: the first match wins.
 _HTTPCORE_ERRORS: Final[tuple[tuple[type[Exception], type[httpx.TransportError]], ...]] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
+    (httpcore2.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore2.ReadTimeout, httpx.ReadTimeout),
+    (httpcore2.WriteTimeout, httpx.WriteTimeout),
+    (httpcore2.PoolTimeout, httpx.PoolTimeout),
+    (httpcore2.TimeoutException, httpx.TimeoutException),
+    (httpcore2.ConnectError, httpx.ConnectError),
+    (httpcore2.ReadError, httpx.ReadError),
+    (httpcore2.WriteError, httpx.WriteError),
+    (httpcore2.NetworkError, httpx.NetworkError),
+    (httpcore2.ProxyError, httpx.ProxyError),
+    (httpcore2.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore2.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore2.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore2.ProtocolError, httpx.ProtocolError),
 )
 
 
@@ -202,10 +209,10 @@ class _ResponseStream(httpx.SyncByteStream):
 
 
 class GuardedTransport(httpx.BaseTransport):
-    """An httpx transport over an httpcore pool whose network backend is guarded.
+    """An httpx transport over an httpcore2 pool whose network backend is guarded.
 
-    Written against public httpcore API because ``httpx.HTTPTransport`` (0.28) has no way to pass a
-    network backend (encode/httpx#3749 adds one).
+    Written against httpcore2's public API because ``httpx.HTTPTransport`` has no way to pass a network backend
+    (encode/httpx#3749 adds one), and its pool is httpcore 1.0's (see the module docstring).
     """
 
     def __init__(self, guard: OutboundGuard, max_connections: int = 100) -> None:
@@ -214,7 +221,7 @@ class GuardedTransport(httpx.BaseTransport):
         # Every connection may stay open between calls (closed after keepalive_expiry idle): with httpx's
         # default of 20 kept, 40 concurrent proxied streams opened (and vetted) a new connection for half
         # their calls.
-        self._pool = httpcore.ConnectionPool(
+        self._pool = httpcore2.ConnectionPool(
             # trust_env here only means SSL_CERT_FILE/SSL_CERT_DIR, which private CAs need; no proxies.
             ssl_context=httpx.create_ssl_context(),
             max_connections=max_connections,
@@ -225,9 +232,9 @@ class GuardedTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.SyncByteStream)
-        core_request = httpcore.Request(
+        core_request = httpcore2.Request(
             method=request.method,
-            url=httpcore.URL(
+            url=httpcore2.URL(
                 scheme=request.url.raw_scheme,
                 host=request.url.raw_host,
                 port=request.url.port,
