@@ -250,3 +250,29 @@ def test_an_idle_writer_thread_ends_and_the_next_event_starts_one(
     with Session(database.engine) as session:
         assert verify(session).ok
         assert [d["i"] for d in session.scalars(select(AuditEvent.details).order_by(AuditEvent.id))] == [1, 2]
+
+
+def test_events_handed_over_one_by_one_within_the_gather_window_are_committed_together(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread waits GATHER_SECONDS after the first event for more (a lone caller's calls do not each
+    wake it): five events handed over 50 ms apart within a (here: long) window are one transaction."""
+    monkeypatch.setattr(audit_batch, "GATHER_SECONDS", 2.0)
+    ctx = AuditContext(actor="service_token:1")
+    for i in range(5):
+        append(database.engine, ctx, "account.proxy", details={"i": i}, wait=False)
+        time.sleep(0.05)
+    assert flush(database.engine, timeout=10)
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(DISTINCT xmin::text) FROM audit_events")).scalar_one() == 1
+    with Session(database.engine) as session:
+        assert verify(session).ok
+        assert [d["i"] for d in session.scalars(select(AuditEvent.details).order_by(AuditEvent.id))] == list(range(5))
+
+
+def test_flush_does_not_wait_for_the_gather_window(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_batch, "GATHER_SECONDS", 600.0)
+    append(database.engine, AuditContext(actor="service_token:1"), "account.proxy", details={"i": 1}, wait=False)
+    assert flush(database.engine, timeout=10)
+    with Session(database.engine) as session:
+        assert [d["i"] for d in session.scalars(select(AuditEvent.details))] == [1]
