@@ -1,6 +1,6 @@
 """Proxy benchmark: the credential-injecting proxy against direct httpx calls to the same local upstream.
 
-    PYTHONPATH=. python bench/proxy.py [--seconds 8] [--concurrency 40] [--postgres postgresql+psycopg://user@host/db]
+    PYTHONPATH=. python bench/proxy.py [--seconds 8] [--rounds 4] [--concurrency 40] [--postgres postgresql+psycopg://user@host/db]
 
 The upstream is tests/support/stream_upstream.py (an OpenAI-shaped API that streams server-sent events) in a
 process of its own. The app runs under gunicorn as deployed (app/gunicorn_conf.py: 2 gthread workers), on a
@@ -9,11 +9,16 @@ OpenAI account whose base URL is the upstream and a token with ``accounts:proxy`
 Measured in this run, each against its own baseline:
 
 1. **Throughput** (goal >= 0.8x): ``--concurrency`` callers each doing streaming chat completions (5 events
-   20 ms apart, about 100 ms a call, like a short model answer) for ``--seconds``, directly and through the proxy.
+   20 ms apart, about 100 ms a call, like a short model answer) for ``--seconds`` each way, directly and through
+   the proxy, in ``--rounds`` alternating rounds.
 2. **Added median latency** (goal <= 2 ms): one caller, ``GET /v1/models`` (a small JSON answer), one call at a
-   time: the proxy's median minus the direct median.
-3. **Added time to first streamed byte**: one caller, a streaming completion whose first event is sent at once:
-   the median time to the first ``data:`` line through the proxy minus the direct one.
+   time, a direct and a proxied call in turn: the proxy's median minus the direct median.
+3. **Added time to first streamed byte**: one caller, a streaming completion whose first event is sent at once,
+   in turn as in 2: the median time to the first ``data:`` line through the proxy minus the direct one.
+
+Each figure is measured against its baseline alternately, not one after the other: on a shared machine whose
+speed drifts from one second to the next, a slow patch then falls on both sides rather than on whichever ran
+during it.
 
 Every proxied call is a service-token check (the token's row kept 1 s per process), a catalog check, the
 account's row (kept 1 s per process), the key from the per-process cache and one audit event when it ends (a
@@ -115,7 +120,8 @@ def _stream_call(client: httpx.Client, url: str, headers: dict[str, str], body: 
     return lines
 
 
-def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> float:
+def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> tuple[int, float]:
+    """``concurrency`` callers doing streaming completions for ``seconds``: (calls done, seconds taken)."""
     done = [0] * concurrency
     failures: list[str] = []
     stop_at = time.monotonic() + seconds
@@ -138,18 +144,40 @@ def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: flo
         thread.join()
     if failures:
         raise RuntimeError(f"{len(failures)} calls failed, e.g. {failures[0]}")
-    return sum(done) / (time.monotonic() - started)
+    return sum(done), time.monotonic() - started
 
 
-def median_ms(fn: Callable[[], object], count: int) -> float:
+def alternated_throughput(
+    direct: tuple[str, dict[str, str]], proxied: tuple[str, dict[str, str]], args: argparse.Namespace
+) -> tuple[float, float]:
+    """Calls per second, direct and proxied, measured in ``args.rounds`` alternating rounds that share
+    ``args.seconds`` between them, so that a busy moment of a shared machine falls on both sides alike."""
+    totals = {"direct": [0, 0.0], "proxied": [0, 0.0]}
+    for _ in range(args.rounds):
+        for side, (url, headers) in (("direct", direct), ("proxied", proxied)):
+            calls, seconds = throughput(url, headers, args.concurrency, args.seconds / args.rounds)
+            totals[side][0] += calls
+            totals[side][1] += seconds
+    return totals["direct"][0] / totals["direct"][1], totals["proxied"][0] / totals["proxied"][1]
+
+
+def alternated_medians(direct: Callable[[], float], proxied: Callable[[], float], count: int) -> tuple[float, float]:
+    """Median milliseconds of ``count`` samples of each, taken one direct, one proxied, in turn (after 20 of
+    each to warm connections and caches), so that both see the same moments of the machine."""
     for _ in range(20):
-        fn()  # warm: connections, caches
-    samples = []
+        direct()
+        proxied()
+    samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(count):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
+        samples[0].append(direct())
+        samples[1].append(proxied())
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+def call_ms(client: httpx.Client, url: str, headers: dict[str, str]) -> float:
+    start = time.perf_counter()
+    client.get(url, headers=headers).raise_for_status()
+    return (time.perf_counter() - start) * 1000
 
 
 def first_byte_ms(client: httpx.Client, url: str, headers: dict[str, str]) -> float:
@@ -168,6 +196,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=40)
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="alternating direct/proxied throughput rounds sharing --seconds"
+    )
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--postgres", default="", help="a PostgreSQL server URL; a temporary database is made on it")
     parser.add_argument(
@@ -283,15 +314,19 @@ def run(
     with httpx.Client(timeout=30) as client:
         # Check both paths answer the same before measuring.
         assert _stream_call(client, direct_chat, key, CHAT) == _stream_call(client, proxy_chat, auth, CHAT) == 6
-    direct_rps = throughput(direct_chat, key, args.concurrency, args.seconds)
-    proxy_rps = throughput(proxy_chat, auth, args.concurrency, args.seconds)
-    with httpx.Client(timeout=30) as client:
-        direct_ms = median_ms(
-            lambda: client.get(f"{upstream_url}/v1/models", headers=key).raise_for_status(), args.samples
+    direct_rps, proxy_rps = alternated_throughput((direct_chat, key), (proxy_chat, auth), args)
+    # One client per side, each on its own kept-alive connection, as a caller of either would have.
+    with httpx.Client(timeout=30) as to_upstream, httpx.Client(timeout=30) as to_proxy:
+        direct_ms, proxy_ms = alternated_medians(
+            lambda: call_ms(to_upstream, f"{upstream_url}/v1/models", key),
+            lambda: call_ms(to_proxy, f"{proxy}/v1/models", auth),
+            args.samples,
         )
-        proxy_ms = median_ms(lambda: client.get(f"{proxy}/v1/models", headers=auth).raise_for_status(), args.samples)
-        direct_ttfb = statistics.median(first_byte_ms(client, direct_chat, key) for _ in range(args.samples // 3))
-        proxy_ttfb = statistics.median(first_byte_ms(client, proxy_chat, auth) for _ in range(args.samples // 3))
+        direct_ttfb, proxy_ttfb = alternated_medians(
+            lambda: first_byte_ms(to_upstream, direct_chat, key),
+            lambda: first_byte_ms(to_proxy, proxy_chat, auth),
+            args.samples // 3,
+        )
     return [
         (
             f"streaming completions/s ({args.concurrency} callers)",
