@@ -17,10 +17,19 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-__all__ = ["Kept"]
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+__all__ = ["Kept", "session_engine"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+def session_engine(db: Session) -> Engine:
+    """The engine ``db`` is bound to: kept rows are keyed by it, so two databases in one process never share one."""
+    bind = db.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
 
 
 class Kept(Generic[K, V]):

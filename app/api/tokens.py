@@ -28,7 +28,7 @@ from app import audit
 from app.errors import AppError
 from app.i18n import N_
 from app.i18n import gettext as _
-from app.kept import Kept
+from app.kept import Kept, session_engine
 from app.models import ServiceToken, utcnow
 
 Scope = Literal[
@@ -301,11 +301,6 @@ def forget(token_id: int | None = None) -> None:
     _cache.clear(None if token_id is None else lambda record: record is not None and record.id == token_id)
 
 
-def _engine(db: Session) -> Engine:
-    bind = db.get_bind()
-    return bind if isinstance(bind, Engine) else bind.engine
-
-
 def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenCheck:
     """Look a presented token up by its hash (or this process's copy of the row, see the module docstring).
     Never raises; the caller audits and answers."""
@@ -329,7 +324,7 @@ def authenticate(db: Session, raw: str, now: datetime | None = None) -> TokenChe
         return found, True
 
     token_hash = hash_token(raw)
-    record = _cache.get((_engine(db), token_hash), read)
+    record = _cache.get((session_engine(db), token_hash), read)
     if record is None:
         return TokenCheck(None, "unknown")
     state = status(record, now)

@@ -48,7 +48,7 @@ from app import audit
 from app.connectors.bearer import OAUTH_MODES, current_token, database_key, note_unauthorized
 from app.connectors.headers import RequestAuth, account_values, proxy_auth, render_auth
 from app.errors import AppError
-from app.kept import Kept
+from app.kept import Kept, session_engine
 from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.models.base import ID_MAX
 from app.oauth.runtime import OAuthRuntime
@@ -214,11 +214,6 @@ def forget_accounts() -> None:
     _kept.clear()
 
 
-def _engine(db: Session) -> Engine:
-    bind = db.get_bind()
-    return bind if isinstance(bind, Engine) else bind.engine
-
-
 def proxied_account(db: Session, account_id: int) -> tuple[ConnectedAccount, ProviderEntry]:
     """:func:`find_account` for the proxy: an API-key account's row comes from this process's copy while it is
     younger than :data:`ACCOUNT_CACHE_SECONDS` (see the module docstring). The copy is detached from every
@@ -234,7 +229,7 @@ def proxied_account(db: Session, account_id: int) -> tuple[ConnectedAccount, Pro
         db.expunge(config)
         return (account, provider), True
 
-    return _kept.get((_engine(db), account_id), read)
+    return _kept.get((session_engine(db), account_id), read)
 
 
 @event.listens_for(Session, "after_flush")
