@@ -64,6 +64,7 @@ from cryptography.hazmat.primitives import serialization
 from flask import Flask
 
 from app import create_app
+from app.providers import registry
 from app.settings import load_settings
 from tests.conftest import PostgresDatabase, dispose_app, postgres_admin_url, redis_url, require_peer
 from tests.support.live import free_port
@@ -459,6 +460,10 @@ class ProductionStack:
         """The app, built in the test process from the stack's environment (seeding through the logic layer)."""
         if self._app is None:
             self._app = create_app(load_settings(self.env))
+            # create_app made this app's catalog (with the operator's folder, AMI_AUTH_CATALOG_DIR) the one
+            # get_catalog() returns outside an app context, for the rest of the test process. The app reads its own
+            # from app.extensions; every other test in this process expects the shipped catalog there.
+            registry.activate(())
         return self._app
 
     def close_app(self) -> None:
