@@ -10,7 +10,11 @@ Measured in this run, each against its own baseline:
 
 1. **Throughput** (goal >= 0.8x): ``--concurrency`` callers each doing streaming chat completions (5 events
    20 ms apart, about 100 ms a call, like a short model answer) for ``--seconds`` each way, directly and through
-   the proxy, in ``--rounds`` alternating rounds.
+   the proxy, in ``--rounds`` alternating rounds. Each caller has one kept-alive client per side, made and
+   connected before the first round, and every round is timed from one start signal: a new httpx client costs
+   milliseconds of CPU (its TLS context), which the timed rounds would otherwise also measure. Printed with it:
+   the CPU time gunicorn and its workers spent per proxied call (``/proc``), the figure that says how many
+   proxied calls a core serves.
 2. **Added median latency** (goal <= 2 ms): one caller, ``GET /v1/models`` (a small JSON answer), one call at a
    time, a direct and a proxied call in turn: the proxy's median minus the direct median.
 3. **Added time to first streamed byte**: one caller, a streaming completion whose first event is sent at once,
@@ -47,6 +51,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -68,7 +73,7 @@ from app.providers.registry import entry
 from app.providers.validation import validate_submission
 from app.settings import load_settings
 from app.vault import put_secret
-from bench.gunicorn_server import gunicorn
+from bench.gunicorn_server import gunicorn_process, process_cpu_seconds
 from bench.headers import environment as headers_environment
 from bench.headers import temporary_database
 from tests.support.stream_upstream import running_upstream
@@ -120,26 +125,31 @@ def _stream_call(client: httpx.Client, url: str, headers: dict[str, str], body: 
     return lines
 
 
-def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> tuple[int, float]:
-    """``concurrency`` callers doing streaming completions for ``seconds``: (calls done, seconds taken)."""
-    done = [0] * concurrency
+def throughput(side: _Side, seconds: float) -> tuple[int, float]:
+    """Each of the side's callers doing streaming completions for ``seconds``, from one start signal: (calls
+    done, seconds taken). The callers' clients are made and connected before (:class:`_Side`): making an httpx
+    client (its TLS context) costs milliseconds of CPU, which would otherwise fall inside the timed window."""
+    done = [0] * len(side.clients)
     failures: list[str] = []
-    stop_at = time.monotonic() + seconds
+    start = threading.Barrier(len(side.clients) + 1)
+    stop_at = [0.0]
 
     def caller(i: int) -> None:
-        with httpx.Client(timeout=30) as client:
-            while time.monotonic() < stop_at:
-                try:
-                    _stream_call(client, url, headers, CHAT)
-                    done[i] += 1
-                except (httpx.HTTPError, RuntimeError) as exc:
-                    failures.append(repr(exc))
-                    return
+        start.wait()
+        while time.monotonic() < stop_at[0]:
+            try:
+                _stream_call(side.clients[i], side.url, side.headers, CHAT)
+                done[i] += 1
+            except (httpx.HTTPError, RuntimeError) as exc:
+                failures.append(repr(exc))
+                return
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(concurrency)]
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(len(side.clients))]
     for thread in threads:
         thread.start()
+    started = time.monotonic()
+    stop_at[0] = started + seconds
+    start.wait()
     for thread in threads:
         thread.join()
     if failures:
@@ -147,18 +157,57 @@ def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: flo
     return sum(done), time.monotonic() - started
 
 
+@dataclass
+class _Side:
+    """One side of the throughput comparison: its URL, headers and one kept-alive client per caller."""
+
+    url: str
+    headers: dict[str, str]
+    clients: list[httpx.Client]
+
+    @classmethod
+    def connected(cls, url: str, headers: dict[str, str], callers: int) -> _Side:
+        clients = [httpx.Client(timeout=30) for _ in range(callers)]
+        for client in clients:
+            _stream_call(client, url, headers, CHAT)  # connected, and the path warmed
+        return cls(url, headers, clients)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
 def alternated_throughput(
-    direct: tuple[str, dict[str, str]], proxied: tuple[str, dict[str, str]], args: argparse.Namespace
-) -> tuple[float, float]:
+    direct: tuple[str, dict[str, str]], proxied: tuple[str, dict[str, str]], args: argparse.Namespace, app_pid: int
+) -> tuple[float, float, float]:
     """Calls per second, direct and proxied, measured in ``args.rounds`` alternating rounds that share
-    ``args.seconds`` between them, so that a busy moment of a shared machine falls on both sides alike."""
+    ``args.seconds`` between them, so that a busy moment of a shared machine falls on both sides alike; and the
+    CPU milliseconds the app's processes (gunicorn and its workers) spent per proxied call."""
+    sides = {
+        "direct": _Side.connected(*direct, args.concurrency),
+        "proxied": _Side.connected(*proxied, args.concurrency),
+    }
     totals = {"direct": [0, 0.0], "proxied": [0, 0.0]}
-    for _ in range(args.rounds):
-        for side, (url, headers) in (("direct", direct), ("proxied", proxied)):
-            calls, seconds = throughput(url, headers, args.concurrency, args.seconds / args.rounds)
-            totals[side][0] += calls
-            totals[side][1] += seconds
-    return totals["direct"][0] / totals["direct"][1], totals["proxied"][0] / totals["proxied"][1]
+    app_cpu = 0.0
+    try:
+        for _ in range(args.rounds):
+            for name, side in sides.items():
+                before = process_cpu_seconds(app_pid) if name == "proxied" else None
+                calls, seconds = throughput(side, args.seconds / args.rounds)
+                after = process_cpu_seconds(app_pid) if name == "proxied" else None
+                if before is not None and after is not None:
+                    app_cpu += after - before
+                totals[name][0] += calls
+                totals[name][1] += seconds
+    finally:
+        for side in sides.values():
+            side.close()
+    proxied_calls = totals["proxied"][0]
+    return (
+        totals["direct"][0] / totals["direct"][1],
+        proxied_calls / totals["proxied"][1],
+        app_cpu * 1000 / proxied_calls if proxied_calls else float("nan"),
+    )
 
 
 def alternated_medians(direct: Callable[[], float], proxied: Callable[[], float], count: int) -> tuple[float, float]:
@@ -227,11 +276,11 @@ def main() -> None:
             if args.profile:
                 profile(env, f"/api/account-manager/accounts/{account_id}/proxy/v1/models", token, args.profile)
                 return
-            with gunicorn("wsgi:app", env, workers=2, threads=256) as base:
+            with gunicorn_process("wsgi:app", env, workers=2, threads=256) as (base, server):
                 proxy = f"{base}/api/account-manager/accounts/{account_id}/proxy"
                 auth = {"Authorization": f"Bearer {token}"}
                 key = {"Authorization": f"Bearer {KEY}"}
-                rows = run(upstream_url, proxy, key, auth, args)
+                rows = run(upstream_url, proxy, key, auth, args, server.pid)
     finally:
         stop.set()
         upstream.join(timeout=10)
@@ -308,13 +357,13 @@ def profile(env: dict[str, str], path: str, token: str, count: int) -> None:
 
 
 def run(
-    upstream_url: str, proxy: str, key: dict[str, str], auth: dict[str, str], args: argparse.Namespace
+    upstream_url: str, proxy: str, key: dict[str, str], auth: dict[str, str], args: argparse.Namespace, app_pid: int
 ) -> list[tuple[str, str, str, str]]:
     direct_chat, proxy_chat = f"{upstream_url}/v1/chat/completions", f"{proxy}/v1/chat/completions"
     with httpx.Client(timeout=30) as client:
         # Check both paths answer the same before measuring.
         assert _stream_call(client, direct_chat, key, CHAT) == _stream_call(client, proxy_chat, auth, CHAT) == 6
-    direct_rps, proxy_rps = alternated_throughput((direct_chat, key), (proxy_chat, auth), args)
+    direct_rps, proxy_rps, cpu_ms = alternated_throughput((direct_chat, key), (proxy_chat, auth), args, app_pid)
     # One client per side, each on its own kept-alive connection, as a caller of either would have.
     with httpx.Client(timeout=30) as to_upstream, httpx.Client(timeout=30) as to_proxy:
         direct_ms, proxy_ms = alternated_medians(
@@ -333,6 +382,12 @@ def run(
             f"{direct_rps:.1f}",
             f"{proxy_rps:.1f}",
             f"{proxy_rps / direct_rps:.2f}x direct · goal >= 0.8x",
+        ),
+        (
+            "app CPU ms per proxied streaming call",
+            "",
+            f"{cpu_ms:.2f}",
+            f"gunicorn and its workers: about {1000 / cpu_ms:.0f} proxied calls/s per core" if cpu_ms else "",
         ),
         (
             "GET /v1/models median ms (1 caller)",
