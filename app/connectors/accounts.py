@@ -11,7 +11,7 @@ Functions take a Session and never commit: the caller owns the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
@@ -475,10 +475,15 @@ def rollback_secrets(db: Session, ctx: audit.AuditContext, account: ConnectedAcc
 
 def verify_unverified(
     db: Session, cipher: Cipher, client: OutboundClient, settings: Settings, ctx: audit.AuditContext
-) -> list[tuple[ConnectedAccount, Verification]]:
+) -> Iterator[tuple[ConnectedAccount, Verification]]:
     """The job: verify every account saved unverified; each becomes active, failing, or stays unverified while
-    its vendor still cannot be reached (app.jobs: `ami-auth jobs verify-unverified` and the scheduler)."""
+    its vendor still cannot be reached (app.jobs: `ami-auth jobs verify-unverified` and the scheduler).
+
+    Yields each outcome before it calls the next vendor, for the caller to commit there: an outcome's audit event
+    takes the write lock (SQLite's one writer; the audit chain's lock on PostgreSQL), and one transaction over the
+    whole loop held it through every later vendor call, each up to the outbound timeout and its retries."""
     rows = db.scalars(
         select(ConnectedAccount).where(ConnectedAccount.status == UNVERIFIED).order_by(ConnectedAccount.id)
     ).all()
-    return [(account, verify_stored(db, cipher, client, settings, ctx, account)) for account in rows]
+    for account in rows:
+        yield account, verify_stored(db, cipher, client, settings, ctx, account)

@@ -25,10 +25,12 @@ def run_verify_unverified(app: Flask) -> list[tuple[ConnectedAccount, Verificati
     with app.app_context():
         db = get_database(app).session()
         try:
-            results = accounts.verify_unverified(
+            results = []
+            for result in accounts.verify_unverified(
                 db, get_cipher(app), get_client(app), app.extensions["ami_settings"], JOB
-            )
-            db.commit()
+            ):
+                db.commit()  # this outcome and its audit event, before the next vendor call
+                results.append(result)
             return results
         finally:
             get_database(app).remove()

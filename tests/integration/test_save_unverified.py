@@ -4,6 +4,8 @@ only for a vendor outage, only where the catalog entry allows it — the account
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,13 +14,15 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import audit
 from app.connectors.headers import OWNER
 from app.extensions import get_cipher
+from app.jobs.unverified import run_verify_unverified
 from app.models import AuditEvent
 from app.settings import Settings
-from app.vault import get_secret
+from app.vault import get_secret, put_secret
 from tests.conftest import UserFactory, make_settings, sign_in
-from tests.support.accounts import csrf_of, make_account, make_config, post_dialog, reload
+from tests.support.accounts import CTX, csrf_of, make_account, make_config, post_dialog, reload
 from tests.support.vendors.generic import GenericApi
 from tests.support.vendors.huggingface import HuggingFace
 
@@ -108,3 +112,38 @@ def test_no_offer_for_a_refused_token_or_a_type_that_does_not_allow_it(
     status, page = post_dialog(client, other.id, {"api_key": generic_api_standin.add_key(), "save_unverified": "y"})
     assert status == 502 and "server error (HTTP 503)" in page and OFFER not in page
     assert reload(app, db, other.id).status == "pending"
+
+
+def test_the_job_commits_each_outcome_before_it_calls_the_next_vendor(
+    app: Flask, db: Session, huggingface_standin: HuggingFace
+) -> None:
+    """One transaction over the whole job held the write lock its first audit event took (SQLite's one writer; the
+    audit chain on PostgreSQL) through every later vendor call, each up to the outbound timeout and its retries:
+    every other audited action waited behind a slow vendor."""
+    cfg = make_config(db, get_cipher(app), app.extensions["ami_settings"], "huggingface", {})
+    with HuggingFace() as slow:
+        waiting = []
+        for label, vendor in (("answers", huggingface_standin), ("slow", slow)):
+            account = make_account(db, cfg, {"base_url": vendor.url}, label=label)
+            put_secret(db, get_cipher(app), OWNER, account.id, "api_token", vendor.add_token(role="read"), grace=None)
+            account.status = "unverified"
+            waiting.append(account.id)
+        db.commit()
+        slow.hang_next()
+        results: list[list[bool]] = []
+        job = threading.Thread(target=lambda: results.append([v.error is None for _, v in run_verify_unverified(app)]))
+        job.start()
+        try:
+            slow.wait_for(1)  # the job now waits for the slow vendor
+            assert reload(app, db, waiting[0]).status == "active"  # the first outcome is already committed
+            # Another audited action goes through meanwhile (with one transaction it waited out the database's
+            # lock timeout on SQLite, and for the whole job on PostgreSQL).
+            started = time.monotonic()
+            audit.record(db, CTX, "account.test", target=f"connected_account:{waiting[0]}")
+            db.commit()
+            assert time.monotonic() - started < 5
+        finally:
+            slow.release()
+            job.join(timeout=30)
+    assert results == [[True, True]]
+    assert reload(app, db, waiting[1]).status == "active"
