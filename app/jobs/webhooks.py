@@ -287,6 +287,21 @@ def _disable_gone(db: Session, delivery: WebhookDelivery) -> None:
     log.warning("webhook endpoint %s answered 410 Gone: disabled", endpoint.id)
 
 
+def _renew(db: Session, delivery_id: int, owner: str, now: datetime) -> bool:
+    """Extend this runner's lease on a claimed delivery just before trying it; False when it is no longer this
+    runner's: a receiver that hung past the lease held this runner up, and another runner took the delivery over
+    (and may have delivered it already). The claim covered a batch, tried one by one, each try up to ``TIMEOUT``."""
+    d = WebhookDelivery
+    moved = db.execute(
+        update(d)
+        .where(d.id == delivery_id, d.state == "pending", d.lease_owner == owner)
+        .values(lease_until=now + LEASE)
+        .execution_options(synchronize_session=False)
+    )
+    db.commit()
+    return getattr(moved, "rowcount", 0) == 1
+
+
 def _release(db: Session, delivery_id: int, owner: str) -> None:
     """Give a claimed delivery back untried (its endpoint was disabled during this run)."""
     d = WebhookDelivery
@@ -345,6 +360,8 @@ def deliver_due(
             endpoint_id = delivery.endpoint_id
             if endpoint_id in report.disabled:  # answered 410 Gone earlier in this run
                 _release(db, delivery_id, owner)
+                continue
+            if not _renew(db, delivery_id, owner, now or utcnow()):
                 continue
             started = time.monotonic()
             result = _send(db, client, cipher, delivery, cache)

@@ -6,6 +6,7 @@ per account, with its stable id; a rotated secret signs beside the old one durin
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from app.connectors import accounts
 from app.connectors.removal import delete_account
 from app.errors import AppError
 from app.extensions import get_cipher
-from app.jobs.webhooks import RETRY_DELAYS, deliver_due, delivery_client, purge_finished
+from app.jobs.webhooks import LEASE, RETRY_DELAYS, deliver_due, delivery_client, purge_finished
 from app.models import AuditEvent, ConnectedAccount, User
 from app.models.base import utcnow
 from app.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEvent
@@ -308,6 +309,38 @@ def test_the_in_app_scheduler_sends_due_deliveries(app: Flask, db: Session, rece
     make_config(db, get_cipher(app), app.extensions["ami_settings"], "openai", {})
     RefreshScheduler(app).run_once()  # one tick, in this thread: the refresh, then the deliveries
     assert [r.body["data"]["change"] for r in receiver.verified] == ["create", "enable"]
+
+
+def test_a_runner_whose_lease_ran_out_does_not_send_what_another_runner_took_over(
+    app: Flask, db: Session, receiver: WebhookReceiver, sender: OutboundClient
+) -> None:
+    """Several hosts run the job. A runner held up by a receiver that hangs past the claims' lease finds, when it
+    comes back, that another runner took over and delivered the rest of its batch: it does not send those again."""
+    cipher, settings = get_cipher(app), app.extensions["ami_settings"]
+    _register(app, db, receiver, ["provider_config.changed"])
+    make_config(db, cipher, settings, "openai", {}, name="First")
+    make_config(db, cipher, settings, "anthropic", {}, name="Second")
+    events = db.scalar(select(func.count()).select_from(WebhookDelivery))  # each config's creation and enabling
+    t0 = utcnow()
+    receiver.hold_next()
+    reports: list[Any] = []
+    with Session(db.get_bind()) as own:
+        first = threading.Thread(target=lambda: reports.append(deliver_due(own, sender, cipher, now=t0)))
+        first.start()
+        try:
+            receiver.wait_held()  # the first runner waits on its first delivery, with each config's first claimed
+            later = deliver_due(db, sender, cipher, now=t0 + LEASE + timedelta(seconds=1))
+            assert later.delivered == events  # the leases ran out: another runner delivers every event
+        finally:
+            receiver.release()
+            first.join(timeout=30)
+    ids = receiver.ids()
+    assert len(set(ids)) == events
+    # The held request was already on its way when the other runner took over (at least once); nothing else came
+    # twice.
+    assert sorted(ids.count(i) for i in set(ids)) == [1] * (events - 1) + [2]
+    # The first runner records nothing: the deliveries' outcomes are the other runner's, which held them by then.
+    assert reports[0].statuses == [] and reports[0].delivered == 0
 
 
 def test_an_endpoint_that_answers_410_gone_is_disabled_and_its_other_deliveries_wait(
