@@ -240,7 +240,8 @@ def logout_deliver() -> None:
     settings = get_settings()
     keyring = keys.KeyRing(get_database().engine, get_cipher())
     run = deliver_due(get_database().engine, keyring, settings.base_url, get_client(app))
-    click.echo(f"delivered {run.delivered}, retrying {run.retrying}, failed {run.failed}")
+    taken = f", taken over by another worker {run.taken_over}" if run.taken_over else ""
+    click.echo(f"delivered {run.delivered}, retrying {run.retrying}, failed {run.failed}{taken}")
     if run.next_due is not None:
         click.echo(f"next due {_when(run.next_due)}")
 

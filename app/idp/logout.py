@@ -125,6 +125,7 @@ class Run:
     delivered: int = 0
     retrying: int = 0
     failed: int = 0
+    taken_over: int = 0  # claimed by this run, then by another while this one waited on slow apps: left to it
     next_due: datetime | None = None
 
 
@@ -165,14 +166,35 @@ def deliver_due(
             if getattr(claimed, "rowcount", 0) == 1:
                 mine.append(delivery_id)
         db.commit()
-    counts = {"delivered": 0, "retrying": 0, "failed": 0}
+    counts = {"delivered": 0, "retrying": 0, "failed": 0, "taken_over": 0}
     for delivery_id in mine:
-        counts[_deliver_one(engine, keyring, issuer, http, delivery_id)] += 1
+        counts[_deliver_one(engine, keyring, issuer, http, delivery_id, now + CLAIM, now)] += 1
     return Run(**counts, next_due=next_due(engine))
 
 
-def _deliver_one(engine: Engine, keyring: KeyRing, issuer: str, http: OutboundClient, delivery_id: int) -> str:
+def _deliver_one(
+    engine: Engine,
+    keyring: KeyRing,
+    issuer: str,
+    http: OutboundClient,
+    delivery_id: int,
+    claim: datetime,
+    now: datetime,
+) -> str:
+    """One try, if the delivery is still this run's (its ``claimed_until`` still the run's ``claim``): the claim
+    is renewed first and the outcome written only if the renewed claim still holds afterwards. The run claims a
+    batch and tries it one by one, each up to :data:`REQUEST_TIMEOUT`: behind apps that hang, the claim runs out,
+    and another worker may take the rest and send it; this run then leaves it alone."""
+    renewed = max(now, utcnow()) + CLAIM
     with Session(engine) as db:
+        held = db.execute(
+            update(OidcLogoutDelivery)
+            .where(OidcLogoutDelivery.id == delivery_id, *_DUE, OidcLogoutDelivery.claimed_until == claim)
+            .values(claimed_until=renewed)
+        )
+        db.commit()
+        if getattr(held, "rowcount", 0) != 1:
+            return "taken_over"
         delivery = db.get(OidcLogoutDelivery, delivery_id)
         client = db.get(OidcClient, delivery.client_id) if delivery is not None else None
         if delivery is None or client is None:
@@ -193,6 +215,14 @@ def _deliver_one(engine: Engine, keyring: KeyRing, issuer: str, http: OutboundCl
             response.close()
         except AppError as exc:
             error = exc.text
+        db.rollback()  # what was read before the POST; the outcome goes only where the claim still holds
+        delivery = db.scalars(
+            select(OidcLogoutDelivery).where(
+                OidcLogoutDelivery.id == delivery_id, *_DUE, OidcLogoutDelivery.claimed_until == renewed
+            )
+        ).one_or_none()
+        if delivery is None:
+            return "taken_over"
         now = utcnow()
         delivery.attempts += 1
         delivery.claimed_until = None
