@@ -149,6 +149,7 @@ def deliver_due(
 ) -> Run:
     """Send the logouts that are due (claimed first, so no other worker sends them meanwhile)."""
     now = now or utcnow()
+    claim = now + CLAIM  # this run's mark on what it claims; each try checks it is still there
     with Session(engine) as db:
         candidates = db.scalars(
             select(OidcLogoutDelivery.id)
@@ -161,14 +162,14 @@ def deliver_due(
             claimed = db.execute(
                 update(OidcLogoutDelivery)
                 .where(OidcLogoutDelivery.id == delivery_id, *_DUE, _claimable(now))  # type: ignore[arg-type]
-                .values(claimed_until=now + CLAIM)
+                .values(claimed_until=claim)
             )
             if getattr(claimed, "rowcount", 0) == 1:
                 mine.append(delivery_id)
         db.commit()
     counts = {"delivered": 0, "retrying": 0, "failed": 0, "taken_over": 0}
     for delivery_id in mine:
-        counts[_deliver_one(engine, keyring, issuer, http, delivery_id, now + CLAIM, now)] += 1
+        counts[_deliver_one(engine, keyring, issuer, http, delivery_id, claim, now)] += 1
     return Run(**counts, next_due=next_due(engine))
 
 
