@@ -24,6 +24,7 @@ from app.idp.logout import CLAIM, Run, deliver_due
 from app.models import AuditEvent, OidcLogoutDelivery, utcnow
 from app.net import get_client
 from tests.support.accounts import CTX
+from tests.support.hold import Hold
 
 
 class _App:
@@ -32,9 +33,7 @@ class _App:
 
     def __init__(self) -> None:
         self.tokens: list[str] = []
-        self.hold = threading.Event()
-        self.held = threading.Event()
-        self.released = threading.Event()
+        self.hold = Hold()
         app = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,10 +42,7 @@ class _App:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0"))).decode()
-                if app.hold.is_set():
-                    app.hold.clear()
-                    app.held.set()
-                    app.released.wait(30)
+                app.hold.pause()
                 app.tokens.extend(urllib.parse.parse_qs(body)["logout_token"])
                 self.send_response(200)
                 self.send_header("content-length", "0")
@@ -62,7 +58,7 @@ class _App:
         return f"http://127.0.0.1:{self.server.server_address[1]}/backchannel"
 
     def stop(self) -> None:
-        self.released.set()
+        self.hold.release()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
@@ -102,17 +98,17 @@ def test_a_worker_whose_claim_ran_out_leaves_what_another_worker_took_over(
     keyring = KeyRing(engine, get_cipher(app))
     issuer = app.extensions["ami_settings"].base_url
     runs: list[Run] = []
-    logout_app.hold.set()
+    logout_app.hold.next()
     with app.app_context():
         http = get_client(app)
         first = threading.Thread(target=lambda: runs.append(deliver_due(engine, keyring, issuer, http, now=t0)))
         first.start()
         try:
-            assert logout_app.held.wait(10)  # the first worker waits on the app, both deliveries claimed
+            logout_app.hold.wait_held()  # the first worker waits on the app, both deliveries claimed
             later = deliver_due(engine, keyring, issuer, http, now=t0 + CLAIM + timedelta(seconds=1))
             assert (later.delivered, later.taken_over) == (2, 0)  # the claims ran out: another worker sends both
         finally:
-            logout_app.released.set()
+            logout_app.hold.release()
             first.join(timeout=30)
     # The held request was already on its way (at least once); the second was not sent again.
     jtis = [_jti(token) for token in logout_app.tokens]

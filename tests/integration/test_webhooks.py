@@ -322,17 +322,17 @@ def test_a_runner_whose_lease_ran_out_does_not_send_what_another_runner_took_ove
     make_config(db, cipher, settings, "anthropic", {}, name="Second")
     events = db.scalar(select(func.count()).select_from(WebhookDelivery))  # each config's creation and enabling
     t0 = utcnow()
-    receiver.hold_next()
+    receiver.hold.next()
     reports: list[Any] = []
     with Session(db.get_bind()) as own:
         first = threading.Thread(target=lambda: reports.append(deliver_due(own, sender, cipher, now=t0)))
         first.start()
         try:
-            receiver.wait_held()  # the first runner waits on its first delivery, with each config's first claimed
+            receiver.hold.wait_held()  # the first runner waits on its first delivery, with each config's first claimed
             later = deliver_due(db, sender, cipher, now=t0 + LEASE + timedelta(seconds=1))
             assert later.delivered == events  # the leases ran out: another runner delivers every event
         finally:
-            receiver.release()
+            receiver.hold.release()
             first.join(timeout=30)
     ids = receiver.ids()
     assert len(set(ids)) == events

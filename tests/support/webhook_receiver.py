@@ -2,8 +2,8 @@
 
 It keeps what verified (in arrival order) and what did not. It can be down (its port closed, so the
 connection is refused), answer 500, or answer 200; the port stays the same across restarts, so the endpoint
-registered in AMI Auth keeps pointing at it. It can also hold the next request unanswered (:meth:`hold_next`)
-until :meth:`release`, as a receiver that hangs does.
+registered in AMI Auth keeps pointing at it. It can also leave the next request unanswered until released
+(``hold``), as a receiver that hangs does.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from tests.support.hold import Hold
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,7 @@ class WebhookReceiver:
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _hold: bool = False
-    _held: threading.Event = field(default_factory=threading.Event)
-    _released: threading.Event = field(default_factory=threading.Event)
+    hold: Hold = field(default_factory=Hold)
 
     @property
     def url(self) -> str:
@@ -54,11 +54,7 @@ class WebhookReceiver:
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-                with receiver._lock:
-                    hold, receiver._hold = receiver._hold, False
-                if hold:
-                    receiver._held.set()
-                    receiver._released.wait(30)
+                receiver.hold.pause()
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 ok = False
                 for secret in receiver.secrets:
@@ -100,7 +96,7 @@ class WebhookReceiver:
         return self
 
     def stop(self) -> None:
-        self._released.set()
+        self.hold.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -108,20 +104,6 @@ class WebhookReceiver:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
-
-    def hold_next(self) -> None:
-        """Leave the next request unanswered until :meth:`release` (then it is answered as usual)."""
-        with self._lock:
-            self._hold = True
-            self._held.clear()
-            self._released.clear()
-
-    def wait_held(self, timeout: float = 10.0) -> None:
-        if not self._held.wait(timeout):
-            raise AssertionError("no request arrived to hold")
-
-    def release(self) -> None:
-        self._released.set()
 
     def ids(self) -> list[str]:
         with self._lock:

@@ -1,0 +1,36 @@
+"""A test peer's switch to leave its next request unanswered until released, as a peer that hangs does."""
+
+from __future__ import annotations
+
+import threading
+
+
+class Hold:
+    """Armed with :meth:`next`; the peer's handler calls :meth:`pause` on each request, which waits (up to 30 s)
+    on the first request after arming until :meth:`release`; :meth:`wait_held` waits until that request arrived."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed = False
+        self._held = threading.Event()
+        self._released = threading.Event()
+
+    def next(self) -> None:
+        with self._lock:
+            self._armed = True
+            self._held.clear()
+            self._released.clear()
+
+    def pause(self) -> None:
+        with self._lock:
+            armed, self._armed = self._armed, False
+        if armed:
+            self._held.set()
+            self._released.wait(30)
+
+    def wait_held(self, timeout: float = 10.0) -> None:
+        if not self._held.wait(timeout):
+            raise AssertionError("no request arrived to hold")
+
+    def release(self) -> None:
+        self._released.set()
