@@ -12,7 +12,7 @@ Measured in this run, each against its own baseline:
    20 ms apart, about 100 ms a call, like a short model answer) for ``--seconds`` each way, directly and through
    the proxy, in ``--rounds`` alternating rounds. Each caller has one kept-alive client per side, made and
    connected before the first round, and every round is timed from one start signal: a new httpx client costs
-   milliseconds of CPU (its TLS context), which the timed rounds would otherwise also measure. Printed with it:
+   tens of milliseconds of CPU (its TLS context), which the timed rounds would otherwise also measure. Printed with it:
    the CPU time gunicorn and its workers spent per proxied call (``/proc``), the figure that says how many
    proxied calls a core serves.
 2. **Added median latency** (goal <= 2 ms): one caller, ``GET /v1/models`` (a small JSON answer), one call at a
@@ -128,7 +128,7 @@ def _stream_call(client: httpx.Client, url: str, headers: dict[str, str], body: 
 def throughput(side: _Side, seconds: float) -> tuple[int, float]:
     """Each of the side's callers doing streaming completions for ``seconds``, from one start signal: (calls
     done, seconds taken). The callers' clients are made and connected before (:class:`_Side`): making an httpx
-    client (its TLS context) costs milliseconds of CPU, which would otherwise fall inside the timed window."""
+    client (its TLS context) costs tens of milliseconds of CPU, which would otherwise fall inside the timed window."""
     done = [0] * len(side.clients)
     failures: list[str] = []
     start = threading.Barrier(len(side.clients) + 1)
@@ -187,25 +187,23 @@ def alternated_throughput(
         "direct": _Side.connected(*direct, args.concurrency),
         "proxied": _Side.connected(*proxied, args.concurrency),
     }
-    totals = {"direct": [0, 0.0], "proxied": [0, 0.0]}
-    app_cpu = 0.0
+    totals = {name: [0, 0.0, 0.0] for name in sides}  # calls, seconds, the app's CPU seconds
     try:
         for _ in range(args.rounds):
             for name, side in sides.items():
-                before = process_cpu_seconds(app_pid) if name == "proxied" else None
+                cpu_before = process_cpu_seconds(app_pid) or 0.0
                 calls, seconds = throughput(side, args.seconds / args.rounds)
-                after = process_cpu_seconds(app_pid) if name == "proxied" else None
-                if before is not None and after is not None:
-                    app_cpu += after - before
                 totals[name][0] += calls
                 totals[name][1] += seconds
+                totals[name][2] += (process_cpu_seconds(app_pid) or 0.0) - cpu_before
     finally:
         for side in sides.values():
             side.close()
-    proxied_calls = totals["proxied"][0]
+    direct_calls, direct_seconds, _ = totals["direct"]
+    proxied_calls, proxied_seconds, app_cpu = totals["proxied"]
     return (
-        totals["direct"][0] / totals["direct"][1],
-        proxied_calls / totals["proxied"][1],
+        direct_calls / direct_seconds,
+        proxied_calls / proxied_seconds,
         app_cpu * 1000 / proxied_calls if proxied_calls else float("nan"),
     )
 
