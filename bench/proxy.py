@@ -9,16 +9,22 @@ OpenAI account whose base URL is the upstream and a token with ``accounts:proxy`
 Measured in this run, each against its own baseline:
 
 1. **Throughput** (goal >= 0.8x): ``--concurrency`` callers each doing streaming chat completions (5 events
-   20 ms apart, about 100 ms a call, like a short model answer) for ``--seconds`` each way, directly and through
-   the proxy, in ``--rounds`` alternating rounds. Each caller has one kept-alive client per side, made and
-   connected before the first round, and every round is timed from one start signal: a new httpx client costs
-   tens of milliseconds of CPU (its TLS context), which the timed rounds would otherwise also measure. Printed with it:
-   the CPU time gunicorn and its workers spent per proxied call (``/proc``), the figure that says how many
-   proxied calls a core serves.
+   20 ms apart, about 100 ms a call, like a short model answer) for ``--seconds`` each way, directly, through
+   the bare relay (below) and through the proxy, in ``--rounds`` rounds in which the three take turns. Each
+   caller has one kept-alive client per side, made and connected before the first round, and every round is
+   timed from one start signal: a new httpx client costs tens of milliseconds of CPU (its TLS context), which
+   the timed rounds would otherwise also measure. Printed with it: the CPU time the gunicorn serving each side
+   (its master and workers) spent per call (``/proc``), the figure that says how many calls a core serves.
 2. **Added median latency** (goal <= 2 ms): one caller, ``GET /v1/models`` (a small JSON answer), one call at a
-   time, a direct and a proxied call in turn: the proxy's median minus the direct median.
+   time, a direct, a relayed and a proxied call in turn: the proxy's median minus the direct median.
 3. **Added time to first streamed byte**: one caller, a streaming completion whose first event is sent at once,
    in turn as in 2: the median time to the first ``data:`` line through the proxy minus the direct one.
+
+Each figure is also measured through a **bare relay** (bench/bare_relay.py: one Flask route and one httpx client
+under the same gunicorn configuration, and nothing else), printed in its own column: what the relay adds over a
+direct call is what gunicorn, Flask and httpx cost by themselves on this machine at this moment (the floor of any
+proxy on this stack); what the proxy adds over the relay is AMI Auth's own work (the token, the account, the
+credential, the guard, the audit event, the hooks).
 
 Each figure is measured against its baseline alternately, not one after the other: on a shared machine whose
 speed drifts from one second to the next, a slow patch then falls on both sides rather than on whichever ran
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import multiprocessing
 import pstats
@@ -55,7 +62,7 @@ from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 from sqlalchemy import Engine, event
@@ -178,47 +185,46 @@ class _Side:
 
 
 def alternated_throughput(
-    direct: tuple[str, dict[str, str]], proxied: tuple[str, dict[str, str]], args: argparse.Namespace, app_pid: int
-) -> tuple[float, float, float]:
-    """Calls per second, direct and proxied, measured in ``args.rounds`` alternating rounds that share
-    ``args.seconds`` between them, so that a busy moment of a shared machine falls on both sides alike; and the
-    CPU milliseconds the app's processes (gunicorn and its workers) spent per proxied call."""
-    sides = {
-        "direct": _Side.connected(*direct, args.concurrency),
-        "proxied": _Side.connected(*proxied, args.concurrency),
-    }
-    totals = {name: [0, 0.0, 0.0] for name in sides}  # calls, seconds, the app's CPU seconds
+    sides: dict[str, tuple[str, dict[str, str]]], args: argparse.Namespace, cpu_of: dict[str, int]
+) -> dict[str, tuple[float, float]]:
+    """Calls per second of each side (name: URL and headers), measured in ``args.rounds`` rounds in which the
+    sides take turns, sharing ``args.seconds`` between them, so that a busy moment of a shared machine falls on
+    every side alike; and for the sides named in ``cpu_of`` (name: the PID of the gunicorn that serves it), the
+    CPU milliseconds that gunicorn and its workers spent per call."""
+    connected = {name: _Side.connected(url, headers, args.concurrency) for name, (url, headers) in sides.items()}
+    totals = {name: [0, 0.0, 0.0] for name in sides}  # calls, seconds, the server's CPU seconds
     try:
         for _ in range(args.rounds):
-            for name, side in sides.items():
-                cpu_before = process_cpu_seconds(app_pid) or 0.0
+            for name, side in connected.items():
+                cpu_before = _cpu(cpu_of.get(name))
                 calls, seconds = throughput(side, args.seconds / args.rounds)
                 totals[name][0] += calls
                 totals[name][1] += seconds
-                totals[name][2] += (process_cpu_seconds(app_pid) or 0.0) - cpu_before
+                totals[name][2] += _cpu(cpu_of.get(name)) - cpu_before
     finally:
-        for side in sides.values():
+        for side in connected.values():
             side.close()
-    direct_calls, direct_seconds, _ = totals["direct"]
-    proxied_calls, proxied_seconds, app_cpu = totals["proxied"]
-    return (
-        direct_calls / direct_seconds,
-        proxied_calls / proxied_seconds,
-        app_cpu * 1000 / proxied_calls if proxied_calls else float("nan"),
-    )
+    return {
+        name: (calls / seconds, cpu * 1000 / calls if calls else float("nan"))
+        for name, (calls, seconds, cpu) in totals.items()
+    }
 
 
-def alternated_medians(direct: Callable[[], float], proxied: Callable[[], float], count: int) -> tuple[float, float]:
-    """Median milliseconds of ``count`` samples of each, taken one direct, one proxied, in turn (after 20 of
-    each to warm connections and caches), so that both see the same moments of the machine."""
+def _cpu(pid: int | None) -> float:
+    return (process_cpu_seconds(pid) or 0.0) if pid is not None else 0.0
+
+
+def alternated_medians(samplers: dict[str, Callable[[], float]], count: int) -> dict[str, float]:
+    """Median milliseconds of ``count`` samples of each sampler, taken one of each in turn (after 20 of each to
+    warm connections and caches), so that all see the same moments of the machine."""
     for _ in range(20):
-        direct()
-        proxied()
-    samples: tuple[list[float], list[float]] = ([], [])
+        for sample in samplers.values():
+            sample()
+    samples: dict[str, list[float]] = {name: [] for name in samplers}
     for _ in range(count):
-        samples[0].append(direct())
-        samples[1].append(proxied())
-    return statistics.median(samples[0]), statistics.median(samples[1])
+        for name, sample in samplers.items():
+            samples[name].append(sample())
+    return {name: statistics.median(taken) for name, taken in samples.items()}
 
 
 def call_ms(client: httpx.Client, url: str, headers: dict[str, str]) -> float:
@@ -244,7 +250,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=40)
     parser.add_argument(
-        "--rounds", type=int, default=4, help="alternating direct/proxied throughput rounds sharing --seconds"
+        "--rounds", type=int, default=4, help="throughput rounds (direct, bare relay, proxy in turn) sharing --seconds"
     )
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--postgres", default="", help="a PostgreSQL server URL; a temporary database is made on it")
@@ -274,20 +280,31 @@ def main() -> None:
             if args.profile:
                 profile(env, f"/api/account-manager/accounts/{account_id}/proxy/v1/models", token, args.profile)
                 return
-            with gunicorn_process("wsgi:app", env, workers=2, threads=256) as (base, server):
-                proxy = f"{base}/api/account-manager/accounts/{account_id}/proxy"
-                auth = {"Authorization": f"Bearer {token}"}
+            relay_env = {"BENCH_UPSTREAM": upstream_url, "BENCH_KEY": KEY, "AMI_AUTH_LOG_LEVEL": "WARNING"}
+            with (
+                gunicorn_process("wsgi:app", env, workers=2, threads=256) as (base, server),
+                gunicorn_process("bench.bare_relay:app", relay_env, workers=2, threads=256) as (relay, relay_server),
+            ):
                 key = {"Authorization": f"Bearer {KEY}"}
-                rows = run(upstream_url, proxy, key, auth, args, server.pid)
+                sides = {
+                    "direct": _Target(upstream_url, key, None),
+                    "bare relay": _Target(f"{relay}/relay", {}, relay_server.pid),
+                    "proxy": _Target(
+                        f"{base}/api/account-manager/accounts/{account_id}/proxy",
+                        {"Authorization": f"Bearer {token}"},
+                        server.pid,
+                    ),
+                }
+                rows = run(sides, args)
     finally:
         stop.set()
         upstream.join(timeout=10)
         if upstream.is_alive():
             upstream.kill()
     width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'direct':>10}  {'proxy':>10}  result")
-    for name, direct, proxied, result in rows:
-        print(f"{name:<{width}}  {direct:>10}  {proxied:>10}  {result}")
+    print(f"{'measure':<{width}}  {'direct':>10}  {'bare relay':>10}  {'proxy':>10}  result")
+    for name, direct, relayed, proxied, result in rows:
+        print(f"{name:<{width}}  {direct:>10}  {relayed:>10}  {proxied:>10}  {result}")
 
 
 class _RoundTrips:
@@ -354,52 +371,81 @@ def profile(env: dict[str, str], path: str, token: str, count: int) -> None:
     get_database(app).engine.dispose()
 
 
-def run(
-    upstream_url: str, proxy: str, key: dict[str, str], auth: dict[str, str], args: argparse.Namespace, app_pid: int
-) -> list[tuple[str, str, str, str]]:
-    direct_chat, proxy_chat = f"{upstream_url}/v1/chat/completions", f"{proxy}/v1/chat/completions"
+@dataclass(frozen=True)
+class _Target:
+    """Where one side's calls go: the base URL under which ``/v1/...`` is the upstream's API, the headers its
+    callers send, and the PID of the gunicorn serving it (``None``: the upstream itself)."""
+
+    base: str
+    headers: dict[str, str]
+    pid: int | None
+
+
+def run(sides: dict[str, _Target], args: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
+    chat = {name: f"{side.base}/v1/chat/completions" for name, side in sides.items()}
     with httpx.Client(timeout=30) as client:
-        # Check both paths answer the same before measuring.
-        assert _stream_call(client, direct_chat, key, CHAT) == _stream_call(client, proxy_chat, auth, CHAT) == 6
-    direct_rps, proxy_rps, cpu_ms = alternated_throughput((direct_chat, key), (proxy_chat, auth), args, app_pid)
+        # Check every path answers the same before measuring.
+        answers = {name: _stream_call(client, chat[name], side.headers, CHAT) for name, side in sides.items()}
+        assert set(answers.values()) == {6}, answers
+    rates = alternated_throughput(
+        {name: (chat[name], side.headers) for name, side in sides.items()},
+        args,
+        {name: side.pid for name, side in sides.items() if side.pid is not None},
+    )
     # One client per side, each on its own kept-alive connection, as a caller of either would have.
-    with httpx.Client(timeout=30) as to_upstream, httpx.Client(timeout=30) as to_proxy:
-        direct_ms, proxy_ms = alternated_medians(
-            lambda: call_ms(to_upstream, f"{upstream_url}/v1/models", key),
-            lambda: call_ms(to_proxy, f"{proxy}/v1/models", auth),
+    clients = {name: httpx.Client(timeout=30) for name in sides}
+    try:
+        latency = alternated_medians(
+            {
+                name: functools.partial(call_ms, clients[name], f"{side.base}/v1/models", side.headers)
+                for name, side in sides.items()
+            },
             args.samples,
         )
-        direct_ttfb, proxy_ttfb = alternated_medians(
-            lambda: first_byte_ms(to_upstream, direct_chat, key),
-            lambda: first_byte_ms(to_proxy, proxy_chat, auth),
+        ttfb = alternated_medians(
+            {
+                name: functools.partial(first_byte_ms, clients[name], chat[name], side.headers)
+                for name, side in sides.items()
+            },
             args.samples // 3,
         )
+    finally:
+        for client in clients.values():
+            client.close()
+    (direct_rps, _), (relay_rps, relay_cpu), (proxy_rps, proxy_cpu) = (rates[n] for n in _ORDER)
     return [
         (
             f"streaming completions/s ({args.concurrency} callers)",
             f"{direct_rps:.1f}",
+            f"{relay_rps:.1f}",
             f"{proxy_rps:.1f}",
-            f"{proxy_rps / direct_rps:.2f}x direct · goal >= 0.8x",
+            f"{proxy_rps / direct_rps:.2f}x direct · goal >= 0.8x (bare relay {relay_rps / direct_rps:.2f}x)",
         ),
         (
-            "app CPU ms per proxied streaming call",
+            "server CPU ms per streaming call",
             "",
-            f"{cpu_ms:.2f}",
-            f"gunicorn and its workers: about {1000 / cpu_ms:.0f} proxied calls/s per core" if cpu_ms else "",
+            f"{relay_cpu:.2f}",
+            f"{proxy_cpu:.2f}",
+            f"gunicorn and its workers; AMI Auth's own work {proxy_cpu - relay_cpu:+.2f} ms",
         ),
-        (
-            "GET /v1/models median ms (1 caller)",
-            f"{direct_ms:.2f}",
-            f"{proxy_ms:.2f}",
-            f"+{proxy_ms - direct_ms:.2f} ms added · goal <= 2 ms",
-        ),
-        (
-            "time to first streamed byte, median ms",
-            f"{direct_ttfb:.2f}",
-            f"{proxy_ttfb:.2f}",
-            f"+{proxy_ttfb - direct_ttfb:.2f} ms added",
-        ),
+        _added("GET /v1/models median ms (1 caller)", latency, "goal <= 2 ms"),
+        _added("time to first streamed byte, median ms", ttfb, ""),
     ]
+
+
+_ORDER: Final = ("direct", "bare relay", "proxy")
+
+
+def _added(name: str, medians: dict[str, float], goal: str) -> tuple[str, str, str, str, str]:
+    direct, relayed, proxied = (medians[n] for n in _ORDER)
+    return (
+        name,
+        f"{direct:.2f}",
+        f"{relayed:.2f}",
+        f"{proxied:.2f}",
+        f"+{proxied - direct:.2f} ms added{' · ' + goal if goal else ''}"
+        f" (bare relay +{relayed - direct:.2f}; AMI Auth's own work {proxied - relayed:+.2f})",
+    )
 
 
 if __name__ == "__main__":
