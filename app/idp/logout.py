@@ -201,11 +201,13 @@ def _deliver_one(
         if delivery is None or client is None:
             return "failed"
         error: str | None = None
+        client_id, uri = client.client_id, delivery.uri
         try:
             token = logout_token(keyring, issuer, client, delivery)
+            db.rollback()  # nothing is held while the app answers (no transaction, no pooled connection)
             # OIDC Back-Channel Logout §2.5: a form POST; redirects are not followed.
             response = http.post(
-                delivery.uri,
+                uri,
                 data={"logout_token": token},
                 headers={"Cache-Control": "no-store"},
                 timeout=REQUEST_TIMEOUT,
@@ -216,7 +218,7 @@ def _deliver_one(
             response.close()
         except AppError as exc:
             error = exc.text
-        db.rollback()  # what was read before the POST; the outcome goes only where the claim still holds
+        db.rollback()  # if the token could not be made; the outcome goes only where the claim still holds
         delivery = db.scalars(
             select(OidcLogoutDelivery).where(
                 OidcLogoutDelivery.id == delivery_id, *_DUE, OidcLogoutDelivery.claimed_until == renewed
@@ -228,7 +230,7 @@ def _deliver_one(
         delivery.attempts += 1
         delivery.claimed_until = None
         details: dict[str, object] = {
-            "client": client.client_id,
+            "client": client_id,
             "sid": delivery.sid,
             "attempt": delivery.attempts,
             "reason": delivery.reason,
@@ -245,7 +247,7 @@ def _deliver_one(
                 delivery.failed_at = now
             else:
                 delivery.next_attempt_at = now + BACKOFF[delivery.attempts - 1]
-            log.warning("back-channel logout to %s failed (attempt %s): %s", client.client_id, delivery.attempts, error)
+            log.warning("back-channel logout to %s failed (attempt %s): %s", client_id, delivery.attempts, error)
             audit.record(
                 db,
                 ACTOR,

@@ -8,7 +8,7 @@ import json
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -70,6 +70,26 @@ def _jti(token: str) -> str:
     return jti
 
 
+def _due_deliveries(db: Session, logout_app: _App, sids: tuple[str, ...]) -> datetime:
+    """A client whose back-channel logout endpoint is ``logout_app``, and a logout due for it per sid, due at the
+    time returned."""
+    client = clients.create_client(
+        db,
+        CTX,
+        {"name": "CMS", "redirect_uris": ["https://cms.example.com/cb"], "backchannel_logout_uri": logout_app.url},
+    ).client
+    t0 = utcnow()
+    for sid in sids:
+        db.add(
+            OidcLogoutDelivery(
+                client_id=client.id, uri=logout_app.url, sub="user-7", sid=sid, jti=f"jti-{sid}", reason="test",
+                created_at=t0, next_attempt_at=t0,
+            )
+        )  # fmt: skip
+    db.commit()
+    return t0
+
+
 @pytest.fixture
 def logout_app() -> Iterator[_App]:
     app = _App()
@@ -80,20 +100,7 @@ def logout_app() -> Iterator[_App]:
 def test_a_worker_whose_claim_ran_out_leaves_what_another_worker_took_over(
     app: Flask, db: Session, logout_app: _App
 ) -> None:
-    client = clients.create_client(
-        db,
-        CTX,
-        {"name": "CMS", "redirect_uris": ["https://cms.example.com/cb"], "backchannel_logout_uri": logout_app.url},
-    ).client
-    t0 = utcnow()
-    for sid in ("sid-1", "sid-2"):
-        db.add(
-            OidcLogoutDelivery(
-                client_id=client.id, uri=logout_app.url, sub="user-7", sid=sid, jti=f"jti-{sid}", reason="test",
-                created_at=t0, next_attempt_at=t0,
-            )
-        )  # fmt: skip
-    db.commit()
+    t0 = _due_deliveries(db, logout_app, ("sid-1", "sid-2"))
     engine = get_database(app).engine
     keyring = KeyRing(engine, get_cipher(app))
     issuer = app.extensions["ami_settings"].base_url
@@ -118,3 +125,27 @@ def test_a_worker_whose_claim_ran_out_leaves_what_another_worker_took_over(
     assert [d.attempts for d in db.scalars(select(OidcLogoutDelivery))] == [1, 1]
     delivered = db.scalars(select(AuditEvent).where(AuditEvent.action == "oidc.backchannel.deliver")).all()
     assert len(delivered) == 2
+
+
+def test_a_worker_waiting_on_an_app_holds_no_database_connection(app: Flask, db: Session, logout_app: _App) -> None:
+    """A sender held up by an app that hangs (up to its 5 s timeout per delivery, 50 deliveries a run) keeps no
+    transaction open meanwhile: no pooled connection taken from the requests, no snapshot held on PostgreSQL."""
+    t0 = _due_deliveries(db, logout_app, ("sid-1",))
+    engine = get_database(app).engine
+    idle = engine.pool.checkedout()  # type: ignore[attr-defined]  # QueuePool's count
+    runs: list[Run] = []
+    logout_app.hold.next()
+    with app.app_context():
+        http = get_client(app)
+        keyring = KeyRing(engine, get_cipher(app))
+        issuer = app.extensions["ami_settings"].base_url
+        sender = threading.Thread(target=lambda: runs.append(deliver_due(engine, keyring, issuer, http, now=t0)))
+        sender.start()
+        try:
+            logout_app.hold.wait_held()
+            held = engine.pool.checkedout()  # type: ignore[attr-defined]
+        finally:
+            logout_app.hold.release()
+            sender.join(timeout=30)
+    assert held == idle
+    assert runs[0].delivered == 1
