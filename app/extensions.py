@@ -10,7 +10,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from flask import Flask, current_app
 from flask_login import LoginManager
@@ -41,11 +41,16 @@ class Database:
         self.sessions.remove()
 
 
+# How long a SQLite statement waits for the write lock (or, for a checkpoint, for readers) before "database is
+# locked": longer than any write transaction here takes.
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     # Deleted ciphertext must not linger in free pages until a VACUUM.
     cursor.execute("PRAGMA secure_delete=ON")

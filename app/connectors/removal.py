@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app import audit
 from app.connectors import headers
 from app.connectors.headers import OWNER, account_values, load_secrets
 from app.errors import AppError
+from app.extensions import SQLITE_BUSY_TIMEOUT_MS
 from app.models import ConnectedAccount
 from app.models.base import utcnow
 from app.net import OutboundClient
@@ -30,6 +30,9 @@ from app.providers.templating import render_template_string
 from app.vault import Cipher, Secret, delete_secrets, purge_retired
 
 __all__ = ["DeleteResult", "delete_account", "purge_retired_secrets", "revoke_at_provider", "scrub_deleted"]
+
+# Milliseconds a WAL reset after a delete may wait for readers and writers (see scrub_deleted).
+SCRUB_WAIT_MS: Final = 250
 
 
 def _target(account: ConnectedAccount) -> str:
@@ -146,10 +149,19 @@ def delete_account(
 def scrub_deleted(db: Session) -> None:
     """After a committed delete of ciphertext: on SQLite, fold the write-ahead log into the database and
     truncate it. ``secure_delete`` zeroes the freed space in the database pages, but in WAL mode the frames
-    written when the value was stored stay in the -wal file until it is reset; this resets it now. Best
-    effort: with a reader active elsewhere SQLite checkpoints what it can and the next reset finishes."""
+    written when the value was stored stay in the -wal file until it is reset; this resets it now.
+
+    Best effort, and brief: a reset must wait for every reader of an older snapshot (a backup, an audit
+    verification walking the chain) and holds back every writer while it waits, so it waits at most
+    :data:`SCRUB_WAIT_MS` instead of the connection's ``busy_timeout``. When a reader is still there, SQLite
+    checkpoints what it can and the next reset (the next delete, the ``purge-secrets`` job) finishes."""
     if db.get_bind().dialect.name == "sqlite":
-        db.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        connection = db.connection()
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={SCRUB_WAIT_MS}")
+        try:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         db.commit()
 
 
