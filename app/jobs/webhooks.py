@@ -202,11 +202,10 @@ def _send(
         "webhook-timestamp": str(int(signed_at.timestamp())),
         "webhook-signature": signature,
     }
-    db.rollback()  # nothing is held while the receiver answers
+    url = endpoint.url  # read before the rollback: afterwards it would be loaded again, in a new transaction
+    db.rollback()  # nothing is held while the receiver answers (no transaction, no pooled connection)
     try:
-        response = client.post(
-            endpoint.url, content=body.encode(), headers=headers, timeout=TIMEOUT, follow_redirects=False
-        )
+        response = client.post(url, content=body.encode(), headers=headers, timeout=TIMEOUT, follow_redirects=False)
     except AppError as exc:
         return None, f"{exc.code}: {exc.text}"[:300], None
     return response.status_code, None, response.text[:_EXCERPT]

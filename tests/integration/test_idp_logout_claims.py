@@ -24,7 +24,7 @@ from app.idp.logout import CLAIM, Run, deliver_due
 from app.models import AuditEvent, OidcLogoutDelivery, utcnow
 from app.net import get_client
 from tests.support.accounts import CTX
-from tests.support.hold import Hold
+from tests.support.hold import Hold, connections_while_held
 
 
 class _App:
@@ -129,23 +129,15 @@ def test_a_worker_whose_claim_ran_out_leaves_what_another_worker_took_over(
 
 def test_a_worker_waiting_on_an_app_holds_no_database_connection(app: Flask, db: Session, logout_app: _App) -> None:
     """A sender held up by an app that hangs (up to its 5 s timeout per delivery, 50 deliveries a run) keeps no
-    transaction open meanwhile: no pooled connection taken from the requests, no snapshot held on PostgreSQL."""
+    transaction open meanwhile: no connection of the pool the requests share is tied up."""
     t0 = _due_deliveries(db, logout_app, ("sid-1",))
     engine = get_database(app).engine
-    idle = engine.pool.checkedout()  # type: ignore[attr-defined]  # QueuePool's count
-    runs: list[Run] = []
-    logout_app.hold.next()
     with app.app_context():
         http = get_client(app)
         keyring = KeyRing(engine, get_cipher(app))
         issuer = app.extensions["ami_settings"].base_url
-        sender = threading.Thread(target=lambda: runs.append(deliver_due(engine, keyring, issuer, http, now=t0)))
-        sender.start()
-        try:
-            logout_app.hold.wait_held()
-            held = engine.pool.checkedout()  # type: ignore[attr-defined]
-        finally:
-            logout_app.hold.release()
-            sender.join(timeout=30)
+        idle, held, run = connections_while_held(
+            engine, logout_app.hold, lambda: deliver_due(engine, keyring, issuer, http, now=t0)
+        )
     assert held == idle
-    assert runs[0].delivered == 1
+    assert run.delivered == 1

@@ -22,7 +22,7 @@ from app.auth import user_admin
 from app.connectors import accounts
 from app.connectors.removal import delete_account
 from app.errors import AppError
-from app.extensions import get_cipher
+from app.extensions import get_cipher, get_database
 from app.jobs.webhooks import LEASE, RETRY_DELAYS, deliver_due, delivery_client, purge_finished
 from app.models import AuditEvent, ConnectedAccount, User
 from app.models.base import utcnow
@@ -34,6 +34,7 @@ from app.vault import Secret
 from app.webhook_events import EVENT_TYPES, emit_state
 from tests.conftest import UserFactory
 from tests.support.accounts import CTX, make_account, make_config
+from tests.support.hold import connections_while_held
 from tests.support.vendors.openai import OpenAI
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -341,6 +342,21 @@ def test_a_runner_whose_lease_ran_out_does_not_send_what_another_runner_took_ove
     assert sorted(ids.count(i) for i in set(ids)) == [1] * (events - 1) + [2]
     # The first runner records nothing: the deliveries' outcomes are the other runner's, which held them by then.
     assert reports[0].statuses == [] and reports[0].delivered == 0
+
+
+def test_a_runner_waiting_on_a_receiver_holds_no_database_connection(
+    app: Flask, db: Session, receiver: WebhookReceiver, sender: OutboundClient
+) -> None:
+    """A receiver may take 15 s to answer, for each of up to 500 deliveries a run: meanwhile the runner keeps no
+    transaction open, so no connection of the pool the requests share is tied up."""
+    _register(app, db, receiver, ["provider_config.changed"])
+    make_config(db, get_cipher(app), app.extensions["ami_settings"], "openai", {})
+    with Session(db.get_bind()) as own:
+        idle, held, report = connections_while_held(
+            get_database(app).engine, receiver.hold, lambda: deliver_due(own, sender, get_cipher(app))
+        )
+    assert held == idle
+    assert report.delivered >= 1
 
 
 def test_an_endpoint_that_answers_410_gone_is_disabled_and_its_other_deliveries_wait(

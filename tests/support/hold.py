@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
+
+T = TypeVar("T")
 
 
 class Hold:
@@ -34,3 +41,24 @@ class Hold:
 
     def release(self) -> None:
         self._released.set()
+
+
+def connections_while_held(engine: Engine, hold: Hold, run: Callable[[], T]) -> tuple[int, int, T]:
+    """``run`` on a thread of its own, its peer leaving the next request unanswered: how many connections
+    ``engine``'s pool had out before, how many while that request hung, and what ``run`` returned (once released).
+    A job that waits on a peer with a transaction open ties up a connection the requests share (and, with writes,
+    holds back every writer)."""
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    idle = pool.checkedout()
+    results: list[T] = []
+    hold.next()
+    thread = threading.Thread(target=lambda: results.append(run()))
+    thread.start()
+    try:
+        hold.wait_held()
+        held = pool.checkedout()
+    finally:
+        hold.release()
+        thread.join(timeout=30)
+    return idle, held, results[0]
