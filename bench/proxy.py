@@ -1,11 +1,13 @@
 """Proxy benchmark: the credential-injecting proxy against direct httpx calls to the same local upstream.
 
-    PYTHONPATH=. python bench/proxy.py [--seconds 8] [--rounds 4] [--concurrency 40] [--postgres postgresql+psycopg://user@host/db]
+    PYTHONPATH=. python bench/proxy.py [--seconds 8] [--rounds 4] [--concurrency 40]
+        [--postgres postgresql+psycopg://user@host/db] [--redis redis://host:6379/0]
 
 The upstream is tests/support/stream_upstream.py (an OpenAI-shaped API that streams server-sent events) in a
 process of its own. The app runs under gunicorn as deployed (app/gunicorn_conf.py: 2 gthread workers), on a
-fresh database (SQLite, or a temporary PostgreSQL database with ``--postgres``, as production runs), with an
-OpenAI account whose base URL is the upstream and a token with ``accounts:proxy``.
+fresh database (SQLite, or a temporary PostgreSQL database with ``--postgres``) and, with ``--redis``, with its
+rate-limit counters in Redis (production runs both), with an OpenAI account whose base URL is the upstream and a
+token with ``accounts:proxy``.
 Measured in this run, each against its own baseline:
 
 1. **Throughput** (goal >= 0.8x): ``--concurrency`` callers each doing streaming chat completions (5 events
@@ -57,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
@@ -255,6 +258,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--postgres", default="", help="a PostgreSQL server URL; a temporary database is made on it")
     parser.add_argument(
+        "--redis", default="", help="a Redis URL, as production runs (the API's rate limit counts there)"
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         default=0,
@@ -276,6 +282,8 @@ def main() -> None:
         ):
             upgrade(database_url)
             env = environment(database_url, Path(tmp))
+            if args.redis:
+                env |= {"AMI_AUTH_REDIS_URL": args.redis, "AMI_AUTH_REDIS_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:8]}"}
             account_id, token = seed(env, upstream_url)
             if args.profile:
                 profile(env, f"/api/account-manager/accounts/{account_id}/proxy/v1/models", token, args.profile)

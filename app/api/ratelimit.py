@@ -8,7 +8,9 @@ most once a minute per bucket. :mod:`app.api.security` calls these while it auth
 from __future__ import annotations
 
 import math
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Final
 
@@ -46,6 +48,29 @@ def request_details(**extra: object) -> dict[str, object]:
     return {"method": request.method, "path": rule[:200], **extra}
 
 
+# When each fixed window this process counts in ends (``time.time()``), per storage and key. A window's key
+# expires when the window ends, set by the count that opened it; so a count of 1 opened it here and then, and a
+# later count finds the end here, or (the window opened in another process, or an earlier one ended) reads it
+# once from the storage.
+_window_ends: weakref.WeakKeyDictionary[Storage, dict[str, float]] = weakref.WeakKeyDictionary()
+_WINDOW_ENDS_MAX: Final = 10_000
+_window_lock = threading.Lock()
+
+
+def _window_end(storage: Storage, key: str, count: int, expiry: int) -> float:
+    now = time.time()
+    with _window_lock:
+        ends = _window_ends.setdefault(storage, {})
+        end = now + expiry if count == 1 else ends.get(key, 0.0)
+    if end <= now:
+        end = storage.get_expiry(key)
+    with _window_lock:
+        if key not in ends and len(ends) >= _WINDOW_ENDS_MAX:
+            ends.clear()
+        ends[key] = end
+    return end
+
+
 def _storage() -> Storage:
     storage: Storage = current_app.extensions["ami_limits"]
     return storage
@@ -73,16 +98,21 @@ def limit(
     target: str,
     ctx: audit.AuditContext | None = None,
 ) -> None:
-    """Count one request; over the limit raise 429 with Retry-After (audited once a minute per bucket)."""
-    limiter = FixedWindowRateLimiter(_storage())
-    allowed = limiter.hit(item, kind, identifier)
-    stats = limiter.get_window_stats(item, kind, identifier)
-    until_reset = max(1, math.ceil(stats.reset_time - time.time()))
-    g.api_rate = RateState(kind, item.amount, item.get_expiry(), max(0, stats.remaining), until_reset)
-    if allowed:
+    """Count one request; over the limit raise 429 with Retry-After (audited once a minute per bucket).
+
+    One round trip to the storage (Redis in production) for the count, as ``FixedWindowRateLimiter.hit`` makes:
+    its count is what the RateLimit headers need too, and when the window ends is known in this process
+    (:func:`_window_end`), so the library's ``get_window_stats`` (two more round trips, on every API call) is not
+    needed."""
+    storage = _storage()
+    key = item.key_for(kind, identifier)
+    count = storage.incr(key, item.get_expiry())  # FixedWindowRateLimiter.hit: allowed while count <= amount
+    until_reset = max(1, math.ceil(_window_end(storage, key, count, item.get_expiry()) - time.time()))
+    g.api_rate = RateState(kind, item.amount, item.get_expiry(), max(0, item.amount - count), until_reset)
+    if count <= item.amount:
         return
     retry_after = until_reset
-    if limiter.hit(_REFUSAL_AUDIT, kind, identifier):
+    if FixedWindowRateLimiter(storage).hit(_REFUSAL_AUDIT, kind, identifier):
         db = db_session()
         audit.record(
             db,

@@ -662,8 +662,15 @@ def test_rate_limit_is_shared_across_workers_through_redis(shared_redis_apps: tu
         ).raw
         db.commit()
     clients = [first.test_client(), second.test_client()]
-    codes = [clients[i % 2].get("/api/compliance/report", headers=bearer(raw)).status_code for i in range(6)]
-    assert codes == [200, 200, 200, 200, 429, 429]
+    answers = [clients[i % 2].get("/api/compliance/report", headers=bearer(raw)) for i in range(6)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 429, 429]
+    # What is left and when the window ends, the same whichever worker answers: the second learns the end of the
+    # window the first opened from Redis.
+    left = [re.fullmatch(r'"token";r=(\d+);t=(\d+)', a.headers["RateLimit"]) for a in answers]
+    assert [int(m.group(1)) for m in left if m is not None] == [3, 2, 1, 0, 0, 0]
+    resets = [int(m.group(2)) for m in left if m is not None]
+    assert min(resets) >= 50 and max(resets) <= 60
+    assert [a.headers.get("Retry-After") for a in answers[4:]] == [str(resets[4]), str(resets[5])]
 
 
 def test_session_endpoint_is_readable_while_mfa_enrolment_is_pending(tmp_path: Path, sqlite_url: str) -> None:
