@@ -478,6 +478,9 @@ class Mailer:
             log.info("mail to %s stored in the outbox (no SMTP configured): %s", to, subject)
             return
         from_address = transport.from_address or self.settings.mail_from
+        # Nothing is held while the SMTP server answers (up to the timeout per command): this ends the read of the
+        # system mailer's account and its secret (the caller has committed its change before sending).
+        self.db.commit()
         try:
             smtp_send(transport, build_message(from_address, to, subject, text, html))
         except AppError as exc:

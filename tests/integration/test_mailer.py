@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app import create_app
@@ -27,6 +28,7 @@ from app.outbound import OutboundGuard
 from app.preflight import preflight, system_mailer_configured
 from app.settings import Settings, SettingsError, with_overrides
 from tests.conftest import make_settings
+from tests.support.hold import connections_while_held
 from tests.support.live import free_port
 from tests.support.mailbox import outbox
 from tests.support.smtp import (
@@ -191,6 +193,23 @@ def test_smtp_url_setting_sends_over_smtp(settings: Settings, db: Session, smtp_
     received = smtp_server.wait_for("eve@example.com")
     assert received["From"] == settings.mail_from
     assert outbox(db) == []
+
+
+def test_a_mail_being_sent_holds_no_database_connection(
+    settings: Settings, db: Session, smtp_server: SmtpServer
+) -> None:
+    """An SMTP server may take its timeout (10 s) for each command: while it answers, the sender keeps no
+    transaction open (reading which account is the system mailer opened one), so no connection of the pool the
+    requests share is tied up."""
+    configured = with_overrides(settings, smtp_url=smtp_server.url(), smtp_ca_file=smtp_server.ca_file)
+    engine = db.get_bind()
+    assert isinstance(engine, Engine)
+    with Session(engine) as own:
+        idle, held, _ = connections_while_held(
+            engine, smtp_server.handler.hold, lambda: Mailer(own, configured).send("eve@example.com", "Held", "b\n")
+        )
+    assert held == idle
+    assert smtp_server.wait_for("eve@example.com")["Subject"] == "Held"
 
 
 def test_production_without_mailer_refuses_naming_the_variable(settings: Settings, db: Session) -> None:

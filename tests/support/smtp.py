@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.hold import Hold
 from tests.support.live import free_port
 
 SMTP_USER = "mailer@example.test"
@@ -121,13 +122,15 @@ def make_tls_files(directory: Path) -> TlsFiles:
 
 
 class RecordingHandler:
-    """Keeps every accepted message, parsed, with its envelope recipients."""
+    """Keeps every accepted message, parsed, with its envelope recipients; can leave one unanswered for a while."""
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.lock = threading.Condition()
+        self.hold = Hold()  # hold.next(): the next message waits for its answer until released
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.to_thread(self.hold.pause)
         parsed = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(parsed, EmailMessage)
         with self.lock:
