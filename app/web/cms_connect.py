@@ -91,6 +91,7 @@ def finish(config_id: int, params: Mapping[str, str]) -> Response:
             provider = build_provider(db, services, cfg)
         except SecretUnreadable as exc:
             raise AppError("secret_unreadable", exc.text) from None
+        db.rollback()  # nothing held while the provider answers (as the sign-in callback: app.web.oauth)
         tokens, identity = finish_authorization(services.client, provider, pending, params)
         # The account is the link's user's, never whoever the browser's session or the provider names.
         account = store_connection(db, services.cipher, audit_ctx(), provider, record.for_user_id, tokens, identity)

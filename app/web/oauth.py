@@ -250,6 +250,9 @@ def callback(config_id: int) -> Response | tuple[str, int]:
             back, back_label = url_for("connections.index"), _("Back to connections")
         provider = load_provider(db, config_id)
         services = rt()
+        # Nothing is held while the provider answers (the token request, its keys, its userinfo: seconds each
+        # when it is slow): with a transaction open, a worker's every connection could be waiting on sign-ins.
+        db.rollback()
         tokens, identity = finish_authorization(services.client, provider, pending, params)
         if purpose == "connect":
             who = signed_in()

@@ -24,12 +24,13 @@ from sqlalchemy.orm import Session
 
 from app.api import tokens
 from app.audit import AuditContext
-from app.extensions import get_cipher
+from app.extensions import get_cipher, get_database
 from app.models import AuditEvent, ConnectedAccount, DialogToken, StoredSecret, User, UserSession, utcnow
 from app.models.webhooks import WebhookEvent
 from app.oauth.connections import load_tokens
 from app.settings import Settings
 from tests.conftest import UserFactory, make_settings, sign_in
+from tests.support.hold import connections_while_held
 from tests.support.live import free_port
 from tests.support.oauth_app import create_config, follow_callback, generic_values, location, page_csrf
 from tests.support.op import OPClient, OpenIDProvider, op_login, running_op
@@ -181,6 +182,22 @@ def test_a_member_connects_their_oauth_account_and_goes_back_to_the_cms(
     replay = follow_callback(browser, callback)
     assert replay.status_code == 422 and "Location" not in replay.headers
     assert len(_accounts(db)) == 1
+
+
+def test_a_connect_waiting_on_the_provider_holds_no_database_connection(
+    app: Flask, client: FlaskClient, cms: dict[str, str], users: tuple[User, User], op: OpenIDProvider
+) -> None:
+    """End users connecting through a slow provider must not tie up the worker's database connections while it
+    answers (its token endpoint, keys and userinfo, up to the outbound timeout each)."""
+    member, _ = users
+    config_id = _config(app, op)
+    browser = _browser(app, MEMBER)
+    callback = op_login(_continue(browser, _link(client, cms, config_id, member.id), op), "alice")
+    idle, held, done = connections_while_held(
+        get_database(app).engine, op.held(), lambda: follow_callback(browser, callback)
+    )
+    assert held == idle
+    assert _back(done)["status"] == ["saved"]  # connected once the provider answered
 
 
 def test_a_denied_consent_goes_back_with_failed_and_stores_nothing(

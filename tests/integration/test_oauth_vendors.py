@@ -27,6 +27,7 @@ from app.models import AuditEvent, ConnectedAccount, OAuthIdentity, User
 from app.oauth.connections import load_tokens
 from app.oauth.runtime import runtime
 from tests.conftest import PASSWORD, UserFactory, sign_in
+from tests.support.hold import connections_while_held
 from tests.support.oauth_app import create_config, follow_callback, location, page_csrf
 from tests.support.vendors.base import StartVendor
 from tests.support.vendors.github import GitHub, GitHubEmail
@@ -103,6 +104,25 @@ def test_google_hosted_domain_is_checked_on_the_id_token(
     done = _signin(client, google, "ann@example.com")
     assert location(done) == "/account/"
     assert db.scalars(select(User.email)).all() == ["ann@example.com"]
+
+
+def test_a_sign_in_waiting_on_the_provider_holds_no_database_connection(
+    app: Flask, client: FlaskClient, google_standin: Google
+) -> None:
+    """A provider answering slowly (its token endpoint, its keys, its userinfo: up to the outbound timeout each)
+    must not tie up the worker's database connections: with a transaction open through each sign-in's wait, eleven
+    sign-ins at once left every other request of the worker (the sign-in page itself) waiting for a connection."""
+    google = google_standin
+    google.add_account("ann@example.com")
+    _google(app, google, jit=True)
+    start = client.get("/oauth/1/login?next=/account/")
+    google.login_as("ann@example.com")
+    callback = google.approve(location(start)).url
+    idle, held, done = connections_while_held(
+        get_database(app).engine, google.held("/token"), lambda: follow_callback(client, callback)
+    )
+    assert held == idle
+    assert location(done) == "/account/"  # signed in once the provider answered
 
 
 def test_google_connect_offline_refresh_keeps_the_refresh_token_and_revoke(

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.pool import QueuePool
 
 T = TypeVar("T")
+
+
+class Holds(Protocol):
+    """A peer that can leave its next request unanswered: :class:`Hold`, or a vendor stand-in's ``held``."""
+
+    def next(self) -> None: ...
+
+    def wait_held(self, timeout: float = 10.0) -> None: ...
+
+    def release(self) -> None: ...
 
 
 class Hold:
@@ -43,7 +53,7 @@ class Hold:
         self._released.set()
 
 
-def connections_while_held(engine: Engine, hold: Hold, run: Callable[[], T]) -> tuple[int, int, T]:
+def connections_while_held(engine: Engine, hold: Holds, run: Callable[[], T]) -> tuple[int, int, T]:
     """``run`` on a thread of its own, its peer leaving the next request unanswered: how many connections
     ``engine``'s pool had out before, how many while that request hung, and what ``run`` returned (once released).
     A job that waits on a peer with a transaction open ties up a connection the requests share (and, with writes,

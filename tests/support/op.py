@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -148,6 +149,12 @@ class OpenIDProvider:
             process.kill()
             process.wait(timeout=5)
 
+    def held(self) -> PausedProvider:
+        """The provider paused (``SIGSTOP``) until released, with :class:`tests.support.hold.Hold`'s
+        ``next``/``wait_held``/``release``: a request sent to it meanwhile waits unanswered."""
+        assert self._process is not None, "not running"
+        return PausedProvider(self._process.pid, self.port)
+
     def restart(self) -> None:
         """Stop and start on the same port: new signing key (new kid), all OP state forgotten."""
         self.stop()
@@ -204,6 +211,35 @@ class OpenIDProvider:
         response.raise_for_status()
         tokens: list[str] = response.json()["refresh_tokens"]
         return tokens
+
+
+class PausedProvider:
+    """See :meth:`OpenIDProvider.held`: ``wait_held`` returns once a request's bytes wait unread on one of the
+    provider's connections (the kernel's receive queue, ``/proc/net/tcp``)."""
+
+    def __init__(self, pid: int, port: int) -> None:
+        self.pid, self.port = pid, port
+
+    def next(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def wait_held(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._unread() == 0:
+            if time.monotonic() > deadline:
+                raise AssertionError("no request reached the paused provider")
+            time.sleep(0.01)
+
+    def release(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def _unread(self) -> int:
+        unread = 0
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == self.port and fields[3] == "01":  # ESTABLISHED, to the provider
+                unread += int(fields[4].split(":")[1], 16)  # rx_queue
+        return unread
 
 
 @contextmanager

@@ -401,6 +401,11 @@ class Vendor:
         """Hold the next matching responses until ``release()``, ``seconds`` or ``stop()``; then answer normally."""
         self._add_fault(_Fault(None, times, path, method, None, None, (), seconds))
 
+    def held(self, path: str, method: str | None = None) -> HeldRequest:
+        """The next request to ``path`` left unanswered until released, with :class:`tests.support.hold.Hold`'s
+        ``next``/``wait_held``/``release`` (for ``connections_while_held``)."""
+        return HeldRequest(self, path, method)
+
     def release(self) -> None:
         """Let every hanging request go on."""
         with self._changed:
@@ -487,6 +492,28 @@ class Vendor:
 
 
 _V = TypeVar("_V", bound=Vendor)
+
+
+class HeldRequest:
+    """See :meth:`Vendor.held`."""
+
+    def __init__(self, vendor: Vendor, path: str, method: str | None) -> None:
+        self.vendor, self.path, self.method = vendor, path, method
+        self._before = 0
+
+    def next(self) -> None:
+        self._before = len(self.vendor.requests_to(self.path, self.method))
+        self.vendor.hang_next(path=self.path, method=self.method)
+
+    def wait_held(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.vendor.requests_to(self.path, self.method)) <= self._before:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no request to {self.path} arrived to hold")
+            time.sleep(0.01)
+
+    def release(self) -> None:
+        self.vendor.release()
 
 
 class StartVendor(Protocol):
