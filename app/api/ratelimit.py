@@ -104,11 +104,10 @@ def limit(
     its count is what the RateLimit headers need too, and when the window ends is known in this process
     (:func:`_window_end`), so the library's ``get_window_stats`` (two more round trips, on every API call) is not
     needed."""
-    storage = _storage()
-    key = item.key_for(kind, identifier)
-    count = storage.incr(key, item.get_expiry())  # FixedWindowRateLimiter.hit: allowed while count <= amount
-    until_reset = max(1, math.ceil(_window_end(storage, key, count, item.get_expiry()) - time.time()))
-    g.api_rate = RateState(kind, item.amount, item.get_expiry(), max(0, item.amount - count), until_reset)
+    storage, key, window = _storage(), item.key_for(kind, identifier), item.get_expiry()
+    count = storage.incr(key, window)  # FixedWindowRateLimiter.hit: allowed while count <= amount
+    until_reset = max(1, math.ceil(_window_end(storage, key, count, window) - time.time()))
+    g.api_rate = RateState(kind, item.amount, window, max(0, item.amount - count), until_reset)
     if count <= item.amount:
         return
     retry_after = until_reset
