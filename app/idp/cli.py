@@ -168,7 +168,8 @@ def clients_list() -> None:
         )
 
 
-@clients_cli.command("show")
+# Client ids minted before they were letters and digits only may begin with "-" (see keys retire).
+@clients_cli.command("show", context_settings={"ignore_unknown_options": True})
 @click.argument("ref", metavar="CLIENT_ID")
 @with_appcontext
 def clients_show(ref: str) -> None:
@@ -179,7 +180,7 @@ def clients_show(ref: str) -> None:
         raise _fail(exc) from None
 
 
-@clients_cli.command("delete")
+@clients_cli.command("delete", context_settings={"ignore_unknown_options": True})
 @click.argument("ref", metavar="CLIENT_ID")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @with_appcontext

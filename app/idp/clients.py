@@ -19,6 +19,7 @@ import ipaddress
 import itertools
 import re
 import secrets
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
@@ -108,6 +109,14 @@ def hash_secret(secret: str) -> str:
 
 def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+# 24 letters and digits (143 bits): nothing a shell or a command line takes for an option, as "-" or "_" first might be.
+_CLIENT_ID_ALPHABET: Final = string.ascii_letters + string.digits
+
+
+def new_client_id() -> str:
+    return "".join(secrets.choice(_CLIENT_ID_ALPHABET) for _ in range(24))
 
 
 def check_secret(client: OidcClient, presented: str) -> bool:
@@ -412,7 +421,7 @@ def create_client(
 ) -> Saved:
     cleaned = clean(values, production=production)
     secret = new_secret() if cleaned.auth_method in SECRET_METHODS else None
-    client = OidcClient(client_id=secrets.token_urlsafe(18), created_by=created_by)
+    client = OidcClient(client_id=new_client_id(), created_by=created_by)
     _store(client, cleaned)
     client.secret_hash = hash_secret(secret) if secret else None
     db.add(client)

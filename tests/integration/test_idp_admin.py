@@ -80,6 +80,20 @@ def test_clients_from_the_command_line(cli: FlaskCliRunner, db: Session) -> None
     assert _actions(db, "oidc.client.") == ["oidc.client.create", "oidc.client.delete"]
 
 
+def test_a_client_id_is_never_taken_for_an_option(cli: FlaskCliRunner, db: Session) -> None:
+    # New ids are letters and digits: with the URL-safe alphabet, 1 in 64 began with "-" (or "_").
+    ids = [clients.new_client_id() for _ in range(500)]
+    assert all(i.isascii() and i.isalnum() and len(i) == 24 for i in ids) and len(set(ids)) == 500
+    # An id minted by an earlier version that begins with "-" is still shown and deleted from the command line.
+    saved = clients.create_client(db, CTX, {"name": "Old", "redirect_uris": ["https://old.example.com/cb"]})
+    saved.client.client_id = "-Eold_client-id"
+    db.commit()
+    shown = cli.invoke(args=["oidc", "clients", "show", "-Eold_client-id"])
+    assert shown.exit_code == 0 and "client_id: -Eold_client-id" in shown.output, shown.output
+    deleted = cli.invoke(args=["oidc", "clients", "delete", "-Eold_client-id", "--yes"])
+    assert deleted.exit_code == 0 and "deleted Old (-Eold_client-id)" in deleted.output, deleted.output
+
+
 def _sign(app: Flask, alg: str, claims: dict[str, object]) -> str:
     key = provider(app).keyring.signing_key(alg)
     return jwt.encode({"alg": alg, "kid": key.kid or ""}, claims, key, algorithms=[alg])
