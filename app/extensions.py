@@ -121,6 +121,17 @@ def make_database(url: str) -> Database:
     return Database(engine, scoped_session(sessionmaker(engine, expire_on_commit=False)))
 
 
+def end_read(db: Session) -> None:
+    """End the session's transaction before waiting on a peer (a provider, a vendor: up to the outbound timeout,
+    with retries), so that no pooled connection waits with it. A commit of nothing: what was loaded stays loaded
+    (``expire_on_commit=False``), where a rollback would expire it and the next attribute read would open a new
+    transaction. Refused while changes are pending: a function that only means to let go of its connection must
+    not commit a caller's half-done work."""
+    if db.new or db.dirty or db.deleted:
+        raise RuntimeError("changes are pending: commit or roll them back before waiting on a peer")
+    db.commit()
+
+
 class SweptMemoryStorage(MemoryStorage):
     """``limits``' memory storage, sweeping expired entries every few seconds instead of every 10 ms.
 

@@ -18,7 +18,7 @@ from flask.cli import AppGroup, with_appcontext
 from app.audit import AuditContext
 from app.connectors.verify import connectivity_test
 from app.errors import AppError
-from app.extensions import get_cipher, get_database, get_settings
+from app.extensions import end_read, get_cipher, get_database, get_settings
 from app.net import get_client
 from app.providers import configs
 from app.providers.apply import ApplyError, apply_file
@@ -105,6 +105,7 @@ def test_command(ref: str) -> None:
         raise click.ClickException(f"{exc.text} {exc.help}") from None
     except AppError as exc:
         raise _fail(exc) from None
+    end_read(db)  # nothing held while the provider answers
     result = connectivity_test(
         get_settings(),
         provider,

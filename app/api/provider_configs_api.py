@@ -45,7 +45,7 @@ from app.api.schema import PROVIDER_TYPE
 from app.api.security import api_audit_ctx, api_auth, api_blueprint, json_response, principal
 from app.connectors.verify import connectivity_test
 from app.errors import AppError
-from app.extensions import db_session, get_cipher, get_settings
+from app.extensions import db_session, end_read, get_cipher, get_settings
 from app.models import ConnectedAccount, ProviderConfig
 from app.net import get_client
 from app.providers import configs
@@ -358,11 +358,13 @@ def test_provider_config(config_id: int) -> Response:
     db = db_session()
     cfg = _find(db, config_id)
     provider = catalog_entry(cfg.provider_type)
+    secrets = configs.read_secrets(db, get_cipher(), provider, cfg)
+    end_read(db)  # nothing held while the provider answers
     result = connectivity_test(
         get_settings(),
         provider,
         effective_values(provider, "config", cfg.config or {}),
-        configs.read_secrets(db, get_cipher(), provider, cfg),
+        secrets,
         client=get_client(current_app),
     )
     audit.record(

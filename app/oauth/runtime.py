@@ -14,7 +14,7 @@ from typing import Final
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from app.extensions import get_cipher, get_settings
+from app.extensions import end_read, get_cipher, get_settings
 from app.models import ProviderConfig
 from app.net import OutboundClient, get_client
 from app.oauth.discovery import DiscoveryCache, ProviderMetadata
@@ -71,11 +71,18 @@ def redirect_uri(settings: Settings, config_id: int) -> str:
 
 
 def build_provider(db: Session, rt: OAuthRuntime, cfg: ProviderConfig) -> OAuthProvider:
-    """The provider for a stored config: secrets from the vault, metadata from the app's cache."""
+    """The provider for a stored config: secrets from the vault, metadata from the app's cache.
+
+    Ends the session's read (:func:`app.extensions.end_read`) once the config and its secrets are read, before
+    the metadata may be fetched: a provider slow to answer its discovery URL (every thread asking waits on that
+    one fetch) would otherwise hold a pooled connection per request or job waiting on it.
+    """
     entry = catalog_entry(cfg.provider_type)
     secrets = read_secrets(db, rt.cipher, entry, cfg)
+    config_id, name, stored = cfg.id, cfg.name, cfg.config or {}
+    end_read(db)
 
     def cached(issuer: str, discovery_url: str | None) -> ProviderMetadata:
         return rt.cache.metadata(issuer, discovery_url=discovery_url)
 
-    return provider_from_values(entry, cfg.id, cfg.name, cfg.config or {}, secrets, discover_with=cached, keys=rt.cache)
+    return provider_from_values(entry, config_id, name, stored, secrets, discover_with=cached, keys=rt.cache)

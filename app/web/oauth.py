@@ -32,7 +32,7 @@ from wtforms.validators import DataRequired, Length
 from app import audit, faults
 from app.auth import role_mapping, throttle, users
 from app.errors import N_, AppError, translated
-from app.extensions import db_session, get_limit_storage, get_settings
+from app.extensions import db_session, end_read, get_limit_storage, get_settings
 from app.http.context import audit_ctx, client_ip, signed_in
 from app.i18n import gettext as _
 from app.i18n import lazy_gettext
@@ -438,6 +438,7 @@ def admin_test(config_id: int) -> tuple[str, int]:
         secrets = configs.read_secrets(db, rt().cipher, entry, cfg)
     except SecretUnreadable as exc:
         raise AppError("secret_unreadable", exc.text) from None
+    end_read(db)  # nothing held while the provider answers
     report = test_connection(rt().client, entry, cfg.config or {}, secrets, config_id=cfg.id)
     audit.record(
         db,

@@ -17,7 +17,7 @@ from wtforms.validators import DataRequired, Length
 from app import audit
 from app.connectors.verify import connectivity_test
 from app.errors import AppError
-from app.extensions import db_session, get_cipher, get_settings
+from app.extensions import db_session, end_read, get_cipher, get_settings
 from app.http.context import audit_ctx, signed_in
 from app.i18n import gettext as _
 from app.i18n import lazy_gettext as _l
@@ -100,6 +100,7 @@ def _test_unsaved(provider: ProviderEntry, form: ProviderForm, cfg: ProviderConf
         except SecretUnreadable as exc:
             raise AppError("secret_unreadable", exc.text) from None
     secrets.update(typed)
+    end_read(db)  # nothing held while the provider answers
     result = connectivity_test(
         get_settings(),
         provider,

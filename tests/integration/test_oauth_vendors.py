@@ -10,8 +10,10 @@ multi-tenant issuer, Graph ``/me`` and app roles, no revocation.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from html import unescape
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -21,6 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
+from app.api import tokens
+from app.audit import AuditContext
 from app.extensions import get_cipher, get_database
 from app.jobs.refresh import run_refresh
 from app.models import AuditEvent, ConnectedAccount, OAuthIdentity, User
@@ -36,6 +40,8 @@ from tests.support.vendors.microsoft import Microsoft
 from tests.support.vendors.oauth import OAuthVendor
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
+
+T = TypeVar("T")
 
 BASE = "http://127.0.0.1:5000"
 CALLBACK = f"{BASE}/oauth/1/callback"  # every test's database starts empty: its first config is #1
@@ -123,6 +129,76 @@ def test_a_sign_in_waiting_on_the_provider_holds_no_database_connection(
     )
     assert held == idle
     assert location(done) == "/account/"  # signed in once the provider answered
+
+
+def test_a_provider_slow_to_answer_its_discovery_holds_no_database_connection(
+    app: Flask, client: FlaskClient, db: Session, google_standin: Google, make_user: UserFactory
+) -> None:
+    """The metadata is fetched when the app's cache misses (first use, then hourly), and every thread that needs it
+    waits on that one fetch: a discovery URL slow to answer must not tie up a database connection per sign-in,
+    connect, refresh or disconnect waiting on it."""
+    google = google_standin
+    google.add_account("ann@example.com")
+    _google(app, google, jit=True)
+    engine, cache = get_database(app).engine, runtime(app).cache
+
+    def cold(run: Callable[[], T]) -> T:
+        cache.invalidate()
+        idle, held, done = connections_while_held(engine, google.held("/.well-known/openid-configuration"), run)
+        assert held == idle
+        return done
+
+    signin = cold(lambda: client.get("/oauth/1/login"))
+    assert location(signin).startswith(google.url)
+    make_user()
+    sign_in(client, "member@example.com")
+    start = cold(lambda: client.get("/account/connections/connect/1"))
+    google.login_as("ann@example.com")
+    assert location(follow_callback(client, google.approve(location(start)).url)).startswith("/account/connections/")
+    account_id = _account(db).id
+    db.rollback()
+
+    report = cold(lambda: run_refresh(runtime(app), engine, margin=timedelta(hours=2), workers=1))
+    assert report.refreshed == 1 and google.grants[0].refreshes == 1
+    page = client.get(f"/account/connections/{account_id}/disconnect").get_data(as_text=True)
+    done = cold(
+        lambda: client.post(f"/account/connections/{account_id}/disconnect", data={"csrf_token": page_csrf(page)})
+    )
+    assert location(done) == "/account/connections/"
+    assert google.grants[0].revoked and db.scalars(select(ConnectedAccount)).all() == []
+
+
+def test_an_admin_testing_a_slow_provider_holds_no_database_connection(
+    app: Flask, client: FlaskClient, db: Session, google_standin: Google, make_user: UserFactory
+) -> None:
+    """ "Test connection" (the console, the JSON API, the CLI) fetches discovery uncached: while the provider takes
+    its time, no database connection waits with it."""
+    _google(app, google_standin)
+    engine, discovery = get_database(app).engine, "/.well-known/openid-configuration"
+    make_user("admin@example.com", role="admin")
+    sign_in(client, "admin@example.com")
+    csrf = page_csrf(client.get("/admin/providers/1/oauth").get_data(as_text=True))
+    raw = tokens.create_token(db, AuditContext(actor="test"), name="CMS", scopes=["providers:write"], created_by=None)
+    db.commit()
+    bearer = {"Authorization": f"Bearer {raw.raw}"}
+
+    idle, held, page = connections_while_held(
+        engine,
+        google_standin.held(discovery),
+        lambda: client.post("/admin/providers/1/test-oauth", data={"csrf_token": csrf}),
+    )
+    assert held == idle and 'data-ok="true"' in page.get_data(as_text=True)
+    idle, held, answer = connections_while_held(
+        engine,
+        google_standin.held(discovery),
+        lambda: client.post("/api/account-manager/provider-configs/1/test", headers=bearer),
+    )
+    assert held == idle and answer.get_json()["status"] == "ok"
+    cli = app.test_cli_runner()
+    idle, held, printed = connections_while_held(
+        engine, google_standin.held(discovery), lambda: cli.invoke(args=["providers", "test", "1"])
+    )
+    assert held == idle and printed.exit_code == 0 and "Google: ok" in printed.output
 
 
 def test_google_connect_offline_refresh_keeps_the_refresh_token_and_revoke(
