@@ -17,6 +17,7 @@ from app import audit
 from app.connectors import accounts, headers
 from app.connectors.verify import Verification, verify_account
 from app.errors import AppError
+from app.extensions import end_read
 from app.models import ConnectedAccount, ProviderConfig, utcnow
 from app.net import OutboundClient
 from app.providers import configs
@@ -54,6 +55,7 @@ def add_account(
     """Verify, then create the account and store its secret(s) (the caller commits). A refusal by the
     provider raises its AppError (blaming the field) and writes nothing but its audit record."""
     provider = configs.entry_for(cfg)
+    end_read(db)  # nothing held while the vendor answers
     result = verify_new_account(client, settings, cfg, clean)
     _plain, typed = split_secrets(provider, "account", clean)
     if result.error is not None:

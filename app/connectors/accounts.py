@@ -6,7 +6,9 @@ Non-secret account fields live in ``ConnectedAccount.identifiers``; secret field
 ``active``; a failed "Test now" marks it ``failing`` (it stays usable: the failure may be a rate limit).
 Every change is audited with field names only, never values.
 
-Functions take a Session and never commit: the caller owns the transaction.
+Functions take a Session and never commit: the caller owns the transaction. The one exception: before a vendor is
+called ("Test now", a revocation), the read is ended (:func:`app.extensions.end_read`, refused while changes are
+pending), so that no pooled connection waits on the vendor.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from app.connectors.removal import (
 )
 from app.connectors.verify import Verification, verify_account
 from app.errors import AppError
+from app.extensions import end_read
 from app.i18n import gettext as _
 from app.models import ConnectedAccount, ProviderConfig, StoredSecret
 from app.models.base import ID_MAX, utcnow
@@ -296,7 +299,9 @@ def update_details(
     result: Verification | None = None
     if account.status != "pending" and changed:
         secrets = load_secrets(db, cipher, provider, account.id)
-        result = verify_account(client, settings, provider, _values_with(provider, account, plain), secrets)
+        values = _values_with(provider, account, plain)
+        end_read(db)  # nothing held while the vendor answers
+        result = verify_account(client, settings, provider, values, secrets)
         if result.error is not None:
             raise result.error
     account.identifiers = plain
@@ -341,6 +346,7 @@ def test_secrets(
     provider = entry_for(account)
     secrets = _trial_secrets(db, cipher, provider, account, typed)
     values = account_values(provider, account)
+    end_read(db)  # nothing held while the vendor answers
     result = verify_account(
         client, settings, provider, values, secrets, send_test_to=send_test_to, before_send=before_send
     )
@@ -392,7 +398,9 @@ def save_secrets(
     if replacing and not typed:
         raise AppError("validation_failed", _("Enter the new value to replace the stored one."))
     secrets = _trial_secrets(db, cipher, provider, account, typed)
-    result = verify_account(client, settings, provider, account_values(provider, account), secrets)
+    values = account_values(provider, account)
+    end_read(db)  # nothing held while the vendor answers
+    result = verify_account(client, settings, provider, values, secrets)
     action = "account.secret.replace" if replacing else "account.secret.set"
     unverified = result.error is not None and unverified_ok and may_save_unverified(provider, result)
     if result.error is not None and not unverified:
@@ -436,7 +444,9 @@ def verify_stored(
             "invalid_config", _("This account has no secret yet."), _("Enter it in the secret dialog first.")
         )
     secrets = load_secrets(db, cipher, provider, account.id)
-    result = verify_account(client, settings, provider, account_values(provider, account), secrets)
+    values = account_values(provider, account)
+    end_read(db)  # nothing held while the vendor answers
+    result = verify_account(client, settings, provider, values, secrets)
     apply_verification(account, result)
     _audit_result(db, ctx, account, "account.verify", result, {})
     return result

@@ -17,7 +17,7 @@ from app import audit
 from app.connectors import headers
 from app.connectors.headers import OWNER, account_values, load_secrets
 from app.errors import AppError
-from app.extensions import SQLITE_BUSY_TIMEOUT_MS
+from app.extensions import SQLITE_BUSY_TIMEOUT_MS, end_read
 from app.models import ConnectedAccount
 from app.models.base import utcnow
 from app.net import OutboundClient
@@ -83,6 +83,7 @@ def _revoke(
         headers=headers.render_auth(provider, values, secrets).headers if spec.auth == "bearer" else {},
         expect_status=spec.expect_status,
     )
+    end_read(db)  # nothing held while the provider answers (app.connectors.accounts)
     revoke(client, request)
 
 

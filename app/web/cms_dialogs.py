@@ -29,7 +29,7 @@ from app.api.dialog_links import DialogUnavailable
 from app.connectors import accounts
 from app.connectors.verify import Verification, field_labels
 from app.errors import AppError, ErrorCode
-from app.extensions import db_session, get_cipher, get_settings
+from app.extensions import db_session, end_read, get_cipher, get_settings
 from app.http.context import audit_ctx, signed_in
 from app.i18n import gettext as _
 from app.i18n import lazy_gettext as _l
@@ -387,6 +387,7 @@ def cms_dialog_test() -> tuple[str, int] | Response:
     if not form.validate():
         result = Verification.failed(_invalid(form))
     elif record.kind in ADDING:
+        end_read(db)  # nothing held while the vendor answers
         result = dialog_saves.verify_new_account(get_client(current_app), get_settings(), cfg, form.clean)
     else:
         assert account is not None

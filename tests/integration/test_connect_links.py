@@ -18,13 +18,14 @@ from sqlalchemy.orm import Session
 
 from app.api import tokens
 from app.audit import AuditContext
-from app.extensions import get_cipher, get_settings
+from app.extensions import get_cipher, get_database, get_settings
 from app.models import ConnectedAccount, ProviderConfig
 from app.models.webhooks import WebhookEvent
 from app.settings import Settings
 from app.vault import get_secret
 from tests.conftest import UserFactory, make_settings, sign_in
 from tests.support.accounts import csrf_of, make_config
+from tests.support.hold import connections_while_held
 from tests.support.vendors.anthropic import Anthropic
 
 pytest_plugins = ("tests.support.vendor_fixtures",)
@@ -108,7 +109,11 @@ def test_a_member_connects_their_own_key_and_goes_back_to_the_cms(
     key = anthropic_standin.add_key()
     data = {"csrf_token": csrf_of(html), "label": "My Claude", "api_key": key, "base_url": anthropic_standin.url}
     data.update({"region": "global", "anthropic_version": "2023-06-01"})
-    saved = browser.post(_action(html), data=data)
+    # While the vendor checks the key, no database connection waits with it.
+    idle, held, saved = connections_while_held(
+        get_database(app).engine, anthropic_standin.held("/v1/models"), lambda: browser.post(_action(html), data=data)
+    )
+    assert held == idle
     assert saved.status_code == 303, saved.get_data(as_text=True)[:600]
     target = saved.headers["Location"]
     assert target.startswith(f"{RETURN_TO}?")

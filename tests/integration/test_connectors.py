@@ -38,6 +38,7 @@ from tests.conftest import PASSWORD, UserFactory, make_settings, sign_in
 from tests.support.accounts import (
     CTX,
     blamed_fields,
+    csrf_of,
     field_error,
     headers_token,
     make_account,
@@ -46,6 +47,7 @@ from tests.support.accounts import (
     reload,
     result_code,
 )
+from tests.support.hold import connections_while_held
 from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, SmtpServer, TlsFiles
 from tests.support.vendors.base import StartVendor
 from tests.support.vendors.generic import GenericApi
@@ -530,6 +532,65 @@ def test_delete_calls_the_revoke_endpoint_first_when_the_provider_has_one(
     assert revoke.method == "POST" and revoke.bearer() == key and revoke.form == {"key": key}
     assert db.scalar(select(func.count()).select_from(StoredSecret)) == 0
     assert [e.outcome for e in _events(db, "account.revoke")] == ["failure", "success"]
+
+
+def test_test_now_and_a_revocation_hold_no_database_connection_while_the_vendor_answers(
+    app: Flask, client: FlaskClient, db: Session, make_user: UserFactory, start_vendor: StartVendor
+) -> None:
+    """A vendor answering slowly ("Test now", the verify-unverified job, a revocation before a delete: up to the
+    outbound timeout each, with retries) must not tie up a database connection the requests share."""
+    vendor = start_vendor(GenericApi(auth_type="bearer"))
+    settings, cipher, engine = app.extensions["ami_settings"], get_cipher(app), get_database(app).engine
+    values = {"base_url": vendor.url, "auth_type": "bearer", "verify_path": "/v1/me"}
+    cfg = make_config(db, cipher, settings, "generic_api_key", values)
+    account = make_account(db, cfg, {"label": "Slow vendor"})
+    key = vendor.add_key()
+    with app.app_context():
+        accounts.save_secrets(db, cipher, get_client(app), settings, CTX, account, {"api_key": Secret(key)})
+    db.commit()
+    account_id = account.id
+    make_user("admin@example.com", role="admin")
+    sign_in(client, "admin@example.com")
+    csrf = csrf_of(client.get(f"/admin/accounts/{account_id}").get_data(as_text=True))
+    db.rollback()
+
+    idle, held, tested = connections_while_held(
+        engine,
+        vendor.held("/v1/me"),
+        lambda: client.post(f"/admin/accounts/{account_id}/test", data={"csrf_token": csrf}),
+    )
+    assert held == idle
+    assert tested.status_code == 302 and reload(app, db, account_id).last_verified_at is not None
+    db.rollback()
+    # The secret dialog: "Test connection", then "Save" (a replacement, verified before it is stored).
+    replacement = {"api_key": vendor.add_key()}
+    idle, held, (status, _page) = connections_while_held(
+        engine, vendor.held("/v1/me"), lambda: post_dialog(client, account_id, replacement, test=True)
+    )
+    assert held == idle and status == 200
+    idle, held, (status, _page) = connections_while_held(
+        engine, vendor.held("/v1/me"), lambda: post_dialog(client, account_id, replacement)
+    )
+    assert held == idle and status == 302
+    assert get_secret(db, cipher, OWNER, account_id, "api_key") == Secret(replacement["api_key"])
+    db.rollback()
+
+    provider = dataclasses.replace(
+        entry("generic_api_key"),
+        revoke=RevokeSpec(supported=True, url="${config.base_url}/v1/keys/revoke", auth="bearer", body={}),
+    )
+
+    def delete() -> bool:
+        with app.app_context(), Session(engine, expire_on_commit=False) as own:
+            found = own.get(ConnectedAccount, account_id)
+            assert found is not None
+            result = accounts.delete_account(own, cipher, get_client(app), CTX, found, provider=provider)
+            own.commit()
+            return result.revoked
+
+    idle, held, revoked = connections_while_held(engine, vendor.held("/v1/keys/revoke"), delete)
+    assert held == idle
+    assert revoked and db.get(ConnectedAccount, account_id) is None
 
 
 # ----------------------------------------------------------------------------- rotation policy, reminders
