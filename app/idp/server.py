@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from app import audit, metrics
 from app.audit import AuditContext
 from app.errors import AppError
+from app.extensions import end_read
 from app.idp import clients, tokens
 from app.idp.claims import ACR_VALUES, SCOPE_CLAIMS, STANDARD_SCOPES, Subject
 from app.idp.clients import CONFIDENTIAL_METHODS, GRANT_TYPES
@@ -272,6 +273,9 @@ class Provider(AuthorizationServer):  # type: ignore[misc]
             cached = self._client_keys.get(uri)
         if cached is not None and now - cached[0] < CLIENT_JWKS_TTL:
             return cached[1]
+        # Nothing held while the client's server answers (up to 5 s, with retries): client authentication comes
+        # before anything the endpoint writes.
+        end_read(self.wiring.db())
         try:
             response = self.wiring.http().get(uri, timeout=5.0, headers={"Accept": "application/json"})
             if response.status_code != 200:

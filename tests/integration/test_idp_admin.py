@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 from joserfc import jwt
-from joserfc.jwk import KeySet
+from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -26,6 +28,10 @@ from app.idp.claims import Subject
 from app.models import AuditEvent, OidcClient, OidcSigningKey, OidcToken, StoredSecret, User, utcnow
 from app.web.idp import provider
 from tests.conftest import UserFactory
+from tests.support.hold import connections_while_held
+from tests.support.vendors.base import Reply, StartVendor, Vendor
+
+pytest_plugins = ("tests.support.vendor_fixtures",)
 
 CTX = AuditContext(actor="test")
 
@@ -92,6 +98,55 @@ def test_a_client_id_is_never_taken_for_an_option(cli: FlaskCliRunner, db: Sessi
     assert shown.exit_code == 0 and "client_id: -Eold_client-id" in shown.output, shown.output
     deleted = cli.invoke(args=["oidc", "clients", "delete", "-Eold_client-id", "--yes"])
     assert deleted.exit_code == 0 and "deleted Old (-Eold_client-id)" in deleted.output, deleted.output
+
+
+class _JwksHost(Vendor):
+    """A client's server publishing its public keys at ``/jwks``."""
+
+    name = "jwks"
+
+    def __init__(self, keys: dict[str, Any]) -> None:
+        super().__init__()
+        self.route("GET", r"/jwks", lambda _req, _match: Reply.json(200, keys))
+
+
+def test_fetching_a_clients_keys_holds_no_database_connection(
+    app: Flask, db: Session, start_vendor: StartVendor
+) -> None:
+    """A private_key_jwt client's JWKS is fetched when the app has no copy (up to 5 s, with retries, when its server
+    is slow): no database connection waits on it."""
+    key = ECKey.generate_key("P-256", parameters={"kid": "robot-1"})
+    host = start_vendor(_JwksHost({"keys": [key.as_dict(private=False)]}))
+    values = {
+        "name": "Robot",
+        "redirect_uris": ["https://robot.example.com/cb"],
+        "auth_method": "private_key_jwt",
+        "jwks_uri": f"{host.url}/jwks",
+        "grant_types": ["client_credentials"],
+    }
+    client_id = clients.create_client(db, CTX, values).client.client_id
+    db.commit()
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": provider(app).endpoint("/oauth2/token"),
+        "jti": secrets.token_urlsafe(16),
+        "iat": now,
+        "exp": now + 60,
+    }
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": jwt.encode({"alg": "ES256", "kid": "robot-1"}, claims, key),
+    }
+    browser = app.test_client()
+    idle, held, answer = connections_while_held(
+        get_database(app).engine, host.held("/jwks"), lambda: browser.post("/oauth2/token", data=form)
+    )
+    assert held == idle
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.get_json()["token_type"] == "Bearer"
 
 
 def _sign(app: Flask, alg: str, claims: dict[str, object]) -> str:
