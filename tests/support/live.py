@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import socket
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,10 +57,33 @@ class _ResetReadsAsEnd:
         return getattr(self._inner, name)
 
 
+# A request still running after this long has every thread's stack printed (to the test's captured stderr): a
+# request that hangs is a bug, and the stacks say what it waits on.
+SLOW_REQUEST_SECONDS = 4.0
+
+
+def _print_stacks(request_line: str) -> None:
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    lines = [f"live server: still answering {request_line!r} after {SLOW_REQUEST_SECONDS} s; every thread:"]
+    for ident, frame in sys._current_frames().items():
+        lines.append(f"--- thread {names.get(ident, ident)}")
+        lines.extend(line.rstrip() for line in traceback.format_stack(frame))
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 class _Handler(WSGIRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.rfile = cast(io.BufferedIOBase, _ResetReadsAsEnd(self.rfile))
+
+    def run_wsgi(self) -> None:
+        watchdog = threading.Timer(SLOW_REQUEST_SECONDS, _print_stacks, args=(self.requestline[:200],))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            super().run_wsgi()
+        finally:
+            watchdog.cancel()
 
 
 @contextmanager
