@@ -88,10 +88,9 @@ def finish(config_id: int, params: Mapping[str, str]) -> Response:
         if cfg is None or cfg.id != record.provider_config_id or not cfg.enabled:
             raise AppError("not_found", _("This provider config is no longer available."))
         try:
-            provider = build_provider(db, services, cfg)
+            provider = build_provider(db, services, cfg)  # ends the read: nothing held while the provider answers
         except SecretUnreadable as exc:
             raise AppError("secret_unreadable", exc.text) from None
-        db.rollback()  # nothing held while the provider answers (as the sign-in callback: app.web.oauth)
         tokens, identity = finish_authorization(services.client, provider, pending, params)
         # The account is the link's user's, never whoever the browser's session or the provider names.
         account = store_connection(db, services.cipher, audit_ctx(), provider, record.for_user_id, tokens, identity)

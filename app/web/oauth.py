@@ -248,11 +248,11 @@ def callback(config_id: int) -> Response | tuple[str, int]:
         purpose = str(intent.get("purpose", "signin"))
         if purpose == "connect":
             back, back_label = url_for("connections.index"), _("Back to connections")
+        # Loading the provider ends the read (build_provider): nothing is held while the provider answers (the
+        # token request, its keys, its userinfo: seconds each when it is slow), else a worker's every connection
+        # could be waiting on sign-ins.
         provider = load_provider(db, config_id)
         services = rt()
-        # Nothing is held while the provider answers (the token request, its keys, its userinfo: seconds each
-        # when it is slow): with a transaction open, a worker's every connection could be waiting on sign-ins.
-        db.rollback()
         tokens, identity = finish_authorization(services.client, provider, pending, params)
         if purpose == "connect":
             who = signed_in()
