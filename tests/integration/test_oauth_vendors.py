@@ -131,6 +131,17 @@ def test_a_sign_in_waiting_on_the_provider_holds_no_database_connection(
     assert location(done) == "/account/"  # signed in once the provider answered
 
 
+def _discovery_held(app: Flask, google: Google, run: Callable[[], T]) -> T:
+    """``run`` while Google's discovery URL leaves its next request unanswered (the app's copy forgotten first), and
+    what it returned once released; no more database connections may be out while it waits than before."""
+    runtime(app).cache.invalidate()
+    idle, held, done = connections_while_held(
+        get_database(app).engine, google.held("/.well-known/openid-configuration"), run
+    )
+    assert held == idle
+    return done
+
+
 def test_a_provider_slow_to_answer_its_discovery_holds_no_database_connection(
     app: Flask, client: FlaskClient, db: Session, google_standin: Google, make_user: UserFactory
 ) -> None:
@@ -140,29 +151,26 @@ def test_a_provider_slow_to_answer_its_discovery_holds_no_database_connection(
     google = google_standin
     google.add_account("ann@example.com")
     _google(app, google, jit=True)
-    engine, cache = get_database(app).engine, runtime(app).cache
 
-    def cold(run: Callable[[], T]) -> T:
-        cache.invalidate()
-        idle, held, done = connections_while_held(engine, google.held("/.well-known/openid-configuration"), run)
-        assert held == idle
-        return done
-
-    signin = cold(lambda: client.get("/oauth/1/login"))
+    signin = _discovery_held(app, google, lambda: client.get("/oauth/1/login"))
     assert location(signin).startswith(google.url)
     make_user()
     sign_in(client, "member@example.com")
-    start = cold(lambda: client.get("/account/connections/connect/1"))
+    start = _discovery_held(app, google, lambda: client.get("/account/connections/connect/1"))
     google.login_as("ann@example.com")
     assert location(follow_callback(client, google.approve(location(start)).url)).startswith("/account/connections/")
     account_id = _account(db).id
     db.rollback()
 
-    report = cold(lambda: run_refresh(runtime(app), engine, margin=timedelta(hours=2), workers=1))
+    report = _discovery_held(
+        app, google, lambda: run_refresh(runtime(app), get_database(app).engine, margin=timedelta(hours=2), workers=1)
+    )
     assert report.refreshed == 1 and google.grants[0].refreshes == 1
     page = client.get(f"/account/connections/{account_id}/disconnect").get_data(as_text=True)
-    done = cold(
-        lambda: client.post(f"/account/connections/{account_id}/disconnect", data={"csrf_token": page_csrf(page)})
+    done = _discovery_held(
+        app,
+        google,
+        lambda: client.post(f"/account/connections/{account_id}/disconnect", data={"csrf_token": page_csrf(page)}),
     )
     assert location(done) == "/account/connections/"
     assert google.grants[0].revoked and db.scalars(select(ConnectedAccount)).all() == []
@@ -174,7 +182,6 @@ def test_an_admin_testing_a_slow_provider_holds_no_database_connection(
     """ "Test connection" (the console, the JSON API, the CLI) fetches discovery uncached: while the provider takes
     its time, no database connection waits with it."""
     _google(app, google_standin)
-    engine, discovery = get_database(app).engine, "/.well-known/openid-configuration"
     make_user("admin@example.com", role="admin")
     sign_in(client, "admin@example.com")
     csrf = page_csrf(client.get("/admin/providers/1/oauth").get_data(as_text=True))
@@ -182,23 +189,17 @@ def test_an_admin_testing_a_slow_provider_holds_no_database_connection(
     db.commit()
     bearer = {"Authorization": f"Bearer {raw.raw}"}
 
-    idle, held, page = connections_while_held(
-        engine,
-        google_standin.held(discovery),
-        lambda: client.post("/admin/providers/1/test-oauth", data={"csrf_token": csrf}),
+    page = _discovery_held(
+        app, google_standin, lambda: client.post("/admin/providers/1/test-oauth", data={"csrf_token": csrf})
     )
-    assert held == idle and 'data-ok="true"' in page.get_data(as_text=True)
-    idle, held, answer = connections_while_held(
-        engine,
-        google_standin.held(discovery),
-        lambda: client.post("/api/account-manager/provider-configs/1/test", headers=bearer),
+    assert 'data-ok="true"' in page.get_data(as_text=True)
+    answer = _discovery_held(
+        app, google_standin, lambda: client.post("/api/account-manager/provider-configs/1/test", headers=bearer)
     )
-    assert held == idle and answer.get_json()["status"] == "ok"
+    assert answer.get_json()["status"] == "ok"
     cli = app.test_cli_runner()
-    idle, held, printed = connections_while_held(
-        engine, google_standin.held(discovery), lambda: cli.invoke(args=["providers", "test", "1"])
-    )
-    assert held == idle and printed.exit_code == 0 and "Google: ok" in printed.output
+    printed = _discovery_held(app, google_standin, lambda: cli.invoke(args=["providers", "test", "1"]))
+    assert printed.exit_code == 0 and "Google: ok" in printed.output
 
 
 def test_google_connect_offline_refresh_keeps_the_refresh_token_and_revoke(
